@@ -1,0 +1,1 @@
+"""Messages between services, one module per bounded context, and the subjects they travel on."""

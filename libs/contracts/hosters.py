@@ -1,0 +1,57 @@
+"""Hoster context: what adapters announce about the hosters they front."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class ModelOffer(BaseModel):
+    """One model a hoster serves, under the network's name, with its price.
+
+    Prices are integers: micro-credits per million tokens (1 credit = 1,000,000 micro-credits).
+    """
+
+    model: str
+    upstream_model: str
+    input_price: int = Field(ge=0)
+    output_price: int = Field(ge=0)
+    context_length: int | None = None
+
+
+class HosterStatus(BaseModel):
+    """The live state of one hoster as its adapter sees it."""
+
+    hoster_id: str
+    name: str
+    cloud: bool
+    region: str | None = None
+    capacity: int
+    in_flight: int
+    models: list[ModelOffer]
+
+
+class HosterHeartbeat(BaseModel):
+    """Sent by every adapter every ``interval_s``; a hoster missing for a few beats is gone."""
+
+    adapter_id: str
+    interval_s: float
+    hosters: list[HosterStatus]
+
+
+class LiveModel(BaseModel):
+    """A model live on the network now, summarised over its hosters."""
+
+    id: str
+    hosters: int
+    min_input_price: int
+    max_input_price: int
+    min_output_price: int
+    max_output_price: int
+    context_length: int | None
+    first_seen: int
+
+
+class ModelsListing(BaseModel):
+    """Reply to ``router.models.list``."""
+
+    models: list[LiveModel]

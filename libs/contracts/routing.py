@@ -1,0 +1,135 @@
+"""Routing context: the lifecycle of one request between ingress, router and hoster adapter."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+Tier = Literal["cheapest", "balanced", "fastest"]
+
+
+class RoutingPreferences(BaseModel):
+    """The client's routing parameters (API reference: tier, privacy_mode, trusted_only, ...)."""
+
+    tier: Tier = "balanced"
+    privacy_mode: bool = False
+    trusted_only: bool = False
+    max_latency_ms: int | None = None
+    fallback_models: list[str] = Field(default_factory=list)
+    allow_hosters: list[str] = Field(default_factory=list)
+    deny_hosters: list[str] = Field(default_factory=list)
+
+
+class RouteRequest(BaseModel):
+    """ingress -> router: route one chat completion. ``body`` is the client's body minus routing fields."""
+
+    request_id: str
+    reply_subject: str
+    model: str
+    stream: bool
+    include_usage: bool
+    created: int
+    routing: RoutingPreferences
+    body: dict[str, Any]
+    account_id: str | None = None
+
+
+class RouteAccepted(BaseModel):
+    """router -> ingress: an adapter took the first attempt; chunks will arrive on the reply subject."""
+
+    status: Literal["accepted"] = "accepted"
+    hoster_id: str
+    model: str
+    attempt: int
+
+
+class ErrorReport(BaseModel):
+    """An error meant for the client: the OpenAI error envelope's fields plus the HTTP status."""
+
+    http_status: int
+    type: str
+    code: str | None
+    message: str
+    param: str | None = None
+    retry_after: int | None = None
+
+
+class RouteRejected(BaseModel):
+    """router -> ingress: the request cannot be served."""
+
+    status: Literal["rejected"] = "rejected"
+    error: ErrorReport
+
+
+RouteDecision = Annotated[RouteAccepted | RouteRejected, Field(discriminator="status")]
+
+
+class AttemptDispatch(BaseModel):
+    """router -> hoster_adapter: run attempt ``attempt`` of a request on one hoster."""
+
+    request_id: str
+    attempt: int
+    router_id: str
+    reply_subject: str
+    hoster_id: str
+    model: str
+    upstream_model: str
+    stream: bool
+    include_usage: bool
+    created: int
+    input_price: int
+    output_price: int
+    body: dict[str, Any]
+
+
+class AttemptAccepted(BaseModel):
+    """hoster_adapter -> router: whether the adapter took the attempt (it refuses when at capacity)."""
+
+    accepted: bool
+    adapter_id: str
+    reason: str | None = None
+
+
+class Usage(BaseModel):
+    """Token counts of an attempt; ``estimated`` when the upstream reported none and we counted."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    estimated: bool = False
+
+
+AttemptOutcome = Literal["succeeded", "failed", "cancelled"]
+
+
+class AttemptFinished(BaseModel):
+    """hoster_adapter -> JetStream: one attempt is over. Billing records it; the owning router learns of it.
+
+    ``chunks_sent`` counts chunks already published to the client's reply subject: an attempt that sent
+    any cannot be retried elsewhere without the client seeing two answers.
+    """
+
+    request_id: str
+    attempt: int
+    hoster_id: str
+    adapter_id: str
+    model: str
+    stream: bool
+    outcome: AttemptOutcome
+    usage: Usage
+    chunks_sent: int
+    input_price: int
+    output_price: int
+    finish_reason: str | None = None
+    error: str | None = None
+    upstream_status: int | None = None
+    ttft_ms: float | None = None
+    duration_ms: float
+    finished_at: float
+
+
+class RequestCancelled(BaseModel):
+    """ingress -> adapters and routers: the client disconnected; stop the request and bill what was made."""
+
+    request_id: str

@@ -1,0 +1,55 @@
+"""Every NATS subject, queue group and JetStream name the system uses. No subject is written anywhere else.
+
+Naming: ``<context>.<entity>.<verb or event>``; commands are imperative, events past tense.
+"""
+
+from __future__ import annotations
+
+# ingress -> router (request/reply, queue group "router"): route one chat completion request.
+ROUTE_REQUEST = "router.request.route"
+# ingress -> router (request/reply): the models live on the network now.
+LIST_MODELS = "router.models.list"
+
+# router -> hoster_adapter (request/reply, queue group "hoster_adapter"): start one attempt on one hoster.
+_ATTEMPT_START = "adapter.attempt.start"
+# hoster_adapter -> routers (broadcast): the hosters an adapter fronts are alive.
+HOSTER_HEARTBEAT = "adapter.hoster.heartbeated"
+# hoster_adapter -> JetStream (billing, durable) and the owning router (core): one attempt is over.
+_ATTEMPT_FINISHED = "adapter.attempt.finished"
+ATTEMPT_FINISHED_ALL = _ATTEMPT_FINISHED + ".>"
+ATTEMPTS_STREAM = "ATTEMPTS"
+
+# ingress -> hoster_adapters and routers (broadcast): the client went away, stop generating.
+REQUEST_CANCELLED = "ingress.request.cancelled"
+
+# hoster_adapter / router -> ingress: the token stream of one request, one subject per request.
+_REPLY = "ingress.reply"
+
+# Queue groups are the service names.
+QUEUE_ROUTER = "router"
+QUEUE_HOSTER_ADAPTER = "hoster_adapter"
+QUEUE_BILLING = "billing"
+BILLING_DURABLE = "billing-usage"
+
+# JetStream key-value bucket where routers remember every model ever served (survives restarts).
+MODELS_SEEN_BUCKET = "router_models_seen"
+
+
+def attempt_start(hoster_id: str) -> str:
+    """Subject on which the adapters fronting ``hoster_id`` take attempts."""
+    return f"{_ATTEMPT_START}.{hoster_id}"
+
+
+def attempt_finished(router_id: str) -> str:
+    """Subject of the attempt outcome, addressed to the router instance that owns the request."""
+    return f"{_ATTEMPT_FINISHED}.{router_id}"
+
+
+def reply_inbox(ingress_id: str) -> str:
+    """Wildcard an ingress instance subscribes once, before it publishes any request."""
+    return f"{_REPLY}.{ingress_id}.*"
+
+
+def reply_subject(ingress_id: str, request_id: str) -> str:
+    """The per-request reply subject where chunks of ``request_id`` arrive."""
+    return f"{_REPLY}.{ingress_id}.{request_id}"

@@ -1,0 +1,58 @@
+"""``python -m libs.devstack run``: the local stack of ``make run``, until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from libs.devstack.processes import ProcessDied
+from libs.devstack.stack import REPO_ROOT, Stack, demo_config
+
+BANNER = """
+computeshare is up: {api}
+
+  curl {api}/chat/completions -H 'Content-Type: application/json' \\
+    -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "stream": true}}'
+
+Ctrl-C stops everything.
+"""
+
+
+def main() -> None:
+    """Run the stack in the foreground; SIGINT or SIGTERM stops every process cleanly."""
+    parser = argparse.ArgumentParser(prog="python -m libs.devstack")
+    parser.add_argument("command", choices=["run"])
+    parser.add_argument("--workdir", type=Path, default=REPO_ROOT / ".computeshare")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args()
+
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    args.workdir.chmod(0o755)
+    config = demo_config(args.workdir, ingress_ports=[args.port], log_format="text")
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stack = Stack(config)
+    try:
+        stack.start()
+    except (ProcessDied, TimeoutError, OSError) as exc:
+        print(f"the stack did not start: {exc}", file=sys.stderr)
+        sys.exit(1)
+    model = config.adapters[0].hosters[0]["models"][0]["name"]
+    print(BANNER.format(api=config.api_base, model=model), flush=True)
+    try:
+        while not stop.wait(1.0):
+            for name, process in stack.processes.items():
+                if not process.alive():
+                    print(f"{name} exited; stopping the stack", file=sys.stderr)
+                    stop.set()
+    finally:
+        print("stopping...", flush=True)
+        stack.stop()
+
+
+if __name__ == "__main__":
+    main()

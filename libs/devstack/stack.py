@@ -1,0 +1,259 @@
+"""The whole system as processes on this machine: NATS, PostgreSQL, simulators and the four services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from libs.devstack.infra import PostgresCluster, start_nats
+from libs.devstack.processes import ManagedProcess, free_port, wait_for_http, wait_for_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEMO_HOSTER_ID = "5f0c6f3e-2d7a-4c55-9a51-0d3c2b6f7a01"
+DEMO_MODEL = "demo-model"
+
+
+@dataclass
+class SimulatorSpec:
+    """One simulated hoster process; ``env`` holds its ``CS_SIMULATOR_*`` settings."""
+
+    name: str
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        """Its OpenAI-compatible base URL."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+
+@dataclass
+class AdapterSpec:
+    """One hoster adapter process and the hosters it fronts (``HosterConfig`` dicts)."""
+
+    name: str
+    hosters: list[dict[str, Any]]
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StackConfig:
+    """Where and how to run the stack."""
+
+    workdir: Path
+    ingress_ports: list[int] = field(default_factory=lambda: [8080])
+    nats_port: int = 4222
+    postgres_port: int = 55432
+    database: str = "computeshare"
+    simulators: list[SimulatorSpec] = field(default_factory=list)
+    adapters: list[AdapterSpec] = field(default_factory=list)
+    routers: int = 1
+    billings: int = 1
+    log_dir: Path | None = None
+    log_format: str = "json"
+    durable_postgres: bool = True
+    service_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def api_base(self) -> str:
+        """The first ingress's OpenAI base URL."""
+        return f"http://127.0.0.1:{self.ingress_ports[0]}/v1"
+
+
+def demo_hoster(base_url: str, model: str = DEMO_MODEL, upstream_model: str | None = None,
+                api_key: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The demo hoster: a community GPU serving ``model`` at a demo price."""
+    return {
+        "id": DEMO_HOSTER_ID,
+        "name": "demo-hoster",
+        "base_url": base_url,
+        "api_key": api_key,
+        "cloud": False,
+        "capacity": 256,
+        "models": [
+            {"name": model, "upstream_model": upstream_model or model, "input_price": "0.50",
+             "output_price": "1.50", "context_length": 8192}
+        ],
+    }  # fmt: skip
+
+
+def demo_config(workdir: Path, **overrides: Any) -> StackConfig:
+    """``make run``'s stack: one simulator and one adapter, or ``CS_DEMO_UPSTREAM_URL`` instead of the
+    simulator (any OpenAI-compatible server: vLLM, llama.cpp, Ollama)."""
+    config = StackConfig(workdir=workdir, **overrides)
+    upstream = os.environ.get("CS_DEMO_UPSTREAM_URL")
+    if upstream:
+        hoster = demo_hoster(
+            upstream.rstrip("/"),
+            model=os.environ.get("CS_DEMO_MODEL", DEMO_MODEL),
+            upstream_model=os.environ.get("CS_DEMO_UPSTREAM_MODEL"),
+            api_key=os.environ.get("CS_DEMO_UPSTREAM_API_KEY"),
+        )
+    else:
+        simulator = SimulatorSpec("simulator", int(os.environ.get("CS_DEMO_SIMULATOR_PORT", "9100")),
+                                  {"CS_SIMULATOR_TOKENS_PER_SECOND": "40", "CS_SIMULATOR_TTFT_MS": "150",
+                                   "CS_SIMULATOR_REPLY_TOKENS": "48"})  # fmt: skip
+        config.simulators.append(simulator)
+        hoster = demo_hoster(simulator.base_url)
+    config.adapters.append(AdapterSpec("hoster_adapter", [hoster]))
+    return config
+
+
+def test_config(**overrides: Any) -> StackConfig:
+    """A throwaway stack on free ports in a temporary directory (tests and benchmarks)."""
+    workdir = Path(tempfile.mkdtemp(prefix="cs-stack-"))
+    workdir.chmod(0o755)  # postgres (a different user when we are root) must reach its data dir
+    defaults: dict[str, Any] = {
+        "workdir": workdir,
+        "ingress_ports": [free_port()],
+        "nats_port": free_port(),
+        "postgres_port": free_port(),
+        "log_dir": workdir / "logs",
+        "durable_postgres": False,
+    }
+    defaults.update(overrides)
+    return StackConfig(**defaults)
+
+
+class Stack:
+    """Starts and stops every process of a ``StackConfig``; processes are reachable by name."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self.config = config
+        self.processes: dict[str, ManagedProcess] = {}
+        self.postgres: PostgresCluster | None = None
+        self.database_url = ""
+        if config.log_dir is not None:
+            config.log_dir.mkdir(parents=True, exist_ok=True)
+
+    def _log(self, name: str) -> Path | None:
+        return self.config.log_dir / f"{name}.log" if self.config.log_dir else None
+
+    @property
+    def nats_url(self) -> str:
+        """URL of the stack's NATS server."""
+        return f"nats://127.0.0.1:{self.config.nats_port}"
+
+    def service_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Environment every service process gets."""
+        env = dict(os.environ)
+        env.update(
+            {
+                "CS_NATS_URL": self.nats_url,
+                "CS_LOG_FORMAT": self.config.log_format,
+                "CS_BILLING_DATABASE_URL": self.database_url,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        env.update(self.config.service_env)
+        env.update(extra or {})
+        return env
+
+    def start(self) -> Stack:
+        """Start everything in dependency order and wait until the API serves every configured model."""
+        c = self.config
+        try:
+            self.processes["nats"] = start_nats(c.nats_port, c.workdir / "nats", self._log("nats"))
+            self.postgres = PostgresCluster(c.workdir / "pgdata", c.postgres_port, self._log("postgres"),
+                                            durable=c.durable_postgres)  # fmt: skip
+            self.postgres.start()
+            assert self.postgres.process is not None
+            self.processes["postgres"] = self.postgres.process
+            self.database_url = self.postgres.create_database(c.database)
+            for sim in c.simulators:
+                self.start_simulator(sim)
+            for i in range(c.billings):
+                self.start_service(
+                    f"billing-{i}" if c.billings > 1 else "billing", "billing", "billing ready"
+                )
+            for i in range(c.routers):
+                self.start_service(f"router-{i}" if c.routers > 1 else "router", "router", "router ready")
+            for adapter in c.adapters:
+                self.start_adapter(adapter)
+            for i, port in enumerate(c.ingress_ports):
+                self.start_ingress(port, f"ingress-{i}" if len(c.ingress_ports) > 1 else "ingress")
+            self.wait_for_models()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def start_simulator(self, sim: SimulatorSpec) -> ManagedProcess:
+        """Start (or restart) one simulated hoster."""
+        env = self.service_env({"CS_SIMULATOR_PORT": str(sim.port), **sim.env})
+        process = self._spawn(sim.name, "simulator", env, None)
+        wait_for_port(sim.port, 20, process)
+        return process
+
+    def start_adapter(self, adapter: AdapterSpec) -> ManagedProcess:
+        """Start (or restart) one hoster adapter."""
+        env = self.service_env({"CS_ADAPTER_HOSTERS": json.dumps(adapter.hosters), **adapter.env})
+        return self._spawn(adapter.name, "hoster_adapter", env, "adapter ready")
+
+    def start_ingress(self, port: int, name: str = "ingress") -> ManagedProcess:
+        """Start (or restart) one ingress on ``port``."""
+        env = self.service_env({"CS_INGRESS_PORT": str(port), "CS_INSTANCE_ID": name})
+        process = self._spawn(name, "ingress", env, None)
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", 30, process)
+        return process
+
+    def start_service(self, name: str, module: str, marker: str | None) -> ManagedProcess:
+        """Start (or restart) a service by module name (``router``, ``billing``, ...)."""
+        return self._spawn(name, module, self.service_env(), marker)
+
+    def _spawn(self, name: str, module: str, env: dict[str, str], marker: str | None) -> ManagedProcess:
+        old = self.processes.get(name)
+        if old is not None and old.alive():
+            raise RuntimeError(f"{name} is already running")
+        process = ManagedProcess(
+            name, [sys.executable, "-m", f"services.{module}"], env=env, log_path=self._log(name),
+            cwd=REPO_ROOT, ready_marker=marker,
+        ).start()  # fmt: skip
+        self.processes[name] = process
+        if marker is not None:
+            process.wait_ready(30)
+        return process
+
+    def wait_for_models(self, timeout_s: float = 30) -> None:
+        """Block until ``GET /v1/models`` on every ingress lists every configured model."""
+        import time
+        import urllib.request
+
+        wanted = {m["name"] for a in self.config.adapters for h in a.hosters for m in h["models"]}
+        deadline = time.monotonic() + timeout_s
+        for port in self.config.ingress_ports:
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as response:
+                        live = {m["id"] for m in json.load(response)["data"]}
+                    if wanted <= live:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"models {wanted} not live on port {port}\n{self.logs_tail()}")
+                time.sleep(0.1)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process (a crash, not a shutdown)."""
+        process = self.processes[name]
+        process.signal(signal.SIGKILL)
+        process.stop(timeout_s=5)
+
+    def stop(self) -> None:
+        """Stop every process, newest first; PostgreSQL with a fast shutdown."""
+        for name in reversed(list(self.processes)):
+            if name == "postgres" and self.postgres is not None:
+                self.postgres.stop()
+            else:
+                self.processes[name].stop()
+
+    def logs_tail(self, lines: int = 30) -> str:
+        """The last lines of every process's log (for a failing test's report)."""
+        return "\n".join(f"--- {n} ---\n{p.tail(lines)}" for n, p in self.processes.items())

@@ -1,0 +1,50 @@
+"""The one way every service connects to NATS: a faststream broker, plus the JetStream objects we own."""
+
+from __future__ import annotations
+
+import logging
+
+from faststream.nats import NatsBroker
+from nats.aio.client import Client
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import BadRequestError
+
+from libs.contracts import subjects
+
+
+def make_broker(nats_url: str, client_name: str, logger: logging.Logger) -> NatsBroker:
+    """A faststream NATS broker that reconnects forever and logs through our logging setup."""
+    return NatsBroker(
+        nats_url.split(","),
+        name=client_name,
+        logger=logger,
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=1,
+        connect_timeout=2,
+        ping_interval=10,
+        graceful_timeout=10.0,
+        # Requests are small; a large pending buffer only hides a stalled connection.
+        pending_size=8 * 1024 * 1024,
+        # faststream logs every message at this level: keep it out of INFO, the hot path would pay for it.
+        log_level=logging.DEBUG,
+    )
+
+
+async def ensure_streams(nc: Client, replicas: int = 1) -> None:
+    """Create (or update) the JetStream streams the services share; safe to call from every replica."""
+    js = nc.jetstream()
+    config = StreamConfig(
+        name=subjects.ATTEMPTS_STREAM,
+        subjects=[subjects.ATTEMPT_FINISHED_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=7 * 24 * 3600,
+        # Re-publishing the same event id within this window is dropped by the server (exactly-once publish).
+        duplicate_window=120,
+        num_replicas=replicas,
+    )
+    try:
+        await js.add_stream(config)
+    except BadRequestError:
+        await js.update_stream(config)

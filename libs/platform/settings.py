@@ -1,0 +1,20 @@
+"""Settings shared by every service; each service subclasses ``ServiceSettings`` with its own env prefix."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    """Fields every service reads, under fixed ``CS_`` names so one environment configures the whole stack.
+
+    A subclass sets ``model_config = SettingsConfigDict(env_prefix="CS_<SERVICE>_")`` for its own fields.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CS_", populate_by_name=True, extra="ignore")
+
+    nats_url: str = Field("nats://127.0.0.1:4222", validation_alias="CS_NATS_URL")
+    log_level: str = Field("INFO", validation_alias="CS_LOG_LEVEL")
+    log_format: str = Field("json", validation_alias="CS_LOG_FORMAT", pattern="^(json|text)$")
+    instance_id: str = Field("", validation_alias="CS_INSTANCE_ID")

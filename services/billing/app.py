@@ -1,0 +1,47 @@
+"""Builds the billing service; its lifespan owns the database pool and the broker connection."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+from faststream import FastStream
+
+from libs.platform.broker import ensure_streams, make_broker
+from libs.platform.ids import instance_id
+from libs.platform.logging import setup_logging
+from services.billing.handlers import register_handlers
+from services.billing.repository import UsageRepository, apply_migrations
+from services.billing.settings import BillingSettings
+
+SERVICE = "billing"
+
+
+def build_app(settings: BillingSettings) -> FastStream:
+    """The billing app for ``settings``; nothing connects until it runs."""
+    logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
+    billing_id = instance_id(settings.instance_id, SERVICE)
+    broker = make_broker(settings.nats_url, billing_id, logger)
+    usage = UsageRepository()
+    register_handlers(broker, usage, settings.workers)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        pool = await asyncpg.create_pool(
+            settings.database_url.get_secret_value(),
+            min_size=settings.pool_min_size,
+            max_size=settings.pool_max_size,
+        )
+        try:
+            applied = await apply_migrations(pool)
+            logger.info("migrations applied", extra={"applied": applied})
+            usage.attach(pool)
+            await broker.connect()
+            await ensure_streams(broker.connection)
+            logger.info("billing ready", extra={"billing_id": billing_id})
+            yield
+        finally:
+            await pool.close()
+
+    return FastStream(broker, logger=logger, lifespan=lifespan)

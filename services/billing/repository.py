@@ -1,0 +1,111 @@
+"""billing's SQL: versioned migrations and the usage records."""
+
+from __future__ import annotations
+
+import datetime as dt
+from importlib import resources
+
+import asyncpg
+
+from libs.contracts.routing import AttemptFinished
+
+# Any fixed number: every billing replica takes this advisory lock while migrating, so one migrates at a time.
+_MIGRATION_LOCK = 0x6353_6269_6C6C
+
+
+def migration_files() -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of every migration shipped with the service, in order."""
+    folder = resources.files("services.billing") / "migrations"
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    found.sort()
+    versions = [v for v, _, _ in found]
+    if len(versions) != len(set(versions)):
+        raise RuntimeError("two migrations share a version number")
+    return found
+
+
+async def apply_migrations(pool: asyncpg.Pool) -> list[str]:
+    """Apply the migrations not yet applied, each in its own transaction; return their names."""
+    applied_now = []
+    async with pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+        try:
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS schema_migrations (
+                       version integer PRIMARY KEY,
+                       name text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in migration_files():
+                if version in done:
+                    continue
+                async with conn.transaction():
+                    await conn.execute(sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
+                    )
+                applied_now.append(name)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
+    return applied_now
+
+
+class UsageRepository:
+    """Usage records; recording the same attempt twice is a no-op (JetStream may redeliver).
+
+    Built before the app runs (handlers need it), attached to the pool the lifespan opens.
+    """
+
+    def __init__(self) -> None:
+        self._pool_ref: asyncpg.Pool | None = None
+
+    def attach(self, pool: asyncpg.Pool) -> None:
+        """Use ``pool`` from now on."""
+        self._pool_ref = pool
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        if self._pool_ref is None:
+            raise RuntimeError("the usage repository has no database pool yet")
+        return self._pool_ref
+
+    async def record_attempt(self, event: AttemptFinished) -> bool:
+        """Store one finished attempt; ``False`` when it was already recorded."""
+        usage = event.usage
+        status = await self._pool.execute(
+            """INSERT INTO usage_records (
+                   request_id, attempt, hoster_id, adapter_id, model, stream, outcome,
+                   prompt_tokens, completion_tokens, usage_estimated, input_price, output_price,
+                   finish_reason, error, ttft_ms, duration_ms, finished_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+               ON CONFLICT (request_id, attempt) DO NOTHING""",
+            event.request_id,
+            event.attempt,
+            event.hoster_id,
+            event.adapter_id,
+            event.model,
+            event.stream,
+            event.outcome,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.estimated,
+            event.input_price,
+            event.output_price,
+            event.finish_reason,
+            event.error,
+            event.ttft_ms,
+            event.duration_ms,
+            dt.datetime.fromtimestamp(event.finished_at, tz=dt.UTC),
+        )
+        return bool(status.endswith(" 1"))
+
+    async def usage_of(self, request_id: str) -> list[asyncpg.Record]:
+        """Every recorded attempt of ``request_id``."""
+        return await self._pool.fetch(
+            "SELECT * FROM usage_records WHERE request_id = $1 ORDER BY attempt", request_id
+        )

@@ -1,0 +1,1 @@
+"""hoster_adapter: fronts hosters' OpenAI-compatible servers and streams their tokens to the ingress."""

@@ -1,0 +1,17 @@
+"""``python -m services.hoster_adapter``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from services.hoster_adapter.app import build_app
+from services.hoster_adapter.settings import AdapterSettings
+
+
+def main() -> None:
+    """Run the adapter until SIGINT/SIGTERM."""
+    asyncio.run(build_app(AdapterSettings()).run())
+
+
+if __name__ == "__main__":
+    main()

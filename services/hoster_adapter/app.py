@@ -1,0 +1,43 @@
+"""Builds the hoster adapter: a faststream app whose lifespan owns the broker connection and HTTP client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from faststream import FastStream
+
+from libs.platform.broker import ensure_streams, make_broker
+from libs.platform.ids import instance_id
+from libs.platform.logging import setup_logging
+from services.hoster_adapter.handlers import register_handlers
+from services.hoster_adapter.settings import AdapterSettings
+from services.hoster_adapter.upstream import HosterAdapter
+
+SERVICE = "hoster_adapter"
+
+
+def build_app(settings: AdapterSettings) -> FastStream:
+    """The adapter app for ``settings``; nothing connects until it runs."""
+    logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
+    adapter_id = instance_id(settings.instance_id, SERVICE)
+    adapter = HosterAdapter(settings, adapter_id, logger)
+    broker = make_broker(settings.nats_url, adapter_id, logger)
+    register_handlers(broker, adapter)
+
+    @asynccontextmanager
+    async def lifespan() -> AsyncIterator[None]:
+        await broker.connect()
+        await ensure_streams(broker.connection)
+        await adapter.open(broker.connection)
+        logger.info("adapter ready", extra={"adapter_id": adapter_id, "hosters": list(adapter.hosters)})
+        try:
+            yield
+        finally:
+            await adapter.close()
+
+    async def drain() -> None:
+        # Runs before the broker stops, so attempts still running can report their outcome.
+        await adapter.drain(grace_s=settings.shutdown_grace_s)
+
+    return FastStream(broker, logger=logger, lifespan=lifespan, on_shutdown=[drain])

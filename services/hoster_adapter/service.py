@@ -1,0 +1,175 @@
+"""Pure logic of an attempt: rewriting upstream chunks, tallying usage, assembling a completion.
+
+Everything here runs per token chunk, so it works on plain dicts and bytes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from libs.contracts.routing import AttemptDispatch, Usage
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A rough prompt size (~4 characters a token) for upstreams that report no usage."""
+    size = 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            size += len(content)
+        elif isinstance(content, list):
+            size += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+    return max(1, size // 4)
+
+
+class StreamTally:
+    """Follows an upstream stream: reported usage, content chunks seen, the finish reason."""
+
+    __slots__ = ("content_chunks", "finish_reason", "reported_usage", "system_fingerprint")
+
+    def __init__(self) -> None:
+        self.content_chunks = 0
+        self.finish_reason: str | None = None
+        self.reported_usage: dict[str, Any] | None = None
+        self.system_fingerprint: str | None = None
+
+    def observe(self, chunk: dict[str, Any]) -> None:
+        """Take note of one upstream chunk."""
+        usage = chunk.get("usage")
+        if usage:
+            self.reported_usage = usage
+        if self.system_fingerprint is None:
+            self.system_fingerprint = chunk.get("system_fingerprint")
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
+                self.content_chunks += 1
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+
+    def usage(self, body: dict[str, Any], completion_tokens: int | None = None) -> Usage:
+        """Usage as the upstream reported it, else an estimate (marked so).
+
+        ``completion_tokens`` overrides the count, for a stream cut short where the client got fewer tokens.
+        """
+        reported = self.reported_usage
+        if reported and completion_tokens is None:
+            prompt = int(reported.get("prompt_tokens") or 0)
+            completion = int(reported.get("completion_tokens") or 0)
+            return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        prompt = int(reported["prompt_tokens"]) if reported else estimate_prompt_tokens(body)
+        completion = self.content_chunks if completion_tokens is None else completion_tokens
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            estimated=True,
+        )
+
+
+class ChunkRewriter:
+    """Turns an upstream chunk into the gateway's chunk: our id, our model name, our created time."""
+
+    __slots__ = ("_created", "_id", "_include_usage", "_model")
+
+    def __init__(self, dispatch: AttemptDispatch) -> None:
+        self._id = dispatch.request_id
+        self._model = dispatch.model
+        self._created = dispatch.created
+        self._include_usage = dispatch.include_usage
+
+    def rewrite(self, chunk: dict[str, Any]) -> bytes | None:
+        """The chunk to send the client, or ``None`` when it carries nothing the client asked for."""
+        if not self._include_usage:
+            if not chunk.get("choices"):
+                return None
+            chunk.pop("usage", None)
+        chunk["id"] = self._id
+        chunk["object"] = "chat.completion.chunk"
+        chunk["created"] = self._created
+        chunk["model"] = self._model
+        return orjson.dumps(chunk)
+
+
+class CompletionAssembler:
+    """Gathers the chunks of a stream into one ``chat.completion`` for a non-streaming client."""
+
+    def __init__(self) -> None:
+        self._choices: dict[int, dict[str, Any]] = {}
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        """Merge one upstream chunk."""
+        for choice in chunk.get("choices") or ():
+            index = int(choice.get("index") or 0)
+            state = self._choices.get(index)
+            if state is None:
+                state = self._choices[index] = {
+                    "content": [], "reasoning": [], "tool_calls": {}, "logprobs": None, "finish_reason": None,
+                    "refusal": None,
+                }  # fmt: skip
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                state["content"].append(delta["content"])
+            if delta.get("reasoning_content"):
+                state["reasoning"].append(delta["reasoning_content"])
+            if delta.get("refusal"):
+                state["refusal"] = (state["refusal"] or "") + delta["refusal"]
+            for call in delta.get("tool_calls") or ():
+                merged = state["tool_calls"].setdefault(
+                    int(call.get("index") or 0),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if call.get("id"):
+                    merged["id"] = call["id"]
+                function = call.get("function") or {}
+                merged["function"]["name"] += function.get("name") or ""
+                merged["function"]["arguments"] += function.get("arguments") or ""
+            logprobs = choice.get("logprobs")
+            if logprobs and logprobs.get("content"):
+                state["logprobs"] = state["logprobs"] or {"content": [], "refusal": None}
+                state["logprobs"]["content"].extend(logprobs["content"])
+            if choice.get("finish_reason"):
+                state["finish_reason"] = choice["finish_reason"]
+
+    def completion(self, dispatch: AttemptDispatch, usage: Usage, fingerprint: str | None) -> bytes:
+        """The assembled ``chat.completion``, with usage, serialized."""
+        choices = []
+        for index in sorted(self._choices) or [0]:
+            state = self._choices.get(index) or {
+                "content": [], "reasoning": [], "tool_calls": {}, "logprobs": None, "finish_reason": "stop",
+                "refusal": None,
+            }  # fmt: skip
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(state["content"]) if state["content"] or not state["tool_calls"] else None,
+                "refusal": state["refusal"],
+            }
+            if state["reasoning"]:
+                message["reasoning_content"] = "".join(state["reasoning"])
+            if state["tool_calls"]:
+                message["tool_calls"] = [state["tool_calls"][i] for i in sorted(state["tool_calls"])]
+            choices.append(
+                {
+                    "index": index,
+                    "message": message,
+                    "logprobs": state["logprobs"],
+                    "finish_reason": state["finish_reason"] or "stop",
+                }
+            )
+        body: dict[str, Any] = {
+            "id": dispatch.request_id,
+            "object": "chat.completion",
+            "created": dispatch.created,
+            "model": dispatch.model,
+            "choices": choices,
+            "usage": {
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+            },
+        }
+        if fingerprint:
+            body["system_fingerprint"] = fingerprint
+        return orjson.dumps(body)

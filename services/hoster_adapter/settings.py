@@ -1,0 +1,87 @@
+"""Settings of the hoster adapter: which hosters it fronts and how it talks to them."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import SettingsConfigDict
+
+from libs.contracts.hosters import ModelOffer
+from libs.platform.settings import ServiceSettings
+
+MICRO = 1_000_000
+
+
+class HostedModel(BaseModel):
+    """A model one hoster serves. Prices are in credits per million tokens (converted to micro-credits)."""
+
+    name: str = Field(min_length=1)
+    upstream_model: str | None = None
+    input_price: Decimal = Field(ge=0)
+    output_price: Decimal = Field(ge=0)
+    context_length: int | None = Field(None, ge=1)
+
+    def offer(self) -> ModelOffer:
+        """The model as announced in heartbeats."""
+        return ModelOffer(
+            model=self.name,
+            upstream_model=self.upstream_model or self.name,
+            input_price=int(self.input_price * MICRO),
+            output_price=int(self.output_price * MICRO),
+            context_length=self.context_length,
+        )
+
+
+class HosterConfig(BaseModel):
+    """One hoster: an OpenAI-compatible server (vLLM, llama.cpp, Ollama, a cloud provider) and its models."""
+
+    id: str
+    name: str
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://gpu-box:8000/v1")
+    api_key: SecretStr | None = None
+    cloud: bool = False
+    region: str | None = None
+    capacity: int = Field(64, ge=1, description="requests this hoster serves at once")
+    models: list[HostedModel] = Field(min_length=1)
+
+    @field_validator("id")
+    @classmethod
+    def _uuid(cls, value: str) -> str:
+        return str(uuid.UUID(value))
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+
+class AdapterSettings(ServiceSettings):
+    """``CS_ADAPTER_*``: hosters come as a JSON list in ``CS_ADAPTER_HOSTERS`` or a JSON file."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_ADAPTER_", populate_by_name=True, extra="ignore")
+
+    hosters: list[HosterConfig] = Field(default_factory=list)
+    hosters_file: Path | None = None
+    heartbeat_interval_s: float = Field(1.0, gt=0)
+    keepalive_interval_s: float = Field(5.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    # Longest wait for the upstream's next byte (its first token included) before the attempt fails.
+    read_timeout_s: float = Field(120.0, gt=0)
+    max_connections: int = Field(512, ge=1)
+    # On SIGTERM, running attempts get this long to finish before they are cancelled (and billed as such).
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+    def all_hosters(self) -> list[HosterConfig]:
+        """Hosters from the environment and from ``hosters_file``; each id may appear once."""
+        hosters = list(self.hosters)
+        if self.hosters_file is not None:
+            raw = orjson.loads(self.hosters_file.read_bytes())
+            hosters += [HosterConfig.model_validate(item) for item in raw]
+        ids = [h.id for h in hosters]
+        if len(ids) != len(set(ids)):
+            raise ValueError("a hoster id appears twice in the adapter's configuration")
+        return hosters

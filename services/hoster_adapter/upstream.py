@@ -1,0 +1,281 @@
+"""Attempts against the hosters' OpenAI-compatible servers: the adapter's I/O, owned by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+
+from libs.contracts import frames, subjects
+from libs.contracts.hosters import HosterHeartbeat, HosterStatus
+from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
+from services.hoster_adapter.service import ChunkRewriter, CompletionAssembler, StreamTally
+from services.hoster_adapter.settings import AdapterSettings, HosterConfig
+
+
+@dataclass(slots=True)
+class ActiveAttempt:
+    """An attempt being served: its command, its task, and when the reply subject last heard from it."""
+
+    dispatch: AttemptDispatch
+    last_sent: float = field(default_factory=time.monotonic)
+    seq: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class UpstreamFailure(Exception):
+    """The upstream answered with an error or broke off the stream."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class HosterAdapter:
+    """Runs attempts on the hosters it fronts and announces them; one per process."""
+
+    def __init__(self, settings: AdapterSettings, adapter_id: str, logger: logging.Logger) -> None:
+        self.adapter_id = adapter_id
+        self.hosters: dict[str, HosterConfig] = {h.id: h for h in settings.all_hosters()}
+        self._settings = settings
+        self._log = logger
+        self._active: dict[str, ActiveAttempt] = {}
+        self._in_flight: Counter[str] = Counter()
+        self._loops: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    async def open(self, nc: Client) -> None:
+        """Take the NATS connection, open the HTTP client, start heartbeats and keepalives."""
+        s = self._settings
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(connect=s.connect_timeout_s, read=s.read_timeout_s, write=30.0, pool=5.0),
+            limits=httpx.Limits(
+                max_connections=s.max_connections, max_keepalive_connections=s.max_connections
+            ),
+        )
+        self._loops = [
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._keepalive_loop(), name="keepalive"),
+        ]
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop announcing (routers stop sending work), let running attempts finish for ``grace_s``, then
+        cancel the rest; their outcomes are published while the connection is still up."""
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Close the HTTP client."""
+        if self._http is not None:
+            await self._http.aclose()
+
+    def heartbeat(self) -> HosterHeartbeat:
+        """What this adapter announces now."""
+        return HosterHeartbeat(
+            adapter_id=self.adapter_id,
+            interval_s=self._settings.heartbeat_interval_s,
+            hosters=[
+                HosterStatus(
+                    hoster_id=h.id,
+                    name=h.name,
+                    cloud=h.cloud,
+                    region=h.region,
+                    capacity=h.capacity,
+                    in_flight=self._in_flight[h.id],
+                    models=[m.offer() for m in h.models],
+                )
+                for h in self.hosters.values()
+            ],
+        )
+
+    def accept(self, dispatch: AttemptDispatch) -> AttemptAccepted:
+        """Take an attempt unless the hoster is unknown here or at capacity; the work runs in its own task."""
+        hoster = self.hosters.get(dispatch.hoster_id)
+        if hoster is None:
+            return AttemptAccepted(accepted=False, adapter_id=self.adapter_id, reason="unknown hoster")
+        if self._in_flight[hoster.id] >= hoster.capacity:
+            return AttemptAccepted(accepted=False, adapter_id=self.adapter_id, reason="hoster at capacity")
+        active = ActiveAttempt(dispatch)
+        self._active[dispatch.request_id] = active
+        self._in_flight[hoster.id] += 1
+        active.task = task = asyncio.create_task(self._run(hoster, active))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return AttemptAccepted(accepted=True, adapter_id=self.adapter_id)
+
+    def cancel(self, request_id: str) -> bool:
+        """Stop the attempt of ``request_id`` if it runs here; the upstream request is closed."""
+        active = self._active.get(request_id)
+        if active is None or active.task is None:
+            return False
+        active.task.cancel()
+        return True
+
+    async def _run(self, hoster: HosterConfig, active: ActiveAttempt) -> None:
+        dispatch = active.dispatch
+        started = time.monotonic()
+        tally = StreamTally()
+        outcome: AttemptOutcome = "failed"
+        error: str | None = None
+        status: int | None = None
+        ttft: list[float] = []
+        sent = 0
+        try:
+            sent = await self._stream(hoster, active, tally, ttft)
+            outcome = "succeeded"
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            sent = active.seq
+        except UpstreamFailure as exc:
+            error, status, sent = str(exc), exc.status, active.seq
+        except httpx.HTTPError as exc:
+            error, sent = f"upstream {type(exc).__name__}: {exc}", active.seq
+        except Exception as exc:
+            self._log.exception("attempt crashed", extra={"request_id": dispatch.request_id})
+            error, sent = f"adapter error: {type(exc).__name__}", active.seq
+        finally:
+            self._active.pop(dispatch.request_id, None)
+            self._in_flight[hoster.id] -= 1
+        # A stream cut short is billed for what reached the client, not what the upstream might report.
+        billed = None if outcome == "succeeded" or not dispatch.stream else tally.content_chunks
+        if outcome == "failed" and not dispatch.stream:
+            billed = 0
+        event = AttemptFinished(
+            request_id=dispatch.request_id,
+            attempt=dispatch.attempt,
+            hoster_id=hoster.id,
+            adapter_id=self.adapter_id,
+            model=dispatch.model,
+            stream=dispatch.stream,
+            outcome=outcome,
+            usage=tally.usage(dispatch.body, billed),
+            chunks_sent=sent,
+            input_price=dispatch.input_price,
+            output_price=dispatch.output_price,
+            finish_reason=tally.finish_reason,
+            error=error,
+            upstream_status=status,
+            ttft_ms=ttft[0] * 1000 if ttft else None,
+            duration_ms=(time.monotonic() - started) * 1000,
+            finished_at=time.time(),
+        )
+        if error:
+            self._log.warning("attempt failed", extra={"request_id": dispatch.request_id, "error": error})
+        await self._publish_finished(dispatch.router_id, event)
+
+    async def _stream(
+        self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]
+    ) -> int:
+        """Call the upstream streaming, forward or assemble its chunks; return how many frames were sent."""
+        assert self._http is not None
+        assert self._nc is not None
+        dispatch = active.dispatch
+        body: dict[str, Any] = dict(dispatch.body)
+        body["model"] = dispatch.upstream_model
+        body["stream"] = True
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        if hoster.api_key is not None:
+            headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"
+        started = time.monotonic()
+        publish = self._nc.publish
+        reply = dispatch.reply_subject
+        attempt = dispatch.attempt
+        rewriter = ChunkRewriter(dispatch) if dispatch.stream else None
+        assembler = None if dispatch.stream else CompletionAssembler()
+        done = False
+        async with self._http.stream(
+            "POST", f"{hoster.base_url}/chat/completions", content=orjson.dumps(body), headers=headers
+        ) as response:
+            if response.status_code != 200:
+                detail = (await response.aread())[:300].decode(errors="replace")
+                raise UpstreamFailure(
+                    f"upstream status {response.status_code}: {detail}", response.status_code
+                )
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                payload = line[5:].strip()
+                if payload == "[DONE]":
+                    done = True
+                    break
+                chunk = orjson.loads(payload)
+                if not ttft:
+                    ttft.append(time.monotonic() - started)
+                tally.observe(chunk)
+                if rewriter is not None:
+                    out = rewriter.rewrite(chunk)
+                    if out is not None:
+                        await publish(reply, frames.encode(frames.CHUNK, attempt, active.seq, out))
+                        active.seq += 1
+                        active.last_sent = time.monotonic()
+                elif assembler is not None:
+                    assembler.add(chunk)
+        if not done:
+            raise UpstreamFailure("upstream closed the stream before [DONE]")
+        if assembler is not None:
+            usage = tally.usage(dispatch.body)
+            completion = assembler.completion(dispatch, usage, tally.system_fingerprint)
+            await publish(reply, frames.encode(frames.COMPLETION, attempt, active.seq, completion))
+        else:
+            await publish(reply, frames.encode(frames.END, attempt, active.seq))
+        active.seq += 1
+        return active.seq
+
+    async def _publish_finished(self, router_id: str, event: AttemptFinished) -> None:
+        """Publish the outcome to JetStream, deduplicated per attempt, retrying while it is down."""
+        assert self._js is not None
+        data = event.model_dump_json().encode()
+        headers = {"Nats-Msg-Id": f"{event.request_id}:{event.attempt}"}
+        last: Exception | None = None
+        for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 5.0):
+            await asyncio.sleep(delay)
+            try:
+                await self._js.publish(
+                    subjects.attempt_finished(router_id), data, headers=headers, timeout=2.0
+                )
+                return
+            except Exception as exc:  # any failure here is retried the same way
+                last = exc
+        self._log.error("attempt outcome lost", extra={"request_id": event.request_id, "error": repr(last)})
+
+    async def _heartbeat_loop(self) -> None:
+        assert self._nc is not None
+        while True:
+            try:
+                await self._nc.publish(subjects.HOSTER_HEARTBEAT, self.heartbeat().model_dump_json().encode())
+            except Exception as exc:  # a missed heartbeat must not end the loop
+                self._log.warning("heartbeat not sent", extra={"error": repr(exc)})
+            await asyncio.sleep(self._settings.heartbeat_interval_s)
+
+    async def _keepalive_loop(self) -> None:
+        """Tell the ingress an attempt is alive while its upstream is slow, so it can tell slow from dead."""
+        assert self._nc is not None
+        interval = self._settings.keepalive_interval_s
+        while True:
+            await asyncio.sleep(interval / 2)
+            now = time.monotonic()
+            for active in list(self._active.values()):
+                if now - active.last_sent >= interval:
+                    d = active.dispatch
+                    await self._nc.publish(d.reply_subject, frames.encode(frames.KEEPALIVE, d.attempt, -1))
+                    active.last_sent = now

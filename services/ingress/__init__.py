@@ -1,0 +1,1 @@
+"""ingress: the public OpenAI-compatible HTTP API; turns NATS reply frames into SSE or one JSON body."""

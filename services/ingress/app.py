@@ -1,0 +1,74 @@
+"""Builds the ingress FastAPI app; its lifespan owns the NATS connection and the gateway."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from libs.contracts.openai import error_body
+from libs.platform.broker import make_broker
+from libs.platform.ids import instance_id
+from libs.platform.logging import setup_logging
+from services.ingress.gateway import Gateway
+from services.ingress.handlers import router
+from services.ingress.settings import IngressSettings
+
+SERVICE = "ingress"
+
+
+def build_app(settings: IngressSettings) -> FastAPI:
+    """The ingress app for ``settings``; nothing connects until its lifespan starts."""
+    logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
+    ingress_id = instance_id(settings.instance_id, SERVICE)
+    broker = make_broker(settings.nats_url, ingress_id, logger)
+    gateway = Gateway(ingress_id, settings.route_timeout_s, settings.idle_timeout_s, logger)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await broker.connect()
+        await gateway.open(broker.connection)
+        logger.info("ingress ready", extra={"ingress_id": ingress_id, "port": settings.port})
+        try:
+            yield
+        finally:
+            await gateway.close()
+            await broker.stop()
+
+    app = FastAPI(
+        title="computeshare",
+        version="0.1.0",
+        description="OpenAI-compatible inference gateway of the computeshare network.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.gateway = gateway
+    app.include_router(router)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            message, code = f"Invalid URL ({request.method} {request.url.path})", "unknown_url"
+        elif exc.status_code == 405:
+            message, code = f"Method not allowed ({request.method} {request.url.path})", "method_not_allowed"
+        else:
+            message, code = str(exc.detail), None
+        return Response(
+            error_body(message, "invalid_request_error", code),
+            status_code=exc.status_code,
+            media_type="application/json",
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(request: Request, exc: Exception) -> Response:
+        logger.exception("unhandled error", extra={"path": request.url.path})
+        return Response(
+            error_body("The server had an error while processing your request.", "server_error"),
+            status_code=500,
+            media_type="application/json",
+        )
+
+    return app

@@ -1,0 +1,200 @@
+"""The public routes: thin translations between HTTP and the gateway."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from libs.contracts import frames, subjects
+from libs.contracts.openai import ChatCompletionRequest, error_body
+from libs.contracts.routing import ErrorReport, RouteRequest
+from libs.platform.ids import new_request_id
+from services.ingress.gateway import Gateway, GatewayError, ReplyStream
+from services.ingress.service import (
+    StreamOutcome,
+    error_report,
+    error_response_body,
+    idle_report,
+    models_page,
+    sse_events,
+)
+from services.ingress.settings import IngressSettings
+
+router = APIRouter()
+
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+def gateway_of(request: Request) -> Gateway:
+    """The app's gateway (owned by the lifespan)."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+def settings_of(request: Request) -> IngressSettings:
+    """The app's settings."""
+    settings: IngressSettings = request.app.state.settings
+    return settings
+
+
+GatewayDep = Annotated[Gateway, Depends(gateway_of)]
+SettingsDep = Annotated[IngressSettings, Depends(settings_of)]
+
+
+def error_response(report: ErrorReport, headers: dict[str, str] | None = None) -> Response:
+    """An OpenAI error envelope with its status (and ``Retry-After`` when the report has one)."""
+    all_headers = dict(headers or {})
+    if report.retry_after is not None:
+        all_headers["retry-after"] = str(report.retry_after)
+    return Response(
+        error_response_body(report), status_code=report.http_status, media_type="application/json",
+        headers=all_headers,
+    )  # fmt: skip
+
+
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> Response:
+    """A 400 in the OpenAI envelope."""
+    return Response(
+        error_body(message, "invalid_request_error", code, param),
+        status_code=400,
+        media_type="application/json",
+    )
+
+
+def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
+    error = exc.errors(include_url=False)[0]
+    loc = [str(p) for p in error["loc"]]
+    param = ".".join(loc) if loc else None
+    return f"Invalid value for '{param}': {error['msg']}" if param else error["msg"], param
+
+
+@router.post("/v1/chat/completions", response_model=None)
+async def create_chat_completion(request: Request, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """Create a chat completion (OpenAI-compatible), streaming as SSE when ``stream`` is true."""
+    try:
+        payload: Any = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return invalid_request("The request body is not valid JSON.")
+    if not isinstance(payload, dict):
+        return invalid_request("The request body must be a JSON object.")
+    try:
+        body = ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        message, param = _validation_message(exc)
+        return invalid_request(message, param)
+
+    request_id = new_request_id()
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    route = RouteRequest(
+        request_id=request_id,
+        reply_subject=subjects.reply_subject(gateway.ingress_id, request_id),
+        model=body.model,
+        stream=body.stream,
+        include_usage=include_usage,
+        created=int(time.time()),
+        routing=body.routing(),
+        body=body.hoster_body(),
+    )
+    replies = gateway.open_stream(request_id)
+    handed_to_stream = False
+    try:
+        accepted = await gateway.route(route, settings.retry_after_s)
+        headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id}
+        try:
+            first = await replies.next()
+        except TimeoutError:
+            gateway.cancel(request_id)
+            return error_response(idle_report(settings.retry_after_s), headers)
+        if first.kind == frames.ERROR:
+            return error_response(error_report(first.body), headers)
+        if body.stream:
+            handed_to_stream = True
+            return StreamingResponse(
+                _stream(gateway, replies, first, settings.retry_after_s),
+                media_type="text/event-stream",
+                headers=headers | SSE_HEADERS,
+            )
+        return Response(first.body, media_type="application/json", headers=headers)
+    except GatewayError as exc:
+        return error_response(exc.report, {"x-request-id": request_id})
+    finally:
+        if not handed_to_stream:
+            gateway.close_stream(request_id)
+
+
+async def _stream(
+    gateway: Gateway, replies: ReplyStream, first: frames.Frame, retry_after: int
+) -> AsyncIterator[bytes]:
+    outcome = StreamOutcome()
+    try:
+        async for part in sse_events(first, replies, outcome, retry_after):
+            yield part
+    finally:
+        gateway.close_stream(replies.request_id)
+        if not outcome.completed:
+            # The client went away mid-stream: stop the hoster; what it generated so far is billed.
+            gateway.cancel(replies.request_id)
+
+
+def _model_entry(model: Any) -> dict[str, Any]:
+    return {
+        "id": model.id,
+        "object": "model",
+        "created": model.first_seen,
+        "owned_by": "computeshare",
+        "hosters": model.hosters,
+        "context_length": model.context_length,
+        "pricing": {
+            "unit": "credits per million tokens",
+            "input": {"min": model.min_input_price / 1e6, "max": model.max_input_price / 1e6},
+            "output": {"min": model.min_output_price / 1e6, "max": model.max_output_price / 1e6},
+        },
+    }
+
+
+@router.get("/v1/models", response_model=None)
+async def list_models(gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """The models live on the network now, with their price range and number of live hosters."""
+    try:
+        listing = await gateway.list_models(settings.retry_after_s)
+    except GatewayError as exc:
+        return error_response(exc.report)
+    return Response(models_page([_model_entry(m) for m in listing.models]), media_type="application/json")
+
+
+@router.get("/v1/models/{model_id:path}", response_model=None)
+async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """One live model."""
+    try:
+        listing = await gateway.list_models(settings.retry_after_s)
+    except GatewayError as exc:
+        return error_response(exc.report)
+    for model in listing.models:
+        if model.id == model_id:
+            return Response(orjson.dumps(_model_entry(model)), media_type="application/json")
+    return error_response(
+        ErrorReport(
+            http_status=404, type="invalid_request_error", code="model_not_found", param="model",
+            message=f"The model `{model_id}` does not exist or no hoster serves it now.",
+        )
+    )  # fmt: skip
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", include_in_schema=False, response_model=None)
+async def readyz(gateway: GatewayDep) -> Response:
+    """Readiness: connected to NATS and subscribed for replies."""
+    if gateway.ready:
+        return Response(b'{"status":"ready"}', media_type="application/json")
+    return Response(b'{"status":"not ready"}', status_code=503, media_type="application/json")

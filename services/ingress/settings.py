@@ -1,0 +1,24 @@
+"""Settings of the ingress."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from libs.platform.settings import ServiceSettings
+
+
+class IngressSettings(ServiceSettings):
+    """``CS_INGRESS_*``."""
+
+    model_config = SettingsConfigDict(env_prefix="CS_INGRESS_", populate_by_name=True, extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    # How long the router has to accept a request (it answers once an adapter took it).
+    route_timeout_s: float = Field(5.0, gt=0)
+    # Silence on a request's reply subject this long means its adapter or router is gone. Adapters send a
+    # keepalive every few seconds while an upstream is slow, so this only fires when something died.
+    idle_timeout_s: float = Field(20.0, gt=0)
+    retry_after_s: int = Field(5, ge=1)
+    shutdown_grace_s: float = Field(30.0, ge=0)

@@ -1,0 +1,49 @@
+"""The router's subscribers; each one hands straight to the dispatcher."""
+
+from __future__ import annotations
+
+import time
+
+from faststream.nats import NatsBroker
+
+from libs.contracts import subjects
+from libs.contracts.hosters import HosterHeartbeat, ModelsListing
+from libs.contracts.routing import (
+    AttemptFinished,
+    RequestCancelled,
+    RouteAccepted,
+    RouteRejected,
+    RouteRequest,
+)
+from services.router.dispatcher import Dispatcher
+from services.router.models_seen import ModelsSeenStore
+
+
+def register_handlers(
+    broker: NatsBroker, dispatcher: Dispatcher, store: ModelsSeenStore, workers: int
+) -> None:
+    """Wire the router's subjects to ``dispatcher``."""
+
+    @broker.subscriber(subjects.ROUTE_REQUEST, queue=subjects.QUEUE_ROUTER, max_workers=workers)
+    async def route_request(request: RouteRequest) -> RouteAccepted | RouteRejected:
+        """Route one request; the reply tells the ingress who took it or why nobody could."""
+        return await dispatcher.route(request)
+
+    @broker.subscriber(subjects.LIST_MODELS, queue=subjects.QUEUE_ROUTER)
+    async def list_models() -> ModelsListing:
+        """The models live on the network now."""
+        return ModelsListing(models=dispatcher.registry.live_models(time.monotonic()))
+
+    # Every router replica hears every heartbeat, so replicas see the same network.
+    @broker.subscriber(subjects.HOSTER_HEARTBEAT)
+    async def hoster_heartbeat(heartbeat: HosterHeartbeat) -> None:
+        for model in dispatcher.observe(heartbeat):
+            store.remember(model, dispatcher.registry.models_seen[model])
+
+    @broker.subscriber(subjects.attempt_finished(dispatcher.router_id))
+    async def attempt_finished(event: AttemptFinished) -> None:
+        await dispatcher.attempt_finished(event)
+
+    @broker.subscriber(subjects.REQUEST_CANCELLED)
+    async def request_cancelled(event: RequestCancelled) -> None:
+        dispatcher.cancelled(event.request_id)

@@ -1,0 +1,283 @@
+"""The simulator's HTTP app: plain Starlette, so that it is never the bottleneck of a gateway benchmark."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import random
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.datastructures import State
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from services.simulator.service import (
+    DONE_EVENT,
+    Behaviour,
+    ChatCompletionRequest,
+    CompletionMeta,
+    Reply,
+    completion,
+    completion_chunk,
+    error_envelope,
+    new_completion,
+    plan_reply,
+    resolve_behaviour,
+    sse_event,
+    usage_chunk,
+)
+from services.simulator.settings import SimulatorSettings
+
+_SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+class SimulatedDisconnect(Exception):
+    """Raised inside a response body to make the server drop the connection, as the ``disconnect`` fault."""
+
+
+def build_app(settings: SimulatorSettings) -> Starlette:
+    """The simulator app for ``settings``; ``app.state`` holds ``requests_total`` and ``active_streams``."""
+    app = Starlette(exception_handlers={HTTPException: _http_error})
+    app.state.requests_total = 0
+    app.state.active_streams = 0
+    app.router.routes.extend(_Endpoints(settings, app.state).routes())
+    return app
+
+
+class _Endpoints:
+    """The routes, bound to one configuration and to the app's counters."""
+
+    def __init__(self, settings: SimulatorSettings, state: State) -> None:
+        self._settings = settings
+        self._state = state
+        self._defaults = settings.behaviour()
+        self._models = frozenset(settings.models)
+        self._expected_authorization = (
+            None if settings.api_key is None else f"Bearer {settings.api_key}".encode()
+        )
+        self._model_list = orjson.dumps(
+            {
+                "object": "list",
+                "data": [
+                    {"id": model, "object": "model", "created": 0, "owned_by": "simulator"}
+                    for model in settings.models
+                ],
+            }
+        )
+
+    def routes(self) -> list[Route]:
+        """The simulator's routes."""
+        return [
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/models", self.list_models, methods=["GET"]),
+            Route("/healthz", self.health, methods=["GET"]),
+            Route("/stats", self.stats, methods=["GET"]),
+        ]
+
+    async def chat_completions(self, request: Request) -> Response:
+        """``POST /v1/chat/completions``: a simulated completion, streamed or whole, or a fault."""
+        self._state.requests_total += 1
+        if not self._authorized(request):
+            return _unauthorized()
+        chat_or_error = _parse_chat_request(await request.body())
+        if isinstance(chat_or_error, Response):
+            return chat_or_error
+        chat = chat_or_error
+        if chat.model not in self._models:
+            return _json_error(
+                404,
+                f"The model `{chat.model}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                code="model_not_found",
+            )
+        behaviour = resolve_behaviour(
+            self._defaults, self._settings.fault_rate, chat.simulator, random.random()
+        )
+        if behaviour.fault == "error":
+            return _json_error(
+                behaviour.fault_status,
+                "The simulator failed this request, as configured.",
+                "server_error",
+                code="simulated_error",
+            )
+        if behaviour.fault == "hang":
+            await _until_disconnected(request.receive)
+            return _abandoned()
+        meta = new_completion(chat.model)
+        reply = plan_reply(chat, behaviour.reply_tokens)
+        if chat.stream:
+            events = _completion_events(meta, reply, behaviour, include_usage=chat.include_usage)
+            return _CountedEventStream(events, self._state)
+        if behaviour.fault == "disconnect":
+            if await _disconnected_within(request.receive, behaviour.ttft_s):
+                return _abandoned()
+            return StreamingResponse(_DroppedBody(), media_type="application/json")
+        wait_s = behaviour.ttft_s + behaviour.generation_s(len(reply.tokens))
+        if await _disconnected_within(request.receive, wait_s):
+            return _abandoned()
+        return _json(200, completion(meta, reply))
+
+    async def list_models(self, request: Request) -> Response:
+        """``GET /v1/models``: the configured models in OpenAI's list shape."""
+        if not self._authorized(request):
+            return _unauthorized()
+        return Response(self._model_list, media_type="application/json")
+
+    async def health(self, request: Request) -> Response:
+        """``GET /healthz``: the process is serving."""
+        return _json(200, {"status": "ok"})
+
+    async def stats(self, request: Request) -> Response:
+        """``GET /stats``: request and open-stream counters, for tests that watch upstream connections."""
+        return _json(
+            200,
+            {"requests_total": self._state.requests_total, "active_streams": self._state.active_streams},
+        )
+
+    def _authorized(self, request: Request) -> bool:
+        if self._expected_authorization is None:
+            return True
+        given = request.headers.get("authorization", "").encode()
+        return hmac.compare_digest(given, self._expected_authorization)
+
+
+def _parse_chat_request(body: bytes) -> ChatCompletionRequest | Response:
+    """The validated request, or the 400 response OpenAI would send for it."""
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _json_error(
+            400,
+            "We could not parse the JSON body of your request. The body must be valid JSON.",
+            "invalid_request_error",
+        )
+    if not isinstance(payload, dict):
+        return _json_error(400, "The request body must be a JSON object.", "invalid_request_error")
+    try:
+        return ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        message = f"Invalid value for '{param}': {first['msg']}" if param else first["msg"]
+        return _json_error(400, message, "invalid_request_error", param=param)
+
+
+async def _completion_events(
+    meta: CompletionMeta, reply: Reply, behaviour: Behaviour, *, include_usage: bool
+) -> AsyncGenerator[bytes, None]:
+    """The stream's events, paced by ``behaviour``; with the ``disconnect`` fault it breaks off early.
+
+    Events due at the same moment leave in one write: a write per event costs the server a syscall each,
+    which at 0 ms between tokens would make the simulator the bottleneck of a gateway benchmark.
+    """
+    loop = asyncio.get_running_loop()
+    if behaviour.ttft_s > 0:
+        await asyncio.sleep(behaviour.ttft_s)
+    due = [
+        sse_event(completion_chunk(meta, {"role": "assistant", "content": ""}, include_usage=include_usage))
+    ]
+    interval = behaviour.token_interval_s
+    drop_after = behaviour.fault_after_tokens if behaviour.fault == "disconnect" else None
+    first_token_at = loop.time()
+    for index, token in enumerate(reply.tokens):
+        if index == drop_after:
+            break
+        if interval and index:
+            # Pace against a schedule, not a fixed sleep, so many concurrent streams keep the configured rate.
+            delay = first_token_at + index * interval - loop.time()
+            if delay > 0:
+                yield b"".join(due)
+                due.clear()
+                await asyncio.sleep(delay)
+        due.append(sse_event(completion_chunk(meta, {"content": token}, include_usage=include_usage)))
+    if drop_after is not None:
+        yield b"".join(due)
+        raise SimulatedDisconnect
+    due.append(sse_event(completion_chunk(meta, {}, reply.finish_reason, include_usage=include_usage)))
+    if include_usage:
+        due.append(sse_event(usage_chunk(meta, reply)))
+    due.append(DONE_EVENT)
+    yield b"".join(due)
+
+
+class _CountedEventStream(StreamingResponse):
+    """An SSE response counted in ``active_streams`` while it is sent, until it ends or the client leaves.
+
+    Starlette cancels the sending when the client disconnects; closing the generator then also ends a
+    stream that was suspended between two chunks.
+    """
+
+    def __init__(self, events: AsyncGenerator[bytes, None], state: State) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=_SSE_HEADERS)
+        self._events = events
+        self._state = state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self._state.active_streams += 1
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._state.active_streams -= 1
+            await self._events.aclose()
+
+
+class _DroppedBody:
+    """A response body that fails before its first byte: the server then closes the connection."""
+
+    def __aiter__(self) -> _DroppedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        raise SimulatedDisconnect
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    """Wait, without polling, until the client goes away."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _disconnected_within(receive: Receive, seconds: float) -> bool:
+    """Wait ``seconds``; True if the client left meanwhile, so nobody waits for the reply any more."""
+    if seconds <= 0:
+        return False
+    try:
+        async with asyncio.timeout(seconds):
+            await _until_disconnected(receive)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _abandoned() -> Response:
+    """The response for a client that has already gone: nginx's "client closed request", sent to nobody."""
+    return Response(status_code=499)
+
+
+def _json(status: int, payload: dict[str, Any]) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _json_error(
+    status: int, message: str, type_: str, *, param: str | None = None, code: str | None = None
+) -> Response:
+    return _json(status, error_envelope(message, type_, param=param, code=code))
+
+
+def _unauthorized() -> Response:
+    return _json_error(401, "Incorrect API key provided.", "invalid_request_error", code="invalid_api_key")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in OpenAI's error shape too."""
+    assert isinstance(exc, HTTPException)
+    response = _json_error(exc.status_code, exc.detail, "invalid_request_error")
+    response.headers.update(exc.headers or {})
+    return response
