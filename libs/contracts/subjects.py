@@ -29,7 +29,8 @@ _REPLY = "ingress.reply"
 QUEUE_ROUTER = "router"
 QUEUE_HOSTER_ADAPTER = "hoster_adapter"
 QUEUE_BILLING = "billing"
-BILLING_DURABLE = "billing-usage"
+# The durable consumer of usage events; nats-py requires a queue subscription to bind the durable of the same name.
+BILLING_DURABLE = QUEUE_BILLING
 
 # JetStream key-value bucket where routers remember every model ever served (survives restarts).
 MODELS_SEEN_BUCKET = "router_models_seen"
