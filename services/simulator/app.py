@@ -55,8 +55,8 @@ class _Endpoints:
     """The routes, bound to one configuration and to the app's counters."""
 
     def __init__(self, settings: SimulatorSettings, state: State) -> None:
-        self._settings = settings
         self._state = state
+        self._fault_rate = settings.fault_rate
         self._defaults = settings.behaviour()
         self._models = frozenset(settings.models)
         self._expected_authorization = (
@@ -86,10 +86,9 @@ class _Endpoints:
         self._state.requests_total += 1
         if not self._authorized(request):
             return _unauthorized()
-        chat_or_error = _parse_chat_request(await request.body())
-        if isinstance(chat_or_error, Response):
-            return chat_or_error
-        chat = chat_or_error
+        chat = _parse_chat_request(await request.body())
+        if isinstance(chat, Response):
+            return chat
         if chat.model not in self._models:
             return _json_error(
                 404,
@@ -97,9 +96,7 @@ class _Endpoints:
                 "invalid_request_error",
                 code="model_not_found",
             )
-        behaviour = resolve_behaviour(
-            self._defaults, self._settings.fault_rate, chat.simulator, random.random()
-        )
+        behaviour = resolve_behaviour(self._defaults, self._fault_rate, chat.simulator, random.random())
         if behaviour.fault == "error":
             return _json_error(
                 behaviour.fault_status,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -375,11 +376,20 @@ async def test_client_disconnect_during_ttft_abandons_the_non_stream_reply() -> 
     assert exchange.sent == []
 
 
-async def test_openai_sdk_reads_stream_and_non_stream() -> None:
-    app = simulator(reply_tokens=6)
+@contextlib.asynccontextmanager
+async def openai_sdk(app: Starlette) -> AsyncIterator[openai.AsyncOpenAI]:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http_client:
-        sdk = openai.AsyncOpenAI(base_url="http://sim/v1", api_key="x", http_client=http_client)
+        # The SDK is typed for httpx2 clients but accepts httpx ones, which have the ASGI transport.
+        yield openai.AsyncOpenAI(
+            base_url="http://sim/v1",
+            api_key="x",
+            http_client=http_client,  # type: ignore[arg-type]
+            max_retries=0,
+        )
 
+
+async def test_openai_sdk_reads_stream_and_non_stream() -> None:
+    async with openai_sdk(simulator(reply_tokens=6)) as sdk:
         whole = await sdk.chat.completions.create(model="demo-model", messages=SDK_PROMPT)
         stream = await sdk.chat.completions.create(
             model="demo-model",
@@ -395,6 +405,7 @@ async def test_openai_sdk_reads_stream_and_non_stream() -> None:
             if chunk.usage is not None:
                 usage = chunk.usage
 
+    assert whole.id.startswith("chatcmpl-sim-")
     assert whole.choices[0].message.content == "".join(pieces)
     assert whole.choices[0].finish_reason == "stop"
     assert whole.usage is not None
@@ -404,12 +415,7 @@ async def test_openai_sdk_reads_stream_and_non_stream() -> None:
 
 
 async def test_openai_sdk_surfaces_the_error_fault() -> None:
-    app = simulator()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http_client:
-        sdk = openai.AsyncOpenAI(
-            base_url="http://sim/v1", api_key="x", http_client=http_client, max_retries=0
-        )
-
+    async with openai_sdk(simulator()) as sdk:
         with pytest.raises(openai.InternalServerError):
             await sdk.chat.completions.create(
                 model="demo-model",

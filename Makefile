@@ -1,0 +1,55 @@
+# The project's front door: `make run`, `make test`, `make lint`, `make bench`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
+
+.PHONY: run test lint fmt unit integration e2e bench deps system-deps clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+# nats-server and PostgreSQL 15 come from Debian's packages when missing.
+system-deps:
+	@if ! command -v nats-server >/dev/null && ! test -x /usr/sbin/nats-server; then \
+		$(APT) update -qq && $(APT) install -y -qq nats-server; fi
+	@if ! test -x /usr/lib/postgresql/15/bin/postgres; then \
+		$(APT) update -qq && $(APT) install -y -qq postgresql-15; fi
+
+deps: system-deps $(STAMP)
+
+run: deps
+	$(BIN)/python -m libs.devstack run
+
+lint: deps
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/mypy services libs tests
+
+fmt: deps
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/pytest
+
+unit: deps
+	$(BIN)/pytest tests/unit
+
+integration: deps
+	$(BIN)/pytest tests/integration
+
+e2e: deps
+	$(BIN)/pytest tests/e2e
+
+bench: deps
+	$(BIN)/python -m tests.bench
+
+clean:
+	rm -rf .computeshare .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from libs.contracts.routing import AttemptDispatch
+from services.hoster_adapter.service import ChunkRewriter, CompletionAssembler, StreamTally
+
+
+def dispatch(stream: bool = True, include_usage: bool = False) -> AttemptDispatch:
+    return AttemptDispatch(
+        request_id="chatcmpl-gw", attempt=1, router_id="r", reply_subject="ingress.reply.i.chatcmpl-gw",
+        hoster_id="h", model="public-name", upstream_model="upstream-name", stream=stream,
+        include_usage=include_usage, created=1234, input_price=1, output_price=2,
+        body={"messages": [{"role": "user", "content": "x" * 40}]},
+    )  # fmt: skip
+
+
+def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    return {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "upstream-name",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+
+
+def test_rewriter_puts_the_gateway_id_model_and_created_on_every_chunk() -> None:
+    out = ChunkRewriter(dispatch()).rewrite(chunk("hi"))
+    assert out is not None
+    parsed = orjson.loads(out)
+    assert (parsed["id"], parsed["model"], parsed["created"]) == ("chatcmpl-gw", "public-name", 1234)
+    assert parsed["choices"][0]["delta"] == {"content": "hi"}
+
+
+def test_usage_chunk_is_dropped_unless_the_client_asked_for_it() -> None:
+    usage_only = {"id": "x", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}
+    assert ChunkRewriter(dispatch()).rewrite(dict(usage_only)) is None
+    kept = ChunkRewriter(dispatch(include_usage=True)).rewrite(dict(usage_only))
+    assert kept is not None
+    assert orjson.loads(kept)["usage"]["completion_tokens"] == 2
+    stripped = ChunkRewriter(dispatch()).rewrite(chunk("a", usage=None))
+    assert stripped is not None
+    assert "usage" not in orjson.loads(stripped)
+
+
+def test_tally_prefers_reported_usage_and_estimates_otherwise() -> None:
+    reported = StreamTally()
+    for c in (
+        chunk("a"),
+        chunk("b", "stop"),
+        {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 2}},
+    ):
+        reported.observe(c)
+    usage = reported.usage({})
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens, usage.estimated) == (
+        7,
+        2,
+        9,
+        False,
+    )
+    assert reported.finish_reason == "stop"
+
+    silent = StreamTally()
+    for c in (chunk("a"), chunk("b"), chunk("c"), chunk(None, "stop")):
+        silent.observe(c)
+    estimate = silent.usage(dispatch().body)
+    assert (estimate.prompt_tokens, estimate.completion_tokens, estimate.estimated) == (10, 3, True)
+
+
+def test_a_stream_cut_short_is_billed_for_the_tokens_sent() -> None:
+    tally = StreamTally()
+    tally.observe(chunk("a"))
+    tally.observe(chunk("b"))
+    usage = tally.usage(dispatch().body, completion_tokens=tally.content_chunks)
+    assert usage.completion_tokens == 2
+    assert usage.estimated
+
+
+def test_assembler_merges_content_tool_calls_and_choices() -> None:
+    assembler = CompletionAssembler()
+    assembler.add(chunk("Hel"))
+    assembler.add(chunk("lo", "stop"))
+    calls = [
+        {"index": 1, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
+                                               "function": {"name": "get_weather", "arguments": '{"ci'}}]}},
+        {"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": 'ty":"Oslo"}'}}]},
+         "finish_reason": "tool_calls"},
+    ]  # fmt: skip
+    for c in calls:
+        assembler.add({"choices": [c]})
+    from libs.contracts.routing import Usage
+
+    body = orjson.loads(assembler.completion(dispatch(stream=False), Usage(prompt_tokens=1, completion_tokens=2,
+                                                                           total_tokens=3), "fp"))  # fmt: skip
+    assert body["object"] == "chat.completion"
+    assert body["id"] == "chatcmpl-gw"
+    assert body["model"] == "public-name"
+    first, second = body["choices"]
+    assert first["message"] == {"role": "assistant", "content": "Hello", "refusal": None}
+    assert first["finish_reason"] == "stop"
+    assert second["message"]["content"] is None
+    assert second["message"]["tool_calls"] == [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+        }
+    ]
+    assert second["finish_reason"] == "tool_calls"
+    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    assert body["system_fingerprint"] == "fp"

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from libs.contracts.hosters import HosterHeartbeat, HosterStatus, ModelOffer
+from libs.contracts.routing import RoutingPreferences
+from services.router.service import HosterRegistry, NoEligibleHoster, order_candidates
+
+H1 = "11111111-1111-4111-8111-111111111111"
+H2 = "22222222-2222-4222-8222-222222222222"
+CLOUD = "33333333-3333-4333-8333-333333333333"
+
+
+def status(hoster_id: str, model: str = "m", cloud: bool = False, in_flight: int = 0) -> HosterStatus:
+    return HosterStatus(
+        hoster_id=hoster_id, name=hoster_id[:4], cloud=cloud, capacity=4, in_flight=in_flight,
+        models=[ModelOffer(model=model, upstream_model=model, input_price=1, output_price=2)],
+    )  # fmt: skip
+
+
+def registry_with(*hosters: HosterStatus, at: float = 100.0) -> HosterRegistry:
+    registry = HosterRegistry(ttl_s=3.0)
+    registry.observe(HosterHeartbeat(adapter_id="a1", interval_s=1, hosters=list(hosters)), at, 1700000000)
+    return registry
+
+
+def test_a_hoster_that_stops_heartbeating_is_gone_after_the_ttl() -> None:
+    registry = registry_with(status(H1))
+    assert [c.hoster.hoster_id for c in registry.live(102.9)] == [H1]
+    assert registry.live(103.1) == []
+    assert registry.adapter_alive("a1", 102.0)
+    assert not registry.adapter_alive("a1", 103.5)
+
+
+def test_never_served_model_is_404_and_served_before_but_gone_is_503() -> None:
+    registry = registry_with(status(H1, model="m"))
+    with pytest.raises(NoEligibleHoster) as never:
+        order_candidates(registry, "other", RoutingPreferences(), 101.0, retry_after=5)
+    assert never.value.report.http_status == 404
+    assert never.value.report.code == "model_not_found"
+    with pytest.raises(NoEligibleHoster) as gone:
+        order_candidates(registry, "m", RoutingPreferences(), 200.0, retry_after=5)
+    assert gone.value.report.http_status == 503
+    assert gone.value.report.retry_after == 5
+
+
+def test_privacy_mode_never_picks_a_cloud_hoster_and_says_why_when_only_cloud_is_left() -> None:
+    registry = registry_with(status(CLOUD, cloud=True), status(H1))
+    for _ in range(20):
+        _, candidates = order_candidates(registry, "m", RoutingPreferences(privacy_mode=True), 101.0, 5)
+        assert [c.hoster.hoster_id for c in candidates] == [H1]
+    only_cloud = registry_with(status(CLOUD, cloud=True))
+    with pytest.raises(NoEligibleHoster) as info:
+        order_candidates(only_cloud, "m", RoutingPreferences(privacy_mode=True), 101.0, 5)
+    assert "privacy_mode" in info.value.report.message
+
+
+def test_allow_and_deny_lists_filter_hosters() -> None:
+    registry = registry_with(status(H1), status(H2))
+    _, allowed = order_candidates(registry, "m", RoutingPreferences(allow_hosters=[H2]), 101.0, 5)
+    assert [c.hoster.hoster_id for c in allowed] == [H2]
+    _, remaining = order_candidates(registry, "m", RoutingPreferences(deny_hosters=[H2]), 101.0, 5)
+    assert [c.hoster.hoster_id for c in remaining] == [H1]
+
+
+def test_fallback_model_is_used_when_the_main_model_has_no_live_hoster() -> None:
+    registry = registry_with(status(H1, model="small"))
+    registry.models_seen["big"] = 1
+    model, candidates = order_candidates(
+        registry, "big", RoutingPreferences(fallback_models=["small"]), 101.0, 5
+    )
+    assert model == "small"
+    assert candidates[0].hoster.hoster_id == H1
+
+
+def test_least_loaded_first_and_equal_hosters_share_first_place() -> None:
+    busy = registry_with(status(H1, in_flight=3), status(H2, in_flight=0))
+    _, candidates = order_candidates(busy, "m", RoutingPreferences(), 101.0, 5)
+    assert candidates[0].hoster.hoster_id == H2
+    equal = registry_with(status(H1), status(H2))
+    firsts = Counter(order_candidates(equal, "m", RoutingPreferences(), 101.0, 5)[1][0].hoster.hoster_id
+                     for _ in range(200))  # fmt: skip
+    assert firsts[H1] > 50
+    assert firsts[H2] > 50
+
+
+def test_hosters_at_capacity_are_not_eligible() -> None:
+    registry = registry_with(status(H1, in_flight=4))
+    with pytest.raises(NoEligibleHoster) as info:
+        order_candidates(registry, "m", RoutingPreferences(), 101.0, 5)
+    assert "capacity" in info.value.report.message
+
+
+def test_live_models_summarise_hosters_and_prices() -> None:
+    cheap = status(H1)
+    dear = HosterStatus(
+        hoster_id=H2, name="h2", cloud=True, capacity=1, in_flight=0,
+        models=[ModelOffer(model="m", upstream_model="x", input_price=5, output_price=9, context_length=4096)],
+    )  # fmt: skip
+    [model] = registry_with(cheap, dear).live_models(101.0)
+    assert (model.id, model.hosters) == ("m", 2)
+    assert (model.min_input_price, model.max_input_price) == (1, 5)
+    assert (model.min_output_price, model.max_output_price) == (2, 9)
+    assert model.context_length == 4096
