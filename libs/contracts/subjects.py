@@ -29,7 +29,7 @@ _REPLY = "ingress.reply"
 QUEUE_ROUTER = "router"
 QUEUE_HOSTER_ADAPTER = "hoster_adapter"
 QUEUE_BILLING = "billing"
-# The durable consumer of usage events; nats-py requires a queue subscription to bind the durable of the same name.
+# The durable consumer of usage events (nats-py binds a queue subscription only to the durable of its name).
 BILLING_DURABLE = QUEUE_BILLING
 
 # JetStream key-value bucket where routers remember every model ever served (survives restarts).

@@ -114,6 +114,7 @@ class ManagedProcess:
             sink.write(prefix + line)
             if marker is not None and marker in line:
                 self._ready.set()
+        self._proc.stdout.close()
         if sink is not sys.stdout:
             sink.close()
 

@@ -39,9 +39,12 @@ def build_app(settings: BillingSettings) -> FastStream:
             usage.attach(pool)
             await broker.connect()
             await ensure_streams(broker.connection)
-            logger.info("billing ready", extra={"billing_id": billing_id})
             yield
         finally:
             await pool.close()
 
-    return FastStream(broker, logger=logger, lifespan=lifespan)
+    async def announce_ready() -> None:
+        # After the broker subscribed: from this line on the service takes messages.
+        logger.info("billing ready", extra={"billing_id": billing_id})
+
+    return FastStream(broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready])

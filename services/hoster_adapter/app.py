@@ -30,7 +30,6 @@ def build_app(settings: AdapterSettings) -> FastStream:
         await broker.connect()
         await ensure_streams(broker.connection)
         await adapter.open(broker.connection)
-        logger.info("adapter ready", extra={"adapter_id": adapter_id, "hosters": list(adapter.hosters)})
         try:
             yield
         finally:
@@ -40,4 +39,10 @@ def build_app(settings: AdapterSettings) -> FastStream:
         # Runs before the broker stops, so attempts still running can report their outcome.
         await adapter.drain(grace_s=settings.shutdown_grace_s)
 
-    return FastStream(broker, logger=logger, lifespan=lifespan, on_shutdown=[drain])
+    async def announce_ready() -> None:
+        # After the broker subscribed: from this line on the service takes messages.
+        logger.info("adapter ready", extra={"adapter_id": adapter_id, "hosters": list(adapter.hosters)})
+
+    return FastStream(
+        broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready], on_shutdown=[drain]
+    )

@@ -40,7 +40,6 @@ def build_app(settings: RouterSettings) -> FastStream:
             kv = await js.create_key_value(bucket=BUCKET, history=1)
         dispatcher.registry.models_seen.update(await store.open(kv))
         watcher = asyncio.create_task(dispatcher.watch())
-        logger.info("router ready", extra={"router_id": router_id})
         try:
             yield
         finally:
@@ -49,4 +48,8 @@ def build_app(settings: RouterSettings) -> FastStream:
                 await watcher
             await store.close()
 
-    return FastStream(broker, logger=logger, lifespan=lifespan)
+    async def announce_ready() -> None:
+        # After the broker subscribed: from this line on the service takes messages.
+        logger.info("router ready", extra={"router_id": router_id})
+
+    return FastStream(broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready])

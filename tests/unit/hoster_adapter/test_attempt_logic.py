@@ -10,17 +10,32 @@ from services.hoster_adapter.service import ChunkRewriter, CompletionAssembler, 
 
 def dispatch(stream: bool = True, include_usage: bool = False) -> AttemptDispatch:
     return AttemptDispatch(
-        request_id="chatcmpl-gw", attempt=1, router_id="r", reply_subject="ingress.reply.i.chatcmpl-gw",
-        hoster_id="h", model="public-name", upstream_model="upstream-name", stream=stream,
-        include_usage=include_usage, created=1234, input_price=1, output_price=2,
+        request_id="chatcmpl-gw",
+        attempt=1,
+        router_id="r",
+        reply_subject="ingress.reply.i.chatcmpl-gw",
+        hoster_id="h",
+        model="public-name",
+        upstream_model="upstream-name",
+        stream=stream,
+        include_usage=include_usage,
+        created=1234,
+        input_price=1,
+        output_price=2,
         body={"messages": [{"role": "user", "content": "x" * 40}]},
-    )  # fmt: skip
+    )
 
 
 def chunk(content: str | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
     delta = {} if content is None else {"content": content}
-    return {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "upstream-name",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}  # fmt: skip
+    return {
+        "id": "up-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "upstream-name",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        **extra,
+    }
 
 
 def test_rewriter_puts_the_gateway_id_model_and_created_on_every_chunk() -> None:
@@ -80,17 +95,34 @@ def test_assembler_merges_content_tool_calls_and_choices() -> None:
     assembler.add(chunk("Hel"))
     assembler.add(chunk("lo", "stop"))
     calls = [
-        {"index": 1, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                                               "function": {"name": "get_weather", "arguments": '{"ci'}}]}},
-        {"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": 'ty":"Oslo"}'}}]},
-         "finish_reason": "tool_calls"},
-    ]  # fmt: skip
+        {
+            "index": 1,
+            "delta": {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"ci'},
+                    }
+                ]
+            },
+        },
+        {
+            "index": 1,
+            "delta": {"tool_calls": [{"index": 0, "function": {"arguments": 'ty":"Oslo"}'}}]},
+            "finish_reason": "tool_calls",
+        },
+    ]
     for c in calls:
         assembler.add({"choices": [c]})
     from libs.contracts.routing import Usage
 
-    body = orjson.loads(assembler.completion(dispatch(stream=False), Usage(prompt_tokens=1, completion_tokens=2,
-                                                                           total_tokens=3), "fp"))  # fmt: skip
+    body = orjson.loads(
+        assembler.completion(
+            dispatch(stream=False), Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3), "fp"
+        )
+    )
     assert body["object"] == "chat.completion"
     assert body["id"] == "chatcmpl-gw"
     assert body["model"] == "public-name"

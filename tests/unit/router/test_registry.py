@@ -15,9 +15,13 @@ CLOUD = "33333333-3333-4333-8333-333333333333"
 
 def status(hoster_id: str, model: str = "m", cloud: bool = False, in_flight: int = 0) -> HosterStatus:
     return HosterStatus(
-        hoster_id=hoster_id, name=hoster_id[:4], cloud=cloud, capacity=4, in_flight=in_flight,
+        hoster_id=hoster_id,
+        name=hoster_id[:4],
+        cloud=cloud,
+        capacity=4,
+        in_flight=in_flight,
         models=[ModelOffer(model=model, upstream_model=model, input_price=1, output_price=2)],
-    )  # fmt: skip
+    )
 
 
 def registry_with(*hosters: HosterStatus, at: float = 100.0) -> HosterRegistry:
@@ -80,8 +84,10 @@ def test_least_loaded_first_and_equal_hosters_share_first_place() -> None:
     _, candidates = order_candidates(busy, "m", RoutingPreferences(), 101.0, 5)
     assert candidates[0].hoster.hoster_id == H2
     equal = registry_with(status(H1), status(H2))
-    firsts = Counter(order_candidates(equal, "m", RoutingPreferences(), 101.0, 5)[1][0].hoster.hoster_id
-                     for _ in range(200))  # fmt: skip
+    firsts = Counter(
+        order_candidates(equal, "m", RoutingPreferences(), 101.0, 5)[1][0].hoster.hoster_id
+        for _ in range(200)
+    )
     assert firsts[H1] > 50
     assert firsts[H2] > 50
 
@@ -96,9 +102,15 @@ def test_hosters_at_capacity_are_not_eligible() -> None:
 def test_live_models_summarise_hosters_and_prices() -> None:
     cheap = status(H1)
     dear = HosterStatus(
-        hoster_id=H2, name="h2", cloud=True, capacity=1, in_flight=0,
-        models=[ModelOffer(model="m", upstream_model="x", input_price=5, output_price=9, context_length=4096)],
-    )  # fmt: skip
+        hoster_id=H2,
+        name="h2",
+        cloud=True,
+        capacity=1,
+        in_flight=0,
+        models=[
+            ModelOffer(model="m", upstream_model="x", input_price=5, output_price=9, context_length=4096)
+        ],
+    )
     [model] = registry_with(cheap, dear).live_models(101.0)
     assert (model.id, model.hosters) == ("m", 2)
     assert (model.min_input_price, model.max_input_price) == (1, 5)

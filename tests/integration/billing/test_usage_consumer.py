@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import nats
+import pytest
+
+from libs.contracts import subjects
+from libs.contracts.routing import AttemptFinished
+from tests.integration.billing.test_usage_repository import finished
+from tests.integration.conftest import Spawn
+
+pytestmark = pytest.mark.integration
+
+
+async def rows_for(
+    database_url: str, request_id: str, timeout_s: float = 10.0, want: int = 1
+) -> list[asyncpg.Record]:
+    deadline = time.monotonic() + timeout_s
+    conn = await asyncpg.connect(database_url)
+    try:
+        while True:
+            try:
+                rows = await conn.fetch("SELECT * FROM usage_records WHERE request_id = $1", request_id)
+            except asyncpg.UndefinedTableError:
+                rows = []
+            if len(rows) >= want or time.monotonic() > deadline:
+                return rows
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+async def publish(nats_url: str, event: AttemptFinished, msg_id: str) -> None:
+    nc = await nats.connect(nats_url)
+    try:
+        await nc.jetstream().publish(
+            subjects.attempt_finished("router-x"),
+            event.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": msg_id},
+        )
+    finally:
+        await nc.close()
+
+
+async def test_usage_survives_billing_downtime_and_redelivery_never_duplicates(
+    nats_url: str, database_url: str, spawn: Spawn
+) -> None:
+    env = {"CS_NATS_URL": nats_url, "CS_BILLING_DATABASE_URL": database_url}
+    billing = spawn("billing", "billing", env, marker="billing ready")
+
+    await publish(nats_url, finished("chatcmpl-a"), "chatcmpl-a:1")
+    assert len(await rows_for(database_url, "chatcmpl-a")) == 1
+
+    # The same event again under another message id (as after a publisher retry past the dedupe window).
+    await publish(nats_url, finished("chatcmpl-a"), "chatcmpl-a:1:again")
+    await asyncio.sleep(0.5)
+    assert len(await rows_for(database_url, "chatcmpl-a", timeout_s=0)) == 1
+
+    billing.stop()
+    await publish(nats_url, finished("chatcmpl-b"), "chatcmpl-b:1")
+    assert await rows_for(database_url, "chatcmpl-b", timeout_s=0.5) == []
+    spawn("billing-again", "billing", env, marker="billing ready")
+    rows = await rows_for(database_url, "chatcmpl-b")
+    assert [(r["attempt"], r["completion_tokens"]) for r in rows] == [(1, 5)]
