@@ -8,11 +8,13 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 import orjson
 import pytest
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from libs.contracts import frames, subjects
 from libs.contracts.routing import (
@@ -68,14 +70,14 @@ async def network(nats_url: str, spawn: Spawn) -> AsyncIterator[Network]:
 
 
 async def send(
-    nc: Client, model: str = "demo-model", stream: bool = True, body: dict[str, object] | None = None
-) -> tuple[str, dict[str, object], asyncio.Queue[frames.Frame]]:
+    nc: Client, model: str = "demo-model", stream: bool = True, body: dict[str, Any] | None = None
+) -> tuple[str, dict[str, Any], asyncio.Queue[frames.Frame]]:
     """Subscribe a reply subject, publish a route request; return the router's decision and the frames."""
     request_id = new_request_id()
     reply = subjects.reply_subject("test-ingress", request_id)
     queue: asyncio.Queue[frames.Frame] = asyncio.Queue()
 
-    async def on_frame(msg: nats.aio.msg.Msg) -> None:
+    async def on_frame(msg: Msg) -> None:
         await queue.put(frames.decode(msg.data))
 
     await nc.subscribe(reply, cb=on_frame)
@@ -135,7 +137,7 @@ async def test_unknown_model_is_rejected_with_404(network: Network) -> None:
 async def test_cancel_closes_the_upstream_within_a_second_and_bills_tokens_sent(network: Network) -> None:
     outcomes: asyncio.Queue[AttemptFinished] = asyncio.Queue()
 
-    async def on_finished(msg: nats.aio.msg.Msg) -> None:
+    async def on_finished(msg: Msg) -> None:
         await outcomes.put(AttemptFinished.model_validate_json(msg.data))
 
     await network.nc.subscribe(subjects.ATTEMPT_FINISHED_ALL, cb=on_finished)
