@@ -1,0 +1,47 @@
+"""End-to-end fixtures: the whole stack as processes, called through its public HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from libs.devstack.processes import free_port
+from libs.devstack.stack import AdapterSpec, SimulatorSpec, Stack, demo_hoster, test_config
+
+
+def build_stack() -> Stack:
+    """One simulator serving ``demo-model``, one adapter, one router, one billing, one ingress."""
+    simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "12"})
+    config = test_config(
+        simulators=[simulator],
+        adapters=[
+            AdapterSpec(
+                "hoster_adapter",
+                [demo_hoster(simulator.base_url)],
+                {"CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.5"},
+            )
+        ],
+        service_env={
+            "CS_ROUTER_HOSTER_TTL_S": "2",
+            "CS_INGRESS_IDLE_TIMEOUT_S": "10",
+            "CS_ADAPTER_KEEPALIVE_INTERVAL_S": "2",
+        },
+    )
+    return Stack(config).start()
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """A stack shared by the tests of a module (tests that break it use ``fresh_stack``)."""
+    running = build_stack()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def fresh_stack() -> Iterator[Stack]:
+    """A stack of this test's own, free to kill."""
+    running = build_stack()
+    yield running
+    running.stop()
