@@ -29,8 +29,6 @@ _REPLY = "ingress.reply"
 QUEUE_ROUTER = "router"
 QUEUE_HOSTER_ADAPTER = "hoster_adapter"
 QUEUE_BILLING = "billing"
-# The durable consumer of usage events (nats-py binds a queue subscription only to the durable of its name).
-BILLING_DURABLE = QUEUE_BILLING
 
 # JetStream key-value bucket where routers remember every model ever served (survives restarts).
 MODELS_SEEN_BUCKET = "router_models_seen"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import uvloop
 
 from services.billing.app import build_app
 from services.billing.settings import BillingSettings
@@ -10,7 +10,7 @@ from services.billing.settings import BillingSettings
 
 def main() -> None:
     """Run billing until SIGINT/SIGTERM."""
-    asyncio.run(build_app(BillingSettings()).run())
+    uvloop.run(build_app(BillingSettings()).run())
 
 
 if __name__ == "__main__":

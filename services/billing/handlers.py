@@ -13,8 +13,9 @@ from services.billing.repository import UsageRepository
 def register_handlers(broker: NatsBroker, usage: UsageRepository, workers: int) -> None:
     """Consume attempt outcomes from JetStream through a durable consumer shared by every replica.
 
-    A push consumer with a deliver group: the server spreads events over the replicas and redelivers what
-    a replica did not ack (a pull consumer would do too, but faststream 0.7.8 mishandles nats-py 2.16's
+    A push consumer with a deliver group; nats-py names the durable consumer after the queue group, so it
+    outlives every replica. The server spreads events over the replicas and redelivers what a replica did
+    not ack (a pull consumer would do too, but faststream 0.7.8 mishandles nats-py 2.16's
     empty-batch timeout).
     """
 
@@ -22,7 +23,6 @@ def register_handlers(broker: NatsBroker, usage: UsageRepository, workers: int) 
         subjects.ATTEMPT_FINISHED_ALL,
         queue=subjects.QUEUE_BILLING,
         stream=JStream(subjects.ATTEMPTS_STREAM, declare=False),
-        durable=subjects.BILLING_DURABLE,
         max_workers=workers,
         # Acked only once the row is committed; a failure redelivers, and the insert is idempotent.
         ack_policy=AckPolicy.NACK_ON_ERROR,

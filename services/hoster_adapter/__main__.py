@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import uvloop
 
 from services.hoster_adapter.app import build_app
 from services.hoster_adapter.settings import AdapterSettings
@@ -10,7 +10,7 @@ from services.hoster_adapter.settings import AdapterSettings
 
 def main() -> None:
     """Run the adapter until SIGINT/SIGTERM."""
-    asyncio.run(build_app(AdapterSettings()).run())
+    uvloop.run(build_app(AdapterSettings()).run())
 
 
 if __name__ == "__main__":

@@ -216,8 +216,10 @@ class HosterAdapter:
                     continue
                 payload = line[5:].strip()
                 if payload == "[DONE]":
+                    # Read on to the end of the body (nothing follows): a half-read response cannot go
+                    # back to the connection pool, and a new connection per request costs more than a hop.
                     done = True
-                    break
+                    continue
                 chunk = orjson.loads(payload)
                 if not ttft:
                     ttft.append(time.monotonic() - started)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
+import uvloop
 
 from services.router.app import build_app
 from services.router.settings import RouterSettings
@@ -10,7 +10,7 @@ from services.router.settings import RouterSettings
 
 def main() -> None:
     """Run the router until SIGINT/SIGTERM."""
-    asyncio.run(build_app(RouterSettings()).run())
+    uvloop.run(build_app(RouterSettings()).run())
 
 
 if __name__ == "__main__":
