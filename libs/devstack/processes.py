@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -15,6 +16,16 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux to SIGKILL it when the supervisor dies, so no orphan outlives a
+    killed test run or ``make run``."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def free_port() -> int:
@@ -98,6 +109,7 @@ class ManagedProcess:
             start_new_session=True,
             user=self.user,
             group=self.user,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         sink: IO[str] = open(self.log_path, "a", buffering=1) if self.log_path else sys.stdout  # noqa: SIM115
         self._pump = threading.Thread(target=self._copy_output, args=(sink,), daemon=True)
