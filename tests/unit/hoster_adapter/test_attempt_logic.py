@@ -140,3 +140,15 @@ def test_assembler_merges_content_tool_calls_and_choices() -> None:
     assert second["finish_reason"] == "tool_calls"
     assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
     assert body["system_fingerprint"] == "fp"
+
+
+def test_sse_data_lines_survive_any_read_boundaries() -> None:
+    from services.hoster_adapter.service import SseDataLines
+
+    raw = b'data: {"a":1}\r\n\r\n: keepalive comment\n\nevent: x\ndata: {"b":2}\n\ndata: [DONE]\n\n'
+    for size in (1, 2, 5, 7, len(raw)):
+        splitter = SseDataLines()
+        payloads = []
+        for i in range(0, len(raw), size):
+            payloads += splitter.feed(raw[i : i + size])
+        assert payloads == [b'{"a":1}', b'{"b":2}', b"[DONE]"]
