@@ -46,9 +46,7 @@ class Result:
         return len(self.latencies) / self.wall_s
 
 
-async def run_load(
-    call: Callable[[], Awaitable[float]], concurrency: int, duration_s: float, warmup: int
-) -> Result:
+async def run_load(call: Callable[[], Awaitable[float]], concurrency: int, duration_s: float, warmup: int) -> Result:
     """``concurrency`` workers calling back to back for ``duration_s`` after ``warmup`` calls each."""
     for _ in range(warmup):
         await call()
@@ -108,9 +106,7 @@ async def measure(direct: str, gateway: str, duration_s: float) -> list[tuple[st
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     rows = []
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        scenarios: list[
-            tuple[str, Callable[[httpx.AsyncClient, str], Callable[[], Awaitable[float]]], int]
-        ] = [
+        scenarios: list[tuple[str, Callable[[httpx.AsyncClient, str], Callable[[], Awaitable[float]]], int]] = [
             ("non-stream, concurrency 1", non_stream, 1),
             ("non-stream, concurrency 16", non_stream, 16),
             ("stream first token, concurrency 1", first_token, 1),
@@ -130,9 +126,7 @@ def report(rows: list[tuple[str, Result, Result]]) -> str:
     ]
     for name, direct, gateway in rows:
         for label, r in (("direct", direct), ("gateway", gateway)):
-            lines.append(
-                f"{name:<36}{label:<9}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}{r.rps:>9.0f}{r.errors:>8}"
-            )
+            lines.append(f"{name:<36}{label:<9}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}{r.rps:>9.0f}{r.errors:>8}")
         lines.append(
             f"{'':<36}{'added':<9}{gateway.pct(0.5) - direct.pct(0.5):>9.2f}"
             f"{gateway.pct(0.99) - direct.pct(0.99):>9.2f}"

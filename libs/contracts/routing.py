@@ -6,6 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from libs.contracts.billing import Caller
+from libs.contracts.common import ErrorReport, Usage
+
 Tier = Literal["cheapest", "balanced", "fastest"]
 
 
@@ -32,7 +35,7 @@ class RouteRequest(BaseModel):
     created: int
     routing: RoutingPreferences
     body: dict[str, Any]
-    account_id: str | None = None
+    caller: Caller | None = None
 
 
 class RouteAccepted(BaseModel):
@@ -42,17 +45,7 @@ class RouteAccepted(BaseModel):
     hoster_id: str
     model: str
     attempt: int
-
-
-class ErrorReport(BaseModel):
-    """An error meant for the client: the OpenAI error envelope's fields plus the HTTP status."""
-
-    http_status: int
-    type: str
-    code: str | None
-    message: str
-    param: str | None = None
-    retry_after: int | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 class RouteRejected(BaseModel):
@@ -60,6 +53,7 @@ class RouteRejected(BaseModel):
 
     status: Literal["rejected"] = "rejected"
     error: ErrorReport
+    headers: dict[str, str] = Field(default_factory=dict)
 
 
 RouteDecision = Annotated[RouteAccepted | RouteRejected, Field(discriminator="status")]
@@ -80,6 +74,7 @@ class AttemptDispatch(BaseModel):
     created: int
     input_price: int
     output_price: int
+    fee_bps: int = 0
     body: dict[str, Any]
 
 
@@ -89,15 +84,6 @@ class AttemptAccepted(BaseModel):
     accepted: bool
     adapter_id: str
     reason: str | None = None
-
-
-class Usage(BaseModel):
-    """Token counts of an attempt; ``estimated`` when the upstream reported none and we counted."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    estimated: bool = False
 
 
 AttemptOutcome = Literal["succeeded", "failed", "cancelled"]

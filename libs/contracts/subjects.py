@@ -17,7 +17,10 @@ HOSTER_HEARTBEAT = "adapter.hoster.heartbeated"
 # hoster_adapter -> JetStream (billing, durable) and the owning router (core): one attempt is over.
 _ATTEMPT_FINISHED = "adapter.attempt.finished"
 ATTEMPT_FINISHED_ALL = _ATTEMPT_FINISHED + ".>"
-ATTEMPTS_STREAM = "ATTEMPTS"
+# router -> JetStream (billing, durable): the request is over; settle its reservation.
+REQUEST_FINISHED = "router.request.finished"
+# The JetStream stream holding both usage events; billing reads each through its own durable consumer.
+USAGE_STREAM = "USAGE"
 
 # ingress -> hoster_adapters and routers (broadcast): the client went away, stop generating.
 REQUEST_CANCELLED = "ingress.request.cancelled"
@@ -25,10 +28,21 @@ REQUEST_CANCELLED = "ingress.request.cancelled"
 # hoster_adapter / router -> ingress: the token stream of one request, one subject per request.
 _REPLY = "ingress.reply"
 
+# ingress -> billing (request/reply): who holds this API key?
+VERIFY_KEY = "billing.key.verify"
+# router -> billing (request/reply): admit a request: rate limits, then reserve its maximum cost.
+RESERVE_CREDITS = "billing.credits.reserve"
+# ingress -> billing (request/reply): an account's credits and recent usage.
+SHOW_CREDITS = "billing.credits.show"
+LIST_USAGE = "billing.usage.list"
+
 # Queue groups are the service names.
 QUEUE_ROUTER = "router"
 QUEUE_HOSTER_ADAPTER = "hoster_adapter"
 QUEUE_BILLING = "billing"
+# JetStream binds a push consumer's durable name to its deliver group, so each durable has its own group.
+BILLING_ATTEMPTS_DURABLE = "billing_attempts"
+BILLING_REQUESTS_DURABLE = "billing_requests"
 
 # JetStream key-value bucket where routers remember every model ever served (survives restarts).
 MODELS_SEEN_BUCKET = "router_models_seen"

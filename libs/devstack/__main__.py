@@ -14,11 +14,28 @@ from libs.devstack.stack import REPO_ROOT, Stack, demo_config
 BANNER = """
 computeshare is up: {api}
 
-  curl {api}/chat/completions -H 'Content-Type: application/json' \\
+demo API key (100 credits, also in {key_file}):
+  {key}
+
+  curl {api}/chat/completions -H "Authorization: Bearer {key}" -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "stream": true}}'
 
 Ctrl-C stops everything.
 """
+
+
+def demo_key(stack: Stack, path: Path) -> str:
+    """The demo account's key: the one saved by an earlier run while it still works, else a new account
+    with 100 credits and a new key, saved to ``path``."""
+    if path.exists():
+        saved = path.read_text().strip()
+        info = stack.computeshare("key", "find", saved)
+        if info.get("status") == "valid":
+            return saved
+    _, key = stack.create_account(credits="100", name="demo")
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
 
 
 def main() -> None:
@@ -42,7 +59,8 @@ def main() -> None:
         print(f"the stack did not start: {exc}", file=sys.stderr)
         sys.exit(1)
     model = config.adapters[0].hosters[0]["models"][0]["name"]
-    print(BANNER.format(api=config.api_base, model=model), flush=True)
+    key = demo_key(stack, args.workdir / "demo-key")
+    print(BANNER.format(api=config.api_base, model=model, key=key, key_file=args.workdir / "demo-key"), flush=True)
     try:
         while not stop.wait(1.0):
             for name, process in stack.processes.items():

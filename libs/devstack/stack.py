@@ -169,9 +169,7 @@ class Stack:
             for sim in c.simulators:
                 self.start_simulator(sim)
             for i in range(c.billings):
-                self.start_service(
-                    f"billing-{i}" if c.billings > 1 else "billing", "billing", "billing ready"
-                )
+                self.start_service(f"billing-{i}" if c.billings > 1 else "billing", "billing", "billing ready")
             for i in range(c.routers):
                 self.start_service(f"router-{i}" if c.routers > 1 else "router", "router", "router ready")
             for adapter in c.adapters:
@@ -239,6 +237,31 @@ class Stack:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"models {wanted} not live on port {port}\n{self.logs_tail()}")
                 time.sleep(0.1)
+
+    def computeshare(self, *args: str) -> Any:
+        """Run the ``computeshare`` admin command against this stack's database; its ``--json`` output."""
+        import subprocess
+
+        result = subprocess.run(
+            [sys.executable, "-m", "services.billing.cli", "--json", *args],
+            env=self.service_env(),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode not in (0, 1):
+            raise RuntimeError(f"computeshare {' '.join(args)} failed: {result.stderr.strip()}")
+        return json.loads(result.stdout)
+
+    def create_account(
+        self, credits: str = "100", rpm: int | None = None, tpm: int | None = None, name: str = "test"
+    ) -> tuple[str, str]:
+        """A new account with ``credits`` and one key: ``(account_id, key)``."""
+        account = self.computeshare("account", "create", "--name", name, "--credits", credits)
+        limits = [*(["--rpm", str(rpm)] if rpm else []), *(["--tpm", str(tpm)] if tpm else [])]
+        key = self.computeshare("key", "create", account["id"], *limits)
+        return account["id"], key["key"]
 
     def kill(self, name: str) -> None:
         """SIGKILL one process (a crash, not a shutdown)."""

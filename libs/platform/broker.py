@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from faststream.nats import NatsBroker
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
 
 from libs.contracts import subjects
@@ -35,8 +37,8 @@ async def ensure_streams(nc: Client, replicas: int = 1) -> None:
     """Create (or update) the JetStream streams the services share; safe to call from every replica."""
     js = nc.jetstream()
     config = StreamConfig(
-        name=subjects.ATTEMPTS_STREAM,
-        subjects=[subjects.ATTEMPT_FINISHED_ALL],
+        name=subjects.USAGE_STREAM,
+        subjects=[subjects.ATTEMPT_FINISHED_ALL, subjects.REQUEST_FINISHED],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         max_age=7 * 24 * 3600,
@@ -48,3 +50,20 @@ async def ensure_streams(nc: Client, replicas: int = 1) -> None:
         await js.add_stream(config)
     except BadRequestError:
         await js.update_stream(config)
+
+
+async def publish_durably(js: JetStreamContext, subject: str, data: bytes, msg_id: str, logger: logging.Logger) -> bool:
+    """Publish to JetStream and wait for its ack, retrying for about ten seconds while the server is away.
+
+    ``msg_id`` makes retries safe: the stream drops a second copy within its duplicate window.
+    """
+    last: Exception | None = None
+    for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 5.0):
+        await asyncio.sleep(delay)
+        try:
+            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=2.0)
+            return True
+        except Exception as exc:  # any failure (timeout, no stream, reconnecting) is retried the same way
+            last = exc
+    logger.error("event lost", extra={"subject": subject, "msg_id": msg_id, "error": repr(last)})
+    return False

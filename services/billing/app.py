@@ -1,7 +1,10 @@
-"""Builds the billing service; its lifespan owns the database pool and the broker connection."""
+"""Builds the billing service; its lifespan owns the database pool, the broker connection and the sweeper."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,10 +15,24 @@ from libs.platform.broker import ensure_streams, make_broker
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from services.billing.handlers import register_handlers
+from services.billing.ledger import Ledger
 from services.billing.repository import UsageRepository, apply_migrations
 from services.billing.settings import BillingSettings
 
 SERVICE = "billing"
+
+
+async def sweep(ledger: Ledger, settings: BillingSettings, logger: logging.Logger) -> None:
+    """Close stale reservations now and then; a failed sweep is retried at the next interval."""
+    while True:
+        await asyncio.sleep(settings.sweep_interval_s)
+        try:
+            closed = await ledger.expire_stale(settings.reservation_ttl_s)
+        except (asyncpg.PostgresError, OSError) as exc:
+            logger.warning("sweep failed", extra={"error": repr(exc)})
+            continue
+        if closed:
+            logger.info("stale reservations closed", extra={"count": closed})
 
 
 def build_app(settings: BillingSettings) -> FastStream:
@@ -24,7 +41,8 @@ def build_app(settings: BillingSettings) -> FastStream:
     billing_id = instance_id(settings.instance_id, SERVICE)
     broker = make_broker(settings.nats_url, billing_id, logger)
     usage = UsageRepository()
-    register_handlers(broker, usage, settings.workers)
+    ledger = Ledger()
+    register_handlers(broker, ledger, usage, settings.workers)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
@@ -33,14 +51,21 @@ def build_app(settings: BillingSettings) -> FastStream:
             min_size=settings.pool_min_size,
             max_size=settings.pool_max_size,
         )
+        sweeper: asyncio.Task[None] | None = None
         try:
             applied = await apply_migrations(pool)
             logger.info("migrations applied", extra={"applied": applied})
             usage.attach(pool)
+            ledger.attach(pool)
             await broker.connect()
             await ensure_streams(broker.connection)
+            sweeper = asyncio.create_task(sweep(ledger, settings, logger))
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sweeper
             await pool.close()
 
     async def announce_ready() -> None:

@@ -1,4 +1,4 @@
-"""billing's subscribers."""
+"""billing's subscribers: thin calls into the ledger and the usage records."""
 
 from __future__ import annotations
 
@@ -6,27 +6,81 @@ from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker
 
 from libs.contracts import subjects
+from libs.contracts.billing import (
+    CreditsQuery,
+    CreditsReport,
+    KeyInfo,
+    Refused,
+    RequestFinished,
+    ReserveCredits,
+    Reserved,
+    UsageQuery,
+    UsageReport,
+    VerifyKey,
+)
 from libs.contracts.routing import AttemptFinished
+from services.billing.ledger import Ledger, NotFound
 from services.billing.repository import UsageRepository
 
+USAGE_STREAM = JStream(subjects.USAGE_STREAM, declare=False)
 
-def register_handlers(broker: NatsBroker, usage: UsageRepository, workers: int) -> None:
-    """Consume attempt outcomes from JetStream through a durable consumer shared by every replica.
 
-    A push consumer with a deliver group; nats-py names the durable consumer after the queue group, so it
-    outlives every replica. The server spreads events over the replicas and redelivers what a replica did
-    not ack (a pull consumer would do too, but faststream 0.7.8 mishandles nats-py 2.16's
-    empty-batch timeout).
+def register_handlers(broker: NatsBroker, ledger: Ledger, usage: UsageRepository, workers: int) -> None:
+    """Request/reply subjects in the ``billing`` queue group; usage events from JetStream.
+
+    The JetStream consumers are push consumers with a deliver group: nats-py names the durable after the
+    group, so it outlives every replica; the server spreads events over replicas and redelivers what one did
+    not ack. Acks come after the database commit, and every write is idempotent on the request.
     """
+
+    @broker.subscriber(subjects.VERIFY_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def verify_key(query: VerifyKey) -> KeyInfo:
+        """Who holds this key."""
+        return await ledger.verify_key(query.key_hash)
+
+    @broker.subscriber(subjects.RESERVE_CREDITS, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def reserve_credits(command: ReserveCredits) -> Reserved | Refused:
+        """Admit a request or say why not."""
+        return await ledger.reserve(command)
+
+    @broker.subscriber(subjects.SHOW_CREDITS, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def show_credits(query: CreditsQuery) -> CreditsReport | None:
+        """An account's money."""
+        try:
+            state = await ledger.account(query.account_id)
+        except NotFound:
+            return None
+        return CreditsReport(
+            account_id=state.id,
+            balance=state.balance,
+            reserved=state.reserved,
+            spent_today=state.spent_today,
+            daily_cap=state.daily_cap,
+        )
+
+    @broker.subscriber(subjects.LIST_USAGE, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def list_usage(query: UsageQuery) -> UsageReport:
+        """An account's recent requests."""
+        return UsageReport(items=await ledger.usage(query.account_id, query.limit))
 
     @broker.subscriber(
         subjects.ATTEMPT_FINISHED_ALL,
-        queue=subjects.QUEUE_BILLING,
-        stream=JStream(subjects.ATTEMPTS_STREAM, declare=False),
+        queue=subjects.BILLING_ATTEMPTS_DURABLE,
+        stream=USAGE_STREAM,
         max_workers=workers,
-        # Acked only once the row is committed; a failure redelivers, and the insert is idempotent.
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
-    async def record_usage(event: AttemptFinished) -> None:
+    async def record_attempt(event: AttemptFinished) -> None:
         """Record one finished attempt."""
         await usage.record_attempt(event)
+
+    @broker.subscriber(
+        subjects.REQUEST_FINISHED,
+        queue=subjects.BILLING_REQUESTS_DURABLE,
+        stream=USAGE_STREAM,
+        max_workers=workers,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
+    )
+    async def settle_request(event: RequestFinished) -> None:
+        """Charge a finished request and release what it did not use."""
+        await ledger.settle(event)

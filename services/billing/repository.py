@@ -46,23 +46,19 @@ async def apply_migrations(pool: asyncpg.Pool) -> list[str]:
                     continue
                 async with conn.transaction():
                     await conn.execute(sql)
-                    await conn.execute(
-                        "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name
-                    )
+                    await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
                 applied_now.append(name)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)
     return applied_now
 
 
-class UsageRepository:
-    """Usage records; recording the same attempt twice is a no-op (JetStream may redeliver).
+class PoolBound:
+    """SQL over a pool that may be attached after construction: the app builds its handlers before its
+    lifespan opens the pool."""
 
-    Built before the app runs (handlers need it), attached to the pool the lifespan opens.
-    """
-
-    def __init__(self) -> None:
-        self._pool_ref: asyncpg.Pool | None = None
+    def __init__(self, pool: asyncpg.Pool | None = None) -> None:
+        self._pool_ref = pool
 
     def attach(self, pool: asyncpg.Pool) -> None:
         """Use ``pool`` from now on."""
@@ -71,8 +67,12 @@ class UsageRepository:
     @property
     def _pool(self) -> asyncpg.Pool:
         if self._pool_ref is None:
-            raise RuntimeError("the usage repository has no database pool yet")
+            raise RuntimeError(f"{type(self).__name__} has no database pool yet")
         return self._pool_ref
+
+
+class UsageRepository(PoolBound):
+    """Usage records; recording the same attempt twice is a no-op (JetStream may redeliver)."""
 
     async def record_attempt(self, event: AttemptFinished) -> bool:
         """Store one finished attempt; ``False`` when it was already recorded."""
@@ -106,6 +106,4 @@ class UsageRepository:
 
     async def usage_of(self, request_id: str) -> list[asyncpg.Record]:
         """Every recorded attempt of ``request_id``."""
-        return await self._pool.fetch(
-            "SELECT * FROM usage_records WHERE request_id = $1 ORDER BY attempt", request_id
-        )
+        return await self._pool.fetch("SELECT * FROM usage_records WHERE request_id = $1 ORDER BY attempt", request_id)

@@ -43,6 +43,4 @@ def build_app(settings: AdapterSettings) -> FastStream:
         # After the broker subscribed: from this line on the service takes messages.
         logger.info("adapter ready", extra={"adapter_id": adapter_id, "hosters": list(adapter.hosters)})
 
-    return FastStream(
-        broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready], on_shutdown=[drain]
-    )
+    return FastStream(broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready], on_shutdown=[drain])

@@ -17,9 +17,9 @@ def register_handlers(broker: NatsBroker, adapter: HosterAdapter) -> None:
         return adapter.accept(dispatch)
 
     for hoster_id in adapter.hosters:
-        broker.subscriber(
-            subjects.attempt_start(hoster_id), queue=subjects.QUEUE_HOSTER_ADAPTER, max_workers=64
-        )(start_attempt)
+        broker.subscriber(subjects.attempt_start(hoster_id), queue=subjects.QUEUE_HOSTER_ADAPTER, max_workers=64)(
+            start_attempt
+        )
 
     # Every adapter hears every cancel: only the one running the attempt acts on it.
     @broker.subscriber(subjects.REQUEST_CANCELLED)

@@ -9,19 +9,9 @@ from typing import Any
 
 import orjson
 
-from libs.contracts.routing import AttemptDispatch, Usage
-
-
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A rough prompt size (~4 characters a token) for upstreams that report no usage."""
-    size = 0
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            size += len(content)
-        elif isinstance(content, list):
-            size += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
-    return max(1, size // 4)
+from libs.contracts.common import Usage
+from libs.contracts.pricing import cost_of, estimate_prompt_tokens, to_credits
+from libs.contracts.routing import AttemptDispatch
 
 
 class SseDataLines:
@@ -88,12 +78,31 @@ class StreamTally:
         )
 
 
+def usage_body(
+    prompt_tokens: int, completion_tokens: int, dispatch: AttemptDispatch, estimated: bool
+) -> dict[str, Any]:
+    """``usage`` as the client sees it: OpenAI's counts, ``cost`` in credits as OpenRouter reports it, and
+    ``estimated`` when the hoster reported no usage and the gateway counted."""
+    cost = cost_of(prompt_tokens, completion_tokens, dispatch.input_price, dispatch.output_price, dispatch.fee_bps)
+    body: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "cost": to_credits(cost.client),
+    }
+    if estimated:
+        body["estimated"] = True
+    return body
+
+
 class ChunkRewriter:
     """Turns an upstream chunk into the gateway's chunk: our id, our model name, our created time."""
 
-    __slots__ = ("_created", "_id", "_include_usage", "_model")
+    __slots__ = ("_created", "_dispatch", "_id", "_include_usage", "_model", "usage_sent")
 
     def __init__(self, dispatch: AttemptDispatch) -> None:
+        self._dispatch = dispatch
+        self.usage_sent = False
         self._id = dispatch.request_id
         self._model = dispatch.model
         self._created = dispatch.created
@@ -105,11 +114,28 @@ class ChunkRewriter:
             if not chunk.get("choices"):
                 return None
             chunk.pop("usage", None)
+        elif usage := chunk.get("usage"):
+            prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            chunk["usage"] = {**usage, **usage_body(prompt, completion, self._dispatch, estimated=False)}
+            self.usage_sent = True
         chunk["id"] = self._id
         chunk["object"] = "chat.completion.chunk"
         chunk["created"] = self._created
         chunk["model"] = self._model
         return orjson.dumps(chunk)
+
+    def usage_chunk(self, usage: Usage) -> bytes:
+        """The final usage chunk, for a client that asked for one from an upstream that sent none."""
+        return orjson.dumps(
+            {
+                "id": self._id,
+                "object": "chat.completion.chunk",
+                "created": self._created,
+                "model": self._model,
+                "choices": [],
+                "usage": usage_body(usage.prompt_tokens, usage.completion_tokens, self._dispatch, usage.estimated),
+            }
+        )
 
 
 class CompletionAssembler:
@@ -183,11 +209,7 @@ class CompletionAssembler:
             "created": dispatch.created,
             "model": dispatch.model,
             "choices": choices,
-            "usage": {
-                "prompt_tokens": usage.prompt_tokens,
-                "completion_tokens": usage.completion_tokens,
-                "total_tokens": usage.total_tokens,
-            },
+            "usage": usage_body(usage.prompt_tokens, usage.completion_tokens, dispatch, usage.estimated),
         }
         if fingerprint:
             body["system_fingerprint"] = fingerprint

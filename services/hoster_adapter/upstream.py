@@ -18,6 +18,7 @@ from nats.js.client import JetStreamContext
 from libs.contracts import frames, subjects
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus
 from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
+from libs.platform.broker import publish_durably
 from services.hoster_adapter.service import ChunkRewriter, CompletionAssembler, SseDataLines, StreamTally
 from services.hoster_adapter.settings import AdapterSettings, HosterConfig
 
@@ -184,9 +185,7 @@ class HosterAdapter:
             self._log.warning("attempt failed", extra={"request_id": dispatch.request_id, "error": error})
         await self._publish_finished(dispatch.router_id, event)
 
-    async def _stream(
-        self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]
-    ) -> int:
+    async def _stream(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> int:
         """Call the upstream streaming, forward or assemble its chunks; return how many frames were sent."""
         assert self._http is not None
         assert self._nc is not None
@@ -210,9 +209,7 @@ class HosterAdapter:
         ) as response:
             if response.status_code != 200:
                 detail = (await response.aread())[:300].decode(errors="replace")
-                raise UpstreamFailure(
-                    f"upstream status {response.status_code}: {detail}", response.status_code
-                )
+                raise UpstreamFailure(f"upstream status {response.status_code}: {detail}", response.status_code)
             splitter = SseDataLines()
             # Read on to the end of the body even after [DONE] (nothing follows it): a half-read response
             # cannot go back to the connection pool, and a new connection per request costs more than a hop.
@@ -240,26 +237,24 @@ class HosterAdapter:
             completion = assembler.completion(dispatch, usage, tally.system_fingerprint)
             await publish(reply, frames.encode(frames.COMPLETION, attempt, active.seq, completion))
         else:
+            if rewriter is not None and dispatch.include_usage and not rewriter.usage_sent:
+                final = rewriter.usage_chunk(tally.usage(dispatch.body))
+                await publish(reply, frames.encode(frames.CHUNK, attempt, active.seq, final))
+                active.seq += 1
             await publish(reply, frames.encode(frames.END, attempt, active.seq))
         active.seq += 1
         return active.seq
 
     async def _publish_finished(self, router_id: str, event: AttemptFinished) -> None:
-        """Publish the outcome to JetStream, deduplicated per attempt, retrying while it is down."""
+        """Publish the outcome to JetStream, deduplicated per attempt."""
         assert self._js is not None
-        data = event.model_dump_json().encode()
-        headers = {"Nats-Msg-Id": f"{event.request_id}:{event.attempt}"}
-        last: Exception | None = None
-        for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 5.0):
-            await asyncio.sleep(delay)
-            try:
-                await self._js.publish(
-                    subjects.attempt_finished(router_id), data, headers=headers, timeout=2.0
-                )
-                return
-            except Exception as exc:  # any failure here is retried the same way
-                last = exc
-        self._log.error("attempt outcome lost", extra={"request_id": event.request_id, "error": repr(last)})
+        await publish_durably(
+            self._js,
+            subjects.attempt_finished(router_id),
+            event.model_dump_json().encode(),
+            f"{event.request_id}:{event.attempt}",
+            self._log,
+        )
 
     async def _heartbeat_loop(self) -> None:
         assert self._nc is not None

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -13,8 +14,8 @@ from libs.contracts.openai import error_body
 from libs.platform.broker import make_broker
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
-from services.ingress.gateway import Gateway
-from services.ingress.handlers import router
+from services.ingress.gateway import Gateway, GatewayError
+from services.ingress.handlers import error_response, router
 from services.ingress.settings import IngressSettings
 
 SERVICE = "ingress"
@@ -25,7 +26,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
     logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
     ingress_id = instance_id(settings.instance_id, SERVICE)
     broker = make_broker(settings.nats_url, ingress_id, logger)
-    gateway = Gateway(ingress_id, settings.route_timeout_s, settings.idle_timeout_s, logger)
+    gateway = Gateway(ingress_id, settings.route_timeout_s, settings.idle_timeout_s, settings.key_cache_s, logger)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -47,6 +48,20 @@ def build_app(settings: IngressSettings) -> FastAPI:
     app.state.settings = settings
     app.state.gateway = gateway
     app.include_router(router)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_parameters(request: Request, exc: RequestValidationError) -> Response:
+        error = exc.errors()[0]
+        param = ".".join(str(p) for p in error["loc"][1:]) or None
+        return Response(
+            error_body(f"Invalid value for '{param}': {error['msg']}", "invalid_request_error", None, param),
+            status_code=400,
+            media_type="application/json",
+        )
+
+    @app.exception_handler(GatewayError)
+    async def gateway_error(request: Request, exc: GatewayError) -> Response:
+        return error_response(exc.report, exc.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from libs.contracts import frames, subjects
+from libs.contracts.billing import CreditsQuery, CreditsReport, KeyInfo, UsageQuery, UsageReport, VerifyKey
+from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import ModelsListing
 from libs.contracts.routing import (
-    ErrorReport,
     RequestCancelled,
     RouteAccepted,
     RouteDecision,
@@ -27,11 +29,12 @@ _DECISION: TypeAdapter[RouteAccepted | RouteRejected] = TypeAdapter(RouteDecisio
 
 
 class GatewayError(Exception):
-    """The request cannot go on; ``report`` is what the client gets."""
+    """The request cannot go on; ``report`` (with ``headers``) is what the client gets."""
 
-    def __init__(self, report: ErrorReport) -> None:
+    def __init__(self, report: ErrorReport, headers: dict[str, str] | None = None) -> None:
         super().__init__(report.message)
         self.report = report
+        self.headers = headers or {}
 
 
 class ReplyStream:
@@ -70,13 +73,41 @@ class ReplyStream:
         return ready
 
 
+class KeyCache:
+    """Recent answers about API keys, by key hash, each trusted for ``ttl_s``."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 100_000) -> None:
+        self._ttl_s = ttl_s
+        self._max = max_entries
+        self._entries: dict[str, tuple[float, KeyInfo]] = {}
+
+    def get(self, key_hash: str, now: float) -> KeyInfo | None:
+        """The cached answer, unless it is older than the TTL."""
+        hit = self._entries.get(key_hash)
+        if hit is None or hit[0] <= now:
+            return None
+        return hit[1]
+
+    def put(self, key_hash: str, info: KeyInfo, now: float) -> None:
+        """Remember an answer; a full cache starts over rather than grow without bound."""
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[key_hash] = (now + self._ttl_s, info)
+
+
 class Gateway:
     """Publishes requests to the router and collects their reply frames."""
 
     def __init__(
-        self, ingress_id: str, route_timeout_s: float, idle_timeout_s: float, logger: logging.Logger
+        self,
+        ingress_id: str,
+        route_timeout_s: float,
+        idle_timeout_s: float,
+        key_cache_s: float,
+        logger: logging.Logger,
     ):
         self.ingress_id = ingress_id
+        self._keys = KeyCache(key_cache_s)
         self._route_timeout_s = route_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._log = logger
@@ -139,15 +170,13 @@ class Gateway:
                 subjects.ROUTE_REQUEST, request.model_dump_json().encode(), timeout=self._route_timeout_s
             )
         except NoRespondersError:
-            raise GatewayError(
-                _unavailable("No router is available to route this request.", retry_after)
-            ) from None
+            raise GatewayError(_unavailable("No router is available to route this request.", retry_after)) from None
         except (NatsTimeout, TimeoutError):
             raise GatewayError(_unavailable("The router did not answer in time.", retry_after)) from None
         decision = _DECISION.validate_json(reply.data)
         if isinstance(decision, RouteAccepted):
             return decision
-        raise GatewayError(decision.error)
+        raise GatewayError(decision.error, decision.headers)
 
     async def list_models(self, retry_after: int) -> ModelsListing:
         """The models live on the network, as the router sees them."""
@@ -158,6 +187,37 @@ class Gateway:
         except (NoRespondersError, NatsTimeout, TimeoutError):
             raise GatewayError(_unavailable("No router is available to list models.", retry_after)) from None
         return ModelsListing.model_validate_json(reply.data)
+
+    async def verify_key(self, key_hash: str, retry_after: int) -> KeyInfo:
+        """Who holds the key with this hash: from the cache, else from billing."""
+        now = time.monotonic()
+        cached = self._keys.get(key_hash, now)
+        if cached is not None:
+            return cached
+        reply = await self._ask(subjects.VERIFY_KEY, VerifyKey(key_hash=key_hash), "check API keys", retry_after)
+        info = KeyInfo.model_validate_json(reply)
+        self._keys.put(key_hash, info, now)
+        return info
+
+    async def credits(self, account_id: str, retry_after: int) -> CreditsReport:
+        """An account's balance, reservations, today's spend and cap."""
+        reply = await self._ask(subjects.SHOW_CREDITS, CreditsQuery(account_id=account_id), "show credits", retry_after)
+        return CreditsReport.model_validate_json(reply)
+
+    async def usage(self, account_id: str, limit: int, retry_after: int) -> UsageReport:
+        """An account's recent requests."""
+        query = UsageQuery(account_id=account_id, limit=limit)
+        return UsageReport.model_validate_json(await self._ask(subjects.LIST_USAGE, query, "list usage", retry_after))
+
+    async def _ask(self, subject: str, query: BaseModel, what: str, retry_after: int) -> bytes:
+        """Request/reply to billing; a 503 ``GatewayError`` when it cannot answer."""
+        if self._nc is None:
+            raise GatewayError(_unavailable("The gateway is not connected to the network.", retry_after))
+        try:
+            reply = await self._nc.request(subject, query.model_dump_json().encode(), timeout=self._route_timeout_s)
+        except (NoRespondersError, NatsTimeout, TimeoutError):
+            raise GatewayError(_unavailable(f"Billing is unavailable, so we cannot {what} now.", retry_after)) from None
+        return bytes(reply.data)
 
     def cancel(self, request_id: str) -> None:
         """Tell adapters and routers the client left; safe to call from a cancelled task."""

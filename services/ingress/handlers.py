@@ -7,13 +7,17 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from libs.contracts import frames, subjects
+from libs.contracts.billing import Caller
+from libs.contracts.common import ErrorReport
 from libs.contracts.openai import ChatCompletionRequest, error_body
-from libs.contracts.routing import ErrorReport, RouteRequest
+from libs.contracts.pricing import to_credits
+from libs.contracts.routing import RouteRequest
+from libs.platform import apikeys
 from libs.platform.ids import new_request_id
 from services.ingress.gateway import Gateway, GatewayError, ReplyStream
 from services.ingress.service import (
@@ -47,6 +51,30 @@ GatewayDep = Annotated[Gateway, Depends(gateway_of)]
 SettingsDep = Annotated[IngressSettings, Depends(settings_of)]
 
 
+def _unauthorized(message: str, code: str | None = "invalid_api_key") -> GatewayError:
+    return GatewayError(ErrorReport(http_status=401, type="invalid_request_error", code=code, message=message))
+
+
+async def authenticate(request: Request, gateway: GatewayDep, settings: SettingsDep) -> Caller:
+    """The caller behind ``Authorization: Bearer ngk_...``; a 401 otherwise (a 503 while billing is away)."""
+    header = request.headers.get("authorization", "")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise _unauthorized("You didn't provide an API key. Send it as 'Authorization: Bearer ngk_...'.", code=None)
+    key = key.strip()
+    if not apikeys.well_formed(key):
+        raise _unauthorized(f"Incorrect API key provided: {apikeys.display_prefix(key)}. Keys start with 'ngk_'.")
+    info = await gateway.verify_key(apikeys.hash_key(key), settings.retry_after_s)
+    if info.status == "revoked":
+        raise _unauthorized(f"The API key {apikeys.display_prefix(key)} has been revoked.")
+    if info.status != "valid" or info.account_id is None or info.key_id is None:
+        raise _unauthorized(f"Incorrect API key provided: {apikeys.display_prefix(key)}.")
+    return Caller(account_id=info.account_id, key_id=info.key_id, rpm=info.rpm, tpm=info.tpm)
+
+
+CallerDep = Annotated[Caller, Depends(authenticate)]
+
+
 def error_response(report: ErrorReport, headers: dict[str, str] | None = None) -> Response:
     """An OpenAI error envelope with its status (and ``Retry-After`` when the report has one)."""
     all_headers = dict(headers or {})
@@ -75,7 +103,9 @@ def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
 
 
 @router.post("/v1/chat/completions", response_model=None)
-async def create_chat_completion(request: Request, gateway: GatewayDep, settings: SettingsDep) -> Response:
+async def create_chat_completion(
+    request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep
+) -> Response:
     """Create a chat completion (OpenAI-compatible), streaming as SSE when ``stream`` is true."""
     try:
         payload: Any = orjson.loads(await request.body())
@@ -100,12 +130,13 @@ async def create_chat_completion(request: Request, gateway: GatewayDep, settings
         created=int(time.time()),
         routing=body.routing(),
         body=body.hoster_body(),
+        caller=caller,
     )
     replies = gateway.open_stream(request_id)
     handed_to_stream = False
     try:
         accepted = await gateway.route(route, settings.retry_after_s)
-        headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id}
+        headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id, **accepted.headers}
         try:
             first = await replies.next()
         except TimeoutError:
@@ -122,7 +153,7 @@ async def create_chat_completion(request: Request, gateway: GatewayDep, settings
             )
         return Response(first.body, media_type="application/json", headers=headers)
     except GatewayError as exc:
-        return error_response(exc.report, {"x-request-id": request_id})
+        return error_response(exc.report, {"x-request-id": request_id, **exc.headers})
     finally:
         if not handed_to_stream:
             gateway.close_stream(request_id)
@@ -156,6 +187,46 @@ def _model_entry(model: Any) -> dict[str, Any]:
             "output": {"min": model.min_output_price / 1e6, "max": model.max_output_price / 1e6},
         },
     }
+
+
+@router.get("/v1/credits", response_model=None)
+async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """The key's account: balance, credits held by open requests, today's spend and the daily cap (credits)."""
+    report = await gateway.credits(caller.account_id, settings.retry_after_s)
+    return Response(
+        orjson.dumps(
+            {
+                "object": "credits",
+                "account_id": report.account_id,
+                "balance": to_credits(report.balance),
+                "reserved": to_credits(report.reserved),
+                "spent_today": to_credits(report.spent_today),
+                "daily_cap": None if report.daily_cap is None else to_credits(report.daily_cap),
+            }
+        ),
+        media_type="application/json",
+    )
+
+
+@router.get("/v1/usage", response_model=None)
+async def list_usage(
+    caller: CallerDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+) -> Response:
+    """The account's most recent requests, newest first, with tokens and cost (credits)."""
+    report = await gateway.usage(caller.account_id, limit, settings.retry_after_s)
+    items = [
+        {
+            "id": item.request_id,
+            "model": item.model,
+            "status": item.status,
+            "prompt_tokens": item.prompt_tokens,
+            "completion_tokens": item.completion_tokens,
+            "cost": to_credits(item.cost),
+            "created": int(item.created_at),
+        }
+        for item in report.items
+    ]
+    return Response(orjson.dumps({"object": "list", "data": items}), media_type="application/json")
 
 
 @router.get("/v1/models", response_model=None)

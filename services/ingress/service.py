@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 import orjson
 
 from libs.contracts import frames
+from libs.contracts.common import ErrorReport
 from libs.contracts.openai import error_body
-from libs.contracts.routing import ErrorReport
 from services.ingress.gateway import ReplyStream
 
 DONE = b"data: [DONE]\n\n"

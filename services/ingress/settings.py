@@ -21,4 +21,6 @@ class IngressSettings(ServiceSettings):
     # keepalive every few seconds while an upstream is slow, so this only fires when something died.
     idle_timeout_s: float = Field(20.0, gt=0)
     retry_after_s: int = Field(5, ge=1)
+    # A verified (or refused) key is trusted this long; a revoked key fails everywhere within it.
+    key_cache_s: float = Field(2.0, ge=0, le=5)
     shutdown_grace_s: float = Field(30.0, ge=0)

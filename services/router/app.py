@@ -52,4 +52,6 @@ def build_app(settings: RouterSettings) -> FastStream:
         # After the broker subscribed: from this line on the service takes messages.
         logger.info("router ready", extra={"router_id": router_id})
 
-    return FastStream(broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready])
+    return FastStream(
+        broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready], on_shutdown=[dispatcher.drain]
+    )

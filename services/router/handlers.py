@@ -19,9 +19,7 @@ from services.router.dispatcher import Dispatcher
 from services.router.models_seen import ModelsSeenStore
 
 
-def register_handlers(
-    broker: NatsBroker, dispatcher: Dispatcher, store: ModelsSeenStore, workers: int
-) -> None:
+def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, store: ModelsSeenStore, workers: int) -> None:
     """Wire the router's subjects to ``dispatcher``."""
 
     @broker.subscriber(subjects.ROUTE_REQUEST, queue=subjects.QUEUE_ROUTER, max_workers=workers)

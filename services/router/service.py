@@ -6,8 +6,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer
-from libs.contracts.routing import ErrorReport, RoutingPreferences
+from libs.contracts.routing import RoutingPreferences
 
 AUTO_MODEL = "auto"
 

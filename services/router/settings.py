@@ -20,3 +20,9 @@ class RouterSettings(ServiceSettings):
     # Retry-After sent with a 503 when no hoster can serve right now.
     retry_after_s: int = Field(5, ge=1)
     max_concurrent_routes: int = Field(512, ge=1)
+    # The platform's fee on top of the hoster's price, in basis points (1000 = 10%).
+    platform_fee_bps: int = Field(1000, ge=0, le=100_000)
+    # Completion budget reserved for a request that sets neither max_tokens nor max_completion_tokens.
+    default_max_tokens: int = Field(4096, ge=1)
+    # How long billing has to admit a request before the client gets a 503.
+    billing_timeout_s: float = Field(2.0, gt=0)

@@ -59,15 +59,12 @@ class _Endpoints:
         self._fault_rate = settings.fault_rate
         self._defaults = settings.behaviour()
         self._models = frozenset(settings.models)
-        self._expected_authorization = (
-            None if settings.api_key is None else f"Bearer {settings.api_key}".encode()
-        )
+        self._expected_authorization = None if settings.api_key is None else f"Bearer {settings.api_key}".encode()
         self._model_list = orjson.dumps(
             {
                 "object": "list",
                 "data": [
-                    {"id": model, "object": "model", "created": 0, "owned_by": "simulator"}
-                    for model in settings.models
+                    {"id": model, "object": "model", "created": 0, "owned_by": "simulator"} for model in settings.models
                 ],
             }
         )
@@ -177,9 +174,7 @@ async def _completion_events(
     loop = asyncio.get_running_loop()
     if behaviour.ttft_s > 0:
         await asyncio.sleep(behaviour.ttft_s)
-    due = [
-        sse_event(completion_chunk(meta, {"role": "assistant", "content": ""}, include_usage=include_usage))
-    ]
+    due = [sse_event(completion_chunk(meta, {"role": "assistant", "content": ""}, include_usage=include_usage))]
     interval = behaviour.token_interval_s
     drop_after = behaviour.fault_after_tokens if behaviour.fault == "disconnect" else None
     first_token_at = loop.time()

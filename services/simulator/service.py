@@ -147,9 +147,7 @@ def message_texts(messages: list[dict[str, Any]]) -> list[str]:
             texts.append(content)
         elif isinstance(content, list):
             texts.extend(
-                part["text"]
-                for part in content
-                if isinstance(part, dict) and isinstance(part.get("text"), str)
+                part["text"] for part in content if isinstance(part, dict) and isinstance(part.get("text"), str)
             )
     return texts
 
@@ -260,9 +258,7 @@ def sse_event(payload: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-def error_envelope(
-    message: str, type_: str, *, param: str | None = None, code: str | None = None
-) -> dict[str, Any]:
+def error_envelope(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
     """OpenAI's error body.
 
     The simulator stands in for a third-party server, so it writes OpenAI's format itself rather than

@@ -43,9 +43,7 @@ def test_router_killed_gives_a_503_with_retry_after_not_a_hang(fresh_stack: Stac
 
 
 def test_adapter_killed_mid_stream_ends_the_stream_with_an_error_the_sdk_raises(fresh_stack: Stack) -> None:
-    stream = sdk(fresh_stack).chat.completions.create(
-        model=DEMO_MODEL, messages=MESSAGES, stream=True, extra_body=SLOW
-    )
+    stream = sdk(fresh_stack).chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, stream=True, extra_body=SLOW)
     killed_at: list[float] = []
 
     def read_all() -> None:
@@ -70,9 +68,7 @@ def test_adapter_killed_before_a_request_gives_503(fresh_stack: Stack) -> None:
 
 async def test_client_disconnect_stops_the_hoster_and_bills_what_was_generated(fresh_stack: Stack) -> None:
     body = {"model": DEMO_MODEL, "messages": MESSAGES, "stream": True, **SLOW}
-    with httpx.stream(
-        "POST", f"{fresh_stack.config.api_base}/chat/completions", json=body, timeout=30
-    ) as response:
+    with httpx.stream("POST", f"{fresh_stack.config.api_base}/chat/completions", json=body, timeout=30) as response:
         request_id = response.headers["x-request-id"]
         events = 0
         for line in response.iter_lines():

@@ -124,8 +124,6 @@ def test_unknown_route_and_invalid_json_use_the_openai_envelope(stack: Stack) ->
     unknown = httpx.get(f"{base}/nothing-here")
     assert unknown.status_code == 404
     assert unknown.json()["error"]["type"] == "invalid_request_error"
-    broken = httpx.post(
-        f"{base}/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
-    )
+    broken = httpx.post(f"{base}/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert broken.status_code == 400
     assert set(broken.json()["error"]) == {"message", "type", "param", "code"}

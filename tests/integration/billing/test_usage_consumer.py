@@ -15,9 +15,7 @@ from tests.integration.conftest import Spawn
 pytestmark = pytest.mark.integration
 
 
-async def rows_for(
-    database_url: str, request_id: str, timeout_s: float = 10.0, want: int = 1
-) -> list[asyncpg.Record]:
+async def rows_for(database_url: str, request_id: str, timeout_s: float = 10.0, want: int = 1) -> list[asyncpg.Record]:
     deadline = time.monotonic() + timeout_s
     conn = await asyncpg.connect(database_url)
     try:

@@ -6,7 +6,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from libs.contracts.routing import AttemptFinished, Usage
+from libs.contracts.common import Usage
+from libs.contracts.routing import AttemptFinished
 from services.billing.repository import UsageRepository, apply_migrations, migration_files
 
 pytestmark = pytest.mark.integration
@@ -33,9 +34,7 @@ async def test_migrations_apply_once_in_order(pool: asyncpg.Pool) -> None:
     first = await apply_migrations(pool)
     assert first == [name for _, name, _ in migration_files()]
     assert await apply_migrations(pool) == []
-    versions = [
-        r["version"] for r in await pool.fetch("SELECT version FROM schema_migrations ORDER BY version")
-    ]
+    versions = [r["version"] for r in await pool.fetch("SELECT version FROM schema_migrations ORDER BY version")]
     assert versions == [v for v, _, _ in migration_files()]
 
 

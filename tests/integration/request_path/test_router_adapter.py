@@ -17,9 +17,9 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs.contracts import frames, subjects
+from libs.contracts.common import ErrorReport
 from libs.contracts.routing import (
     AttemptFinished,
-    ErrorReport,
     RequestCancelled,
     RouteRequest,
     RoutingPreferences,
@@ -54,9 +54,7 @@ async def network(nats_url: str, spawn: Spawn) -> AsyncIterator[Network]:
         {"CS_SIMULATOR_PORT": str(port), "CS_SIMULATOR_REPLY_TOKENS": "6"},
         port=port,
     )
-    router = spawn(
-        "router", "router", {"CS_NATS_URL": nats_url, "CS_ROUTER_HOSTER_TTL_S": "1.5"}, "router ready"
-    )
+    router = spawn("router", "router", {"CS_NATS_URL": nats_url, "CS_ROUTER_HOSTER_TTL_S": "1.5"}, "router ready")
     hosters = json.dumps([demo_hoster(f"http://127.0.0.1:{port}/v1")])
     adapter = spawn(
         "adapter", "hoster_adapter",

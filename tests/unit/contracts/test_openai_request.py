@@ -53,7 +53,5 @@ def test_hoster_lists_must_be_uuids() -> None:
     with pytest.raises(ValidationError) as info:
         ChatCompletionRequest.model_validate(BASE | {"allow_hosters": ["not-a-uuid"]})
     assert info.value.errors()[0]["loc"][0] == "allow_hosters"
-    ok = ChatCompletionRequest.model_validate(
-        BASE | {"deny_hosters": ["5F0C6F3E-2D7A-4C55-9A51-0D3C2B6F7A01"]}
-    )
+    ok = ChatCompletionRequest.model_validate(BASE | {"deny_hosters": ["5F0C6F3E-2D7A-4C55-9A51-0D3C2B6F7A01"]})
     assert ok.routing().deny_hosters == ["5f0c6f3e-2d7a-4c55-9a51-0d3c2b6f7a01"]

@@ -116,12 +116,10 @@ def test_assembler_merges_content_tool_calls_and_choices() -> None:
     ]
     for c in calls:
         assembler.add({"choices": [c]})
-    from libs.contracts.routing import Usage
+    from libs.contracts.common import Usage
 
     body = orjson.loads(
-        assembler.completion(
-            dispatch(stream=False), Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3), "fp"
-        )
+        assembler.completion(dispatch(stream=False), Usage(prompt_tokens=1, completion_tokens=2, total_tokens=3), "fp")
     )
     assert body["object"] == "chat.completion"
     assert body["id"] == "chatcmpl-gw"

@@ -4,7 +4,7 @@ import orjson
 import pytest
 
 from libs.contracts import frames
-from libs.contracts.routing import ErrorReport
+from libs.contracts.common import ErrorReport
 from services.ingress.gateway import ReplyStream
 from services.ingress.service import StreamOutcome, sse_events
 

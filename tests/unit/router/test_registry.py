@@ -72,9 +72,7 @@ def test_allow_and_deny_lists_filter_hosters() -> None:
 def test_fallback_model_is_used_when_the_main_model_has_no_live_hoster() -> None:
     registry = registry_with(status(H1, model="small"))
     registry.models_seen["big"] = 1
-    model, candidates = order_candidates(
-        registry, "big", RoutingPreferences(fallback_models=["small"]), 101.0, 5
-    )
+    model, candidates = order_candidates(registry, "big", RoutingPreferences(fallback_models=["small"]), 101.0, 5)
     assert model == "small"
     assert candidates[0].hoster.hoster_id == H1
 
@@ -85,8 +83,7 @@ def test_least_loaded_first_and_equal_hosters_share_first_place() -> None:
     assert candidates[0].hoster.hoster_id == H2
     equal = registry_with(status(H1), status(H2))
     firsts = Counter(
-        order_candidates(equal, "m", RoutingPreferences(), 101.0, 5)[1][0].hoster.hoster_id
-        for _ in range(200)
+        order_candidates(equal, "m", RoutingPreferences(), 101.0, 5)[1][0].hoster.hoster_id for _ in range(200)
     )
     assert firsts[H1] > 50
     assert firsts[H2] > 50
@@ -107,9 +104,7 @@ def test_live_models_summarise_hosters_and_prices() -> None:
         cloud=True,
         capacity=1,
         in_flight=0,
-        models=[
-            ModelOffer(model="m", upstream_model="x", input_price=5, output_price=9, context_length=4096)
-        ],
+        models=[ModelOffer(model="m", upstream_model="x", input_price=5, output_price=9, context_length=4096)],
     )
     [model] = registry_with(cheap, dear).live_models(101.0)
     assert (model.id, model.hosters) == ("m", 2)

@@ -118,9 +118,7 @@ async def test_stream_and_non_stream_give_the_same_text(make_client: MakeClient)
     whole = (await client.post("/v1/chat/completions", json=chat_body())).json()
     streamed = await client.post("/v1/chat/completions", json=chat_body(stream=True))
 
-    text = "".join(
-        event["choices"][0]["delta"].get("content", "") for event in chunks(sse_payloads(streamed.content))
-    )
+    text = "".join(event["choices"][0]["delta"].get("content", "") for event in chunks(sse_payloads(streamed.content)))
     assert text == whole["choices"][0]["message"]["content"]
 
 

@@ -79,9 +79,7 @@ def test_message_text_comes_from_strings_and_text_parts_only() -> None:
     ("texts", "expected"),
     [(["a" * 400], 100), (["abcd", "efgh"], 2), (["abc"], 1), ([], 1), ([""], 1)],
 )
-def test_prompt_tokens_are_a_quarter_of_the_characters_and_at_least_one(
-    texts: list[str], expected: int
-) -> None:
+def test_prompt_tokens_are_a_quarter_of_the_characters_and_at_least_one(texts: list[str], expected: int) -> None:
     assert estimate_prompt_tokens(texts) == expected
 
 
@@ -152,9 +150,7 @@ def test_chunk_has_openai_shape_and_no_usage_unless_asked() -> None:
 
     assert chunk["object"] == "chat.completion.chunk"
     assert chunk["id"] == meta.id
-    assert chunk["choices"] == [
-        {"index": 0, "delta": {"content": " word"}, "logprobs": None, "finish_reason": None}
-    ]
+    assert chunk["choices"] == [{"index": 0, "delta": {"content": " word"}, "logprobs": None, "finish_reason": None}]
     assert "usage" not in chunk
 
 

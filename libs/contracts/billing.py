@@ -1,0 +1,151 @@
+"""Billing context: API keys, admission (reservations and rate limits), settlement, account queries."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from libs.contracts.common import ErrorReport, Usage
+
+
+class VerifyKey(BaseModel):
+    """ingress -> billing: who holds the key with this SHA-256 (hex)?"""
+
+    key_hash: str
+
+
+class KeyInfo(BaseModel):
+    """billing -> ingress: the key's account and limits, or why it is not valid."""
+
+    status: Literal["valid", "unknown", "revoked"]
+    key_id: str | None = None
+    account_id: str | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class Caller(BaseModel):
+    """The authenticated caller of a request, carried from ingress to router and billing."""
+
+    account_id: str
+    key_id: str
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+class ReserveCredits(BaseModel):
+    """router -> billing: admit a request, atomically: rate limits, then its maximum cost against the
+    balance and the daily cap."""
+
+    request_id: str
+    caller: Caller
+    amount: int = Field(ge=0, description="maximum cost, micro-credits")
+    tokens: int = Field(ge=0, description="prompt estimate plus completion budget, for tokens per minute")
+    fee_bps: int
+
+
+class RateLimitState(BaseModel):
+    """Where the key stands in its current window, for the ``x-ratelimit-*`` headers."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_s: float = 0.0
+
+    def headers(self) -> dict[str, str]:
+        """OpenAI's rate-limit headers for the limits that are set."""
+        out: dict[str, str] = {}
+        reset = f"{self.reset_s:.3f}s"
+        if self.limit_requests is not None:
+            out["x-ratelimit-limit-requests"] = str(self.limit_requests)
+            out["x-ratelimit-remaining-requests"] = str(max(0, self.remaining_requests or 0))
+            out["x-ratelimit-reset-requests"] = reset
+        if self.limit_tokens is not None:
+            out["x-ratelimit-limit-tokens"] = str(self.limit_tokens)
+            out["x-ratelimit-remaining-tokens"] = str(max(0, self.remaining_tokens or 0))
+            out["x-ratelimit-reset-tokens"] = reset
+        return out
+
+
+class Reserved(BaseModel):
+    """billing -> router: the request is admitted; its maximum cost is held."""
+
+    status: Literal["reserved"] = "reserved"
+    rate: RateLimitState
+
+
+class Refused(BaseModel):
+    """billing -> router: not admitted (402 credits or cap, 429 rate limit)."""
+
+    status: Literal["refused"] = "refused"
+    error: ErrorReport
+    rate: RateLimitState
+
+
+Admission = Annotated[Reserved | Refused, Field(discriminator="status")]
+
+
+class BilledAttempt(BaseModel):
+    """One attempt as billing charges it; only attempts that produced something the client got are billed."""
+
+    attempt: int
+    hoster_id: str
+    usage: Usage
+    input_price: int
+    output_price: int
+
+
+class RequestFinished(BaseModel):
+    """router -> JetStream -> billing: the request is over; charge its billed attempts, release the rest."""
+
+    request_id: str
+    account_id: str
+    model: str
+    outcome: Literal["succeeded", "failed", "cancelled"]
+    fee_bps: int
+    attempts: list[BilledAttempt]
+    finished_at: float
+
+
+class CreditsQuery(BaseModel):
+    """ingress -> billing: an account's balance."""
+
+    account_id: str
+
+
+class CreditsReport(BaseModel):
+    """billing -> ingress: balance, open reservations, today's spend and the daily cap (micro-credits)."""
+
+    account_id: str
+    balance: int
+    reserved: int
+    spent_today: int
+    daily_cap: int | None
+
+
+class UsageQuery(BaseModel):
+    """ingress -> billing: an account's recent requests."""
+
+    account_id: str
+    limit: int = Field(50, ge=1, le=500)
+
+
+class UsageItem(BaseModel):
+    """One settled request of an account."""
+
+    request_id: str
+    model: str | None
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: int
+    created_at: float
+    settled_at: float | None
+
+
+class UsageReport(BaseModel):
+    """billing -> ingress: recent requests, newest first."""
+
+    items: list[UsageItem]

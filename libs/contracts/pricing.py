@@ -1,0 +1,59 @@
+"""What a request costs, in integer micro-credits (1 credit = 1,000,000 micro-credits). One function for
+everyone who prices: the adapter (``usage.cost`` in responses), the router (reservations) and billing."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+MICRO = 1_000_000
+BPS = 10_000
+
+
+class Cost(NamedTuple):
+    """A cost split: what the client pays is what the hoster earns plus the platform's fee."""
+
+    client: int
+    hoster: int
+    fee: int
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def cost_of(prompt_tokens: int, completion_tokens: int, input_price: int, output_price: int, fee_bps: int) -> Cost:
+    """Cost of a usage at the hoster's prices (micro-credits per million tokens) plus ``fee_bps`` basis points.
+
+    Rounded up to the micro-credit, so a request is never free because it was small.
+    """
+    hoster = _ceil_div(prompt_tokens * input_price + completion_tokens * output_price, MICRO)
+    fee = _ceil_div(hoster * fee_bps, BPS)
+    return Cost(hoster + fee, hoster, fee)
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A rough prompt size (~4 characters a token, at least 1) for reservations and for upstreams that
+    report no usage."""
+    size = 0
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            size += len(content)
+        elif isinstance(content, list):
+            size += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
+    return max(1, size // 4)
+
+
+def requested_max_tokens(body: dict[str, Any], default: int) -> int:
+    """The completion budget the client set (``max_completion_tokens`` wins over ``max_tokens``), else
+    ``default``."""
+    for field in ("max_completion_tokens", "max_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and value > 0:
+            return value
+    return default
+
+
+def to_credits(micro: int) -> float:
+    """Micro-credits as credits, for display."""
+    return micro / MICRO

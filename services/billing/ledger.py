@@ -1,0 +1,542 @@
+"""billing's money SQL: accounts, keys, admission, settlement and the double-entry ledger.
+
+Every movement is one ledger transaction whose entries sum to zero, written in the same database
+transaction as the balance it changes; ``check`` proves the balances equal their entries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from libs.contracts.billing import (
+    KeyInfo,
+    RateLimitState,
+    Refused,
+    RequestFinished,
+    ReserveCredits,
+    Reserved,
+    UsageItem,
+)
+from libs.contracts.common import ErrorReport
+from libs.contracts.pricing import Cost, cost_of
+from libs.platform.apikeys import display_prefix, hash_key, new_key
+from services.billing.repository import PoolBound
+
+Entry = tuple[str, str, int]  # (ledger account, entry kind, amount)
+Conn = PoolConnectionProxy[asyncpg.Record]
+
+
+class NotFound(Exception):
+    """The account or key does not exist."""
+
+
+@dataclass(frozen=True)
+class AccountState:
+    """An account's money, in micro-credits."""
+
+    id: str
+    name: str
+    balance: int
+    reserved: int
+    spent_today: int
+    daily_cap: int | None
+
+
+def client_account(account_id: str) -> str:
+    """Ledger account of what a client can spend."""
+    return f"client:{account_id}"
+
+
+def reserved_account(account_id: str) -> str:
+    """Ledger account of what a client's open requests hold."""
+    return f"reserved:{account_id}"
+
+
+def hoster_account(hoster_id: str) -> str:
+    """Ledger account of a hoster's earnings."""
+    return f"hoster:{hoster_id}"
+
+
+PLATFORM_FEES = "platform:fees"
+TOPUPS = "external:topups"
+
+
+def today() -> dt.date:
+    """The UTC day daily caps count in."""
+    return dt.datetime.now(dt.UTC).date()
+
+
+def window_of(now: dt.datetime) -> tuple[dt.datetime, float]:
+    """The one-minute rate window ``now`` falls in, and the seconds until it resets."""
+    start = now.replace(second=0, microsecond=0)
+    return start, 60.0 - (now - start).total_seconds()
+
+
+async def _post(conn: Conn, kind: str, entries: list[Entry], account_id: str | None, request_id: str | None) -> None:
+    """Write one balanced ledger transaction (zero-amount lines are left out)."""
+    lines = [e for e in entries if e[2] != 0]
+    if sum(amount for _, _, amount in lines) != 0:
+        raise ValueError(f"unbalanced ledger transaction {kind}: {lines}")
+    tx_id = await conn.fetchval(
+        "INSERT INTO ledger_transactions (kind, request_id, account_id) VALUES ($1, $2, $3) RETURNING id",
+        kind,
+        request_id,
+        account_id,
+    )
+    await conn.executemany(
+        "INSERT INTO ledger_entries (tx_id, ledger_account, kind, amount) VALUES ($1, $2, $3, $4)",
+        [(tx_id, account, entry_kind, amount) for account, entry_kind, amount in lines],
+    )
+
+
+class Ledger(PoolBound):
+    """All of billing's writes and reads of money."""
+
+    # Accounts and keys ---------------------------------------------------------------------------------
+
+    async def create_account(self, name: str, credits: int, daily_cap: int | None = None) -> AccountState:
+        """A new account, topped up with ``credits`` micro-credits."""
+        account_id = str(uuid.uuid4())
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO accounts (id, name, daily_cap) VALUES ($1, $2, $3)", account_id, name, daily_cap
+            )
+            if credits:
+                await self._topup(conn, account_id, credits)
+        return await self.account(account_id)
+
+    async def topup(self, account_id: str, amount: int) -> AccountState:
+        """Add prepaid credits."""
+        if amount <= 0:
+            raise ValueError("a top-up must be positive")
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._topup(conn, account_id, amount)
+        return await self.account(account_id)
+
+    async def _topup(self, conn: Conn, account_id: str, amount: int) -> None:
+        updated = await conn.fetchval(
+            "UPDATE accounts SET balance = balance + $2 WHERE id = $1 RETURNING id", account_id, amount
+        )
+        if updated is None:
+            raise NotFound(f"no account {account_id}")
+        await _post(
+            conn,
+            "topup",
+            [(TOPUPS, "topup", -amount), (client_account(account_id), "topup", amount)],
+            account_id,
+            None,
+        )
+
+    async def set_daily_cap(self, account_id: str, cap: int | None) -> AccountState:
+        """Set (or with ``None`` remove) the daily spend cap."""
+        updated = await self._pool.fetchval(
+            "UPDATE accounts SET daily_cap = $2 WHERE id = $1 RETURNING id", account_id, cap
+        )
+        if updated is None:
+            raise NotFound(f"no account {account_id}")
+        return await self.account(account_id)
+
+    async def account(self, account_id: str) -> AccountState:
+        """An account's money now."""
+        row = await self._pool.fetchrow(
+            """SELECT id::text, name, balance, reserved, daily_cap,
+                      CASE WHEN spend_day = $2 THEN day_spend ELSE 0 END AS spent_today
+               FROM accounts WHERE id = $1""",
+            account_id,
+            today(),
+        )
+        if row is None:
+            raise NotFound(f"no account {account_id}")
+        return AccountState(
+            row["id"], row["name"], row["balance"], row["reserved"], row["spent_today"], row["daily_cap"]
+        )
+
+    async def create_key(self, account_id: str, rpm: int | None, tpm: int | None) -> tuple[str, str]:
+        """A new key for ``account_id``: ``(key_id, key)``. The key is not stored and cannot be shown again."""
+        key = new_key()
+        key_id = "key_" + uuid.uuid4().hex[:24]
+        try:
+            await self._pool.execute(
+                """INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm)
+                   VALUES ($1, $2, $3, $4, $5, $6)""",
+                key_id,
+                account_id,
+                bytes.fromhex(hash_key(key)),
+                display_prefix(key),
+                rpm,
+                tpm,
+            )
+        except asyncpg.ForeignKeyViolationError:
+            raise NotFound(f"no account {account_id}") from None
+        return key_id, key
+
+    async def revoke_key(self, key_id: str) -> None:
+        """Revoke a key; ingress replicas stop accepting it within their cache time."""
+        updated = await self._pool.fetchval(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING id", key_id
+        )
+        if updated is None:
+            raise NotFound(f"no key {key_id}")
+
+    async def verify_key(self, key_hash: str) -> KeyInfo:
+        """Who holds the key with this hash."""
+        try:
+            digest = bytes.fromhex(key_hash)
+        except ValueError:
+            return KeyInfo(status="unknown")
+        row = await self._pool.fetchrow(
+            "SELECT id, account_id::text, rpm, tpm, revoked_at FROM api_keys WHERE key_hash = $1", digest
+        )
+        if row is None:
+            return KeyInfo(status="unknown")
+        return KeyInfo(
+            status="revoked" if row["revoked_at"] else "valid",
+            key_id=row["id"],
+            account_id=row["account_id"],
+            rpm=row["rpm"],
+            tpm=row["tpm"],
+        )
+
+    # Admission -----------------------------------------------------------------------------------------
+
+    async def reserve(self, command: ReserveCredits, now: dt.datetime | None = None) -> Reserved | Refused:
+        """Admit a request in one transaction: count it against the key's rate window, then hold its
+        maximum cost against balance and daily cap with one conditional UPDATE (never check-then-write).
+        A refusal rolls the whole transaction back."""
+        caller = command.caller
+        now = now or dt.datetime.now(dt.UTC)
+        window, reset_s = window_of(now)
+        rate = RateLimitState(limit_requests=caller.rpm, limit_tokens=caller.tpm, reset_s=reset_s)
+        if caller.tpm is not None and command.tokens > caller.tpm:
+            return Refused(
+                error=_rate_error(
+                    f"Request too large: it may use {command.tokens} tokens, the key's limit is {caller.tpm} "
+                    "tokens per minute. Lower max_tokens or the prompt.",
+                    reset_s,
+                ),
+                rate=rate,
+            )
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    if caller.rpm is not None or caller.tpm is not None:
+                        counted = await conn.fetchrow(
+                            """INSERT INTO rate_windows AS w (key_id, window_start, requests, tokens)
+                               VALUES ($1, $2, 1, $3)
+                               ON CONFLICT (key_id, window_start) DO UPDATE
+                                 SET requests = w.requests + 1, tokens = w.tokens + $3
+                                 WHERE ($4::int IS NULL OR w.requests < $4)
+                                   AND ($5::bigint IS NULL OR w.tokens + $3 <= $5)
+                               RETURNING requests, tokens""",
+                            caller.key_id,
+                            window,
+                            command.tokens,
+                            caller.rpm,
+                            caller.tpm,
+                        )
+                        if counted is None:
+                            raise _Refusal("rate")
+                        rate = _remaining(rate, counted["requests"], counted["tokens"])
+                    day = today()
+                    held = await conn.fetchval(
+                        """UPDATE accounts
+                           SET balance = balance - $2,
+                               reserved = reserved + $2,
+                               day_spend = (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2,
+                               spend_day = $3
+                           WHERE id = $1 AND balance >= $2
+                             AND (daily_cap IS NULL
+                                  OR (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2 <= daily_cap)
+                           RETURNING id""",
+                        caller.account_id,
+                        command.amount,
+                        day,
+                    )
+                    if held is None:
+                        raise _Refusal("credits")
+                    await conn.execute(
+                        """INSERT INTO reservations (request_id, account_id, key_id, amount, fee_bps, spend_day)
+                           VALUES ($1, $2, $3, $4, $5, $6)""",
+                        command.request_id,
+                        caller.account_id,
+                        caller.key_id,
+                        command.amount,
+                        command.fee_bps,
+                        day,
+                    )
+                    await _post(
+                        conn,
+                        "reserve",
+                        [
+                            (client_account(caller.account_id), "reserve", -command.amount),
+                            (reserved_account(caller.account_id), "reserve", command.amount),
+                        ],
+                        caller.account_id,
+                        command.request_id,
+                    )
+            except _Refusal as refusal:
+                if refusal.reason == "rate":
+                    row = await conn.fetchrow(
+                        "SELECT requests, tokens FROM rate_windows WHERE key_id = $1 AND window_start = $2",
+                        caller.key_id,
+                        window,
+                    )
+                    rate = _remaining(rate, row["requests"] if row else 0, row["tokens"] if row else 0)
+                    return Refused(
+                        error=_rate_error(f"Rate limit reached for key {caller.key_id}.", reset_s), rate=rate
+                    )
+                return Refused(error=await self._credit_error(conn, caller.account_id, command.amount), rate=rate)
+        return Reserved(rate=rate)
+
+    async def _credit_error(self, conn: Conn, account_id: str, amount: int) -> ErrorReport:
+        """Why a reservation failed (read after the atomic refusal, only to word the message)."""
+        row = await conn.fetchrow(
+            """SELECT balance, daily_cap, CASE WHEN spend_day = $2 THEN day_spend ELSE 0 END AS spent
+               FROM accounts WHERE id = $1""",
+            account_id,
+            today(),
+        )
+        if row is None or row["balance"] < amount:
+            balance = row["balance"] if row else 0
+            return ErrorReport(
+                http_status=402,
+                type="insufficient_quota",
+                code="insufficient_credits",
+                message=f"Insufficient credits: this request may cost up to {amount / 1e6:.6f} credits and the "
+                f"balance is {balance / 1e6:.6f}. Top up, or lower max_tokens.",
+            )
+        return ErrorReport(
+            http_status=402,
+            type="insufficient_quota",
+            code="daily_cap_reached",
+            message=f"Daily spend cap reached: {row['spent'] / 1e6:.6f} of {row['daily_cap'] / 1e6:.6f} credits "
+            "spent or held today (UTC).",
+        )
+
+    # Settlement ----------------------------------------------------------------------------------------
+
+    async def settle(self, event: RequestFinished) -> bool:
+        """Charge a finished request's billed attempts and release the rest; ``False`` if already settled."""
+        lines = [
+            (
+                a.hoster_id,
+                cost_of(a.usage.prompt_tokens, a.usage.completion_tokens, a.input_price, a.output_price, event.fee_bps),
+            )
+            for a in event.attempts
+        ]
+        prompt = sum(a.usage.prompt_tokens for a in event.attempts)
+        completion = sum(a.usage.completion_tokens for a in event.attempts)
+        async with self._pool.acquire() as conn, conn.transaction():
+            held = await conn.fetchrow("SELECT * FROM reservations WHERE request_id = $1 FOR UPDATE", event.request_id)
+            if held is None or held["status"] != "open":
+                return False
+            await self._close(conn, held, lines, prompt, completion, event.model, "settled")
+        return True
+
+    async def expire_stale(self, older_than_s: float) -> int:
+        """Close reservations whose request never reported its end, charging the attempts billing recorded
+        for it. Replicas may sweep together: rows another one holds are skipped."""
+        closed = 0
+        async with self._pool.acquire() as conn:
+            while True:
+                async with conn.transaction():
+                    held = await conn.fetchrow(
+                        """SELECT * FROM reservations
+                           WHERE status = 'open' AND created_at < now() - make_interval(secs => $1)
+                           ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED""",
+                        older_than_s,
+                    )
+                    if held is None:
+                        return closed
+                    attempts = await conn.fetch(
+                        """SELECT hoster_id::text, model, prompt_tokens, completion_tokens, input_price, output_price
+                           FROM usage_records
+                           WHERE request_id = $1 AND (outcome <> 'failed' OR completion_tokens > 0)""",
+                        held["request_id"],
+                    )
+                    lines = [
+                        (
+                            a["hoster_id"],
+                            cost_of(
+                                a["prompt_tokens"],
+                                a["completion_tokens"],
+                                a["input_price"],
+                                a["output_price"],
+                                held["fee_bps"],
+                            ),
+                        )
+                        for a in attempts
+                    ]
+                    await self._close(
+                        conn,
+                        held,
+                        lines,
+                        sum(a["prompt_tokens"] for a in attempts),
+                        sum(a["completion_tokens"] for a in attempts),
+                        attempts[0]["model"] if attempts else None,
+                        "expired",
+                    )
+                    closed += 1
+
+    async def _close(
+        self,
+        conn: Conn,
+        held: asyncpg.Record,
+        lines: list[tuple[str, Cost]],
+        prompt_tokens: int,
+        completion_tokens: int,
+        model: str | None,
+        status: str,
+    ) -> None:
+        """Charge ``lines`` from the reservation (and from the balance if usage outgrew it), pay hosters and
+        the platform, release what is left; one balanced ledger transaction."""
+        account_id = str(held["account_id"])
+        amount: int = held["amount"]
+        total = sum(cost.client for _, cost in lines)
+        from_held = min(total, amount)
+        extra = total - from_held
+        from_balance = 0
+        if extra:
+            balance = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1 FOR UPDATE", account_id)
+            from_balance = min(extra, balance)
+        # Usage beyond what the client can pay is the platform's loss, never a negative balance.
+        shortfall = extra - from_balance
+        charged = from_held + from_balance
+        per_hoster: dict[str, int] = {}
+        for hoster_id, cost in lines:
+            per_hoster[hoster_id] = per_hoster.get(hoster_id, 0) + cost.hoster
+        fees = sum(cost.fee for _, cost in lines)
+        entries: list[Entry] = [
+            (reserved_account(account_id), "charge", -from_held),
+            (reserved_account(account_id), "release", -(amount - from_held)),
+            (client_account(account_id), "release", amount - from_held),
+            (client_account(account_id), "charge", -from_balance),
+            *[(hoster_account(h), "hoster_earning", earned) for h, earned in per_hoster.items()],
+            (PLATFORM_FEES, "platform_fee", fees - shortfall),
+        ]
+        await _post(conn, "settle" if status == "settled" else "expire", entries, account_id, held["request_id"])
+        await conn.execute(
+            """UPDATE accounts
+               SET balance = balance + $2 - $3,
+                   reserved = reserved - $4,
+                   day_spend = CASE WHEN spend_day = $5 THEN greatest(0, day_spend - $4 + $6) ELSE day_spend END
+               WHERE id = $1""",
+            account_id,
+            amount - from_held,
+            from_balance,
+            amount,
+            held["spend_day"],
+            charged,
+        )
+        await conn.execute(
+            """UPDATE reservations
+               SET status = $2, charged = $3, prompt_tokens = $4, completion_tokens = $5,
+                   model = coalesce($6, model), settled_at = now()
+               WHERE request_id = $1""",
+            held["request_id"],
+            status,
+            charged,
+            prompt_tokens,
+            completion_tokens,
+            model,
+        )
+
+    # Reports -------------------------------------------------------------------------------------------
+
+    async def check(self) -> list[str]:
+        """Every way the books could be wrong; empty when they balance."""
+        problems = [
+            f"transaction {r['tx_id']} does not sum to zero ({r['total']})"
+            for r in await self._pool.fetch(
+                "SELECT tx_id, sum(amount) AS total FROM ledger_entries GROUP BY tx_id HAVING sum(amount) <> 0"
+            )
+        ]
+        rows = await self._pool.fetch(
+            """SELECT a.id::text AS id, a.balance, a.reserved,
+                      coalesce((SELECT sum(amount) FROM ledger_entries WHERE ledger_account = 'client:' || a.id), 0)
+                          AS client_entries,
+                      coalesce((SELECT sum(amount) FROM ledger_entries WHERE ledger_account = 'reserved:' || a.id), 0)
+                          AS reserved_entries,
+                      coalesce((SELECT sum(amount) FROM reservations r
+                                WHERE r.account_id = a.id AND status = 'open'), 0) AS open_reservations
+               FROM accounts a"""
+        )
+        for r in rows:
+            if r["balance"] != r["client_entries"]:
+                problems.append(f"account {r['id']}: balance {r['balance']} but entries sum {r['client_entries']}")
+            if r["reserved"] != r["reserved_entries"]:
+                problems.append(f"account {r['id']}: reserved {r['reserved']} but entries sum {r['reserved_entries']}")
+            if r["reserved"] != r["open_reservations"]:
+                problems.append(
+                    f"account {r['id']}: reserved {r['reserved']} but open reservations hold {r['open_reservations']}"
+                )
+        total = await self._pool.fetchval("SELECT coalesce(sum(amount), 0) FROM ledger_entries")
+        if total != 0:
+            problems.append(f"all entries sum to {total}, not zero")
+        return problems
+
+    async def hoster_earnings(self, hoster_id: str | None = None) -> list[dict[str, Any]]:
+        """Earnings per hoster (micro-credits), from the ledger."""
+        rows = await self._pool.fetch(
+            """SELECT substr(ledger_account, 8) AS hoster_id, sum(amount) AS earned, count(*) AS entries
+               FROM ledger_entries
+               WHERE ledger_account LIKE 'hoster:%' AND ($1::text IS NULL OR ledger_account = 'hoster:' || $1)
+               GROUP BY ledger_account ORDER BY earned DESC""",
+            hoster_id,
+        )
+        return [dict(r) for r in rows]
+
+    async def usage(self, account_id: str, limit: int) -> list[UsageItem]:
+        """An account's most recent requests."""
+        rows = await self._pool.fetch(
+            """SELECT request_id, model, status, prompt_tokens, completion_tokens, charged,
+                      extract(epoch FROM created_at) AS created, extract(epoch FROM settled_at) AS settled
+               FROM reservations WHERE account_id = $1 ORDER BY created_at DESC LIMIT $2""",
+            account_id,
+            limit,
+        )
+        return [
+            UsageItem(
+                request_id=r["request_id"],
+                model=r["model"],
+                status=r["status"],
+                prompt_tokens=r["prompt_tokens"],
+                completion_tokens=r["completion_tokens"],
+                cost=r["charged"],
+                created_at=float(r["created"]),
+                settled_at=float(r["settled"]) if r["settled"] is not None else None,
+            )
+            for r in rows
+        ]
+
+
+class _Refusal(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _remaining(rate: RateLimitState, requests: int, tokens: int) -> RateLimitState:
+    return rate.model_copy(
+        update={
+            "remaining_requests": None if rate.limit_requests is None else rate.limit_requests - requests,
+            "remaining_tokens": None if rate.limit_tokens is None else rate.limit_tokens - tokens,
+        }
+    )
+
+
+def _rate_error(message: str, reset_s: float) -> ErrorReport:
+    return ErrorReport(
+        http_status=429,
+        type="rate_limit_error",
+        code="rate_limit_exceeded",
+        message=message,
+        retry_after=max(1, math.ceil(reset_s)),
+    )
