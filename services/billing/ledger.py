@@ -10,7 +10,7 @@ import datetime as dt
 import math
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -30,7 +30,7 @@ from libs.platform.apikeys import display_prefix, hash_key, new_key
 from services.billing.repository import PoolBound
 
 Entry = tuple[str, str, int]  # (ledger account, entry kind, amount)
-Conn = PoolConnectionProxy[asyncpg.Record]
+Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 
 class NotFound(Exception):

@@ -39,6 +39,18 @@ def stack() -> Iterator[Stack]:
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def api_key(stack: Stack) -> str:
+    """A key of an account with plenty of credits on the module's stack."""
+    return stack.create_account(credits="1000")[1]
+
+
+@pytest.fixture
+def fresh_key(fresh_stack: Stack) -> str:
+    """A key of an account with plenty of credits on the test's own stack."""
+    return fresh_stack.create_account(credits="1000")[1]
+
+
 @pytest.fixture
 def fresh_stack() -> Iterator[Stack]:
     """A stack of this test's own, free to kill."""

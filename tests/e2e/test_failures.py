@@ -21,8 +21,8 @@ SLOW = {"simulator": {"reply_tokens": 400, "tokens_per_second": 40}}
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "tell me more"}]
 
 
-def sdk(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.config.api_base, api_key="ngk_test", max_retries=0, timeout=60)
+def sdk(stack: Stack, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.config.api_base, api_key=key, max_retries=0, timeout=60)
 
 
 def simulator_stats(stack: Stack) -> dict[str, int]:
@@ -32,18 +32,22 @@ def simulator_stats(stack: Stack) -> dict[str, int]:
         return stats
 
 
-def test_router_killed_gives_a_503_with_retry_after_not_a_hang(fresh_stack: Stack) -> None:
+def test_router_killed_gives_a_503_with_retry_after_not_a_hang(fresh_stack: Stack, fresh_key: str) -> None:
     fresh_stack.kill("router")
     started = time.monotonic()
     with pytest.raises(openai.APIStatusError) as info:
-        sdk(fresh_stack).chat.completions.create(model=DEMO_MODEL, messages=MESSAGES)
+        sdk(fresh_stack, fresh_key).chat.completions.create(model=DEMO_MODEL, messages=MESSAGES)
     assert time.monotonic() - started < 30
     assert info.value.status_code == 503
     assert info.value.response.headers["retry-after"].isdigit()
 
 
-def test_adapter_killed_mid_stream_ends_the_stream_with_an_error_the_sdk_raises(fresh_stack: Stack) -> None:
-    stream = sdk(fresh_stack).chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, stream=True, extra_body=SLOW)
+def test_adapter_killed_mid_stream_ends_the_stream_with_an_error_the_sdk_raises(
+    fresh_stack: Stack, fresh_key: str
+) -> None:
+    stream = sdk(fresh_stack, fresh_key).chat.completions.create(
+        model=DEMO_MODEL, messages=MESSAGES, stream=True, extra_body=SLOW
+    )
     killed_at: list[float] = []
 
     def read_all() -> None:
@@ -58,17 +62,21 @@ def test_adapter_killed_mid_stream_ends_the_stream_with_an_error_the_sdk_raises(
     assert "went away" in info.value.message or "stopped responding" in info.value.message
 
 
-def test_adapter_killed_before_a_request_gives_503(fresh_stack: Stack) -> None:
+def test_adapter_killed_before_a_request_gives_503(fresh_stack: Stack, fresh_key: str) -> None:
     fresh_stack.kill("hoster_adapter")
     time.sleep(2.5)  # the router's hoster TTL in this stack is 2 s
     with pytest.raises(openai.APIStatusError) as info:
-        sdk(fresh_stack).chat.completions.create(model=DEMO_MODEL, messages=MESSAGES)
+        sdk(fresh_stack, fresh_key).chat.completions.create(model=DEMO_MODEL, messages=MESSAGES)
     assert info.value.status_code == 503
 
 
-async def test_client_disconnect_stops_the_hoster_and_bills_what_was_generated(fresh_stack: Stack) -> None:
+async def test_client_disconnect_stops_the_hoster_and_bills_what_was_generated(
+    fresh_stack: Stack, fresh_key: str
+) -> None:
     body = {"model": DEMO_MODEL, "messages": MESSAGES, "stream": True, **SLOW}
-    with httpx.stream("POST", f"{fresh_stack.config.api_base}/chat/completions", json=body, timeout=30) as response:
+    url = f"{fresh_stack.config.api_base}/chat/completions"
+    auth = {"authorization": f"Bearer {fresh_key}"}
+    with httpx.stream("POST", url, json=body, headers=auth, timeout=30) as response:
         request_id = response.headers["x-request-id"]
         events = 0
         for line in response.iter_lines():

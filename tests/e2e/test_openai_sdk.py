@@ -20,8 +20,8 @@ MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [
 ]
 
 
-def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.config.api_base, api_key="ngk_test", max_retries=0, timeout=30)
+def client(stack: Stack, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=stack.config.api_base, api_key=key, max_retries=0, timeout=30)
 
 
 async def usage_rows(stack: Stack, request_id: str, timeout_s: float = 10) -> list[asyncpg.Record]:
@@ -37,8 +37,8 @@ async def usage_rows(stack: Stack, request_id: str, timeout_s: float = 10) -> li
         await conn.close()
 
 
-async def test_non_stream_answer_has_content_usage_and_is_recorded_by_billing(stack: Stack) -> None:
-    raw = client(stack).chat.completions.with_raw_response.create(model=DEMO_MODEL, messages=MESSAGES)
+async def test_non_stream_answer_has_content_usage_and_is_recorded_by_billing(stack: Stack, api_key: str) -> None:
+    raw = client(stack, api_key).chat.completions.with_raw_response.create(model=DEMO_MODEL, messages=MESSAGES)
     completion = raw.parse()
     assert raw.headers["x-computeshare-hoster"] == DEMO_HOSTER_ID
     assert completion.id == raw.headers["x-request-id"]
@@ -58,8 +58,8 @@ async def test_non_stream_answer_has_content_usage_and_is_recorded_by_billing(st
     assert (row["prompt_tokens"], row["completion_tokens"]) == (completion.usage.prompt_tokens, 12)
 
 
-def test_stream_yields_the_same_text_as_non_stream_and_finishes(stack: Stack) -> None:
-    sdk = client(stack)
+def test_stream_yields_the_same_text_as_non_stream_and_finishes(stack: Stack, api_key: str) -> None:
+    sdk = client(stack, api_key)
     whole = sdk.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES).choices[0].message.content
     chunks = list(sdk.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, stream=True))
     assert {c.id for c in chunks} == {chunks[0].id}
@@ -69,9 +69,9 @@ def test_stream_yields_the_same_text_as_non_stream_and_finishes(stack: Stack) ->
     assert all(c.usage is None for c in chunks)
 
 
-def test_include_usage_sends_a_final_usage_chunk_with_no_choices(stack: Stack) -> None:
+def test_include_usage_sends_a_final_usage_chunk_with_no_choices(stack: Stack, api_key: str) -> None:
     chunks = list(
-        client(stack).chat.completions.create(
+        client(stack, api_key).chat.completions.create(
             model=DEMO_MODEL, messages=MESSAGES, stream=True, stream_options={"include_usage": True}
         )
     )
@@ -82,8 +82,8 @@ def test_include_usage_sends_a_final_usage_chunk_with_no_choices(stack: Stack) -
     assert all(c.usage is None for c in chunks[:-1])
 
 
-async def test_async_client_streams_and_completes(stack: Stack) -> None:
-    sdk = openai.AsyncOpenAI(base_url=stack.config.api_base, api_key="ngk_test", max_retries=0)
+async def test_async_client_streams_and_completes(stack: Stack, api_key: str) -> None:
+    sdk = openai.AsyncOpenAI(base_url=stack.config.api_base, api_key=api_key, max_retries=0)
     completion = await sdk.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, max_tokens=4)
     assert completion.choices[0].finish_reason == "length"
     assert completion.usage is not None
@@ -96,8 +96,8 @@ async def test_async_client_streams_and_completes(stack: Stack) -> None:
     await sdk.close()
 
 
-def test_models_list_and_retrieve(stack: Stack) -> None:
-    sdk = client(stack)
+def test_models_list_and_retrieve(stack: Stack, api_key: str) -> None:
+    sdk = client(stack, api_key)
     models = sdk.models.list()
     assert [m.id for m in models.data] == [DEMO_MODEL]
     assert sdk.models.retrieve(DEMO_MODEL).id == DEMO_MODEL
@@ -105,8 +105,8 @@ def test_models_list_and_retrieve(stack: Stack) -> None:
         sdk.models.retrieve("no-such-model")
 
 
-def test_errors_are_raised_as_the_sdks_own_exceptions(stack: Stack) -> None:
-    sdk = client(stack)
+def test_errors_are_raised_as_the_sdks_own_exceptions(stack: Stack, api_key: str) -> None:
+    sdk = client(stack, api_key)
     with pytest.raises(openai.NotFoundError) as missing:
         sdk.chat.completions.create(model="no-such-model", messages=MESSAGES)
     assert missing.value.code == "model_not_found"
@@ -119,11 +119,14 @@ def test_errors_are_raised_as_the_sdks_own_exceptions(stack: Stack) -> None:
     assert bad_uuid.value.param.startswith("deny_hosters")
 
 
-def test_unknown_route_and_invalid_json_use_the_openai_envelope(stack: Stack) -> None:
+def test_unknown_route_and_invalid_json_use_the_openai_envelope(stack: Stack, api_key: str) -> None:
     base = stack.config.api_base
     unknown = httpx.get(f"{base}/nothing-here")
     assert unknown.status_code == 404
     assert unknown.json()["error"]["type"] == "invalid_request_error"
-    broken = httpx.post(f"{base}/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    auth = {"authorization": f"Bearer {api_key}"}
+    broken = httpx.post(
+        f"{base}/chat/completions", content=b"{not json", headers={"content-type": "application/json", **auth}
+    )
     assert broken.status_code == 400
     assert set(broken.json()["error"]) == {"message", "type", "param", "code"}
