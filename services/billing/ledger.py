@@ -485,7 +485,7 @@ class Ledger(PoolBound):
     async def hoster_earnings(self, hoster_id: str | None = None) -> list[dict[str, Any]]:
         """Earnings per hoster (micro-credits), from the ledger."""
         rows = await self._pool.fetch(
-            """SELECT substr(ledger_account, 8) AS hoster_id, sum(amount) AS earned, count(*) AS entries
+            """SELECT substr(ledger_account, 8) AS hoster_id, sum(amount)::bigint AS earned, count(*) AS entries
                FROM ledger_entries
                WHERE ledger_account LIKE 'hoster:%' AND ($1::text IS NULL OR ledger_account = 'hoster:' || $1)
                GROUP BY ledger_account ORDER BY earned DESC""",

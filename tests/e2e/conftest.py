@@ -10,10 +10,11 @@ from libs.devstack.processes import free_port
 from libs.devstack.stack import AdapterSpec, SimulatorSpec, Stack, demo_hoster, test_config
 
 
-def build_stack() -> Stack:
-    """One simulator serving ``demo-model``, one adapter, one router, one billing, one ingress."""
+def build_stack(ingresses: int = 1, **service_env: str) -> Stack:
+    """One simulator serving ``demo-model``, one adapter, one router, one billing, ``ingresses`` ingresses."""
     simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "12"})
     config = test_config(
+        ingress_ports=[free_port() for _ in range(ingresses)],
         simulators=[simulator],
         adapters=[
             AdapterSpec(
@@ -26,6 +27,7 @@ def build_stack() -> Stack:
             "CS_ROUTER_HOSTER_TTL_S": "2",
             "CS_INGRESS_IDLE_TIMEOUT_S": "10",
             "CS_ADAPTER_KEEPALIVE_INTERVAL_S": "2",
+            **service_env,
         },
     )
     return Stack(config).start()

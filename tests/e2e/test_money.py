@@ -1,0 +1,207 @@
+"""Accounts, keys, credits, caps and rate limits through the public API, with real PostgreSQL and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+from collections import Counter
+from collections.abc import Iterator
+from decimal import Decimal
+
+import asyncpg
+import httpx
+import openai
+import pytest
+
+from libs.contracts.pricing import cost_of
+from libs.devstack.stack import DEMO_MODEL, Stack
+from tests.e2e.conftest import build_stack
+
+pytestmark = pytest.mark.e2e
+
+# The demo hoster's prices (micro-credits per million tokens) and the router's default fee.
+INPUT_PRICE, OUTPUT_PRICE, FEE_BPS = 500_000, 1_500_000, 1000
+PROMPT = "x" * 400  # 100 tokens by the gateway's estimate, and by the simulator's count
+MAX_TOKENS = 10
+# Each request asks for exactly MAX_TOKENS: the charge equals the reservation, so freed credit never
+# admits an extra request, and the first token comes late enough that all requests are admitted first.
+SLOW_EXACT = {"simulator": {"reply_tokens": MAX_TOKENS, "ttft_ms": 2500}}
+MAX_COST = cost_of(100, MAX_TOKENS, INPUT_PRICE, OUTPUT_PRICE, FEE_BPS).client
+
+
+def body(**extra: object) -> dict[str, object]:
+    return {"model": DEMO_MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS, **extra}
+
+
+def credits_for(requests: int) -> str:
+    return str(Decimal(MAX_COST * requests) / Decimal(1_000_000))
+
+
+async def burst(urls: list[str], key: str, count: int, payload: dict[str, object]) -> list[httpx.Response]:
+    """``count`` requests at once, spread over ``urls``."""
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        return await asyncio.gather(
+            *(
+                client.post(
+                    f"{urls[i % len(urls)]}/chat/completions", json=payload, headers={"authorization": f"Bearer {key}"}
+                )
+                for i in range(count)
+            )
+        )
+
+
+async def settled(stack: Stack, account_id: str, timeout_s: float = 30) -> None:
+    """Wait until the account has no open reservation."""
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while await conn.fetchval(
+            "SELECT count(*) FROM reservations WHERE account_id = $1 AND status = 'open'", account_id
+        ):
+            assert time.monotonic() < deadline, "reservations still open"
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+def money_stack() -> Iterator[Stack]:
+    running = build_stack(ingresses=2)
+    yield running
+    running.stop()
+
+
+def urls(stack: Stack) -> list[str]:
+    return [f"http://127.0.0.1:{port}/v1" for port in stack.config.ingress_ports]
+
+
+async def test_credit_for_exactly_50_of_200_concurrent_requests_admits_exactly_50(money_stack: Stack) -> None:
+    account_id, key = money_stack.create_account(credits=credits_for(50))
+    responses = await burst(urls(money_stack), key, 200, body(**SLOW_EXACT))
+    statuses = Counter(r.status_code for r in responses)
+    assert statuses == {200: 50, 402: 150}
+    refused = next(r for r in responses if r.status_code == 402).json()["error"]
+    assert refused["code"] == "insufficient_credits"
+    assert "Insufficient credits" in refused["message"]
+    await settled(money_stack, account_id)
+    account = money_stack.computeshare("account", "show", account_id)
+    assert account["balance"] >= 0
+    assert account["reserved"] == 0
+    assert money_stack.computeshare("ledger", "check") == {"ok": True, "problems": []}
+    charged = [r.json()["usage"]["cost"] for r in responses if r.status_code == 200]
+    assert sum(charged) == pytest.approx(50 * MAX_COST / 1e6)
+    assert account["balance"] == pytest.approx(0, abs=1e-9)
+
+
+async def test_daily_cap_for_exactly_50_of_200_concurrent_requests_admits_exactly_50(money_stack: Stack) -> None:
+    account_id, key = money_stack.create_account(credits="1000")
+    money_stack.computeshare("account", "set-limits", account_id, "--daily-cap", credits_for(50))
+    responses = await burst(urls(money_stack), key, 200, body(**SLOW_EXACT))
+    assert Counter(r.status_code for r in responses) == {200: 50, 402: 150}
+    refused = next(r for r in responses if r.status_code == 402).json()["error"]
+    assert refused["code"] == "daily_cap_reached"
+    await settled(money_stack, account_id)
+    account = money_stack.computeshare("account", "show", account_id)
+    assert account["spent_today"] == pytest.approx(50 * MAX_COST / 1e6)
+    assert account["balance"] == pytest.approx(1000 - 50 * MAX_COST / 1e6)
+    assert money_stack.computeshare("ledger", "check")["ok"] is True
+
+
+async def test_rate_limit_of_30_per_minute_holds_across_two_ingress_replicas(money_stack: Stack) -> None:
+    _, key = money_stack.create_account(credits="1000", rpm=30)
+    second = dt.datetime.now(dt.UTC).second
+    if second > 45:  # windows are whole minutes: keep the burst inside one
+        await asyncio.sleep(61 - second)
+    responses = await burst(urls(money_stack), key, 50, body())
+    assert Counter(r.status_code for r in responses) == {200: 30, 429: 20}
+    limited = next(r for r in responses if r.status_code == 429)
+    assert int(limited.headers["retry-after"]) >= 1
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    assert limited.headers["x-ratelimit-limit-requests"] == "30"
+    assert limited.headers["x-ratelimit-remaining-requests"] == "0"
+    assert limited.headers["x-ratelimit-reset-requests"].endswith("s")
+    served = [r for r in responses if r.status_code == 200]
+    remaining = sorted(int(r.headers["x-ratelimit-remaining-requests"]) for r in served)
+    assert remaining == list(range(30))
+
+
+async def test_revoked_key_fails_on_both_replicas_within_5_seconds(money_stack: Stack) -> None:
+    _, key = money_stack.create_account(credits="10")
+    clients = [openai.OpenAI(base_url=url, api_key=key, max_retries=0) for url in urls(money_stack)]
+    for client in clients:  # both replicas have verified (and cached) the key
+        client.chat.completions.create(model=DEMO_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    key_id = money_stack.computeshare("key", "find", key)["key_id"]
+    money_stack.computeshare("key", "revoke", key_id)
+    revoked_at = time.monotonic()
+    for client in clients:
+        while (refusal := refused(client)) is None:
+            assert time.monotonic() - revoked_at < 5, "revoked key still accepted after 5 s"
+            await asyncio.sleep(0.1)
+        assert "revoked" in refusal.message
+    assert time.monotonic() - revoked_at < 5
+
+
+def refused(client: openai.OpenAI) -> openai.AuthenticationError | None:
+    """The 401 a request with the client's key gets, or ``None`` if it is served."""
+    try:
+        client.chat.completions.create(model=DEMO_MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2)
+    except openai.AuthenticationError as exc:
+        return exc
+    return None
+
+
+async def test_missing_malformed_and_unknown_keys_get_401_in_the_openai_envelope(money_stack: Stack) -> None:
+    base = urls(money_stack)[0]
+    async with httpx.AsyncClient() as client:
+        for headers in ({}, {"authorization": "Bearer sk-not-ours"}, {"authorization": "Bearer ngk_" + "a" * 43}):
+            response = await client.post(f"{base}/chat/completions", json=body(), headers=headers)
+            assert response.status_code == 401
+            assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=base, api_key="ngk_" + "b" * 43, max_retries=0).chat.completions.create(
+            model=DEMO_MODEL, messages=[{"role": "user", "content": "hi"}]
+        )
+
+
+async def test_usage_and_cost_in_responses_credits_and_usage_endpoints(money_stack: Stack) -> None:
+    account_id, key = money_stack.create_account(credits="5")
+    client = openai.OpenAI(base_url=urls(money_stack)[0], api_key=key, max_retries=0)
+    completion = client.chat.completions.create(
+        model=DEMO_MODEL, messages=[{"role": "user", "content": PROMPT}], max_tokens=MAX_TOKENS
+    )
+    assert completion.usage is not None
+    expected = (
+        cost_of(
+            completion.usage.prompt_tokens, completion.usage.completion_tokens, INPUT_PRICE, OUTPUT_PRICE, FEE_BPS
+        ).client
+        / 1e6
+    )
+    assert completion.usage.model_extra is not None
+    assert completion.usage.model_extra["cost"] == pytest.approx(expected)
+    chunks = list(
+        client.chat.completions.create(
+            model=DEMO_MODEL,
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=MAX_TOKENS,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.model_extra is not None
+    assert chunks[-1].usage.model_extra["cost"] == pytest.approx(expected)
+    await settled(money_stack, account_id)
+    auth = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=urls(money_stack)[1], headers=auth) as http:
+        credits = (await http.get("/credits")).json()
+        assert credits["balance"] == pytest.approx(5 - 2 * expected)
+        assert credits["reserved"] == 0
+        assert credits["daily_cap"] is None
+        usage = (await http.get("/usage", params={"limit": 5})).json()["data"]
+        assert [u["id"] for u in usage][::-1] == [completion.id, chunks[0].id]
+        assert all(u["status"] == "settled" and u["cost"] == pytest.approx(expected) for u in usage)
+        assert (await http.get("/usage", params={"limit": 0})).status_code == 400
+    earnings = money_stack.computeshare("hoster", "earnings")
+    assert earnings[0]["earned"] > 0
