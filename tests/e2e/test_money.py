@@ -205,3 +205,54 @@ async def test_usage_and_cost_in_responses_credits_and_usage_endpoints(money_sta
         assert (await http.get("/usage", params={"limit": 0})).status_code == 400
     earnings = money_stack.computeshare("hoster", "earnings")
     assert earnings[0]["earned"] > 0
+
+
+async def test_billing_down_mid_request_charges_each_request_exactly_once_and_refuses_new_ones(
+    fresh_stack: Stack,
+) -> None:
+    account_id, key = fresh_stack.create_account(credits="10")
+    base = urls(fresh_stack)[0]
+    slow = body(simulator={"reply_tokens": MAX_TOKENS, "ttft_ms": 3000})
+
+    async def call(payload: dict[str, object]) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await client.post(
+                f"{base}/chat/completions", json=payload, headers={"authorization": f"Bearer {key}"}
+            )
+
+    in_flight = [asyncio.create_task(call(slow)) for _ in range(5)]
+    conn = await asyncpg.connect(fresh_stack.database_url)
+    try:
+        deadline = time.monotonic() + 10
+        while await conn.fetchval("SELECT count(*) FROM reservations WHERE account_id = $1", account_id) < 5:
+            assert time.monotonic() < deadline, "requests were not admitted"
+            await asyncio.sleep(0.05)
+        fresh_stack.kill("billing")
+
+        started = time.monotonic()
+        refused = await call(body())
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "Billing is unavailable" in refused.json()["error"]["message"]
+        assert time.monotonic() - started < 10
+
+        finished = await asyncio.gather(*in_flight)
+        assert [r.status_code for r in finished] == [200] * 5
+        fresh_stack.start_service("billing", "billing", "billing ready")
+        await settled(fresh_stack, account_id)
+        rows = await conn.fetch(
+            """SELECT r.request_id, r.charged, count(t.id) AS settlements
+               FROM reservations r LEFT JOIN ledger_transactions t
+                 ON t.request_id = r.request_id AND t.kind IN ('settle', 'expire')
+               WHERE r.account_id = $1 GROUP BY r.request_id, r.charged""",
+            account_id,
+        )
+    finally:
+        await conn.close()
+    assert len(rows) == 5
+    assert all(row["settlements"] == 1 for row in rows)
+    costs = {r.json()["id"]: r.json()["usage"]["cost"] for r in finished}
+    assert {row["request_id"]: row["charged"] / 1e6 for row in rows} == pytest.approx(costs)
+    account = fresh_stack.computeshare("account", "show", account_id)
+    assert account["balance"] == pytest.approx(10 - sum(costs.values()))
+    assert fresh_stack.computeshare("ledger", "check")["ok"] is True

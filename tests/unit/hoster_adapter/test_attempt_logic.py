@@ -136,7 +136,8 @@ def test_assembler_merges_content_tool_calls_and_choices() -> None:
         }
     ]
     assert second["finish_reason"] == "tool_calls"
-    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3}
+    # Prices 1 and 2 micro-credits per million tokens: 5 millionths of a micro-credit, rounded up to one.
+    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "cost": 1e-06}
     assert body["system_fingerprint"] == "fp"
 
 

@@ -1,0 +1,54 @@
+"""The ``computeshare`` command against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import SecretStr
+
+from services.billing.cli import CliSettings, run
+
+pytestmark = pytest.mark.integration
+
+
+async def cli(database_url: str, capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, object]:
+    code = await run(["--json", *argv], CliSettings(database_url=SecretStr(database_url)))
+    out = capsys.readouterr().out
+    return code, json.loads(out) if out.strip() else None
+
+
+async def test_accounts_keys_limits_and_the_ledger_from_the_command_line(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, account = await cli(database_url, capsys, "account", "create", "--name", "acme", "--credits", "12.5")
+    assert code == 0
+    assert isinstance(account, dict)
+    assert (account["name"], account["balance"]) == ("acme", 12.5)
+    _, topped = await cli(database_url, capsys, "account", "topup", account["id"], "2.5")
+    assert isinstance(topped, dict)
+    assert topped["balance"] == 15.0
+    _, capped = await cli(database_url, capsys, "account", "set-limits", account["id"], "--daily-cap", "3")
+    assert isinstance(capped, dict)
+    assert capped["daily_cap"] == 3.0
+    _, key = await cli(database_url, capsys, "key", "create", account["id"], "--rpm", "30", "--tpm", "1000")
+    assert isinstance(key, dict)
+    assert key["key"].startswith("ngk_")
+    assert (key["rpm"], key["tpm"]) == (30, 1000)
+    _, found = await cli(database_url, capsys, "key", "find", key["key"])
+    assert found == {"status": "valid", "key_id": key["id"], "account_id": account["id"], "rpm": 30, "tpm": 1000}
+    assert (await cli(database_url, capsys, "key", "revoke", key["id"]))[0] == 0
+    _, revoked = await cli(database_url, capsys, "key", "find", key["key"])
+    assert isinstance(revoked, dict)
+    assert revoked["status"] == "revoked"
+    assert await cli(database_url, capsys, "ledger", "check") == (0, {"ok": True, "problems": []})
+    assert await cli(database_url, capsys, "hoster", "earnings") == (0, [])
+
+
+async def test_unknown_account_is_an_error_exit(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = await run(
+        ["account", "show", "00000000-0000-4000-8000-000000000000"],
+        CliSettings(database_url=SecretStr(database_url)),
+    )
+    assert code == 1
+    assert "no account" in capsys.readouterr().err

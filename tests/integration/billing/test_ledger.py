@@ -1,0 +1,137 @@
+"""The ledger against a real PostgreSQL: atomic admission, idempotent settlement, the sweeper, the check."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from libs.contracts.billing import BilledAttempt, Caller, RequestFinished, ReserveCredits, Reserved
+from libs.contracts.common import Usage
+from services.billing.ledger import Ledger
+from services.billing.repository import UsageRepository, apply_migrations
+from tests.integration.billing.test_usage_repository import finished
+
+pytestmark = pytest.mark.integration
+
+HOSTER = "5f0c6f3e-2d7a-4c55-9a51-0d3c2b6f7a01"
+
+
+@pytest.fixture
+async def ledger(database_url: str) -> AsyncIterator[Ledger]:
+    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=20)
+    await apply_migrations(pool)
+    yield Ledger(pool)
+    await pool.close()
+
+
+async def caller_with(ledger: Ledger, credits: int, rpm: int | None = None) -> Caller:
+    account = await ledger.create_account("t", credits)
+    key_id, _ = await ledger.create_key(account.id, rpm, None)
+    return Caller(account_id=account.id, key_id=key_id, rpm=rpm)
+
+
+def reserve(caller: Caller, request_id: str, amount: int) -> ReserveCredits:
+    return ReserveCredits(request_id=request_id, caller=caller, amount=amount, tokens=10, fee_bps=1000)
+
+
+def done(caller: Caller, request_id: str, prompt: int, completion: int) -> RequestFinished:
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+    return RequestFinished(
+        request_id=request_id,
+        account_id=caller.account_id,
+        model="m",
+        outcome="succeeded",
+        fee_bps=1000,
+        attempts=[
+            BilledAttempt(attempt=1, hoster_id=HOSTER, usage=usage, input_price=1_000_000, output_price=1_000_000)
+        ],
+        finished_at=time.time(),
+    )
+
+
+async def test_concurrent_reservations_never_overdraw(ledger: Ledger) -> None:
+    caller = await caller_with(ledger, credits=1000)
+    results = await asyncio.gather(*(ledger.reserve(reserve(caller, f"r{i}", 100)) for i in range(60)))
+    assert sum(isinstance(r, Reserved) for r in results) == 10
+    state = await ledger.account(caller.account_id)
+    assert (state.balance, state.reserved, state.spent_today) == (0, 1000, 1000)
+    assert await ledger.check() == []
+
+
+async def test_settlement_charges_once_pays_hoster_and_fee_and_releases_the_rest(ledger: Ledger) -> None:
+    caller = await caller_with(ledger, credits=1000)
+    assert isinstance(await ledger.reserve(reserve(caller, "r1", 500)), Reserved)
+    assert await ledger.settle(done(caller, "r1", 100, 100)) is True  # 200 to the hoster, 20 fee
+    assert await ledger.settle(done(caller, "r1", 100, 100)) is False
+    state = await ledger.account(caller.account_id)
+    assert (state.balance, state.reserved, state.spent_today) == (780, 0, 220)
+    assert await ledger.hoster_earnings(HOSTER) == [{"hoster_id": HOSTER, "earned": 200, "entries": 1}]
+    assert await ledger.check() == []
+
+
+async def test_usage_beyond_the_reservation_never_makes_a_balance_negative(ledger: Ledger) -> None:
+    caller = await caller_with(ledger, credits=300)
+    assert isinstance(await ledger.reserve(reserve(caller, "r1", 100)), Reserved)
+    await ledger.settle(done(caller, "r1", 1000, 0))  # costs 1100: far more than held plus balance
+    state = await ledger.account(caller.account_id)
+    assert (state.balance, state.reserved) == (0, 0)
+    assert await ledger.check() == []
+
+
+async def test_refusals_name_the_reason_and_leave_no_trace(ledger: Ledger) -> None:
+    caller = await caller_with(ledger, credits=100)
+    refused = await ledger.reserve(reserve(caller, "r1", 101))
+    assert not isinstance(refused, Reserved)
+    assert (refused.error.http_status, refused.error.code) == (402, "insufficient_credits")
+    await ledger.set_daily_cap(caller.account_id, 50)
+    capped = await ledger.reserve(reserve(caller, "r2", 60))
+    assert not isinstance(capped, Reserved)
+    assert capped.error.code == "daily_cap_reached"
+    limited = await caller_with(ledger, credits=1000, rpm=2)
+    outcomes = [await ledger.reserve(reserve(limited, f"q{i}", 1)) for i in range(3)]
+    assert [isinstance(o, Reserved) for o in outcomes] == [True, True, False]
+    assert not isinstance(outcomes[2], Reserved)
+    assert outcomes[2].error.http_status == 429
+    assert outcomes[2].error.retry_after is not None
+    assert outcomes[1].rate.remaining_requests == 0
+    assert await ledger.check() == []
+
+
+async def test_the_sweeper_settles_what_billing_recorded_of_a_request_that_never_finished(
+    ledger: Ledger, database_url: str
+) -> None:
+    caller = await caller_with(ledger, credits=10_000)
+    assert isinstance(await ledger.reserve(reserve(caller, "lost", 5000)), Reserved)
+    assert isinstance(await ledger.reserve(reserve(caller, "young", 5000)), Reserved)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        usage = UsageRepository(pool)
+        await usage.record_attempt(
+            finished("lost", completion=10).model_copy(update={"input_price": 1_000_000, "output_price": 1_000_000})
+        )
+        await pool.execute("UPDATE reservations SET created_at = now() - interval '1 hour' WHERE request_id = 'lost'")
+    finally:
+        await pool.close()
+    assert await ledger.expire_stale(older_than_s=600) == 1
+    state = await ledger.account(caller.account_id)
+    # 3 prompt + 10 completion tokens at 1 credit per million each: 13 micro-credits, plus 10% (rounded up).
+    assert state.balance == 10_000 - 5000 - 13 - 2
+    assert state.reserved == 5000
+    assert await ledger.expire_stale(older_than_s=600) == 0
+    assert await ledger.check() == []
+
+
+async def test_check_finds_a_balance_changed_behind_the_ledgers_back(ledger: Ledger, database_url: str) -> None:
+    caller = await caller_with(ledger, credits=100)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("UPDATE accounts SET balance = balance + 1 WHERE id = $1", caller.account_id)
+    finally:
+        await conn.close()
+    problems = await ledger.check()
+    assert len(problems) == 1
+    assert "balance 101 but entries sum 100" in problems[0]
