@@ -67,10 +67,10 @@ async def run_load(call: Callable[[], Awaitable[float]], concurrency: int, durat
     return Result(latencies, time.perf_counter() - started, errors)
 
 
-def non_stream(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[float]]:
+def non_stream(client: httpx.AsyncClient, url: str, key: str) -> Callable[[], Awaitable[float]]:
     """One non-streaming completion; returns its latency."""
     payload = orjson.dumps(BODY)
-    headers = {"content-type": "application/json", "authorization": "Bearer ngk_bench"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
 
     async def call() -> float:
         started = time.perf_counter()
@@ -82,10 +82,10 @@ def non_stream(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[fl
     return call
 
 
-def first_token(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[float]]:
+def first_token(client: httpx.AsyncClient, url: str, key: str) -> Callable[[], Awaitable[float]]:
     """One streaming completion; returns the time to its first content chunk (and reads it to the end)."""
     payload = orjson.dumps(BODY | {"stream": True})
-    headers = {"content-type": "application/json", "authorization": "Bearer ngk_bench"}
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
 
     async def call() -> float:
         started = time.perf_counter()
@@ -101,19 +101,19 @@ def first_token(client: httpx.AsyncClient, url: str) -> Callable[[], Awaitable[f
     return call
 
 
-async def measure(direct: str, gateway: str, duration_s: float) -> list[tuple[str, Result, Result]]:
+async def measure(direct: str, gateway: str, key: str, duration_s: float) -> list[tuple[str, Result, Result]]:
     """Every scenario against both targets, alternating so both see the same machine state."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     rows = []
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
-        scenarios: list[tuple[str, Callable[[httpx.AsyncClient, str], Callable[[], Awaitable[float]]], int]] = [
+        scenarios: list[tuple[str, Callable[[httpx.AsyncClient, str, str], Callable[[], Awaitable[float]]], int]] = [
             ("non-stream, concurrency 1", non_stream, 1),
             ("non-stream, concurrency 16", non_stream, 16),
             ("stream first token, concurrency 1", first_token, 1),
         ]
         for name, factory, concurrency in scenarios:
-            d = await run_load(factory(client, direct), concurrency, duration_s, warmup=50)
-            g = await run_load(factory(client, gateway), concurrency, duration_s, warmup=50)
+            d = await run_load(factory(client, direct, key), concurrency, duration_s, warmup=50)
+            g = await run_load(factory(client, gateway, key), concurrency, duration_s, warmup=50)
             rows.append((name, d, g))
     return rows
 
@@ -147,7 +147,8 @@ def main() -> None:
     stack = Stack(config).start()
     try:
         direct = f"{simulator.base_url}/chat/completions"
-        rows = uvloop.run(measure(direct, f"{config.api_base}/chat/completions", args.duration))
+        _, key = stack.create_account(credits="1000000", name="bench")
+        rows = uvloop.run(measure(direct, f"{config.api_base}/chat/completions", key, args.duration))
     finally:
         stack.stop()
     print(report(rows))
