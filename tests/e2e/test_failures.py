@@ -94,8 +94,19 @@ async def test_client_disconnect_stops_the_hoster_and_bills_what_was_generated(
         while not (rows := await conn.fetch("SELECT * FROM usage_records WHERE request_id = $1", request_id)):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while True:
+            held = await conn.fetchrow("SELECT * FROM reservations WHERE request_id = $1", request_id)
+            assert held is not None
+            if held["status"] != "open":
+                break
+            assert time.monotonic() < deadline, "the cancelled request was never settled"
+            await asyncio.sleep(0.1)
     finally:
         await conn.close()
     [row] = rows
     assert row["outcome"] == "cancelled"
     assert 5 <= row["completion_tokens"] < 100
+    # Charged for what was generated before the client left: more than nothing, far less than 400 tokens.
+    assert held["completion_tokens"] == row["completion_tokens"]
+    assert 0 < held["charged"] < held["amount"]
