@@ -149,3 +149,37 @@ class UsageReport(BaseModel):
     """billing -> ingress: recent requests, newest first."""
 
     items: list[UsageItem]
+
+
+class GenerationQuery(BaseModel):
+    """ingress -> billing: the routing record of a request, for the key that made it."""
+
+    request_id: str
+    key_id: str
+
+
+class AttemptRecord(BaseModel):
+    """One attempt of a request as billing recorded it."""
+
+    attempt: int
+    hoster_id: str
+    model: str
+    outcome: str
+    prompt_tokens: int
+    completion_tokens: int
+    ttft_ms: float | None
+    duration_ms: float
+    error: str | None = None
+
+
+class GenerationRecord(BaseModel):
+    """billing -> ingress: who served a request, how each attempt went, what it cost (credits)."""
+
+    id: str
+    model: str | None
+    status: str
+    created: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    attempts: list[AttemptRecord]

@@ -14,6 +14,7 @@ COMPLETION = ord("r")  # body: one chat.completion (non-streaming requests), usa
 END = ord("e")  # body: empty; the stream is complete, write "data: [DONE]"
 ERROR = ord("x")  # body: an ErrorReport as JSON; the request failed
 KEEPALIVE = ord("k")  # body: empty; the attempt is alive while the upstream is slow
+ATTEMPT = ord("a")  # body: {"hoster_id", "model"}; the router failed over, this attempt serves now
 
 
 class Frame(NamedTuple):

@@ -16,6 +16,8 @@ class ModelOffer(BaseModel):
     input_price: int = Field(ge=0)
     output_price: int = Field(ge=0)
     context_length: int | None = None
+    # What the model can take beyond plain text: "tools", "json" (response_format), "vision" (image parts).
+    capabilities: list[str] = Field(default_factory=list)
 
 
 class HosterStatus(BaseModel):
@@ -28,6 +30,8 @@ class HosterStatus(BaseModel):
     capacity: int
     in_flight: int
     models: list[ModelOffer]
+    # The time to first token the hoster promises; trust drops when the observed p95 is worse.
+    advertised_ttft_ms: float | None = None
 
 
 class HosterHeartbeat(BaseModel):

@@ -35,6 +35,7 @@ RESERVE_CREDITS = "billing.credits.reserve"
 # ingress -> billing (request/reply): an account's credits and recent usage.
 SHOW_CREDITS = "billing.credits.show"
 LIST_USAGE = "billing.usage.list"
+SHOW_GENERATION = "billing.generation.show"
 
 # Queue groups are the service names.
 QUEUE_ROUTER = "router"
@@ -46,6 +47,8 @@ BILLING_REQUESTS_DURABLE = "billing_requests"
 
 # JetStream key-value bucket where routers remember every model ever served (survives restarts).
 MODELS_SEEN_BUCKET = "router_models_seen"
+# JetStream key-value bucket where routers keep every hoster's stats and trust (survives restarts).
+HOSTER_STATS_BUCKET = "router_hoster_stats"
 
 
 def attempt_start(hoster_id: str) -> str:

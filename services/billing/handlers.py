@@ -9,6 +9,8 @@ from libs.contracts import subjects
 from libs.contracts.billing import (
     CreditsQuery,
     CreditsReport,
+    GenerationQuery,
+    GenerationRecord,
     KeyInfo,
     Refused,
     RequestFinished,
@@ -62,6 +64,11 @@ def register_handlers(broker: NatsBroker, ledger: Ledger, usage: UsageRepository
     async def list_usage(query: UsageQuery) -> UsageReport:
         """An account's recent requests."""
         return UsageReport(items=await ledger.usage(query.account_id, query.limit))
+
+    @broker.subscriber(subjects.SHOW_GENERATION, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def show_generation(query: GenerationQuery) -> GenerationRecord | None:
+        """A request's routing record, for the key that made it."""
+        return await ledger.generation(query.request_id, query.key_id)
 
     @broker.subscriber(
         subjects.ATTEMPT_FINISHED_ALL,

@@ -16,6 +16,8 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from libs.contracts.billing import (
+    AttemptRecord,
+    GenerationRecord,
     KeyInfo,
     RateLimitState,
     Refused,
@@ -25,7 +27,7 @@ from libs.contracts.billing import (
     UsageItem,
 )
 from libs.contracts.common import ErrorReport
-from libs.contracts.pricing import Cost, cost_of
+from libs.contracts.pricing import Cost, cost_of, to_credits
 from libs.platform.apikeys import display_prefix, hash_key, new_key
 from services.billing.repository import PoolBound
 
@@ -515,6 +517,40 @@ class Ledger(PoolBound):
             )
             for r in rows
         ]
+
+    async def generation(self, request_id: str, key_id: str) -> GenerationRecord | None:
+        """The routing record of ``request_id``, only for the key that made it."""
+        held = await self._pool.fetchrow(
+            "SELECT * FROM reservations WHERE request_id = $1 AND key_id = $2", request_id, key_id
+        )
+        if held is None:
+            return None
+        attempts = await self._pool.fetch(
+            "SELECT * FROM usage_records WHERE request_id = $1 ORDER BY attempt", request_id
+        )
+        return GenerationRecord(
+            id=request_id,
+            model=held["model"] or (attempts[-1]["model"] if attempts else None),
+            status=held["status"],
+            created=int(held["created_at"].timestamp()),
+            prompt_tokens=held["prompt_tokens"],
+            completion_tokens=held["completion_tokens"],
+            cost=to_credits(held["charged"]),
+            attempts=[
+                AttemptRecord(
+                    attempt=a["attempt"],
+                    hoster_id=str(a["hoster_id"]),
+                    model=a["model"],
+                    outcome=a["outcome"],
+                    prompt_tokens=a["prompt_tokens"],
+                    completion_tokens=a["completion_tokens"],
+                    ttft_ms=a["ttft_ms"],
+                    duration_ms=a["duration_ms"],
+                    error=a["error"],
+                )
+                for a in attempts
+            ],
+        )
 
 
 class _Refusal(Exception):

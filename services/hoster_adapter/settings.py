@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from decimal import Decimal
 from pathlib import Path
+from typing import Literal
 
 import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
@@ -14,6 +15,9 @@ from libs.contracts.hosters import ModelOffer
 from libs.platform.settings import ServiceSettings
 
 MICRO = 1_000_000
+Capability = Literal["tools", "json", "vision"]
+# What OpenAI-compatible servers (vLLM, llama.cpp, Ollama) handle for most chat models.
+DEFAULT_CAPABILITIES: tuple[Capability, ...] = ("tools", "json")
 
 
 class HostedModel(BaseModel):
@@ -24,6 +28,7 @@ class HostedModel(BaseModel):
     input_price: Decimal = Field(ge=0)
     output_price: Decimal = Field(ge=0)
     context_length: int | None = Field(None, ge=1)
+    capabilities: list[Capability] = Field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
 
     def offer(self) -> ModelOffer:
         """The model as announced in heartbeats."""
@@ -33,6 +38,7 @@ class HostedModel(BaseModel):
             input_price=int(self.input_price * MICRO),
             output_price=int(self.output_price * MICRO),
             context_length=self.context_length,
+            capabilities=list(self.capabilities),
         )
 
 
@@ -46,6 +52,7 @@ class HosterConfig(BaseModel):
     cloud: bool = False
     region: str | None = None
     capacity: int = Field(64, ge=1, description="requests this hoster serves at once")
+    advertised_ttft_ms: float | None = Field(None, gt=0, description="the time to first token it promises")
     models: list[HostedModel] = Field(min_length=1)
 
     @field_validator("id")

@@ -105,6 +105,7 @@ class HosterAdapter:
                     capacity=h.capacity,
                     in_flight=self._in_flight[h.id],
                     models=[m.offer() for m in h.models],
+                    advertised_ttft_ms=h.advertised_ttft_ms,
                 )
                 for h in self.hosters.values()
             ],

@@ -14,7 +14,16 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel, TypeAdapter
 
 from libs.contracts import frames, subjects
-from libs.contracts.billing import CreditsQuery, CreditsReport, KeyInfo, UsageQuery, UsageReport, VerifyKey
+from libs.contracts.billing import (
+    CreditsQuery,
+    CreditsReport,
+    GenerationQuery,
+    GenerationRecord,
+    KeyInfo,
+    UsageQuery,
+    UsageReport,
+    VerifyKey,
+)
 from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import ModelsListing
 from libs.contracts.routing import (
@@ -208,6 +217,12 @@ class Gateway:
         """An account's recent requests."""
         query = UsageQuery(account_id=account_id, limit=limit)
         return UsageReport.model_validate_json(await self._ask(subjects.LIST_USAGE, query, "list usage", retry_after))
+
+    async def generation(self, request_id: str, key_id: str, retry_after: int) -> GenerationRecord | None:
+        """The routing record of ``request_id`` if ``key_id`` made it."""
+        query = GenerationQuery(request_id=request_id, key_id=key_id)
+        reply = await self._ask(subjects.SHOW_GENERATION, query, "show generations", retry_after)
+        return GenerationRecord.model_validate_json(reply) if reply.strip() not in (b"", b"null") else None
 
     async def _ask(self, subject: str, query: BaseModel, what: str, retry_after: int) -> bytes:
         """Request/reply to billing; a 503 ``GatewayError`` when it cannot answer."""

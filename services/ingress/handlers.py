@@ -24,6 +24,7 @@ from services.ingress.service import (
     StreamOutcome,
     error_report,
     error_response_body,
+    first_answer,
     idle_report,
     models_page,
     sse_events,
@@ -81,9 +82,11 @@ def error_response(report: ErrorReport, headers: dict[str, str] | None = None) -
     if report.retry_after is not None:
         all_headers["retry-after"] = str(report.retry_after)
     return Response(
-        error_response_body(report), status_code=report.http_status, media_type="application/json",
+        error_response_body(report),
+        status_code=report.http_status,
+        media_type="application/json",
         headers=all_headers,
-    )  # fmt: skip
+    )
 
 
 def invalid_request(message: str, param: str | None = None, code: str | None = None) -> Response:
@@ -138,7 +141,7 @@ async def create_chat_completion(
         accepted = await gateway.route(route, settings.retry_after_s)
         headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id, **accepted.headers}
         try:
-            first = await replies.next()
+            first = await first_answer(replies, headers)
         except TimeoutError:
             gateway.cancel(request_id)
             return error_response(idle_report(settings.retry_after_s), headers)
@@ -229,6 +232,24 @@ async def list_usage(
     return Response(orjson.dumps({"object": "list", "data": items}), media_type="application/json")
 
 
+@router.get("/v1/generation/{request_id}", response_model=None)
+async def show_generation(request_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """The routing record of one of this key's requests: each attempt's hoster, outcome and latency, the
+    tokens and the cost (credits)."""
+    record = await gateway.generation(request_id, caller.key_id, settings.retry_after_s)
+    if record is None:
+        raise GatewayError(
+            ErrorReport(
+                http_status=404,
+                type="invalid_request_error",
+                code="generation_not_found",
+                param="id",
+                message=f"No generation {request_id} was made with this API key (or it is not recorded yet).",
+            )
+        )
+    return Response(record.model_dump_json(), media_type="application/json")
+
+
 @router.get("/v1/models", response_model=None)
 async def list_models(gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The models live on the network now, with their price range and number of live hosters."""
@@ -251,10 +272,13 @@ async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsD
             return Response(orjson.dumps(_model_entry(model)), media_type="application/json")
     return error_response(
         ErrorReport(
-            http_status=404, type="invalid_request_error", code="model_not_found", param="model",
+            http_status=404,
+            type="invalid_request_error",
+            code="model_not_found",
+            param="model",
             message=f"The model `{model_id}` does not exist or no hoster serves it now.",
         )
-    )  # fmt: skip
+    )
 
 
 @router.get("/healthz", include_in_schema=False)

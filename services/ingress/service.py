@@ -40,6 +40,17 @@ def idle_report(retry_after: int) -> ErrorReport:
     )
 
 
+async def first_answer(replies: ReplyStream, headers: dict[str, str]) -> frames.Frame:
+    """The first frame that answers the client. Failover notices before it say which hoster serves now; they
+    update the ``x-computeshare-hoster`` and ``x-computeshare-attempts`` headers, which are sent with it."""
+    frame = await replies.next()
+    while frame.kind == frames.ATTEMPT:
+        headers["x-computeshare-hoster"] = orjson.loads(frame.body)["hoster_id"]
+        frame = await replies.next()
+    headers["x-computeshare-attempts"] = str(max(frame.attempt, 1))
+    return frame
+
+
 class StreamOutcome:
     """How a stream ended, for the handler's bookkeeping after the response."""
 

@@ -1,12 +1,13 @@
-"""The request lifecycle as the router runs it: admit, dispatch, learn outcomes, settle, fail dead attempts."""
+"""The request lifecycle as the router runs it: admit, dispatch, learn outcomes, fail over, settle."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import orjson
 from faststream.nats import NatsBroker
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
@@ -16,7 +17,7 @@ from libs.contracts import frames, subjects
 from libs.contracts.billing import Admission, BilledAttempt, Refused, RequestFinished, ReserveCredits, Reserved
 from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import HosterHeartbeat
-from libs.contracts.pricing import cost_of, estimate_prompt_tokens, requested_max_tokens
+from libs.contracts.pricing import cost_of
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptDispatch,
@@ -27,11 +28,12 @@ from libs.contracts.routing import (
     RouteRequest,
 )
 from libs.platform.broker import publish_durably
-from services.router.service import Candidate, HosterRegistry, NoEligibleHoster, order_candidates
+from services.router.service import Candidate, HosterRegistry, NoEligibleHoster, RequestProfile, order_candidates
 from services.router.settings import RouterSettings
+from services.router.stats import NetworkStats
 
 _ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
-# Hosters a request may still fail over to; its reservation covers the dearest of them.
+# Attempts a request gets, each on a different hoster; its reservation covers the dearest of them.
 MAX_ATTEMPTS = 3
 
 
@@ -40,82 +42,128 @@ class InFlight:
     """A request this router dispatched and has not yet heard the end of."""
 
     route: RouteRequest
-    model: str
-    hoster_id: str
+    queue: list[Candidate]
+    candidate: Candidate
     adapter_id: str
     attempt: int
-    started: float
+    billed: list[BilledAttempt] = field(default_factory=list)
     cancelled: bool = False
 
 
 def billable(event: AttemptFinished) -> bool:
-    """Whether the client pays for an attempt: it did for what reached it (a failure before any chunk, or a
+    """Whether the client pays for an attempt: it does for what reached it (a failure before any chunk, or a
     failed non-streaming attempt, costs nothing)."""
     return event.outcome != "failed" or (event.stream and event.chunks_sent > 0)
 
 
+def can_fail_over(event: AttemptFinished, flight: InFlight) -> bool:
+    """A failed attempt is retried elsewhere unless the client left, a stream already sent it something, or
+    the request used its attempts."""
+    return (
+        event.outcome == "failed"
+        and not flight.cancelled
+        and (not event.stream or event.chunks_sent == 0)
+        and flight.attempt < MAX_ATTEMPTS
+    )
+
+
 class Dispatcher:
-    """Owns the registry and the in-flight requests of one router instance."""
+    """Owns the registry, the observed stats and the in-flight requests of one router instance."""
 
     def __init__(self, settings: RouterSettings, router_id: str, broker: NatsBroker, logger: logging.Logger):
         self.router_id = router_id
         self.registry = HosterRegistry(ttl_s=settings.hoster_ttl_s)
+        self.stats = NetworkStats()
         self._settings = settings
         self._broker = broker
         self._log = logger
         self._in_flight: dict[str, InFlight] = {}
+        self._probes: set[str] = set()
         self._publishing: set[asyncio.Task[bool]] = set()
 
     def observe(self, heartbeat: HosterHeartbeat) -> list[str]:
         """Feed one heartbeat to the registry; return models the network never served before."""
         return self.registry.observe(heartbeat, time.monotonic(), int(time.time()))
 
+    def observe_attempt(self, event: AttemptFinished) -> None:
+        """Fold any router's attempt outcome into the stats, so every replica sees the same network."""
+        self.stats.observe(
+            event.hoster_id,
+            time.time(),
+            model=event.model,
+            outcome=event.outcome,
+            chunks_sent=event.chunks_sent,
+            ttft_ms=event.ttft_ms,
+            completion_tokens=event.usage.completion_tokens,
+            duration_ms=event.duration_ms,
+        )
+
     async def route(self, request: RouteRequest) -> RouteAccepted | RouteRejected:
-        """Pick hosters, have billing admit the request, then hand the first hoster that takes it the attempt."""
+        """Order the eligible hosters, have billing admit the request, then start its first attempt."""
         s = self._settings
+        profile = RequestProfile.of(request.body, s.default_max_tokens)
         try:
-            model, candidates = order_candidates(
-                self.registry, request.model, request.routing, time.monotonic(), s.retry_after_s
+            candidates = order_candidates(
+                self.registry,
+                self.stats,
+                request.model,
+                request.routing,
+                profile,
+                time.monotonic(),
+                time.time(),
+                s.retry_after_s,
+                self._probes,
             )
         except NoEligibleHoster as exc:
             return RouteRejected(error=exc.report)
         headers: dict[str, str] = {}
         if request.caller is not None:
-            admission = await self._admit(request, candidates)
+            admission = await self._admit(request, profile, candidates)
             if isinstance(admission, ErrorReport):
                 return RouteRejected(error=admission)
             headers = admission.rate.headers()
             if isinstance(admission, Refused):
                 return RouteRejected(error=admission.error, headers=headers)
-        attempt = 1
-        for candidate in candidates:
-            accepted = await self._dispatch(self._attempt(request, model, candidate, attempt))
-            if accepted is None:
-                continue
-            self._in_flight[request.request_id] = InFlight(
-                request, model, candidate.hoster.hoster_id, accepted.adapter_id, attempt, time.monotonic()
+        flight = await self._start(request, candidates, attempt=1)
+        if flight is None:
+            self._finish(request, request.model, "failed", [])
+            return RouteRejected(
+                error=ErrorReport(
+                    http_status=503,
+                    type="server_error",
+                    code="no_hoster_available",
+                    message="Every eligible hoster is busy or unreachable right now.",
+                    retry_after=s.retry_after_s,
+                ),
+                headers=headers,
             )
-            return RouteAccepted(hoster_id=candidate.hoster.hoster_id, model=model, attempt=attempt, headers=headers)
-        self._finish(request, model, "failed", [])
-        return RouteRejected(
-            error=ErrorReport(
-                http_status=503,
-                type="server_error",
-                code="no_hoster_available",
-                message="Every eligible hoster is busy or unreachable right now.",
-                retry_after=s.retry_after_s,
-            ),
-            headers=headers,
+        return RouteAccepted(
+            hoster_id=flight.candidate.hoster.hoster_id, model=flight.candidate.offer.model, attempt=1, headers=headers
         )
 
-    def _attempt(self, request: RouteRequest, model: str, candidate: Candidate, attempt: int) -> AttemptDispatch:
+    async def _start(self, request: RouteRequest, queue: list[Candidate], attempt: int) -> InFlight | None:
+        """Hand attempt ``attempt`` to the first candidate in ``queue`` whose adapter takes it."""
+        while queue:
+            candidate = queue.pop(0)
+            accepted = await self._dispatch(self._attempt(request, candidate, attempt))
+            if accepted is None:
+                continue
+            hoster_id = candidate.hoster.hoster_id
+            if self.stats.of(hoster_id, time.time()).probing(time.time()):
+                self._probes.add(hoster_id)
+            flight = InFlight(request, queue, candidate, accepted.adapter_id, attempt)
+            self._in_flight[request.request_id] = flight
+            return flight
+        return None
+
+    def _attempt(self, request: RouteRequest, candidate: Candidate, attempt: int) -> AttemptDispatch:
         return AttemptDispatch(
             request_id=request.request_id,
             attempt=attempt,
             router_id=self.router_id,
             reply_subject=request.reply_subject,
             hoster_id=candidate.hoster.hoster_id,
-            model=model,
+            model=candidate.offer.model,
             upstream_model=candidate.offer.upstream_model,
             stream=request.stream,
             include_usage=request.include_usage,
@@ -126,22 +174,24 @@ class Dispatcher:
             body=request.body,
         )
 
-    async def _admit(self, request: RouteRequest, candidates: list[Candidate]) -> Reserved | Refused | ErrorReport:
+    async def _admit(
+        self, request: RouteRequest, profile: RequestProfile, candidates: list[Candidate]
+    ) -> Reserved | Refused | ErrorReport:
         """Ask billing to hold the request's maximum cost: its prompt estimate plus its completion budget at
         the dearest hoster it may fail over to."""
         assert request.caller is not None
         s = self._settings
-        prompt = estimate_prompt_tokens(request.body)
-        completion = requested_max_tokens(request.body, s.default_max_tokens)
         amount = max(
-            cost_of(prompt, completion, c.offer.input_price, c.offer.output_price, s.platform_fee_bps).client
+            cost_of(
+                profile.prompt_tokens, profile.max_tokens, c.offer.input_price, c.offer.output_price, s.platform_fee_bps
+            ).client
             for c in candidates[:MAX_ATTEMPTS]
         )
         command = ReserveCredits(
             request_id=request.request_id,
             caller=request.caller,
             amount=amount,
-            tokens=prompt + completion,
+            tokens=profile.prompt_tokens + profile.max_tokens,
             fee_bps=s.platform_fee_bps,
         )
         try:
@@ -170,15 +220,13 @@ class Dispatcher:
         return accepted if accepted.accepted else None
 
     async def attempt_finished(self, event: AttemptFinished) -> None:
-        """An attempt ended: settle the request, and report a failure to the client (failover comes with the
-        marketplace)."""
+        """An attempt of a request this router owns ended: fail over, or settle and end the request."""
         flight = self._in_flight.get(event.request_id)
         if flight is None or flight.attempt != event.attempt:
             return
-        del self._in_flight[event.request_id]
-        attempts = []
+        self._probes.discard(event.hoster_id)
         if billable(event):
-            attempts.append(
+            flight.billed.append(
                 BilledAttempt(
                     attempt=event.attempt,
                     hoster_id=event.hoster_id,
@@ -187,17 +235,25 @@ class Dispatcher:
                     output_price=event.output_price,
                 )
             )
-        self._finish(flight.route, flight.model, event.outcome, attempts)
+        if can_fail_over(event, flight) and await self._fail_over(flight):
+            return
+        del self._in_flight[event.request_id]
+        self._finish(flight.route, event.model, event.outcome, flight.billed)
         if event.outcome == "failed":
-            await self._fail(
-                flight,
-                ErrorReport(
-                    http_status=500,
-                    type="server_error",
-                    code="upstream_error",
-                    message="The hoster failed to complete this request.",
-                ),
-            )
+            await self._fail(flight, _all_failed() if event.chunks_sent == 0 else _broke_off())
+
+    async def _fail_over(self, flight: InFlight) -> bool:
+        """Start the next attempt on another hoster; tell the ingress who serves now."""
+        nxt = await self._start(flight.route, flight.queue, flight.attempt + 1)
+        if nxt is None:
+            return False
+        nxt.billed = flight.billed
+        nxt.cancelled = flight.cancelled
+        body = orjson.dumps({"hoster_id": nxt.candidate.hoster.hoster_id, "model": nxt.candidate.offer.model})
+        await self._broker.connection.publish(
+            flight.route.reply_subject, frames.encode(frames.ATTEMPT, nxt.attempt, -1, body)
+        )
+        return True
 
     def cancelled(self, request_id: str) -> None:
         """The client left; its adapter stops and reports what it made, which is then settled."""
@@ -237,30 +293,50 @@ class Dispatcher:
             await asyncio.wait(set(self._publishing), timeout=10.0)
 
     async def watch(self, interval_s: float = 0.5) -> None:
-        """Fail requests whose adapter stopped heartbeating, and forget expired hosters."""
+        """Fail over (or fail) requests whose adapter stopped heartbeating; forget expired hosters."""
         while True:
             await asyncio.sleep(interval_s)
             now = time.monotonic()
             self.registry.forget_expired(now)
             for request_id, flight in list(self._in_flight.items()):
-                if not self.registry.adapter_alive(flight.adapter_id, now):
-                    self._in_flight.pop(request_id, None)
-                    self._log.warning(
-                        "adapter vanished mid-request", extra={"request_id": request_id, "adapter": flight.adapter_id}
-                    )
-                    # What the vanished adapter produced is unknown: the client pays nothing.
-                    self._finish(flight.route, flight.model, "failed", [])
-                    await self._fail(
-                        flight,
-                        ErrorReport(
-                            http_status=503,
-                            type="server_error",
-                            code="hoster_unavailable",
-                            message="The hoster serving this request went away.",
-                            retry_after=self._settings.retry_after_s,
-                        ),
-                    )
+                if self.registry.adapter_alive(flight.adapter_id, now):
+                    continue
+                self._log.warning("adapter vanished mid-request", extra={"request_id": request_id})
+                self._probes.discard(flight.candidate.hoster.hoster_id)
+                # Whether a stream's chunks reached the client is unknown: only a non-stream fails over.
+                if not flight.route.stream and flight.attempt < MAX_ATTEMPTS and await self._fail_over(flight):
+                    continue
+                self._in_flight.pop(request_id, None)
+                self._finish(flight.route, flight.candidate.offer.model, "failed", flight.billed)
+                await self._fail(
+                    flight,
+                    ErrorReport(
+                        http_status=503,
+                        type="server_error",
+                        code="hoster_unavailable",
+                        message="The hoster serving this request went away.",
+                        retry_after=self._settings.retry_after_s,
+                    ),
+                )
 
     async def _fail(self, flight: InFlight, report: ErrorReport) -> None:
         frame = frames.encode(frames.ERROR, flight.attempt, -1, report.model_dump_json().encode())
         await self._broker.connection.publish(flight.route.reply_subject, frame)
+
+
+def _all_failed() -> ErrorReport:
+    return ErrorReport(
+        http_status=500,
+        type="server_error",
+        code="all_hosters_failed",
+        message="All hosters failed to serve this request. Please retry.",
+    )
+
+
+def _broke_off() -> ErrorReport:
+    return ErrorReport(
+        http_status=500,
+        type="server_error",
+        code="upstream_error",
+        message="The hoster failed in the middle of the response.",
+    )

@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import time
 
+import orjson
 from faststream.nats import NatsBroker
 
 from libs.contracts import subjects
 from libs.contracts.hosters import HosterHeartbeat, ModelsListing
-from libs.contracts.routing import (
-    AttemptFinished,
-    RequestCancelled,
-    RouteAccepted,
-    RouteRejected,
-    RouteRequest,
-)
+from libs.contracts.routing import AttemptFinished, RequestCancelled, RouteAccepted, RouteRejected, RouteRequest
 from services.router.dispatcher import Dispatcher
-from services.router.models_seen import ModelsSeenStore
+from services.router.store import KvStore
 
 
-def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, store: ModelsSeenStore, workers: int) -> None:
+def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: KvStore, workers: int) -> None:
     """Wire the router's subjects to ``dispatcher``."""
 
     @broker.subscriber(subjects.ROUTE_REQUEST, queue=subjects.QUEUE_ROUTER, max_workers=workers)
@@ -32,13 +27,19 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, store: ModelsS
         """The models live on the network now."""
         return ModelsListing(models=dispatcher.registry.live_models(time.monotonic()))
 
-    # Every router replica hears every heartbeat, so replicas see the same network.
+    # Every router replica hears every heartbeat and every attempt's outcome, so replicas see the same
+    # network and decide alike.
     @broker.subscriber(subjects.HOSTER_HEARTBEAT)
     async def hoster_heartbeat(heartbeat: HosterHeartbeat) -> None:
         for model in dispatcher.observe(heartbeat):
-            store.remember(model, dispatcher.registry.models_seen[model])
+            first_seen = dispatcher.registry.models_seen[model]
+            models_seen.put(model, orjson.dumps({"model": model, "first_seen": first_seen}))
 
-    @broker.subscriber(subjects.attempt_finished(dispatcher.router_id))
+    @broker.subscriber(subjects.ATTEMPT_FINISHED_ALL)
+    async def attempt_observed(event: AttemptFinished) -> None:
+        dispatcher.observe_attempt(event)
+
+    @broker.subscriber(subjects.attempt_finished(dispatcher.router_id), max_workers=workers)
     async def attempt_finished(event: AttemptFinished) -> None:
         await dispatcher.attempt_finished(event)
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer
-from libs.contracts.routing import RoutingPreferences
+from libs.contracts.pricing import estimate_prompt_tokens, requested_max_tokens
+from libs.contracts.routing import RoutingPreferences, Tier
+from services.router.stats import TRUSTED, NetworkStats
 
 AUTO_MODEL = "auto"
 
@@ -108,60 +111,189 @@ class NoEligibleHoster(Exception):
         self.report = report
 
 
-def _eligible(candidates: list[Candidate], prefs: RoutingPreferences) -> tuple[list[Candidate], str | None]:
-    """Apply the client's constraints; also name the first constraint that emptied the list."""
-    steps: list[tuple[str, Callable[[Candidate], bool] | None]] = [
+@dataclass(frozen=True, slots=True)
+class RequestProfile:
+    """What the request needs from a model, read from its body."""
+
+    prompt_tokens: int
+    max_tokens: int
+    needs: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, body: dict[str, Any], default_max_tokens: int) -> RequestProfile:
+        """The profile of a chat completion body."""
+        needs = set()
+        if body.get("tools") or body.get("functions"):
+            needs.add("tools")
+        if isinstance(body.get("response_format"), dict) and body["response_format"].get("type") != "text":
+            needs.add("json")
+        for message in body.get("messages") or ():
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, list) and any(
+                isinstance(p, dict) and p.get("type") in ("image_url", "input_image") for p in content
+            ):
+                needs.add("vision")
+        return cls(estimate_prompt_tokens(body), requested_max_tokens(body, default_max_tokens), frozenset(needs))
+
+    def fits(self, offer: ModelOffer) -> bool:
+        """Whether ``offer`` has the context length and capabilities this request needs."""
+        if offer.context_length is not None and self.prompt_tokens + self.max_tokens > offer.context_length:
+            return False
+        return self.needs <= set(offer.capabilities)
+
+
+# Time to first token assumed for a hoster nobody has measured and that promised nothing.
+UNKNOWN_TTFT_MS = 1000.0
+# Hosters whose scores are within this factor of the best count as equal and share the load.
+NEAR_EQUAL = 1.15
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What the router knows of a candidate when it orders them."""
+
+    candidate: Candidate
+    price: int
+    ttft_ms: float
+    trust: float
+
+
+def _choice(candidate: Candidate, stats: NetworkStats, profile: RequestProfile, now: float) -> Choice:
+    hoster = stats.of(candidate.hoster.hoster_id, now)
+    hoster.advertised_ttft_ms = candidate.hoster.advertised_ttft_ms
+    speed = hoster.speed.get(candidate.offer.model)
+    ttft = speed.ttft_ewma_ms if speed and speed.ttft_ewma_ms is not None else None
+    price = profile.prompt_tokens * candidate.offer.input_price + profile.max_tokens * candidate.offer.output_price
+    return Choice(
+        candidate,
+        price,
+        ttft if ttft is not None else (candidate.hoster.advertised_ttft_ms or UNKNOWN_TTFT_MS),
+        hoster.trust(now),
+    )
+
+
+def _constraints(
+    prefs: RoutingPreferences, stats: NetworkStats, now: float, probing_busy: set[str]
+) -> list[tuple[str, Callable[[Choice], bool] | None]]:
+    """Each constraint with the words that name it when it excludes every hoster."""
+
+    def available(c: Choice) -> bool:
+        hoster = stats.of(c.candidate.hoster.hoster_id, now)
+        if hoster.cooling(now):
+            return False
+        return not (hoster.probing(now) and c.candidate.hoster.hoster_id in probing_busy)
+
+    return [
         (
-            "privacy_mode excludes cloud hosters",
-            (lambda c: not c.hoster.cloud) if prefs.privacy_mode else None,
+            "privacy_mode excludes every cloud hoster",
+            (lambda c: not c.candidate.hoster.cloud) if prefs.privacy_mode else None,
         ),
         (
             "allow_hosters matches no live hoster",
-            (lambda c: c.hoster.hoster_id in prefs.allow_hosters) if prefs.allow_hosters else None,
+            (lambda c: c.candidate.hoster.hoster_id in prefs.allow_hosters) if prefs.allow_hosters else None,
         ),
         (
             "deny_hosters excludes every live hoster",
-            (lambda c: c.hoster.hoster_id not in prefs.deny_hosters) if prefs.deny_hosters else None,
+            (lambda c: c.candidate.hoster.hoster_id not in prefs.deny_hosters) if prefs.deny_hosters else None,
         ),
-        ("every live hoster is at capacity", lambda c: c.hoster.in_flight < c.hoster.capacity),
+        (
+            "trusted_only: no hoster has a trust score above 0.8",
+            (lambda c: c.trust > TRUSTED) if prefs.trusted_only else None,
+        ),
+        (
+            f"max_latency_ms: every hoster's observed latency is above {prefs.max_latency_ms} ms",
+            (lambda c: c.ttft_ms <= prefs.max_latency_ms) if prefs.max_latency_ms else None,
+        ),
+        ("every hoster is cooling down after repeated failures", available),
+        ("every hoster is at capacity", lambda c: c.candidate.hoster.in_flight < c.candidate.hoster.capacity),
     ]
-    for reason, keep in steps:
+
+
+def _filter(
+    choices: list[Choice], constraints: list[tuple[str, Callable[[Choice], bool] | None]]
+) -> tuple[list[Choice], str | None]:
+    for reason, keep in constraints:
         if keep is None:
             continue
-        remaining = [c for c in candidates if keep(c)]
+        remaining = [c for c in choices if keep(c)]
         if not remaining:
             return [], reason
-        candidates = remaining
-    return candidates, None
+        choices = remaining
+    return choices, None
+
+
+def _score(tier: Tier, choices: list[Choice]) -> dict[int, float]:
+    """Lower is better; ``balanced`` weighs price 45%, speed 45% and load 10%, each relative to the best."""
+    if tier == "cheapest":
+        return {id(c): float(c.price) for c in choices}
+    if tier == "fastest":
+        return {id(c): c.ttft_ms for c in choices}
+    cheapest = max(1, min(c.price for c in choices))
+    quickest = max(1.0, min(c.ttft_ms for c in choices))
+    return {
+        id(c): 0.45 * max(1, c.price) / cheapest
+        + 0.45 * max(1.0, c.ttft_ms) / quickest
+        + 0.10 * (1 + 4 * c.candidate.load)
+        for c in choices
+    }
+
+
+def _rank(tier: Tier, choices: list[Choice]) -> list[Candidate]:
+    """Best first. Candidates whose score is within ``NEAR_EQUAL`` of the best (exactly equal for
+    ``cheapest``) come first in random order, so equal hosters share the load."""
+    if not choices:
+        return []
+    scores = _score(tier, choices)
+    best = min(scores.values())
+    bound = best if tier == "cheapest" else best * NEAR_EQUAL if best > 0 else 0.0
+    top = [c for c in choices if scores[id(c)] <= bound]
+    random.shuffle(top)
+    rest = sorted((c for c in choices if scores[id(c)] > bound), key=lambda c: scores[id(c)])
+    return [c.candidate for c in top + rest]
 
 
 def order_candidates(
-    registry: HosterRegistry, model: str, prefs: RoutingPreferences, now: float, retry_after: int
-) -> tuple[str, list[Candidate]]:
-    """The model to serve and its eligible hosters, best first.
+    registry: HosterRegistry,
+    stats: NetworkStats,
+    model: str,
+    prefs: RoutingPreferences,
+    profile: RequestProfile,
+    now: float,
+    wall: float,
+    retry_after: int,
+    probing_busy: set[str] | None = None,
+) -> list[Candidate]:
+    """Every eligible (hoster, model) for the request, in the order to try them.
 
-    Tries ``model`` then each of ``fallback_models``; raises ``NoEligibleHoster`` with a 404 when no model
-    was ever served on the network, a 503 naming the constraint when none is eligible now.
+    ``model`` first, then each of ``fallback_models``; ``auto`` pools every live model that fits the request
+    (context length, tools, JSON mode, images) and lets the tier choose. Raises ``NoEligibleHoster``: 404
+    when no model asked for was ever served on the network, 503 naming the constraint that excluded the
+    hosters otherwise.
     """
     live = registry.live(now)
-    wanted = [model, *prefs.fallback_models]
+    constraints = _constraints(prefs, stats, wall, probing_busy or set())
+    groups: list[tuple[str, list[Candidate]]]
     if model == AUTO_MODEL:
-        counts: dict[str, int] = {}
-        for c in live:
-            counts[c.offer.model] = counts.get(c.offer.model, 0) + 1
-        wanted = sorted(counts, key=lambda m: (-counts[m], m)) + prefs.fallback_models
+        groups = [("auto", [c for c in live if profile.fits(c.offer)])]
+        groups += [(m, [c for c in live if c.offer.model == m]) for m in prefs.fallback_models]
+    else:
+        groups = [(m, [c for c in live if c.offer.model == m]) for m in [model, *prefs.fallback_models]]
+    ordered: list[Candidate] = []
     reasons = []
-    for name in wanted:
-        pairs = [c for c in live if c.offer.model == name]
+    for name, pairs in groups:
         if not pairs:
-            reasons.append(f"no hoster of `{name}` is live right now")
+            reasons.append(
+                f"no hoster of `{name}` is live right now"
+                if name != "auto"
+                else "no live model fits this request (context length, tools, JSON mode or images)"
+            )
             continue
-        eligible, reason = _eligible(pairs, prefs)
-        if eligible:
-            random.shuffle(eligible)  # equal hosters share the load
-            eligible.sort(key=lambda c: c.load)
-            return name, eligible
-        reasons.append(f"`{name}`: {reason}")
+        eligible, reason = _filter([_choice(c, stats, profile, wall) for c in pairs], constraints)
+        if not eligible:
+            reasons.append(f"`{name}`: {reason}")
+        ordered += _rank(prefs.tier, eligible)
+    if ordered:
+        return ordered
     if model != AUTO_MODEL and not any(m in registry.models_seen for m in [model, *prefs.fallback_models]):
         raise NoEligibleHoster(
             ErrorReport(

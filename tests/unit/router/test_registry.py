@@ -6,7 +6,22 @@ import pytest
 
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, ModelOffer
 from libs.contracts.routing import RoutingPreferences
-from services.router.service import HosterRegistry, NoEligibleHoster, order_candidates
+from services.router.service import Candidate, HosterRegistry, NoEligibleHoster, RequestProfile, order_candidates
+from services.router.stats import NetworkStats
+
+PROFILE = RequestProfile(prompt_tokens=10, max_tokens=10)
+
+
+def order(
+    registry: HosterRegistry,
+    model: str,
+    prefs: RoutingPreferences,
+    now: float = 101.0,
+    stats: NetworkStats | None = None,
+    profile: RequestProfile = PROFILE,
+) -> list[Candidate]:
+    return order_candidates(registry, stats or NetworkStats(), model, prefs, profile, now, 1_700_000_000.0, 5)
+
 
 H1 = "11111111-1111-4111-8111-111111111111"
 H2 = "22222222-2222-4222-8222-222222222222"
@@ -41,11 +56,11 @@ def test_a_hoster_that_stops_heartbeating_is_gone_after_the_ttl() -> None:
 def test_never_served_model_is_404_and_served_before_but_gone_is_503() -> None:
     registry = registry_with(status(H1, model="m"))
     with pytest.raises(NoEligibleHoster) as never:
-        order_candidates(registry, "other", RoutingPreferences(), 101.0, retry_after=5)
+        order(registry, "other", RoutingPreferences())
     assert never.value.report.http_status == 404
     assert never.value.report.code == "model_not_found"
     with pytest.raises(NoEligibleHoster) as gone:
-        order_candidates(registry, "m", RoutingPreferences(), 200.0, retry_after=5)
+        order(registry, "m", RoutingPreferences(), now=200.0)
     assert gone.value.report.http_status == 503
     assert gone.value.report.retry_after == 5
 
@@ -53,38 +68,36 @@ def test_never_served_model_is_404_and_served_before_but_gone_is_503() -> None:
 def test_privacy_mode_never_picks_a_cloud_hoster_and_says_why_when_only_cloud_is_left() -> None:
     registry = registry_with(status(CLOUD, cloud=True), status(H1))
     for _ in range(20):
-        _, candidates = order_candidates(registry, "m", RoutingPreferences(privacy_mode=True), 101.0, 5)
+        candidates = order(registry, "m", RoutingPreferences(privacy_mode=True))
         assert [c.hoster.hoster_id for c in candidates] == [H1]
     only_cloud = registry_with(status(CLOUD, cloud=True))
     with pytest.raises(NoEligibleHoster) as info:
-        order_candidates(only_cloud, "m", RoutingPreferences(privacy_mode=True), 101.0, 5)
+        order(only_cloud, "m", RoutingPreferences(privacy_mode=True))
     assert "privacy_mode" in info.value.report.message
 
 
 def test_allow_and_deny_lists_filter_hosters() -> None:
     registry = registry_with(status(H1), status(H2))
-    _, allowed = order_candidates(registry, "m", RoutingPreferences(allow_hosters=[H2]), 101.0, 5)
+    allowed = order(registry, "m", RoutingPreferences(allow_hosters=[H2]))
     assert [c.hoster.hoster_id for c in allowed] == [H2]
-    _, remaining = order_candidates(registry, "m", RoutingPreferences(deny_hosters=[H2]), 101.0, 5)
+    remaining = order(registry, "m", RoutingPreferences(deny_hosters=[H2]))
     assert [c.hoster.hoster_id for c in remaining] == [H1]
 
 
 def test_fallback_model_is_used_when_the_main_model_has_no_live_hoster() -> None:
     registry = registry_with(status(H1, model="small"))
     registry.models_seen["big"] = 1
-    model, candidates = order_candidates(registry, "big", RoutingPreferences(fallback_models=["small"]), 101.0, 5)
-    assert model == "small"
+    candidates = order(registry, "big", RoutingPreferences(fallback_models=["small"]))
+    assert candidates[0].offer.model == "small"
     assert candidates[0].hoster.hoster_id == H1
 
 
 def test_least_loaded_first_and_equal_hosters_share_first_place() -> None:
     busy = registry_with(status(H1, in_flight=3), status(H2, in_flight=0))
-    _, candidates = order_candidates(busy, "m", RoutingPreferences(), 101.0, 5)
+    candidates = order(busy, "m", RoutingPreferences())
     assert candidates[0].hoster.hoster_id == H2
     equal = registry_with(status(H1), status(H2))
-    firsts = Counter(
-        order_candidates(equal, "m", RoutingPreferences(), 101.0, 5)[1][0].hoster.hoster_id for _ in range(200)
-    )
+    firsts = Counter(order(equal, "m", RoutingPreferences())[0].hoster.hoster_id for _ in range(200))
     assert firsts[H1] > 50
     assert firsts[H2] > 50
 
@@ -92,7 +105,7 @@ def test_least_loaded_first_and_equal_hosters_share_first_place() -> None:
 def test_hosters_at_capacity_are_not_eligible() -> None:
     registry = registry_with(status(H1, in_flight=4))
     with pytest.raises(NoEligibleHoster) as info:
-        order_candidates(registry, "m", RoutingPreferences(), 101.0, 5)
+        order(registry, "m", RoutingPreferences())
     assert "capacity" in info.value.report.message
 
 

@@ -1,0 +1,186 @@
+"""What the router observes of real traffic: speed per hoster and model, reliability and trust per hoster,
+and the cooldown of hosters that keep failing. Pure logic; the dispatcher feeds it attempt outcomes.
+
+Trust, in [0, 1] (documented in the README):
+
+    reliability = (successes + 1) / (attempts + 2)        over the last 200 attempts (Laplace: new = 0.5)
+    midstream   = failures after the first byte / attempts over the same window
+    latency     = min(1, advertised TTFT / observed p95 TTFT), or 1 when either is unknown
+    history     = 0.8 * min(1, lifetime attempts / 100) + 0.2 * min(1, age / 1 hour)
+    trust       = reliability * (1 - midstream) * sqrt(latency) * (0.5 + 0.5 * history)
+
+A new hoster starts at 0.25 and needs about a hundred clean attempts to pass 0.8.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+WINDOW = 200
+EWMA_ALPHA = 0.2
+FAILURES_TO_COOL = 3
+COOLDOWN_BASE_S = 10.0
+COOLDOWN_MAX_S = 300.0
+TRUSTED = 0.8
+
+
+def _p95(samples: deque[float]) -> float | None:
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+@dataclass
+class SpeedStats:
+    """Observed speed of one hoster serving one model."""
+
+    ttft_ewma_ms: float | None = None
+    tps_ewma: float | None = None
+    ttft_samples: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+
+    def observe(self, ttft_ms: float | None, completion_tokens: int, duration_ms: float) -> None:
+        """Fold in one successful attempt."""
+        if ttft_ms is not None:
+            self.ttft_samples.append(ttft_ms)
+            self.ttft_ewma_ms = ttft_ms if self.ttft_ewma_ms is None else (
+                EWMA_ALPHA * ttft_ms + (1 - EWMA_ALPHA) * self.ttft_ewma_ms
+            )  # fmt: skip
+            generating_s = max(duration_ms - ttft_ms, 1.0) / 1000
+            if completion_tokens > 1:
+                tps = completion_tokens / generating_s
+                self.tps_ewma = tps if self.tps_ewma is None else EWMA_ALPHA * tps + (1 - EWMA_ALPHA) * self.tps_ewma
+
+    @property
+    def ttft_p95_ms(self) -> float | None:
+        """95th percentile of the recent times to first token."""
+        return _p95(self.ttft_samples)
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-ready state."""
+        return {"ttft": self.ttft_ewma_ms, "tps": self.tps_ewma, "samples": list(self.ttft_samples)}
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> SpeedStats:
+        """State from ``dump``."""
+        return cls(data.get("ttft"), data.get("tps"), deque(data.get("samples") or (), maxlen=WINDOW))
+
+
+@dataclass
+class HosterStats:
+    """Reliability, trust and cooldown of one hoster, from the outcomes of its attempts."""
+
+    first_seen: float
+    lifetime: int = 0
+    outcomes: deque[str] = field(default_factory=lambda: deque(maxlen=WINDOW))  # "ok", "early", "midstream"
+    consecutive_failures: int = 0
+    cooldown_until: float = 0.0
+    cooldown_s: float = 0.0
+    advertised_ttft_ms: float | None = None
+    speed: dict[str, SpeedStats] = field(default_factory=dict)
+
+    def observe(
+        self,
+        model: str,
+        outcome: str,
+        chunks_sent: int,
+        ttft_ms: float | None,
+        completion_tokens: int,
+        duration_ms: float,
+        now: float,
+    ) -> None:
+        """Fold in one attempt's outcome (``succeeded``, ``failed`` or ``cancelled``) at wall time ``now``."""
+        if outcome == "cancelled":
+            return  # the client left: says nothing about the hoster
+        self.lifetime += 1
+        if outcome == "succeeded":
+            self.outcomes.append("ok")
+            self.consecutive_failures = 0
+            self.cooldown_s = 0.0
+            self.speed.setdefault(model, SpeedStats()).observe(ttft_ms, completion_tokens, duration_ms)
+            return
+        self.outcomes.append("midstream" if chunks_sent else "early")
+        self.consecutive_failures += 1
+        if self.consecutive_failures >= FAILURES_TO_COOL:
+            self.cooldown_s = min(COOLDOWN_MAX_S, self.cooldown_s * 2 if self.cooldown_s else COOLDOWN_BASE_S)
+            self.cooldown_until = now + self.cooldown_s
+
+    def cooling(self, now: float) -> bool:
+        """Out of rotation: failing repeatedly and its cooldown has not run out."""
+        return now < self.cooldown_until
+
+    def probing(self, now: float) -> bool:
+        """Its cooldown ran out but it has not succeeded since: it gets a little traffic to prove itself."""
+        return self.cooldown_s > 0 and not self.cooling(now)
+
+    @property
+    def success_rate(self) -> float:
+        """Share of recent attempts that succeeded (1.0 with no history)."""
+        return self.outcomes.count("ok") / len(self.outcomes) if self.outcomes else 1.0
+
+    def trust(self, now: float) -> float:
+        """The trust score (see the module's docstring)."""
+        attempts = len(self.outcomes)
+        reliability = (self.outcomes.count("ok") + 1) / (attempts + 2)
+        midstream = self.outcomes.count("midstream") / attempts if attempts else 0.0
+        p95s = [p for p in (s.ttft_p95_ms for s in self.speed.values()) if p is not None]
+        latency = 1.0
+        if self.advertised_ttft_ms and p95s:
+            latency = min(1.0, self.advertised_ttft_ms / max(max(p95s), 1e-3))
+        history = 0.8 * min(1.0, self.lifetime / 100) + 0.2 * min(1.0, max(0.0, now - self.first_seen) / 3600)
+        return reliability * (1 - midstream) * math.sqrt(latency) * (0.5 + 0.5 * history)
+
+    def dump(self) -> dict[str, Any]:
+        """JSON-ready state, for the store that survives restarts."""
+        return {
+            "first_seen": self.first_seen,
+            "lifetime": self.lifetime,
+            "outcomes": "".join({"ok": "o", "early": "e", "midstream": "m"}[o] for o in self.outcomes),
+            "consecutive_failures": self.consecutive_failures,
+            "cooldown_until": self.cooldown_until,
+            "cooldown_s": self.cooldown_s,
+            "speed": {model: s.dump() for model, s in self.speed.items()},
+        }
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> HosterStats:
+        """State from ``dump``."""
+        names = {"o": "ok", "e": "early", "m": "midstream"}
+        return cls(
+            first_seen=float(data["first_seen"]),
+            lifetime=int(data["lifetime"]),
+            outcomes=deque((names[c] for c in data.get("outcomes", "")), maxlen=WINDOW),
+            consecutive_failures=int(data.get("consecutive_failures", 0)),
+            cooldown_until=float(data.get("cooldown_until", 0.0)),
+            cooldown_s=float(data.get("cooldown_s", 0.0)),
+            speed={model: SpeedStats.load(s) for model, s in (data.get("speed") or {}).items()},
+        )
+
+
+@dataclass
+class NetworkStats:
+    """Stats of every hoster seen; replicas fed the same outcomes reach the same numbers."""
+
+    hosters: dict[str, HosterStats] = field(default_factory=dict)
+    dirty: set[str] = field(default_factory=set)
+
+    def of(self, hoster_id: str, now: float) -> HosterStats:
+        """The hoster's stats, created at first sight."""
+        stats = self.hosters.get(hoster_id)
+        if stats is None:
+            stats = self.hosters[hoster_id] = HosterStats(first_seen=now)
+        return stats
+
+    def observe(self, hoster_id: str, now: float, **outcome: Any) -> None:
+        """Fold in one attempt of ``hoster_id``."""
+        self.of(hoster_id, now).observe(now=now, **outcome)
+        self.dirty.add(hoster_id)
+
+    def take_dirty(self) -> dict[str, dict[str, Any]]:
+        """States changed since the last call, to persist."""
+        changed = {h: self.hosters[h].dump() for h in self.dirty if h in self.hosters}
+        self.dirty.clear()
+        return changed
