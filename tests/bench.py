@@ -18,7 +18,7 @@ import orjson
 import uvloop
 
 from libs.devstack.processes import free_port
-from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, demo_hoster, test_config
+from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
 
 BODY = {
     "model": DEMO_MODEL,
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per scenario and target")
     args = parser.parse_args()
     simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "16"})
-    config = test_config(
+    config = throwaway_config(
         simulators=[simulator],
         adapters=[AdapterSpec("hoster_adapter", [demo_hoster(simulator.base_url)])],
     )

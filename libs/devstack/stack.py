@@ -105,7 +105,7 @@ def demo_config(workdir: Path, **overrides: Any) -> StackConfig:
     return config
 
 
-def test_config(**overrides: Any) -> StackConfig:
+def throwaway_config(**overrides: Any) -> StackConfig:
     """A throwaway stack on free ports in a temporary directory (tests and benchmarks)."""
     workdir = Path(tempfile.mkdtemp(prefix="cs-stack-"))
     workdir.chmod(0o755)  # postgres (a different user when we are root) must reach its data dir

@@ -145,6 +145,12 @@ class Dispatcher:
         """Hand attempt ``attempt`` to the first candidate in ``queue`` whose adapter takes it."""
         while queue:
             candidate = queue.pop(0)
+            if attempt > 1:
+                # Before the attempt starts, so the ingress learns who serves before the answer arrives.
+                body = orjson.dumps({"hoster_id": candidate.hoster.hoster_id, "model": candidate.offer.model})
+                await self._broker.connection.publish(
+                    request.reply_subject, frames.encode(frames.ATTEMPT, attempt, -1, body)
+                )
             accepted = await self._dispatch(self._attempt(request, candidate, attempt))
             if accepted is None:
                 continue
@@ -243,16 +249,12 @@ class Dispatcher:
             await self._fail(flight, _all_failed() if event.chunks_sent == 0 else _broke_off())
 
     async def _fail_over(self, flight: InFlight) -> bool:
-        """Start the next attempt on another hoster; tell the ingress who serves now."""
+        """Start the next attempt on another hoster."""
         nxt = await self._start(flight.route, flight.queue, flight.attempt + 1)
         if nxt is None:
             return False
         nxt.billed = flight.billed
         nxt.cancelled = flight.cancelled
-        body = orjson.dumps({"hoster_id": nxt.candidate.hoster.hoster_id, "model": nxt.candidate.offer.model})
-        await self._broker.connection.publish(
-            flight.route.reply_subject, frames.encode(frames.ATTEMPT, nxt.attempt, -1, body)
-        )
         return True
 
     def cancelled(self, request_id: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -142,10 +143,14 @@ class RequestProfile:
         return self.needs <= set(offer.capabilities)
 
 
-# Time to first token assumed for a hoster nobody has measured and that promised nothing.
+# Time to first token assumed when no candidate has been measured and none promised anything.
 UNKNOWN_TTFT_MS = 1000.0
-# Hosters whose scores are within this factor of the best count as equal and share the load.
+# Differences in time to first token below this do not tell hosters apart (network jitter, not speed).
+LATENCY_FLOOR_MS = 50.0
+# Hosters whose speeds are within this factor of the best count as equal and share the load.
 NEAR_EQUAL = 1.15
+# How strongly ``balanced`` prefers a better score (see ``_rank``).
+BALANCE_SHARPNESS = 7.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,18 +163,26 @@ class Choice:
     trust: float
 
 
-def _choice(candidate: Candidate, stats: NetworkStats, profile: RequestProfile, now: float) -> Choice:
-    hoster = stats.of(candidate.hoster.hoster_id, now)
-    hoster.advertised_ttft_ms = candidate.hoster.advertised_ttft_ms
-    speed = hoster.speed.get(candidate.offer.model)
-    ttft = speed.ttft_ewma_ms if speed and speed.ttft_ewma_ms is not None else None
-    price = profile.prompt_tokens * candidate.offer.input_price + profile.max_tokens * candidate.offer.output_price
-    return Choice(
-        candidate,
-        price,
-        ttft if ttft is not None else (candidate.hoster.advertised_ttft_ms or UNKNOWN_TTFT_MS),
-        hoster.trust(now),
-    )
+def _choices(candidates: list[Candidate], stats: NetworkStats, profile: RequestProfile, now: float) -> list[Choice]:
+    """What the router knows of each candidate. A hoster never measured is assumed as fast as it promised,
+    else as the median of those measured: new hosters get their share of traffic, and so get measured."""
+    measured: list[tuple[Candidate, float | None]] = []
+    for candidate in candidates:
+        hoster = stats.of(candidate.hoster.hoster_id, now)
+        hoster.advertised_ttft_ms = candidate.hoster.advertised_ttft_ms
+        speed = hoster.speed.get(candidate.offer.model)
+        measured.append((candidate, speed.expected_ttft_ms if speed else None))
+    known = sorted(t for _, t in measured if t is not None)
+    typical = known[len(known) // 2] if known else UNKNOWN_TTFT_MS
+    return [
+        Choice(
+            candidate,
+            profile.prompt_tokens * candidate.offer.input_price + profile.max_tokens * candidate.offer.output_price,
+            ttft if ttft is not None else (candidate.hoster.advertised_ttft_ms or typical),
+            stats.of(candidate.hoster.hoster_id, now).trust(now),
+        )
+        for candidate, ttft in measured
+    ]
 
 
 def _constraints(
@@ -189,7 +202,7 @@ def _constraints(
             (lambda c: not c.candidate.hoster.cloud) if prefs.privacy_mode else None,
         ),
         (
-            "allow_hosters matches no live hoster",
+            "allow_hosters matches no eligible hoster",
             (lambda c: c.candidate.hoster.hoster_id in prefs.allow_hosters) if prefs.allow_hosters else None,
         ),
         (
@@ -212,18 +225,22 @@ def _constraints(
 def _filter(
     choices: list[Choice], constraints: list[tuple[str, Callable[[Choice], bool] | None]]
 ) -> tuple[list[Choice], str | None]:
+    """Apply the constraints in order; when one leaves nothing, say which (and which ones came before)."""
+    applied: list[str] = []
     for reason, keep in constraints:
         if keep is None:
             continue
         remaining = [c for c in choices if keep(c)]
         if not remaining:
-            return [], reason
+            return [], reason + (f" (after {', '.join(applied)})" if applied else "")
+        applied.append(reason.split(" ", 1)[0].rstrip(":"))
         choices = remaining
     return choices, None
 
 
 def _score(tier: Tier, choices: list[Choice]) -> dict[int, float]:
-    """Lower is better; ``balanced`` weighs price 45%, speed 45% and load 10%, each relative to the best."""
+    """Lower is better; ``balanced`` weighs price 45%, speed 45% and load 10%, price and speed relative to the
+    best candidate (speeds under ``LATENCY_FLOOR_MS`` count as equal)."""
     if tier == "cheapest":
         return {id(c): float(c.price) for c in choices}
     if tier == "fastest":
@@ -239,13 +256,23 @@ def _score(tier: Tier, choices: list[Choice]) -> dict[int, float]:
 
 
 def _rank(tier: Tier, choices: list[Choice]) -> list[Candidate]:
-    """Best first. Candidates whose score is within ``NEAR_EQUAL`` of the best (exactly equal for
-    ``cheapest``) come first in random order, so equal hosters share the load."""
+    """Best first, with equal hosters sharing the load.
+
+    ``cheapest`` and ``fastest`` put every candidate within reach of the best score (exactly equal prices;
+    speeds within ``NEAR_EQUAL``) first, in random order. ``balanced`` draws the whole order at random,
+    each candidate weighted by ``exp(-BALANCE_SHARPNESS * (score / best - 1))``: equal hosters get equal
+    shares, one 10% worse about half as much, one twice as bad almost nothing; so a hoster that measured
+    slow once still gets the traffic that lets it be measured again.
+    """
     if not choices:
         return []
     scores = _score(tier, choices)
     best = min(scores.values())
-    bound = best if tier == "cheapest" else best * NEAR_EQUAL if best > 0 else 0.0
+    if tier == "balanced":
+        weights = {id(c): math.exp(-BALANCE_SHARPNESS * (scores[id(c)] / best - 1)) for c in choices}
+        keyed = sorted(choices, key=lambda c: random.random() ** (1 / weights[id(c)]), reverse=True)
+        return [c.candidate for c in keyed]
+    bound = best if tier == "cheapest" else best * NEAR_EQUAL
     top = [c for c in choices if scores[id(c)] <= bound]
     random.shuffle(top)
     rest = sorted((c for c in choices if scores[id(c)] > bound), key=lambda c: scores[id(c)])
@@ -288,7 +315,7 @@ def order_candidates(
                 else "no live model fits this request (context length, tools, JSON mode or images)"
             )
             continue
-        eligible, reason = _filter([_choice(c, stats, profile, wall) for c in pairs], constraints)
+        eligible, reason = _filter(_choices(pairs, stats, profile, wall), constraints)
         if not eligible:
             reasons.append(f"`{name}`: {reason}")
         ordered += _rank(prefs.tier, eligible)

@@ -25,6 +25,7 @@ FAILURES_TO_COOL = 3
 COOLDOWN_BASE_S = 10.0
 COOLDOWN_MAX_S = 300.0
 TRUSTED = 0.8
+MIN_SAMPLES = 5
 
 
 def _p95(samples: deque[float]) -> float | None:
@@ -53,6 +54,15 @@ class SpeedStats:
             if completion_tokens > 1:
                 tps = completion_tokens / generating_s
                 self.tps_ewma = tps if self.tps_ewma is None else EWMA_ALPHA * tps + (1 - EWMA_ALPHA) * self.tps_ewma
+
+    @property
+    def expected_ttft_ms(self) -> float | None:
+        """The time to first token routing expects: the median of the last 20, once there are
+        ``MIN_SAMPLES`` (a cold connection's first request says little about a hoster)."""
+        if len(self.ttft_samples) < MIN_SAMPLES:
+            return None
+        recent = sorted(list(self.ttft_samples)[-20:])
+        return recent[len(recent) // 2]
 
     @property
     def ttft_p95_ms(self) -> float | None:

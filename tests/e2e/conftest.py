@@ -7,13 +7,13 @@ from collections.abc import Iterator
 import pytest
 
 from libs.devstack.processes import free_port
-from libs.devstack.stack import AdapterSpec, SimulatorSpec, Stack, demo_hoster, test_config
+from libs.devstack.stack import AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
 
 
 def build_stack(ingresses: int = 1, **service_env: str) -> Stack:
     """One simulator serving ``demo-model``, one adapter, one router, one billing, ``ingresses`` ingresses."""
     simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "12"})
-    config = test_config(
+    config = throwaway_config(
         ingress_ports=[free_port() for _ in range(ingresses)],
         simulators=[simulator],
         adapters=[
