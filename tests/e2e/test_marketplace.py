@@ -152,6 +152,13 @@ def test_each_routing_parameter_changes_who_serves(market: Stack, key: str) -> N
             )
             assert response.status_code == 200
     assert served_by(market, key, model="m", trusted_only=True) == "fast"
+    mine = post(market, key, model="m")
+    record(market, key, mine.json()["id"])
+    _, other_key = market.create_account(credits="1")
+    stranger = httpx.get(
+        f"{market.config.api_base}/generation/{mine.json()['id']}", headers={"authorization": f"Bearer {other_key}"}
+    )
+    assert stranger.status_code == 404  # a routing record is shown only to the key that made the request
     excluded = post(market, key, model="m", privacy_mode=True, allow_hosters=[CLOUD])
     assert excluded.status_code == 503
     assert "allow_hosters matches no eligible hoster (after privacy_mode)" in excluded.json()["error"]["message"]
