@@ -170,6 +170,7 @@ class AttemptRecord(BaseModel):
     ttft_ms: float | None
     duration_ms: float
     error: str | None = None
+    dropped_parameters: list[str] = Field(default_factory=list)
 
 
 class GenerationRecord(BaseModel):

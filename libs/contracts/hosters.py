@@ -32,6 +32,8 @@ class HosterStatus(BaseModel):
     models: list[ModelOffer]
     # The time to first token the hoster promises; trust drops when the observed p95 is worse.
     advertised_ttft_ms: float | None = None
+    # Request parameters it takes beyond model, messages and stream; ``None``: every parameter.
+    supported_parameters: list[str] | None = None
 
 
 class HosterHeartbeat(BaseModel):

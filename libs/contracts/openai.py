@@ -1,65 +1,270 @@
 """The public wire format: OpenAI's chat completion request as we validate it, and the error envelope.
 
-Fields we do not know are kept (``extra="allow"``) and passed on to the hoster untouched.
+Validation follows OpenAI's ``CreateChatCompletionRequest``: every known parameter is type- and
+range-checked, so a bad one is a 400 naming it. What reaches the hoster is the client's own JSON (minus our
+routing fields), never a re-serialization: fields we do not know pass through untouched.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from libs.contracts.routing import RoutingPreferences, Tier
 
 ROUTING_FIELDS = frozenset(RoutingPreferences.model_fields)
 
-Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+class _Open(BaseModel):
+    """OpenAI adds fields often; unknown ones are kept, not refused."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
 
 
-class ChatMessage(BaseModel):
-    """One message of the conversation; content is text, a list of content parts, or null."""
+class TextPart(_Open):
+    """``{"type": "text", "text": ...}``."""
 
-    model_config = ConfigDict(extra="allow")
+    type: Literal["text"]
+    text: str
 
-    role: Role
-    content: str | list[dict[str, Any]] | None = None
+
+class ImageURL(_Open):
+    """An image by URL or data URL."""
+
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImagePart(_Open):
+    """``{"type": "image_url", "image_url": {...}}``."""
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class InputAudio(_Open):
+    """Base64 audio."""
+
+    data: str
+    format: Literal["wav", "mp3"]
+
+
+class AudioPart(_Open):
+    """``{"type": "input_audio", ...}``."""
+
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class FilePart(_Open):
+    """``{"type": "file", "file": {...}}``."""
+
+    type: Literal["file"]
+    file: dict[str, Any]
+
+
+class RefusalPart(_Open):
+    """An assistant's refusal, as a content part."""
+
+    type: Literal["refusal"]
+    refusal: str
+
+
+UserPart = Annotated[TextPart | ImagePart | AudioPart | FilePart, Field(discriminator="type")]
+AssistantPart = Annotated[TextPart | RefusalPart, Field(discriminator="type")]
+
+
+class FunctionCall(_Open):
+    """A function the model called: its name and JSON arguments as a string."""
+
+    name: str
+    arguments: str
+
+
+class ToolCall(_Open):
+    """One tool call in an assistant message."""
+
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Open):
+    """Instructions for the model."""
+
+    role: Literal["system"]
+    content: str | list[TextPart]
     name: str | None = None
 
 
-class StreamOptions(BaseModel):
-    """``stream_options``: only meaningful with ``stream: true``."""
+class DeveloperMessage(_Open):
+    """Instructions for the model (newer name of ``system``)."""
 
-    model_config = ConfigDict(extra="allow")
+    role: Literal["developer"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+
+class UserMessage(_Open):
+    """The user's turn: text, or parts (text, images, audio, files)."""
+
+    role: Literal["user"]
+    content: str | list[UserPart]
+    name: str | None = None
+
+
+class AssistantMessage(_Open):
+    """An earlier answer of the model: content, a refusal, or tool calls."""
+
+    role: Literal["assistant"]
+    content: str | list[AssistantPart] | None = None
+    refusal: str | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    function_call: FunctionCall | None = None
+
+    @model_validator(mode="after")
+    def _says_something(self) -> AssistantMessage:
+        if self.content is None and not self.tool_calls and self.function_call is None and self.refusal is None:
+            raise ValueError("an assistant message needs content, tool_calls or a refusal")
+        return self
+
+
+class ToolMessage(_Open):
+    """The result of a tool call."""
+
+    role: Literal["tool"]
+    content: str | list[TextPart]
+    tool_call_id: str
+
+
+class FunctionMessage(_Open):
+    """The result of a function call (the deprecated form of ``tool``)."""
+
+    role: Literal["function"]
+    content: str | None
+    name: str
+
+
+Message = Annotated[
+    SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage | FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+class FunctionDefinition(_Open):
+    """A function the model may call."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Open):
+    """``{"type": "function", "function": {...}}``."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Open):
+    """The function a named tool choice forces."""
+
+    name: str
+
+
+class NamedToolChoice(_Open):
+    """Force one function."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class TextFormat(_Open):
+    """Plain text answers."""
+
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Open):
+    """JSON mode: the answer is a JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JsonSchemaSpec(_Open):
+    """A named JSON Schema the answer must follow."""
+
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,64}$")
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class JsonSchemaFormat(_Open):
+    """Structured outputs."""
+
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+
+
+class StreamOptions(_Open):
+    """``stream_options``: only with ``stream: true``."""
 
     include_usage: bool = False
 
 
-class ChatCompletionRequest(BaseModel):
-    """``POST /v1/chat/completions`` body: OpenAI's parameters plus our routing parameters."""
-
-    model_config = ConfigDict(extra="allow")
+class ChatCompletionRequest(_Open):
+    """``POST /v1/chat/completions`` body: OpenAI's parameters, the ones open models add, and our routing."""
 
     model: str = Field(min_length=1, max_length=256)
-    messages: list[ChatMessage] = Field(min_length=1)
-    stream: bool = False
+    messages: list[Message] = Field(min_length=1, max_length=4096)
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int | None = Field(None, ge=1, le=128)
+    stop: str | list[str] | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    user: str | None = Field(None, max_length=512)
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
+    # Open-model samplers (vLLM, llama.cpp, generalcompute).
+    top_k: int | None = Field(None, ge=-1)
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
 
     tier: Tier = "balanced"
     privacy_mode: bool = False
     trusted_only: bool = False
     max_latency_ms: int | None = Field(None, ge=1)
     fallback_models: list[str] = Field(default_factory=list, max_length=16)
-    allow_hosters: list[str] = Field(default_factory=list)
-    deny_hosters: list[str] = Field(default_factory=list)
+    allow_hosters: list[str] = Field(default_factory=list, max_length=256)
+    deny_hosters: list[str] = Field(default_factory=list, max_length=256)
+    require_parameters: bool = False
+
+    @field_validator("stop")
+    @classmethod
+    def _up_to_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return value
 
     @field_validator("allow_hosters", "deny_hosters")
     @classmethod
@@ -71,19 +276,77 @@ class ChatCompletionRequest(BaseModel):
                 raise ValueError(f"{item!r} is not a hoster UUID") from None
         return [str(uuid.UUID(item)) for item in value]
 
+    @model_validator(mode="after")
+    def _consistent(self) -> ChatCompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise _ParamError("stream_options", "stream_options is only allowed when stream is true")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise _ParamError("top_logprobs", "top_logprobs requires logprobs to be true")
+        if self.tool_choice not in (None, "none") and not self.tools:
+            raise _ParamError("tool_choice", "tool_choice is only allowed when tools are specified")
+        return self
+
     def routing(self) -> RoutingPreferences:
         """The routing parameters of this request."""
         return RoutingPreferences.model_validate(self.model_dump(include=set(ROUTING_FIELDS)))
 
-    def hoster_body(self) -> dict[str, Any]:
-        """The body as the client sent it, minus our routing fields: what the hoster receives."""
-        return self.model_dump(exclude=set(ROUTING_FIELDS), exclude_unset=True)
+
+class _ParamError(ValueError):
+    """A cross-field check that names the parameter at fault."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def hoster_body(payload: dict[str, Any]) -> dict[str, Any]:
+    """The client's body as it sent it, minus our routing fields: what the hoster receives."""
+    return {key: value for key, value in payload.items() if key not in ROUTING_FIELDS}
+
+
+def param_path(payload: Any, loc: tuple[int | str, ...]) -> str | None:
+    """OpenAI's name for the parameter at pydantic's error location: ``messages[0].content``.
+
+    Pydantic's locations also name the union member that failed (``user``, ``str``, ``function-after``);
+    only the steps that exist in the client's JSON are kept.
+    """
+    path = ""
+    node = payload
+    for step in loc:
+        if isinstance(node, dict) and isinstance(step, str) and step in node:
+            path += f".{step}" if path else step
+            node = node[step]
+        elif isinstance(node, list) and isinstance(step, int) and 0 <= step < len(node):
+            path += f"[{step}]"
+            node = node[step]
+    return path or None
+
+
+def validation_failure(payload: Any, errors: list[Any]) -> tuple[str, str | None]:
+    """The message and parameter of the first validation error, OpenAI-style."""
+    error = errors[0]
+    context = error.get("ctx") or {}
+    cause = context.get("error")
+    if isinstance(cause, _ParamError):
+        return f"Invalid value for '{cause.param}': {cause}", cause.param
+    param = param_path(payload, tuple(error["loc"]))
+    if error["type"] == "missing":
+        missing = ".".join(str(s) for s in error["loc"] if not isinstance(s, int))
+        return f"Missing required parameter: '{param + '.' if param else ''}{error['loc'][-1]}'.", param or missing
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return (f"Invalid value for '{param}': {message}" if param else message), param
 
 
 ErrorType = Literal[
-    "invalid_request_error", "authentication_error", "permission_error", "not_found_error",
-    "rate_limit_error", "insufficient_quota", "server_error", "service_unavailable",
-]  # fmt: skip
+    "invalid_request_error",
+    "authentication_error",
+    "permission_error",
+    "not_found_error",
+    "rate_limit_error",
+    "insufficient_quota",
+    "server_error",
+    "service_unavailable",
+]
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:

@@ -22,6 +22,8 @@ class RoutingPreferences(BaseModel):
     fallback_models: list[str] = Field(default_factory=list)
     allow_hosters: list[str] = Field(default_factory=list)
     deny_hosters: list[str] = Field(default_factory=list)
+    # OpenRouter's name: only hosters that support every parameter the request sets are eligible.
+    require_parameters: bool = False
 
 
 class RouteRequest(BaseModel):
@@ -113,6 +115,8 @@ class AttemptFinished(BaseModel):
     ttft_ms: float | None = None
     duration_ms: float
     finished_at: float
+    # Parameters the client sent that this hoster does not take, dropped on the way.
+    dropped_parameters: list[str] = Field(default_factory=list)
 
 
 class RequestCancelled(BaseModel):

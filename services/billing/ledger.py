@@ -547,6 +547,7 @@ class Ledger(PoolBound):
                     ttft_ms=a["ttft_ms"],
                     duration_ms=a["duration_ms"],
                     error=a["error"],
+                    dropped_parameters=list(a["dropped_parameters"]),
                 )
                 for a in attempts
             ],

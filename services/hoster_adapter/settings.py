@@ -13,6 +13,7 @@ from pydantic_settings import SettingsConfigDict
 
 from libs.contracts.hosters import ModelOffer
 from libs.platform.settings import ServiceSettings
+from services.hoster_adapter.profiles import ProfileName
 
 MICRO = 1_000_000
 Capability = Literal["tools", "json", "vision"]
@@ -53,6 +54,7 @@ class HosterConfig(BaseModel):
     region: str | None = None
     capacity: int = Field(64, ge=1, description="requests this hoster serves at once")
     advertised_ttft_ms: float | None = Field(None, gt=0, description="the time to first token it promises")
+    profile: ProfileName = Field("openai", description="the kind of server: which parameters it takes, as what")
     models: list[HostedModel] = Field(min_length=1)
 
     @field_validator("id")

@@ -7,7 +7,6 @@ import logging
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 import orjson
@@ -19,6 +18,7 @@ from libs.contracts import frames, subjects
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus
 from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
 from libs.platform.broker import publish_durably
+from services.hoster_adapter.profiles import PROFILES
 from services.hoster_adapter.service import ChunkRewriter, CompletionAssembler, SseDataLines, StreamTally
 from services.hoster_adapter.settings import AdapterSettings, HosterConfig
 
@@ -30,6 +30,7 @@ class ActiveAttempt:
     dispatch: AttemptDispatch
     last_sent: float = field(default_factory=time.monotonic)
     seq: int = 0
+    dropped: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
 
 
@@ -106,6 +107,7 @@ class HosterAdapter:
                     in_flight=self._in_flight[h.id],
                     models=[m.offer() for m in h.models],
                     advertised_ttft_ms=h.advertised_ttft_ms,
+                    supported_parameters=PROFILES[h.profile].advertised(),
                 )
                 for h in self.hosters.values()
             ],
@@ -181,6 +183,7 @@ class HosterAdapter:
             ttft_ms=ttft[0] * 1000 if ttft else None,
             duration_ms=(time.monotonic() - started) * 1000,
             finished_at=time.time(),
+            dropped_parameters=active.dropped,
         )
         if error:
             self._log.warning("attempt failed", extra={"request_id": dispatch.request_id, "error": error})
@@ -191,10 +194,7 @@ class HosterAdapter:
         assert self._http is not None
         assert self._nc is not None
         dispatch = active.dispatch
-        body: dict[str, Any] = dict(dispatch.body)
-        body["model"] = dispatch.upstream_model
-        body["stream"] = True
-        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        body, active.dropped = PROFILES[hoster.profile].prepare(dispatch.body, dispatch.upstream_model)
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         if hoster.api_key is not None:
             headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from libs.contracts import frames, subjects
 from libs.contracts.billing import Caller
 from libs.contracts.common import ErrorReport
-from libs.contracts.openai import ChatCompletionRequest, error_body
+from libs.contracts.openai import ChatCompletionRequest, error_body, hoster_body, validation_failure
 from libs.contracts.pricing import to_credits
 from libs.contracts.routing import RouteRequest
 from libs.platform import apikeys
@@ -98,11 +98,32 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     )
 
 
-def _validation_message(exc: ValidationError) -> tuple[str, str | None]:
-    error = exc.errors(include_url=False)[0]
-    loc = [str(p) for p in error["loc"]]
-    param = ".".join(loc) if loc else None
-    return f"Invalid value for '{param}': {error['msg']}" if param else error["msg"], param
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 as soon as it grows past ``limit`` bytes (declared or streamed)."""
+    too_large = GatewayError(
+        ErrorReport(
+            http_status=413,
+            type="invalid_request_error",
+            code="request_too_large",
+            message=f"The request body is larger than {limit} bytes.",
+        )
+    )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -110,16 +131,28 @@ async def create_chat_completion(
     request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep
 ) -> Response:
     """Create a chat completion (OpenAI-compatible), streaming as SSE when ``stream`` is true."""
+    if not _is_json(request.headers.get("content-type")):
+        raise GatewayError(
+            ErrorReport(
+                http_status=415,
+                type="invalid_request_error",
+                code="unsupported_media_type",
+                message="The request body must be JSON, sent with 'Content-Type: application/json'.",
+            )
+        )
+    raw = await _read_limited(request, settings.max_body_bytes)
     try:
-        payload: Any = orjson.loads(await request.body())
+        payload: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return invalid_request("The request body is not valid JSON.")
+        return invalid_request(
+            "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload."
+        )
     if not isinstance(payload, dict):
         return invalid_request("The request body must be a JSON object.")
     try:
         body = ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
-        message, param = _validation_message(exc)
+        message, param = validation_failure(payload, exc.errors(include_url=False))
         return invalid_request(message, param)
 
     request_id = new_request_id()
@@ -132,7 +165,7 @@ async def create_chat_completion(
         include_usage=include_usage,
         created=int(time.time()),
         routing=body.routing(),
-        body=body.hoster_body(),
+        body=hoster_body(payload),
         caller=caller,
     )
     replies = gateway.open_stream(request_id)

@@ -24,3 +24,5 @@ class IngressSettings(ServiceSettings):
     # A verified (or refused) key is trusted this long; a revoked key fails everywhere within it.
     key_cache_s: float = Field(2.0, ge=0, le=5)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # Larger chat completion bodies get a 413 (images as data URLs make bodies large; 16 MiB holds several).
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)

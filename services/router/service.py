@@ -119,6 +119,7 @@ class RequestProfile:
     prompt_tokens: int
     max_tokens: int
     needs: frozenset[str] = frozenset()
+    parameters: frozenset[str] = frozenset()
 
     @classmethod
     def of(cls, body: dict[str, Any], default_max_tokens: int) -> RequestProfile:
@@ -134,7 +135,10 @@ class RequestProfile:
                 isinstance(p, dict) and p.get("type") in ("image_url", "input_image") for p in content
             ):
                 needs.add("vision")
-        return cls(estimate_prompt_tokens(body), requested_max_tokens(body, default_max_tokens), frozenset(needs))
+        parameters = frozenset(body) - {"model", "messages", "stream"}
+        return cls(
+            estimate_prompt_tokens(body), requested_max_tokens(body, default_max_tokens), frozenset(needs), parameters
+        )
 
     def fits(self, offer: ModelOffer) -> bool:
         """Whether ``offer`` has the context length and capabilities this request needs."""
@@ -186,9 +190,13 @@ def _choices(candidates: list[Candidate], stats: NetworkStats, profile: RequestP
 
 
 def _constraints(
-    prefs: RoutingPreferences, stats: NetworkStats, now: float, probing_busy: set[str]
+    prefs: RoutingPreferences, profile: RequestProfile, stats: NetworkStats, now: float, probing_busy: set[str]
 ) -> list[tuple[str, Callable[[Choice], bool] | None]]:
     """Each constraint with the words that name it when it excludes every hoster."""
+
+    def supports_all(c: Choice) -> bool:
+        supported = c.candidate.hoster.supported_parameters
+        return supported is None or profile.parameters <= set(supported)
 
     def available(c: Choice) -> bool:
         hoster = stats.of(c.candidate.hoster.hoster_id, now)
@@ -216,6 +224,10 @@ def _constraints(
         (
             f"max_latency_ms: every hoster's observed latency is above {prefs.max_latency_ms} ms",
             (lambda c: c.ttft_ms <= prefs.max_latency_ms) if prefs.max_latency_ms else None,
+        ),
+        (
+            "require_parameters: no hoster supports every parameter of this request",
+            supports_all if prefs.require_parameters else None,
         ),
         ("every hoster is cooling down after repeated failures", available),
         ("every hoster is at capacity", lambda c: c.candidate.hoster.in_flight < c.candidate.hoster.capacity),
@@ -298,7 +310,7 @@ def order_candidates(
     hosters otherwise.
     """
     live = registry.live(now)
-    constraints = _constraints(prefs, stats, wall, probing_busy or set())
+    constraints = _constraints(prefs, profile, stats, wall, probing_busy or set())
     groups: list[tuple[str, list[Candidate]]]
     if model == AUTO_MODEL:
         groups = [("auto", [c for c in live if profile.fits(c.offer)])]

@@ -179,3 +179,13 @@ def test_stats_survive_a_dump_and_load() -> None:
     assert after.speed["m"].ttft_p95_ms == before.speed["m"].ttft_p95_ms
     assert set(stats.take_dirty()) == {CHEAP}
     assert stats.take_dirty() == {}
+
+
+def test_require_parameters_keeps_only_hosters_that_take_every_parameter() -> None:
+    picky = hoster(CHEAP, 1).model_copy(update={"supported_parameters": ["max_tokens", "temperature"]})
+    reg = registry(picky, hoster(FAST, 9))
+    profile = RequestProfile.of({"messages": [], "max_tokens": 5, "seed": 3}, 50)
+    strict = RoutingPreferences(tier="cheapest", require_parameters=True)
+    assert [c.hoster.hoster_id for c in order(reg, strict, NetworkStats(), profile=profile)] == [FAST]
+    relaxed = order(reg, RoutingPreferences(tier="cheapest"), NetworkStats(), profile=profile)
+    assert relaxed[0].hoster.hoster_id == CHEAP

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from typing import Any
+
+from services.hoster_adapter.profiles import PROFILES
+
+BODY: dict[str, Any] = {
+    "model": "public",
+    "messages": [{"role": "user", "content": "hi"}],
+    "stream": False,
+    "max_tokens": 20,
+    "temperature": 0.2,
+    "seed": 7,
+    "top_k": 40,
+    "repetition_penalty": 1.1,
+    "tools": [{"type": "function"}],
+    "stream_options": {"include_usage": False},
+    "vendor_extra": {"a": 1},
+}
+
+
+def test_plain_openai_compatible_servers_get_everything_the_client_sent() -> None:
+    body, dropped = PROFILES["vllm"].prepare(BODY, "meta-llama/Llama-3.1-8B")
+    assert dropped == []
+    assert body["model"] == "meta-llama/Llama-3.1-8B"
+    assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
+    assert {k: body[k] for k in ("top_k", "repetition_penalty", "seed", "vendor_extra")} == {
+        "top_k": 40,
+        "repetition_penalty": 1.1,
+        "seed": 7,
+        "vendor_extra": {"a": 1},
+    }
+    assert PROFILES["openai"].advertised() is None
+
+
+def test_naga_takes_max_completion_tokens_and_drops_what_it_does_not_know() -> None:
+    body, dropped = PROFILES["naga"].prepare(BODY, "gpt-4o-mini")
+    assert body["max_completion_tokens"] == 20
+    assert "max_tokens" not in body
+    assert dropped == ["repetition_penalty", "seed", "top_k", "vendor_extra"]
+    assert body["tools"] == BODY["tools"]
+
+
+def test_comput3_gets_only_its_parameters_and_no_stream_options() -> None:
+    body, dropped = PROFILES["comput3"].prepare(BODY | {"max_completion_tokens": 9}, "hermes4:70b")
+    assert set(body) == {"model", "messages", "stream", "max_tokens", "temperature"}
+    assert body["max_tokens"] == 20  # the upstream's own name wins when both were sent
+    assert "tools" in dropped
+
+
+def test_generalcompute_keeps_open_model_samplers_and_llamacpp_renames_the_penalty() -> None:
+    body, dropped = PROFILES["generalcompute"].prepare(BODY, "m")
+    assert (body["top_k"], body["repetition_penalty"]) == (40, 1.1)
+    assert "seed" in dropped
+    llama, _ = PROFILES["llamacpp"].prepare(BODY, "m")
+    assert llama["repeat_penalty"] == 1.1
+    assert "repetition_penalty" not in llama
+    advertised = PROFILES["llamacpp"].advertised()
+    assert advertised is not None
+    assert "repetition_penalty" in advertised
