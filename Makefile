@@ -22,7 +22,15 @@ system-deps:
 	@if ! test -x /usr/lib/postgresql/15/bin/postgres; then \
 		$(APT) update -qq && $(APT) install -y -qq postgresql-15; fi
 
-deps: system-deps $(STAMP)
+NODE_DEPS := tests/e2e/node/node_modules/.package-lock.json
+
+# The official openai Node SDK, for the end-to-end tests.
+$(NODE_DEPS): tests/e2e/node/package.json tests/e2e/node/package-lock.json
+	@command -v npm >/dev/null || ($(APT) update -qq && $(APT) install -y -qq nodejs npm)
+	npm ci --prefix tests/e2e/node --no-audit --no-fund --loglevel=error
+	@touch $@
+
+deps: system-deps $(STAMP) $(NODE_DEPS)
 
 run: deps
 	$(BIN)/python -m libs.devstack run

@@ -30,10 +30,7 @@ class UpstreamProfile:
     def accepts(self, parameter: str) -> bool:
         """Whether a client's parameter reaches this upstream (as itself or renamed)."""
         return (
-            parameter in ESSENTIAL
-            or self.supported is None
-            or parameter in self.supported
-            or parameter in self.renames
+            parameter in ESSENTIAL or self.supported is None or parameter in self.supported or parameter in self.renames
         )
 
     def prepare(self, body: dict[str, Any], upstream_model: str) -> tuple[dict[str, Any], list[str]]:

@@ -16,6 +16,7 @@ from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from services.ingress.gateway import Gateway, GatewayError
 from services.ingress.handlers import error_response, router
+from services.ingress.openapi import install_openapi
 from services.ingress.settings import IngressSettings
 
 SERVICE = "ingress"
@@ -48,6 +49,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
     app.state.settings = settings
     app.state.gateway = gateway
     app.include_router(router)
+    install_openapi(app)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameters(request: Request, exc: RequestValidationError) -> Response:
@@ -75,6 +77,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
             error_body(message, "invalid_request_error", code),
             status_code=exc.status_code,
             media_type="application/json",
+            headers=exc.headers,  # a 405 lists the allowed methods
         )
 
     @app.exception_handler(Exception)

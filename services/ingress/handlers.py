@@ -12,7 +12,7 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from libs.contracts import frames, subjects
-from libs.contracts.billing import Caller
+from libs.contracts.billing import Caller, GenerationRecord
 from libs.contracts.common import ErrorReport
 from libs.contracts.openai import ChatCompletionRequest, error_body, hoster_body, validation_failure
 from libs.contracts.pricing import to_credits
@@ -20,6 +20,7 @@ from libs.contracts.routing import RouteRequest
 from libs.platform import apikeys
 from libs.platform.ids import new_request_id
 from services.ingress.gateway import Gateway, GatewayError, ReplyStream
+from services.ingress.openapi import CHAT_RESPONSES, Credits, ModelEntry, ModelList, UsageList, errors
 from services.ingress.service import (
     StreamOutcome,
     error_report,
@@ -126,7 +127,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
 async def create_chat_completion(
     request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep
 ) -> Response:
@@ -225,7 +226,7 @@ def _model_entry(model: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/credits", response_model=None)
+@router.get("/v1/credits", response_model=None, responses={200: {"model": Credits}, **errors(401, 503)})
 async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The key's account: balance, credits held by open requests, today's spend and the daily cap (credits)."""
     report = await gateway.credits(caller.account_id, settings.retry_after_s)
@@ -244,7 +245,7 @@ async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: Setting
     )
 
 
-@router.get("/v1/usage", response_model=None)
+@router.get("/v1/usage", response_model=None, responses={200: {"model": UsageList}, **errors(400, 401, 503)})
 async def list_usage(
     caller: CallerDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Response:
@@ -265,7 +266,11 @@ async def list_usage(
     return Response(orjson.dumps({"object": "list", "data": items}), media_type="application/json")
 
 
-@router.get("/v1/generation/{request_id}", response_model=None)
+@router.get(
+    "/v1/generation/{request_id}",
+    response_model=None,
+    responses={200: {"model": GenerationRecord}, **errors(401, 404, 503)},
+)
 async def show_generation(request_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The routing record of one of this key's requests: each attempt's hoster, outcome and latency, the
     tokens and the cost (credits)."""
@@ -283,7 +288,7 @@ async def show_generation(request_id: str, caller: CallerDep, gateway: GatewayDe
     return Response(record.model_dump_json(), media_type="application/json")
 
 
-@router.get("/v1/models", response_model=None)
+@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, **errors(503)})
 async def list_models(gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The models live on the network now, with their price range and number of live hosters."""
     try:
@@ -293,7 +298,9 @@ async def list_models(gateway: GatewayDep, settings: SettingsDep) -> Response:
     return Response(models_page([_model_entry(m) for m in listing.models]), media_type="application/json")
 
 
-@router.get("/v1/models/{model_id:path}", response_model=None)
+@router.get(
+    "/v1/models/{model_id:path}", response_model=None, responses={200: {"model": ModelEntry}, **errors(404, 503)}
+)
 async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """One live model."""
     try:

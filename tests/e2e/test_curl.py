@@ -38,17 +38,17 @@ def curl(*args: str) -> CurlAnswer:
     """
     result = subprocess.run(
         ["curl", "-sS", "--max-time", str(CURL_TIMEOUT_S), "--write-out", f"{STATUS_MARK}%{{http_code}}", *args],
-        capture_output=True,
-        text=True,
+        capture_output=True,  # bytes: text mode would turn the header block's CRLFs into LFs
         timeout=CURL_TIMEOUT_S + 5,
         check=False,
     )
     if result.returncode != 0:
-        pytest.fail(f"curl exited with {result.returncode}: {result.stderr}", pytrace=False)
-    output, _, status = result.stdout.rpartition(STATUS_MARK)
+        pytest.fail(f"curl exited with {result.returncode}: {result.stderr.decode()}", pytrace=False)
+    output, _, status = result.stdout.decode().rpartition(STATUS_MARK)
     headers: dict[str, str] = {}
     if "-i" in args:
-        head, _, output = output.partition("\r\n\r\n")
+        head, blank, output = output.partition("\r\n\r\n")
+        assert blank, f"no header block in {head!r}"
         status_line, *lines = head.split("\r\n")
         assert status_line.startswith("HTTP/"), status_line
         for line in lines:

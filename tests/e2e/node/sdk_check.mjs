@@ -71,8 +71,8 @@ async function describeStream(stream) {
 }
 
 /**
- * The API error a call is meant to fail with. Resolving is reported (the test then fails on it); any
- * error that is not the SDK's `APIError` (a connection error is one, and reported too) is re-thrown.
+ * The API error a call is meant to fail with, as the SDK raised it. A call that resolves is reported as
+ * such (the test then fails on it); anything thrown that is not the SDK's `APIError` is re-thrown.
  */
 async function apiErrorOf(call) {
   try {

@@ -1,0 +1,185 @@
+"""The ingress's OpenAPI document: the request body we validate and every response we send, so clients
+(and schemathesis in ``make test``) can hold us to it. Response models are documentation only: handlers
+write bytes, these describe them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, ConfigDict, Field
+
+from libs.contracts.billing import GenerationRecord
+from libs.contracts.openai import ChatCompletionRequest
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ErrorDetail(BaseModel):
+    """OpenAI's error object."""
+
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error the API returns."""
+
+    error: ErrorDetail
+
+
+class CompletionMessage(_Doc):
+    """The assistant's answer."""
+
+    role: str
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    reasoning_content: str | None = None
+
+
+class CompletionChoice(_Doc):
+    """One choice of a completion."""
+
+    index: int
+    message: CompletionMessage
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class CompletionUsage(_Doc):
+    """Tokens as the hoster reported them (``estimated`` when it reported none) and the cost in credits."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    cost: float | None = None
+    estimated: bool | None = None
+
+
+class ChatCompletion(_Doc):
+    """A non-streaming answer (``stream: true`` answers with ``text/event-stream`` chunks instead)."""
+
+    id: str
+    object: str = Field(examples=["chat.completion"])
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+
+
+class Pricing(_Doc):
+    """Price range over a model's live hosters, credits per million tokens."""
+
+    unit: str
+    input: dict[str, float]
+    output: dict[str, float]
+
+
+class ModelEntry(_Doc):
+    """A model live on the network."""
+
+    id: str
+    object: str
+    created: int
+    owned_by: str
+    hosters: int
+    context_length: int | None
+    pricing: Pricing
+
+
+class ModelList(_Doc):
+    """``GET /v1/models``."""
+
+    object: str
+    data: list[ModelEntry]
+
+
+class Credits(_Doc):
+    """The key's account, in credits."""
+
+    object: str
+    account_id: str
+    balance: float
+    reserved: float
+    spent_today: float
+    daily_cap: float | None
+
+
+class UsageEntry(_Doc):
+    """One recent request of the account."""
+
+    id: str
+    model: str | None
+    status: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    created: int
+
+
+class UsageList(_Doc):
+    """``GET /v1/usage``."""
+
+    object: str
+    data: list[UsageEntry]
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """Responses entries for error statuses, all in the OpenAI envelope."""
+    described = {
+        400: "Invalid request: the message names the parameter",
+        401: "Missing, malformed, unknown or revoked API key",
+        402: "Insufficient credits or daily spend cap reached",
+        404: "Unknown model, generation or route",
+        413: "Request body too large",
+        415: "Request body is not JSON",
+        429: "Rate limit reached; see Retry-After",
+        500: "Every hoster failed",
+        503: "No hoster (or billing, or router) can serve now; see Retry-After",
+    }
+    return {s: {"model": ErrorEnvelope, "description": described[s]} for s in statuses}
+
+
+CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": ChatCompletion,
+        "description": "The completion, or with stream: true a text/event-stream of chat.completion.chunk events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **errors(400, 401, 402, 404, 413, 415, 429, 500, 503),
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    """Document ``POST /v1/chat/completions``'s body from the model the handler validates with (the handler
+    parses it itself, for OpenAI-style errors and to pass the client's JSON on untouched)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        request_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = document.setdefault("components", {}).setdefault("schemas", {})
+        components.update(request_schema.pop("$defs", {}))
+        components["ChatCompletionRequest"] = request_schema
+        components["GenerationRecord"] = GenerationRecord.model_json_schema(ref_template="#/components/schemas/{model}")
+        operation = document["paths"]["/v1/chat/completions"]["post"]
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
+        }
+        document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+        document["security"] = [{"bearer": []}]
+        for path in ("/v1/models", "/v1/models/{model_id}"):
+            document["paths"][path]["get"]["security"] = []  # the catalogue is public
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
