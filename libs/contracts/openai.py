@@ -11,7 +11,7 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from libs.contracts.routing import RoutingPreferences, Tier
 
@@ -126,12 +126,6 @@ class AssistantMessage(_Open):
     tool_calls: list[ToolCall] | None = None
     function_call: FunctionCall | None = None
 
-    @model_validator(mode="after")
-    def _says_something(self) -> AssistantMessage:
-        if self.content is None and not self.tool_calls and self.function_call is None and self.refusal is None:
-            raise ValueError("an assistant message needs content, tool_calls or a refusal")
-        return self
-
 
 class ToolMessage(_Open):
     """The result of a tool call."""
@@ -215,14 +209,41 @@ class JsonSchemaFormat(_Open):
 ResponseFormat = Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
 
 
+HosterId = Annotated[
+    str, Field(pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+]
+
+
 class StreamOptions(_Open):
     """``stream_options``: only with ``stream: true``."""
 
     include_usage: bool = False
 
 
+# The cross-field rules of ``ChatCompletionRequest._consistent``, for the OpenAPI document.
+_CROSS_FIELD_RULES: list[JsonValue] = [
+    {
+        "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
+        "then": {"required": ["stream"], "properties": {"stream": {"const": True}}},
+    },
+    {
+        "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+        "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+    },
+    {
+        "if": {
+            "required": ["tool_choice"],
+            "properties": {"tool_choice": {"type": ["string", "object"], "not": {"const": "none"}}},
+        },
+        "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+    },
+]
+
+
 class ChatCompletionRequest(_Open):
     """``POST /v1/chat/completions`` body: OpenAI's parameters, the ones open models add, and our routing."""
+
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": _CROSS_FIELD_RULES})
 
     model: str = Field(min_length=1, max_length=256)
     messages: list[Message] = Field(min_length=1, max_length=4096)
@@ -255,8 +276,8 @@ class ChatCompletionRequest(_Open):
     trusted_only: bool = False
     max_latency_ms: int | None = Field(None, ge=1)
     fallback_models: list[str] = Field(default_factory=list, max_length=16)
-    allow_hosters: list[str] = Field(default_factory=list, max_length=256)
-    deny_hosters: list[str] = Field(default_factory=list, max_length=256)
+    allow_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
+    deny_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
     require_parameters: bool = False
 
     @field_validator("stop")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import random
-from collections.abc import AsyncGenerator
+import re
+from collections.abc import AsyncGenerator, Sequence
+from itertools import zip_longest
 from typing import Any
 
 import orjson
@@ -18,24 +20,25 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from services.simulator.service import (
+from services.simulator.chat_request import ChatCompletionRequest, request_problem
+from services.simulator.responses import (
     DONE_EVENT,
-    Behaviour,
-    ChatCompletionRequest,
     CompletionMeta,
-    Reply,
+    choice_chunks,
     completion,
-    completion_chunk,
     error_envelope,
+    finish_chunk,
     new_completion,
-    plan_reply,
-    resolve_behaviour,
     sse_event,
     usage_chunk,
 )
+from services.simulator.service import Behaviour, Reply, plan_reply, resolve_behaviour
 from services.simulator.settings import SimulatorSettings
 
 _SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+# Parts of a validation error's location that name a request field or list index, not a union member's type.
+_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+_UNION_MEMBER_TAGS = frozenset({"str", "int", "float", "bool", "none"})
 
 
 class SimulatedDisconnect(Exception):
@@ -43,10 +46,15 @@ class SimulatedDisconnect(Exception):
 
 
 def build_app(settings: SimulatorSettings) -> Starlette:
-    """The simulator app for ``settings``; ``app.state`` holds ``requests_total`` and ``active_streams``."""
+    """The simulator app for ``settings``.
+
+    ``app.state`` holds ``requests_total``, ``active_streams`` and ``last_request_body``, the JSON body of the
+    latest chat request as received.
+    """
     app = Starlette(exception_handlers={HTTPException: _http_error})
     app.state.requests_total = 0
     app.state.active_streams = 0
+    app.state.last_request_body = None
     app.router.routes.extend(_Endpoints(settings, app.state).routes())
     return app
 
@@ -83,7 +91,11 @@ class _Endpoints:
         self._state.requests_total += 1
         if not self._authorized(request):
             return _unauthorized()
-        chat = _parse_chat_request(await request.body())
+        payload = _json_object(await request.body())
+        if isinstance(payload, Response):
+            return payload
+        self._state.last_request_body = payload
+        chat = _chat_request(payload)
         if isinstance(chat, Response):
             return chat
         if chat.model not in self._models:
@@ -105,7 +117,7 @@ class _Endpoints:
             await _until_disconnected(request.receive)
             return _abandoned()
         meta = new_completion(chat.model)
-        reply = plan_reply(chat, behaviour.reply_tokens)
+        reply = plan_reply(chat, behaviour.reply_tokens, reasoning_tokens=behaviour.reasoning_tokens)
         if chat.stream:
             events = _completion_events(meta, reply, behaviour, include_usage=chat.include_usage)
             return _CountedEventStream(events, self._state)
@@ -113,7 +125,7 @@ class _Endpoints:
             if await _disconnected_within(request.receive, behaviour.ttft_s):
                 return _abandoned()
             return StreamingResponse(_DroppedBody(), media_type="application/json")
-        wait_s = behaviour.ttft_s + behaviour.generation_s(len(reply.tokens))
+        wait_s = behaviour.ttft_s + behaviour.generation_s(reply.steps)
         if await _disconnected_within(request.receive, wait_s):
             return _abandoned()
         return _json(200, completion(meta, reply))
@@ -129,10 +141,14 @@ class _Endpoints:
         return _json(200, {"status": "ok"})
 
     async def stats(self, request: Request) -> Response:
-        """``GET /stats``: request and open-stream counters, for tests that watch upstream connections."""
+        """``GET /stats``: request and open-stream counters, and the latest chat request's body, for tests."""
         return _json(
             200,
-            {"requests_total": self._state.requests_total, "active_streams": self._state.active_streams},
+            {
+                "requests_total": self._state.requests_total,
+                "active_streams": self._state.active_streams,
+                "last_request_body": self._state.last_request_body,
+            },
         )
 
     def _authorized(self, request: Request) -> bool:
@@ -142,8 +158,8 @@ class _Endpoints:
         return hmac.compare_digest(given, self._expected_authorization)
 
 
-def _parse_chat_request(body: bytes) -> ChatCompletionRequest | Response:
-    """The validated request, or the 400 response OpenAI would send for it."""
+def _json_object(body: bytes) -> dict[str, Any] | Response:
+    """The body as a JSON object, or the 400 response OpenAI sends when it is not one."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -154,13 +170,36 @@ def _parse_chat_request(body: bytes) -> ChatCompletionRequest | Response:
         )
     if not isinstance(payload, dict):
         return _json_error(400, "The request body must be a JSON object.", "invalid_request_error")
+    return payload
+
+
+def _chat_request(payload: dict[str, Any]) -> ChatCompletionRequest | Response:
+    """The validated request, or the 400 response OpenAI would send for it."""
     try:
-        return ChatCompletionRequest.model_validate(payload)
+        chat = ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
+        param = _param(first["loc"])
         message = f"Invalid value for '{param}': {first['msg']}" if param else first["msg"]
         return _json_error(400, message, "invalid_request_error", param=param)
+    problem = request_problem(chat)
+    if problem is not None:
+        return _json_error(400, problem.message, "invalid_request_error", param=problem.param)
+    return chat
+
+
+def _param(loc: Sequence[int | str]) -> str | None:
+    """The request field a validation error is about, as ``tools.0.function.name``.
+
+    Pydantic also names the member of a union it tried (``str``, ``FunctionTool``, ``literal[...]``); a client
+    knows nothing of those, so they are left out.
+    """
+    parts = [
+        str(part)
+        for part in loc
+        if isinstance(part, int) or (_FIELD_NAME.fullmatch(part) and part not in _UNION_MEMBER_TAGS)
+    ]
+    return ".".join(parts) or None
 
 
 async def _completion_events(
@@ -168,31 +207,34 @@ async def _completion_events(
 ) -> AsyncGenerator[bytes, None]:
     """The stream's events, paced by ``behaviour``; with the ``disconnect`` fault it breaks off early.
 
-    Events due at the same moment leave in one write: a write per event costs the server a syscall each,
-    which at 0 ms between tokens would make the simulator the bottleneck of a gateway benchmark.
+    Step 0 opens every choice; step ``k`` then carries token ``k - 1`` of each choice, one chunk per choice,
+    so ``n`` choices advance together. Events due at the same moment leave in one write: a write per event
+    costs the server a syscall each, which at 0 ms between tokens would make the simulator the bottleneck of a
+    gateway benchmark.
     """
     loop = asyncio.get_running_loop()
     if behaviour.ttft_s > 0:
         await asyncio.sleep(behaviour.ttft_s)
-    due = [sse_event(completion_chunk(meta, {"role": "assistant", "content": ""}, include_usage=include_usage))]
+    due: list[bytes] = []
     interval = behaviour.token_interval_s
-    drop_after = behaviour.fault_after_tokens if behaviour.fault == "disconnect" else None
+    drop_at = behaviour.fault_after_tokens + 1 if behaviour.fault == "disconnect" else None
     first_token_at = loop.time()
-    for index, token in enumerate(reply.tokens):
-        if index == drop_after:
+    steps = zip_longest(*(choice_chunks(meta, choice, include_usage=include_usage) for choice in reply.choices))
+    for step, chunks in enumerate(steps):
+        if step == drop_at:
             break
-        if interval and index:
+        if interval and step > 1:
             # Pace against a schedule, not a fixed sleep, so many concurrent streams keep the configured rate.
-            delay = first_token_at + index * interval - loop.time()
+            delay = first_token_at + (step - 1) * interval - loop.time()
             if delay > 0:
                 yield b"".join(due)
                 due.clear()
                 await asyncio.sleep(delay)
-        due.append(sse_event(completion_chunk(meta, {"content": token}, include_usage=include_usage)))
-    if drop_after is not None:
+        due.extend(sse_event(chunk) for chunk in chunks if chunk is not None)
+    if drop_at is not None:
         yield b"".join(due)
         raise SimulatedDisconnect
-    due.append(sse_event(completion_chunk(meta, {}, reply.finish_reason, include_usage=include_usage)))
+    due.extend(sse_event(finish_chunk(meta, choice, include_usage=include_usage)) for choice in reply.choices)
     if include_usage:
         due.append(sse_event(usage_chunk(meta, reply)))
     due.append(DONE_EVENT)

@@ -1,26 +1,35 @@
-"""The simulator's domain: what a request asks for, the deterministic reply, and OpenAI's response shapes.
+"""The simulator's domain: how it serves a request and the deterministic reply to it.
 
-No I/O here. The reply to a prompt is always the same words, so tests and benchmarks can compare runs; the
-dicts built here are exactly what OpenAI sends, ready for ``orjson.dumps``.
+No I/O here. The reply to a prompt is always the same words, so tests and benchmarks can compare runs: each of
+the ``n`` choices is seeded with the prompt and its index, and tool calls, JSON content, reasoning and log
+probabilities are derived the same way. OpenAI's response shapes for a reply are in ``responses``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import random
-import time
-import uuid
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
 
-Fault = Literal["none", "error", "hang", "disconnect"]
-FinishReason = Literal["stop", "length"]
+from services.simulator.chat_request import (
+    AllowedToolsChoice,
+    ChatCompletionRequest,
+    Fault,
+    FunctionDefinition,
+    NamedCustomChoice,
+    NamedFunctionChoice,
+    ResponseFormat,
+    SimulatorOverride,
+)
+from services.simulator.schema_example import schema_example
 
-SYSTEM_FINGERPRINT = "fp_simulator"
-DONE_EVENT = b"data: [DONE]\n\n"
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 WORDS: tuple[str, ...] = (
     "the", "model", "answers", "with", "simulated", "tokens", "while", "gateway", "routes", "every",
@@ -31,58 +40,23 @@ WORDS: tuple[str, ...] = (
     "it", "compute", "share", "sample", "latency", "budget",
 )  # fmt: skip
 
-
-class SimulatorOverride(BaseModel):
-    """The optional ``simulator`` field of a request: behaviour for this request only.
-
-    A fault named here always happens, whatever the configured fault rate.
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    reply_tokens: int | None = Field(None, ge=0)
-    ttft_ms: float | None = Field(None, ge=0)
-    tokens_per_second: float | None = Field(None, ge=0)
-    fault: Fault | None = None
-    fault_status: int | None = Field(None, ge=400, le=599)
-    fault_after_tokens: int | None = Field(None, ge=0)
-
-
-class StreamOptions(BaseModel):
-    """``stream_options`` of a streaming request."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    include_usage: bool = False
-
-
-class ChatCompletionRequest(BaseModel):
-    """The parts of ``POST /v1/chat/completions`` the simulator reads; other fields are ignored."""
-
-    model_config = ConfigDict(extra="ignore", strict=True)
-
-    model: str = Field(min_length=1)
-    messages: list[dict[str, Any]] = Field(min_length=1)
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    simulator: SimulatorOverride | None = None
-
-    @property
-    def include_usage(self) -> bool:
-        """Whether a stream ends with a usage chunk."""
-        return self.stream and self.stream_options is not None and self.stream_options.include_usage
-
-    @property
-    def token_cap(self) -> int | None:
-        """The client's cap on completion tokens; ``max_completion_tokens`` wins over the legacy name."""
-        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+REASONING_TOKENS: dict[str, int] = {"none": 0, "minimal": 2, "low": 4, "medium": 8, "high": 12, "xhigh": 12, "max": 16}
+# Streams send a tool call's arguments in pieces of this many characters, as OpenAI's run of small deltas.
+ARGUMENT_PIECE_CHARS = 8
+# Each string of a JSON reply or of tool-call arguments is the next this many words of the reply.
+STRING_WORDS = 3
+ARGUMENT_WORDS = 12
+_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+# Token-sized pieces of JSON text: a word or a run of punctuation, with the whitespace before it.
+_JSON_PIECE = re.compile(r"\s*(?:\w+|[^\w\s]+)|\s+")
 
 
 @dataclass(frozen=True, slots=True)
 class Behaviour:
-    """How the simulator serves one request: timing, reply length and the fault to inject."""
+    """How the simulator serves one request: timing, reply length and the fault to inject.
+
+    ``reasoning_tokens`` None lets the request's ``reasoning_effort`` decide how long the model thinks.
+    """
 
     reply_tokens: int
     ttft_ms: float
@@ -90,6 +64,7 @@ class Behaviour:
     fault: Fault
     fault_status: int
     fault_after_tokens: int
+    reasoning_tokens: int | None = None
 
     @property
     def ttft_s(self) -> float:
@@ -121,21 +96,86 @@ def resolve_behaviour(
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One function call the simulated model makes; ``arguments`` is a JSON object as a string."""
+
+    id: str
+    name: str
+    arguments: str
+
+    @property
+    def tokens(self) -> int:
+        """Completion tokens the call counts: about four characters each, at least one."""
+        return max(1, len(self.arguments) // 4)
+
+    def argument_pieces(self) -> list[str]:
+        """The arguments as a stream sends them, in pieces of ``ARGUMENT_PIECE_CHARS`` characters."""
+        size = ARGUMENT_PIECE_CHARS
+        return [self.arguments[start : start + size] for start in range(0, len(self.arguments), size)]
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """One of the ``n`` answers: reasoning tokens, then either content tokens or tool calls.
+
+    ``logprobs`` has one entry per content token when the request asked for them, and is None otherwise.
+    """
+
+    index: int
+    reasoning: list[str]
+    tokens: list[str]
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: FinishReason
+    logprobs: list[dict[str, Any]] | None = None
+
+    @property
+    def content(self) -> str | None:
+        """The whole content; None for a choice that calls tools."""
+        return None if self.tool_calls else "".join(self.tokens)
+
+    @property
+    def completion_tokens(self) -> int:
+        """Reasoning, content and tool-call tokens."""
+        return len(self.reasoning) + len(self.tokens) + sum(call.tokens for call in self.tool_calls)
+
+    @property
+    def steps(self) -> int:
+        """How many token-paced chunks a stream sends for this choice."""
+        calls = sum(1 + len(call.argument_pieces()) for call in self.tool_calls)
+        return len(self.reasoning) + len(self.tokens) + calls
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """The completion the simulator will send for one request."""
 
-    tokens: list[str]
-    finish_reason: FinishReason
+    choices: list[Choice]
     prompt_tokens: int
 
     @property
-    def content(self) -> str:
-        """The whole reply text."""
-        return "".join(self.tokens)
+    def completion_tokens(self) -> int:
+        """Completion tokens over all choices, reasoning included."""
+        return sum(choice.completion_tokens for choice in self.choices)
 
-    def usage(self) -> dict[str, int]:
+    @property
+    def reasoning_tokens(self) -> int:
+        """Reasoning tokens over all choices."""
+        return sum(len(choice.reasoning) for choice in self.choices)
+
+    @property
+    def steps(self) -> int:
+        """How many token-paced steps a stream takes: the choices advance together."""
+        return max(choice.steps for choice in self.choices)
+
+    def usage(self) -> dict[str, Any]:
         """OpenAI's ``usage`` object for this reply."""
-        return usage(self.prompt_tokens, len(self.tokens))
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
+        }
 
 
 def message_texts(messages: list[dict[str, Any]]) -> list[str]:
@@ -157,111 +197,164 @@ def estimate_prompt_tokens(texts: list[str]) -> int:
     return max(1, sum(len(text) for text in texts) // 4)
 
 
-def reply_tokens(texts: list[str], count: int) -> list[str]:
+def reply_tokens(texts: list[str], count: int, choice_index: int = 0, purpose: str = "") -> list[str]:
     """``count`` words chosen by a generator seeded with the prompt; every word but the first has a space.
 
-    The same prompt always gets the same words, and a shorter reply is a prefix of a longer one.
+    The same prompt always gets the same words, and a shorter reply is a prefix of a longer one. Each choice
+    index and each ``purpose`` (reasoning, tool arguments) gets words of its own.
     """
-    digest = hashlib.blake2b("\x1e".join(texts).encode(), digest_size=8).digest()
-    words = random.Random(int.from_bytes(digest, "big")).choices(WORDS, k=count)
+    words = random.Random(_seed(texts, choice_index, purpose)).choices(WORDS, k=count)
     return [word if index == 0 else " " + word for index, word in enumerate(words)]
 
 
-def plan_reply(request: ChatCompletionRequest, reply_length: int) -> Reply:
-    """The reply: ``reply_length`` tokens, cut to the client's cap with ``finish_reason`` "length"."""
-    texts = message_texts(request.messages)
-    cap = request.token_cap
-    count = reply_length if cap is None else min(reply_length, cap)
-    finish_reason: FinishReason = "length" if count < reply_length else "stop"
-    return Reply(reply_tokens(texts, count), finish_reason, estimate_prompt_tokens(texts))
+def plan_reply(request: ChatCompletionRequest, reply_length: int, *, reasoning_tokens: int | None = None) -> Reply:
+    """The reply: ``n`` choices of ``reply_length`` content tokens, or of tool calls when tools are called.
 
-
-@dataclass(frozen=True, slots=True)
-class CompletionMeta:
-    """The fields every chunk of one completion repeats."""
-
-    id: str
-    created: int
-    model: str
-
-
-def new_completion(model: str) -> CompletionMeta:
-    """A fresh completion id, ``chatcmpl-sim-`` and 32 hex digits, created now."""
-    return CompletionMeta("chatcmpl-sim-" + uuid.uuid4().hex, int(time.time()), model)
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    """OpenAI's ``usage`` object."""
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def completion(meta: CompletionMeta, reply: Reply) -> dict[str, Any]:
-    """A ``chat.completion`` object: the whole reply and its usage."""
-    return {
-        "id": meta.id,
-        "object": "chat.completion",
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": reply.content, "refusal": None},
-                "logprobs": None,
-                "finish_reason": reply.finish_reason,
-            }
-        ],
-        "usage": reply.usage(),
-    }
-
-
-def completion_chunk(
-    meta: CompletionMeta,
-    delta: dict[str, str],
-    finish_reason: FinishReason | None = None,
-    *,
-    include_usage: bool = False,
-) -> dict[str, Any]:
-    """A ``chat.completion.chunk`` with one choice; with ``include_usage`` it carries ``"usage": null``."""
-    chunk: dict[str, Any] = {
-        "id": meta.id,
-        "object": "chat.completion.chunk",
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
-    }
-    if include_usage:
-        chunk["usage"] = None
-    return chunk
-
-
-def usage_chunk(meta: CompletionMeta, reply: Reply) -> dict[str, Any]:
-    """The last chunk of a stream that asked for usage: no choices, only ``usage``."""
-    return {
-        "id": meta.id,
-        "object": "chat.completion.chunk",
-        "created": meta.created,
-        "model": meta.model,
-        "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [],
-        "usage": reply.usage(),
-    }
-
-
-def sse_event(payload: dict[str, Any]) -> bytes:
-    """One server-sent event carrying ``payload`` as JSON."""
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
-
-
-def error_envelope(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error body.
-
-    The simulator stands in for a third-party server, so it writes OpenAI's format itself rather than
-    sharing the gateway's contract code: a drift in that code then shows up as a failing test.
+    ``reasoning_tokens`` (else the request's ``reasoning_effort``) is how long each choice thinks first. The
+    client's token cap covers reasoning and content and cuts with ``finish_reason`` "length"; a stop sequence
+    cuts the content before it.
     """
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    texts = message_texts(request.messages)
+    if reasoning_tokens is None:
+        reasoning_tokens = REASONING_TOKENS[request.reasoning_effort or "none"]
+    functions = functions_to_call(request)
+    choices = [
+        _plan_choice(request, texts, index, reply_length, reasoning_tokens, functions)
+        for index in range(request.n or 1)
+    ]
+    return Reply(choices, estimate_prompt_tokens(texts))
+
+
+def functions_to_call(request: ChatCompletionRequest) -> list[FunctionDefinition]:
+    """The functions the simulated model calls: none after a tool result, else as ``tool_choice`` says.
+
+    A named function is called; "required" calls the first tool; "auto" (the default) the first two when
+    parallel tool calls are allowed, else the first.
+    """
+    choice = request.tool_choice
+    if not request.tools or choice == "none" or isinstance(choice, NamedCustomChoice):
+        return []
+    if request.messages[-1].get("role") == "tool":
+        return []
+    functions = request.functions
+    if isinstance(choice, NamedFunctionChoice):
+        return [function for function in functions if function.name == choice.function.name][:1]
+    mode = choice or "auto"
+    if isinstance(choice, AllowedToolsChoice):
+        allowed = [tool.get("function") for tool in choice.allowed_tools.tools]
+        names = {function.get("name") for function in allowed if isinstance(function, dict)}
+        functions = [function for function in functions if function.name in names]
+        mode = choice.allowed_tools.mode
+    return functions[: 2 if mode == "auto" and request.parallel_tool_calls is not False else 1]
+
+
+def _plan_choice(
+    request: ChatCompletionRequest,
+    texts: list[str],
+    index: int,
+    reply_length: int,
+    reasoning_tokens: int,
+    functions: list[FunctionDefinition],
+) -> Choice:
+    cap = request.token_cap
+    thinking = reasoning_tokens if cap is None else min(reasoning_tokens, cap)
+    reasoning = reply_tokens(texts, thinking, index, "reasoning")
+    if functions:
+        calls = tuple(_tool_call(texts, index, position, function) for position, function in enumerate(functions))
+        return Choice(index, reasoning, [], calls, "tool_calls", [] if request.logprobs else None)
+    budget = None if cap is None else cap - thinking
+    response_format = request.response_format
+    if response_format is not None and response_format.type != "text":
+        pieces = _JSON_PIECE.findall(_json_content(response_format, texts, index, reply_length))
+        wanted, tokens = len(pieces), pieces[:budget]
+    else:
+        wanted = reply_length
+        tokens = reply_tokens(texts, wanted if budget is None else min(wanted, budget), index)
+    finish_reason: FinishReason = "length" if thinking < reasoning_tokens or len(tokens) < wanted else "stop"
+    stops = request.stop_sequences
+    if stops and cut_at_stop(tokens, stops):
+        finish_reason = "stop"
+    if not request.logprobs:
+        return Choice(index, reasoning, tokens, (), finish_reason)
+    logprobs = token_logprobs(tokens, _seed(texts, index, "logprobs"), request.top_logprobs or 0)
+    return Choice(index, reasoning, tokens, (), finish_reason, logprobs)
+
+
+def _json_content(response_format: ResponseFormat, texts: list[str], index: int, reply_length: int) -> str:
+    """The content in JSON mode: the reply's words as ``{"answer": ...}``, or a value satisfying the schema."""
+    words = [token.strip() for token in reply_tokens(texts, reply_length, index)]
+    if response_format.json_schema is None:
+        return orjson.dumps({"answer": " ".join(words)}).decode()
+    return orjson.dumps(schema_example(response_format.json_schema.schema_, _word_source(words))).decode()
+
+
+def _tool_call(texts: list[str], index: int, position: int, function: FunctionDefinition) -> ToolCall:
+    """Call ``function`` with arguments satisfying its parameters; the id is a hash of the call."""
+    words = [token.strip() for token in reply_tokens(texts, ARGUMENT_WORDS, index, f"call{position}")]
+    arguments = orjson.dumps(schema_example(function.parameters or _NO_PARAMETERS, _word_source(words))).decode()
+    digest = hashlib.blake2b(f"{_seed(texts, index, f'call{position}')}:{function.name}".encode(), digest_size=12)
+    return ToolCall("call_" + digest.hexdigest(), function.name, arguments)
+
+
+def _word_source(words: list[str]) -> Callable[[], str]:
+    """The next ``STRING_WORDS`` of ``words`` at each call, round and round."""
+    if not words:
+        return lambda: ""
+    cycle = itertools.cycle(words)
+    return lambda: " ".join(next(cycle) for _ in range(STRING_WORDS))
+
+
+def cut_at_stop(tokens: list[str], stops: list[str]) -> bool:
+    """Cut ``tokens`` in place before the first stop sequence in their text; True if one was found.
+
+    A token the stop sequence starts inside keeps the part before it.
+    """
+    text = "".join(tokens)
+    found = [at for at in (text.find(stop) for stop in stops) if at >= 0]
+    if not found:
+        return False
+    at, length = min(found), 0
+    for position, token in enumerate(tokens):
+        if length + len(token) > at:
+            del tokens[position:]
+            if at > length:
+                tokens.append(token[: at - length])
+            break
+        length += len(token)
+    return True
+
+
+def token_logprobs(tokens: list[str], seed: int, top: int) -> list[dict[str, Any]]:
+    """OpenAI's ``logprobs.content``: per token its log probability and ``top`` less likely alternatives.
+
+    The values come from a generator seeded with ``seed``. Alternatives are other words, with the token's
+    leading whitespace, each less likely than the one before.
+    """
+    rng = random.Random(seed)
+    entries: list[dict[str, Any]] = []
+    for token in tokens:
+        logprob = -round(rng.uniform(0.001, 0.7), 6)
+        alternatives: list[dict[str, Any]] = []
+        if top:
+            word = token.lstrip()
+            space = token[: len(token) - len(word)]
+            others = [other for other in rng.sample(WORDS, top + 1) if other != word.rstrip()][:top]
+            alternative_logprob = logprob
+            for other in others:
+                alternative_logprob = round(alternative_logprob - rng.uniform(0.5, 2.5), 6)
+                alternative = space + other
+                alternatives.append(
+                    {"token": alternative, "logprob": alternative_logprob, "bytes": list(alternative.encode())}
+                )
+        entries.append(
+            {"token": token, "logprob": logprob, "bytes": list(token.encode()), "top_logprobs": alternatives}
+        )
+    return entries
+
+
+def _seed(texts: list[str], choice_index: int, purpose: str) -> int:
+    """A seed from the prompt; choice 0 without a purpose keeps the seed replies have always had."""
+    prompt = "\x1e".join(texts)
+    if choice_index or purpose:
+        prompt += f"\x1f{choice_index}\x1f{purpose}"
+    return int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big")

@@ -6,7 +6,8 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from libs.platform.settings import ServiceSettings
-from services.simulator.service import Behaviour, Fault
+from services.simulator.chat_request import Fault
+from services.simulator.service import Behaviour
 
 
 class SimulatorSettings(ServiceSettings):

@@ -17,16 +17,27 @@ def test_the_api_keeps_to_its_own_schema(stack: Stack, api_key: str, tmp_path: P
     base = stack.config.api_base.removesuffix("/v1")
     result = subprocess.run(
         [
-            str(Path(sys.executable).with_name("schemathesis")), "run", f"{base}/openapi.json",
-            "--header", f"Authorization: Bearer {api_key}",
-            "--checks", "all",
-            "--max-examples", "40",
-            "--workers", "2",
-            "--request-timeout", "30",
-            "--report-dir", str(tmp_path),
+            str(Path(sys.executable).with_name("schemathesis")),
+            "run",
+            f"{base}/openapi.json",
+            "--header",
+            f"Authorization: Bearer {api_key}",
+            "--checks",
+            "all",
+            "--max-examples",
+            "40",
+            "--workers",
+            "2",
+            "--request-timeout",
+            "30",
+            "--report-dir",
+            str(tmp_path),
             "--no-color",
         ],
-        capture_output=True, text=True, timeout=500, check=False,
+        capture_output=True,
+        text=True,
+        timeout=500,
+        check=False,
     )
     failures = result.stdout.split("FAILURES", 1)[-1].split("SUMMARY", 1)[0]
     assert result.returncode == 0, failures[:12000] + result.stderr[-2000:]

@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import orjson
+import pydantic
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from starlette.applications import Starlette
@@ -79,6 +81,8 @@ async def test_non_stream_returns_a_completion_with_usage(make_client: MakeClien
         "prompt_tokens": prompt_tokens,
         "completion_tokens": 7,
         "total_tokens": prompt_tokens + 7,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
     }
 
 
@@ -267,8 +271,35 @@ async def test_stats_count_requests_and_streams_close(make_client: MakeClient) -
     await client.post("/v1/chat/completions", json=chat_body())
     await client.post("/v1/chat/completions", json=chat_body(stream=True))
 
-    assert (await client.get("/stats")).json() == {"requests_total": 2, "active_streams": 0}
+    assert (await client.get("/stats")).json() == {
+        "requests_total": 2,
+        "active_streams": 0,
+        "last_request_body": chat_body(stream=True),
+    }
     assert app.state.requests_total == 2
+
+
+async def test_stats_show_the_latest_request_body_as_received(make_client: MakeClient) -> None:
+    client = make_client(simulator())
+    assert (await client.get("/stats")).json()["last_request_body"] is None
+    sent = chat_body(
+        temperature=0.3,
+        seed=42,
+        logit_bias={"1234": -50},
+        user="u-1",
+        top_k=5,
+        extra={"nested": [1, 2.5, None, "é"]},
+        messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+    )
+
+    await client.post("/v1/chat/completions", json=sent)
+    first = (await client.get("/stats")).json()["last_request_body"]
+    rejected = await client.post("/v1/chat/completions", json=chat_body(n=0))
+    second = (await client.get("/stats")).json()["last_request_body"]
+
+    assert first == sent
+    assert rejected.status_code == 400
+    assert second == chat_body(n=0)
 
 
 async def test_ttft_delays_the_non_stream_reply(make_client: MakeClient) -> None:
@@ -435,3 +466,380 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.fault == "disconnect"
     assert settings.api_key == "k"
     assert (settings.host, settings.port, settings.reply_tokens) == ("127.0.0.1", 9100, 16)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),
+        ({"top_logprobs": 3}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"stop": 7}, "stop"),
+        ({"reasoning_effort": "extreme"}, "reasoning_effort"),
+        ({"tool_choice": "sometimes"}, "tool_choice"),
+        ({"tools": [{"type": "function", "function": {"name": 3}}]}, "tools.0.function.name"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ],
+)
+async def test_invalid_feature_parameters_are_400_naming_the_param(
+    make_client: MakeClient, fields: dict[str, Any], param: str
+) -> None:
+    client = make_client(simulator())
+
+    response = await client.post("/v1/chat/completions", json=chat_body(**fields))
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert param.split(".")[0] in error["message"]
+
+
+async def test_other_openai_parameters_are_accepted_and_ignored(make_client: MakeClient) -> None:
+    client = make_client(simulator(reply_tokens=5))
+    plain = (await client.post("/v1/chat/completions", json=chat_body())).json()
+    ignored = {
+        "temperature": 0,
+        "top_p": 0.1,
+        "seed": 1,
+        "user": "u",
+        "logit_bias": {"1": 5},
+        "presence_penalty": 1,
+        "frequency_penalty": -1,
+        "top_k": 3,
+        "repetition_penalty": 1.2,
+        "min_p": 0.05,
+        "store": False,
+        "metadata": {"a": "b"},
+        "modalities": ["text"],
+        "verbosity": "low",
+        "prompt_cache_key": "k",
+        "safety_identifier": "s",
+        "service_tier": "default",
+        "web_search_options": {},
+        "prediction": None,
+    }
+
+    response = await client.post("/v1/chat/completions", json=chat_body(**ignored))
+
+    assert response.status_code == 200
+    assert response.json()["choices"] == plain["choices"]
+
+
+async def test_n_choices_stream_interleaved_each_with_its_own_finish(make_client: MakeClient) -> None:
+    client = make_client(simulator(reply_tokens=3))
+    whole = (await client.post("/v1/chat/completions", json=chat_body(n=2))).json()
+    body = chat_body(n=2, stream=True, stream_options={"include_usage": True})
+
+    events = chunks(sse_payloads((await client.post("/v1/chat/completions", json=body)).content))
+
+    *choice_events, usage_event = events
+    assert [len(event["choices"]) for event in choice_events] == [1] * len(choice_events)
+    indexes = [event["choices"][0]["index"] for event in choice_events]
+    assert indexes == [0, 1] * (1 + 3 + 1)
+    finishes = [event["choices"][0] for event in choice_events if event["choices"][0]["finish_reason"]]
+    assert [(choice["index"], choice["finish_reason"]) for choice in finishes] == [(0, "stop"), (1, "stop")]
+    for index in (0, 1):
+        text = "".join(
+            event["choices"][0]["delta"].get("content") or ""
+            for event in choice_events
+            if event["choices"][0]["index"] == index
+        )
+        assert text == whole["choices"][index]["message"]["content"]
+    assert whole["choices"][0]["message"]["content"] != whole["choices"][1]["message"]["content"]
+    assert usage_event["choices"] == []
+    assert usage_event["usage"]["completion_tokens"] == 6 == whole["usage"]["completion_tokens"]
+
+
+async def test_choices_cut_by_stop_at_different_lengths_finish_separately(make_client: MakeClient) -> None:
+    client = make_client(simulator(reply_tokens=8))
+    whole = (await client.post("/v1/chat/completions", json=chat_body(n=2))).json()
+    second_choice_words = whole["choices"][1]["message"]["content"].split(" ")
+    stop = " " + second_choice_words[2]
+
+    streamed = await client.post("/v1/chat/completions", json=chat_body(n=2, stop=stop, stream=True))
+    events = chunks(sse_payloads(streamed.content))
+    cut = (await client.post("/v1/chat/completions", json=chat_body(n=2, stop=stop))).json()
+
+    assert cut["choices"][1]["message"]["content"] == " ".join(second_choice_words[:2])
+    assert all(choice["finish_reason"] == "stop" for choice in cut["choices"])
+    finishes = [event["choices"][0]["index"] for event in events if event["choices"][0]["finish_reason"]]
+    assert finishes == [0, 1]
+    for index in (0, 1):
+        text = "".join(
+            event["choices"][0]["delta"].get("content") or ""
+            for event in events
+            if event["choices"][0]["index"] == index
+        )
+        assert text == cut["choices"][index]["message"]["content"]
+
+
+WEATHER_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+        "strict": True,
+    },
+}
+TIME_TOOL: Any = {
+    "type": "function",
+    "function": {"name": "get_time", "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}}},
+}
+
+
+async def test_tool_call_stream_starts_each_call_then_streams_its_arguments(make_client: MakeClient) -> None:
+    client = make_client(simulator())
+    whole = (await client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER_TOOL, TIME_TOOL]))).json()
+    body = chat_body(tools=[WEATHER_TOOL, TIME_TOOL], stream=True)
+
+    events = chunks(sse_payloads((await client.post("/v1/chat/completions", json=body)).content))
+
+    weather, clock = whole["choices"][0]["message"]["tool_calls"]
+    deltas = [event["choices"][0]["delta"] for event in events]
+    assert deltas[0] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"index": 0, "id": weather["id"], "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        ],
+    }
+    second_start = next(i for i, delta in enumerate(deltas) if i and "id" in delta.get("tool_calls", [{}])[0])
+    assert deltas[second_start] == {
+        "tool_calls": [
+            {"index": 1, "id": clock["id"], "type": "function", "function": {"name": "get_time", "arguments": ""}}
+        ]
+    }
+    first_pieces = [delta["tool_calls"][0] for delta in deltas[1:second_start]]
+    second_pieces = [delta["tool_calls"][0] for delta in deltas[second_start + 1 : -1]]
+    assert all(set(piece) == {"index", "function"} and piece["index"] == 0 for piece in first_pieces)
+    assert all(piece["index"] == 1 for piece in second_pieces)
+    assert len(first_pieces) > 1
+    assert "".join(piece["function"]["arguments"] for piece in first_pieces) == weather["function"]["arguments"]
+    assert "".join(piece["function"]["arguments"] for piece in second_pieces) == clock["function"]["arguments"]
+    assert deltas[-1] == {}
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+    assert whole["choices"][0]["finish_reason"] == "tool_calls"
+    assert whole["choices"][0]["message"]["content"] is None
+
+
+async def test_openai_sdk_reads_tool_calls_whole_and_streamed() -> None:
+    tools: Any = [WEATHER_TOOL, TIME_TOOL]
+    async with openai_sdk(simulator()) as sdk:
+        whole = await sdk.chat.completions.create(model="demo-model", messages=SDK_PROMPT, tools=tools)
+        stream = await sdk.chat.completions.create(model="demo-model", messages=SDK_PROMPT, tools=tools, stream=True)
+        streamed: dict[int, dict[str, str]] = {}
+        finish_reason = None
+        async for chunk in stream:
+            for call in chunk.choices[0].delta.tool_calls or []:
+                entry = streamed.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+                entry["id"] += call.id or ""
+                assert call.function is not None
+                entry["name"] += call.function.name or ""
+                entry["arguments"] += call.function.arguments or ""
+            finish_reason = chunk.choices[0].finish_reason or finish_reason
+
+    [choice] = whole.choices
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert [call.type for call in calls] == ["function", "function"]
+    functions = [call.function for call in calls if call.type == "function"]
+    assert [function.name for function in functions] == ["get_weather", "get_time"]
+    arguments = orjson.loads(functions[0].arguments)
+    assert set(arguments) == {"city", "unit"}
+    assert arguments["unit"] == "celsius"
+    assert streamed == {
+        index: {"id": call.id, "name": function.name, "arguments": function.arguments}
+        for index, (call, function) in enumerate(zip(calls, functions, strict=True))
+    }
+    assert finish_reason == "tool_calls"
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}, ["get_time"]),
+        ({"tool_choice": "required"}, ["get_weather"]),
+        ({"parallel_tool_calls": False}, ["get_weather"]),
+        ({"tool_choice": "auto"}, ["get_weather", "get_time"]),
+    ],
+)
+async def test_tool_choice_picks_the_calls(make_client: MakeClient, fields: dict[str, Any], names: list[str]) -> None:
+    client = make_client(simulator())
+
+    body = (await client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER_TOOL, TIME_TOOL], **fields))).json()
+
+    calls = body["choices"][0]["message"]["tool_calls"]
+    assert [call["function"]["name"] for call in calls] == names
+    assert body["usage"]["completion_tokens"] == sum(max(1, len(call["function"]["arguments"]) // 4) for call in calls)
+
+
+async def test_tool_choice_none_and_a_tool_result_get_text(make_client: MakeClient) -> None:
+    client = make_client(simulator(reply_tokens=4))
+    after_tool = [
+        *PROMPT,
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "12°C and sunny"},
+    ]
+
+    declined = await client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER_TOOL], tool_choice="none"))
+    answered = await client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER_TOOL], messages=after_tool))
+
+    for response in (declined, answered):
+        [choice] = response.json()["choices"]
+        assert choice["finish_reason"] == "stop"
+        assert "tool_calls" not in choice["message"]
+        assert len(choice["message"]["content"].split(" ")) == 4
+
+
+async def test_named_tool_missing_from_tools_is_400(make_client: MakeClient) -> None:
+    client = make_client(simulator())
+    choice = {"type": "function", "function": {"name": "launch"}}
+
+    response = await client.post("/v1/chat/completions", json=chat_body(tools=[WEATHER_TOOL], tool_choice=choice))
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "tool_choice"
+
+
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string"},
+        "temperature": {"type": "integer", "minimum": -50},
+        "conditions": {"type": "array", "items": {"$ref": "#/$defs/condition"}},
+        "alert": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+    },
+    "required": ["city", "temperature", "conditions", "alert"],
+    "additionalProperties": False,
+    "$defs": {"condition": {"type": "string", "enum": ["sunny", "rain"]}},
+}
+
+
+async def test_json_schema_content_validates_whole_and_streamed(make_client: MakeClient) -> None:
+    client = make_client(simulator())
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "weather", "schema": ANSWER_SCHEMA, "strict": True},
+    }
+
+    whole = (await client.post("/v1/chat/completions", json=chat_body(response_format=response_format))).json()
+    streamed = await client.post("/v1/chat/completions", json=chat_body(response_format=response_format, stream=True))
+
+    content = whole["choices"][0]["message"]["content"]
+    jsonschema.validate(orjson.loads(content), ANSWER_SCHEMA)
+    pieces = [event["choices"][0]["delta"].get("content") for event in chunks(sse_payloads(streamed.content))]
+    tokens = [piece for piece in pieces[1:] if piece]
+    assert "".join(tokens) == content
+    assert len(tokens) == whole["usage"]["completion_tokens"] > 5
+
+
+async def test_openai_sdk_parses_structured_output_and_json_mode() -> None:
+    class Weather(pydantic.BaseModel):
+        city: str
+        temperature: int
+        raining: bool
+
+    async with openai_sdk(simulator(reply_tokens=5)) as sdk:
+        parsed = await sdk.chat.completions.parse(model="demo-model", messages=SDK_PROMPT, response_format=Weather)
+        json_mode = await sdk.chat.completions.create(
+            model="demo-model", messages=SDK_PROMPT, response_format={"type": "json_object"}
+        )
+
+    weather = parsed.choices[0].message.parsed
+    assert weather is not None
+    assert (weather.temperature, weather.raining) == (1, True)
+    assert len(weather.city.split()) == 3
+    answer = orjson.loads(json_mode.choices[0].message.content or "")
+    assert set(answer) == {"answer"}
+    assert len(answer["answer"].split(" ")) == 5
+
+
+async def test_openai_sdk_reads_logprobs_whole_and_streamed() -> None:
+    async with openai_sdk(simulator(reply_tokens=4)) as sdk:
+        whole = await sdk.chat.completions.create(
+            model="demo-model", messages=SDK_PROMPT, logprobs=True, top_logprobs=2, n=2
+        )
+        stream = await sdk.chat.completions.create(
+            model="demo-model", messages=SDK_PROMPT, logprobs=True, top_logprobs=2, n=2, stream=True
+        )
+        streamed: dict[int, list[Any]] = {0: [], 1: []}
+        async for chunk in stream:
+            for delta in chunk.choices:
+                if delta.logprobs is not None and delta.logprobs.content:
+                    streamed[delta.index].extend(delta.logprobs.content)
+
+    assert len(whole.choices) == 2
+    for choice in whole.choices:
+        assert choice.logprobs is not None
+        entries = choice.logprobs.content or []
+        assert "".join(entry.token for entry in entries) == choice.message.content
+        assert all(len(entry.top_logprobs) == 2 for entry in entries)
+        assert all(entry.top_logprobs[0].logprob < entry.logprob for entry in entries)
+        assert all(bytes(entry.bytes or []).decode() == entry.token for entry in entries)
+        assert streamed[choice.index] == entries
+
+
+async def test_without_logprobs_the_field_stays_null(make_client: MakeClient) -> None:
+    client = make_client(simulator())
+
+    whole = (await client.post("/v1/chat/completions", json=chat_body())).json()
+    streamed = chunks(sse_payloads((await client.post("/v1/chat/completions", json=chat_body(stream=True))).content))
+
+    assert whole["choices"][0]["logprobs"] is None
+    assert all(event["choices"][0]["logprobs"] is None for event in streamed)
+
+
+async def test_reasoning_streams_before_content_and_is_billed(make_client: MakeClient) -> None:
+    client = make_client(simulator(reply_tokens=3))
+    body = chat_body(reasoning_effort="low", stream=True, stream_options={"include_usage": True})
+
+    whole = (await client.post("/v1/chat/completions", json=chat_body(reasoning_effort="low"))).json()
+    events = chunks(sse_payloads((await client.post("/v1/chat/completions", json=body)).content))
+
+    message = whole["choices"][0]["message"]
+    assert len(message["reasoning_content"].split(" ")) == 4
+    deltas = [event["choices"][0]["delta"] for event in events[:-1]]
+    kinds = [next(iter(delta), None) for delta in deltas]
+    assert kinds == ["role", *["reasoning_content"] * 4, *["content"] * 3, None]
+    assert "".join(delta.get("reasoning_content", "") for delta in deltas) == message["reasoning_content"]
+    usage = events[-1]["usage"]
+    assert usage["completion_tokens"] == 7 == whole["usage"]["completion_tokens"]
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 4}
+
+
+async def test_reasoning_tokens_per_request_and_none_effort(make_client: MakeClient) -> None:
+    client = make_client(simulator(reply_tokens=3))
+
+    forced = (await client.post("/v1/chat/completions", json=chat_body(simulator={"reasoning_tokens": 6}))).json()
+    off = (await client.post("/v1/chat/completions", json=chat_body(reasoning_effort="none"))).json()
+
+    assert len(forced["choices"][0]["message"]["reasoning_content"].split(" ")) == 6
+    assert forced["usage"]["completion_tokens_details"] == {"reasoning_tokens": 6}
+    assert "reasoning_content" not in off["choices"][0]["message"]
+    assert off["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
+
+
+async def test_stop_sequence_cuts_the_reply_whole_and_streamed(make_client: MakeClient) -> None:
+    client = make_client(simulator(reply_tokens=10))
+    words = (await client.post("/v1/chat/completions", json=chat_body())).json()["choices"][0]["message"]["content"]
+    stop = " " + words.split(" ")[4]
+    expected = words[: words.index(stop)]
+
+    whole = (await client.post("/v1/chat/completions", json=chat_body(stop=[stop]))).json()
+    streamed = await client.post("/v1/chat/completions", json=chat_body(stop=stop, stream=True))
+
+    assert whole["choices"][0]["message"]["content"] == expected
+    assert whole["choices"][0]["finish_reason"] == "stop"
+    events = chunks(sse_payloads(streamed.content))
+    assert "".join(event["choices"][0]["delta"].get("content", "") for event in events) == expected
+    assert events[-1]["choices"][0]["finish_reason"] == "stop"

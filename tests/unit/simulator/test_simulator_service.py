@@ -5,25 +5,31 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import jsonschema
 import orjson
 import pytest
 from pydantic import ValidationError
 
+from services.simulator.chat_request import ChatCompletionRequest, SimulatorOverride, request_problem
+from services.simulator.responses import (
+    choice_chunks,
+    completion,
+    completion_chunk,
+    finish_chunk,
+    new_completion,
+    sse_event,
+    usage_chunk,
+)
 from services.simulator.service import (
     WORDS,
     Behaviour,
-    ChatCompletionRequest,
-    SimulatorOverride,
-    completion,
-    completion_chunk,
+    cut_at_stop,
     estimate_prompt_tokens,
+    functions_to_call,
     message_texts,
-    new_completion,
     plan_reply,
     reply_tokens,
     resolve_behaviour,
-    sse_event,
-    usage_chunk,
 )
 
 DEFAULTS = Behaviour(
@@ -86,36 +92,44 @@ def test_prompt_tokens_are_a_quarter_of_the_characters_and_at_least_one(texts: l
 def test_reply_without_a_cap_has_the_configured_length_and_stops() -> None:
     reply = plan_reply(chat(), 16)
 
-    assert len(reply.tokens) == 16
-    assert reply.finish_reason == "stop"
+    [choice] = reply.choices
+    assert len(choice.tokens) == 16
+    assert choice.tokens == reply_tokens(["Tell me about the network."], 16)
+    assert choice.finish_reason == "stop"
     assert reply.prompt_tokens == len("Tell me about the network.") // 4
 
 
 def test_max_tokens_below_the_reply_length_cuts_it_with_finish_reason_length() -> None:
-    reply = plan_reply(chat(max_tokens=4), 16)
+    [choice] = plan_reply(chat(max_tokens=4), 16).choices
 
-    assert len(reply.tokens) == 4
-    assert reply.finish_reason == "length"
+    assert len(choice.tokens) == 4
+    assert choice.finish_reason == "length"
 
 
 def test_max_tokens_above_the_reply_length_does_not_cut_it() -> None:
-    reply = plan_reply(chat(max_tokens=100), 16)
+    [choice] = plan_reply(chat(max_tokens=100), 16).choices
 
-    assert len(reply.tokens) == 16
-    assert reply.finish_reason == "stop"
+    assert len(choice.tokens) == 16
+    assert choice.finish_reason == "stop"
 
 
 def test_max_completion_tokens_wins_over_max_tokens() -> None:
-    reply = plan_reply(chat(max_tokens=10, max_completion_tokens=3), 16)
+    [choice] = plan_reply(chat(max_tokens=10, max_completion_tokens=3), 16).choices
 
-    assert len(reply.tokens) == 3
-    assert reply.finish_reason == "length"
+    assert len(choice.tokens) == 3
+    assert choice.finish_reason == "length"
 
 
-def test_usage_counts_prompt_and_completion_tokens() -> None:
+def test_usage_counts_prompt_and_completion_tokens_with_openai_details() -> None:
     reply = plan_reply(chat("x" * 40, max_tokens=5), 16)
 
-    assert reply.usage() == {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    assert reply.usage() == {
+        "prompt_tokens": 10,
+        "completion_tokens": 5,
+        "total_tokens": 15,
+        "prompt_tokens_details": {"cached_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    }
 
 
 def test_completion_has_openai_shape() -> None:
@@ -131,7 +145,7 @@ def test_completion_has_openai_shape() -> None:
     assert body["choices"] == [
         {
             "index": 0,
-            "message": {"role": "assistant", "content": reply.content, "refusal": None},
+            "message": {"role": "assistant", "content": reply.choices[0].content, "refusal": None},
             "logprobs": None,
             "finish_reason": "stop",
         }
@@ -239,10 +253,401 @@ def test_invalid_requests_are_rejected(fields: dict[str, Any]) -> None:
 
 
 def test_unknown_openai_fields_are_accepted() -> None:
-    request = chat(temperature=0.2, n=1, tools=[], user="someone")
+    request = chat(
+        temperature=0.2,
+        top_p=0.9,
+        seed=7,
+        user="someone",
+        logit_bias={"50256": -100},
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        top_k=40,
+        repetition_penalty=1.1,
+        metadata={"team": "a"},
+        service_tier="auto",
+        n=1,
+        tools=[],
+    )
 
     assert request.model == "demo-model"
+    assert request_problem(request) is None
 
 
 def test_integer_timings_are_accepted_as_floats() -> None:
     assert chat(simulator={"ttft_ms": 5}).simulator == SimulatorOverride(ttft_ms=5.0)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"n": 0},
+        {"n": 129},
+        {"top_logprobs": 21},
+        {"logprobs": "yes"},
+        {"stop": ["a", "b", "c", "d", "e"]},
+        {"stop": 5},
+        {"reasoning_effort": "extreme"},
+        {"response_format": {"type": "xml"}},
+        {"tools": [{"type": "function", "function": {"description": "no name"}}]},
+        {"tool_choice": "sometimes"},
+        {"simulator": {"reasoning_tokens": -1}},
+    ],
+)
+def test_invalid_values_of_the_features_the_simulator_uses_are_rejected(fields: dict[str, Any]) -> None:
+    body = {"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], **fields}
+
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate(body)
+
+
+def test_nullable_openai_parameters_accept_null() -> None:
+    request = chat(n=None, stop=None, logprobs=None, top_logprobs=None, reasoning_effort=None, tool_choice=None)
+
+    assert len(plan_reply(request, 4).choices) == 1
+
+
+WEATHER: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                "days": {"type": "integer", "minimum": 3},
+            },
+            "required": ["city", "unit"],
+            "additionalProperties": False,
+        },
+    },
+}
+CLOCK: dict[str, Any] = {"type": "function", "function": {"name": "get_time"}}
+TOOLS = [WEATHER, CLOCK]
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"top_logprobs": 2, "logprobs": False}, "top_logprobs"),
+        ({"response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
+    ],
+)
+def test_impossible_requests_name_the_param(fields: dict[str, Any], problem: str) -> None:
+    invalid = request_problem(chat(**fields))
+
+    assert invalid is not None
+    assert invalid.param == problem
+    assert problem.split(".")[0] in invalid.message
+
+
+def test_n_choices_are_indexed_each_with_its_own_words_and_usage_sums_them() -> None:
+    reply = plan_reply(chat(n=3), 5)
+
+    assert [choice.index for choice in reply.choices] == [0, 1, 2]
+    assert reply.choices[0].tokens == plan_reply(chat(), 5).choices[0].tokens
+    assert len({choice.content for choice in reply.choices}) == 3
+    assert reply.choices == plan_reply(chat(n=3), 5).choices
+    assert reply.usage()["completion_tokens"] == 15
+
+
+def called(fields: dict[str, Any], content: str = "weather in Paris?") -> list[str]:
+    return [function.name for function in functions_to_call(chat(content, **fields))]
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"tools": TOOLS}, ["get_weather", "get_time"]),
+        ({"tools": TOOLS, "tool_choice": "auto"}, ["get_weather", "get_time"]),
+        ({"tools": TOOLS, "parallel_tool_calls": False}, ["get_weather"]),
+        ({"tools": TOOLS, "tool_choice": "required"}, ["get_weather"]),
+        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "get_time"}}}, ["get_time"]),
+        ({"tools": TOOLS, "tool_choice": "none"}, []),
+        ({"tools": [CLOCK]}, ["get_time"]),
+        ({"tools": []}, []),
+        (
+            {
+                "tools": TOOLS,
+                "tool_choice": {
+                    "type": "allowed_tools",
+                    "allowed_tools": {
+                        "mode": "required",
+                        "tools": [{"type": "function", "function": {"name": "get_time"}}],
+                    },
+                },
+            },
+            ["get_time"],
+        ),
+        (
+            {
+                "tools": TOOLS,
+                "tool_choice": {
+                    "type": "allowed_tools",
+                    "allowed_tools": {
+                        "mode": "auto",
+                        "tools": [
+                            {"type": "custom", "custom": {"name": "grep"}},
+                            {"type": "function", "function": "get_weather"},
+                            {"type": "function", "function": {"name": "get_weather"}},
+                            {"type": "function", "function": {"name": "get_time"}},
+                        ],
+                    },
+                },
+            },
+            ["get_weather", "get_time"],
+        ),
+        ({"tools": [{"type": "custom", "custom": {"name": "grep"}}, CLOCK]}, ["get_time"]),
+        (
+            {
+                "tools": [*TOOLS, {"type": "custom", "custom": {"name": "grep"}}],
+                "tool_choice": {"type": "custom", "custom": {"name": "grep"}},
+            },
+            [],
+        ),
+    ],
+)
+def test_tool_choice_decides_which_functions_are_called(fields: dict[str, Any], names: list[str]) -> None:
+    assert called(fields) == names
+
+
+def test_after_a_tool_result_the_model_answers_in_text() -> None:
+    messages = [
+        {"role": "user", "content": "weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
+    ]
+    request = ChatCompletionRequest.model_validate(
+        {"model": "demo-model", "messages": messages, "tools": TOOLS, "tool_choice": "required"}
+    )
+
+    [choice] = plan_reply(request, 5).choices
+
+    assert choice.tool_calls == ()
+    assert choice.finish_reason == "stop"
+    assert len(choice.tokens) == 5
+
+
+def test_tool_calls_carry_arguments_that_satisfy_the_parameters() -> None:
+    reply = plan_reply(chat(tools=TOOLS), 16)
+
+    [choice] = reply.choices
+    assert choice.finish_reason == "tool_calls"
+    assert choice.content is None
+    assert choice.tokens == []
+    weather, clock = choice.tool_calls
+    assert (weather.name, clock.name) == ("get_weather", "get_time")
+    arguments = orjson.loads(weather.arguments)
+    jsonschema.validate(arguments, WEATHER["function"]["parameters"])
+    assert arguments["unit"] == "celsius"
+    assert arguments["days"] == 3
+    assert set(arguments["city"].split()) <= set(WORDS)
+    assert orjson.loads(clock.arguments) == {}
+    assert all(re.fullmatch(r"call_[0-9a-f]{24}", call.id) for call in choice.tool_calls)
+    assert weather.id != clock.id
+    assert reply.usage()["completion_tokens"] == len(weather.arguments) // 4 + 1
+
+
+def test_tool_calls_are_deterministic_per_prompt_and_choice() -> None:
+    first, second = plan_reply(chat(tools=TOOLS, n=2), 4).choices
+
+    assert first.tool_calls == plan_reply(chat(tools=TOOLS), 4).choices[0].tool_calls
+    assert first.tool_calls[0].id != second.tool_calls[0].id
+    assert first.tool_calls[0].arguments != second.tool_calls[0].arguments
+    assert plan_reply(chat("another prompt", tools=TOOLS), 4).choices[0].tool_calls[0].id != first.tool_calls[0].id
+
+
+def test_tool_call_arguments_stream_in_pieces_of_eight_characters() -> None:
+    [call, _] = plan_reply(chat(tools=TOOLS), 4).choices[0].tool_calls
+
+    pieces = call.argument_pieces()
+
+    assert "".join(pieces) == call.arguments
+    assert all(len(piece) == 8 for piece in pieces[:-1])
+    assert 0 < len(pieces[-1]) <= 8
+
+
+def test_json_object_mode_answers_a_json_object_of_the_reply_words() -> None:
+    [text] = plan_reply(chat(), 6).choices
+    [json_choice] = plan_reply(chat(response_format={"type": "json_object"}), 6).choices
+
+    assert orjson.loads(json_choice.content or "") == {"answer": text.content}
+    assert len(json_choice.tokens) > 1
+    assert json_choice.finish_reason == "stop"
+
+
+ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "score": {"type": "number", "minimum": 10},
+        "tags": {"type": "array", "items": {"type": "string", "enum": ["a", "b"]}},
+        "author": {"$ref": "#/$defs/person"},
+        "verdict": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+    },
+    "required": ["title", "score", "tags", "author", "verdict"],
+    "additionalProperties": False,
+    "$defs": {
+        "person": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "kind": {"const": "human"}},
+            "required": ["name", "kind"],
+            "additionalProperties": False,
+        }
+    },
+}
+JSON_SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER_SCHEMA, "strict": True}}
+
+
+def test_json_schema_mode_answers_json_that_validates_against_the_schema() -> None:
+    [choice] = plan_reply(chat(response_format=JSON_SCHEMA_FORMAT), 6).choices
+
+    answer = orjson.loads(choice.content or "")
+    jsonschema.validate(answer, ANSWER_SCHEMA)
+    assert answer["author"]["kind"] == "human"
+    assert "".join(choice.tokens) == choice.content
+    assert plan_reply(chat(response_format=JSON_SCHEMA_FORMAT), 6).choices[0].content == choice.content
+
+
+def test_a_token_cap_cuts_json_content_with_finish_reason_length() -> None:
+    [whole] = plan_reply(chat(response_format=JSON_SCHEMA_FORMAT), 6).choices
+    [cut] = plan_reply(chat(response_format=JSON_SCHEMA_FORMAT, max_tokens=3), 6).choices
+
+    assert cut.tokens == whole.tokens[:3]
+    assert cut.finish_reason == "length"
+
+
+def test_logprobs_give_one_entry_per_token_with_less_likely_alternatives() -> None:
+    [choice] = plan_reply(chat(logprobs=True, top_logprobs=3), 5).choices
+
+    assert choice.logprobs is not None
+    assert [entry["token"] for entry in choice.logprobs] == choice.tokens
+    for entry in choice.logprobs:
+        assert entry["bytes"] == list(entry["token"].encode())
+        assert entry["logprob"] < 0
+        alternatives = entry["top_logprobs"]
+        assert len(alternatives) == 3
+        logprobs = [entry["logprob"], *(alternative["logprob"] for alternative in alternatives)]
+        assert logprobs == sorted(logprobs, reverse=True)
+        assert len(set(logprobs)) == 4
+        assert entry["token"] not in {alternative["token"] for alternative in alternatives}
+        assert all(alternative["bytes"] == list(alternative["token"].encode()) for alternative in alternatives)
+    assert choice.logprobs == plan_reply(chat(logprobs=True, top_logprobs=3), 5).choices[0].logprobs
+
+
+def test_logprobs_without_top_logprobs_have_no_alternatives_and_none_when_not_asked() -> None:
+    [with_logprobs] = plan_reply(chat(logprobs=True), 3).choices
+    [without] = plan_reply(chat(logprobs=False), 3).choices
+
+    assert with_logprobs.logprobs is not None
+    assert all(entry["top_logprobs"] == [] for entry in with_logprobs.logprobs)
+    assert without.logprobs is None
+
+
+@pytest.mark.parametrize(
+    ("effort", "tokens"), [("minimal", 2), ("low", 4), ("medium", 8), ("high", 12), ("xhigh", 12), ("none", 0)]
+)
+def test_reasoning_effort_sets_how_long_the_model_thinks(effort: str, tokens: int) -> None:
+    reply = plan_reply(chat(reasoning_effort=effort), 5)
+
+    [choice] = reply.choices
+    assert len(choice.reasoning) == tokens
+    assert len(choice.tokens) == 5
+    assert reply.usage()["completion_tokens"] == tokens + 5
+    assert reply.usage()["completion_tokens_details"] == {"reasoning_tokens": tokens}
+
+
+def test_reasoning_tokens_per_request_win_over_the_effort() -> None:
+    [choice] = plan_reply(chat(reasoning_effort="high"), 5, reasoning_tokens=3).choices
+
+    assert len(choice.reasoning) == 3
+    assert set(token.strip() for token in choice.reasoning) <= set(WORDS)
+
+
+def test_the_token_cap_counts_reasoning_first() -> None:
+    [partly] = plan_reply(chat(reasoning_effort="low", max_tokens=6), 5).choices
+    [thinking_only] = plan_reply(chat(reasoning_effort="medium", max_tokens=6), 5).choices
+
+    assert (len(partly.reasoning), len(partly.tokens), partly.finish_reason) == (4, 2, "length")
+    assert (len(thinking_only.reasoning), thinking_only.tokens, thinking_only.finish_reason) == (6, [], "length")
+
+
+def test_stop_cuts_the_reply_before_the_first_stop_sequence() -> None:
+    [whole] = plan_reply(chat(), 16).choices
+    third = whole.tokens[2]
+
+    [cut] = plan_reply(chat(stop=[third, "never appears"]), 16).choices
+
+    assert cut.finish_reason == "stop"
+    assert whole.content is not None
+    assert cut.content == whole.content[: whole.content.index(third)]
+    assert third not in (cut.content or "")
+
+
+def test_stop_inside_a_token_keeps_the_part_before_it() -> None:
+    tokens = ["the", " gateway", " routes"]
+
+    assert cut_at_stop(tokens, ["tew", "ute"])
+    assert tokens == ["the", " ga"]
+
+
+def test_stop_sequence_absent_from_the_reply_changes_nothing() -> None:
+    tokens = ["the", " gateway"]
+
+    assert not cut_at_stop(tokens, ["zebra"])
+    assert tokens == ["the", " gateway"]
+    [choice] = plan_reply(chat(max_tokens=4, stop="zebra"), 16).choices
+    assert (len(choice.tokens), choice.finish_reason) == (4, "length")
+
+
+def test_stream_chunks_of_a_tool_call_open_with_its_name_then_stream_arguments() -> None:
+    meta = new_completion("demo-model")
+    [choice] = plan_reply(chat(tools=TOOLS), 4).choices
+    weather, clock = choice.tool_calls
+
+    deltas = [chunk["choices"][0]["delta"] for chunk in choice_chunks(meta, choice, include_usage=False)]
+
+    assert deltas[0] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"index": 0, "id": weather.id, "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+        ],
+    }
+    first_call = len(weather.argument_pieces())
+    assert [delta["tool_calls"][0]["function"]["arguments"] for delta in deltas[1 : 1 + first_call]] == (
+        weather.argument_pieces()
+    )
+    assert deltas[1 + first_call] == {
+        "tool_calls": [
+            {"index": 1, "id": clock.id, "type": "function", "function": {"name": "get_time", "arguments": ""}}
+        ]
+    }
+    assert deltas[2 + first_call :] == [{"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}]
+    assert finish_chunk(meta, choice, include_usage=False)["choices"][0] == {
+        "index": 0,
+        "delta": {},
+        "logprobs": None,
+        "finish_reason": "tool_calls",
+    }
+
+
+def test_stream_chunks_think_then_answer_with_each_token_logprobs() -> None:
+    meta = new_completion("demo-model")
+    [choice] = plan_reply(chat(logprobs=True, reasoning_effort="minimal", n=2), 3).choices[1:]
+
+    chunks = list(choice_chunks(meta, choice, include_usage=True))
+
+    assert all(chunk["choices"][0]["index"] == 1 and chunk["usage"] is None for chunk in chunks)
+    deltas = [chunk["choices"][0]["delta"] for chunk in chunks]
+    assert deltas[0] == {"role": "assistant", "content": ""}
+    assert deltas[1:3] == [{"reasoning_content": token} for token in choice.reasoning]
+    assert deltas[3:] == [{"content": token} for token in choice.tokens]
+    assert [chunk["choices"][0]["logprobs"] for chunk in chunks[:3]] == [None] * 3
+    assert choice.logprobs is not None
+    assert [chunk["choices"][0]["logprobs"] for chunk in chunks[3:]] == [
+        {"content": [entry], "refusal": None} for entry in choice.logprobs
+    ]
