@@ -11,11 +11,26 @@ import uuid
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from libs.contracts.routing import RoutingPreferences, Tier
 
 ROUTING_FIELDS = frozenset(RoutingPreferences.model_fields)
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON Schema's integers include 1.0; strict validation would refuse it.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+_Whole = BeforeValidator(_whole_number)
+# Bounded so that everything downstream (prices, reservations, bigint columns) stays in range.
+TokenBudget = Annotated[int, Field(ge=1, le=10_000_000), _Whole]
+LatencyMs = Annotated[int, Field(ge=1, le=3_600_000), _Whole]
+ChoiceCount = Annotated[int, Field(ge=1, le=128), _Whole]
+TopLogprobs = Annotated[int, Field(ge=0, le=20), _Whole]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), _Whole]
+TopK = Annotated[int, Field(ge=-1, le=100_000), _Whole]
 
 
 class _Open(BaseModel):
@@ -249,18 +264,18 @@ class ChatCompletionRequest(_Open):
     messages: list[Message] = Field(min_length=1, max_length=4096)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: TokenBudget | None = None
+    max_completion_tokens: TokenBudget | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int | None = Field(None, ge=1, le=128)
-    stop: str | list[str] | None = None
+    n: ChoiceCount | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = Field(None, ge=0, le=20)
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1)
+    top_logprobs: TopLogprobs | None = None
+    seed: Seed | None = None
     user: str | None = Field(None, max_length=512)
     tools: list[Tool] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
@@ -268,24 +283,17 @@ class ChatCompletionRequest(_Open):
     response_format: ResponseFormat | None = None
     reasoning_effort: Literal["none", "minimal", "low", "medium", "high", "xhigh"] | None = None
     # Open-model samplers (vLLM, llama.cpp, generalcompute).
-    top_k: int | None = Field(None, ge=-1)
+    top_k: TopK | None = None
     repetition_penalty: float | None = Field(None, gt=0, le=10)
 
     tier: Tier = "balanced"
     privacy_mode: bool = False
     trusted_only: bool = False
-    max_latency_ms: int | None = Field(None, ge=1)
+    max_latency_ms: LatencyMs | None = None
     fallback_models: list[str] = Field(default_factory=list, max_length=16)
     allow_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
     deny_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
     require_parameters: bool = False
-
-    @field_validator("stop")
-    @classmethod
-    def _up_to_four_stops(cls, value: str | list[str] | None) -> str | list[str] | None:
-        if isinstance(value, list) and len(value) > 4:
-            raise ValueError("at most 4 stop sequences")
-        return value
 
     @field_validator("allow_hosters", "deny_hosters")
     @classmethod

@@ -162,7 +162,7 @@ async def create_chat_completion(
         request_id=request_id,
         reply_subject=subjects.reply_subject(gateway.ingress_id, request_id),
         model=body.model,
-        stream=body.stream,
+        stream=bool(body.stream),
         include_usage=include_usage,
         created=int(time.time()),
         routing=body.routing(),
