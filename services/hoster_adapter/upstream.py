@@ -205,9 +205,11 @@ class HosterAdapter:
         rewriter = ChunkRewriter(dispatch) if dispatch.stream else None
         assembler = None if dispatch.stream else CompletionAssembler()
         done = False
-        async with self._http.stream(
+        request = self._http.build_request(
             "POST", f"{hoster.base_url}/chat/completions", content=orjson.dumps(body), headers=headers
-        ) as response:
+        )
+        response = await self._send(request)
+        try:
             if response.status_code != 200:
                 detail = (await response.aread())[:300].decode(errors="replace")
                 raise UpstreamFailure(f"upstream status {response.status_code}: {detail}", response.status_code)
@@ -231,6 +233,8 @@ class HosterAdapter:
                             active.last_sent = time.monotonic()
                     elif assembler is not None:
                         assembler.add(chunk)
+        finally:
+            await response.aclose()
         if not done:
             raise UpstreamFailure("upstream closed the stream before [DONE]")
         if assembler is not None:
@@ -245,6 +249,15 @@ class HosterAdapter:
             await publish(reply, frames.encode(frames.END, attempt, active.seq))
         active.seq += 1
         return active.seq
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        """Send, retrying once when the connection fails before the upstream saw the request: a pooled
+        keep-alive connection the server has just closed fails that way, and nothing was generated yet."""
+        assert self._http is not None
+        try:
+            return await self._http.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError, httpx.RemoteProtocolError):
+            return await self._http.send(request, stream=True)
 
     async def _publish_finished(self, router_id: str, event: AttemptFinished) -> None:
         """Publish the outcome to JetStream, deduplicated per attempt."""
