@@ -18,3 +18,5 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias="CS_LOG_LEVEL")
     log_format: str = Field("json", validation_alias="CS_LOG_FORMAT", pattern="^(json|text)$")
     instance_id: str = Field("", validation_alias="CS_INSTANCE_ID")
+    # Replicas of the JetStream streams and key-value buckets the services create (3 on a 3-node cluster).
+    nats_stream_replicas: int = Field(1, ge=1, le=5, validation_alias="CS_NATS_STREAM_REPLICAS")

@@ -58,7 +58,7 @@ def build_app(settings: BillingSettings) -> FastStream:
             usage.attach(pool)
             ledger.attach(pool)
             await broker.connect()
-            await ensure_streams(broker.connection)
+            await ensure_streams(broker.connection, settings.nats_stream_replicas)
             sweeper = asyncio.create_task(sweep(ledger, settings, logger))
             yield
         finally:

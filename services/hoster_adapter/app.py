@@ -28,7 +28,7 @@ def build_app(settings: AdapterSettings) -> FastStream:
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
         await broker.connect()
-        await ensure_streams(broker.connection)
+        await ensure_streams(broker.connection, settings.nats_stream_replicas)
         await adapter.open(broker.connection)
         try:
             yield

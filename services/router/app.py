@@ -42,8 +42,8 @@ def build_app(settings: RouterSettings) -> FastStream:
     router_id = instance_id(settings.instance_id, SERVICE)
     broker = make_broker(settings.nats_url, router_id, logger)
     dispatcher = Dispatcher(settings, router_id, broker, logger)
-    models_seen = KvStore(subjects.MODELS_SEEN_BUCKET, logger)
-    hoster_stats = KvStore(subjects.HOSTER_STATS_BUCKET, logger)
+    models_seen = KvStore(subjects.MODELS_SEEN_BUCKET, logger, settings.nats_stream_replicas)
+    hoster_stats = KvStore(subjects.HOSTER_STATS_BUCKET, logger, settings.nats_stream_replicas)
     register_handlers(broker, dispatcher, models_seen, settings.max_concurrent_routes)
 
     @asynccontextmanager

@@ -20,8 +20,9 @@ def kv_key(name: str) -> str:
 class KvStore:
     """Write-behind store over one bucket; it is read once, at start."""
 
-    def __init__(self, bucket: str, logger: logging.Logger) -> None:
+    def __init__(self, bucket: str, logger: logging.Logger, replicas: int = 1) -> None:
         self.bucket = bucket
+        self._replicas = replicas
         self._log = logger
         self._kv: KeyValue | None = None
         self._writes: set[asyncio.Task[None]] = set()
@@ -31,7 +32,7 @@ class KvStore:
         try:
             self._kv = await js.key_value(self.bucket)
         except BucketNotFoundError:
-            self._kv = await js.create_key_value(bucket=self.bucket, history=1)
+            self._kv = await js.create_key_value(bucket=self.bucket, history=1, replicas=self._replicas)
         try:
             keys = await self._kv.keys()
         except NoKeysError:
