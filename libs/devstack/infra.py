@@ -30,12 +30,16 @@ def start_nats(
     name: str = "nats",
     cluster: tuple[int, list[int]] | None = None,
     server_name: str | None = None,
+    monitor_port: int | None = None,
 ) -> ManagedProcess:
-    """Start nats-server with JetStream on loopback; ``cluster`` is (own route port, peers' route ports)."""
+    """Start nats-server with JetStream on loopback; ``cluster`` is (own route port, peers' route ports),
+    ``monitor_port`` serves the HTTP monitoring endpoints (``/jsz``, ``/healthz``)."""
     store_dir.mkdir(parents=True, exist_ok=True)
     argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
     if server_name:
         argv += ["-n", server_name]
+    if monitor_port is not None:
+        argv += ["-m", str(monitor_port)]
     if cluster is not None:
         own, peers = cluster
         argv += ["--cluster_name", "cs", "--cluster", f"nats://127.0.0.1:{own}"]

@@ -7,6 +7,10 @@ import os
 import signal
 import sys
 import tempfile
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,12 +47,42 @@ class AdapterSpec:
 
 
 @dataclass
+class NatsNode:
+    """One server of a NATS cluster on loopback: its client port, cluster route port and monitoring port."""
+
+    name: str
+    port: int
+    route_port: int
+    monitor_port: int
+
+    @property
+    def url(self) -> str:
+        """Its client URL."""
+        return f"nats://127.0.0.1:{self.port}"
+
+
+def nats_cluster(size: int = 3) -> list[NatsNode]:
+    """``size`` nodes named ``nats-0``, ``nats-1``, ... on free loopback ports, for ``StackConfig.nats_nodes``."""
+    return [NatsNode(f"nats-{i}", free_port(), free_port(), free_port()) for i in range(size)]
+
+
+def replica_name(service: str, index: int, count: int) -> str:
+    """A replica's process name: the service's own name when it runs alone, ``<service>-<index>`` otherwise."""
+    return f"{service}-{index}" if count > 1 else service
+
+
+@dataclass
 class StackConfig:
-    """Where and how to run the stack."""
+    """Where and how to run the stack.
+
+    NATS is one server named ``nats`` on ``nats_port``, unless ``nats_nodes`` lists the nodes of a cluster
+    (``nats_cluster(3)``); then every service gets all their URLs and the streams get up to three replicas.
+    """
 
     workdir: Path
     ingress_ports: list[int] = field(default_factory=lambda: [8080])
     nats_port: int = 4222
+    nats_nodes: list[NatsNode] = field(default_factory=list)
     postgres_port: int = 55432
     database: str = "computeshare"
     simulators: list[SimulatorSpec] = field(default_factory=list)
@@ -64,6 +98,27 @@ class StackConfig:
     def api_base(self) -> str:
         """The first ingress's OpenAI base URL."""
         return f"http://127.0.0.1:{self.ingress_ports[0]}/v1"
+
+    @property
+    def ingress_names(self) -> list[str]:
+        """Process names of the ingress replicas, in the order of ``ingress_ports``."""
+        return [replica_name("ingress", i, len(self.ingress_ports)) for i in range(len(self.ingress_ports))]
+
+    def process_names(self) -> list[str]:
+        """Every process the stack starts, in start order; ``ValueError`` if a name is used twice."""
+        names = [
+            *([n.name for n in self.nats_nodes] or ["nats"]),
+            "postgres",
+            *(sim.name for sim in self.simulators),
+            *(replica_name("billing", i, self.billings) for i in range(self.billings)),
+            *(replica_name("router", i, self.routers) for i in range(self.routers)),
+            *(adapter.name for adapter in self.adapters),
+            *self.ingress_names,
+        ]
+        twice = sorted(name for name, count in Counter(names).items() if count > 1)
+        if twice:
+            raise ValueError(f"process names must be unique; used more than once: {', '.join(twice)}")
+        return names
 
 
 def demo_hoster(base_url: str, model: str = DEMO_MODEL, upstream_model: str | None = None,
@@ -129,6 +184,8 @@ class Stack:
         self.processes: dict[str, ManagedProcess] = {}
         self.postgres: PostgresCluster | None = None
         self.database_url = ""
+        # How each process was started, so ``restart`` starts it again the same way.
+        self._starters: dict[str, Callable[[], ManagedProcess]] = {}
         if config.log_dir is not None:
             config.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -137,7 +194,9 @@ class Stack:
 
     @property
     def nats_url(self) -> str:
-        """URL of the stack's NATS server."""
+        """URL of the stack's NATS server; for a cluster, every node's URL, comma-separated."""
+        if self.config.nats_nodes:
+            return ",".join(node.url for node in self.config.nats_nodes)
         return f"nats://127.0.0.1:{self.config.nats_port}"
 
     def service_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -151,6 +210,9 @@ class Stack:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if len(self.config.nats_nodes) > 1:
+            # A stream survives the loss of a node only with a replica on another one.
+            env["CS_NATS_STREAM_REPLICAS"] = str(min(3, len(self.config.nats_nodes)))
         env.update(self.config.service_env)
         env.update(extra or {})
         return env
@@ -158,57 +220,145 @@ class Stack:
     def start(self) -> Stack:
         """Start everything in dependency order and wait until the API serves every configured model."""
         c = self.config
+        c.process_names()
         try:
-            self.processes["nats"] = start_nats(c.nats_port, c.workdir / "nats", self._log("nats"))
-            self.postgres = PostgresCluster(c.workdir / "pgdata", c.postgres_port, self._log("postgres"),
-                                            durable=c.durable_postgres)  # fmt: skip
-            self.postgres.start()
-            assert self.postgres.process is not None
-            self.processes["postgres"] = self.postgres.process
-            self.database_url = self.postgres.create_database(c.database)
+            if c.nats_nodes:
+                for node in c.nats_nodes:
+                    self.start_nats_node(node, wait=False)
+                self.wait_for_jetstream(c.nats_nodes)
+            else:
+                self.start_nats()
+            self.start_postgres()
+            self.database_url = self.postgres.create_database(c.database) if self.postgres else ""
             for sim in c.simulators:
                 self.start_simulator(sim)
             for i in range(c.billings):
-                self.start_service(f"billing-{i}" if c.billings > 1 else "billing", "billing", "billing ready")
+                self.start_service(replica_name("billing", i, c.billings), "billing", "billing ready")
             for i in range(c.routers):
-                self.start_service(f"router-{i}" if c.routers > 1 else "router", "router", "router ready")
+                self.start_service(replica_name("router", i, c.routers), "router", "router ready")
             for adapter in c.adapters:
                 self.start_adapter(adapter)
-            for i, port in enumerate(c.ingress_ports):
-                self.start_ingress(port, f"ingress-{i}" if len(c.ingress_ports) > 1 else "ingress")
+            for port, name in zip(c.ingress_ports, c.ingress_names, strict=True):
+                self.start_ingress(port, name)
             self.wait_for_models()
         except BaseException:
             self.stop()
             raise
         return self
 
+    def start_nats(self) -> ManagedProcess:
+        """Start (or restart) the single NATS server ``nats``."""
+        self._check_stopped("nats")
+        c = self.config
+        process = self.processes["nats"] = start_nats(c.nats_port, c.workdir / "nats", self._log("nats"))
+        self._starters["nats"] = self.start_nats
+        return process
+
+    def start_nats_node(self, node: NatsNode, wait: bool = True) -> ManagedProcess:
+        """Start (or restart) one node of the NATS cluster from its own store directory; with ``wait``, until
+        it follows a JetStream meta leader (a restarted node has rejoined the cluster)."""
+        self._check_stopped(node.name)
+        peers = [n.route_port for n in self.config.nats_nodes if n.name != node.name]
+        process = self.processes[node.name] = start_nats(
+            node.port, self.config.workdir / node.name, self._log(node.name), name=node.name,
+            cluster=(node.route_port, peers), server_name=node.name, monitor_port=node.monitor_port,
+        )  # fmt: skip
+        self._starters[node.name] = lambda: self.start_nats_node(node)
+        if wait:
+            self.wait_for_jetstream([node])
+        return process
+
+    def wait_for_jetstream(self, nodes: list[NatsNode], timeout_s: float = 30) -> None:
+        """Block until each of ``nodes`` knows the cluster's JetStream meta leader (streams can be created)."""
+        deadline = time.monotonic() + timeout_s
+        for node in nodes:
+            while not self._jetstream(node).get("meta_cluster", {}).get("leader"):
+                self.processes[node.name].check_alive()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{node.name} has no JetStream meta leader after {timeout_s}s")
+                time.sleep(0.1)
+
+    def nats_stream_leader(self, stream: str) -> str | None:
+        """The name of the NATS node that leads ``stream`` now, as the live nodes report it."""
+        for node in self.config.nats_nodes:
+            if not self.processes[node.name].alive():
+                continue
+            for account in self._jetstream(node, "?accounts=true&streams=true").get("account_details", []):
+                for detail in account.get("stream_detail") or []:
+                    if detail.get("name") == stream and detail.get("cluster", {}).get("leader"):
+                        leader: str = detail["cluster"]["leader"]
+                        return leader
+        return None
+
+    @staticmethod
+    def _jetstream(node: NatsNode, query: str = "") -> dict[str, Any]:
+        """The node's ``/jsz`` monitoring report; empty while it does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{node.monitor_port}/jsz{query}", timeout=2) as response:
+                report: dict[str, Any] = json.load(response)
+                return report
+        except (OSError, ValueError):
+            return {}
+
+    def start_postgres(self) -> ManagedProcess:
+        """Start (or restart) PostgreSQL in the stack's data directory."""
+        self._check_stopped("postgres")
+        c = self.config
+        self.postgres = PostgresCluster(c.workdir / "pgdata", c.postgres_port, self._log("postgres"),
+                                        durable=c.durable_postgres)  # fmt: skip
+        self.postgres.start()
+        assert self.postgres.process is not None
+        self.processes["postgres"] = self.postgres.process
+        self._starters["postgres"] = self.start_postgres
+        return self.postgres.process
+
     def start_simulator(self, sim: SimulatorSpec) -> ManagedProcess:
         """Start (or restart) one simulated hoster."""
         env = self.service_env({"CS_SIMULATOR_PORT": str(sim.port), **sim.env})
         process = self._spawn(sim.name, "simulator", env, None)
+        self._starters[sim.name] = lambda: self.start_simulator(sim)
         wait_for_port(sim.port, 20, process)
         return process
 
     def start_adapter(self, adapter: AdapterSpec) -> ManagedProcess:
         """Start (or restart) one hoster adapter."""
         env = self.service_env({"CS_ADAPTER_HOSTERS": json.dumps(adapter.hosters), **adapter.env})
+        self._starters[adapter.name] = lambda: self.start_adapter(adapter)
         return self._spawn(adapter.name, "hoster_adapter", env, "adapter ready")
 
     def start_ingress(self, port: int, name: str = "ingress") -> ManagedProcess:
         """Start (or restart) one ingress on ``port``."""
         env = self.service_env({"CS_INGRESS_PORT": str(port), "CS_INSTANCE_ID": name})
         process = self._spawn(name, "ingress", env, None)
+        self._starters[name] = lambda: self.start_ingress(port, name)
         wait_for_http(f"http://127.0.0.1:{port}/readyz", 30, process)
         return process
 
     def start_service(self, name: str, module: str, marker: str | None) -> ManagedProcess:
         """Start (or restart) a service by module name (``router``, ``billing``, ...)."""
+        self._starters[name] = lambda: self.start_service(name, module, marker)
         return self._spawn(name, module, self.service_env(), marker)
 
-    def _spawn(self, name: str, module: str, env: dict[str, str], marker: str | None) -> ManagedProcess:
+    def restart(self, name: str) -> ManagedProcess:
+        """Start a process again the way it was started before, and wait until it is ready; one still
+        running is stopped first. Works for every process: a NATS node, postgres, any replica."""
+        if name not in self._starters:
+            raise KeyError(f"no process named {name} was started")
+        old = self.processes.get(name)
+        if old is not None and old.alive():
+            old.stop()
+        return self._starters[name]()
+
+    def _check_stopped(self, name: str) -> None:
         old = self.processes.get(name)
         if old is not None and old.alive():
             raise RuntimeError(f"{name} is already running")
+
+    def _spawn(self, name: str, module: str, env: dict[str, str], marker: str | None) -> ManagedProcess:
+        self._check_stopped(name)
+        if module != "ingress" and "CS_METRICS_PORT" not in self.config.service_env:
+            # Replicas share the machine: each serves its metrics on a port of its own, not all on 9090.
+            env["CS_METRICS_PORT"] = str(free_port())
         process = ManagedProcess(
             name, [sys.executable, "-m", f"services.{module}"], env=env, log_path=self._log(name),
             cwd=REPO_ROOT, ready_marker=marker,
@@ -220,9 +370,6 @@ class Stack:
 
     def wait_for_models(self, timeout_s: float = 30) -> None:
         """Block until ``GET /v1/models`` on every ingress lists every configured model."""
-        import time
-        import urllib.request
-
         wanted = {m["name"] for a in self.config.adapters for h in a.hosters for m in h["models"]}
         deadline = time.monotonic() + timeout_s
         for port in self.config.ingress_ports:
@@ -270,7 +417,8 @@ class Stack:
         process.stop(timeout_s=5)
 
     def stop(self) -> None:
-        """Stop every process, newest first; PostgreSQL with a fast shutdown."""
+        """Stop every process, newest first (in start order, whatever was restarted since); PostgreSQL with a
+        fast shutdown."""
         for name in reversed(list(self.processes)):
             if name == "postgres" and self.postgres is not None:
                 self.postgres.stop()

@@ -4,18 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from faststream.nats import NatsBroker
+from faststream.nats.opentelemetry import NatsTelemetryMiddleware
+from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError
+from opentelemetry.sdk.trace import TracerProvider
+from prometheus_client import REGISTRY
 
 from libs.contracts import subjects
+from libs.platform.telemetry import inject_headers
 
 
-def make_broker(nats_url: str, client_name: str, logger: logging.Logger) -> NatsBroker:
-    """A faststream NATS broker that reconnects forever and logs through our logging setup."""
+def make_broker(
+    nats_url: str, client_name: str, logger: logging.Logger, service: str, tracer_provider: TracerProvider | None
+) -> NatsBroker:
+    """A faststream NATS broker that reconnects forever, logs through our logging setup, traces each message
+    it handles or sends (context in NATS headers) and counts them for Prometheus."""
+    middlewares: list[Any] = [NatsPrometheusMiddleware(registry=REGISTRY, app_name=service)]
+    if tracer_provider is not None:
+        middlewares.insert(0, NatsTelemetryMiddleware(tracer_provider=tracer_provider))
     return NatsBroker(
         nats_url.split(","),
         name=client_name,
@@ -30,6 +42,7 @@ def make_broker(nats_url: str, client_name: str, logger: logging.Logger) -> Nats
         pending_size=8 * 1024 * 1024,
         # faststream logs every message at this level: keep it out of INFO, the hot path would pay for it.
         log_level=logging.DEBUG,
+        middlewares=middlewares,
     )
 
 
@@ -61,9 +74,17 @@ async def publish_durably(js: JetStreamContext, subject: str, data: bytes, msg_i
     for delay in (0.0, 0.2, 0.5, 1.0, 2.0, 5.0):
         await asyncio.sleep(delay)
         try:
-            await js.publish(subject, data, headers={"Nats-Msg-Id": msg_id}, timeout=2.0)
+            await js.publish(subject, data, headers=inject_headers({"Nats-Msg-Id": msg_id}), timeout=2.0)
             return True
         except Exception as exc:  # any failure (timeout, no stream, reconnecting) is retried the same way
             last = exc
     logger.error("event lost", extra={"subject": subject, "msg_id": msg_id, "error": repr(last)})
     return False
+
+
+def connected(broker: NatsBroker) -> bool:
+    """Whether the broker is connected to NATS now (readiness)."""
+    try:
+        return bool(broker.connection.is_connected)
+    except Exception:  # not connected yet: faststream has no connection object to ask
+        return False

@@ -8,6 +8,8 @@ from typing import Any
 
 import orjson
 
+from libs.platform.telemetry import CorrelationFilter
+
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -41,6 +43,7 @@ def setup_logging(service: str, level: str = "INFO", fmt: str = "json") -> loggi
         handler.setFormatter(JsonFormatter(service))
     else:
         handler.setFormatter(logging.Formatter(f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(CorrelationFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -18,5 +18,7 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", validation_alias="CS_LOG_LEVEL")
     log_format: str = Field("json", validation_alias="CS_LOG_FORMAT", pattern="^(json|text)$")
     instance_id: str = Field("", validation_alias="CS_INSTANCE_ID")
+    # Where services without an HTTP server of their own serve /metrics, /healthz and /readyz (0: nowhere).
+    metrics_port: int = Field(9090, ge=0, le=65535, validation_alias="CS_METRICS_PORT")
     # Replicas of the JetStream streams and key-value buckets the services create (3 on a 3-node cluster).
     nats_stream_replicas: int = Field(1, ge=1, le=5, validation_alias="CS_NATS_STREAM_REPLICAS")

@@ -11,9 +11,11 @@ from contextlib import asynccontextmanager
 import asyncpg
 from faststream import FastStream
 
-from libs.platform.broker import ensure_streams, make_broker
+from libs.platform.broker import connected, ensure_streams, make_broker
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
+from libs.platform.metrics import RESERVATIONS_OPEN, MetricsServer
+from libs.platform.telemetry import serving_telemetry, setup_tracing
 from services.billing.handlers import register_handlers
 from services.billing.ledger import Ledger
 from services.billing.repository import UsageRepository, apply_migrations
@@ -33,19 +35,27 @@ async def sweep(ledger: Ledger, settings: BillingSettings, logger: logging.Logge
             continue
         if closed:
             logger.info("stale reservations closed", extra={"count": closed})
+        RESERVATIONS_OPEN.set(await ledger.open_reservations())
 
 
 def build_app(settings: BillingSettings) -> FastStream:
     """The billing app for ``settings``; nothing connects until it runs."""
     logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
     billing_id = instance_id(settings.instance_id, SERVICE)
-    broker = make_broker(settings.nats_url, billing_id, logger)
+    provider = setup_tracing(SERVICE, billing_id)
+    broker = make_broker(settings.nats_url, billing_id, logger, SERVICE, provider)
+    metrics = MetricsServer(settings.metrics_port, lambda: connected(broker), logger)
     usage = UsageRepository()
     ledger = Ledger()
     register_handlers(broker, ledger, usage, settings.workers)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
+        async with serving_telemetry(metrics, settings.metrics_port, provider), resources():
+            yield
+
+    @asynccontextmanager
+    async def resources() -> AsyncIterator[None]:
         pool = await asyncpg.create_pool(
             settings.database_url.get_secret_value(),
             min_size=settings.pool_min_size,

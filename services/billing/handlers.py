@@ -21,6 +21,7 @@ from libs.contracts.billing import (
     VerifyKey,
 )
 from libs.contracts.routing import AttemptFinished
+from libs.platform.metrics import SETTLEMENTS
 from services.billing.ledger import Ledger, NotFound
 from services.billing.repository import UsageRepository
 
@@ -90,4 +91,4 @@ def register_handlers(broker: NatsBroker, ledger: Ledger, usage: UsageRepository
     )
     async def settle_request(event: RequestFinished) -> None:
         """Charge a finished request and release what it did not use."""
-        await ledger.settle(event)
+        SETTLEMENTS.labels("settled" if await ledger.settle(event) else "duplicate").inc()

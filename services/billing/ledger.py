@@ -452,6 +452,11 @@ class Ledger(PoolBound):
 
     # Reports -------------------------------------------------------------------------------------------
 
+    async def open_reservations(self) -> int:
+        """How many admitted requests are not settled yet."""
+        count: int = await self._pool.fetchval("SELECT count(*) FROM reservations WHERE status = 'open'")
+        return count
+
     async def check(self) -> list[str]:
         """Every way the books could be wrong; empty when they balance."""
         problems = [

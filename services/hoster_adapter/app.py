@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 
 from faststream import FastStream
 
-from libs.platform.broker import ensure_streams, make_broker
+from libs.platform.broker import connected, ensure_streams, make_broker
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
+from libs.platform.metrics import MetricsServer
+from libs.platform.telemetry import serving_telemetry, setup_tracing
 from services.hoster_adapter.handlers import register_handlers
 from services.hoster_adapter.settings import AdapterSettings
 from services.hoster_adapter.upstream import HosterAdapter
@@ -22,18 +24,21 @@ def build_app(settings: AdapterSettings) -> FastStream:
     logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
     adapter_id = instance_id(settings.instance_id, SERVICE)
     adapter = HosterAdapter(settings, adapter_id, logger)
-    broker = make_broker(settings.nats_url, adapter_id, logger)
+    provider = setup_tracing(SERVICE, adapter_id)
+    broker = make_broker(settings.nats_url, adapter_id, logger, SERVICE, provider)
+    metrics = MetricsServer(settings.metrics_port, lambda: connected(broker), logger)
     register_handlers(broker, adapter)
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
-        await broker.connect()
-        await ensure_streams(broker.connection, settings.nats_stream_replicas)
-        await adapter.open(broker.connection)
-        try:
-            yield
-        finally:
-            await adapter.close()
+        async with serving_telemetry(metrics, settings.metrics_port, provider):
+            await broker.connect()
+            await ensure_streams(broker.connection, settings.nats_stream_replicas)
+            await adapter.open(broker.connection)
+            try:
+                yield
+            finally:
+                await adapter.close()
 
     async def drain() -> None:
         # Runs before the broker stops, so attempts still running can report their outcome.

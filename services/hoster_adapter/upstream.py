@@ -13,11 +13,15 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from libs.contracts import frames, subjects
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus
 from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
 from libs.platform.broker import publish_durably
+from libs.platform.metrics import IN_FLIGHT, TIME_TO_FIRST_TOKEN, TOKENS
+from libs.platform.telemetry import REQUEST_ID, inject_headers, span_attributes
 from services.hoster_adapter.profiles import PROFILES
 from services.hoster_adapter.service import ChunkRewriter, CompletionAssembler, SseDataLines, StreamTally
 from services.hoster_adapter.settings import AdapterSettings, HosterConfig
@@ -32,6 +36,9 @@ class ActiveAttempt:
     seq: int = 0
     dropped: list[str] = field(default_factory=list)
     task: asyncio.Task[None] | None = None
+
+
+TRACER = trace.get_tracer("computeshare.hoster_adapter")
 
 
 class UpstreamFailure(Exception):
@@ -57,6 +64,7 @@ class HosterAdapter:
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._http: httpx.AsyncClient | None = None
+        IN_FLIGHT.labels("hoster_adapter").set_function(lambda: len(self._active))
 
     async def open(self, nc: Client) -> None:
         """Take the NATS connection, open the HTTP client, start heartbeats and keepalives."""
@@ -138,6 +146,7 @@ class HosterAdapter:
 
     async def _run(self, hoster: HosterConfig, active: ActiveAttempt) -> None:
         dispatch = active.dispatch
+        REQUEST_ID.set(dispatch.request_id)
         started = time.monotonic()
         tally = StreamTally()
         outcome: AttemptOutcome = "failed"
@@ -145,8 +154,14 @@ class HosterAdapter:
         status: int | None = None
         ttft: list[float] = []
         sent = 0
+        span = TRACER.start_span(
+            "upstream chat.completions",
+            kind=SpanKind.CLIENT,
+            attributes=span_attributes(request_id=dispatch.request_id, hoster_id=hoster.id, model=dispatch.model),
+        )
         try:
-            sent = await self._stream(hoster, active, tally, ttft)
+            with trace.use_span(span, end_on_exit=True):
+                sent = await self._stream(hoster, active, tally, ttft)
             outcome = "succeeded"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -185,6 +200,10 @@ class HosterAdapter:
             finished_at=time.time(),
             dropped_parameters=active.dropped,
         )
+        TOKENS.labels("in", dispatch.model).inc(event.usage.prompt_tokens)
+        TOKENS.labels("out", dispatch.model).inc(event.usage.completion_tokens)
+        if event.ttft_ms is not None:
+            TIME_TO_FIRST_TOKEN.labels("hoster_adapter").observe(event.ttft_ms / 1000)
         if error:
             self._log.warning("attempt failed", extra={"request_id": dispatch.request_id, "error": error})
         await self._publish_finished(dispatch.router_id, event)
@@ -195,7 +214,7 @@ class HosterAdapter:
         assert self._nc is not None
         dispatch = active.dispatch
         body, active.dropped = PROFILES[hoster.profile].prepare(dispatch.body, dispatch.upstream_model)
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        headers = inject_headers({"content-type": "application/json", "accept": "text/event-stream"})
         if hoster.api_key is not None:
             headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"
         started = time.monotonic()

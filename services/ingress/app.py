@@ -14,8 +14,11 @@ from libs.contracts.openai import error_body
 from libs.platform.broker import make_broker
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
+from libs.platform.metrics import IN_FLIGHT
+from libs.platform.telemetry import setup_tracing
 from services.ingress.gateway import Gateway, GatewayError
 from services.ingress.handlers import error_response, router
+from services.ingress.middleware import HttpMetricsMiddleware
 from services.ingress.openapi import install_openapi
 from services.ingress.settings import IngressSettings
 
@@ -26,7 +29,8 @@ def build_app(settings: IngressSettings) -> FastAPI:
     """The ingress app for ``settings``; nothing connects until its lifespan starts."""
     logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
     ingress_id = instance_id(settings.instance_id, SERVICE)
-    broker = make_broker(settings.nats_url, ingress_id, logger)
+    provider = setup_tracing(SERVICE, ingress_id)
+    broker = make_broker(settings.nats_url, ingress_id, logger, SERVICE, provider)
     gateway = Gateway(ingress_id, settings.route_timeout_s, settings.idle_timeout_s, settings.key_cache_s, logger)
 
     @asynccontextmanager
@@ -34,11 +38,14 @@ def build_app(settings: IngressSettings) -> FastAPI:
         await broker.connect()
         await gateway.open(broker.connection)
         logger.info("ingress ready", extra={"ingress_id": ingress_id, "port": settings.port})
+        IN_FLIGHT.labels(SERVICE).set_function(lambda: gateway.open_requests)
         try:
             yield
         finally:
             await gateway.close()
             await broker.stop()
+            if provider is not None:
+                provider.shutdown()
 
     app = FastAPI(
         title="computeshare",
@@ -49,6 +56,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
     app.state.settings = settings
     app.state.gateway = gateway
     app.include_router(router)
+    app.add_middleware(HttpMetricsMiddleware)
     install_openapi(app)
 
     @app.exception_handler(RequestValidationError)

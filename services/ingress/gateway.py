@@ -33,6 +33,7 @@ from libs.contracts.routing import (
     RouteRejected,
     RouteRequest,
 )
+from libs.platform.telemetry import inject_headers
 
 _DECISION: TypeAdapter[RouteAccepted | RouteRejected] = TypeAdapter(RouteDecision)
 
@@ -176,7 +177,10 @@ class Gateway:
             raise GatewayError(_unavailable("The gateway is not connected to the network.", retry_after))
         try:
             reply = await self._nc.request(
-                subjects.ROUTE_REQUEST, request.model_dump_json().encode(), timeout=self._route_timeout_s
+                subjects.ROUTE_REQUEST,
+                request.model_dump_json().encode(),
+                timeout=self._route_timeout_s,
+                headers=inject_headers(),
             )
         except NoRespondersError:
             raise GatewayError(_unavailable("No router is available to route this request.", retry_after)) from None
@@ -229,7 +233,9 @@ class Gateway:
         if self._nc is None:
             raise GatewayError(_unavailable("The gateway is not connected to the network.", retry_after))
         try:
-            reply = await self._nc.request(subject, query.model_dump_json().encode(), timeout=self._route_timeout_s)
+            reply = await self._nc.request(
+                subject, query.model_dump_json().encode(), timeout=self._route_timeout_s, headers=inject_headers()
+            )
         except (NoRespondersError, NatsTimeout, TimeoutError):
             raise GatewayError(_unavailable(f"Billing is unavailable, so we cannot {what} now.", retry_after)) from None
         return bytes(reply.data)

@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response, StreamingResponse
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from libs.contracts import frames, subjects
@@ -19,6 +21,8 @@ from libs.contracts.pricing import to_credits
 from libs.contracts.routing import RouteRequest
 from libs.platform import apikeys
 from libs.platform.ids import new_request_id
+from libs.platform.metrics import TIME_TO_FIRST_TOKEN, exposition
+from libs.platform.telemetry import REQUEST_ID, span_attributes
 from services.ingress.gateway import Gateway, GatewayError, ReplyStream
 from services.ingress.openapi import CHAT_RESPONSES, Credits, ModelEntry, ModelList, UsageList, errors
 from services.ingress.service import (
@@ -33,6 +37,7 @@ from services.ingress.service import (
 from services.ingress.settings import IngressSettings
 
 router = APIRouter()
+TRACER = trace.get_tracer("computeshare.ingress")
 
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
@@ -157,6 +162,25 @@ async def create_chat_completion(
         return invalid_request(message, param)
 
     request_id = new_request_id()
+    REQUEST_ID.set(request_id)
+    with TRACER.start_as_current_span(
+        "POST /v1/chat/completions",
+        kind=SpanKind.SERVER,
+        attributes=span_attributes(request_id=request_id, model=body.model, stream=bool(body.stream)),
+    ):
+        return await _complete(request_id, payload, body, caller, gateway, settings)
+
+
+async def _complete(
+    request_id: str,
+    payload: dict[str, Any],
+    body: ChatCompletionRequest,
+    caller: Caller,
+    gateway: Gateway,
+    settings: IngressSettings,
+) -> Response:
+    """Route the validated request and answer with the first frame: SSE for streams, one body otherwise."""
+    started = time.perf_counter()
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     route = RouteRequest(
         request_id=request_id,
@@ -182,6 +206,7 @@ async def create_chat_completion(
         if first.kind == frames.ERROR:
             return error_response(error_report(first.body), headers)
         if body.stream:
+            TIME_TO_FIRST_TOKEN.labels("ingress").observe(time.perf_counter() - started)
             handed_to_stream = True
             return StreamingResponse(
                 _stream(gateway, replies, first, settings.retry_after_s),
@@ -319,6 +344,13 @@ async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsD
             message=f"The model `{model_id}` does not exist or no hoster serves it now.",
         )
     )
+
+
+@router.get("/metrics", include_in_schema=False, response_model=None)
+async def metrics() -> Response:
+    """Prometheus metrics (names in ``libs/platform/metrics.py``)."""
+    body, content_type = exposition()
+    return Response(body, media_type=content_type)
 
 
 @router.get("/healthz", include_in_schema=False)

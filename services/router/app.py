@@ -11,9 +11,11 @@ import orjson
 from faststream import FastStream
 
 from libs.contracts import subjects
-from libs.platform.broker import make_broker
+from libs.platform.broker import connected, make_broker
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
+from libs.platform.metrics import MetricsServer
+from libs.platform.telemetry import serving_telemetry, setup_tracing
 from services.router.dispatcher import Dispatcher
 from services.router.handlers import register_handlers
 from services.router.settings import RouterSettings
@@ -40,7 +42,9 @@ def build_app(settings: RouterSettings) -> FastStream:
     """The router app for ``settings``; nothing connects until it runs."""
     logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
     router_id = instance_id(settings.instance_id, SERVICE)
-    broker = make_broker(settings.nats_url, router_id, logger)
+    provider = setup_tracing(SERVICE, router_id)
+    broker = make_broker(settings.nats_url, router_id, logger, SERVICE, provider)
+    metrics = MetricsServer(settings.metrics_port, lambda: connected(broker), logger)
     dispatcher = Dispatcher(settings, router_id, broker, logger)
     models_seen = KvStore(subjects.MODELS_SEEN_BUCKET, logger, settings.nats_stream_replicas)
     hoster_stats = KvStore(subjects.HOSTER_STATS_BUCKET, logger, settings.nats_stream_replicas)
@@ -48,6 +52,11 @@ def build_app(settings: RouterSettings) -> FastStream:
 
     @asynccontextmanager
     async def lifespan() -> AsyncIterator[None]:
+        async with serving_telemetry(metrics, settings.metrics_port, provider), resources():
+            yield
+
+    @asynccontextmanager
+    async def resources() -> AsyncIterator[None]:
         await broker.connect()
         js = broker.connection.jetstream()
         for raw in await models_seen.open(js):

@@ -28,6 +28,8 @@ from libs.contracts.routing import (
     RouteRequest,
 )
 from libs.platform.broker import publish_durably
+from libs.platform.metrics import ATTEMPTS, HOSTER_FAILURES, IN_FLIGHT
+from libs.platform.telemetry import REQUEST_ID
 from services.router.service import Candidate, HosterRegistry, NoEligibleHoster, RequestProfile, order_candidates
 from services.router.settings import RouterSettings
 from services.router.stats import NetworkStats
@@ -80,6 +82,7 @@ class Dispatcher:
         self._in_flight: dict[str, InFlight] = {}
         self._probes: set[str] = set()
         self._publishing: set[asyncio.Task[bool]] = set()
+        IN_FLIGHT.labels("router").set_function(lambda: len(self._in_flight))
 
     def observe(self, heartbeat: HosterHeartbeat) -> list[str]:
         """Feed one heartbeat to the registry; return models the network never served before."""
@@ -87,6 +90,9 @@ class Dispatcher:
 
     def observe_attempt(self, event: AttemptFinished) -> None:
         """Fold any router's attempt outcome into the stats, so every replica sees the same network."""
+        ATTEMPTS.labels(event.outcome).inc()
+        if event.outcome == "failed":
+            HOSTER_FAILURES.labels(event.hoster_id).inc()
         self.stats.observe(
             event.hoster_id,
             time.time(),
@@ -100,6 +106,7 @@ class Dispatcher:
 
     async def route(self, request: RouteRequest) -> RouteAccepted | RouteRejected:
         """Order the eligible hosters, have billing admit the request, then start its first attempt."""
+        REQUEST_ID.set(request.request_id)
         s = self._settings
         profile = RequestProfile.of(request.body, s.default_max_tokens)
         try:
