@@ -79,7 +79,9 @@ def build_app(settings: BillingSettings) -> FastStream:
             await pool.close()
 
     async def announce_ready() -> None:
-        # After the broker subscribed: from this line on the service takes messages.
+        # After the broker subscribed, and the server has the subscriptions (flush is a round trip): from
+        # this line on the service takes messages.
+        await broker.connection.flush()
         logger.info("billing ready", extra={"billing_id": billing_id})
 
     return FastStream(broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready])

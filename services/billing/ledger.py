@@ -247,42 +247,45 @@ class Ledger(PoolBound):
                             raise _Refusal("rate")
                         rate = _remaining(rate, counted["requests"], counted["tokens"])
                     day = today()
+                    # One statement, one round trip: hold the amount (the conditional UPDATE is the atomic
+                    # check), record the reservation and post its balanced ledger transaction.
                     held = await conn.fetchval(
-                        """UPDATE accounts
-                           SET balance = balance - $2,
-                               reserved = reserved + $2,
-                               day_spend = (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2,
-                               spend_day = $3
-                           WHERE id = $1 AND balance >= $2
-                             AND (daily_cap IS NULL
-                                  OR (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2 <= daily_cap)
-                           RETURNING id""",
+                        """WITH held AS (
+                               UPDATE accounts
+                               SET balance = balance - $2,
+                                   reserved = reserved + $2,
+                                   day_spend = (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2,
+                                   spend_day = $3
+                               WHERE id = $1 AND balance >= $2
+                                 AND (daily_cap IS NULL
+                                      OR (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2 <= daily_cap)
+                               RETURNING id),
+                           reservation AS (
+                               INSERT INTO reservations (request_id, account_id, key_id, amount, fee_bps, spend_day)
+                               SELECT $4, id, $5, $2, $6, $3 FROM held
+                               RETURNING request_id),
+                           tx AS (
+                               INSERT INTO ledger_transactions (kind, request_id, account_id)
+                               SELECT 'reserve', request_id, $1 FROM reservation
+                               RETURNING id),
+                           entries AS (
+                               INSERT INTO ledger_entries (tx_id, ledger_account, kind, amount)
+                               SELECT tx.id, line.account, 'reserve', line.amount
+                               FROM tx,
+                                    (VALUES ($7::text, -$2::bigint), ($8::text, $2::bigint)) AS line (account, amount)
+                               RETURNING tx_id)
+                           SELECT count(*) FROM entries""",
                         caller.account_id,
                         command.amount,
                         day,
-                    )
-                    if held is None:
-                        raise _Refusal("credits")
-                    await conn.execute(
-                        """INSERT INTO reservations (request_id, account_id, key_id, amount, fee_bps, spend_day)
-                           VALUES ($1, $2, $3, $4, $5, $6)""",
                         command.request_id,
-                        caller.account_id,
                         caller.key_id,
-                        command.amount,
                         command.fee_bps,
-                        day,
+                        client_account(caller.account_id),
+                        reserved_account(caller.account_id),
                     )
-                    await _post(
-                        conn,
-                        "reserve",
-                        [
-                            (client_account(caller.account_id), "reserve", -command.amount),
-                            (reserved_account(caller.account_id), "reserve", command.amount),
-                        ],
-                        caller.account_id,
-                        command.request_id,
-                    )
+                    if not held:
+                        raise _Refusal("credits")
             except _Refusal as refusal:
                 if refusal.reason == "rate":
                     row = await conn.fetchrow(

@@ -45,7 +45,9 @@ def build_app(settings: AdapterSettings) -> FastStream:
         await adapter.drain(grace_s=settings.shutdown_grace_s)
 
     async def announce_ready() -> None:
-        # After the broker subscribed: from this line on the service takes messages.
+        # After the broker subscribed, and the server has the subscriptions (flush is a round trip): from
+        # this line on the service takes messages.
+        await broker.connection.flush()
         logger.info("adapter ready", extra={"adapter_id": adapter_id, "hosters": list(adapter.hosters)})
 
     return FastStream(broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready], on_shutdown=[drain])

@@ -78,7 +78,9 @@ def build_app(settings: RouterSettings) -> FastStream:
                     await task
 
     async def announce_ready() -> None:
-        # After the broker subscribed: from this line on the service takes messages.
+        # After the broker subscribed, and the server has the subscriptions (flush is a round trip): from
+        # this line on the service takes messages.
+        await broker.connection.flush()
         logger.info("router ready", extra={"router_id": router_id, "hosters_known": len(dispatcher.stats.hosters)})
 
     async def flush() -> None:
