@@ -11,11 +11,9 @@ from contextlib import asynccontextmanager
 import asyncpg
 from faststream import FastStream
 
-from libs.platform.broker import connected, ensure_streams, make_broker
-from libs.platform.ids import instance_id
-from libs.platform.logging import setup_logging
-from libs.platform.metrics import RESERVATIONS_OPEN, MetricsServer
-from libs.platform.telemetry import serving_telemetry, setup_tracing
+from libs.platform.broker import ensure_streams
+from libs.platform.metrics import RESERVATIONS_OPEN
+from libs.platform.service import faststream_app, service_kit
 from services.billing.handlers import register_handlers
 from services.billing.ledger import Ledger
 from services.billing.repository import UsageRepository, apply_migrations
@@ -30,29 +28,21 @@ async def sweep(ledger: Ledger, settings: BillingSettings, logger: logging.Logge
         await asyncio.sleep(settings.sweep_interval_s)
         try:
             closed = await ledger.expire_stale(settings.reservation_ttl_s)
+            RESERVATIONS_OPEN.set(await ledger.open_reservations())
         except (asyncpg.PostgresError, OSError) as exc:
             logger.warning("sweep failed", extra={"error": repr(exc)})
             continue
         if closed:
             logger.info("stale reservations closed", extra={"count": closed})
-        RESERVATIONS_OPEN.set(await ledger.open_reservations())
 
 
 def build_app(settings: BillingSettings) -> FastStream:
     """The billing app for ``settings``; nothing connects until it runs."""
-    logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
-    billing_id = instance_id(settings.instance_id, SERVICE)
-    provider = setup_tracing(SERVICE, billing_id)
-    broker = make_broker(settings.nats_url, billing_id, logger, SERVICE, provider)
-    metrics = MetricsServer(settings.metrics_port, lambda: connected(broker), logger)
+    kit = service_kit(SERVICE, settings)
+    broker, logger = kit.broker, kit.logger
     usage = UsageRepository()
     ledger = Ledger()
     register_handlers(broker, ledger, usage, settings.workers)
-
-    @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        async with serving_telemetry(metrics, settings.metrics_port, provider), resources():
-            yield
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
@@ -78,10 +68,4 @@ def build_app(settings: BillingSettings) -> FastStream:
                     await sweeper
             await pool.close()
 
-    async def announce_ready() -> None:
-        # After the broker subscribed, and the server has the subscriptions (flush is a round trip): from
-        # this line on the service takes messages.
-        await broker.connection.flush()
-        logger.info("billing ready", extra={"billing_id": billing_id})
-
-    return FastStream(broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready])
+    return faststream_app(kit, resources)

@@ -11,11 +11,7 @@ import orjson
 from faststream import FastStream
 
 from libs.contracts import subjects
-from libs.platform.broker import connected, make_broker
-from libs.platform.ids import instance_id
-from libs.platform.logging import setup_logging
-from libs.platform.metrics import MetricsServer
-from libs.platform.telemetry import serving_telemetry, setup_tracing
+from libs.platform.service import faststream_app, service_kit
 from services.router.dispatcher import Dispatcher
 from services.router.handlers import register_handlers
 from services.router.settings import RouterSettings
@@ -40,20 +36,12 @@ async def persist_stats_every(dispatcher: Dispatcher, store: KvStore, interval_s
 
 def build_app(settings: RouterSettings) -> FastStream:
     """The router app for ``settings``; nothing connects until it runs."""
-    logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
-    router_id = instance_id(settings.instance_id, SERVICE)
-    provider = setup_tracing(SERVICE, router_id)
-    broker = make_broker(settings.nats_url, router_id, logger, SERVICE, provider)
-    metrics = MetricsServer(settings.metrics_port, lambda: connected(broker), logger)
-    dispatcher = Dispatcher(settings, router_id, broker, logger)
+    kit = service_kit(SERVICE, settings)
+    broker, logger = kit.broker, kit.logger
+    dispatcher = Dispatcher(settings, kit.instance_id, broker, logger)
     models_seen = KvStore(subjects.MODELS_SEEN_BUCKET, logger, settings.nats_stream_replicas)
     hoster_stats = KvStore(subjects.HOSTER_STATS_BUCKET, logger, settings.nats_stream_replicas)
     register_handlers(broker, dispatcher, models_seen, settings.max_concurrent_routes)
-
-    @asynccontextmanager
-    async def lifespan() -> AsyncIterator[None]:
-        async with serving_telemetry(metrics, settings.metrics_port, provider), resources():
-            yield
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
@@ -77,12 +65,6 @@ def build_app(settings: RouterSettings) -> FastStream:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def announce_ready() -> None:
-        # After the broker subscribed, and the server has the subscriptions (flush is a round trip): from
-        # this line on the service takes messages.
-        await broker.connection.flush()
-        logger.info("router ready", extra={"router_id": router_id, "hosters_known": len(dispatcher.stats.hosters)})
-
     async def flush() -> None:
         # Before the broker stops: settlement events and the latest stats still reach JetStream.
         await dispatcher.drain()
@@ -90,4 +72,6 @@ def build_app(settings: RouterSettings) -> FastStream:
         await models_seen.close()
         await hoster_stats.close()
 
-    return FastStream(broker, logger=logger, lifespan=lifespan, after_startup=[announce_ready], on_shutdown=[flush])
+    return faststream_app(
+        kit, resources, on_shutdown=[flush], ready_details=lambda: {"hosters_known": len(dispatcher.stats.hosters)}
+    )
