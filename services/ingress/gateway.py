@@ -38,6 +38,10 @@ from libs.platform.telemetry import inject_headers
 _DECISION: TypeAdapter[RouteAccepted | RouteRejected] = TypeAdapter(RouteDecision)
 
 
+# Bytes a request's envelope (ids, routing, caller) may add to the client's body on its way to the hoster.
+ENVELOPE_ROOM = 64 * 1024
+
+
 class GatewayError(Exception):
     """The request cannot go on; ``report`` (with ``headers``) is what the client gets."""
 
@@ -131,6 +135,13 @@ class Gateway:
     def ready(self) -> bool:
         """Connected to NATS and subscribed for replies."""
         return self._nc is not None and self._nc.is_connected and self._sub is not None
+
+    @property
+    def max_body_bytes(self) -> int | None:
+        """The largest request body that fits a NATS message of this server, leaving room for the envelope."""
+        if self._nc is None or not self._nc.max_payload:
+            return None
+        return int(self._nc.max_payload) - ENVELOPE_ROOM
 
     @property
     def open_requests(self) -> int:

@@ -146,7 +146,8 @@ async def create_chat_completion(
                 message="The request body must be JSON, sent with 'Content-Type: application/json'.",
             )
         )
-    raw = await _read_limited(request, settings.max_body_bytes)
+    limit = min(settings.max_body_bytes, gateway.max_body_bytes or settings.max_body_bytes)
+    raw = await _read_limited(request, limit)
     try:
         payload: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:

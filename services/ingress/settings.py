@@ -24,5 +24,6 @@ class IngressSettings(ServiceSettings):
     # A verified (or refused) key is trusted this long; a revoked key fails everywhere within it.
     key_cache_s: float = Field(2.0, ge=0, le=5)
     shutdown_grace_s: float = Field(30.0, ge=0)
-    # Larger chat completion bodies get a 413 (images as data URLs make bodies large; 16 MiB holds several).
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    # Larger chat completion bodies get a 413. A body crosses NATS inside a message, so the effective limit is
+    # also the server's max_payload (1 MiB by default) less room for the envelope; raise both for large images.
+    max_body_bytes: int = Field(768 * 1024, ge=1024)

@@ -130,3 +130,12 @@ def test_unknown_route_and_invalid_json_use_the_openai_envelope(stack: Stack, ap
     )
     assert broken.status_code == 400
     assert set(broken.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_body_larger_than_a_nats_message_is_a_413_not_a_crash(stack: Stack, api_key: str) -> None:
+    big = {"model": DEMO_MODEL, "messages": [{"role": "user", "content": "x" * 900_000}]}
+    response = httpx.post(
+        f"{stack.config.api_base}/chat/completions", json=big, headers={"authorization": f"Bearer {api_key}"}
+    )
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
