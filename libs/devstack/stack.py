@@ -227,9 +227,10 @@ class Stack:
                     self.start_nats_node(node, wait=False)
                 self.wait_for_jetstream(c.nats_nodes)
             else:
-                self.start_nats()
+                self.start_nats_server()
             self.start_postgres()
-            self.database_url = self.postgres.create_database(c.database) if self.postgres else ""
+            assert self.postgres is not None
+            self.database_url = self.postgres.create_database(c.database)
             for sim in c.simulators:
                 self.start_simulator(sim)
             for i in range(c.billings):
@@ -246,12 +247,12 @@ class Stack:
             raise
         return self
 
-    def start_nats(self) -> ManagedProcess:
+    def start_nats_server(self) -> ManagedProcess:
         """Start (or restart) the single NATS server ``nats``."""
         self._check_stopped("nats")
         c = self.config
         process = self.processes["nats"] = start_nats(c.nats_port, c.workdir / "nats", self._log("nats"))
-        self._starters["nats"] = self.start_nats
+        self._starters["nats"] = self.start_nats_server
         return process
 
     def start_nats_node(self, node: NatsNode, wait: bool = True) -> ManagedProcess:
@@ -290,6 +291,15 @@ class Stack:
                         return leader
         return None
 
+    def wait_for_stream_leader(self, stream: str, timeout_s: float = 30, not_on: str | None = None) -> str:
+        """Block until ``stream`` has a leader (other than the node ``not_on``, say one just killed); its name."""
+        deadline = time.monotonic() + timeout_s
+        while (leader := self.nats_stream_leader(stream)) is None or leader == not_on:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"stream {stream} has no leader after {timeout_s}s")
+            time.sleep(0.1)
+        return leader
+
     @staticmethod
     def _jetstream(node: NatsNode, query: str = "") -> dict[str, Any]:
         """The node's ``/jsz`` monitoring report; empty while it does not answer."""
@@ -324,7 +334,7 @@ class Stack:
         """Start (or restart) one hoster adapter."""
         env = self.service_env({"CS_ADAPTER_HOSTERS": json.dumps(adapter.hosters), **adapter.env})
         self._starters[adapter.name] = lambda: self.start_adapter(adapter)
-        return self._spawn(adapter.name, "hoster_adapter", env, "adapter ready")
+        return self._spawn(adapter.name, "hoster_adapter", env, "hoster_adapter ready")
 
     def start_ingress(self, port: int, name: str = "ingress") -> ManagedProcess:
         """Start (or restart) one ingress on ``port``."""
@@ -344,9 +354,7 @@ class Stack:
         running is stopped first. Works for every process: a NATS node, postgres, any replica."""
         if name not in self._starters:
             raise KeyError(f"no process named {name} was started")
-        old = self.processes.get(name)
-        if old is not None and old.alive():
-            old.stop()
+        self._stop_one(name)
         return self._starters[name]()
 
     def _check_stopped(self, name: str) -> None:
@@ -417,13 +425,16 @@ class Stack:
         process.stop(timeout_s=5)
 
     def stop(self) -> None:
-        """Stop every process, newest first (in start order, whatever was restarted since); PostgreSQL with a
-        fast shutdown."""
+        """Stop every process, newest first (a restarted process keeps its place)."""
         for name in reversed(list(self.processes)):
-            if name == "postgres" and self.postgres is not None:
-                self.postgres.stop()
-            else:
-                self.processes[name].stop()
+            self._stop_one(name)
+
+    def _stop_one(self, name: str) -> None:
+        """Stop one process if it runs; PostgreSQL with a fast shutdown."""
+        if name == "postgres" and self.postgres is not None:
+            self.postgres.stop()
+        elif name in self.processes:
+            self.processes[name].stop()
 
     def logs_tail(self, lines: int = 30) -> str:
         """The last lines of every process's log (for a failing test's report)."""

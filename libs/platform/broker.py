@@ -10,9 +10,10 @@ from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
-from nats.js.errors import BadRequestError
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import REGISTRY
 
@@ -59,10 +60,17 @@ async def ensure_streams(nc: Client, replicas: int = 1) -> None:
         duplicate_window=120,
         num_replicas=replicas,
     )
-    try:
-        await js.add_stream(config)
-    except BadRequestError:
-        await js.update_stream(config)
+    # A clustered stream can be without a leader for a few seconds (a node just died): wait it out.
+    for delay in (0.5, 1, 2, 4, 8, 15, 30):
+        try:
+            try:
+                await js.add_stream(config)
+            except BadRequestError:
+                await js.update_stream(config)
+            return
+        except (NatsTimeout, ServiceUnavailableError):
+            await asyncio.sleep(delay)
+    raise RuntimeError(f"JetStream stream {subjects.USAGE_STREAM} unavailable")
 
 
 async def publish_durably(js: JetStreamContext, subject: str, data: bytes, msg_id: str, logger: logging.Logger) -> bool:

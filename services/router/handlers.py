@@ -35,11 +35,13 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
             first_seen = dispatcher.registry.models_seen[model]
             models_seen.put(model, orjson.dumps({"model": model, "first_seen": first_seen}))
 
-    @broker.subscriber(subjects.ATTEMPT_FINISHED_ALL)
+    # These subjects are JetStream's: a publish there is a request whose reply must come from the stream
+    # (its ack), so the routers listen without answering.
+    @broker.subscriber(subjects.ATTEMPT_FINISHED_ALL, no_reply=True)
     async def attempt_observed(event: AttemptFinished) -> None:
         dispatcher.observe_attempt(event)
 
-    @broker.subscriber(subjects.attempt_finished(dispatcher.router_id), max_workers=workers)
+    @broker.subscriber(subjects.attempt_finished(dispatcher.router_id), max_workers=workers, no_reply=True)
     async def attempt_finished(event: AttemptFinished) -> None:
         await dispatcher.attempt_finished(event)
 

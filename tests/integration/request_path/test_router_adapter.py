@@ -59,7 +59,7 @@ async def network(nats_url: str, spawn: Spawn) -> AsyncIterator[Network]:
     adapter = spawn(
         "adapter", "hoster_adapter",
         {"CS_NATS_URL": nats_url, "CS_ADAPTER_HOSTERS": hosters, "CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.3"},
-        "adapter ready",
+        "hoster_adapter ready",
     )  # fmt: skip
     nc = await nats.connect(nats_url)
     await asyncio.sleep(0.7)  # a heartbeat or two reaches the router
