@@ -18,6 +18,8 @@ def test_the_api_keeps_to_its_own_schema(stack: Stack, api_key: str, tmp_path: P
     result = subprocess.run(
         [
             str(Path(sys.executable).with_name("schemathesis")),
+            "--config-file",
+            str(Path(__file__).with_name("schemathesis.toml")),
             "run",
             f"{base}/openapi.json",
             "--header",
