@@ -100,6 +100,7 @@ class AttemptFinished(BaseModel):
 
     request_id: str
     attempt: int
+    router_id: str = ""
     hoster_id: str
     adapter_id: str
     model: str

@@ -183,6 +183,7 @@ class HosterAdapter:
         event = AttemptFinished(
             request_id=dispatch.request_id,
             attempt=dispatch.attempt,
+            router_id=dispatch.router_id,
             hoster_id=hoster.id,
             adapter_id=self.adapter_id,
             model=dispatch.model,

@@ -37,13 +37,14 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
 
     # These subjects are JetStream's: a publish there is a request whose reply must come from the stream
     # (its ack), so the routers listen without answering.
-    @broker.subscriber(subjects.ATTEMPT_FINISHED_ALL, no_reply=True)
-    async def attempt_observed(event: AttemptFinished) -> None:
-        dispatcher.observe_attempt(event)
-
-    @broker.subscriber(subjects.attempt_finished(dispatcher.router_id), max_workers=workers, no_reply=True)
+    # One subscription for every attempt's outcome: all of them feed the stats (so replicas see the same
+    # network); the ones addressed to this router also move its requests on. The subjects are JetStream's: a
+    # publish there is a request whose reply must be the stream's ack, so the router never answers.
+    @broker.subscriber(subjects.ATTEMPT_FINISHED_ALL, max_workers=workers, no_reply=True)
     async def attempt_finished(event: AttemptFinished) -> None:
-        await dispatcher.attempt_finished(event)
+        dispatcher.observe_attempt(event)
+        if event.router_id == dispatcher.router_id:
+            await dispatcher.attempt_finished(event)
 
     @broker.subscriber(subjects.REQUEST_CANCELLED)
     async def request_cancelled(event: RequestCancelled) -> None:
