@@ -257,10 +257,16 @@ def test_a_hoster_killed_before_the_first_byte_fails_over_and_after_it_ends_with
 
 
 def test_a_router_restart_keeps_trust_scores(market: Stack, key: str) -> None:
-    # Earlier tests made the fast hoster trusted; its stats are flushed to JetStream every 2 s.
-    assert served_by(market, key, model="m", trusted_only=True) == "fast"
+    # Earlier tests made the fast hoster trusted and left the cloud one untrusted; stats are flushed to
+    # JetStream every 2 s.
+    def trusted(hoster_id: str) -> bool:
+        response = post(market, key, model="m", trusted_only=True, allow_hosters=[hoster_id])
+        assert response.status_code in (200, 503), response.text
+        return response.status_code == 200
+
+    assert (trusted(FAST), trusted(CLOUD)) == (True, False)
     time.sleep(2.5)
     market.kill("router")
     market.start_service("router", "router", "router ready")
     time.sleep(1.5)  # heartbeats reach the new router
-    assert served_by(market, key, model="m", trusted_only=True) == "fast"
+    assert (trusted(FAST), trusted(CLOUD)) == (True, False)
