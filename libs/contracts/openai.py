@@ -366,18 +366,6 @@ def validation_failure(payload: Any, errors: list[Any]) -> tuple[str, str | None
     return (f"Invalid value for '{param}': {message}" if param else message), param
 
 
-ErrorType = Literal[
-    "invalid_request_error",
-    "authentication_error",
-    "permission_error",
-    "not_found_error",
-    "rate_limit_error",
-    "insufficient_quota",
-    "server_error",
-    "service_unavailable",
-]
-
-
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
     """The OpenAI error envelope, serialized."""
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
