@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -395,8 +396,6 @@ class Stack:
 
     def computeshare(self, *args: str) -> Any:
         """Run the ``computeshare`` admin command against this stack's database; its ``--json`` output."""
-        import subprocess
-
         result = subprocess.run(
             [sys.executable, "-m", "services.billing.cli", "--json", *args],
             env=self.service_env(),

@@ -138,6 +138,10 @@ class ChunkRewriter:
         )
 
 
+def _new_choice() -> dict[str, Any]:
+    return {"content": [], "reasoning": [], "tool_calls": {}, "logprobs": None, "finish_reason": None, "refusal": None}
+
+
 class CompletionAssembler:
     """Gathers the chunks of a stream into one ``chat.completion`` for a non-streaming client."""
 
@@ -150,10 +154,7 @@ class CompletionAssembler:
             index = int(choice.get("index") or 0)
             state = self._choices.get(index)
             if state is None:
-                state = self._choices[index] = {
-                    "content": [], "reasoning": [], "tool_calls": {}, "logprobs": None, "finish_reason": None,
-                    "refusal": None,
-                }  # fmt: skip
+                state = self._choices[index] = _new_choice()
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 state["content"].append(delta["content"])
@@ -182,10 +183,7 @@ class CompletionAssembler:
         """The assembled ``chat.completion``, with usage, serialized."""
         choices = []
         for index in sorted(self._choices) or [0]:
-            state = self._choices.get(index) or {
-                "content": [], "reasoning": [], "tool_calls": {}, "logprobs": None, "finish_reason": "stop",
-                "refusal": None,
-            }  # fmt: skip
+            state = self._choices.get(index) or _new_choice()
             message: dict[str, Any] = {
                 "role": "assistant",
                 "content": "".join(state["content"]) if state["content"] or not state["tool_calls"] else None,

@@ -16,6 +16,7 @@ import pytest
 
 from libs.devstack.processes import free_port
 from libs.devstack.stack import AdapterSpec, SimulatorSpec, Stack, throwaway_config
+from tests.e2e.records import routing_record
 
 pytestmark = pytest.mark.e2e
 
@@ -98,24 +99,10 @@ def post(market: Stack, key: str, **body: Any) -> httpx.Response:
     )
 
 
-def record(market: Stack, key: str, request_id: str) -> dict[str, Any]:
-    """The routing record of a request, once billing has it."""
-    deadline = time.monotonic() + 10
-    while True:
-        response = httpx.get(
-            f"{market.config.api_base}/generation/{request_id}", headers={"authorization": f"Bearer {key}"}
-        )
-        if response.status_code == 200 and response.json()["attempts"]:
-            data: dict[str, Any] = response.json()
-            return data
-        assert time.monotonic() < deadline, response.text
-        time.sleep(0.05)
-
-
 def served_by(market: Stack, key: str, **body: Any) -> str:
     response = post(market, key, **body)
     assert response.status_code == 200, response.text
-    attempts = record(market, key, response.json()["id"])["attempts"]
+    attempts = routing_record(market, key, response.json()["id"])["attempts"]
     assert response.headers["x-computeshare-hoster"] == attempts[-1]["hoster_id"]
     return NAMES[attempts[-1]["hoster_id"]]
 
@@ -153,7 +140,7 @@ def test_each_routing_parameter_changes_who_serves(market: Stack, key: str) -> N
             assert response.status_code == 200
     assert served_by(market, key, model="m", trusted_only=True) == "fast"
     mine = post(market, key, model="m")
-    record(market, key, mine.json()["id"])
+    routing_record(market, key, mine.json()["id"])
     _, other_key = market.create_account(credits="1")
     stranger = httpx.get(
         f"{market.config.api_base}/generation/{mine.json()['id']}", headers={"authorization": f"Bearer {other_key}"}
@@ -197,7 +184,7 @@ async def test_with_one_of_three_hosters_failing_every_request_all_200_succeed(m
     assert all(NAMES[r.headers["x-computeshare-hoster"]] in ("trio-a", "trio-b") for r in responses)
     retried = [r for r in responses if r.headers["x-computeshare-attempts"] != "1"]
     assert retried, "the failing hoster was never tried"
-    attempts = record(market, key, retried[0].json()["id"])["attempts"]
+    attempts = routing_record(market, key, retried[0].json()["id"])["attempts"]
     assert NAMES[attempts[0]["hoster_id"]] == "flaky"
     assert attempts[0]["outcome"] == "failed"
     assert attempts[-1]["outcome"] == "succeeded"
@@ -246,7 +233,7 @@ def test_a_hoster_killed_before_the_first_byte_fails_over_and_after_it_ends_with
     with pytest.raises(openai.APIError):
         read_until_broken()
     received, request_id = len(contents), ids[0]
-    generation = record(market, key, request_id)
+    generation = routing_record(market, key, request_id)
     [attempt] = generation["attempts"]
     assert attempt["outcome"] == "failed"
     assert received <= attempt["completion_tokens"] <= received + 2

@@ -14,6 +14,7 @@ import pytest
 
 from libs.devstack.processes import free_port
 from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
+from tests.e2e.records import routing_record
 from tests.openai_schema import openai_validator
 
 pytestmark = pytest.mark.e2e
@@ -222,16 +223,8 @@ def test_parameters_a_hoster_does_not_take_are_dropped_and_recorded_unless_requi
     upstream = last_upstream_body(compat)
     assert "seed" not in upstream
     assert upstream["max_completion_tokens"] == 20
-    deadline_record = httpx.get(
-        f"{compat.config.api_base}/generation/{response.json()['id']}", headers={"authorization": f"Bearer {key}"}
-    )
-    for _ in range(100):
-        if deadline_record.status_code == 200 and deadline_record.json()["attempts"]:
-            break
-        deadline_record = httpx.get(
-            f"{compat.config.api_base}/generation/{response.json()['id']}", headers={"authorization": f"Bearer {key}"}
-        )
-    assert deadline_record.json()["attempts"][0]["dropped_parameters"] == ["seed", "top_k"]
+    record = routing_record(compat, key, response.json()["id"])
+    assert record["attempts"][0]["dropped_parameters"] == ["seed", "top_k"]
     strict = raw_json(compat, key, model="naga-model", messages=MESSAGES, seed=7, require_parameters=True)
     assert strict.status_code == 503
     assert "require_parameters" in strict.json()["error"]["message"]

@@ -1,0 +1,24 @@
+"""Reading what the gateway recorded of a request, through its public API."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from libs.devstack.stack import Stack
+
+
+def routing_record(stack: Stack, key: str, request_id: str, timeout_s: float = 10) -> dict[str, Any]:
+    """``GET /v1/generation/{id}`` once billing has recorded an attempt of the request."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        response = httpx.get(
+            f"{stack.config.api_base}/generation/{request_id}", headers={"authorization": f"Bearer {key}"}
+        )
+        if response.status_code == 200 and response.json()["attempts"]:
+            data: dict[str, Any] = response.json()
+            return data
+        assert time.monotonic() < deadline, response.text
+        time.sleep(0.05)
