@@ -69,6 +69,7 @@ def collector() -> Iterator[Collector]:
     running.thread.start()
     yield running
     running.server.shutdown()
+    running.server.server_close()
 
 
 @pytest.fixture(scope="module")
