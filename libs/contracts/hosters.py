@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+# The tag a hoster's NATS credentials carry: ``hoster:<hoster id>``.
+HOSTER_TAG = "hoster:"
+
 
 class ModelOffer(BaseModel):
     """One model a hoster serves, under the network's name, with its price.

@@ -83,6 +83,8 @@ class AttemptDispatch(BaseModel):
 class AttemptAccepted(BaseModel):
     """hoster_adapter -> router: whether the adapter took the attempt (it refuses when at capacity)."""
 
+    request_id: str
+    attempt: int
     accepted: bool
     adapter_id: str
     reason: str | None = None

@@ -10,11 +10,22 @@ ROUTE_REQUEST = "router.request.route"
 # ingress -> router (request/reply): the models live on the network now.
 LIST_MODELS = "router.models.list"
 
-# router -> hoster_adapter (request/reply, queue group "hoster_adapter"): start one attempt on one hoster.
+# Every subject a hoster touches carries its hoster id as a token, so nats-server permissions can confine
+# each hoster's credentials to its own (see ``hoster_permissions``).
+#
+# router -> hoster_adapter (queue group "hoster_adapter"): start one attempt on one hoster. The message's
+# NATS reply subject is the ingress's reply subject of the request: the hoster may publish there only
+# because it received this message (a response permission).
 _ATTEMPT_START = "adapter.attempt.start"
-# hoster_adapter -> routers (broadcast): the hosters an adapter fronts are alive.
-HOSTER_HEARTBEAT = "adapter.hoster.heartbeated"
-# hoster_adapter -> JetStream (billing, durable) and the owning router (core): one attempt is over.
+# hoster_adapter -> the router that dispatched (core): whether it took the attempt.
+_ATTEMPT_ACCEPTED = "adapter.attempt.accepted"
+# router -> hoster_adapter (core): the client went away, stop the attempt.
+_ATTEMPT_CANCEL = "adapter.attempt.cancel"
+# hoster_adapter -> routers (broadcast): one hoster is alive, with its models and prices.
+_HOSTER_HEARTBEAT = "adapter.hoster.heartbeated"
+HOSTER_HEARTBEAT_ALL = _HOSTER_HEARTBEAT + ".*"
+# hoster_adapter -> JetStream (billing, durable) and the routers (core): one attempt is over.
+# ``adapter.attempt.finished.<hoster>.<router>``.
 _ATTEMPT_FINISHED = "adapter.attempt.finished"
 ATTEMPT_FINISHED_ALL = _ATTEMPT_FINISHED + ".>"
 # router -> JetStream (billing, durable): the request is over; settle its reservation.
@@ -51,14 +62,64 @@ MODELS_SEEN_BUCKET = "router_models_seen"
 HOSTER_STATS_BUCKET = "router_hoster_stats"
 
 
+# A hoster's own inbox prefix: replies to its requests (JetStream acks of its outcome reports) arrive under it,
+# and it may subscribe to nothing else of the kind.
+_HOSTER_INBOX = "_INBOX_hoster"
+# Any client's default inbox prefix (services).
+SERVICE_INBOX_ALL = "_INBOX.>"
+
+
 def attempt_start(hoster_id: str) -> str:
     """Subject on which the adapters fronting ``hoster_id`` take attempts."""
     return f"{_ATTEMPT_START}.{hoster_id}"
 
 
-def attempt_finished(router_id: str) -> str:
-    """Subject of the attempt outcome, addressed to the router instance that owns the request."""
-    return f"{_ATTEMPT_FINISHED}.{router_id}"
+def attempt_accepted(hoster_id: str, router_id: str) -> str:
+    """Subject of a hoster's answer to a dispatch, addressed to the router that sent it."""
+    return f"{_ATTEMPT_ACCEPTED}.{hoster_id}.{router_id}"
+
+
+def attempts_accepted_by_router(router_id: str) -> str:
+    """Wildcard a router subscribes for the answers to its dispatches."""
+    return f"{_ATTEMPT_ACCEPTED}.*.{router_id}"
+
+
+def attempt_cancel(hoster_id: str) -> str:
+    """Subject on which a hoster's adapters hear that a request they serve was cancelled."""
+    return f"{_ATTEMPT_CANCEL}.{hoster_id}"
+
+
+def hoster_heartbeat(hoster_id: str) -> str:
+    """Subject of one hoster's heartbeats."""
+    return f"{_HOSTER_HEARTBEAT}.{hoster_id}"
+
+
+def attempt_finished(hoster_id: str, router_id: str) -> str:
+    """Subject of an attempt's outcome: reported by ``hoster_id``, addressed to the router owning the request."""
+    return f"{_ATTEMPT_FINISHED}.{hoster_id}.{router_id}"
+
+
+def hoster_of(subject: str) -> str:
+    """The hoster id token of a hoster subject (``adapter.<entity>.<verb>.<hoster>[.<router>]``): the only
+    identity a receiver may believe, since the server lets each hoster publish under its own id alone."""
+    return subject.split(".", 4)[3]
+
+
+def hoster_inbox_prefix(hoster_id: str) -> str:
+    """The inbox prefix a hoster's connection uses."""
+    return f"{_HOSTER_INBOX}.{hoster_id}"
+
+
+def hoster_permissions(hoster_id: str) -> tuple[list[str], list[str]]:
+    """``(publish, subscribe)`` allowed to a hoster's credentials (``*`` as hoster id: a platform adapter that
+    fronts many hosters). Replies to the ingress are not listed: they are response permissions."""
+    publish = [
+        attempt_accepted(hoster_id, "*"),
+        hoster_heartbeat(hoster_id),
+        attempt_finished(hoster_id, "*"),
+    ]
+    subscribe = [attempt_start(hoster_id), attempt_cancel(hoster_id), f"{hoster_inbox_prefix(hoster_id)}.>"]
+    return publish, subscribe
 
 
 def reply_inbox(ingress_id: str) -> str:

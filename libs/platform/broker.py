@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from faststream.nats import NatsBroker
@@ -22,10 +23,17 @@ from libs.platform.telemetry import inject_headers
 
 
 def make_broker(
-    nats_url: str, client_name: str, logger: logging.Logger, service: str, tracer_provider: TracerProvider | None
+    nats_url: str,
+    client_name: str,
+    logger: logging.Logger,
+    service: str,
+    tracer_provider: TracerProvider | None,
+    creds: Path | None = None,
+    inbox_prefix: str = "_INBOX",
 ) -> NatsBroker:
     """A faststream NATS broker that reconnects forever, logs through our logging setup, traces each message
-    it handles or sends (context in NATS headers) and counts them for Prometheus."""
+    it handles or sends (context in NATS headers) and counts them for Prometheus. ``creds`` is the process's
+    credentials file; ``inbox_prefix`` the subject prefix its requests' replies come back under."""
     middlewares: list[Any] = [NatsPrometheusMiddleware(registry=REGISTRY, app_name=service)]
     if tracer_provider is not None:
         middlewares.insert(0, NatsTelemetryMiddleware(tracer_provider=tracer_provider))
@@ -44,6 +52,8 @@ def make_broker(
         # faststream logs every message at this level: keep it out of INFO, the hot path would pay for it.
         log_level=logging.DEBUG,
         middlewares=middlewares,
+        user_credentials=str(creds) if creds is not None else None,
+        inbox_prefix=inbox_prefix,
     )
 
 

@@ -34,12 +34,12 @@ class ServiceKit:
     settings: ServiceSettings
 
 
-def service_kit(name: str, settings: ServiceSettings) -> ServiceKit:
+def service_kit(name: str, settings: ServiceSettings, inbox_prefix: str = "_INBOX") -> ServiceKit:
     """Logging, id, tracing, broker and metrics for service ``name``; nothing connects yet."""
     logger = setup_logging(name, settings.log_level, settings.log_format)
     own_id = instance_id(settings.instance_id, name)
     provider = setup_tracing(name, own_id)
-    broker = make_broker(settings.nats_url, own_id, logger, name, provider)
+    broker = make_broker(settings.nats_url, own_id, logger, name, provider, settings.nats_creds, inbox_prefix)
     metrics = MetricsServer(settings.metrics_port, lambda: connected(broker), logger)
     return ServiceKit(name, own_id, logger, broker, provider, metrics, settings)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -15,6 +17,9 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CS_", populate_by_name=True, extra="ignore")
 
     nats_url: str = Field("nats://127.0.0.1:4222", validation_alias="CS_NATS_URL")
+    # The process's NATS credentials file (JWT and seed): the server accepts no anonymous client, and the
+    # permissions in the JWT confine what this process may publish and subscribe to.
+    nats_creds: Path | None = Field(None, validation_alias="CS_NATS_CREDS")
     log_level: str = Field("INFO", validation_alias="CS_LOG_LEVEL")
     log_format: str = Field("json", validation_alias="CS_LOG_FORMAT", pattern="^(json|text)$")
     instance_id: str = Field("", validation_alias="CS_INSTANCE_ID")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker
+from faststream.nats import JStream, NatsBroker, NatsMessage
 
 from libs.contracts import subjects
 from libs.contracts.billing import (
@@ -78,9 +78,11 @@ def register_handlers(broker: NatsBroker, ledger: Ledger, usage: UsageRepository
         max_workers=workers,
         ack_policy=AckPolicy.NACK_ON_ERROR,
     )
-    async def record_attempt(event: AttemptFinished) -> None:
-        """Record one finished attempt."""
-        await usage.record_attempt(event)
+    async def record_attempt(event: AttemptFinished, message: NatsMessage) -> None:
+        """Record one finished attempt, unless a hoster reports on another's (the subject names the
+        reporter: the server lets a hoster publish under its own id alone)."""
+        if event.hoster_id == subjects.hoster_of(message.raw_message.subject):
+            await usage.record_attempt(event)
 
     @broker.subscriber(
         subjects.REQUEST_FINISHED,

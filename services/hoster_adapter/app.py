@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from faststream import FastStream
 
-from libs.platform.broker import ensure_streams
+from libs.contracts import subjects
 from libs.platform.service import faststream_app, service_kit
 from services.hoster_adapter.handlers import register_handlers
 from services.hoster_adapter.settings import AdapterSettings
@@ -18,14 +18,16 @@ SERVICE = "hoster_adapter"
 
 def build_app(settings: AdapterSettings) -> FastStream:
     """The adapter app for ``settings``; nothing connects until it runs."""
-    kit = service_kit(SERVICE, settings)
+    own = settings.agent_hoster_id()
+    # Replies to this process's requests (JetStream acks) come back under an inbox only it may read.
+    kit = service_kit(SERVICE, settings, inbox_prefix=subjects.hoster_inbox_prefix(own or "platform"))
     adapter = HosterAdapter(settings, kit.instance_id, kit.logger)
     register_handlers(kit.broker, adapter)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
+        # No JetStream API here: hosters may not touch it. Billing and the routers create the streams.
         await kit.broker.connect()
-        await ensure_streams(kit.broker.connection, settings.nats_stream_replicas)
         await adapter.open(kit.broker.connection)
         try:
             yield

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +12,8 @@ import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.contracts.hosters import ModelOffer
+from libs.contracts.hosters import HOSTER_TAG, ModelOffer
+from libs.platform.natsauth import creds_jwt, decode_jwt
 from libs.platform.settings import ServiceSettings
 from services.hoster_adapter.profiles import ProfileName
 
@@ -85,7 +87,8 @@ class AdapterSettings(ServiceSettings):
     shutdown_grace_s: float = Field(30.0, ge=0)
 
     def all_hosters(self) -> list[HosterConfig]:
-        """Hosters from the environment and from ``hosters_file``; each id may appear once."""
+        """Hosters from the environment and from ``hosters_file``; each id may appear once. An agent (its
+        credentials name one hoster) fronts that hoster alone."""
         hosters = list(self.hosters)
         if self.hosters_file is not None:
             raw = orjson.loads(self.hosters_file.read_bytes())
@@ -93,4 +96,56 @@ class AdapterSettings(ServiceSettings):
         ids = [h.id for h in hosters]
         if len(ids) != len(set(ids)):
             raise ValueError("a hoster id appears twice in the adapter's configuration")
+        own = self.agent_hoster_id()
+        if own is not None and ids != [own]:
+            raise ValueError(f"these credentials are hoster {own}'s: the agent fronts that hoster alone")
         return hosters
+
+    def agent_hoster_id(self) -> str | None:
+        """The hoster whose credentials this adapter runs with, or ``None`` for a platform adapter."""
+        if self.nats_creds is None:
+            return None
+        return hoster_of_credentials(self.nats_creds.read_text())
+
+
+def hoster_of_credentials(creds: str) -> str | None:
+    """The hoster id a credentials file was minted for (its ``hoster:<id>`` tag), if any."""
+    tags = decode_jwt(creds_jwt(creds)).get("nats", {}).get("tags") or []
+    for tag in tags:
+        if tag.startswith(HOSTER_TAG):
+            return str(uuid.UUID(tag[len(HOSTER_TAG) :]))
+    return None
+
+
+class AgentConfig(BaseModel):
+    """The small file a GPU owner writes next to the agent: what the upstream serves, at what price.
+
+    Who the hoster is (its id, name, region, cloud) comes from its registration, not from this file.
+    """
+
+    models: list[HostedModel] = Field(min_length=1)
+    capacity: int = Field(16, ge=1)
+    profile: ProfileName = "openai"
+    advertised_ttft_ms: float | None = Field(None, gt=0)
+    upstream_api_key: SecretStr | None = None
+
+    @classmethod
+    def load(cls, path: Path) -> AgentConfig:
+        """From a ``.toml`` or ``.json`` file."""
+        data = path.read_bytes()
+        if path.suffix == ".toml":
+            return cls.model_validate(tomllib.loads(data.decode()))
+        return cls.model_validate_json(data)
+
+    def hoster(self, hoster_id: str, name: str, upstream_url: str) -> HosterConfig:
+        """The hoster this agent fronts."""
+        return HosterConfig(
+            id=hoster_id,
+            name=name,
+            base_url=upstream_url,
+            api_key=self.upstream_api_key,
+            capacity=self.capacity,
+            advertised_ttft_ms=self.advertised_ttft_ms,
+            profile=self.profile,
+            models=self.models,
+        )

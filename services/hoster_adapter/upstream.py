@@ -61,6 +61,7 @@ class HosterAdapter:
         self._in_flight: Counter[str] = Counter()
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._draining = False
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._http: httpx.AsyncClient | None = None
@@ -84,8 +85,9 @@ class HosterAdapter:
         ]
 
     async def drain(self, grace_s: float) -> None:
-        """Stop announcing (routers stop sending work), let running attempts finish for ``grace_s``, then
-        cancel the rest; their outcomes are published while the connection is still up."""
+        """Stop announcing and taking attempts (routers stop sending work), let running attempts finish for
+        ``grace_s``, then cancel the rest; their outcomes are published while the connection is still up."""
+        self._draining = True
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -100,41 +102,60 @@ class HosterAdapter:
         if self._http is not None:
             await self._http.aclose()
 
-    def heartbeat(self) -> HosterHeartbeat:
-        """What this adapter announces now."""
-        return HosterHeartbeat(
-            adapter_id=self.adapter_id,
-            interval_s=self._settings.heartbeat_interval_s,
-            hosters=[
-                HosterStatus(
-                    hoster_id=h.id,
-                    name=h.name,
-                    cloud=h.cloud,
-                    region=h.region,
-                    capacity=h.capacity,
-                    in_flight=self._in_flight[h.id],
-                    models=[m.offer() for m in h.models],
-                    advertised_ttft_ms=h.advertised_ttft_ms,
-                    supported_parameters=PROFILES[h.profile].advertised(),
-                )
-                for h in self.hosters.values()
-            ],
-        )
+    def heartbeats(self) -> list[HosterHeartbeat]:
+        """What this adapter announces now: one heartbeat per hoster, each on that hoster's own subject."""
+        return [
+            HosterHeartbeat(
+                adapter_id=self.adapter_id,
+                interval_s=self._settings.heartbeat_interval_s,
+                hosters=[
+                    HosterStatus(
+                        hoster_id=h.id,
+                        name=h.name,
+                        cloud=h.cloud,
+                        region=h.region,
+                        capacity=h.capacity,
+                        in_flight=self._in_flight[h.id],
+                        models=[m.offer() for m in h.models],
+                        advertised_ttft_ms=h.advertised_ttft_ms,
+                        supported_parameters=PROFILES[h.profile].advertised(),
+                    )
+                ],
+            )
+            for h in self.hosters.values()
+        ]
 
-    def accept(self, dispatch: AttemptDispatch) -> AttemptAccepted:
-        """Take an attempt unless the hoster is unknown here or at capacity; the work runs in its own task."""
-        hoster = self.hosters.get(dispatch.hoster_id)
-        if hoster is None:
-            return AttemptAccepted(accepted=False, adapter_id=self.adapter_id, reason="unknown hoster")
-        if self._in_flight[hoster.id] >= hoster.capacity:
-            return AttemptAccepted(accepted=False, adapter_id=self.adapter_id, reason="hoster at capacity")
-        active = ActiveAttempt(dispatch)
-        self._active[dispatch.request_id] = active
-        self._in_flight[hoster.id] += 1
-        active.task = task = asyncio.create_task(self._run(hoster, active))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return AttemptAccepted(accepted=True, adapter_id=self.adapter_id)
+    async def accept(self, hoster_id: str, dispatch: AttemptDispatch, reply: str | None) -> AttemptAccepted:
+        """Take an attempt unless it is not this hoster's, the hoster is at capacity, or the adapter is
+        draining; the work runs in its own task. The answer goes to the dispatching router."""
+        hoster = self.hosters.get(hoster_id)
+        reason = None
+        if hoster is None or dispatch.hoster_id != hoster_id:
+            reason = "unknown hoster"
+        elif not reply or reply != dispatch.reply_subject:
+            reason = "no reply subject"
+        elif self._draining:
+            reason = "adapter shutting down"
+        elif self._in_flight[hoster_id] >= hoster.capacity:
+            reason = "hoster at capacity"
+        answer = AttemptAccepted(
+            request_id=dispatch.request_id,
+            attempt=dispatch.attempt,
+            accepted=reason is None,
+            adapter_id=self.adapter_id,
+            reason=reason,
+        )
+        if hoster is not None and reason is None:
+            active = ActiveAttempt(dispatch)
+            self._active[dispatch.request_id] = active
+            self._in_flight[hoster.id] += 1
+            active.task = task = asyncio.create_task(self._run(hoster, active))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._nc is not None:
+            subject = subjects.attempt_accepted(hoster_id, dispatch.router_id)
+            await self._nc.publish(subject, answer.model_dump_json().encode())
+        return answer
 
     def cancel(self, request_id: str) -> bool:
         """Stop the attempt of ``request_id`` if it runs here; the upstream request is closed."""
@@ -280,13 +301,13 @@ class HosterAdapter:
             return await self._http.send(request, stream=True)
 
     async def _publish_finished(self, router_id: str, event: AttemptFinished) -> None:
-        """Publish the outcome to JetStream, deduplicated per attempt."""
+        """Publish the outcome to JetStream, deduplicated per attempt and hoster."""
         assert self._js is not None
         await publish_durably(
             self._js,
-            subjects.attempt_finished(router_id),
+            subjects.attempt_finished(event.hoster_id, router_id),
             event.model_dump_json().encode(),
-            f"{event.request_id}:{event.attempt}",
+            f"{event.request_id}:{event.attempt}:{event.hoster_id}",
             self._log,
         )
 
@@ -294,7 +315,9 @@ class HosterAdapter:
         assert self._nc is not None
         while True:
             try:
-                await self._nc.publish(subjects.HOSTER_HEARTBEAT, self.heartbeat().model_dump_json().encode())
+                for heartbeat in self.heartbeats():
+                    subject = subjects.hoster_heartbeat(heartbeat.hosters[0].hoster_id)
+                    await self._nc.publish(subject, heartbeat.model_dump_json().encode())
             except Exception as exc:  # a missed heartbeat must not end the loop
                 self._log.warning("heartbeat not sent", extra={"error": repr(exc)})
             await asyncio.sleep(self._settings.heartbeat_interval_s)

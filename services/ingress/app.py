@@ -30,7 +30,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
     logger = setup_logging(SERVICE, settings.log_level, settings.log_format)
     ingress_id = instance_id(settings.instance_id, SERVICE)
     provider = setup_tracing(SERVICE, ingress_id)
-    broker = make_broker(settings.nats_url, ingress_id, logger, SERVICE, provider)
+    broker = make_broker(settings.nats_url, ingress_id, logger, SERVICE, provider, settings.nats_creds)
     gateway = Gateway(ingress_id, settings.route_timeout_s, settings.idle_timeout_s, settings.key_cache_s, logger)
 
     @asynccontextmanager

@@ -23,13 +23,14 @@ from libs.contracts.routing import (
     AttemptDispatch,
     AttemptFinished,
     AttemptOutcome,
+    RequestCancelled,
     RouteAccepted,
     RouteRejected,
     RouteRequest,
 )
 from libs.platform.broker import publish_durably
 from libs.platform.metrics import ATTEMPTS, HOSTER_FAILURES, IN_FLIGHT
-from libs.platform.telemetry import REQUEST_ID
+from libs.platform.telemetry import REQUEST_ID, inject_headers
 from services.router.service import Candidate, HosterRegistry, NoEligibleHoster, RequestProfile, order_candidates
 from services.router.settings import RouterSettings
 from services.router.stats import NetworkStats
@@ -81,6 +82,8 @@ class Dispatcher:
         self._log = logger
         self._in_flight: dict[str, InFlight] = {}
         self._probes: set[str] = set()
+        # Dispatches waiting for their hoster's answer: (request, attempt) -> (hoster, answer).
+        self._offers: dict[tuple[str, int], tuple[str, asyncio.Future[AttemptAccepted]]] = {}
         self._publishing: set[asyncio.Task[bool]] = set()
         IN_FLIGHT.labels("router").set_function(lambda: len(self._in_flight))
 
@@ -220,22 +223,41 @@ class Dispatcher:
         return _ADMISSION.validate_json(reply.body)
 
     async def _dispatch(self, dispatch: AttemptDispatch) -> AttemptAccepted | None:
+        """Offer the attempt to the hoster's adapters and wait for one to take it.
+
+        The message's reply subject is the client's: the hoster may publish its frames there because it
+        received this message (nats-server's response permission), and nowhere else. Its answer comes back on
+        the hoster's own ``adapter.attempt.accepted`` subject, addressed to this router.
+        """
+        key = (dispatch.request_id, dispatch.attempt)
+        answer: asyncio.Future[AttemptAccepted] = asyncio.get_running_loop().create_future()
+        self._offers[key] = (dispatch.hoster_id, answer)
         try:
-            reply = await self._broker.request(
-                dispatch,
+            await self._broker.connection.publish(
                 subjects.attempt_start(dispatch.hoster_id),
-                timeout=self._settings.dispatch_timeout_s,
+                dispatch.model_dump_json().encode(),
+                reply=dispatch.reply_subject,
+                headers=inject_headers(),
             )
-        except (NoRespondersError, NatsTimeout, TimeoutError):
+            async with asyncio.timeout(self._settings.dispatch_timeout_s):
+                accepted = await answer
+        except TimeoutError:
             self._log.warning("adapter did not take attempt", extra={"hoster_id": dispatch.hoster_id})
             return None
-        accepted = AttemptAccepted.model_validate_json(reply.body)
+        finally:
+            self._offers.pop(key, None)
         return accepted if accepted.accepted else None
+
+    def offer_answered(self, hoster_id: str, answer: AttemptAccepted) -> None:
+        """A hoster answered a dispatch; only the hoster it was offered to is heard."""
+        offer = self._offers.get((answer.request_id, answer.attempt))
+        if offer is not None and offer[0] == hoster_id and not offer[1].done():
+            offer[1].set_result(answer)
 
     async def attempt_finished(self, event: AttemptFinished) -> None:
         """An attempt of a request this router owns ended: fail over, or settle and end the request."""
         flight = self._in_flight.get(event.request_id)
-        if flight is None or flight.attempt != event.attempt:
+        if flight is None or flight.attempt != event.attempt or flight.candidate.hoster.hoster_id != event.hoster_id:
             return
         self._probes.discard(event.hoster_id)
         if billable(event):
@@ -264,11 +286,14 @@ class Dispatcher:
         nxt.cancelled = flight.cancelled
         return True
 
-    def cancelled(self, request_id: str) -> None:
-        """The client left; its adapter stops and reports what it made, which is then settled."""
+    async def cancelled(self, request_id: str) -> None:
+        """The client left: tell the serving hoster's adapters to stop; it reports what it made, which is then
+        settled."""
         flight = self._in_flight.get(request_id)
         if flight is not None:
             flight.cancelled = True
+            event = RequestCancelled(request_id=request_id).model_dump_json().encode()
+            await self._broker.connection.publish(subjects.attempt_cancel(flight.candidate.hoster.hoster_id), event)
 
     def _finish(self, route: RouteRequest, model: str, outcome: AttemptOutcome, attempts: list[BilledAttempt]) -> None:
         """Tell billing (durably, in the background) that the request is over."""

@@ -5,11 +5,18 @@ from __future__ import annotations
 import time
 
 import orjson
-from faststream.nats import NatsBroker
+from faststream.nats import NatsBroker, NatsMessage
 
 from libs.contracts import subjects
 from libs.contracts.hosters import HosterHeartbeat, ModelsListing
-from libs.contracts.routing import AttemptFinished, RequestCancelled, RouteAccepted, RouteRejected, RouteRequest
+from libs.contracts.routing import (
+    AttemptAccepted,
+    AttemptFinished,
+    RequestCancelled,
+    RouteAccepted,
+    RouteRejected,
+    RouteRequest,
+)
 from services.router.dispatcher import Dispatcher
 from services.router.store import KvStore
 
@@ -29,8 +36,12 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
 
     # Every router replica hears every heartbeat and every attempt's outcome, so replicas see the same
     # network and decide alike.
-    @broker.subscriber(subjects.HOSTER_HEARTBEAT)
-    async def hoster_heartbeat(heartbeat: HosterHeartbeat) -> None:
+    @broker.subscriber(subjects.HOSTER_HEARTBEAT_ALL)
+    async def hoster_heartbeat(heartbeat: HosterHeartbeat, message: NatsMessage) -> None:
+        # The subject is the only identity to believe: the server lets a hoster publish under its own id alone.
+        hoster_id = subjects.hoster_of(message.raw_message.subject)
+        if [status.hoster_id for status in heartbeat.hosters] != [hoster_id]:
+            return
         for model in dispatcher.observe(heartbeat):
             first_seen = dispatcher.registry.models_seen[model]
             models_seen.put(model, orjson.dumps({"model": model, "first_seen": first_seen}))
@@ -41,11 +52,17 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
     # network); the ones addressed to this router also move its requests on. The subjects are JetStream's: a
     # publish there is a request whose reply must be the stream's ack, so the router never answers.
     @broker.subscriber(subjects.ATTEMPT_FINISHED_ALL, max_workers=workers, no_reply=True)
-    async def attempt_finished(event: AttemptFinished) -> None:
+    async def attempt_finished(event: AttemptFinished, message: NatsMessage) -> None:
+        if event.hoster_id != subjects.hoster_of(message.raw_message.subject):
+            return  # a hoster reporting on another's attempt
         dispatcher.observe_attempt(event)
         if event.router_id == dispatcher.router_id:
             await dispatcher.attempt_finished(event)
 
+    @broker.subscriber(subjects.attempts_accepted_by_router(dispatcher.router_id), max_workers=workers, no_reply=True)
+    async def attempt_accepted(answer: AttemptAccepted, message: NatsMessage) -> None:
+        dispatcher.offer_answered(subjects.hoster_of(message.raw_message.subject), answer)
+
     @broker.subscriber(subjects.REQUEST_CANCELLED)
     async def request_cancelled(event: RequestCancelled) -> None:
-        dispatcher.cancelled(event.request_id)
+        await dispatcher.cancelled(event.request_id)

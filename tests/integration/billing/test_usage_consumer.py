@@ -4,11 +4,11 @@ import asyncio
 import time
 
 import asyncpg
-import nats
 import pytest
 
 from libs.contracts import subjects
 from libs.contracts.routing import AttemptFinished
+from tests.conftest import NatsTestServer
 from tests.integration.billing.test_usage_repository import finished
 from tests.integration.conftest import Spawn
 
@@ -31,11 +31,11 @@ async def rows_for(database_url: str, request_id: str, timeout_s: float = 10.0, 
         await conn.close()
 
 
-async def publish(nats_url: str, event: AttemptFinished, msg_id: str) -> None:
-    nc = await nats.connect(nats_url)
+async def publish(nats_server: NatsTestServer, event: AttemptFinished, msg_id: str) -> None:
+    nc = await nats_server.connect()
     try:
         await nc.jetstream().publish(
-            subjects.attempt_finished("router-x"),
+            subjects.attempt_finished(event.hoster_id, "router-x"),
             event.model_dump_json().encode(),
             headers={"Nats-Msg-Id": msg_id},
         )
@@ -44,21 +44,21 @@ async def publish(nats_url: str, event: AttemptFinished, msg_id: str) -> None:
 
 
 async def test_usage_survives_billing_downtime_and_redelivery_never_duplicates(
-    nats_url: str, database_url: str, spawn: Spawn
+    nats_server: NatsTestServer, database_url: str, spawn: Spawn
 ) -> None:
-    env = {"CS_NATS_URL": nats_url, "CS_BILLING_DATABASE_URL": database_url}
+    env = {**nats_server.env("billing", "billing"), "CS_BILLING_DATABASE_URL": database_url}
     billing = spawn("billing", "billing", env, marker="billing ready")
 
-    await publish(nats_url, finished("chatcmpl-a"), "chatcmpl-a:1")
+    await publish(nats_server, finished("chatcmpl-a"), "chatcmpl-a:1")
     assert len(await rows_for(database_url, "chatcmpl-a")) == 1
 
     # The same event again under another message id (as after a publisher retry past the dedupe window).
-    await publish(nats_url, finished("chatcmpl-a"), "chatcmpl-a:1:again")
+    await publish(nats_server, finished("chatcmpl-a"), "chatcmpl-a:1:again")
     await asyncio.sleep(0.5)
     assert len(await rows_for(database_url, "chatcmpl-a", timeout_s=0)) == 1
 
     billing.stop()
-    await publish(nats_url, finished("chatcmpl-b"), "chatcmpl-b:1")
+    await publish(nats_server, finished("chatcmpl-b"), "chatcmpl-b:1")
     assert await rows_for(database_url, "chatcmpl-b", timeout_s=0.5) == []
     spawn("billing-again", "billing", env, marker="billing ready")
     rows = await rows_for(database_url, "chatcmpl-b")

@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import nats
 import orjson
 import pytest
 from nats.aio.client import Client
@@ -27,6 +26,7 @@ from libs.contracts.routing import (
 from libs.devstack.processes import ManagedProcess, free_port
 from libs.devstack.stack import demo_hoster
 from libs.platform.ids import new_request_id
+from tests.conftest import NatsTestServer
 from tests.integration.conftest import Spawn
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ class Network:
 
 
 @pytest.fixture
-async def network(nats_url: str, spawn: Spawn) -> AsyncIterator[Network]:
+async def network(nats_server: NatsTestServer, spawn: Spawn) -> AsyncIterator[Network]:
     port = free_port()
     spawn(
         "simulator",
@@ -54,14 +54,17 @@ async def network(nats_url: str, spawn: Spawn) -> AsyncIterator[Network]:
         {"CS_SIMULATOR_PORT": str(port), "CS_SIMULATOR_REPLY_TOKENS": "6"},
         port=port,
     )
-    router = spawn("router", "router", {"CS_NATS_URL": nats_url, "CS_ROUTER_HOSTER_TTL_S": "1.5"}, "router ready")
+    router = spawn(
+        "router", "router", {**nats_server.env("router", "router"), "CS_ROUTER_HOSTER_TTL_S": "1.5"}, "router ready"
+    )
     hosters = json.dumps([demo_hoster(f"http://127.0.0.1:{port}/v1")])
     adapter = spawn(
         "adapter", "hoster_adapter",
-        {"CS_NATS_URL": nats_url, "CS_ADAPTER_HOSTERS": hosters, "CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.3"},
+        {**nats_server.env("adapter", "hoster_adapter"), "CS_ADAPTER_HOSTERS": hosters,
+         "CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.3"},
         "hoster_adapter ready",
     )  # fmt: skip
-    nc = await nats.connect(nats_url)
+    nc = await nats_server.connect("test-ingress")
     await asyncio.sleep(0.7)  # a heartbeat or two reaches the router
     yield Network(nc, adapter, router, port)
     await nc.close()
@@ -180,10 +183,12 @@ async def test_adapter_killed_mid_request_gives_a_clean_error_and_then_503(netwo
     assert after["error"]["retry_after"] == 5
 
 
-async def test_router_restart_remembers_models_it_saw(network: Network, nats_url: str, spawn: Spawn) -> None:
+async def test_router_restart_remembers_models_it_saw(
+    network: Network, nats_server: NatsTestServer, spawn: Spawn
+) -> None:
     network.adapter.stop()
     network.router.stop()
-    spawn("router-2", "router", {"CS_NATS_URL": nats_url}, "router ready")
+    spawn("router-2", "router", nats_server.env("router-2", "router"), "router ready")
     _, decision, _ = await send(network.nc)
     # Known from the JetStream bucket, not from a heartbeat: 503 (come back later), not 404.
     assert decision["error"]["http_status"] == 503
