@@ -64,3 +64,40 @@ class ModelsListing(BaseModel):
     """Reply to ``router.models.list``."""
 
     models: list[LiveModel]
+
+
+class RegisteredHoster(BaseModel):
+    """A hoster as it registered: routing believes these facts, not the hoster's own heartbeat."""
+
+    hoster_id: str
+    name: str
+    region: str | None = None
+    cloud: bool = False
+    revoked: bool = False
+
+
+class HosterRegistrations(BaseModel):
+    """billing -> router: every registered hoster (reply to ``billing.hosters.list``)."""
+
+    hosters: list[RegisteredHoster]
+
+
+class LiveHoster(BaseModel):
+    """router -> operator: one hoster as the router sees it now."""
+
+    hoster_id: str
+    name: str
+    live: bool
+    cloud: bool
+    models: list[str]
+    capacity: int | None = None
+    in_flight: int | None = None
+    trust: float
+    cooling: bool
+    attempts: int
+
+
+class LiveHosters(BaseModel):
+    """Reply to ``router.hosters.list``."""
+
+    hosters: list[LiveHoster]

@@ -9,6 +9,8 @@ from __future__ import annotations
 ROUTE_REQUEST = "router.request.route"
 # ingress -> router (request/reply): the models live on the network now.
 LIST_MODELS = "router.models.list"
+# operator (computeshare CLI) -> router (request/reply): every hoster the router knows, live or not.
+LIST_HOSTERS = "router.hosters.list"
 
 # Every subject a hoster touches carries its hoster id as a token, so nats-server permissions can confine
 # each hoster's credentials to its own (see ``hoster_permissions``).
@@ -47,6 +49,8 @@ RESERVE_CREDITS = "billing.credits.reserve"
 SHOW_CREDITS = "billing.credits.show"
 LIST_USAGE = "billing.usage.list"
 SHOW_GENERATION = "billing.generation.show"
+# router -> billing (request/reply): the registered hosters, whose registration routing believes.
+LIST_REGISTRATIONS = "billing.hosters.list"
 
 # Queue groups are the service names.
 QUEUE_ROUTER = "router"

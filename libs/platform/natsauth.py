@@ -269,3 +269,24 @@ class AuthStore:
             f"  {self.app_account.public_key}: {self.app_account_jwt()}\n"
             "}\n"
         )
+
+
+async def push_account_update(nats_url: str, auth: AuthStore, timeout_s: float = 5.0) -> None:
+    """Send the application account's current JWT (its revocations included) to the servers, as a system
+    account user; a server disconnects the revoked users it has and refuses them from then on."""
+    import tempfile
+
+    import nats
+
+    with tempfile.NamedTemporaryFile("w", suffix=".creds") as creds:
+        creds.write(auth.mint_system_user())
+        creds.flush()
+        nc = await nats.connect(nats_url.split(","), user_credentials=creds.name, connect_timeout=timeout_s,
+                                allow_reconnect=False)  # fmt: skip
+        try:
+            reply = await nc.request("$SYS.REQ.CLAIMS.UPDATE", auth.app_account_jwt().encode(), timeout=timeout_s)
+        finally:
+            await nc.close()
+    answer = orjson.loads(reply.data).get("data") or {}
+    if answer.get("code") != 200:
+        raise RuntimeError(f"the NATS server refused the account update: {answer}")

@@ -16,7 +16,7 @@ from libs.platform.metrics import RESERVATIONS_OPEN
 from libs.platform.service import faststream_app, service_kit
 from services.billing.handlers import register_handlers
 from services.billing.ledger import Ledger
-from services.billing.repository import UsageRepository, apply_migrations
+from services.billing.repository import HosterRepository, UsageRepository, apply_migrations
 from services.billing.settings import BillingSettings
 
 SERVICE = "billing"
@@ -42,7 +42,8 @@ def build_app(settings: BillingSettings) -> FastStream:
     broker, logger = kit.broker, kit.logger
     usage = UsageRepository()
     ledger = Ledger()
-    register_handlers(broker, ledger, usage, settings.workers)
+    hosters = HosterRepository()
+    register_handlers(broker, ledger, usage, hosters, settings.workers)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
@@ -57,6 +58,7 @@ def build_app(settings: BillingSettings) -> FastStream:
             logger.info("migrations applied", extra={"applied": applied})
             usage.attach(pool)
             ledger.attach(pool)
+            hosters.attach(pool)
             await broker.connect()
             await ensure_streams(broker.connection, settings.nats_stream_replicas)
             sweeper = asyncio.create_task(sweep(ledger, settings, logger))

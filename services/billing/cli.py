@@ -10,28 +10,41 @@ import argparse
 import asyncio
 import json
 import sys
+import tempfile
+import uuid
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 
 import asyncpg
-from pydantic import SecretStr
+import nats
+import nats.errors
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
+from libs.contracts import subjects
+from libs.contracts.hosters import LiveHoster, LiveHosters
 from libs.contracts.pricing import MICRO
 from libs.platform.apikeys import hash_key
+from libs.platform.natsauth import AuthStore, push_account_update
 from services.billing.ledger import AccountState, Ledger, NotFound
-from services.billing.repository import apply_migrations
+from services.billing.repository import HosterRepository, apply_migrations
 from services.billing.settings import BillingSettings
 
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/computeshare"
 
 
+LOCAL_AUTH_DIR = Path(__file__).resolve().parents[2] / ".computeshare" / "nats-auth"
+
+
 class CliSettings(BillingSettings):
-    """The billing settings, defaulting to the local stack's database."""
+    """The billing settings, defaulting to the local stack's database and NATS authority."""
 
     model_config = SettingsConfigDict(env_prefix="CS_BILLING_", populate_by_name=True, extra="ignore")
 
     database_url: SecretStr = SecretStr(LOCAL_DATABASE_URL)
+    # The NATS authority (operator and account keys) that mints hosters' credentials and revokes them.
+    nats_auth_dir: Path = Field(LOCAL_AUTH_DIR, validation_alias="CS_NATS_AUTH_DIR")
 
 
 def credits_arg(text: str) -> int:
@@ -65,7 +78,7 @@ def _account_text(state: AccountState) -> str:
     )
 
 
-async def _run(args: argparse.Namespace, ledger: Ledger) -> tuple[Any, str, int]:
+async def _run(args: argparse.Namespace, ledger: Ledger, settings: CliSettings) -> tuple[Any, str, int]:
     """Carry out one command: ``(json data, text, exit code)``."""
     if args.command == "account":
         if args.action == "create":
@@ -91,48 +104,146 @@ async def _run(args: argparse.Namespace, ledger: Ledger) -> tuple[Any, str, int]
         problems = await ledger.check()
         text = "ledger balanced" if not problems else "\n".join(["ledger NOT balanced:", *problems])
         return {"ok": not problems, "problems": problems}, text, 0 if not problems else 1
-    rows = await ledger.hoster_earnings(args.hoster)
-    earned = [{"hoster": r["hoster_id"], "earned": r["earned"] / MICRO, "entries": r["entries"]} for r in rows]
-    text = "\n".join(f"{e['hoster']}  {e['earned']:.6f} credits" for e in earned) or "no earnings yet"
-    return earned, text, 0
+    if args.action == "earnings":
+        rows = await ledger.hoster_earnings(args.hoster)
+        earned = [{"hoster": r["hoster_id"], "earned": r["earned"] / MICRO, "entries": r["entries"]} for r in rows]
+        text = "\n".join(f"{e['hoster']}  {e['earned']:.6f} credits" for e in earned) or "no earnings yet"
+        return earned, text, 0
+    return await hoster_command(args, ledger, settings)
+
+
+async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: CliSettings) -> tuple[Any, str, int]:
+    """``hoster register``, ``list`` and ``revoke``."""
+    hosters = HosterRepository(ledger.pool)
+    auth = AuthStore(settings.nats_auth_dir)
+    if args.action == "register":
+        if not auth.exists:
+            raise ValueError(f"no NATS authority in {settings.nats_auth_dir} (set CS_NATS_AUTH_DIR)")
+        hoster_id = str(uuid.uuid4())
+        creds_path = args.creds or Path(f"{args.name}.creds")
+        if creds_path.exists():
+            raise ValueError(f"{creds_path} exists: credentials are written once, choose another --creds path")
+        account_id = args.account or (await ledger.create_account(f"hoster {args.name}", 0)).id
+        await ledger.account(account_id)  # the earnings account must exist
+        public_key, creds = auth.mint_hoster(hoster_id, args.name)
+        await hosters.register(hoster_id, args.name, args.region, args.cloud, account_id, public_key)
+        auth.write_creds(creds_path, creds)
+        data = {"id": hoster_id, "name": args.name, "region": args.region, "cloud": args.cloud,
+                "account": account_id, "creds": str(creds_path.resolve())}  # fmt: skip
+        text = (f"hoster {hoster_id} ({args.name})\n  earnings account {account_id}\n"
+                f"  credentials      {creds_path} (written once: keep it secret)")  # fmt: skip
+        return data, text, 0
+    if args.action == "revoke":
+        row = await hosters.revoke(args.hoster)
+        if row is None:
+            raise NotFound(f"no hoster {args.hoster}")
+        auth.revoke(row["nats_public_key"])
+        await push_account_update(settings.nats_url, auth)
+        return {"id": args.hoster, "revoked": True}, f"hoster {args.hoster} revoked and disconnected", 0
+    live = await _live_hosters(settings, auth)
+    listing = []
+    for row in await hosters.all():
+        hoster_id = str(row["id"])
+        seen = live.get(hoster_id) if live is not None else None
+        listing.append(
+            {
+                "id": hoster_id,
+                "name": row["name"],
+                "region": row["region"],
+                "cloud": row["cloud"],
+                "revoked": row["revoked_at"] is not None,
+                "live": None if live is None else bool(seen and seen.live),
+                "models": seen.models if seen else [],
+                "trust": seen.trust if seen else None,
+                "cooling": seen.cooling if seen else None,
+                "earned": row["earned"] / MICRO,
+                "attempts": row["attempts"],
+            }
+        )
+    lines = [
+        f"{h['id']}  {h['name']:<16} {'revoked' if h['revoked'] else 'live' if h['live'] else 'offline'}"
+        f"  trust {h['trust'] if h['trust'] is not None else '-'}  earned {h['earned']:.6f}"
+        f"  models {','.join(h['models']) or '-'}"
+        for h in listing
+    ]
+    return listing, "\n".join(lines) or "no hosters registered", 0
+
+
+async def _live_hosters(settings: CliSettings, auth: AuthStore) -> dict[str, LiveHoster] | None:
+    """What the routers see of the hosters now; ``None`` when NATS or every router is unreachable."""
+    if not auth.exists:
+        return None
+    with tempfile.NamedTemporaryFile("w", suffix=".creds") as creds:
+        creds.write(auth.mint_user("computeshare-cli", None)[1])
+        creds.flush()
+        try:
+            nc = await nats.connect(settings.nats_url.split(","), user_credentials=creds.name, connect_timeout=2,
+                                    allow_reconnect=False)  # fmt: skip
+        except Exception:
+            return None
+        try:
+            reply = await nc.request(subjects.LIST_HOSTERS, b"", timeout=2)
+        except Exception:
+            return None
+        finally:
+            await nc.close()
+    return {h.hoster_id: h for h in LiveHosters.model_validate_json(reply.data).hosters}
 
 
 def parser() -> argparse.ArgumentParser:
-    """The command line."""
+    """The command line; ``--json`` is taken before or after the subcommand."""
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
     root = argparse.ArgumentParser(prog="computeshare", description=__doc__)
     root.add_argument("--json", action="store_true", help="print JSON")
     commands = root.add_subparsers(dest="command", required=True)
 
-    account = commands.add_parser("account", help="accounts and credits").add_subparsers(dest="action", required=True)
-    create = account.add_parser("create", help="create an account")
+    def group(name: str, help_text: str) -> Any:
+        return commands.add_parser(name, help=help_text).add_subparsers(dest="action", required=True)
+
+    def command(parent: Any, name: str, help_text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = parent.add_parser(name, help=help_text, parents=[json_flag])
+        return sub
+
+    account = group("account", "accounts and credits")
+    create = command(account, "create", "create an account")
     create.add_argument("--name", required=True)
     create.add_argument("--credits", type=credits_arg, default=0, help="initial credits")
-    topup = account.add_parser("topup", help="add credits")
+    topup = command(account, "topup", "add credits")
     topup.add_argument("account")
     topup.add_argument("amount", type=credits_arg)
-    show = account.add_parser("show", help="balance, reservations, today's spend")
+    show = command(account, "show", "balance, reservations, today's spend")
     show.add_argument("account")
-    limits = account.add_parser("set-limits", help="set the daily spend cap")
+    limits = command(account, "set-limits", "set the daily spend cap")
     limits.add_argument("account")
     cap = limits.add_mutually_exclusive_group(required=True)
     cap.add_argument("--daily-cap", type=credits_arg, help="credits per UTC day")
     cap.add_argument("--no-daily-cap", action="store_true", help="remove the cap")
 
-    key = commands.add_parser("key", help="API keys").add_subparsers(dest="action", required=True)
-    key_create = key.add_parser("create", help="create a key (shown once)")
+    key = group("key", "API keys")
+    key_create = command(key, "create", "create a key (shown once)")
     key_create.add_argument("account")
     key_create.add_argument("--rpm", type=int, help="requests per minute")
     key_create.add_argument("--tpm", type=int, help="tokens per minute")
-    find = key.add_parser("find", help="whose key this is, and whether it is valid")
+    find = command(key, "find", "whose key this is, and whether it is valid")
     find.add_argument("key")
-    revoke = key.add_parser("revoke", help="revoke a key")
+    revoke = command(key, "revoke", "revoke a key")
     revoke.add_argument("key_id")
 
-    ledger = commands.add_parser("ledger", help="the double-entry ledger").add_subparsers(dest="action", required=True)
-    ledger.add_parser("check", help="prove every balance equals the sum of its entries")
+    ledger = group("ledger", "the double-entry ledger")
+    command(ledger, "check", "prove every balance equals the sum of its entries")
 
-    hoster = commands.add_parser("hoster", help="hosters").add_subparsers(dest="action", required=True)
-    earnings = hoster.add_parser("earnings", help="what hosters earned")
+    hoster = group("hoster", "hosters: register, list, revoke, earnings")
+    register = command(hoster, "register", "register a hoster and write its NATS credentials file (once)")
+    register.add_argument("--name", required=True)
+    register.add_argument("--region")
+    register.add_argument("--cloud", action="store_true", help="a cloud provider (never used in privacy_mode)")
+    register.add_argument("--account", help="the earnings account (default: a new one)")
+    register.add_argument("--creds", type=Path, help="where to write the credentials (default: NAME.creds)")
+    command(hoster, "list", "every hoster: live or not, models, trust, earnings")
+    hoster_revoke = command(hoster, "revoke", "revoke a hoster: cut off now, never let back in")
+    hoster_revoke.add_argument("hoster")
+    earnings = command(hoster, "earnings", "what hosters earned")
     earnings.add_argument("hoster", nargs="?")
     return root
 
@@ -148,11 +259,11 @@ async def run(argv: list[str], settings: CliSettings | None = None) -> int:
         return 2
     try:
         await apply_migrations(pool)
-        data, text, code = await _run(args, Ledger(pool))
+        data, text, code = await _run(args, Ledger(pool), settings)
     except NotFound as exc:
         print(json.dumps({"error": str(exc)}) if args.json else f"computeshare: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, asyncpg.DataError) as exc:
+    except (ValueError, asyncpg.DataError, RuntimeError, OSError, nats.errors.Error) as exc:
         print(json.dumps({"error": str(exc)}) if args.json else f"computeshare: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -20,15 +20,18 @@ from libs.contracts.billing import (
     UsageReport,
     VerifyKey,
 )
+from libs.contracts.hosters import HosterRegistrations
 from libs.contracts.routing import AttemptFinished
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.ledger import Ledger, NotFound
-from services.billing.repository import UsageRepository
+from services.billing.repository import HosterRepository, UsageRepository
 
 USAGE_STREAM = JStream(subjects.USAGE_STREAM, declare=False)
 
 
-def register_handlers(broker: NatsBroker, ledger: Ledger, usage: UsageRepository, workers: int) -> None:
+def register_handlers(
+    broker: NatsBroker, ledger: Ledger, usage: UsageRepository, hosters: HosterRepository, workers: int
+) -> None:
     """Request/reply subjects in the ``billing`` queue group; usage events from JetStream.
 
     The JetStream consumers are push consumers with a deliver group: nats-py names the durable after the
@@ -70,6 +73,11 @@ def register_handlers(broker: NatsBroker, ledger: Ledger, usage: UsageRepository
     async def show_generation(query: GenerationQuery) -> GenerationRecord | None:
         """A request's routing record, for the key that made it."""
         return await ledger.generation(query.request_id, query.key_id)
+
+    @broker.subscriber(subjects.LIST_REGISTRATIONS, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def list_registrations() -> HosterRegistrations:
+        """Every registered hoster, for routing."""
+        return await hosters.registrations()
 
     @broker.subscriber(
         subjects.ATTEMPT_FINISHED_ALL,

@@ -7,6 +7,7 @@ from importlib import resources
 
 import asyncpg
 
+from libs.contracts.hosters import HosterRegistrations, RegisteredHoster
 from libs.contracts.routing import AttemptFinished
 
 # Any fixed number: every billing replica takes this advisory lock while migrating, so one migrates at a time.
@@ -65,6 +66,11 @@ class PoolBound:
         self._pool_ref = pool
 
     @property
+    def pool(self) -> asyncpg.Pool:
+        """The pool, for another repository over the same database."""
+        return self._pool
+
+    @property
     def _pool(self) -> asyncpg.Pool:
         if self._pool_ref is None:
             raise RuntimeError(f"{type(self).__name__} has no database pool yet")
@@ -108,3 +114,55 @@ class UsageRepository(PoolBound):
     async def usage_of(self, request_id: str) -> list[asyncpg.Record]:
         """Every recorded attempt of ``request_id``."""
         return await self._pool.fetch("SELECT * FROM usage_records WHERE request_id = $1 ORDER BY attempt", request_id)
+
+
+class HosterRepository(PoolBound):
+    """Registered hosters: who they are, where their earnings go, which NATS user is theirs."""
+
+    async def register(
+        self, hoster_id: str, name: str, region: str | None, cloud: bool, account_id: str, nats_public_key: str
+    ) -> None:
+        """Record a new hoster."""
+        await self._pool.execute(
+            """INSERT INTO hosters (id, name, region, cloud, account_id, nats_public_key)
+               VALUES ($1, $2, $3, $4, $5, $6)""",
+            hoster_id,
+            name,
+            region,
+            cloud,
+            account_id,
+            nats_public_key,
+        )
+
+    async def revoke(self, hoster_id: str) -> asyncpg.Record | None:
+        """Mark a hoster revoked (once); its row, or ``None`` when there is no such hoster."""
+        row: asyncpg.Record | None = await self._pool.fetchrow(
+            """UPDATE hosters SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING *""", hoster_id
+        )
+        return row
+
+    async def all(self) -> list[asyncpg.Record]:
+        """Every registered hoster with its earnings (micro-credits) and attempts recorded."""
+        return await self._pool.fetch(
+            """SELECT h.*,
+                      coalesce((SELECT sum(amount) FROM ledger_entries
+                                WHERE ledger_account = 'hoster:' || h.id::text), 0)::bigint AS earned,
+                      (SELECT count(*) FROM usage_records u WHERE u.hoster_id = h.id) AS attempts
+               FROM hosters h ORDER BY h.created_at"""
+        )
+
+    async def registrations(self) -> HosterRegistrations:
+        """The registered hosters as routing believes them."""
+        rows = await self._pool.fetch("SELECT id, name, region, cloud, revoked_at FROM hosters")
+        return HosterRegistrations(
+            hosters=[
+                RegisteredHoster(
+                    hoster_id=str(r["id"]),
+                    name=r["name"],
+                    region=r["region"],
+                    cloud=r["cloud"],
+                    revoked=r["revoked_at"] is not None,
+                )
+                for r in rows
+            ]
+        )

@@ -54,6 +54,7 @@ def build_app(settings: RouterSettings) -> FastStream:
             record = orjson.loads(raw)
             dispatcher.stats.hosters[record["hoster_id"]] = HosterStats.load(record)
         tasks = [
+            asyncio.create_task(dispatcher.keep_registrations(settings.registrations_refresh_s)),
             asyncio.create_task(dispatcher.watch()),
             asyncio.create_task(persist_stats_every(dispatcher, hoster_stats, settings.stats_flush_s)),
         ]

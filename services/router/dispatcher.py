@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 from libs.contracts import frames, subjects
 from libs.contracts.billing import Admission, BilledAttempt, Refused, RequestFinished, ReserveCredits, Reserved
 from libs.contracts.common import ErrorReport
-from libs.contracts.hosters import HosterHeartbeat
+from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
 from libs.contracts.pricing import cost_of
 from libs.contracts.routing import (
     AttemptAccepted,
@@ -90,6 +90,51 @@ class Dispatcher:
     def observe(self, heartbeat: HosterHeartbeat) -> list[str]:
         """Feed one heartbeat to the registry; return models the network never served before."""
         return self.registry.observe(heartbeat, time.monotonic(), int(time.time()))
+
+    async def refresh_registrations(self) -> None:
+        """Learn from billing which hosters registered (name, region, cloud) and which were revoked."""
+        try:
+            reply = await self._broker.request(
+                None, subjects.LIST_REGISTRATIONS, timeout=self._settings.billing_timeout_s
+            )
+        except (NoRespondersError, NatsTimeout, TimeoutError):
+            return  # billing away: keep what we knew
+        self.registry.register(HosterRegistrations.model_validate_json(reply.body).hosters)
+
+    async def keep_registrations(self, interval_s: float) -> None:
+        """``refresh_registrations`` every ``interval_s``, for ever; an error is logged, never fatal."""
+        while True:
+            try:
+                await self.refresh_registrations()
+            except Exception:
+                self._log.exception("hoster registrations not refreshed")
+            await asyncio.sleep(interval_s)
+
+    def hosters_report(self) -> LiveHosters:
+        """Every hoster this router knows (live now, or with stats), for the operator."""
+        now, wall = time.monotonic(), time.time()
+        live = {status.hoster_id: status for status, _ in self.registry.statuses(now)}
+        known = set(live) | set(self.stats.hosters) | set(self.registry.registrations)
+        report = []
+        for hoster_id in sorted(known):
+            status = live.get(hoster_id)
+            registered = self.registry.registrations.get(hoster_id)
+            stats = self.stats.of(hoster_id, wall)
+            report.append(
+                LiveHoster(
+                    hoster_id=hoster_id,
+                    name=status.name if status else (registered.name if registered else ""),
+                    live=status is not None,
+                    cloud=status.cloud if status else bool(registered and registered.cloud),
+                    models=[o.model for o in status.models] if status else [],
+                    capacity=status.capacity if status else None,
+                    in_flight=status.in_flight if status else None,
+                    trust=round(stats.trust(wall), 4),
+                    cooling=stats.cooling(wall),
+                    attempts=stats.lifetime,
+                )
+            )
+        return LiveHosters(hosters=report)
 
     def observe_attempt(self, event: AttemptFinished) -> None:
         """Fold any router's attempt outcome into the stats, so every replica sees the same network."""

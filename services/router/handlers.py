@@ -8,7 +8,7 @@ import orjson
 from faststream.nats import NatsBroker, NatsMessage
 
 from libs.contracts import subjects
-from libs.contracts.hosters import HosterHeartbeat, ModelsListing
+from libs.contracts.hosters import HosterHeartbeat, LiveHosters, ModelsListing
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptFinished,
@@ -33,6 +33,11 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
     async def list_models() -> ModelsListing:
         """The models live on the network now."""
         return ModelsListing(models=dispatcher.registry.live_models(time.monotonic()))
+
+    @broker.subscriber(subjects.LIST_HOSTERS, queue=subjects.QUEUE_ROUTER)
+    async def list_hosters() -> LiveHosters:
+        """Every hoster the router knows, live or not, with its trust."""
+        return dispatcher.hosters_report()
 
     # Every router replica hears every heartbeat and every attempt's outcome, so replicas see the same
     # network and decide alike.

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libs.contracts.common import ErrorReport
-from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer
+from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer, RegisteredHoster
 from libs.contracts.pricing import estimate_prompt_tokens, requested_max_tokens
 from libs.contracts.routing import RoutingPreferences, Tier
 from services.router.stats import TRUSTED, NetworkStats
@@ -40,24 +40,45 @@ class _Seen:
 
 @dataclass
 class HosterRegistry:
-    """Live hosters fed by adapter heartbeats, and every model the network ever served."""
+    """Live hosters fed by adapter heartbeats, and every model the network ever served.
+
+    A hoster may run several adapters (replicas of its agent): each heartbeats on its own, and the hoster's
+    load is the sum of theirs, so its declared capacity holds across replicas. What a hoster registered
+    (``registrations``: name, region, cloud, revoked) overrides what its heartbeats claim.
+    """
 
     ttl_s: float
-    _hosters: dict[str, _Seen] = field(default_factory=dict)
+    _hosters: dict[str, dict[str, _Seen]] = field(default_factory=dict)
     _adapters: dict[str, float] = field(default_factory=dict)
     models_seen: dict[str, int] = field(default_factory=dict)
+    registrations: dict[str, RegisteredHoster] = field(default_factory=dict)
 
     def observe(self, heartbeat: HosterHeartbeat, now: float, wall: int) -> list[str]:
         """Record a heartbeat at monotonic ``now``; return models never seen before (to be persisted)."""
         self._adapters[heartbeat.adapter_id] = now
         new_models = []
         for status in heartbeat.hosters:
-            self._hosters[status.hoster_id] = _Seen(status, heartbeat.adapter_id, now)
+            registered = self.registrations.get(status.hoster_id)
+            if registered is not None:
+                if registered.revoked:
+                    continue
+                status = status.model_copy(
+                    update={"name": registered.name, "cloud": registered.cloud, "region": registered.region}
+                )
+            self._hosters.setdefault(status.hoster_id, {})[heartbeat.adapter_id] = _Seen(
+                status, heartbeat.adapter_id, now
+            )
             for offer in status.models:
                 if offer.model not in self.models_seen:
                     self.models_seen[offer.model] = wall
                     new_models.append(offer.model)
         return new_models
+
+    def register(self, registrations: list[RegisteredHoster]) -> None:
+        """Take billing's registrations; a revoked hoster leaves the registry at once."""
+        self.registrations = {r.hoster_id: r for r in registrations}
+        for hoster_id in [h for h in self._hosters if h in self.registrations and self.registrations[h].revoked]:
+            del self._hosters[hoster_id]
 
     def adapter_alive(self, adapter_id: str, now: float) -> bool:
         """Whether ``adapter_id`` heartbeated within the TTL."""
@@ -66,18 +87,32 @@ class HosterRegistry:
 
     def forget_expired(self, now: float) -> None:
         """Drop hosters and adapters whose heartbeats stopped."""
-        for hoster_id in [h for h, s in self._hosters.items() if now - s.at > self.ttl_s]:
-            del self._hosters[hoster_id]
+        for hoster_id, adapters in list(self._hosters.items()):
+            for adapter_id in [a for a, s in adapters.items() if now - s.at > self.ttl_s]:
+                del adapters[adapter_id]
+            if not adapters:
+                del self._hosters[hoster_id]
         for adapter_id in [a for a, at in self._adapters.items() if now - at > self.ttl_s]:
             del self._adapters[adapter_id]
+
+    def statuses(self, now: float) -> list[tuple[HosterStatus, str]]:
+        """Each live hoster once, its load summed over its live adapters, with its latest adapter."""
+        out = []
+        for adapters in self._hosters.values():
+            live = sorted((s for s in adapters.values() if now - s.at <= self.ttl_s), key=lambda s: s.at)
+            if not live:
+                continue
+            latest = live[-1]
+            status = latest.status
+            if len(live) > 1:
+                status = status.model_copy(update={"in_flight": sum(s.status.in_flight for s in live)})
+            out.append((status, latest.adapter_id))
+        return out
 
     def live(self, now: float) -> list[Candidate]:
         """Every (hoster, model) pair alive now."""
         return [
-            Candidate(seen.status, offer, seen.adapter_id)
-            for seen in self._hosters.values()
-            if now - seen.at <= self.ttl_s
-            for offer in seen.status.models
+            Candidate(status, offer, adapter_id) for status, adapter_id in self.statuses(now) for offer in status.models
         ]
 
     def live_models(self, now: float) -> list[LiveModel]:

@@ -26,5 +26,7 @@ class RouterSettings(ServiceSettings):
     default_max_tokens: int = Field(4096, ge=1)
     # How long billing has to admit a request before the client gets a 503.
     billing_timeout_s: float = Field(2.0, gt=0)
+    # How often the router asks billing which hosters registered (and which were revoked).
+    registrations_refresh_s: float = Field(5.0, gt=0)
     # How often observed hoster stats (trust included) are written to the store that survives restarts.
     stats_flush_s: float = Field(2.0, gt=0)
