@@ -1,0 +1,226 @@
+"""A hostile client holding a real hoster's credentials, against a real nats-server in operator mode: every
+operation outside the hoster's own subjects is refused by the server, not by our code."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import StreamConfig
+
+from libs.contracts import subjects
+from libs.platform.broker import ensure_streams
+from libs.platform.natsauth import push_account_update
+from tests.conftest import NatsTestServer
+
+pytestmark = pytest.mark.integration
+
+H1 = str(uuid.uuid4())
+H2 = str(uuid.uuid4())
+
+
+@dataclass
+class Hostile:
+    """A client with hoster H1's credentials that records what the server says to it."""
+
+    nc: Client
+    errors: list[str] = field(default_factory=list)
+
+    async def refused(self, substring: str, timeout_s: float = 2.0) -> bool:
+        """Whether the server sent a permissions violation mentioning ``substring`` (nats-py lower-cases it)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while asyncio.get_running_loop().time() < deadline:
+            if any("permissions violation" in e and substring.lower() in e.lower() for e in self.errors):
+                return True
+            await asyncio.sleep(0.02)
+        return False
+
+
+@pytest.fixture
+async def platform(nats_server: NatsTestServer) -> AsyncIterator[Client]:
+    nc = await nats_server.connect("platform")
+    await ensure_streams(nc)
+    yield nc
+    await nc.close()
+
+
+async def connect_hoster(nats_server: NatsTestServer, tmp_path: Path, hoster_id: str) -> Hostile:
+    _, creds = nats_server.auth.mint_hoster(hoster_id, f"hoster-{hoster_id[:4]}")
+    path = nats_server.auth.write_creds(tmp_path / f"{hoster_id}.creds", creds)
+    hostile = Hostile(nc=None)  # type: ignore[arg-type]
+
+    async def on_error(exc: Exception) -> None:
+        hostile.errors.append(str(exc))
+
+    hostile.nc = await nats.connect(
+        nats_server.url,
+        user_credentials=str(path),
+        inbox_prefix=subjects.hoster_inbox_prefix(hoster_id),
+        error_cb=on_error,
+        max_reconnect_attempts=0,
+    )
+    return hostile
+
+
+@pytest.fixture
+async def hostile(nats_server: NatsTestServer, tmp_path: Path) -> AsyncIterator[Hostile]:
+    h = await connect_hoster(nats_server, tmp_path, H1)
+    yield h
+    await h.nc.close()
+
+
+async def collect(nc: Client, subject: str) -> list[Msg]:
+    got: list[Msg] = []
+
+    async def on_msg(msg: Msg) -> None:
+        got.append(msg)
+
+    await nc.subscribe(subject, cb=on_msg)
+    await nc.flush()
+    return got
+
+
+async def refused_connection(url: str, **options: Any) -> None:
+    """Assert the server refuses a connection; the client's socket is closed either way."""
+    nc = NATS()
+    try:
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nc.connect(url, allow_reconnect=False, connect_timeout=2, **options)
+    finally:
+        await nc.close()
+
+
+async def test_anonymous_clients_are_refused(nats_server: NatsTestServer) -> None:
+    await refused_connection(nats_server.url)
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        ">",
+        subjects.attempt_start(H2),
+        subjects.attempt_cancel(H2),
+        "ingress.reply.>",
+        subjects.reply_inbox("some-ingress"),
+        "billing.>",
+        subjects.RESERVE_CREDITS,
+        "router.>",
+        subjects.HOSTER_HEARTBEAT_ALL,
+        subjects.ATTEMPT_FINISHED_ALL,
+        "_INBOX.>",
+        f"{subjects.hoster_inbox_prefix(H2)}.>",
+        "$JS.API.>",
+    ],
+)
+async def test_a_hoster_cannot_subscribe_outside_its_own_subjects(
+    hostile: Hostile, platform: Client, subject: str
+) -> None:
+    got = await collect(hostile.nc, subject)
+    assert await hostile.refused(f'subscription to "{subject}"')
+    concrete = subject.replace(">", "x.y").replace("*", "z")
+    await platform.publish(concrete, b"secret")
+    await platform.flush()
+    await asyncio.sleep(0.2)
+    assert got == []
+
+
+@pytest.mark.parametrize(
+    "subject",
+    [
+        subjects.ROUTE_REQUEST,
+        subjects.RESERVE_CREDITS,
+        subjects.VERIFY_KEY,
+        subjects.REQUEST_FINISHED,
+        subjects.REQUEST_CANCELLED,
+        "$JS.API.STREAM.LIST",
+        "$JS.API.STREAM.DELETE.USAGE",
+        subjects.reply_subject("some-ingress", "chatcmpl-not-mine"),
+        subjects.hoster_heartbeat(H2),
+        subjects.attempt_finished(H2, "router-1"),
+        subjects.attempt_accepted(H2, "router-1"),
+        subjects.attempt_start(H2),
+    ],
+)
+async def test_a_hoster_cannot_publish_outside_its_own_subjects(
+    hostile: Hostile, platform: Client, subject: str
+) -> None:
+    got = await collect(platform, subject)
+    await hostile.nc.publish(subject, b"forged")
+    assert await hostile.refused(f'publish to "{subject}"')
+    await asyncio.sleep(0.1)
+    assert got == []
+
+
+async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Hostile, platform: Client) -> None:
+    mine = subjects.reply_subject("ingress-1", "chatcmpl-mine")
+    other = subjects.reply_subject("ingress-1", "chatcmpl-other")
+    frames_mine = await collect(platform, mine)
+    frames_other = await collect(platform, other)
+    attempts: asyncio.Queue[Msg] = asyncio.Queue()
+
+    async def on_attempt(msg: Msg) -> None:
+        await attempts.put(msg)
+
+    await hostile.nc.subscribe(subjects.attempt_start(H1), queue=subjects.QUEUE_HOSTER_ADAPTER, cb=on_attempt)
+    await hostile.nc.flush()
+    await platform.publish(subjects.attempt_start(H1), b"{}", reply=mine)
+    attempt = await asyncio.wait_for(attempts.get(), 2)
+    assert attempt.reply == mine
+    for i in range(50):  # a stream is many frames on one reply subject
+        await hostile.nc.publish(attempt.reply, b"frame %d" % i)
+    await hostile.nc.publish(other, b"injected")
+    assert await hostile.refused(f'publish to "{other}"')
+    await asyncio.sleep(0.2)
+    assert len(frames_mine) == 50
+    assert frames_other == []
+
+
+async def test_a_hoster_announces_and_reports_under_its_own_id(hostile: Hostile, platform: Client) -> None:
+    heartbeats = await collect(platform, subjects.HOSTER_HEARTBEAT_ALL)
+    await hostile.nc.publish(subjects.hoster_heartbeat(H1), b"{}")
+    await hostile.nc.flush()
+    # The outcome report goes to JetStream; the ack comes back on the hoster's own inbox.
+    ack = await hostile.nc.jetstream().publish(subjects.attempt_finished(H1, "router-1"), b"{}")
+    assert ack.stream == subjects.USAGE_STREAM
+    await asyncio.sleep(0.2)
+    assert [m.subject for m in heartbeats] == [subjects.hoster_heartbeat(H1)]
+    assert hostile.errors == []
+
+
+async def test_a_hoster_cannot_use_the_jetstream_api(hostile: Hostile) -> None:
+    with pytest.raises((nats.errors.Error, asyncio.TimeoutError)):
+        await hostile.nc.jetstream(timeout=1).add_stream(StreamConfig(name="MINE", subjects=["mine.>"]))
+    assert await hostile.refused('publish to "$JS.API.STREAM.CREATE.MINE"')
+
+
+async def test_a_revoked_hoster_is_cut_off_at_once_and_refused_after(
+    nats_server: NatsTestServer, tmp_path: Path
+) -> None:
+    public_key, creds = nats_server.auth.mint_hoster(H2, "to-revoke")
+    path = nats_server.auth.write_creds(tmp_path / "revoked.creds", creds)
+    disconnected = asyncio.Event()
+
+    async def on_disconnect() -> None:
+        disconnected.set()
+
+    async def on_error(exc: Exception) -> None:
+        pass
+
+    nc = await nats.connect(
+        nats_server.url, user_credentials=str(path), disconnected_cb=on_disconnect, error_cb=on_error,
+        allow_reconnect=False,
+    )  # fmt: skip
+    nats_server.auth.revoke(public_key)
+    await push_account_update(nats_server.url, nats_server.auth)
+    await asyncio.wait_for(disconnected.wait(), 10)
+    await refused_connection(nats_server.url, user_credentials=str(path))
+    await nc.close()
