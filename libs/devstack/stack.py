@@ -49,6 +49,24 @@ class AdapterSpec:
 
 
 @dataclass
+class AgentSpec:
+    """A hoster that joins the way a stranger does: registered with ``computeshare hoster register``, its
+    agent started with its own credentials file, the upstream's URL and a small config (``AgentConfig``)."""
+
+    name: str
+    upstream_url: str
+    config: dict[str, Any]
+    region: str | None = None
+    cloud: bool = False
+    hoster_id: str = ""  # filled in when registered
+
+    @property
+    def models(self) -> list[str]:
+        """The network names of the models it serves."""
+        return [m["name"] for m in self.config["models"]]
+
+
+@dataclass
 class NatsNode:
     """One server of a NATS cluster on loopback: its client port, cluster route port and monitoring port."""
 
@@ -89,6 +107,7 @@ class StackConfig:
     database: str = "computeshare"
     simulators: list[SimulatorSpec] = field(default_factory=list)
     adapters: list[AdapterSpec] = field(default_factory=list)
+    agents: list[AgentSpec] = field(default_factory=list)
     routers: int = 1
     billings: int = 1
     log_dir: Path | None = None
@@ -115,6 +134,7 @@ class StackConfig:
             *(replica_name("billing", i, self.billings) for i in range(self.billings)),
             *(replica_name("router", i, self.routers) for i in range(self.routers)),
             *(adapter.name for adapter in self.adapters),
+            *(agent.name for agent in self.agents),
             *self.ingress_names,
         ]
         twice = sorted(name for name, count in Counter(names).items() if count > 1)
@@ -158,8 +178,32 @@ def demo_config(workdir: Path, **overrides: Any) -> StackConfig:
                                    "CS_SIMULATOR_REPLY_TOKENS": "48"})  # fmt: skip
         config.simulators.append(simulator)
         hoster = demo_hoster(simulator.base_url)
+        # A second hoster joins as a stranger would: registered with the CLI, its agent dialling out with its
+        # own credentials, serving the same model at its own price.
+        second = SimulatorSpec("simulator-2", int(os.environ.get("CS_DEMO_AGENT_SIMULATOR_PORT", "9101")),
+                               {"CS_SIMULATOR_TOKENS_PER_SECOND": "60", "CS_SIMULATOR_TTFT_MS": "200",
+                                "CS_SIMULATOR_REPLY_TOKENS": "48"})  # fmt: skip
+        config.simulators.append(second)
+        config.agents.append(AgentSpec("demo-agent", second.base_url, demo_agent_config(DEMO_MODEL)))
     config.adapters.append(AdapterSpec("hoster_adapter", [hoster]))
     return config
+
+
+def demo_agent_config(model: str, upstream_model: str = DEMO_MODEL, capacity: int = 64) -> dict[str, Any]:
+    """An agent's config file, as a GPU owner would write it (``upstream_model``: the local server's name)."""
+    return {
+        "models": [
+            {
+                "name": model,
+                "upstream_model": upstream_model,
+                "input_price": "0.40",
+                "output_price": "1.20",
+                "context_length": 8192,
+            }
+        ],  # fmt: skip
+        "capacity": capacity,
+        "profile": "openai",
+    }
 
 
 def throwaway_config(**overrides: Any) -> StackConfig:
@@ -245,6 +289,9 @@ class Stack:
                 self.start_service(replica_name("router", i, c.routers), "router", "router ready")
             for adapter in c.adapters:
                 self.start_adapter(adapter)
+            for agent in c.agents:
+                self.register_agent(agent)
+                self.start_agent(agent)
             for port, name in zip(c.ingress_ports, c.ingress_names, strict=True):
                 self.start_ingress(port, name)
             self.wait_for_models()
@@ -342,6 +389,32 @@ class Stack:
         self._starters[adapter.name] = lambda: self.start_adapter(adapter)
         return self._spawn(adapter.name, "hoster_adapter", env, "hoster_adapter ready")
 
+    def register_agent(self, agent: AgentSpec) -> str:
+        """Register the agent's hoster with the CLI (once per work directory: a restart keeps its identity and
+        credentials, as a GPU owner's box would); its hoster id."""
+        creds = self.creds_dir / f"{agent.name}.creds"
+        identity = self.config.workdir / f"{agent.name}.hoster.json"
+        if creds.exists() and identity.exists():
+            agent.hoster_id = json.loads(identity.read_text())["id"]
+            return agent.hoster_id
+        creds.unlink(missing_ok=True)
+        args = ["hoster", "register", "--name", agent.name, "--creds", str(creds)]
+        args += [*(["--region", agent.region] if agent.region else []), *(["--cloud"] if agent.cloud else [])]
+        registered = self.computeshare(*args)
+        identity.write_text(json.dumps(registered))
+        agent.hoster_id = registered["id"]
+        return agent.hoster_id
+
+    def start_agent(self, agent: AgentSpec) -> ManagedProcess:
+        """Start (or restart) a hoster agent: ``computeshare-agent --creds --upstream --config``."""
+        config = self.config.workdir / f"{agent.name}.agent.json"
+        config.write_text(json.dumps(agent.config))
+        creds = self.creds_dir / f"{agent.name}.creds"
+        argv = ["--creds", str(creds), "--upstream", agent.upstream_url, "--config", str(config)]
+        env = self.service_env({"CS_NATS_CREDS": str(creds)})
+        self._starters[agent.name] = lambda: self.start_agent(agent)
+        return self._spawn(agent.name, "hoster_adapter", env, "hoster_adapter ready", argv)
+
     def start_ingress(self, port: int, name: str = "ingress") -> ManagedProcess:
         """Start (or restart) one ingress on ``port``."""
         env = self.service_env({"CS_INGRESS_PORT": str(port), "CS_INSTANCE_ID": name})
@@ -368,7 +441,9 @@ class Stack:
         if old is not None and old.alive():
             raise RuntimeError(f"{name} is already running")
 
-    def _spawn(self, name: str, module: str, env: dict[str, str], marker: str | None) -> ManagedProcess:
+    def _spawn(
+        self, name: str, module: str, env: dict[str, str], marker: str | None, argv: list[str] | None = None
+    ) -> ManagedProcess:
         self._check_stopped(name)
         if module != "ingress" and "CS_METRICS_PORT" not in self.config.service_env:
             # Replicas share the machine: each serves its metrics on a port of its own, not all on 9090.
@@ -376,7 +451,7 @@ class Stack:
         if module != "simulator" and "CS_NATS_CREDS" not in env:
             env["CS_NATS_CREDS"] = str(self.creds(name, module))
         process = ManagedProcess(
-            name, [sys.executable, "-m", f"services.{module}"], env=env, log_path=self._log(name),
+            name, [sys.executable, "-m", f"services.{module}", *(argv or [])], env=env, log_path=self._log(name),
             cwd=REPO_ROOT, ready_marker=marker,
         ).start()  # fmt: skip
         self.processes[name] = process
@@ -391,6 +466,7 @@ class Stack:
     def wait_for_models(self, timeout_s: float = 30) -> None:
         """Block until ``GET /v1/models`` on every ingress lists every configured model."""
         wanted = {m["name"] for a in self.config.adapters for h in a.hosters for m in h["models"]}
+        wanted |= {model for agent in self.config.agents for model in agent.models}
         deadline = time.monotonic() + timeout_s
         for port in self.config.ingress_ports:
             while True:
