@@ -200,7 +200,7 @@ def demo_agent_config(model: str, upstream_model: str = DEMO_MODEL, capacity: in
                 "output_price": "1.20",
                 "context_length": 8192,
             }
-        ],  # fmt: skip
+        ],
         "capacity": capacity,
         "profile": "openai",
     }

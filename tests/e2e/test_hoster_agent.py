@@ -57,7 +57,8 @@ def test_a_registered_agent_serves_earns_and_is_cut_off_when_revoked(agent_stack
     completion = raw.parse()
     assert raw.headers["x-computeshare-hoster"] == agent.hoster_id
     assert completion.choices[0].message.content
-    assert completion.usage is not None and completion.usage.completion_tokens > 0
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens > 0
 
     # The hoster's earnings show once billing settled the request.
     deadline = time.monotonic() + 15
@@ -70,8 +71,11 @@ def test_a_registered_agent_serves_earns_and_is_cut_off_when_revoked(agent_stack
 
     listing = json.loads(cli(agent_stack, "--json", "hoster", "list").stdout)
     [mine] = [h for h in listing if h["id"] == agent.hoster_id]
-    assert mine["live"] is True and mine["models"] == [MODEL] and mine["region"] == "eu"
-    assert mine["earned"] > 0 and not mine["revoked"]
+    assert mine["live"] is True
+    assert mine["models"] == [MODEL]
+    assert mine["region"] == "eu"
+    assert mine["earned"] > 0
+    assert not mine["revoked"]
 
     revoked_at = time.monotonic()
     result = cli(agent_stack, "hoster", "revoke", agent.hoster_id, "--json")
@@ -90,7 +94,8 @@ def test_a_registered_agent_serves_earns_and_is_cut_off_when_revoked(agent_stack
     assert time.monotonic() - revoked_at < 10
     listing = json.loads(cli(agent_stack, "hoster", "list", "--json").stdout)
     [mine] = [h for h in listing if h["id"] == agent.hoster_id]
-    assert mine["revoked"] is True and mine["live"] is False
+    assert mine["revoked"] is True
+    assert mine["live"] is False
 
 
 async def test_a_revoked_hosters_next_connection_is_refused(agent_stack: Stack) -> None:
@@ -114,8 +119,10 @@ def test_register_writes_credentials_once(agent_stack: Stack, tmp_path: Path) ->
     registered = json.loads(first.stdout)
     assert creds.stat().st_mode & 0o077 == 0
     text = creds.read_text()
-    assert "BEGIN NATS USER JWT" in text and "BEGIN USER NKEY SEED" in text
+    assert "BEGIN NATS USER JWT" in text
+    assert "BEGIN USER NKEY SEED" in text
     again = cli(agent_stack, "hoster", "register", "--name", "box", "--creds", str(creds))
-    assert again.returncode != 0 and "written once" in again.stderr
+    assert again.returncode != 0
+    assert "written once" in again.stderr
     assert creds.read_text() == text
     assert registered["id"] in {h["id"] for h in json.loads(cli(agent_stack, "hoster", "list", "--json").stdout)}
