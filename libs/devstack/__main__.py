@@ -20,6 +20,8 @@ demo API key (100 credits, also in {key_file}):
   curl {api}/chat/completions -H "Authorization: Bearer {key}" -H 'Content-Type: application/json' \\
     -d '{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello"}}], "stream": true}}'
 
+hosters: the platform's demo-hoster, and {agents} (joined as strangers do: `computeshare hoster list`)
+
 Ctrl-C stops everything.
 """
 
@@ -60,7 +62,9 @@ def main() -> None:
         sys.exit(1)
     model = config.adapters[0].hosters[0]["models"][0]["name"]
     key = demo_key(stack, args.workdir / "demo-key")
-    print(BANNER.format(api=config.api_base, model=model, key=key, key_file=args.workdir / "demo-key"), flush=True)
+    agents = ", ".join(f"{a.name} ({a.hoster_id})" for a in config.agents) or "no agent"
+    print(BANNER.format(api=config.api_base, model=model, key=key, key_file=args.workdir / "demo-key", agents=agents),
+          flush=True)  # fmt: skip
     try:
         while not stop.wait(1.0):
             for name, process in stack.processes.items():
