@@ -84,6 +84,9 @@ class Dispatcher:
         self._probes: set[str] = set()
         # Dispatches waiting for their hoster's answer: (request, attempt) -> (hoster, answer).
         self._offers: dict[tuple[str, int], tuple[str, asyncio.Future[AttemptAccepted]]] = {}
+        # Outcomes heard while their dispatch still waited for its answer (the accept and the outcome arrive on
+        # two subscriptions, so a fast failure can be handled first); replayed once the attempt is in flight.
+        self._early: dict[tuple[str, int], AttemptFinished] = {}
         self._publishing: set[asyncio.Task[bool]] = set()
         IN_FLIGHT.labels("router").set_function(lambda: len(self._in_flight))
 
@@ -214,6 +217,9 @@ class Dispatcher:
                 self._probes.add(hoster_id)
             flight = InFlight(request, queue, candidate, accepted.adapter_id, attempt)
             self._in_flight[request.request_id] = flight
+            early = self._early.pop((request.request_id, attempt), None)
+            if early is not None:
+                await self.attempt_finished(early)
             return flight
         return None
 
@@ -288,10 +294,14 @@ class Dispatcher:
                 accepted = await answer
         except TimeoutError:
             self._log.warning("adapter did not take attempt", extra={"hoster_id": dispatch.hoster_id})
+            self._early.pop(key, None)
             return None
         finally:
             self._offers.pop(key, None)
-        return accepted if accepted.accepted else None
+        if not accepted.accepted:
+            self._early.pop(key, None)
+            return None
+        return accepted
 
     def offer_answered(self, hoster_id: str, answer: AttemptAccepted) -> None:
         """A hoster answered a dispatch; only the hoster it was offered to is heard."""
@@ -303,6 +313,10 @@ class Dispatcher:
         """An attempt of a request this router owns ended: fail over, or settle and end the request."""
         flight = self._in_flight.get(event.request_id)
         if flight is None or flight.attempt != event.attempt or flight.candidate.hoster.hoster_id != event.hoster_id:
+            key = (event.request_id, event.attempt)
+            offer = self._offers.get(key)
+            if offer is not None and offer[0] == event.hoster_id:
+                self._early[key] = event
             return
         self._probes.discard(event.hoster_id)
         if billable(event):

@@ -1,0 +1,106 @@
+"""A hoster played by the test, not by our adapter: it holds a real hoster's credentials on a real nats-server,
+heartbeats one model, and answers each attempt with whatever the test scripts, in whatever order, the way a
+stranger's modified agent could."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from libs.contracts import subjects
+from libs.contracts.common import Usage
+from libs.contracts.hosters import HosterHeartbeat, HosterStatus, ModelOffer
+from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
+from tests.conftest import NatsTestServer
+
+Script = Callable[["ScriptedHoster", AttemptDispatch, Msg], Awaitable[None]]
+
+
+class ScriptedHoster:
+    """One hoster, connected with its own credentials; ``script`` decides what each attempt gets."""
+
+    def __init__(self, nc: Client, hoster_id: str, model: str, script: Script) -> None:
+        self.nc = nc
+        self.hoster_id = hoster_id
+        self.model = model
+        self.adapter_id = f"scripted-{hoster_id[:8]}"
+        self.script = script
+        self.attempts: list[AttemptDispatch] = []
+        self._beating: asyncio.Task[None] | None = None
+
+    @classmethod
+    async def join(cls, nats_server: NatsTestServer, tmp_path: Path, model: str, script: Script) -> ScriptedHoster:
+        hoster_id = str(uuid.uuid4())
+        _, creds = nats_server.auth.mint_hoster(hoster_id, f"scripted-{hoster_id[:4]}")
+        path = nats_server.auth.write_creds(tmp_path / f"{hoster_id}.creds", creds)
+        nc = await nats.connect(
+            nats_server.url, user_credentials=str(path), inbox_prefix=subjects.hoster_inbox_prefix(hoster_id)
+        )
+        hoster = cls(nc, hoster_id, model, script)
+        start = subjects.attempt_start(hoster_id)
+        await nc.subscribe(start, queue=subjects.QUEUE_HOSTER_ADAPTER, cb=hoster._on_attempt)
+        hoster._beating = asyncio.create_task(hoster._beat())
+        return hoster
+
+    async def close(self) -> None:
+        if self._beating is not None:
+            self._beating.cancel()
+        await self.nc.close()
+
+    def heartbeat(self) -> HosterHeartbeat:
+        offer = ModelOffer(model=self.model, upstream_model=self.model, input_price=1000, output_price=2000)
+        status = HosterStatus(
+            hoster_id=self.hoster_id, name="scripted", cloud=False, capacity=8, in_flight=0, models=[offer]
+        )
+        return HosterHeartbeat(adapter_id=self.adapter_id, interval_s=0.3, hosters=[status])
+
+    async def _beat(self) -> None:
+        while True:
+            beat = self.heartbeat().model_dump_json().encode()
+            await self.nc.publish(subjects.hoster_heartbeat(self.hoster_id), beat)
+            await asyncio.sleep(0.3)
+
+    async def _on_attempt(self, msg: Msg) -> None:
+        dispatch = AttemptDispatch.model_validate_json(msg.data)
+        self.attempts.append(dispatch)
+        await self.script(self, dispatch, msg)
+
+    async def accept(self, dispatch: AttemptDispatch) -> None:
+        answer = AttemptAccepted(
+            request_id=dispatch.request_id, attempt=dispatch.attempt, accepted=True, adapter_id=self.adapter_id
+        )
+        await self.nc.publish(
+            subjects.attempt_accepted(self.hoster_id, dispatch.router_id), answer.model_dump_json().encode()
+        )
+
+    async def report(
+        self, dispatch: AttemptDispatch, outcome: AttemptOutcome, usage: Usage | None = None, chunks_sent: int = 0
+    ) -> None:
+        """Publish the attempt's outcome to JetStream, as the adapter does."""
+        event = AttemptFinished(
+            request_id=dispatch.request_id,
+            attempt=dispatch.attempt,
+            router_id=dispatch.router_id,
+            hoster_id=self.hoster_id,
+            adapter_id=self.adapter_id,
+            model=dispatch.model,
+            stream=dispatch.stream,
+            outcome=outcome,
+            usage=usage or Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0),
+            chunks_sent=chunks_sent,
+            input_price=dispatch.input_price,
+            output_price=dispatch.output_price,
+            error="scripted" if outcome == "failed" else None,
+            duration_ms=1.0,
+            finished_at=time.time(),
+        )
+        await self.nc.jetstream().publish(
+            subjects.attempt_finished(self.hoster_id, dispatch.router_id), event.model_dump_json().encode()
+        )
