@@ -253,7 +253,7 @@ class HosterAdapter:
             "POST", f"{hoster.base_url}/chat/completions", content=orjson.dumps(body), headers=headers
         )
         try:
-            async with asyncio.timeout(min(loop.time() + first_byte_s, ends_at)) as deadline:
+            async with asyncio.timeout_at(min(loop.time() + first_byte_s, ends_at)) as deadline:
                 response = await self._send(request)
                 try:
                     if response.status_code != 200:
