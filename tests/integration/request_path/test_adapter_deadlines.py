@@ -1,0 +1,84 @@
+"""The adapter's first-byte deadline, driven over a real nats-server the way a router drives it: the
+dispatch's own deadline applies, capped by the adapter's ceiling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from libs.contracts import subjects
+from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished
+from libs.devstack.processes import free_port
+from libs.devstack.stack import DEMO_HOSTER_ID, demo_hoster
+from libs.platform.ids import new_request_id
+from tests.integration.conftest import Spawn
+
+pytestmark = pytest.mark.integration
+
+CEILING_S = 1.5
+
+
+@pytest.fixture
+async def hung(nats_url: str, spawn: Spawn) -> AsyncIterator[Client]:
+    """An adapter whose only hoster accepts every request and never answers."""
+    port = free_port()
+    spawn("simulator", "simulator", {"CS_SIMULATOR_PORT": str(port), "CS_SIMULATOR_FAULT": "hang",
+                                     "CS_SIMULATOR_FAULT_RATE": "1"}, port=port)  # fmt: skip
+    spawn(
+        "adapter", "hoster_adapter",
+        {"CS_NATS_URL": nats_url, "CS_ADAPTER_HOSTERS": json.dumps([demo_hoster(f"http://127.0.0.1:{port}/v1")]),
+         "CS_ADAPTER_FIRST_BYTE_TIMEOUT_S": str(CEILING_S)},
+        "hoster_adapter ready",
+    )  # fmt: skip
+    nc = await nats.connect(nats_url)
+    yield nc
+    await nc.close()
+
+
+async def run_attempt(nc: Client, deadline_ms: float | None, stream: bool) -> tuple[AttemptFinished, float]:
+    """Dispatch one attempt straight to the adapter; its outcome and how long it took."""
+    outcomes: asyncio.Queue[AttemptFinished] = asyncio.Queue()
+
+    async def on_finished(msg: Msg) -> None:
+        await outcomes.put(AttemptFinished.model_validate_json(msg.data))
+
+    subscription = await nc.subscribe(subjects.attempt_finished("test-router"), cb=on_finished)
+    request_id = new_request_id()
+    dispatch = AttemptDispatch(
+        request_id=request_id, attempt=1, router_id="test-router",
+        reply_subject=subjects.reply_subject("test-ingress", request_id), hoster_id=DEMO_HOSTER_ID,
+        model="demo-model", upstream_model="demo-model", stream=stream, include_usage=False,
+        created=int(time.time()), input_price=1, output_price=1, first_byte_deadline_ms=deadline_ms,
+        body={"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+    )  # fmt: skip
+    started = time.monotonic()
+    reply = await nc.request(subjects.attempt_start(DEMO_HOSTER_ID), dispatch.model_dump_json().encode(), timeout=5)
+    assert AttemptAccepted.model_validate_json(reply.data).accepted
+    event = await asyncio.wait_for(outcomes.get(), 10)
+    await subscription.unsubscribe()
+    assert event.request_id == request_id
+    return event, time.monotonic() - started
+
+
+@pytest.mark.parametrize(
+    ("deadline_ms", "expected_s"),
+    [(300, 0.3), (None, CEILING_S), (60_000, CEILING_S)],
+    ids=["the dispatch's own", "the ceiling by default", "never past the ceiling"],
+)
+async def test_a_silent_upstream_fails_the_attempt_at_its_first_byte_deadline(
+    hung: Client, deadline_ms: float | None, expected_s: float
+) -> None:
+    for stream in (False, True):
+        event, took = await run_attempt(hung, deadline_ms, stream)
+        assert event.outcome == "failed"
+        assert event.error is not None
+        assert event.error.startswith("first_byte_timeout")
+        assert (event.chunks_sent, event.client_error, event.upstream_status) == (0, False, None)
+        assert expected_s <= took < expected_s + 1.0, took
