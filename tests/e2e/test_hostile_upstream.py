@@ -145,16 +145,18 @@ async def test_hostile_upstreams_fail_cleanly_in_bounded_memory_while_a_healthy_
         assert hostile.processes["hoster_adapter"].alive()
 
 
-def sdk(stack: Stack, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.config.api_base, api_key=key, max_retries=0, timeout=60)
+@pytest.fixture
+def sdk(hostile: Stack, key: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=hostile.config.api_base, api_key=key, max_retries=0, timeout=60) as client:
+        yield client
 
 
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_hoster_that_never_answers_is_abandoned_at_the_first_byte_deadline_and_another_serves(
-    hostile: Stack, key: str, stream: bool
+    hostile: Stack, key: str, sdk: openai.OpenAI, stream: bool
 ) -> None:
     started = time.monotonic()
-    create = sdk(hostile, key).chat.completions.with_raw_response.create
+    create = sdk.chat.completions.with_raw_response.create
     options: dict[str, Any] = {"extra_body": {"tier": "cheapest"}}
     if stream:
         raw_stream = create(model="deadline", messages=MESSAGES, max_tokens=8, stream=True, **options)
@@ -176,10 +178,10 @@ def test_a_hoster_that_never_answers_is_abandoned_at_the_first_byte_deadline_and
 
 
 def test_a_stream_that_stalls_midway_ends_with_an_error_the_sdk_raises_within_the_stall_limit(
-    hostile: Stack, key: str
+    hostile: Stack, key: str, sdk: openai.OpenAI
 ) -> None:
     stall = {"simulator": {"fault": "stall", "fault_after_tokens": 3, "reply_tokens": 8}}
-    stream = sdk(hostile, key).chat.completions.create(
+    stream = sdk.chat.completions.create(
         model="hostile-stall", messages=MESSAGES, max_tokens=8, stream=True, extra_body=stall
     )
     received: list[float] = []
@@ -199,8 +201,8 @@ def test_a_stream_that_stalls_midway_ends_with_an_error_the_sdk_raises_within_th
     assert attempt["error"].startswith("stalled")
 
 
-def test_an_upstream_400_reaches_the_client_as_a_400_and_does_not_cool_the_hoster(hostile: Stack, key: str) -> None:
-    client = sdk(hostile, key)
+def test_an_upstream_400_reaches_the_client_as_a_400_and_does_not_cool_the_hoster(sdk: openai.OpenAI) -> None:
+    client = sdk
     refuse = {"simulator": {"fault": "error", "fault_status": 400}}
     for _ in range(4):  # three failures in a row would cool a hoster down
         with pytest.raises(openai.BadRequestError) as info:
