@@ -1,5 +1,6 @@
-"""The adapter's first-byte deadline, driven over a real nats-server the way a router drives it: the
-dispatch's own deadline applies, capped by the adapter's ceiling."""
+"""The adapter's deadlines and limits, driven over a real nats-server the way a router drives it: the
+dispatch's own first-byte deadline applies, capped by the adapter's ceiling; a stall, a response too long or
+too large fails the attempt with an error naming it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import nats
 import pytest
@@ -42,7 +44,9 @@ async def hung(nats_url: str, spawn: Spawn) -> AsyncIterator[Client]:
     await nc.close()
 
 
-async def run_attempt(nc: Client, deadline_ms: float | None, stream: bool) -> tuple[AttemptFinished, float]:
+async def run_attempt(
+    nc: Client, deadline_ms: float | None, stream: bool, simulator: dict[str, Any] | None = None
+) -> tuple[AttemptFinished, float]:
     """Dispatch one attempt straight to the adapter; its outcome and how long it took."""
     outcomes: asyncio.Queue[AttemptFinished] = asyncio.Queue()
 
@@ -56,7 +60,8 @@ async def run_attempt(nc: Client, deadline_ms: float | None, stream: bool) -> tu
         reply_subject=subjects.reply_subject("test-ingress", request_id), hoster_id=DEMO_HOSTER_ID,
         model="demo-model", upstream_model="demo-model", stream=stream, include_usage=False,
         created=int(time.time()), input_price=1, output_price=1, first_byte_deadline_ms=deadline_ms,
-        body={"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], "stream": stream},
+        body={"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
+              **({"simulator": simulator} if simulator else {})},
     )  # fmt: skip
     started = time.monotonic()
     reply = await nc.request(subjects.attempt_start(DEMO_HOSTER_ID), dispatch.model_dump_json().encode(), timeout=5)
@@ -82,3 +87,44 @@ async def test_a_silent_upstream_fails_the_attempt_at_its_first_byte_deadline(
         assert event.error.startswith("first_byte_timeout")
         assert (event.chunks_sent, event.client_error, event.upstream_status) == (0, False, None)
         assert expected_s <= took < expected_s + 1.0, took
+
+
+@pytest.fixture
+async def bounded(nats_url: str, spawn: Spawn) -> AsyncIterator[Client]:
+    """An adapter with small limits in front of a well-behaved simulator (each request asks for its faults)."""
+    port = free_port()
+    spawn("simulator", "simulator", {"CS_SIMULATOR_PORT": str(port)}, port=port)
+    spawn(
+        "adapter", "hoster_adapter",
+        {"CS_NATS_URL": nats_url, "CS_ADAPTER_HOSTERS": json.dumps([demo_hoster(f"http://127.0.0.1:{port}/v1")]),
+         "CS_ADAPTER_STALL_TIMEOUT_S": "0.5", "CS_ADAPTER_MAX_ATTEMPT_DURATION_S": "1.5",
+         "CS_ADAPTER_MAX_ATTEMPT_BYTES": str(64 * 1024)},
+        "hoster_adapter ready",
+    )  # fmt: skip
+    nc = await nats.connect(nats_url)
+    yield nc
+    await nc.close()
+
+
+@pytest.mark.parametrize(
+    ("simulator", "error", "within_s"),
+    [
+        ({"fault": "stall", "fault_after_tokens": 2}, "stalled", (0.5, 1.5)),
+        ({"reply_tokens": 60, "tokens_per_second": 20}, "attempt_too_long", (1.5, 2.5)),
+        ({"reply_tokens": 2000}, "response_too_large", (0, 1.0)),
+        ({"reply_tokens": 2}, None, (0, 1.0)),
+    ],
+    ids=["stall", "too long", "too large", "within every limit"],
+)
+async def test_an_attempt_past_a_limit_fails_naming_it(
+    bounded: Client, simulator: dict[str, Any], error: str | None, within_s: tuple[float, float]
+) -> None:
+    for stream in (True, False):
+        event, took = await run_attempt(bounded, None, stream, simulator)
+        assert within_s[0] <= took < within_s[1], took
+        if error is None:
+            assert (event.outcome, event.error) == ("succeeded", None)
+            continue
+        assert event.outcome == "failed"
+        assert event.error is not None
+        assert event.error.startswith(error), event.error
