@@ -91,6 +91,16 @@ async def keep_calling_the_healthy_hoster(client: httpx.AsyncClient, stop: async
     return statuses
 
 
+async def open_streams(client: httpx.AsyncClient, sim: SimulatorSpec, timeout_s: float = 2) -> int:
+    """The simulator's open streams, once they are none or after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = (await client.get(sim.base_url.removesuffix("/v1") + "/stats")).json()
+        if stats["active_streams"] == 0 or time.monotonic() > deadline:
+            return int(stats["active_streams"])
+        await asyncio.sleep(0.05)
+
+
 HOSTILE_CASES = [
     # An SSE line that never ends, sent for ever.
     ("hostile-lines", True, {"fault": "endless_line"}, "line_too_long"),
@@ -136,6 +146,8 @@ async def test_hostile_upstreams_fail_cleanly_in_bounded_memory_while_a_healthy_
             assert attempt["outcome"] == "failed"
             assert attempt["error"].startswith(error), attempt["error"]
             assert len(attempt["error"]) < 400
+            # The adapter closed the upstream request: the endless line is not still being sent.
+            assert await open_streams(client, hostile.config.simulators[1]) == 0
             print(f"{model}: failed in {elapsed:.2f}s, {len(statuses)} healthy requests meanwhile")
         grown_mb = (max(highest, memory_kb(pid, "VmHWM")) - max(baseline, peak)) / 1024
         print(f"adapter RSS: baseline {baseline / 1024:.1f} MB, highest {highest / 1024:.1f} MB, "
