@@ -78,6 +78,9 @@ class AttemptDispatch(BaseModel):
     output_price: int
     fee_bps: int = 0
     body: dict[str, Any]
+    # How long the adapter waits for the hoster's first chunk; None: the adapter's own ceiling, which also
+    # caps any value given here.
+    first_byte_deadline_ms: float | None = Field(None, gt=0)
 
 
 class AttemptAccepted(BaseModel):
@@ -115,6 +118,9 @@ class AttemptFinished(BaseModel):
     finish_reason: str | None = None
     error: str | None = None
     upstream_status: int | None = None
+    # The upstream refused the client's own parameters (400, 413, 422): the client's fault, not the hoster's,
+    # so it is neither retried elsewhere nor counted against the hoster.
+    client_error: bool = False
     ttft_ms: float | None = None
     duration_ms: float
     finished_at: float

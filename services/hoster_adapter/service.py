@@ -14,22 +14,42 @@ from libs.contracts.pricing import cost_of, estimate_prompt_tokens, to_credits
 from libs.contracts.routing import AttemptDispatch
 
 
+class UpstreamFailure(Exception):
+    """The upstream answered with an error, broke off the stream or broke one of the adapter's bounds.
+
+    The message becomes the routing record's error; ``status`` is the upstream's HTTP status, if it sent one;
+    ``client_error`` says the upstream refused the client's own parameters.
+    """
+
+    def __init__(self, message: str, status: int | None = None, client_error: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.client_error = client_error
+
+
 class SseDataLines:
     """Splits raw SSE bytes into the payloads of its ``data:`` lines, across reads of any size.
 
     Working on raw bytes skips httpx's text decoding and line-splitting layers, which cost more per chunk
-    than everything else the adapter does.
+    than everything else the adapter does. A line longer than ``max_line_bytes`` (one that never ends, say)
+    is an ``UpstreamFailure``: at most that much of it is ever held.
     """
 
-    __slots__ = ("_rest",)
+    __slots__ = ("_max", "_rest")
 
-    def __init__(self) -> None:
+    def __init__(self, max_line_bytes: int = 1 << 20) -> None:
         self._rest = b""
+        self._max = max_line_bytes
 
     def feed(self, data: bytes) -> list[bytes]:
         """Payloads of the ``data:`` lines completed by ``data`` (comments and other fields are skipped)."""
-        lines = (self._rest + data).split(b"\n")
+        buffered = self._rest + data
+        lines = buffered.split(b"\n")
         self._rest = lines.pop()
+        # Only a buffer over the bound can hold a line over it: the common case costs one comparison.
+        if len(buffered) > self._max and (len(self._rest) > self._max or any(len(x) > self._max for x in lines)):
+            self._rest = b""
+            raise UpstreamFailure(f"line_too_long: the upstream sent an SSE line over {self._max} bytes")
         return [line[5:].strip() for line in lines if line.startswith(b"data:")]
 
 
@@ -142,42 +162,78 @@ def _new_choice() -> dict[str, Any]:
     return {"content": [], "reasoning": [], "tool_calls": {}, "logprobs": None, "finish_reason": None, "refusal": None}
 
 
-class CompletionAssembler:
-    """Gathers the chunks of a stream into one ``chat.completion`` for a non-streaming client."""
+def _text(value: Any) -> str:
+    """A string field of an upstream chunk; anything else is a malformed chunk."""
+    if not isinstance(value, str):
+        raise UpstreamFailure(f"invalid_chunk: expected a string, got {type(value).__name__}")
+    return value
 
-    def __init__(self) -> None:
+
+class CompletionAssembler:
+    """Gathers the chunks of a stream into one ``chat.completion`` for a non-streaming client.
+
+    Bounded, as anything a hoster sends: at most ``max_choices`` choices (the request's ``n``, itself capped),
+    at most ``max_tool_calls`` tool calls per choice, and at most ``max_bytes`` of content in all (characters of
+    text, reasoning, refusal and tool calls; logprobs as JSON). Past a bound, ``add`` raises ``UpstreamFailure``.
+    """
+
+    def __init__(self, max_choices: int = 128, max_bytes: int = 900_000, max_tool_calls: int = 128) -> None:
         self._choices: dict[int, dict[str, Any]] = {}
+        self._max_choices = max_choices
+        self._max_tool_calls = max_tool_calls
+        self._budget = self._max_bytes = max_bytes
+
+    def _spend(self, size: int) -> None:
+        self._budget -= size
+        if self._budget < 0:
+            raise UpstreamFailure(f"completion_too_large: the upstream's answer is over {self._max_bytes} bytes")
 
     def add(self, chunk: dict[str, Any]) -> None:
         """Merge one upstream chunk."""
         for choice in chunk.get("choices") or ():
-            index = int(choice.get("index") or 0)
-            state = self._choices.get(index)
+            index = choice.get("index") or 0
+            state = self._choices.get(index) if type(index) is int else None
             if state is None:
+                if not isinstance(index, int) or not 0 <= index < self._max_choices:
+                    raise UpstreamFailure(
+                        f"too_many_choices: choice index {str(index)[:20]} outside the {self._max_choices} asked for"
+                    )
                 state = self._choices[index] = _new_choice()
             delta = choice.get("delta") or {}
-            if delta.get("content"):
-                state["content"].append(delta["content"])
-            if delta.get("reasoning_content"):
-                state["reasoning"].append(delta["reasoning_content"])
-            if delta.get("refusal"):
-                state["refusal"] = (state["refusal"] or "") + delta["refusal"]
+            if content := delta.get("content"):
+                self._spend(len(_text(content)))
+                state["content"].append(content)
+            if reasoning := delta.get("reasoning_content"):
+                self._spend(len(_text(reasoning)))
+                state["reasoning"].append(reasoning)
+            if refusal := delta.get("refusal"):
+                self._spend(len(_text(refusal)))
+                state["refusal"] = (state["refusal"] or "") + refusal
             for call in delta.get("tool_calls") or ():
-                merged = state["tool_calls"].setdefault(
-                    int(call.get("index") or 0),
-                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
-                )
-                if call.get("id"):
-                    merged["id"] = call["id"]
-                function = call.get("function") or {}
-                merged["function"]["name"] += function.get("name") or ""
-                merged["function"]["arguments"] += function.get("arguments") or ""
+                self._merge_call(state["tool_calls"], call)
             logprobs = choice.get("logprobs")
             if logprobs and logprobs.get("content"):
+                self._spend(len(orjson.dumps(logprobs["content"])))
                 state["logprobs"] = state["logprobs"] or {"content": [], "refusal": None}
                 state["logprobs"]["content"].extend(logprobs["content"])
-            if choice.get("finish_reason"):
-                state["finish_reason"] = choice["finish_reason"]
+            if finish := choice.get("finish_reason"):
+                state["finish_reason"] = _text(finish)[:64]
+
+    def _merge_call(self, calls: dict[int, dict[str, Any]], call: dict[str, Any]) -> None:
+        index = call.get("index") or 0
+        merged = calls.get(index) if type(index) is int else None
+        if merged is None:
+            if not isinstance(index, int) or not 0 <= index < self._max_tool_calls:
+                raise UpstreamFailure(f"too_many_tool_calls: over {self._max_tool_calls} in one choice")
+            merged = calls[index] = {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+        if call_id := call.get("id"):
+            self._spend(len(_text(call_id)))
+            merged["id"] = call_id
+        function = call.get("function") or {}
+        name, arguments = _text(function.get("name") or ""), _text(function.get("arguments") or "")
+        self._spend(len(name) + len(arguments))
+        merged["function"]["name"] += name
+        merged["function"]["arguments"] += arguments
 
     def completion(self, dispatch: AttemptDispatch, usage: Usage, fingerprint: str | None) -> bytes:
         """The assembled ``chat.completion``, with usage, serialized."""

@@ -86,6 +86,26 @@ class AdapterSettings(ServiceSettings):
     # On SIGTERM, running attempts get this long to finish before they are cancelled (and billed as such).
     shutdown_grace_s: float = Field(30.0, ge=0)
 
+    # Bounds on what one upstream may send in one attempt: a hoster is untrusted input. Breaking one fails the
+    # attempt with an error naming it, and the upstream request is closed.
+    # The longest SSE line (one chunk's JSON); a line that never ends fails the attempt here.
+    max_line_bytes: int = Field(1 << 20, ge=1024)
+    # How much of an error answer's body is read (for the routing record's error); the rest is never read.
+    max_error_body_bytes: int = Field(4096, ge=0)
+    # Bytes of one attempt's whole response body, and the longest it may last (from sending the request).
+    max_attempt_bytes: int = Field(256 << 20, ge=1024)
+    max_attempt_duration_s: float = Field(1800.0, gt=0)
+    # A non-streaming client's assembled completion: its bytes of content (text, reasoning, tool calls,
+    # logprobs) and its choices beyond the request's ``n``. One NATS message carries it, so the effective
+    # budget is also kept under the server's max_payload.
+    max_completion_bytes: int = Field(900_000, ge=1024)
+    max_choices: int = Field(128, ge=1)
+    # The longest wait for the first chunk (from sending the request); a dispatch's ``first_byte_deadline_ms``
+    # may ask for less, never more. Then the longest silence between two chunks. Past either the attempt
+    # fails (``first_byte_timeout`` / ``stalled``), so the router fails over and counts it against the hoster.
+    first_byte_timeout_s: float = Field(30.0, gt=0)
+    stall_timeout_s: float = Field(30.0, gt=0)
+
     def all_hosters(self) -> list[HosterConfig]:
         """Hosters from the environment and from ``hosters_file``; each id may appear once. An agent (its
         credentials name one hoster) fronts that hoster alone."""

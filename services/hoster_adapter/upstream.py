@@ -23,7 +23,13 @@ from libs.platform.broker import publish_durably
 from libs.platform.metrics import IN_FLIGHT, TIME_TO_FIRST_TOKEN, TOKENS
 from libs.platform.telemetry import REQUEST_ID, inject_headers, span_attributes
 from services.hoster_adapter.profiles import PROFILES
-from services.hoster_adapter.service import ChunkRewriter, CompletionAssembler, SseDataLines, StreamTally
+from services.hoster_adapter.service import (
+    ChunkRewriter,
+    CompletionAssembler,
+    SseDataLines,
+    StreamTally,
+    UpstreamFailure,
+)
 from services.hoster_adapter.settings import AdapterSettings, HosterConfig
 
 
@@ -39,14 +45,11 @@ class ActiveAttempt:
 
 
 TRACER = trace.get_tracer("computeshare.hoster_adapter")
-
-
-class UpstreamFailure(Exception):
-    """The upstream answered with an error or broke off the stream."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+# Statuses an upstream answers because of the client's own parameters; 401, 403, 404, 408 and 429 are the
+# hoster's configuration or capacity, and count against it.
+CLIENT_ERROR_STATUSES = frozenset({400, 413, 422})
+# Room in a NATS message for a frame's header around the body (a chunk or an assembled completion).
+FRAME_ROOM = 4096
 
 
 class HosterAdapter:
@@ -173,6 +176,7 @@ class HosterAdapter:
         outcome: AttemptOutcome = "failed"
         error: str | None = None
         status: int | None = None
+        client_error = False
         ttft: list[float] = []
         sent = 0
         span = TRACER.start_span(
@@ -188,7 +192,7 @@ class HosterAdapter:
             outcome = "cancelled"
             sent = active.seq
         except UpstreamFailure as exc:
-            error, status, sent = str(exc), exc.status, active.seq
+            error, status, sent, client_error = str(exc), exc.status, active.seq, exc.client_error
         except httpx.HTTPError as exc:
             error, sent = f"upstream {type(exc).__name__}: {exc}", active.seq
         except Exception as exc:
@@ -217,6 +221,7 @@ class HosterAdapter:
             finish_reason=tally.finish_reason,
             error=error,
             upstream_status=status,
+            client_error=client_error,
             ttft_ms=ttft[0] * 1000 if ttft else None,
             duration_ms=(time.monotonic() - started) * 1000,
             finished_at=time.time(),
@@ -231,56 +236,94 @@ class HosterAdapter:
         await self._publish_finished(dispatch.router_id, event)
 
     async def _stream(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> int:
-        """Call the upstream streaming, forward or assemble its chunks; return how many frames were sent."""
+        """Call the upstream streaming, forward or assemble its chunks; return how many frames were sent.
+
+        Everything the upstream sends is held to the settings' bounds, and the whole exchange runs under one
+        deadline: the first chunk's, then moved on with each chunk by the stall limit, never past the
+        attempt's longest duration. Past it the request is cancelled and the upstream connection closed.
+        """
         assert self._http is not None
         assert self._nc is not None
+        s = self._settings
         dispatch = active.dispatch
         body, active.dropped = PROFILES[hoster.profile].prepare(dispatch.body, dispatch.upstream_model)
         headers = inject_headers({"content-type": "application/json", "accept": "text/event-stream"})
         if hoster.api_key is not None:
             headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"
         started = time.monotonic()
+        loop = asyncio.get_running_loop()
+        first_byte_s = s.first_byte_timeout_s
+        if dispatch.first_byte_deadline_ms is not None:
+            first_byte_s = min(first_byte_s, dispatch.first_byte_deadline_ms / 1000)
+        ends_at = loop.time() + s.max_attempt_duration_s
+        stall_s = s.stall_timeout_s
+        max_bytes = s.max_attempt_bytes
+        max_payload = self._max_payload()
         publish = self._nc.publish
         reply = dispatch.reply_subject
         attempt = dispatch.attempt
         rewriter = ChunkRewriter(dispatch) if dispatch.stream else None
-        assembler = None if dispatch.stream else CompletionAssembler()
+        assembler = None
+        if not dispatch.stream:
+            n = dispatch.body.get("n")
+            choices = min(n if isinstance(n, int) and n > 0 else 1, s.max_choices)
+            assembler = CompletionAssembler(choices, min(s.max_completion_bytes, max_payload))
         done = False
+        received = 0
         request = self._http.build_request(
             "POST", f"{hoster.base_url}/chat/completions", content=orjson.dumps(body), headers=headers
         )
-        response = await self._send(request)
         try:
-            if response.status_code != 200:
-                detail = (await response.aread())[:300].decode(errors="replace")
-                raise UpstreamFailure(f"upstream status {response.status_code}: {detail}", response.status_code)
-            splitter = SseDataLines()
-            # Read on to the end of the body even after [DONE] (nothing follows it): a half-read response
-            # cannot go back to the connection pool, and a new connection per request costs more than a hop.
-            async for data in response.aiter_raw():
-                for payload in splitter.feed(data):
-                    if payload == b"[DONE]":
-                        done = True
-                        continue
-                    chunk = orjson.loads(payload)
-                    if not ttft:
-                        ttft.append(time.monotonic() - started)
-                    tally.observe(chunk)
-                    if rewriter is not None:
-                        out = rewriter.rewrite(chunk)
-                        if out is not None:
-                            await publish(reply, frames.encode(frames.CHUNK, attempt, active.seq, out))
-                            active.seq += 1
-                            active.last_sent = time.monotonic()
-                    elif assembler is not None:
-                        assembler.add(chunk)
-        finally:
-            await response.aclose()
+            async with asyncio.timeout_at(min(loop.time() + first_byte_s, ends_at)) as deadline:
+                response = await self._send(request)
+                try:
+                    if response.status_code != 200:
+                        raise await self._refusal(response)
+                    splitter = SseDataLines(min(s.max_line_bytes, max_payload))
+                    # Read on to the end of the body even after [DONE] (nothing follows it): a half-read response
+                    # cannot go back to the connection pool, and a new connection per request costs more than a
+                    # hop.
+                    async for data in response.aiter_raw():
+                        received += len(data)
+                        if received > max_bytes:
+                            raise UpstreamFailure(f"response_too_large: the upstream sent over {max_bytes} bytes")
+                        payloads = splitter.feed(data)
+                        if not payloads:
+                            continue
+                        deadline.reschedule(min(loop.time() + stall_s, ends_at))
+                        for payload in payloads:
+                            if payload == b"[DONE]":
+                                done = True
+                                continue
+                            if not ttft:
+                                ttft.append(time.monotonic() - started)
+                            try:
+                                chunk = orjson.loads(payload)
+                                tally.observe(chunk)
+                                out = None if rewriter is None else rewriter.rewrite(chunk)
+                                if assembler is not None:
+                                    assembler.add(chunk)
+                            except (ValueError, TypeError, AttributeError) as exc:
+                                raise UpstreamFailure(f"invalid_chunk: {type(exc).__name__}") from exc
+                            if out is not None:
+                                await publish(reply, frames.encode(frames.CHUNK, attempt, active.seq, out))
+                                active.seq += 1
+                                active.last_sent = time.monotonic()
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise
+            # After [DONE] nothing is owed: an upstream that keeps the connection open only loses it.
+            if not done:
+                raise UpstreamFailure(self._deadline_error(ttft, loop.time() >= ends_at, first_byte_s)) from exc
         if not done:
             raise UpstreamFailure("upstream closed the stream before [DONE]")
         if assembler is not None:
             usage = tally.usage(dispatch.body)
             completion = assembler.completion(dispatch, usage, tally.system_fingerprint)
+            if len(completion) > max_payload:
+                raise UpstreamFailure(f"completion_too_large: the assembled answer is over {max_payload} bytes")
             await publish(reply, frames.encode(frames.COMPLETION, attempt, active.seq, completion))
         else:
             if rewriter is not None and dispatch.include_usage and not rewriter.usage_sent:
@@ -290,6 +333,35 @@ class HosterAdapter:
             await publish(reply, frames.encode(frames.END, attempt, active.seq))
         active.seq += 1
         return active.seq
+
+    def _max_payload(self) -> int:
+        """The largest frame body NATS carries: the server's max_payload less the frame's header."""
+        assert self._nc is not None
+        max_payload = int(self._nc.max_payload or 0)
+        return max_payload - FRAME_ROOM if max_payload > FRAME_ROOM else 1 << 20
+
+    def _deadline_error(self, ttft: list[float], too_long: bool, first_byte_s: float) -> str:
+        """The routing record's error for an attempt its deadline ended."""
+        s = self._settings
+        if too_long:
+            return f"attempt_too_long: the attempt lasted over {s.max_attempt_duration_s:g} s"
+        if not ttft:
+            return f"first_byte_timeout: no chunk from the upstream within {first_byte_s:g} s"
+        return f"stalled: no chunk from the upstream for {s.stall_timeout_s:g} s"
+
+    async def _refusal(self, response: httpx.Response) -> UpstreamFailure:
+        """The failure for a non-200 answer, from at most ``max_error_body_bytes`` of its body (the rest is
+        never read: the caller closes the response)."""
+        cap = self._settings.max_error_body_bytes
+        head = bytearray()
+        if cap:
+            async for data in response.aiter_raw():
+                head += data[: cap - len(head)]
+                if len(head) >= cap:
+                    break
+        status = response.status_code
+        detail = _error_detail(bytes(head))
+        return UpstreamFailure(f"upstream status {status}: {detail}", status, status in CLIENT_ERROR_STATUSES)
 
     async def _send(self, request: httpx.Request) -> httpx.Response:
         """Send, retrying once when the connection fails before the upstream saw the request: a pooled
@@ -334,3 +406,13 @@ class HosterAdapter:
                     d = active.dispatch
                     await self._nc.publish(d.reply_subject, frames.encode(frames.KEEPALIVE, d.attempt, -1))
                     active.last_sent = now
+
+
+def _error_detail(head: bytes, limit: int = 300) -> str:
+    """What an error body says: the OpenAI envelope's message when it is one, else its first characters."""
+    try:
+        message = orjson.loads(head)["error"]["message"]
+    except (ValueError, TypeError, KeyError):
+        message = None
+    text = message if isinstance(message, str) else head.decode(errors="replace")
+    return text[:limit]

@@ -64,6 +64,7 @@ def can_fail_over(event: AttemptFinished, flight: InFlight) -> bool:
     the request used its attempts."""
     return (
         event.outcome == "failed"
+        and not event.client_error
         and not flight.cancelled
         and (not event.stream or event.chunks_sent == 0)
         and flight.attempt < MAX_ATTEMPTS
@@ -142,7 +143,7 @@ class Dispatcher:
     def observe_attempt(self, event: AttemptFinished) -> None:
         """Fold any router's attempt outcome into the stats, so every replica sees the same network."""
         ATTEMPTS.labels(event.outcome).inc()
-        if event.outcome == "failed":
+        if event.outcome == "failed" and not event.client_error:
             HOSTER_FAILURES.labels(event.hoster_id).inc()
         self.stats.observe(
             event.hoster_id,
@@ -153,6 +154,7 @@ class Dispatcher:
             ttft_ms=event.ttft_ms,
             completion_tokens=event.usage.completion_tokens,
             duration_ms=event.duration_ms,
+            client_error=event.client_error,
         )
 
     async def route(self, request: RouteRequest) -> RouteAccepted | RouteRejected:
@@ -333,7 +335,9 @@ class Dispatcher:
             return
         del self._in_flight[event.request_id]
         self._finish(flight.route, event.model, event.outcome, flight.billed)
-        if event.outcome == "failed":
+        if event.outcome == "failed" and event.client_error:
+            await self._fail(flight, _refused(event))
+        elif event.outcome == "failed":
             await self._fail(flight, _all_failed() if event.chunks_sent == 0 else _broke_off())
 
     async def _fail_over(self, flight: InFlight) -> bool:
@@ -432,4 +436,14 @@ def _broke_off() -> ErrorReport:
         type="server_error",
         code="upstream_error",
         message="The hoster failed in the middle of the response.",
+    )
+
+
+def _refused(event: AttemptFinished) -> ErrorReport:
+    """The hoster refused the client's own parameters: the client gets that status, as from OpenAI."""
+    return ErrorReport(
+        http_status=event.upstream_status or 400,
+        type="invalid_request_error",
+        code="rejected_by_hoster",
+        message=f"The hoster rejected the request's parameters ({event.error}).",
     )

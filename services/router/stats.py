@@ -101,10 +101,11 @@ class HosterStats:
         completion_tokens: int,
         duration_ms: float,
         now: float,
+        client_error: bool = False,
     ) -> None:
         """Fold in one attempt's outcome (``succeeded``, ``failed`` or ``cancelled``) at wall time ``now``."""
-        if outcome == "cancelled":
-            return  # the client left: says nothing about the hoster
+        if outcome == "cancelled" or client_error:
+            return  # the client left, or the upstream refused the client's own parameters: not the hoster's doing
         self.lifetime += 1
         if outcome == "succeeded":
             self.outcomes.append("ok")

@@ -26,6 +26,7 @@ from services.simulator.responses import (
     CompletionMeta,
     choice_chunks,
     completion,
+    completion_chunk,
     error_envelope,
     finish_chunk,
     new_completion,
@@ -113,10 +114,15 @@ class _Endpoints:
                 "server_error",
                 code="simulated_error",
             )
-        if behaviour.fault == "hang":
+        if behaviour.fault == "hang" or (behaviour.fault == "stall" and not chat.stream):
             await _until_disconnected(request.receive)
             return _abandoned()
         meta = new_completion(chat.model)
+        hostile = _hostile_body(behaviour, meta)
+        if behaviour.fault == "huge_error" and hostile is not None:
+            return StreamingResponse(hostile, status_code=behaviour.fault_status, media_type="application/json")
+        if hostile is not None:
+            return _CountedEventStream(hostile, self._state)
         reply = plan_reply(chat, behaviour.reply_tokens, reasoning_tokens=behaviour.reasoning_tokens)
         if chat.stream:
             events = _completion_events(meta, reply, behaviour, include_usage=chat.include_usage)
@@ -217,7 +223,7 @@ async def _completion_events(
         await asyncio.sleep(behaviour.ttft_s)
     due: list[bytes] = []
     interval = behaviour.token_interval_s
-    drop_at = behaviour.fault_after_tokens + 1 if behaviour.fault == "disconnect" else None
+    drop_at = behaviour.fault_after_tokens + 1 if behaviour.fault in ("disconnect", "stall") else None
     first_token_at = loop.time()
     steps = zip_longest(*(choice_chunks(meta, choice, include_usage=include_usage) for choice in reply.choices))
     for step, chunks in enumerate(steps):
@@ -233,12 +239,49 @@ async def _completion_events(
         due.extend(sse_event(chunk) for chunk in chunks if chunk is not None)
     if drop_at is not None:
         yield b"".join(due)
+        if behaviour.fault == "stall":
+            await asyncio.Future()  # silent, the connection open, until the client leaves
         raise SimulatedDisconnect
     due.extend(sse_event(finish_chunk(meta, choice, include_usage=include_usage)) for choice in reply.choices)
     if include_usage:
         due.append(sse_event(usage_chunk(meta, reply)))
     due.append(DONE_EVENT)
     yield b"".join(due)
+
+
+HOSTILE_PIECE_BYTES = 64 * 1024
+
+
+def _hostile_body(behaviour: Behaviour, meta: CompletionMeta) -> AsyncGenerator[bytes, None] | None:
+    """The body of a hostile fault (``endless_line``, ``huge_error``, ``many_choices``), else None."""
+    if behaviour.fault == "endless_line":
+        return _endless(b'data: {"id": "' + meta.id.encode() + b'", "junk": "', behaviour.fault_bytes)
+    if behaviour.fault == "huge_error":
+        return _endless(b'{"error": {"type": "server_error", "message": "', behaviour.fault_bytes)
+    if behaviour.fault == "many_choices":
+        return _many_choices(meta, behaviour.fault_choices)
+    return None
+
+
+async def _endless(opening: bytes, size: int) -> AsyncGenerator[bytes, None]:
+    """``opening`` then ``x`` without a newline or a closing quote, ``size`` bytes in all (0: for ever)."""
+    yield opening
+    sent, piece = len(opening), b"x" * HOSTILE_PIECE_BYTES
+    while not size or sent < size:
+        part = piece if not size else piece[: size - sent]
+        yield part
+        sent += len(part)
+        await asyncio.sleep(0)  # let the server notice a client that left
+
+
+async def _many_choices(meta: CompletionMeta, choices: int) -> AsyncGenerator[bytes, None]:
+    """A well-formed stream with ``choices`` choices, whatever ``n`` the request asked for."""
+    for start in range(0, choices, 100):
+        yield b"".join(
+            sse_event(completion_chunk(meta, {"role": "assistant", "content": "many"}, "stop", index=index))
+            for index in range(start, min(start + 100, choices))
+        )
+    yield DONE_EVENT
 
 
 class _CountedEventStream(StreamingResponse):

@@ -10,7 +10,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Fault = Literal["none", "error", "hang", "disconnect"]
+# ``hang`` accepts and never sends a byte; ``disconnect`` breaks off after ``fault_after_tokens``; ``stall`` goes
+# silent (connection open) after ``fault_after_tokens``. The hostile ones, for the adapter's bounds: an SSE line
+# that never ends, an error body of ``fault_bytes`` (0: for ever), a stream of ``fault_choices`` choices.
+Fault = Literal["none", "error", "hang", "disconnect", "stall", "endless_line", "huge_error", "many_choices"]
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 
@@ -28,6 +31,8 @@ class SimulatorOverride(BaseModel):
     fault: Fault | None = None
     fault_status: int | None = Field(None, ge=400, le=599)
     fault_after_tokens: int | None = Field(None, ge=0)
+    fault_bytes: int | None = Field(None, ge=0)
+    fault_choices: int | None = Field(None, ge=1)
     reasoning_tokens: int | None = Field(None, ge=0)
 
 

@@ -65,6 +65,9 @@ class Behaviour:
     fault_status: int
     fault_after_tokens: int
     reasoning_tokens: int | None = None
+    # Size of the ``endless_line`` and ``huge_error`` faults (0: for ever); choices of ``many_choices``.
+    fault_bytes: int = 0
+    fault_choices: int = 1000
 
     @property
     def ttft_s(self) -> float:

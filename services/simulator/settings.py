@@ -26,6 +26,9 @@ class SimulatorSettings(ServiceSettings):
     fault_rate: float = Field(0.0, ge=0, le=1)
     fault_status: int = Field(500, ge=400, le=599)
     fault_after_tokens: int = Field(0, ge=0)
+    # The hostile faults: bytes of an endless line or a huge error body (0: for ever), choices of many_choices.
+    fault_bytes: int = Field(0, ge=0)
+    fault_choices: int = Field(1000, ge=1)
     # Optional: a local simulator usually runs open; set it to test the gateway's upstream authentication.
     api_key: str | None = None
 
@@ -38,4 +41,6 @@ class SimulatorSettings(ServiceSettings):
             fault=self.fault,
             fault_status=self.fault_status,
             fault_after_tokens=self.fault_after_tokens,
+            fault_bytes=self.fault_bytes,
+            fault_choices=self.fault_choices,
         )
