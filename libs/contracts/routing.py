@@ -48,6 +48,8 @@ class RouteAccepted(BaseModel):
     model: str
     attempt: int
     headers: dict[str, str] = Field(default_factory=dict)
+    # The first attempt's first-byte deadline (the ingress enforces it too, with some grace).
+    first_byte_deadline_ms: float | None = None
 
 
 class RouteRejected(BaseModel):
@@ -128,7 +130,17 @@ class AttemptFinished(BaseModel):
     dropped_parameters: list[str] = Field(default_factory=list)
 
 
+# Why the ingress gives up on an attempt: the client left, or the hoster missed a deadline the ingress
+# enforces itself (a hoster's agent is not trusted to keep the deadlines it was given).
+CancelReason = Literal["client_gone", "first_byte_timeout", "stalled"]
+
+
 class RequestCancelled(BaseModel):
-    """ingress -> adapters and routers: the client disconnected; stop the request and bill what was made."""
+    """ingress -> routers (router -> the serving hoster): stop the request. The client disconnected (bill what
+    was made), or the serving attempt missed its first-byte deadline or stalled at the ingress (the router
+    fails it as the hoster's failure and fails over when it may)."""
 
     request_id: str
+    reason: CancelReason = "client_gone"
+    # The attempt that missed its deadline (``None`` for a client that left).
+    attempt: int | None = None

@@ -31,7 +31,16 @@ def build_app(settings: IngressSettings) -> FastAPI:
     ingress_id = instance_id(settings.instance_id, SERVICE)
     provider = setup_tracing(SERVICE, ingress_id)
     broker = make_broker(settings.nats_url, ingress_id, logger, SERVICE, provider, settings.nats_creds)
-    gateway = Gateway(ingress_id, settings.route_timeout_s, settings.idle_timeout_s, settings.key_cache_s, logger)
+    gateway = Gateway(
+        ingress_id,
+        settings.route_timeout_s,
+        settings.idle_timeout_s,
+        settings.key_cache_s,
+        logger,
+        first_byte_ceiling_s=settings.first_byte_ceiling_s,
+        deadline_grace_s=settings.deadline_grace_s,
+        stall_timeout_s=settings.stall_timeout_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

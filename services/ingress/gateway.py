@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -27,6 +29,7 @@ from libs.contracts.billing import (
 from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import ModelsListing
 from libs.contracts.routing import (
+    CancelReason,
     RequestCancelled,
     RouteAccepted,
     RouteDecision,
@@ -51,40 +54,136 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
 
+class Deadlines:
+    """The deadlines the ingress holds a hoster's attempt to, itself: a hoster's agent is not trusted to keep
+    the ones it was given. ``overdue(request_id, attempt, reason)`` reports a miss to the router."""
+
+    __slots__ = ("ceiling_s", "grace_s", "overdue", "stall_s")
+
+    def __init__(
+        self, ceiling_s: float, grace_s: float, stall_s: float, overdue: Callable[[str, int, CancelReason], None]
+    ) -> None:
+        self.ceiling_s = ceiling_s
+        self.grace_s = grace_s
+        self.stall_s = stall_s
+        self.overdue = overdue
+
+
 class ReplyStream:
-    """The frames of one request, in arrival order, with an idle timeout."""
+    """The frames of one request, in arrival order, with an idle timeout and the serving attempt's deadlines.
 
-    __slots__ = ("_idle_s", "_queue", "request_id")
+    The idle timeout covers silence of the whole reply subject. On top of it the serving attempt must send its
+    first chunk by its first-byte deadline (plus grace) and then never go ``stall_s`` without a chunk;
+    keepalives do not count. A miss is reported to the router once, and from then on that attempt's frames are
+    dropped (a late answer from an abandoned hoster must not mix with its successor's), as are frames of any
+    attempt older than the serving one.
+    """
 
-    def __init__(self, request_id: str, idle_s: float) -> None:
+    __slots__ = (
+        "_abandoned",
+        "_content",
+        "_deadlines",
+        "_due",
+        "_heard",
+        "_idle_s",
+        "_queue",
+        "attempt",
+        "request_id",
+    )
+
+    def __init__(self, request_id: str, idle_s: float, deadlines: Deadlines | None = None) -> None:
         self.request_id = request_id
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._idle_s = idle_s
+        self._deadlines = deadlines
+        self.attempt = 1
+        self._abandoned = 0
+        self._content = False
+        self._due: float | None = None
+        self._heard = time.monotonic()
 
     def put(self, data: bytes) -> None:
         """Called by the subscription for each frame of this request."""
         self._queue.put_nowait(data)
 
+    def arm(self, attempt: int, first_byte_deadline_ms: float | None) -> None:
+        """Attempt ``attempt`` serves now; its first chunk is due within ``first_byte_deadline_ms`` (plus grace),
+        and never later than the ingress's own ceiling (the number may come from a frame a hoster forged)."""
+        self.attempt = attempt
+        self._content = False
+        self._heard = time.monotonic()
+        if self._deadlines is not None:
+            d = self._deadlines
+            wait_s = d.ceiling_s if first_byte_deadline_ms is None else min(d.ceiling_s, first_byte_deadline_ms / 1000)
+            self._due = self._heard + wait_s + d.grace_s
+
+    def _take(self, data: bytes) -> frames.Frame | None:
+        """Decode a frame; ``None`` for one that means nothing to the client (a keepalive, a stale attempt's)."""
+        frame = frames.decode(data)
+        if frame.kind == frames.ERROR:
+            return frame  # the router's word that the request is over, whichever attempt it names
+        if frame.attempt <= self._abandoned or frame.attempt < self.attempt:
+            return None  # does not even count as a sign of life
+        self._heard = time.monotonic()
+        if frame.kind == frames.ATTEMPT:
+            if frame.attempt > self.attempt:
+                self.arm(frame.attempt, _deadline_of(frame.body))
+            return frame
+        if frame.kind == frames.KEEPALIVE:
+            return None
+        if frame.kind in (frames.CHUNK, frames.COMPLETION) and self._deadlines is not None:
+            self._content = True
+            self._due = self._heard + self._deadlines.stall_s
+        return frame
+
     async def next(self) -> frames.Frame:
-        """The next frame that means something to the client; keepalives only reset the idle timer."""
+        """The next frame that means something to the client; raises ``TimeoutError`` when the request heard
+        nothing alive for the idle timeout."""
         while True:
             if self._queue.empty():
-                async with asyncio.timeout(self._idle_s):
-                    data = await self._queue.get()
+                data = await self._wait()
+                if data is None:
+                    continue
             else:
                 data = self._queue.get_nowait()
-            frame = frames.decode(data)
-            if frame.kind != frames.KEEPALIVE:
+            frame = self._take(data)
+            if frame is not None:
                 return frame
+
+    async def _wait(self) -> bytes | None:
+        """The next frame off the wire; ``None`` when the serving attempt just missed a deadline."""
+        idle_due = self._heard + self._idle_s
+        due = self._due if self._due is not None and self._due < idle_due else idle_due
+        try:
+            async with asyncio.timeout(max(0.0, due - time.monotonic())):
+                return await self._queue.get()
+        except TimeoutError:
+            if due == idle_due:
+                raise
+        assert self._deadlines is not None
+        self._abandoned, self._due = self.attempt, None
+        self._heard = time.monotonic()
+        reason: CancelReason = "stalled" if self._content else "first_byte_timeout"
+        self._deadlines.overdue(self.request_id, self.attempt, reason)
+        return None
 
     def ready_frames(self) -> list[frames.Frame]:
         """Frames already queued, without waiting: lets a stream write several at once."""
         ready = []
         while not self._queue.empty():
-            frame = frames.decode(self._queue.get_nowait())
-            if frame.kind != frames.KEEPALIVE:
+            frame = self._take(self._queue.get_nowait())
+            if frame is not None:
                 ready.append(frame)
         return ready
+
+
+def _deadline_of(body: bytes) -> float | None:
+    """The first-byte deadline an ATTEMPT frame names, if it names a usable one."""
+    try:
+        value = orjson.loads(body).get("first_byte_deadline_ms")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return float(value) if isinstance(value, int | float) and value > 0 else None
 
 
 class KeyCache:
@@ -119,8 +218,12 @@ class Gateway:
         idle_timeout_s: float,
         key_cache_s: float,
         logger: logging.Logger,
+        first_byte_ceiling_s: float = 30.0,
+        deadline_grace_s: float = 2.0,
+        stall_timeout_s: float = 35.0,
     ):
         self.ingress_id = ingress_id
+        self._deadlines = Deadlines(first_byte_ceiling_s, deadline_grace_s, stall_timeout_s, self._overdue)
         self._keys = KeyCache(key_cache_s)
         self._route_timeout_s = route_timeout_s
         self._idle_timeout_s = idle_timeout_s
@@ -175,7 +278,7 @@ class Gateway:
 
     def open_stream(self, request_id: str) -> ReplyStream:
         """Start collecting frames for ``request_id``; call before the request is published."""
-        stream = self._streams[request_id] = ReplyStream(request_id, self._idle_timeout_s)
+        stream = self._streams[request_id] = ReplyStream(request_id, self._idle_timeout_s, self._deadlines)
         return stream
 
     def close_stream(self, request_id: str) -> None:
@@ -252,10 +355,18 @@ class Gateway:
         return bytes(reply.data)
 
     def cancel(self, request_id: str) -> None:
-        """Tell adapters and routers the client left; safe to call from a cancelled task."""
+        """Tell the routers the client left; safe to call from a cancelled task."""
+        self._cancel(RequestCancelled(request_id=request_id))
+
+    def _overdue(self, request_id: str, attempt: int, reason: CancelReason) -> None:
+        """Tell the routers the serving attempt missed a deadline the ingress holds it to."""
+        self._log.warning("attempt overdue", extra={"request_id": request_id, "attempt": attempt, "reason": reason})
+        self._cancel(RequestCancelled(request_id=request_id, reason=reason, attempt=attempt))
+
+    def _cancel(self, event: RequestCancelled) -> None:
         if self._nc is None:
             return
-        data = RequestCancelled(request_id=request_id).model_dump_json().encode()
+        data = event.model_dump_json().encode()
         task = asyncio.get_running_loop().create_task(self._nc.publish(subjects.REQUEST_CANCELLED, data))
         self._background.add(task)
         task.add_done_callback(self._background.discard)

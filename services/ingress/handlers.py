@@ -198,6 +198,7 @@ async def _complete(
     handed_to_stream = False
     try:
         accepted = await gateway.route(route, settings.retry_after_s)
+        replies.arm(accepted.attempt, accepted.first_byte_deadline_ms)
         headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id, **accepted.headers}
         try:
             first = await first_answer(replies, headers)

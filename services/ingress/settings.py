@@ -20,6 +20,14 @@ class IngressSettings(ServiceSettings):
     # Silence on a request's reply subject this long means its adapter or router is gone. Adapters send a
     # keepalive every few seconds while an upstream is slow, so this only fires when something died.
     idle_timeout_s: float = Field(20.0, gt=0)
+    # The ingress holds each attempt to its deadlines itself (a hoster's agent may not): the first chunk by
+    # the attempt's first-byte deadline (never later than this ceiling), then a chunk at least every
+    # ``stall_timeout_s``; keepalives do not count. Both get ``deadline_grace_s`` over what the adapter was
+    # given, so an honest adapter reports the miss first. A miss is the hoster's failure: the router fails
+    # over while the client has nothing, else ends the request with an error.
+    first_byte_ceiling_s: float = Field(30.0, gt=0)
+    stall_timeout_s: float = Field(35.0, gt=0)
+    deadline_grace_s: float = Field(2.0, ge=0)
     retry_after_s: int = Field(5, ge=1)
     # A verified (or refused) key is trusted this long; a revoked key fails everywhere within it.
     key_cache_s: float = Field(2.0, ge=0, le=5)

@@ -15,7 +15,7 @@ from pydantic import TypeAdapter
 
 from libs.contracts import frames, subjects
 from libs.contracts.billing import Admission, BilledAttempt, Refused, RequestFinished, ReserveCredits, Reserved
-from libs.contracts.common import ErrorReport
+from libs.contracts.common import ErrorReport, Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
 from libs.contracts.pricing import cost_of
 from libs.contracts.routing import (
@@ -31,7 +31,16 @@ from libs.contracts.routing import (
 from libs.platform.broker import publish_durably
 from libs.platform.metrics import ATTEMPTS, HOSTER_FAILURES, IN_FLIGHT
 from libs.platform.telemetry import REQUEST_ID, inject_headers
-from services.router.service import Candidate, HosterRegistry, NoEligibleHoster, RequestProfile, order_candidates
+from services.router.service import (
+    Candidate,
+    FirstByteBudget,
+    HosterRegistry,
+    NoEligibleHoster,
+    RequestProfile,
+    first_byte_deadline_ms,
+    order_candidates,
+    prefer_healthy,
+)
 from services.router.settings import RouterSettings
 from services.router.stats import NetworkStats
 
@@ -49,6 +58,9 @@ class InFlight:
     candidate: Candidate
     adapter_id: str
     attempt: int
+    prompt_tokens: int
+    first_byte_deadline_ms: float | None
+    started: float
     billed: list[BilledAttempt] = field(default_factory=list)
     cancelled: bool = False
 
@@ -89,6 +101,12 @@ class Dispatcher:
         # two subscriptions, so a fast failure can be handled first); replayed once the attempt is in flight.
         self._early: dict[tuple[str, int], AttemptFinished] = {}
         self._publishing: set[asyncio.Task[bool]] = set()
+        self._first_byte = FirstByteBudget(
+            settings.first_byte_floor_ms,
+            settings.first_byte_ceiling_ms,
+            settings.first_byte_multiple,
+            settings.first_byte_ms_per_prompt_token,
+        )
         IN_FLIGHT.labels("router").set_function(lambda: len(self._in_flight))
 
     def observe(self, heartbeat: HosterHeartbeat) -> list[str]:
@@ -184,7 +202,7 @@ class Dispatcher:
             headers = admission.rate.headers()
             if isinstance(admission, Refused):
                 return RouteRejected(error=admission.error, headers=headers)
-        flight = await self._start(request, candidates, attempt=1)
+        flight = await self._start(request, candidates, 1, profile.prompt_tokens)
         if flight is None:
             self._finish(request, request.model, "failed", [])
             return RouteRejected(
@@ -198,26 +216,51 @@ class Dispatcher:
                 headers=headers,
             )
         return RouteAccepted(
-            hoster_id=flight.candidate.hoster.hoster_id, model=flight.candidate.offer.model, attempt=1, headers=headers
+            hoster_id=flight.candidate.hoster.hoster_id,
+            model=flight.candidate.offer.model,
+            attempt=1,
+            headers=headers,
+            first_byte_deadline_ms=flight.first_byte_deadline_ms,
         )
 
-    async def _start(self, request: RouteRequest, queue: list[Candidate], attempt: int) -> InFlight | None:
+    async def _start(
+        self, request: RouteRequest, queue: list[Candidate], attempt: int, prompt_tokens: int
+    ) -> InFlight | None:
         """Hand attempt ``attempt`` to the first candidate in ``queue`` whose adapter takes it."""
+        if attempt > 1:
+            prefer_healthy(queue, self.stats, time.time())
         while queue:
             candidate = queue.pop(0)
+            dispatch = self._attempt(request, candidate, attempt, prompt_tokens)
             if attempt > 1:
-                # Before the attempt starts, so the ingress learns who serves before the answer arrives.
-                body = orjson.dumps({"hoster_id": candidate.hoster.hoster_id, "model": candidate.offer.model})
+                # Before the attempt starts, so the ingress learns who serves (and the attempt's first-byte
+                # deadline) before the answer arrives.
+                body = orjson.dumps(
+                    {
+                        "hoster_id": candidate.hoster.hoster_id,
+                        "model": candidate.offer.model,
+                        "first_byte_deadline_ms": dispatch.first_byte_deadline_ms,
+                    }
+                )
                 await self._broker.connection.publish(
                     request.reply_subject, frames.encode(frames.ATTEMPT, attempt, -1, body)
                 )
-            accepted = await self._dispatch(self._attempt(request, candidate, attempt))
+            accepted = await self._dispatch(dispatch)
             if accepted is None:
                 continue
             hoster_id = candidate.hoster.hoster_id
             if self.stats.of(hoster_id, time.time()).probing(time.time()):
                 self._probes.add(hoster_id)
-            flight = InFlight(request, queue, candidate, accepted.adapter_id, attempt)
+            flight = InFlight(
+                request,
+                queue,
+                candidate,
+                accepted.adapter_id,
+                attempt,
+                prompt_tokens,
+                dispatch.first_byte_deadline_ms,
+                time.monotonic(),
+            )
             self._in_flight[request.request_id] = flight
             early = self._early.pop((request.request_id, attempt), None)
             if early is not None:
@@ -225,7 +268,18 @@ class Dispatcher:
             return flight
         return None
 
-    def _attempt(self, request: RouteRequest, candidate: Candidate, attempt: int) -> AttemptDispatch:
+    def _attempt(
+        self, request: RouteRequest, candidate: Candidate, attempt: int, prompt_tokens: int
+    ) -> AttemptDispatch:
+        hoster = self.stats.of(candidate.hoster.hoster_id, time.time())
+        speed = hoster.speed.get(candidate.offer.model)
+        deadline_ms = first_byte_deadline_ms(
+            self._first_byte,
+            speed.ttft_p95_ms if speed is not None and speed.expected_ttft_ms is not None else None,
+            candidate.hoster.advertised_ttft_ms,
+            prompt_tokens,
+            request.routing.max_latency_ms,
+        )
         return AttemptDispatch(
             request_id=request.request_id,
             attempt=attempt,
@@ -241,6 +295,7 @@ class Dispatcher:
             output_price=candidate.offer.output_price,
             fee_bps=self._settings.platform_fee_bps,
             body=request.body,
+            first_byte_deadline_ms=deadline_ms,
         )
 
     async def _admit(
@@ -342,21 +397,58 @@ class Dispatcher:
 
     async def _fail_over(self, flight: InFlight) -> bool:
         """Start the next attempt on another hoster."""
-        nxt = await self._start(flight.route, flight.queue, flight.attempt + 1)
+        nxt = await self._start(flight.route, flight.queue, flight.attempt + 1, flight.prompt_tokens)
         if nxt is None:
             return False
         nxt.billed = flight.billed
         nxt.cancelled = flight.cancelled
         return True
 
-    async def cancelled(self, request_id: str) -> None:
-        """The client left: tell the serving hoster's adapters to stop; it reports what it made, which is then
-        settled."""
-        flight = self._in_flight.get(request_id)
-        if flight is not None:
+    async def cancelled(self, event: RequestCancelled) -> None:
+        """The client left, or the ingress saw the serving attempt miss its first-byte deadline or stall.
+
+        Either way the serving hoster's adapters are told to stop. A client that left gets what was made
+        settled when the attempt reports. A missed deadline is the hoster's failure, reported by the router
+        itself under the attempt's own message id (so the hoster's own late report is a duplicate JetStream
+        drops): every router counts it, and this one fails over, or ends the request, on it.
+        """
+        flight = self._in_flight.get(event.request_id)
+        if flight is None:
+            return
+        if event.reason != "client_gone" and event.attempt != flight.attempt:
+            return  # an attempt already over
+        hoster_id = flight.candidate.hoster.hoster_id
+        stop = RequestCancelled(request_id=event.request_id).model_dump_json().encode()
+        await self._broker.connection.publish(subjects.attempt_cancel(hoster_id), stop)
+        if event.reason == "client_gone":
             flight.cancelled = True
-            event = RequestCancelled(request_id=request_id).model_dump_json().encode()
-            await self._broker.connection.publish(subjects.attempt_cancel(flight.candidate.hoster.hoster_id), event)
+            return
+        self._log.warning("attempt abandoned at the ingress", extra={"hoster_id": hoster_id, "reason": event.reason})
+        abandoned = AttemptFinished(
+            request_id=event.request_id,
+            attempt=flight.attempt,
+            router_id=self.router_id,
+            hoster_id=hoster_id,
+            adapter_id=flight.adapter_id,
+            model=flight.candidate.offer.model,
+            stream=flight.route.stream,
+            outcome="failed",
+            usage=Usage(),
+            # A stall came after the first chunk: the client has part of an answer and may not get another.
+            chunks_sent=0 if event.reason == "first_byte_timeout" else 1,
+            input_price=flight.candidate.offer.input_price,
+            output_price=flight.candidate.offer.output_price,
+            error=f"{event.reason}: the ingress gave up on the hoster",
+            duration_ms=(time.monotonic() - flight.started) * 1000,
+            finished_at=time.time(),
+        )
+        await publish_durably(
+            self._broker.connection.jetstream(),
+            subjects.attempt_finished(hoster_id, self.router_id),
+            abandoned.model_dump_json().encode(),
+            f"{event.request_id}:{flight.attempt}:{hoster_id}",
+            self._log,
+        )
 
     def _finish(self, route: RouteRequest, model: str, outcome: AttemptOutcome, attempts: list[BilledAttempt]) -> None:
         """Tell billing (durably, in the background) that the request is over."""

@@ -70,4 +70,4 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
 
     @broker.subscriber(subjects.REQUEST_CANCELLED)
     async def request_cancelled(event: RequestCancelled) -> None:
-        await dispatcher.cancelled(event.request_id)
+        await dispatcher.cancelled(event)

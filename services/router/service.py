@@ -387,3 +387,47 @@ def order_candidates(
             retry_after=retry_after,
         )
     )
+
+
+@dataclass(frozen=True, slots=True)
+class FirstByteBudget:
+    """How long an attempt may wait for its first chunk (see ``first_byte_deadline_ms``)."""
+
+    floor_ms: float
+    ceiling_ms: float
+    multiple: float
+    ms_per_prompt_token: float
+
+
+def first_byte_deadline_ms(
+    budget: FirstByteBudget,
+    observed_p95_ms: float | None,
+    advertised_ms: float | None,
+    prompt_tokens: int,
+    max_latency_ms: int | None,
+) -> float:
+    """The first-byte deadline of one attempt: ``multiple`` times what the hoster has shown (its observed p95
+    time to first token, else what it advertised), plus prefill time for a long prompt, never under the floor
+    and never over the ceiling; an unknown hoster gets the ceiling. A request's ``max_latency_ms`` caps it at
+    twice that: the client said a slower answer is of no use, and twice leaves room for one slow draw."""
+    expected = observed_p95_ms if observed_p95_ms is not None else advertised_ms
+    if expected is None:
+        deadline = budget.ceiling_ms
+    else:
+        wanted = budget.multiple * expected + budget.ms_per_prompt_token * prompt_tokens
+        deadline = min(budget.ceiling_ms, max(budget.floor_ms, wanted))
+    if max_latency_ms is not None:
+        deadline = min(deadline, 2.0 * max_latency_ms)
+    return deadline
+
+
+def prefer_healthy(queue: list[Candidate], stats: NetworkStats, now: float) -> None:
+    """Reorder a request's remaining candidates, before a failover, by what the router learnt since it ranked
+    them: hosters that are not cooling and did not just fail come first, in their ranked order; the others
+    stay in the queue, last, in case nothing else takes the attempt."""
+
+    def health(candidate: Candidate) -> tuple[bool, bool]:
+        hoster = stats.of(candidate.hoster.hoster_id, now)
+        return hoster.cooling(now), hoster.consecutive_failures > 0
+
+    queue.sort(key=health)

@@ -30,3 +30,10 @@ class RouterSettings(ServiceSettings):
     registrations_refresh_s: float = Field(5.0, gt=0)
     # How often observed hoster stats (trust included) are written to the store that survives restarts.
     stats_flush_s: float = Field(2.0, gt=0)
+    # An attempt's first-byte deadline: ``first_byte_multiple`` times the hoster's observed p95 time to first
+    # token (else its advertised one) plus ``first_byte_ms_per_prompt_token`` per prompt token, within
+    # [floor, ceiling]; a hoster never measured gets the ceiling. The adapter also caps it with its own.
+    first_byte_floor_ms: float = Field(5_000.0, gt=0)
+    first_byte_ceiling_ms: float = Field(30_000.0, gt=0)
+    first_byte_multiple: float = Field(4.0, ge=1)
+    first_byte_ms_per_prompt_token: float = Field(0.2, ge=0)

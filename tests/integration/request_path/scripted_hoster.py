@@ -14,10 +14,11 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from libs.contracts import subjects
+from libs.contracts import frames, subjects
 from libs.contracts.common import Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, ModelOffer
 from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
+from libs.platform.natsauth import AuthStore
 from tests.conftest import NatsTestServer
 
 Script = Callable[["ScriptedHoster", AttemptDispatch, Msg], Awaitable[None]]
@@ -26,8 +27,10 @@ Script = Callable[["ScriptedHoster", AttemptDispatch, Msg], Awaitable[None]]
 class ScriptedHoster:
     """One hoster, connected with its own credentials; ``script`` decides what each attempt gets."""
 
-    def __init__(self, nc: Client, hoster_id: str, model: str, script: Script) -> None:
+    def __init__(self, nc: Client, hoster_id: str, model: str, script: Script, price: int) -> None:
         self.nc = nc
+        self.price = price
+        self.tasks: set[asyncio.Task[None]] = set()
         self.hoster_id = hoster_id
         self.model = model
         self.adapter_id = f"scripted-{hoster_id[:8]}"
@@ -36,26 +39,46 @@ class ScriptedHoster:
         self._beating: asyncio.Task[None] | None = None
 
     @classmethod
-    async def join(cls, nats_server: NatsTestServer, tmp_path: Path, model: str, script: Script) -> ScriptedHoster:
+    async def join(
+        cls, nats_server: NatsTestServer, tmp_path: Path, model: str, script: Script, price: int = 1000
+    ) -> ScriptedHoster:
+        """Mint a hoster's credentials with the server's authority, connect with them and start heartbeating."""
+        return await cls.connect(nats_server.url, nats_server.auth, tmp_path, model, script, price)
+
+    @classmethod
+    async def connect(
+        cls, url: str, auth: AuthStore, tmp_path: Path, model: str, script: Script, price: int = 1000
+    ) -> ScriptedHoster:
         hoster_id = str(uuid.uuid4())
-        _, creds = nats_server.auth.mint_hoster(hoster_id, f"scripted-{hoster_id[:4]}")
-        path = nats_server.auth.write_creds(tmp_path / f"{hoster_id}.creds", creds)
-        nc = await nats.connect(
-            nats_server.url, user_credentials=str(path), inbox_prefix=subjects.hoster_inbox_prefix(hoster_id)
-        )
-        hoster = cls(nc, hoster_id, model, script)
+        _, creds = auth.mint_hoster(hoster_id, f"scripted-{hoster_id[:4]}")
+        path = auth.write_creds(tmp_path / f"{hoster_id}.creds", creds)
+        nc = await nats.connect(url, user_credentials=str(path), inbox_prefix=subjects.hoster_inbox_prefix(hoster_id))
+        hoster = cls(nc, hoster_id, model, script, price)
         start = subjects.attempt_start(hoster_id)
         await nc.subscribe(start, queue=subjects.QUEUE_HOSTER_ADAPTER, cb=hoster._on_attempt)
         hoster._beating = asyncio.create_task(hoster._beat())
         return hoster
 
     async def close(self) -> None:
-        if self._beating is not None:
-            self._beating.cancel()
+        for task in (self._beating, *self.tasks):
+            if task is not None:
+                task.cancel()
         await self.nc.close()
 
+    def spawn(self, work: Awaitable[None]) -> None:
+        """Run ``work`` (an attempt that outlives its callback) until the hoster closes."""
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def keep_alive(self, dispatch: AttemptDispatch, reply: str, every_s: float = 0.1) -> None:
+        """Say the attempt is alive, for ever, and never answer."""
+        while True:
+            await self.nc.publish(reply, frames.encode(frames.KEEPALIVE, dispatch.attempt, -1))
+            await asyncio.sleep(every_s)
+
     def heartbeat(self) -> HosterHeartbeat:
-        offer = ModelOffer(model=self.model, upstream_model=self.model, input_price=1000, output_price=2000)
+        offer = ModelOffer(model=self.model, upstream_model=self.model, input_price=self.price, output_price=self.price)
         status = HosterStatus(
             hoster_id=self.hoster_id, name="scripted", cloud=False, capacity=8, in_flight=0, models=[offer]
         )

@@ -42,6 +42,7 @@ def test_a_client_error_is_not_retried_on_another_hoster() -> None:
         routing=RoutingPreferences(), body={},
     )  # fmt: skip
     candidates = order(registry(hoster(CHEAP, 1)), RoutingPreferences(), NetworkStats())
-    flight = InFlight(route=route, queue=candidates, candidate=candidates[0], adapter_id="a", attempt=1)
+    flight = InFlight(route=route, queue=candidates, candidate=candidates[0], adapter_id="a", attempt=1,
+                      prompt_tokens=1, first_byte_deadline_ms=None, started=0.0)  # fmt: skip
     assert can_fail_over(finished(client_error=False), flight)
     assert not can_fail_over(finished(client_error=True), flight)

@@ -1,0 +1,132 @@
+"""A hoster's agent that ignores the deadlines it is given (a stranger's modified agent): it takes attempts and
+then sends only keepalives, or one chunk and then only keepalives. The ingress holds it to the deadlines
+itself: a client waits at most the first-byte deadline (plus grace) before another hoster serves it, a
+stalled stream ends with the SSE error event, the client pays nothing for the hung attempt, and the hoster
+cools down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from nats.aio.msg import Msg
+
+from libs.contracts import frames
+from libs.contracts.routing import AttemptDispatch
+from libs.devstack.processes import free_port
+from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
+from tests.e2e.records import routing_record
+from tests.e2e.test_money import settled
+from tests.integration.request_path.scripted_hoster import ScriptedHoster
+
+pytestmark = pytest.mark.e2e
+
+FIRST_BYTE_S, STALL_S, GRACE_S = 1.0, 1.0, 0.3
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    sim = SimulatorSpec("sim", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "6"})
+    config = throwaway_config(
+        simulators=[sim],
+        adapters=[AdapterSpec("hoster_adapter", [demo_hoster(sim.base_url)])],
+        service_env={
+            "CS_ROUTER_FIRST_BYTE_CEILING_MS": str(FIRST_BYTE_S * 1000),
+            "CS_ROUTER_FIRST_BYTE_FLOOR_MS": "200",
+            "CS_INGRESS_STALL_TIMEOUT_S": str(STALL_S),
+            "CS_INGRESS_DEADLINE_GRACE_S": str(GRACE_S),
+            "CS_ROUTER_HOSTER_TTL_S": "2",
+        },
+    )
+    stack = Stack(config).start()
+    yield stack
+    stack.stop()
+
+
+async def join(stack: Stack, tmp_path: Path, chunks_first: int) -> ScriptedHoster:
+    """A hoster cheaper than the demo one (so ``cheapest`` tries it first) that hangs after ``chunks_first``."""
+
+    async def hang(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
+        for seq in range(chunks_first):
+            delta = {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}
+            chunk = {"id": dispatch.request_id, "object": "chat.completion.chunk", "created": dispatch.created,
+                     "model": dispatch.model, "choices": [delta]}  # fmt: skip
+            await hoster.nc.publish(msg.reply, frames.encode(frames.CHUNK, dispatch.attempt, seq, orjson.dumps(chunk)))
+        hoster.spawn(hoster.keep_alive(dispatch, msg.reply))
+
+    hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, hang, price=0)
+    await asyncio.sleep(1.0)  # its heartbeats reach the router
+    return hoster
+
+
+@pytest.fixture
+async def client(stack: Stack) -> AsyncIterator[tuple[httpx.AsyncClient, str, str]]:
+    account_id, key = stack.create_account(credits="10")
+    async with httpx.AsyncClient(
+        base_url=stack.config.api_base, headers={"authorization": f"Bearer {key}"}, timeout=30
+    ) as http:
+        yield http, key, account_id
+    await settled(stack, account_id)  # every request settles, the hung attempts' included
+
+
+BODY = {"model": DEMO_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "tier": "cheapest"}
+
+
+async def test_a_hoster_that_only_sends_keepalives_costs_the_client_one_deadline_then_cools_down(
+    stack: Stack, client: tuple[httpx.AsyncClient, str, str], tmp_path: Path
+) -> None:
+    http, key, _ = client
+    hung = await join(stack, tmp_path, chunks_first=0)
+    try:
+        for stream in (False, True, False):
+            started = time.monotonic()
+            async with http.stream("POST", "/chat/completions", json={**BODY, "stream": stream}) as response:
+                body = await response.aread()
+            elapsed = time.monotonic() - started
+            assert response.status_code == 200, body
+            assert response.headers["x-computeshare-hoster"] != hung.hoster_id
+            assert response.headers["x-computeshare-attempts"] == "2"
+            assert FIRST_BYTE_S <= elapsed < FIRST_BYTE_S + GRACE_S + 1.5, elapsed
+            first, second = (await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"]))[
+                "attempts"
+            ]
+            assert (first["hoster_id"], first["outcome"]) == (hung.hoster_id, "failed")
+            assert (first["prompt_tokens"], first["completion_tokens"]) == (0, 0)  # nothing billed for it
+            assert first["error"].startswith("first_byte_timeout")
+            assert second["outcome"] == "succeeded"
+        # Three hangs in a row: it cools down, and the next request goes straight to the healthy hoster.
+        response = await http.post("/chat/completions", json=BODY)
+        assert response.headers["x-computeshare-attempts"] == "1"
+        assert response.headers["x-computeshare-hoster"] != hung.hoster_id
+    finally:
+        await hung.close()
+
+
+async def test_a_stream_that_stalls_after_its_first_chunk_ends_with_an_error_event_and_costs_nothing(
+    stack: Stack, client: tuple[httpx.AsyncClient, str, str], tmp_path: Path
+) -> None:
+    http, key, account_id = client
+    stalling = await join(stack, tmp_path, chunks_first=1)
+    try:
+        started = time.monotonic()
+        async with http.stream("POST", "/chat/completions", json={**BODY, "stream": True}) as response:
+            lines = [line async for line in response.aiter_lines() if line]
+        elapsed = time.monotonic() - started
+        assert response.headers["x-computeshare-hoster"] == stalling.hoster_id
+        assert lines[0].startswith('data: {"id"')
+        assert lines[-2].startswith('data: {"error"')
+        assert lines[-1] == "data: [DONE]"
+        assert STALL_S <= elapsed < STALL_S + GRACE_S + 1.5, elapsed
+        await settled(stack, account_id)
+        record = await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"])
+        [attempt] = record["attempts"]
+        assert (record["status"], attempt["outcome"], record["cost"]) == ("settled", "failed", 0)
+        assert attempt["error"].startswith("stalled")
+    finally:
+        await stalling.close()

@@ -1,0 +1,114 @@
+"""The ingress holds the serving attempt to its deadlines itself: keepalives from a hoster that never answers,
+or that stalls, do not keep a client waiting; a missed deadline is reported once and the abandoned attempt's
+late frames are dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import orjson
+import pytest
+
+from libs.contracts import frames
+from libs.contracts.routing import CancelReason
+from services.ingress.gateway import Deadlines, ReplyStream
+
+
+class Overdue(list[tuple[str, int, CancelReason]]):
+    """The misses reported, and an event set at the first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = asyncio.Event()
+
+    def report(self, request_id: str, attempt: int, reason: CancelReason) -> None:
+        self.append((request_id, attempt, reason))
+        self.first.set()
+
+
+def stream(idle_s: float = 5.0, ceiling_s: float = 5.0, stall_s: float = 0.3) -> tuple[ReplyStream, Overdue]:
+    missed = Overdue()
+    return ReplyStream("r", idle_s, Deadlines(ceiling_s, 0.05, stall_s, missed.report)), missed
+
+
+async def keep_alive(replies: ReplyStream, attempt: int, every_s: float = 0.05) -> None:
+    while True:
+        replies.put(frames.encode(frames.KEEPALIVE, attempt, -1))
+        await asyncio.sleep(every_s)
+
+
+async def test_keepalives_do_not_stretch_the_first_byte_deadline() -> None:
+    replies, missed = stream()
+    replies.arm(1, 200)
+    beating = asyncio.create_task(keep_alive(replies, 1))
+    started = time.monotonic()
+    try:
+        waiting = asyncio.create_task(replies.next())
+        await asyncio.wait_for(missed.first.wait(), 2)
+        assert missed == [("r", 1, "first_byte_timeout")]
+        assert 0.2 <= time.monotonic() - started < 0.5
+        # The router fails over: attempt 2 is announced and answers; attempt 1's late chunk is dropped.
+        replies.put(frames.encode(frames.CHUNK, 1, 0, b"late"))
+        replies.put(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"hoster_id": "h2", "model": "m"})))
+        replies.put(frames.encode(frames.CHUNK, 2, 0, b"fresh"))
+        assert (await waiting).kind == frames.ATTEMPT
+        assert (await replies.next()).body == b"fresh"
+    finally:
+        beating.cancel()
+
+
+async def test_the_abandoned_attempt_cannot_keep_the_request_alive() -> None:
+    replies, missed = stream(idle_s=0.4)
+    replies.arm(1, 100)
+    beating = asyncio.create_task(keep_alive(replies, 1))
+    started = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            await replies.next()  # nothing came from the router after the miss: the idle timeout ends it
+    finally:
+        beating.cancel()
+    assert missed == [("r", 1, "first_byte_timeout")]
+    assert time.monotonic() - started < 1.0
+
+
+async def test_a_stream_that_stalls_between_chunks_is_reported_stalled() -> None:
+    replies, missed = stream(stall_s=0.2)
+    replies.arm(1, 1000)
+    replies.put(frames.encode(frames.CHUNK, 1, 0, b"one"))
+    assert (await replies.next()).body == b"one"
+    beating = asyncio.create_task(keep_alive(replies, 1))
+    try:
+        waiting = asyncio.create_task(replies.next())
+        await asyncio.sleep(0.4)
+        assert missed == [("r", 1, "stalled")]
+        report = b'{"http_status":500,"type":"server_error","code":"upstream_error","message":"broke off"}'
+        replies.put(frames.encode(frames.ERROR, 1, -1, report))  # the router ends the request
+        assert (await waiting).kind == frames.ERROR
+    finally:
+        beating.cancel()
+
+
+async def test_a_forged_attempt_frame_cannot_lift_the_deadline_past_the_ceiling() -> None:
+    replies, missed = stream(ceiling_s=0.2)
+    replies.arm(1, 100)
+    replies.put(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"first_byte_deadline_ms": 1e9})))
+    assert (await replies.next()).kind == frames.ATTEMPT
+    started = time.monotonic()
+    waiting = asyncio.create_task(replies.next())
+    await asyncio.wait_for(missed.first.wait(), 2)
+    waiting.cancel()
+    assert missed == [("r", 2, "first_byte_timeout")]
+    assert time.monotonic() - started < 0.5
+
+
+async def test_an_attempt_that_answers_in_time_is_never_reported() -> None:
+    replies, missed = stream(stall_s=0.2)
+    replies.arm(1, 200)
+    for i in range(5):
+        await asyncio.sleep(0.1)
+        replies.put(frames.encode(frames.CHUNK, 1, i, b"x"))
+        assert (await replies.next()).kind == frames.CHUNK
+    replies.put(frames.encode(frames.END, 1, 5))
+    assert (await replies.next()).kind == frames.END
+    assert missed == []
