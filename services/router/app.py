@@ -14,6 +14,7 @@ from libs.contracts import subjects
 from libs.platform.service import faststream_app, service_kit
 from services.router.dispatcher import Dispatcher
 from services.router.handlers import register_handlers
+from services.router.probes import Prober
 from services.router.settings import RouterSettings
 from services.router.stats import HosterStats
 from services.router.store import KvStore
@@ -58,6 +59,8 @@ def build_app(settings: RouterSettings) -> FastStream:
             asyncio.create_task(dispatcher.watch()),
             asyncio.create_task(persist_stats_every(dispatcher, hoster_stats, settings.stats_flush_s)),
         ]
+        if settings.probe_interval_s > 0:
+            tasks.append(asyncio.create_task(Prober(dispatcher, settings, logger).run(broker.connection)))
         try:
             yield
         finally:

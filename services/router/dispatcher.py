@@ -100,6 +100,8 @@ class Dispatcher:
         # Outcomes heard while their dispatch still waited for its answer (the accept and the outcome arrive on
         # two subscriptions, so a fast failure can be handled first); replayed once the attempt is in flight.
         self._early: dict[tuple[str, int], AttemptFinished] = {}
+        # Probe requests waiting for their attempt's report (see ``services.router.probes``).
+        self._probe_reports: dict[str, asyncio.Future[AttemptFinished]] = {}
         self._publishing: set[asyncio.Task[bool]] = set()
         self._first_byte = FirstByteBudget(
             settings.first_byte_floor_ms,
@@ -330,6 +332,43 @@ class Dispatcher:
             )
         return _ADMISSION.validate_json(reply.body)
 
+    def expect_probe(self, request_id: str) -> asyncio.Future[AttemptFinished]:
+        """A future for the report of probe ``request_id``'s attempt (the probe is no request of a client: it
+        is never in flight, reserved or settled)."""
+        report: asyncio.Future[AttemptFinished] = asyncio.get_running_loop().create_future()
+        self._probe_reports[request_id] = report
+        return report
+
+    def forget_probe(self, request_id: str) -> None:
+        self._probe_reports.pop(request_id, None)
+
+    def attempt_for(
+        self, request: RouteRequest, candidate: Candidate, attempt: int, prompt_tokens: int
+    ) -> AttemptDispatch:
+        """The dispatch of ``attempt`` of ``request`` to ``candidate``, its first-byte deadline set."""
+        return self._attempt(request, candidate, attempt, prompt_tokens)
+
+    async def offer(self, dispatch: AttemptDispatch) -> AttemptAccepted | None:
+        """Offer ``dispatch`` to its hoster; its answer, or ``None`` when it did not take it."""
+        return await self._dispatch(dispatch)
+
+    def observe_probe_failure(self, candidate: Candidate, problem: str) -> None:
+        """A probe's answer was wrong (or never came): a failure of the hoster, in this router's stats, and a
+        cooldown at once (whatever the hoster reported of the attempt itself)."""
+        HOSTER_FAILURES.labels(candidate.hoster.hoster_id).inc()
+        now = time.time()
+        self.stats.of(candidate.hoster.hoster_id, now).cool_down(now)
+        self.stats.observe(
+            candidate.hoster.hoster_id,
+            now,
+            model=candidate.offer.model,
+            outcome="failed",
+            chunks_sent=1,  # an answer was given, and it was wrong: as bad as breaking off midway
+            ttft_ms=None,
+            completion_tokens=0,
+            duration_ms=0.0,
+        )
+
     async def _dispatch(self, dispatch: AttemptDispatch) -> AttemptAccepted | None:
         """Offer the attempt to the hoster's adapters and wait for one to take it.
 
@@ -368,6 +407,11 @@ class Dispatcher:
 
     async def attempt_finished(self, event: AttemptFinished) -> None:
         """An attempt of a request this router owns ended: fail over, or settle and end the request."""
+        probe = self._probe_reports.get(event.request_id)
+        if probe is not None:
+            if not probe.done():
+                probe.set_result(event)
+            return
         flight = self._in_flight.get(event.request_id)
         if flight is None or flight.attempt != event.attempt or flight.candidate.hoster.hoster_id != event.hoster_id:
             key = (event.request_id, event.attempt)

@@ -37,3 +37,8 @@ class RouterSettings(ServiceSettings):
     first_byte_ceiling_ms: float = Field(30_000.0, gt=0)
     first_byte_multiple: float = Field(4.0, ge=1)
     first_byte_ms_per_prompt_token: float = Field(0.2, ge=0)
+    # Probes (``services/router/probes.py``): a hoster with fewer than ``probe_new_attempts`` attempts, or none
+    # for ``probe_idle_s``, gets one short unbilled request about every ``probe_interval_s`` (0 turns them off).
+    probe_interval_s: float = Field(30.0, ge=0)
+    probe_new_attempts: int = Field(20, ge=0)
+    probe_idle_s: float = Field(600.0, gt=0)

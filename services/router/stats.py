@@ -91,6 +91,8 @@ class HosterStats:
     cooldown_s: float = 0.0
     advertised_ttft_ms: float | None = None
     speed: dict[str, SpeedStats] = field(default_factory=dict)
+    # Wall time of the last attempt observed (any outcome): an idle hoster gets probes.
+    last_attempt: float = 0.0
 
     def observe(
         self,
@@ -104,6 +106,7 @@ class HosterStats:
         client_error: bool = False,
     ) -> None:
         """Fold in one attempt's outcome (``succeeded``, ``failed`` or ``cancelled``) at wall time ``now``."""
+        self.last_attempt = now
         if outcome == "cancelled" or client_error:
             return  # the client left, or the upstream refused the client's own parameters: not the hoster's doing
         self.lifetime += 1
@@ -118,6 +121,12 @@ class HosterStats:
         if self.consecutive_failures >= FAILURES_TO_COOL:
             self.cooldown_s = min(COOLDOWN_MAX_S, self.cooldown_s * 2 if self.cooldown_s else COOLDOWN_BASE_S)
             self.cooldown_until = now + self.cooldown_s
+
+    def cool_down(self, now: float) -> None:
+        """Out of rotation now, as after repeated failures (a probe caught it answering wrong)."""
+        self.consecutive_failures = max(self.consecutive_failures, FAILURES_TO_COOL)
+        self.cooldown_s = min(COOLDOWN_MAX_S, self.cooldown_s * 2 if self.cooldown_s else COOLDOWN_BASE_S)
+        self.cooldown_until = max(self.cooldown_until, now + self.cooldown_s)
 
     def cooling(self, now: float) -> bool:
         """Out of rotation: failing repeatedly and its cooldown has not run out."""
@@ -153,6 +162,7 @@ class HosterStats:
             "consecutive_failures": self.consecutive_failures,
             "cooldown_until": self.cooldown_until,
             "cooldown_s": self.cooldown_s,
+            "last_attempt": self.last_attempt,
             "speed": {model: s.dump() for model, s in self.speed.items()},
         }
 
@@ -167,6 +177,7 @@ class HosterStats:
             consecutive_failures=int(data.get("consecutive_failures", 0)),
             cooldown_until=float(data.get("cooldown_until", 0.0)),
             cooldown_s=float(data.get("cooldown_s", 0.0)),
+            last_attempt=float(data.get("last_attempt", 0.0)),
             speed={model: SpeedStats.load(s) for model, s in (data.get("speed") or {}).items()},
         )
 
