@@ -92,9 +92,12 @@ class BilledAttempt(BaseModel):
 
     attempt: int
     hoster_id: str
+    # The usage billed: what the hoster reported, held to the request's bounds (``UsageBounds``).
     usage: Usage
     input_price: int
     output_price: int
+    # Set when the hoster's report broke a bound: what it reported and what was billed instead.
+    usage_discrepancy: str | None = None
 
 
 class RequestFinished(BaseModel):
@@ -183,4 +186,6 @@ class GenerationRecord(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     cost: float
+    # Set when a hoster reported usage past the request's bounds: what it reported, and what was billed.
+    usage_discrepancy: str | None = None
     attempts: list[AttemptRecord]

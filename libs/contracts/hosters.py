@@ -95,6 +95,8 @@ class LiveHoster(BaseModel):
     trust: float
     cooling: bool
     attempts: int
+    # Usage reports past the request's bounds, billed at the bound (as this router saw them).
+    usage_discrepancies: int = 0
 
 
 class LiveHosters(BaseModel):

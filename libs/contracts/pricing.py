@@ -3,6 +3,7 @@ everyone who prices: the adapter (``usage.cost`` in responses), the router (rese
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 MICRO = 1_000_000
@@ -57,3 +58,39 @@ def requested_max_tokens(body: dict[str, Any], default: int) -> int:
 def to_credits(micro: int) -> float:
     """Micro-credits as credits, for display."""
     return micro / MICRO
+
+
+# Tokens a chat template may add around a prompt's own bytes (role markers, separators), for the prompt bound.
+TEMPLATE_TOKENS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class UsageBounds:
+    """The most a request can have used, whatever its hoster says: every prompt token comes from the bytes
+    of the request's body (``prompt`` = its JSON bytes + ``TEMPLATE_TOKENS``), and no hoster may generate more
+    than the client allowed (``completion`` = max_completion_tokens, else max_tokens, else the default cap,
+    times ``n``)."""
+
+    prompt: int
+    completion: int
+
+    @classmethod
+    def of(cls, body: dict[str, Any], body_bytes: int, default_max_tokens: int) -> UsageBounds:
+        n = body.get("n")
+        choices = n if isinstance(n, int) and n > 0 else 1
+        return cls(body_bytes + TEMPLATE_TOKENS, requested_max_tokens(body, default_max_tokens) * choices)
+
+    def bound(self, prompt_tokens: int, completion_tokens: int) -> tuple[int, int, str | None]:
+        """The counts clamped into [0, bound], and what was wrong with the reported ones (``None``: nothing)."""
+        prompt = min(max(prompt_tokens, 0), self.prompt)
+        completion = min(max(completion_tokens, 0), self.completion)
+        if (prompt, completion) == (prompt_tokens, completion_tokens):
+            return prompt, completion, None
+        return (
+            prompt,
+            completion,
+            (
+                f"reported {prompt_tokens} prompt and {completion_tokens} completion tokens; "
+                f"billed {prompt} and {completion} (bounds: {self.prompt} prompt, {self.completion} completion)"
+            ),
+        )

@@ -50,6 +50,13 @@ class RouteAccepted(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict)
     # The first attempt's first-byte deadline (the ingress enforces it too, with some grace).
     first_byte_deadline_ms: float | None = None
+    # The request's usage bounds (``UsageBounds``) and the serving hoster's prices: the usage the client sees is
+    # the hoster's report held to the bounds, priced as billing prices it.
+    prompt_bound: int | None = None
+    completion_bound: int | None = None
+    input_price: int = 0
+    output_price: int = 0
+    fee_bps: int = 0
 
 
 class RouteRejected(BaseModel):

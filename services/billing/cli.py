@@ -158,11 +158,13 @@ async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: Cli
                 "cooling": seen.cooling if seen else None,
                 "earned": row["earned"] / MICRO,
                 "attempts": row["attempts"],
+                "usage_discrepancies": seen.usage_discrepancies if seen else None,
             }
         )
     lines = [
         f"{h['id']}  {h['name']:<16} {'revoked' if h['revoked'] else 'live' if h['live'] else 'offline'}"
         f"  trust {h['trust'] if h['trust'] is not None else '-'}  earned {h['earned']:.6f}"
+        f"  usage discrepancies {h['usage_discrepancies'] if h['usage_discrepancies'] is not None else '-'}"
         f"  models {','.join(h['models']) or '-'}"
         for h in listing
     ]

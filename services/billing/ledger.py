@@ -98,6 +98,21 @@ async def _post(conn: Conn, kind: str, entries: list[Entry], account_id: str | N
     )
 
 
+def within(lines: list[tuple[str, Cost]], amount: int) -> list[tuple[str, Cost]]:
+    """The charge lines scaled down, if they must be, so that they total at most ``amount`` (the request's
+    reservation): the client never pays more than was held, and each hoster and the platform lose in
+    proportion. Rounding goes to the hosters' loss, so the scaled parts still sum to the total exactly."""
+    total = sum(cost.client for _, cost in lines)
+    if total <= amount:
+        return lines
+    scaled: list[tuple[str, Cost]] = []
+    for hoster_id, cost in lines:
+        client = cost.client * amount // total
+        fee = min(client, cost.fee * amount // total)
+        scaled.append((hoster_id, Cost(client, client - fee, fee)))
+    return scaled
+
+
 class Ledger(PoolBound):
     """All of billing's writes and reads of money."""
 
@@ -328,21 +343,38 @@ class Ledger(PoolBound):
     # Settlement ----------------------------------------------------------------------------------------
 
     async def settle(self, event: RequestFinished) -> bool:
-        """Charge a finished request's billed attempts and release the rest; ``False`` if already settled."""
+        """Charge a finished request's billed attempts and release the rest; ``False`` if already settled.
+
+        Counts below zero count as zero (the router already held them to the request's bounds)."""
         lines = [
             (
                 a.hoster_id,
-                cost_of(a.usage.prompt_tokens, a.usage.completion_tokens, a.input_price, a.output_price, event.fee_bps),
+                cost_of(
+                    max(0, a.usage.prompt_tokens),
+                    max(0, a.usage.completion_tokens),
+                    a.input_price,
+                    a.output_price,
+                    event.fee_bps,
+                ),
             )
             for a in event.attempts
         ]
-        prompt = sum(a.usage.prompt_tokens for a in event.attempts)
-        completion = sum(a.usage.completion_tokens for a in event.attempts)
+        prompt = sum(max(0, a.usage.prompt_tokens) for a in event.attempts)
+        completion = sum(max(0, a.usage.completion_tokens) for a in event.attempts)
+        discrepancy = "; ".join(
+            f"attempt {a.attempt} ({a.hoster_id}): {a.usage_discrepancy}" for a in event.attempts if a.usage_discrepancy
+        )
         async with self._pool.acquire() as conn, conn.transaction():
             held = await conn.fetchrow("SELECT * FROM reservations WHERE request_id = $1 FOR UPDATE", event.request_id)
             if held is None or held["status"] != "open":
                 return False
             await self._close(conn, held, lines, prompt, completion, event.model, "settled")
+            if discrepancy:
+                await conn.execute(
+                    "UPDATE reservations SET usage_discrepancy = $2 WHERE request_id = $1",
+                    event.request_id,
+                    discrepancy,
+                )
         return True
 
     async def expire_stale(self, older_than_s: float) -> int:
@@ -370,8 +402,8 @@ class Ledger(PoolBound):
                         (
                             a["hoster_id"],
                             cost_of(
-                                a["prompt_tokens"],
-                                a["completion_tokens"],
+                                max(0, a["prompt_tokens"]),
+                                max(0, a["completion_tokens"]),
                                 a["input_price"],
                                 a["output_price"],
                                 held["fee_bps"],
@@ -383,8 +415,8 @@ class Ledger(PoolBound):
                         conn,
                         held,
                         lines,
-                        sum(a["prompt_tokens"] for a in attempts),
-                        sum(a["completion_tokens"] for a in attempts),
+                        sum(max(0, a["prompt_tokens"]) for a in attempts),
+                        sum(max(0, a["completion_tokens"]) for a in attempts),
                         attempts[0]["model"] if attempts else None,
                         "expired",
                     )
@@ -404,16 +436,14 @@ class Ledger(PoolBound):
         the platform, release what is left; one balanced ledger transaction."""
         account_id = str(held["account_id"])
         amount: int = held["amount"]
+        lines = within(lines, amount)
         total = sum(cost.client for _, cost in lines)
         from_held = min(total, amount)
-        extra = total - from_held
+        # A charge never outgrows its reservation (``within``): nothing comes from the balance, nothing is the
+        # platform's loss.
         from_balance = 0
-        if extra:
-            balance = await conn.fetchval("SELECT balance FROM accounts WHERE id = $1 FOR UPDATE", account_id)
-            from_balance = min(extra, balance)
-        # Usage beyond what the client can pay is the platform's loss, never a negative balance.
-        shortfall = extra - from_balance
-        charged = from_held + from_balance
+        shortfall = 0
+        charged = from_held
         per_hoster: dict[str, int] = {}
         for hoster_id, cost in lines:
             per_hoster[hoster_id] = per_hoster.get(hoster_id, 0) + cost.hoster
@@ -544,6 +574,7 @@ class Ledger(PoolBound):
             prompt_tokens=held["prompt_tokens"],
             completion_tokens=held["completion_tokens"],
             cost=to_credits(held["charged"]),
+            usage_discrepancy=held["usage_discrepancy"],
             attempts=[
                 AttemptRecord(
                     attempt=a["attempt"],

@@ -54,6 +54,16 @@ async def apply_migrations(pool: asyncpg.Pool) -> list[str]:
     return applied_now
 
 
+# The largest count an integer column holds.
+_INT_MAX = 2**31 - 1
+
+
+def _count(reported: int) -> int:
+    """A hoster's reported count as a record can hold it: never below zero, never past the column (what was
+    billed is the router's bounded figure, on the request; this is what the hoster said, within reason)."""
+    return min(max(reported, 0), _INT_MAX)
+
+
 class PoolBound:
     """SQL over a pool that may be attached after construction: the app builds its handlers before its
     lifespan opens the pool."""
@@ -97,8 +107,8 @@ class UsageRepository(PoolBound):
             event.model,
             event.stream,
             event.outcome,
-            usage.prompt_tokens,
-            usage.completion_tokens,
+            _count(usage.prompt_tokens),
+            _count(usage.completion_tokens),
             usage.estimated,
             event.input_price,
             event.output_price,

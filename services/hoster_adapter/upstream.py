@@ -227,8 +227,10 @@ class HosterAdapter:
             finished_at=time.time(),
             dropped_parameters=active.dropped,
         )
-        TOKENS.labels("in", dispatch.model).inc(event.usage.prompt_tokens)
-        TOKENS.labels("out", dispatch.model).inc(event.usage.completion_tokens)
+        # The upstream's counts go to the router as reported (it holds them to the request's bounds and notes
+        # a discrepancy); the adapter's own counters take them only from zero up.
+        TOKENS.labels("in", dispatch.model).inc(max(0, event.usage.prompt_tokens))
+        TOKENS.labels("out", dispatch.model).inc(max(0, event.usage.completion_tokens))
         if event.ttft_ms is not None:
             TIME_TO_FIRST_TOKEN.labels("hoster_adapter").observe(event.ttft_ms / 1000)
         if error:

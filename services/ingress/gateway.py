@@ -28,6 +28,7 @@ from libs.contracts.billing import (
 )
 from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import ModelsListing
+from libs.contracts.pricing import UsageBounds, cost_of, to_credits
 from libs.contracts.routing import (
     CancelReason,
     RequestCancelled,
@@ -69,6 +70,40 @@ class Deadlines:
         self.overdue = overdue
 
 
+class UsageGuard:
+    """Holds the usage a client sees to the request's bounds (``UsageBounds``), priced at the serving
+    hoster's prices as billing prices it: a hoster's inflated or negative report never reaches the client."""
+
+    __slots__ = ("bounds", "fee_bps", "input_price", "output_price")
+
+    def __init__(self, bounds: UsageBounds, input_price: int, output_price: int, fee_bps: int) -> None:
+        self.bounds = bounds
+        self.input_price = input_price
+        self.output_price = output_price
+        self.fee_bps = fee_bps
+
+    def fix(self, body: bytes) -> bytes:
+        """``body`` (a completion, or a chunk carrying usage) with its usage held to the bounds; unchanged
+        when the report was within them."""
+        try:
+            doc = orjson.loads(body)
+            usage = doc.get("usage")
+            prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+            return body
+        bounded_prompt, bounded_completion, discrepancy = self.bounds.bound(prompt, completion)
+        if discrepancy is None:
+            return body
+        cost = cost_of(bounded_prompt, bounded_completion, self.input_price, self.output_price, self.fee_bps)
+        usage.update(
+            prompt_tokens=bounded_prompt,
+            completion_tokens=bounded_completion,
+            total_tokens=bounded_prompt + bounded_completion,
+            cost=to_credits(cost.client),
+        )
+        return orjson.dumps(doc)
+
+
 class ReplyStream:
     """The frames of one request, in arrival order, with an idle timeout and the serving attempt's deadlines.
 
@@ -88,6 +123,7 @@ class ReplyStream:
         "_idle_s",
         "_queue",
         "attempt",
+        "guard",
         "request_id",
     )
 
@@ -101,6 +137,7 @@ class ReplyStream:
         self._content = False
         self._due: float | None = None
         self._heard = time.monotonic()
+        self.guard: UsageGuard | None = None
 
     def put(self, data: bytes) -> None:
         """Called by the subscription for each frame of this request."""
@@ -128,12 +165,17 @@ class ReplyStream:
         if frame.kind == frames.ATTEMPT:
             if frame.attempt > self.attempt:
                 self.arm(frame.attempt, _deadline_of(frame.body))
+                if self.guard is not None:
+                    self.guard = _repriced(self.guard, frame.body)
             return frame
         if frame.kind == frames.KEEPALIVE:
             return None
-        if frame.kind in (frames.CHUNK, frames.COMPLETION) and self._deadlines is not None:
-            self._content = True
-            self._due = self._heard + self._deadlines.stall_s
+        if frame.kind in (frames.CHUNK, frames.COMPLETION):
+            if self._deadlines is not None:
+                self._content = True
+                self._due = self._heard + self._deadlines.stall_s
+            if self.guard is not None and (frame.kind == frames.COMPLETION or b'"usage":{' in frame.body):
+                frame = frame._replace(body=self.guard.fix(frame.body))
         return frame
 
     async def next(self) -> frames.Frame:
@@ -175,6 +217,16 @@ class ReplyStream:
             if frame is not None:
                 ready.append(frame)
         return ready
+
+
+def _repriced(guard: UsageGuard, body: bytes) -> UsageGuard:
+    """The guard at the prices an ATTEMPT frame names (the hoster that serves after a failover)."""
+    try:
+        named = orjson.loads(body)
+        prices = int(named["input_price"]), int(named["output_price"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return guard
+    return UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps)
 
 
 def _deadline_of(body: bytes) -> float | None:

@@ -17,13 +17,13 @@ from libs.contracts import frames, subjects
 from libs.contracts.billing import Caller, GenerationRecord
 from libs.contracts.common import ErrorReport
 from libs.contracts.openai import ChatCompletionRequest, error_body, hoster_body, validation_failure
-from libs.contracts.pricing import to_credits
+from libs.contracts.pricing import UsageBounds, to_credits
 from libs.contracts.routing import RouteRequest
 from libs.platform import apikeys
 from libs.platform.ids import new_request_id
 from libs.platform.metrics import TIME_TO_FIRST_TOKEN, exposition
 from libs.platform.telemetry import REQUEST_ID, span_attributes
-from services.ingress.gateway import Gateway, GatewayError, ReplyStream
+from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGuard
 from services.ingress.openapi import CHAT_RESPONSES, Credits, ModelEntry, ModelList, UsageList, errors
 from services.ingress.service import (
     StreamOutcome,
@@ -199,6 +199,9 @@ async def _complete(
     try:
         accepted = await gateway.route(route, settings.retry_after_s)
         replies.arm(accepted.attempt, accepted.first_byte_deadline_ms)
+        if accepted.prompt_bound is not None and accepted.completion_bound is not None:
+            bounds = UsageBounds(accepted.prompt_bound, accepted.completion_bound)
+            replies.guard = UsageGuard(bounds, accepted.input_price, accepted.output_price, accepted.fee_bps)
         headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id, **accepted.headers}
         try:
             first = await first_answer(replies, headers)

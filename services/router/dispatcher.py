@@ -17,7 +17,7 @@ from libs.contracts import frames, subjects
 from libs.contracts.billing import Admission, BilledAttempt, Refused, RequestFinished, ReserveCredits, Reserved
 from libs.contracts.common import ErrorReport, Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
-from libs.contracts.pricing import cost_of
+from libs.contracts.pricing import UsageBounds, cost_of
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptDispatch,
@@ -61,6 +61,7 @@ class InFlight:
     prompt_tokens: int
     first_byte_deadline_ms: float | None
     started: float
+    bounds: UsageBounds
     billed: list[BilledAttempt] = field(default_factory=list)
     cancelled: bool = False
 
@@ -156,6 +157,7 @@ class Dispatcher:
                     trust=round(stats.trust(wall), 4),
                     cooling=stats.cooling(wall),
                     attempts=stats.lifetime,
+                    usage_discrepancies=stats.discrepancies,
                 )
             )
         return LiveHosters(hosters=report)
@@ -223,6 +225,11 @@ class Dispatcher:
             attempt=1,
             headers=headers,
             first_byte_deadline_ms=flight.first_byte_deadline_ms,
+            prompt_bound=flight.bounds.prompt,
+            completion_bound=flight.bounds.completion,
+            input_price=flight.candidate.offer.input_price,
+            output_price=flight.candidate.offer.output_price,
+            fee_bps=s.platform_fee_bps,
         )
 
     async def _start(
@@ -231,6 +238,7 @@ class Dispatcher:
         """Hand attempt ``attempt`` to the first candidate in ``queue`` whose adapter takes it."""
         if attempt > 1:
             prefer_healthy(queue, self.stats, time.time())
+        bounds = UsageBounds.of(request.body, len(orjson.dumps(request.body)), self._settings.default_max_tokens)
         while queue:
             candidate = queue.pop(0)
             dispatch = self._attempt(request, candidate, attempt, prompt_tokens)
@@ -242,6 +250,8 @@ class Dispatcher:
                         "hoster_id": candidate.hoster.hoster_id,
                         "model": candidate.offer.model,
                         "first_byte_deadline_ms": dispatch.first_byte_deadline_ms,
+                        "input_price": candidate.offer.input_price,
+                        "output_price": candidate.offer.output_price,
                     }
                 )
                 await self._broker.connection.publish(
@@ -262,6 +272,7 @@ class Dispatcher:
                 prompt_tokens,
                 dispatch.first_byte_deadline_ms,
                 time.monotonic(),
+                bounds,
             )
             self._in_flight[request.request_id] = flight
             early = self._early.pop((request.request_id, attempt), None)
@@ -368,6 +379,8 @@ class Dispatcher:
             completion_tokens=0,
             duration_ms=0.0,
         )
+        if problem.startswith("usage"):
+            self.stats.of(candidate.hoster.hoster_id, now).observe_discrepancy()
 
     async def _dispatch(self, dispatch: AttemptDispatch) -> AttemptAccepted | None:
         """Offer the attempt to the hoster's adapters and wait for one to take it.
@@ -421,15 +434,7 @@ class Dispatcher:
             return
         self._probes.discard(event.hoster_id)
         if billable(event):
-            flight.billed.append(
-                BilledAttempt(
-                    attempt=event.attempt,
-                    hoster_id=event.hoster_id,
-                    usage=event.usage,
-                    input_price=event.input_price,
-                    output_price=event.output_price,
-                )
-            )
+            flight.billed.append(self._billed(flight, event))
         if can_fail_over(event, flight) and await self._fail_over(flight):
             return
         del self._in_flight[event.request_id]
@@ -438,6 +443,29 @@ class Dispatcher:
             await self._fail(flight, _refused(event))
         elif event.outcome == "failed":
             await self._fail(flight, _all_failed() if event.chunks_sent == 0 else _broke_off())
+
+    def _billed(self, flight: InFlight, event: AttemptFinished) -> BilledAttempt:
+        """The attempt as billing charges it: the hoster's reported usage held to the request's bounds. A
+        report past them lowers the hoster's trust and is written on the request's routing record."""
+        reported = event.usage
+        prompt, completion, discrepancy = flight.bounds.bound(reported.prompt_tokens, reported.completion_tokens)
+        if discrepancy is not None:
+            self._log.warning("usage past its bounds", extra={"hoster_id": event.hoster_id, "why": discrepancy})
+            self.stats.of(event.hoster_id, time.time()).observe_discrepancy()
+            self.stats.dirty.add(event.hoster_id)
+        return BilledAttempt(
+            attempt=event.attempt,
+            hoster_id=event.hoster_id,
+            usage=Usage(
+                prompt_tokens=prompt,
+                completion_tokens=completion,
+                total_tokens=prompt + completion,
+                estimated=reported.estimated,
+            ),
+            input_price=event.input_price,
+            output_price=event.output_price,
+            usage_discrepancy=discrepancy,
+        )
 
     async def _fail_over(self, flight: InFlight) -> bool:
         """Start the next attempt on another hoster."""

@@ -7,7 +7,8 @@ Trust, in [0, 1] (documented in the README):
     midstream   = failures after the first byte / attempts over the same window
     latency     = min(1, advertised TTFT / observed p95 TTFT), or 1 when either is unknown
     history     = 0.8 * min(1, lifetime attempts / 100) + 0.2 * min(1, age / 1 hour)
-    trust       = reliability * (1 - midstream) * sqrt(latency) * (0.5 + 0.5 * history)
+    dishonesty  = usage reports past their bounds / (attempts + 2)      over the same window
+    trust       = reliability * (1 - midstream) * sqrt(latency) * (0.5 + 0.5 * history) * (1 - dishonesty)^2
 
 A new hoster starts at 0.25 and needs about a hundred clean attempts to pass 0.8.
 """
@@ -93,6 +94,10 @@ class HosterStats:
     speed: dict[str, SpeedStats] = field(default_factory=dict)
     # Wall time of the last attempt observed (any outcome): an idle hoster gets probes.
     last_attempt: float = 0.0
+    # Usage reports that broke the request's bounds: all of them, and a mark per recent attempt (aligned
+    # with ``outcomes``: the owning router marks the attempt it just observed).
+    discrepancies: int = 0
+    discrepant: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
     def observe(
         self,
@@ -110,6 +115,7 @@ class HosterStats:
         if outcome == "cancelled" or client_error:
             return  # the client left, or the upstream refused the client's own parameters: not the hoster's doing
         self.lifetime += 1
+        self.discrepant.append(False)
         if outcome == "succeeded":
             self.outcomes.append("ok")
             self.consecutive_failures = 0
@@ -121,6 +127,21 @@ class HosterStats:
         if self.consecutive_failures >= FAILURES_TO_COOL:
             self.cooldown_s = min(COOLDOWN_MAX_S, self.cooldown_s * 2 if self.cooldown_s else COOLDOWN_BASE_S)
             self.cooldown_until = now + self.cooldown_s
+
+    def observe_discrepancy(self) -> None:
+        """The hoster reported usage past the request's bounds (billed at the bound instead): mark its latest
+        attempt."""
+        self.discrepancies += 1
+        if self.discrepant:
+            self.discrepant[-1] = True
+        else:
+            self.discrepant.append(True)
+
+    @property
+    def dishonesty(self) -> float:
+        """Share of recent attempts whose usage report broke a bound (smoothed as ``reliability`` is: one lie
+        of a new hoster is not yet proof)."""
+        return sum(self.discrepant) / (len(self.discrepant) + 2)
 
     def cool_down(self, now: float) -> None:
         """Out of rotation now, as after repeated failures (a probe caught it answering wrong)."""
@@ -151,7 +172,8 @@ class HosterStats:
         if self.advertised_ttft_ms and p95s:
             latency = min(1.0, self.advertised_ttft_ms / max(max(p95s), 1e-3))
         history = 0.8 * min(1.0, self.lifetime / 100) + 0.2 * min(1.0, max(0.0, now - self.first_seen) / 3600)
-        return reliability * (1 - midstream) * math.sqrt(latency) * (0.5 + 0.5 * history)
+        honest = (1 - self.dishonesty) ** 2
+        return reliability * (1 - midstream) * math.sqrt(latency) * (0.5 + 0.5 * history) * honest
 
     def dump(self) -> dict[str, Any]:
         """JSON-ready state, for the store that survives restarts."""
@@ -163,6 +185,8 @@ class HosterStats:
             "cooldown_until": self.cooldown_until,
             "cooldown_s": self.cooldown_s,
             "last_attempt": self.last_attempt,
+            "discrepancies": self.discrepancies,
+            "discrepant": "".join("d" if d else "." for d in self.discrepant),
             "speed": {model: s.dump() for model, s in self.speed.items()},
         }
 
@@ -178,6 +202,8 @@ class HosterStats:
             cooldown_until=float(data.get("cooldown_until", 0.0)),
             cooldown_s=float(data.get("cooldown_s", 0.0)),
             last_attempt=float(data.get("last_attempt", 0.0)),
+            discrepancies=int(data.get("discrepancies", 0)),
+            discrepant=deque((c == "d" for c in data.get("discrepant", "")), maxlen=WINDOW),
             speed={model: SpeedStats.load(s) for model, s in (data.get("speed") or {}).items()},
         )
 

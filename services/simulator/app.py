@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import random
 import re
@@ -124,6 +125,8 @@ class _Endpoints:
         if hostile is not None:
             return _CountedEventStream(hostile, self._state)
         reply = plan_reply(chat, behaviour.reply_tokens, reasoning_tokens=behaviour.reasoning_tokens)
+        if behaviour.usage_factor != 1.0:
+            reply = dataclasses.replace(reply, usage_factor=behaviour.usage_factor)
         if chat.stream:
             events = _completion_events(meta, reply, behaviour, include_usage=chat.include_usage)
             return _CountedEventStream(events, self._state)

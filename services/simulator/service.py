@@ -68,6 +68,8 @@ class Behaviour:
     # Size of the ``endless_line`` and ``huge_error`` faults (0: for ever); choices of ``many_choices``.
     fault_bytes: int = 0
     fault_choices: int = 1000
+    # Reported usage is the true usage times this (a lying hoster).
+    usage_factor: float = 1.0
 
     @property
     def ttft_s(self) -> float:
@@ -154,6 +156,8 @@ class Reply:
 
     choices: list[Choice]
     prompt_tokens: int
+    # Reported usage is the true usage times this (a lying hoster, for the gateway's usage bounds).
+    usage_factor: float = 1.0
 
     @property
     def completion_tokens(self) -> int:
@@ -172,10 +176,12 @@ class Reply:
 
     def usage(self) -> dict[str, Any]:
         """OpenAI's ``usage`` object for this reply."""
+        prompt = round(self.prompt_tokens * self.usage_factor)
+        completion = round(self.completion_tokens * self.usage_factor)
         return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.completion_tokens,
-            "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
             "prompt_tokens_details": {"cached_tokens": 0},
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }

@@ -4,6 +4,7 @@ lost."""
 from __future__ import annotations
 
 from libs.contracts.common import Usage
+from libs.contracts.pricing import UsageBounds
 from libs.contracts.routing import AttemptFinished, RouteRequest, RoutingPreferences
 from services.router.dispatcher import InFlight, can_fail_over
 from services.router.stats import NetworkStats
@@ -43,6 +44,7 @@ def test_a_client_error_is_not_retried_on_another_hoster() -> None:
     )  # fmt: skip
     candidates = order(registry(hoster(CHEAP, 1)), RoutingPreferences(), NetworkStats())
     flight = InFlight(route=route, queue=candidates, candidate=candidates[0], adapter_id="a", attempt=1,
-                      prompt_tokens=1, first_byte_deadline_ms=None, started=0.0)  # fmt: skip
+                      prompt_tokens=1, first_byte_deadline_ms=None, started=0.0,
+                      bounds=UsageBounds(100, 100))  # fmt: skip
     assert can_fail_over(finished(client_error=False), flight)
     assert not can_fail_over(finished(client_error=True), flight)
