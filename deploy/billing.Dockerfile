@@ -20,9 +20,12 @@ RUN /opt/venv/bin/pip install --no-deps .
 
 FROM python:3.11.7-slim-bookworm
 # A fixed numeric uid/gid: Kubernetes' runAsNonRoot can verify it, and volume ownership is predictable.
+# /auth is ours: compose's nats-auth volume, mounted there empty, takes this ownership (`computeshare nats
+# init` writes the NATS authority and every service's creds into it).
 RUN groupadd --system --gid 10001 computeshare \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin computeshare
+        --shell /usr/sbin/nologin computeshare \
+    && install -d -o 10001 -g 10001 -m 0700 /auth
 COPY --from=builder /opt/venv /opt/venv
 # No .pyc writes at run time: the root filesystem is read-only in Kubernetes (pip compiled them at install).
 ENV PATH=/opt/venv/bin:$PATH \

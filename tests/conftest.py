@@ -14,9 +14,9 @@ import nats
 import pytest
 from nats.aio.client import Client
 
-from libs.devstack.infra import PostgresCluster, service_creds, start_nats
+from libs.devstack.infra import PostgresCluster, start_nats
 from libs.devstack.processes import ManagedProcess, free_port
-from libs.platform.natsauth import AuthStore
+from libs.platform.natsauth import AuthStore, service_creds
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from libs.devstack.processes import ManagedProcess, wait_for_port
-from libs.platform.natsauth import AuthStore, hoster_permissions
+from libs.platform.natsauth import AuthStore
 
 PG_BIN = Path(os.environ.get("CS_PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -141,16 +141,3 @@ class PostgresCluster:
         if self.process is not None and self.process.alive():
             self.process.signal(signal.SIGINT)
             self.process.stop(timeout_s=15)
-
-
-def service_creds(auth: AuthStore, directory: Path, name: str, module: str) -> Path:
-    """The credentials file of process ``name`` running ``services.<module>`` (minted once): a platform hoster
-    adapter is confined like a hoster (to every hoster's subjects), the other services are the platform."""
-    path = directory / f"{name}.creds"
-    if not path.exists():
-        if module == "hoster_adapter":
-            _, creds = auth.mint_user(name, hoster_permissions("*"))
-        else:
-            _, creds = auth.mint_user(name, None)
-        auth.write_creds(path, creds)
-    return path

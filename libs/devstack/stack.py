@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from libs.devstack.infra import PostgresCluster, service_creds, start_nats
+from libs.devstack.infra import PostgresCluster, start_nats
 from libs.devstack.processes import ManagedProcess, free_port, wait_for_http, wait_for_port
-from libs.platform.natsauth import AuthStore
+from libs.platform.natsauth import AuthStore, service_creds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_HOSTER_ID = "5f0c6f3e-2d7a-4c55-9a51-0d3c2b6f7a01"

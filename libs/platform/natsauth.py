@@ -290,3 +290,16 @@ async def push_account_update(nats_url: str, auth: AuthStore, timeout_s: float =
     answer = orjson.loads(reply.data).get("data") or {}
     if answer.get("code") != 200:
         raise RuntimeError(f"the NATS server refused the account update: {answer}")
+
+
+def service_creds(auth: AuthStore, directory: Path, name: str, module: str) -> Path:
+    """The credentials file of process ``name`` running ``services.<module>`` (minted once): a platform hoster
+    adapter is confined like a hoster (to every hoster's subjects), the other services are the platform."""
+    path = directory / f"{name}.creds"
+    if not path.exists():
+        if module == "hoster_adapter":
+            _, creds = auth.mint_user(name, hoster_permissions("*"))
+        else:
+            _, creds = auth.mint_user(name, None)
+        auth.write_creds(path, creds)
+    return path

@@ -26,7 +26,7 @@ from libs.contracts import subjects
 from libs.contracts.hosters import LiveHoster, LiveHosters
 from libs.contracts.pricing import MICRO
 from libs.platform.apikeys import hash_key
-from libs.platform.natsauth import AuthStore, push_account_update
+from libs.platform.natsauth import AuthStore, push_account_update, service_creds
 from services.billing.ledger import AccountState, Ledger, NotFound
 from services.billing.repository import HosterRepository, apply_migrations
 from services.billing.settings import BillingSettings
@@ -247,13 +247,40 @@ def parser() -> argparse.ArgumentParser:
     hoster_revoke.add_argument("hoster")
     earnings = command(hoster, "earnings", "what hosters earned")
     earnings.add_argument("hoster", nargs="?")
+
+    nats_group = group("nats", "the NATS authority of a deployment")
+    nats_init = command(nats_group, "init", "create the authority (once) and write the server's and services' files")
+    nats_init.add_argument("--dir", type=Path, required=True, help="where to write them")
+    nats_init.add_argument(
+        "--resolver-dir", default="/data/accounts", help="where nats-server keeps pushed account JWTs (writable)"
+    )
     return root
+
+
+# Every service that talks to NATS, with the ``services.<module>`` it runs: each gets credentials of its own.
+DEPLOYED_SERVICES = {"ingress": "ingress", "router": "router", "billing": "billing", "hoster_adapter": "hoster_adapter"}
+
+
+def nats_init(directory: Path, resolver_dir: str) -> dict[str, Any]:
+    """The NATS authority of a deployment, in ``directory`` (kept if it exists, so re-running changes no key):
+    ``authority/`` (operator and account seeds: billing's ``CS_NATS_AUTH_DIR``, secret), ``auth.conf`` (the
+    operator, system account and resolver for nats-server to include) and ``creds/<service>.creds``."""
+    authority = AuthStore(directory / "authority").init()
+    conf = directory / "auth.conf"
+    conf.write_text(authority.server_config(Path(resolver_dir)))
+    creds = {name: str(service_creds(authority, directory / "creds", name, module))
+             for name, module in DEPLOYED_SERVICES.items()}  # fmt: skip
+    return {"authority": str(authority.directory), "server_config": str(conf), "creds": creds}
 
 
 async def run(argv: list[str], settings: CliSettings | None = None) -> int:
     """Parse ``argv``, carry out the command against the database, print the result; the exit code."""
     args = parser().parse_args(argv)
     settings = settings or CliSettings()
+    if args.command == "nats":  # no database: the deployment's NATS files only
+        written = nats_init(args.dir, args.resolver_dir)
+        print(json.dumps(written) if args.json else "\n".join(f"{k}: {v}" for k, v in written.items()))
+        return 0
     try:
         pool = await asyncpg.create_pool(settings.database_url.get_secret_value(), min_size=1, max_size=2)
     except (OSError, asyncpg.PostgresError) as exc:

