@@ -44,9 +44,7 @@ async def test_nats_init_gives_a_server_that_refuses_anonymous_clients_and_takes
 
     port = free_port()
     config = tmp_path / "nats.conf"
-    config.write_text(
-        f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{data}" }}\ninclude "auth/auth.conf"\n'
-    )
+    config.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{data}" }}\ninclude "auth/auth.conf"\n')
     server = ManagedProcess("nats", [nats_server_binary(), "-c", str(config)], log_path=tmp_path / "nats.log").start()
     try:
         wait_for_port(port, 15, server)
