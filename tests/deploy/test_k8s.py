@@ -38,7 +38,12 @@ MANIFEST_FILES = sorted(
 )
 
 # Secrets the base references but does not contain: production provides them (k8s/README.md says how).
-EXTERNAL_SECRETS = {"computeshare-billing": {"database-url"}, "computeshare-hosters": {"hosters.json"}}
+EXTERNAL_SECRETS = {
+    "computeshare-billing": {"database-url"},
+    "computeshare-hosters": {"hosters.json"},
+    "computeshare-nats-server": {"auth.conf"},
+    "computeshare-nats-creds": {"ingress.creds", "router.creds", "billing.creds", "hoster_adapter.creds"},
+}
 # The adapter's longest silence from an upstream (CS_ADAPTER_READ_TIMEOUT_S' default) and the drain floor.
 UPSTREAM_READ_TIMEOUT_S = 120
 MIN_TERMINATION_GRACE_S = 150
@@ -414,12 +419,50 @@ def check_nats_config(config: str, path: Path) -> subprocess.CompletedProcess[st
 
 
 def test_nats_server_accepts_its_config(tmp_path: Path) -> None:
-    """The real nats-server accepts the configuration, and would refuse an unknown or misplaced field."""
+    """The real nats-server accepts the configuration, laid out as in the pod (the ConfigMap in /etc/nats, the
+    auth Secret in /etc/nats-auth; the dev overlay's), and would refuse an unknown or misplaced field."""
+    (tmp_path / "nats").mkdir()
+    (tmp_path / "nats-auth").mkdir()
+    (tmp_path / "nats-auth" / "auth.conf").write_text(
+        secret_value(built("dev"), "computeshare-nats-server", "auth.conf")
+    )
     config = nats_config(built("base"))
-    accepted = check_nats_config(config, tmp_path / "nats.conf")
+    accepted = check_nats_config(config, tmp_path / "nats" / "nats.conf")
     assert accepted.returncode == 0, accepted.stderr
-    refused = check_nats_config(config.replace("store_dir:", "store_directory:"), tmp_path / "bad.conf")
+    refused = check_nats_config(config.replace("store_dir:", "store_directory:"), tmp_path / "nats" / "bad.conf")
     assert refused.returncode != 0
+
+
+@pytest.mark.parametrize("name", BUILDS)
+def test_nats_accepts_no_anonymous_client_and_each_service_has_its_own_credentials(name: str) -> None:
+    """nats-server includes the operator-mode auth that `computeshare nats init` writes (Secret
+    computeshare-nats-server); each service mounts only its own creds file and points CS_NATS_CREDS at it."""
+    docs = built(name)
+    config = nats_config(docs)
+    include = re.search(r'^include\s+"([^"]+)"', config, re.MULTILINE)
+    assert include is not None, "no auth included"
+    statefulset = find(docs, "StatefulSet", "nats")
+    mounts = {m["name"]: m["mountPath"] for m in only_container(statefulset)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod_spec(statefulset)["volumes"]}
+    auth_volume = next(
+        n for n, v in volumes.items() if v.get("secret", {}).get("secretName") == "computeshare-nats-server"
+    )
+    assert str(Path("/etc/nats", include.group(1)).resolve()) == f"{mounts[auth_volume]}/auth.conf"
+    if name == "dev":
+        assert "operator:" in secret_value(docs, "computeshare-nats-server", "auth.conf")
+    for deployment, shape in SERVICES.items():
+        workload = find(docs, "Deployment", deployment)
+        container = only_container(workload)
+        creds = environment(container, docs)["CS_NATS_CREDS"]
+        [volume] = [
+            v
+            for v in pod_spec(workload)["volumes"]
+            if v.get("secret", {}).get("secretName") == "computeshare-nats-creds"
+        ]
+        assert volume["secret"]["items"] == [{"key": f"{shape.module}.creds", "path": f"{shape.module}.creds"}]
+        [mount] = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+        assert creds == f"{mount['mountPath']}/{shape.module}.creds"
+        assert mount["readOnly"] is True
 
 
 # PostgreSQL, secrets and the dev overlay.
