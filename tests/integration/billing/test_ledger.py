@@ -73,12 +73,12 @@ async def test_settlement_charges_once_pays_hoster_and_fee_and_releases_the_rest
     assert await ledger.check() == []
 
 
-async def test_usage_beyond_the_reservation_never_makes_a_balance_negative(ledger: Ledger) -> None:
+async def test_usage_beyond_the_reservation_is_charged_the_reservation_and_no_more(ledger: Ledger) -> None:
     caller = await caller_with(ledger, credits=300)
     assert isinstance(await ledger.reserve(reserve(caller, "r1", 100)), Reserved)
-    await ledger.settle(done(caller, "r1", 1000, 0))  # costs 1100: far more than held plus balance
+    await ledger.settle(done(caller, "r1", 1000, 0))  # costs 1100: far more than held
     state = await ledger.account(caller.account_id)
-    assert (state.balance, state.reserved) == (0, 0)
+    assert (state.balance, state.reserved) == (200, 0)  # the 100 held, nothing from the balance
     assert await ledger.check() == []
 
 
