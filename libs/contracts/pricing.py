@@ -80,6 +80,11 @@ class UsageBounds:
         choices = n if isinstance(n, int) and n > 0 else 1
         return cls(body_bytes + TEMPLATE_TOKENS, requested_max_tokens(body, default_max_tokens) * choices)
 
+    def with_text(self, text_bytes: int, choices: int) -> UsageBounds:
+        """Also bounded by the text the client received: a token is at least one byte of text (byte-level
+        tokenizers), plus one end-of-sequence token per choice."""
+        return UsageBounds(self.prompt, min(self.completion, text_bytes + choices))
+
     def bound(self, prompt_tokens: int, completion_tokens: int) -> tuple[int, int, str | None]:
         """The counts clamped into [0, bound], and what was wrong with the reported ones (``None``: nothing)."""
         prompt = min(max(prompt_tokens, 0), self.prompt)

@@ -57,6 +57,8 @@ class RouteAccepted(BaseModel):
     input_price: int = 0
     output_price: int = 0
     fee_bps: int = 0
+    # The router that owns the request: the ingress tells it what reached the client (``RequestDelivered``).
+    router_id: str = ""
 
 
 class RouteRejected(BaseModel):
@@ -135,6 +137,17 @@ class AttemptFinished(BaseModel):
     finished_at: float
     # Parameters the client sent that this hoster does not take, dropped on the way.
     dropped_parameters: list[str] = Field(default_factory=list)
+
+
+class RequestDelivered(BaseModel):
+    """ingress -> the owning router, when a request ended: the UTF-8 bytes of text the client received from
+    attempt ``attempt`` (content, reasoning, refusal, tool call names and arguments) over ``choices``
+    choices. The router bills no more completion tokens than that text can hold."""
+
+    request_id: str
+    attempt: int = Field(ge=1)
+    text_bytes: int = Field(ge=0)
+    choices: int = Field(ge=1)
 
 
 # Why the ingress gives up on an attempt: the client left, or the hoster missed a deadline the ingress

@@ -32,6 +32,8 @@ _ATTEMPT_FINISHED = "adapter.attempt.finished"
 ATTEMPT_FINISHED_ALL = _ATTEMPT_FINISHED + ".>"
 # router -> JetStream (billing, durable): the request is over; settle its reservation.
 REQUEST_FINISHED = "router.request.finished"
+# ingress -> the router that owns a request: what reached the client (``router.request.delivered.<router>``).
+_REQUEST_DELIVERED = "router.request.delivered"
 # The JetStream stream holding both usage events; billing reads each through its own durable consumer.
 USAGE_STREAM = "USAGE"
 
@@ -81,6 +83,11 @@ def attempt_start(hoster_id: str) -> str:
 def attempt_accepted(hoster_id: str, router_id: str) -> str:
     """Subject of a hoster's answer to a dispatch, addressed to the router that sent it."""
     return f"{_ATTEMPT_ACCEPTED}.{hoster_id}.{router_id}"
+
+
+def request_delivered(router_id: str) -> str:
+    """Where the ingress tells router ``router_id`` what of its request reached the client."""
+    return f"{_REQUEST_DELIVERED}.{router_id}"
 
 
 def attempts_accepted_by_router(router_id: str) -> str:

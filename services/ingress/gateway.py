@@ -32,6 +32,7 @@ from libs.contracts.pricing import UsageBounds, cost_of, to_credits
 from libs.contracts.routing import (
     CancelReason,
     RequestCancelled,
+    RequestDelivered,
     RouteAccepted,
     RouteDecision,
     RouteRejected,
@@ -71,27 +72,39 @@ class Deadlines:
 
 
 class UsageGuard:
-    """Holds the usage a client sees to the request's bounds (``UsageBounds``), priced at the serving
-    hoster's prices as billing prices it: a hoster's inflated or negative report never reaches the client."""
+    """Counts the text one attempt relays to the client, and holds the usage the client sees to the request's
+    bounds (``UsageBounds``, and the relayed text), priced at the serving hoster's prices as billing prices
+    it: a hoster's inflated or negative report never reaches the client."""
 
-    __slots__ = ("bounds", "fee_bps", "input_price", "output_price")
+    __slots__ = ("bounds", "choices", "fee_bps", "input_price", "output_price", "text_bytes")
 
     def __init__(self, bounds: UsageBounds, input_price: int, output_price: int, fee_bps: int) -> None:
         self.bounds = bounds
         self.input_price = input_price
         self.output_price = output_price
         self.fee_bps = fee_bps
+        self.text_bytes = 0
+        self.choices = 1
 
-    def fix(self, body: bytes) -> bytes:
-        """``body`` (a completion, or a chunk carrying usage) with its usage held to the bounds; unchanged
-        when the report was within them."""
+    def take(self, body: bytes) -> bytes:
+        """Count the text of ``body`` (a completion or a chunk); return it with its usage, if it carries one,
+        held to the bounds (unchanged when the report was within them)."""
         try:
             doc = orjson.loads(body)
-            usage = doc.get("usage")
-            prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
-        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError):
+        except orjson.JSONDecodeError:
             return body
-        bounded_prompt, bounded_completion, discrepancy = self.bounds.bound(prompt, completion)
+        if not isinstance(doc, dict):
+            return body
+        self._count(doc.get("choices"))
+        usage = doc.get("usage")
+        if not isinstance(usage, dict):
+            return body
+        try:
+            prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+        except (KeyError, TypeError, ValueError):
+            return body
+        bounds = self.bounds.with_text(self.text_bytes, self.choices)
+        bounded_prompt, bounded_completion, discrepancy = bounds.bound(prompt, completion)
         if discrepancy is None:
             return body
         cost = cost_of(bounded_prompt, bounded_completion, self.input_price, self.output_price, self.fee_bps)
@@ -102,6 +115,34 @@ class UsageGuard:
             cost=to_credits(cost.client),
         )
         return orjson.dumps(doc)
+
+    def _count(self, choices: object) -> None:
+        if not isinstance(choices, list):
+            return
+        for choice in choices:
+            if not isinstance(choice, dict):
+                continue
+            index = choice.get("index")
+            if isinstance(index, int) and 0 <= index < MAX_CHOICES:
+                self.choices = max(self.choices, index + 1)
+            part = choice.get("delta") or choice.get("message")
+            if not isinstance(part, dict):
+                continue
+            for key in ("content", "reasoning_content", "refusal"):
+                text = part.get(key)
+                if isinstance(text, str):
+                    self.text_bytes += len(text.encode())
+            for call in part.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    for key in ("name", "arguments"):
+                        text = function.get(key)
+                        if isinstance(text, str):
+                            self.text_bytes += len(text.encode())
+
+
+# OpenAI's ``n`` is at most 128.
+MAX_CHOICES = 128
 
 
 class ReplyStream:
@@ -174,8 +215,8 @@ class ReplyStream:
             if self._deadlines is not None:
                 self._content = True
                 self._due = self._heard + self._deadlines.stall_s
-            if self.guard is not None and (frame.kind == frames.COMPLETION or b'"usage":{' in frame.body):
-                frame = frame._replace(body=self.guard.fix(frame.body))
+            if self.guard is not None:
+                frame = frame._replace(body=self.guard.take(frame.body))
         return frame
 
     async def next(self) -> frames.Frame:
@@ -410,16 +451,31 @@ class Gateway:
         """Tell the routers the client left; safe to call from a cancelled task."""
         self._cancel(RequestCancelled(request_id=request_id))
 
+    def delivered(self, router_id: str, replies: ReplyStream) -> None:
+        """Tell the router that owns the request what reached the client (it bills no more than that)."""
+        if self._nc is None or not router_id or replies.guard is None:
+            return
+        note = RequestDelivered(
+            request_id=replies.request_id,
+            attempt=replies.attempt,
+            text_bytes=replies.guard.text_bytes,
+            choices=replies.guard.choices,
+        )
+        self._publish(subjects.request_delivered(router_id), note.model_dump_json().encode())
+
     def _overdue(self, request_id: str, attempt: int, reason: CancelReason) -> None:
         """Tell the routers the serving attempt missed a deadline the ingress holds it to."""
         self._log.warning("attempt overdue", extra={"request_id": request_id, "attempt": attempt, "reason": reason})
         self._cancel(RequestCancelled(request_id=request_id, reason=reason, attempt=attempt))
 
     def _cancel(self, event: RequestCancelled) -> None:
+        self._publish(subjects.REQUEST_CANCELLED, event.model_dump_json().encode())
+
+    def _publish(self, subject: str, data: bytes) -> None:
+        """Publish in the background; safe to call from a cancelled task."""
         if self._nc is None:
             return
-        data = event.model_dump_json().encode()
-        task = asyncio.get_running_loop().create_task(self._nc.publish(subjects.REQUEST_CANCELLED, data))
+        task = asyncio.get_running_loop().create_task(self._nc.publish(subject, data))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

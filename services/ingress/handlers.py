@@ -214,10 +214,11 @@ async def _complete(
             TIME_TO_FIRST_TOKEN.labels("ingress").observe(time.perf_counter() - started)
             handed_to_stream = True
             return StreamingResponse(
-                _stream(gateway, replies, first, settings.retry_after_s),
+                _stream(gateway, replies, first, settings.retry_after_s, accepted.router_id),
                 media_type="text/event-stream",
                 headers=headers | SSE_HEADERS,
             )
+        gateway.delivered(accepted.router_id, replies)
         return Response(first.body, media_type="application/json", headers=headers)
     except GatewayError as exc:
         return error_response(exc.report, {"x-request-id": request_id, **exc.headers})
@@ -227,7 +228,7 @@ async def _complete(
 
 
 async def _stream(
-    gateway: Gateway, replies: ReplyStream, first: frames.Frame, retry_after: int
+    gateway: Gateway, replies: ReplyStream, first: frames.Frame, retry_after: int, router_id: str
 ) -> AsyncIterator[bytes]:
     outcome = StreamOutcome()
     try:
@@ -235,6 +236,7 @@ async def _stream(
             yield part
     finally:
         gateway.close_stream(replies.request_id)
+        gateway.delivered(router_id, replies)
         if not outcome.completed:
             # The client went away mid-stream: stop the hoster; what it generated so far is billed.
             gateway.cancel(replies.request_id)

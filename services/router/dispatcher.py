@@ -24,6 +24,7 @@ from libs.contracts.routing import (
     AttemptFinished,
     AttemptOutcome,
     RequestCancelled,
+    RequestDelivered,
     RouteAccepted,
     RouteRejected,
     RouteRequest,
@@ -63,6 +64,8 @@ class InFlight:
     started: float
     bounds: UsageBounds
     billed: list[BilledAttempt] = field(default_factory=list)
+    # Each billed attempt's usage as its hoster reported it, for the relayed-text bound applied at the end.
+    reported: dict[int, Usage] = field(default_factory=dict)
     cancelled: bool = False
 
 
@@ -103,6 +106,10 @@ class Dispatcher:
         self._early: dict[tuple[str, int], AttemptFinished] = {}
         # Probe requests waiting for their attempt's report (see ``services.router.probes``).
         self._probe_reports: dict[str, asyncio.Future[AttemptFinished]] = {}
+        # Requests over, waiting for the ingress's word on what reached the client (``RequestDelivered``), and
+        # words that came before their request was over.
+        self._undelivered: dict[str, tuple[InFlight, str, AttemptOutcome]] = {}
+        self._deliveries: dict[str, RequestDelivered] = {}
         self._publishing: set[asyncio.Task[bool]] = set()
         self._first_byte = FirstByteBudget(
             settings.first_byte_floor_ms,
@@ -230,6 +237,7 @@ class Dispatcher:
             input_price=flight.candidate.offer.input_price,
             output_price=flight.candidate.offer.output_price,
             fee_bps=s.platform_fee_bps,
+            router_id=self.router_id,
         )
 
     async def _start(
@@ -438,7 +446,7 @@ class Dispatcher:
         if can_fail_over(event, flight) and await self._fail_over(flight):
             return
         del self._in_flight[event.request_id]
-        self._finish(flight.route, event.model, event.outcome, flight.billed)
+        self._settle(flight, event.model, event.outcome)
         if event.outcome == "failed" and event.client_error:
             await self._fail(flight, _refused(event))
         elif event.outcome == "failed":
@@ -448,6 +456,7 @@ class Dispatcher:
         """The attempt as billing charges it: the hoster's reported usage held to the request's bounds. A
         report past them lowers the hoster's trust and is written on the request's routing record."""
         reported = event.usage
+        flight.reported[event.attempt] = reported
         prompt, completion, discrepancy = flight.bounds.bound(reported.prompt_tokens, reported.completion_tokens)
         if discrepancy is not None:
             self._log.warning("usage past its bounds", extra={"hoster_id": event.hoster_id, "why": discrepancy})
@@ -473,6 +482,7 @@ class Dispatcher:
         if nxt is None:
             return False
         nxt.billed = flight.billed
+        nxt.reported = flight.reported
         nxt.cancelled = flight.cancelled
         return True
 
@@ -522,6 +532,58 @@ class Dispatcher:
             self._log,
         )
 
+    def _settle(self, flight: InFlight, model: str, outcome: AttemptOutcome) -> None:
+        """End a request that billed something once the ingress said what reached the client (or, after
+        ``delivery_wait_s``, without it: then only the request's own bounds apply)."""
+        request_id = flight.route.request_id
+        if flight.route.caller is None or not flight.billed:
+            self._finish(flight.route, model, outcome, flight.billed)
+            return
+        delivered = self._deliveries.pop(request_id, None)
+        if delivered is not None:
+            self._finish(flight.route, model, outcome, self._held_to_text(flight, delivered))
+            return
+        self._undelivered[request_id] = (flight, model, outcome)
+        asyncio.get_running_loop().call_later(self._settings.delivery_wait_s, self._settle_undelivered, request_id)
+
+    def _settle_undelivered(self, request_id: str) -> None:
+        waiting = self._undelivered.pop(request_id, None)
+        if waiting is not None:
+            flight, model, outcome = waiting
+            self._log.warning("no delivery report", extra={"request_id": request_id})
+            self._finish(flight.route, model, outcome, flight.billed)
+
+    def delivered(self, note: RequestDelivered) -> None:
+        """The ingress says what of a request reached the client."""
+        waiting = self._undelivered.pop(note.request_id, None)
+        if waiting is None:
+            # Before its outcome (or for a request of another router's past): kept a little while.
+            self._deliveries[note.request_id] = note
+            asyncio.get_running_loop().call_later(60.0, self._deliveries.pop, note.request_id, None)
+            return
+        flight, model, outcome = waiting
+        self._finish(flight.route, model, outcome, self._held_to_text(flight, note))
+
+    def _held_to_text(self, flight: InFlight, note: RequestDelivered) -> list[BilledAttempt]:
+        """The billed attempts, the one that delivered held also to the text the client received."""
+        billed = list(flight.billed)
+        last = billed[-1]
+        reported = flight.reported.get(last.attempt)
+        if last.attempt != note.attempt or reported is None:
+            return billed
+        bounds = flight.bounds.with_text(note.text_bytes, note.choices)
+        prompt, completion, discrepancy = bounds.bound(reported.prompt_tokens, reported.completion_tokens)
+        if (prompt, completion) == (last.usage.prompt_tokens, last.usage.completion_tokens):
+            return billed
+        if last.usage_discrepancy is None:
+            self.stats.of(last.hoster_id, time.time()).observe_discrepancy()
+            self.stats.dirty.add(last.hoster_id)
+        why = f"{discrepancy}; {note.text_bytes} bytes of text reached the client"
+        usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                      estimated=last.usage.estimated)  # fmt: skip
+        billed[-1] = last.model_copy(update={"usage": usage, "usage_discrepancy": why})
+        return billed
+
     def _finish(self, route: RouteRequest, model: str, outcome: AttemptOutcome, attempts: list[BilledAttempt]) -> None:
         """Tell billing (durably, in the background) that the request is over."""
         if route.caller is None:
@@ -549,7 +611,10 @@ class Dispatcher:
         task.add_done_callback(self._publishing.discard)
 
     async def drain(self) -> None:
-        """Wait for settlement events still being published."""
+        """Settle the requests still waiting for their delivery report, and wait for settlement events still
+        being published."""
+        for request_id in list(self._undelivered):
+            self._settle_undelivered(request_id)
         if self._publishing:
             await asyncio.wait(set(self._publishing), timeout=10.0)
 

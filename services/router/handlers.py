@@ -13,6 +13,7 @@ from libs.contracts.routing import (
     AttemptAccepted,
     AttemptFinished,
     RequestCancelled,
+    RequestDelivered,
     RouteAccepted,
     RouteRejected,
     RouteRequest,
@@ -67,6 +68,10 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
     @broker.subscriber(subjects.attempts_accepted_by_router(dispatcher.router_id), max_workers=workers, no_reply=True)
     async def attempt_accepted(answer: AttemptAccepted, message: NatsMessage) -> None:
         dispatcher.offer_answered(subjects.hoster_of(message.raw_message.subject), answer)
+
+    @broker.subscriber(subjects.request_delivered(dispatcher.router_id), max_workers=workers)
+    async def request_delivered(note: RequestDelivered) -> None:
+        dispatcher.delivered(note)
 
     @broker.subscriber(subjects.REQUEST_CANCELLED)
     async def request_cancelled(event: RequestCancelled) -> None:

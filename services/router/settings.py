@@ -42,3 +42,6 @@ class RouterSettings(ServiceSettings):
     probe_interval_s: float = Field(30.0, ge=0)
     probe_new_attempts: int = Field(20, ge=0)
     probe_idle_s: float = Field(600.0, gt=0)
+    # How long a finished request waits for the ingress to say what reached the client (its text bounds
+    # the completion tokens billed) before it settles on the request's own bounds alone.
+    delivery_wait_s: float = Field(2.0, gt=0)

@@ -110,3 +110,34 @@ async def test_reported_usage_is_held_to_its_bounds_for_the_client_the_ledger_an
     assert after.usage_discrepancies == before.usage_discrepancies + 1
     assert after.trust < before.trust
     assert stack.computeshare("ledger", "check") == {"ok": True, "problems": []}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["non-stream", "stream"])
+async def test_completion_tokens_are_never_billed_past_what_the_relayed_text_can_hold(
+    stack: Stack, stream: bool
+) -> None:
+    """Within max_tokens, but more tokens than the text the client got: a token is at least a byte."""
+    account_id, key = stack.create_account(credits="1")
+    body: dict[str, Any] = {
+        "model": DEMO_MODEL, "messages": [{"role": "user", "content": "count the waves"}], "max_tokens": 4000,
+        "simulator": {"usage_factor": 50},
+    }  # fmt: skip
+    headers = {"authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=stack.config.api_base, headers=headers, timeout=30) as client:
+        if stream:
+            body |= {"stream": True, "stream_options": {"include_usage": True}}
+            async with client.stream("POST", "/chat/completions", json=body) as response:
+                chunks = [orjson.loads(line[6:]) async for line in response.aiter_lines() if line.startswith("data: {")]
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            [usage] = [c["usage"] for c in chunks if c.get("usage")]
+        else:
+            response = await client.post("/chat/completions", json=body)
+            text = response.json()["choices"][0]["message"]["content"]
+            usage = response.json()["usage"]
+    relayed = len(text.encode())
+    assert 0 < relayed + 1 < 12 * 50  # the claim (600) is past the text, and within max_tokens
+    assert usage["completion_tokens"] == relayed + 1
+    await settled(stack, account_id)
+    record = await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"])
+    assert record["completion_tokens"] == relayed + 1
+    assert f"{relayed} bytes of text reached the client" in record["usage_discrepancy"]
