@@ -129,7 +129,13 @@ def hoster_permissions(hoster_id: str) -> tuple[list[str], list[str]]:
         hoster_heartbeat(hoster_id),
         attempt_finished(hoster_id, "*"),
     ]
-    subscribe = [attempt_start(hoster_id), attempt_cancel(hoster_id), f"{hoster_inbox_prefix(hoster_id)}.>"]
+    # Its own heartbeats too: the adapters of one hoster split its capacity among those they hear.
+    subscribe = [
+        attempt_start(hoster_id),
+        attempt_cancel(hoster_id),
+        hoster_heartbeat(hoster_id),
+        f"{hoster_inbox_prefix(hoster_id)}.>",
+    ]
     return publish, subscribe
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -12,6 +13,7 @@ import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -50,6 +52,21 @@ TRACER = trace.get_tracer("computeshare.hoster_adapter")
 CLIENT_ERROR_STATUSES = frozenset({400, 413, 422})
 # Room in a NATS message for a frame's header around the body (a chunk or an assembled completion).
 FRAME_ROOM = 4096
+# A peer adapter of the same hoster is gone after this many of its heartbeat intervals without one; its
+# interval is believed within these bounds.
+PEER_BEATS = 3
+PEER_INTERVAL_S = (0.1, 60.0)
+# After its first heartbeat an adapter waits this long before taking attempts: the hoster's other adapters
+# answer a newcomer's heartbeat with theirs at once, so it knows its share before it takes any.
+JOIN_WAIT_S = 0.2
+
+
+def capacity_share(capacity: int, adapters: list[str], adapter_id: str) -> int:
+    """This adapter's part of a hoster's ``capacity`` when ``adapters`` (itself among them) front it: an even
+    split, the remainder to the first ids in order, so the parts add up to the capacity exactly."""
+    ordered = sorted(set(adapters) | {adapter_id})
+    base, extra = divmod(capacity, len(ordered))
+    return base + (1 if ordered.index(adapter_id) < extra else 0)
 
 
 class HosterAdapter:
@@ -62,6 +79,10 @@ class HosterAdapter:
         self._log = logger
         self._active: dict[str, ActiveAttempt] = {}
         self._in_flight: Counter[str] = Counter()
+        # The other live adapters of each hoster (replicas of a platform adapter, or of a hoster's agent):
+        # hoster id -> adapter id -> when it stops counting (monotonic). Capacity is split among them.
+        self._peers: dict[str, dict[str, float]] = {h: {} for h in self.hosters}
+        self._joined = asyncio.Event()
         self._loops: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
@@ -82,6 +103,8 @@ class HosterAdapter:
             # times more CPU per request and per chunk, and the adapter's CPU is the gateway's bottleneck.
             transport=AiohttpTransport(limits=limits),
         )
+        for hoster_id in self.hosters:
+            await nc.subscribe(subjects.hoster_heartbeat(hoster_id), cb=self._peer_heartbeat)
         self._loops = [
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
             asyncio.create_task(self._keepalive_loop(), name="keepalive"),
@@ -128,9 +151,41 @@ class HosterAdapter:
             for h in self.hosters.values()
         ]
 
+    def share(self, hoster: HosterConfig) -> int:
+        """The part of ``hoster``'s capacity this adapter may use: all of it when alone, else an even split
+        with the hoster's other live adapters (so the capacity holds however many replicas front it)."""
+        now = time.monotonic()
+        peers = self._peers.get(hoster.id, {})
+        return capacity_share(hoster.capacity, [a for a, until in peers.items() if until > now], self.adapter_id)
+
+    async def _peer_heartbeat(self, msg: Msg) -> None:
+        """Another adapter of one of our hosters heartbeated: count it until it misses ``PEER_BEATS``; a new one
+        hears our heartbeat back at once."""
+        try:
+            beat = HosterHeartbeat.model_validate_json(msg.data)
+        except ValueError:
+            return
+        hoster_id = subjects.hoster_of(msg.subject)
+        peers = self._peers.get(hoster_id)
+        if peers is None or beat.adapter_id == self.adapter_id:
+            return
+        interval = min(max(beat.interval_s, PEER_INTERVAL_S[0]), PEER_INTERVAL_S[1])
+        new = beat.adapter_id not in peers or peers[beat.adapter_id] <= time.monotonic()
+        if len(peers) >= 1024 and new:
+            return  # a flood of made-up adapter ids from the hoster's own credentials: ignore it
+        peers[beat.adapter_id] = time.monotonic() + PEER_BEATS * interval
+        if new and not self._draining and self._nc is not None:
+            for heartbeat in self.heartbeats():
+                if heartbeat.hosters[0].hoster_id == hoster_id:
+                    await self._nc.publish(msg.subject, heartbeat.model_dump_json().encode())
+
     async def accept(self, hoster_id: str, dispatch: AttemptDispatch, reply: str | None) -> AttemptAccepted:
-        """Take an attempt unless it is not this hoster's, the hoster is at capacity, or the adapter is
-        draining; the work runs in its own task. The answer goes to the dispatching router."""
+        """Take an attempt unless it is not this hoster's, the hoster is at this adapter's share of its
+        capacity, or the adapter is draining; the work runs in its own task. The answer goes to the
+        dispatching router."""
+        if not self._joined.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._joined.wait(), JOIN_WAIT_S * 10)
         hoster = self.hosters.get(hoster_id)
         reason = None
         if hoster is None or dispatch.hoster_id != hoster_id:
@@ -139,7 +194,7 @@ class HosterAdapter:
             reason = "no reply subject"
         elif self._draining:
             reason = "adapter shutting down"
-        elif self._in_flight[hoster_id] >= hoster.capacity:
+        elif self._in_flight[hoster_id] >= self.share(hoster):
             reason = "hoster at capacity"
         answer = AttemptAccepted(
             request_id=dispatch.request_id,
@@ -394,6 +449,8 @@ class HosterAdapter:
                     await self._nc.publish(subject, heartbeat.model_dump_json().encode())
             except Exception as exc:  # a missed heartbeat must not end the loop
                 self._log.warning("heartbeat not sent", extra={"error": repr(exc)})
+            if not self._joined.is_set():
+                asyncio.get_running_loop().call_later(JOIN_WAIT_S, self._joined.set)
             await asyncio.sleep(self._settings.heartbeat_interval_s)
 
     async def _keepalive_loop(self) -> None:
@@ -406,7 +463,10 @@ class HosterAdapter:
             for active in list(self._active.values()):
                 if now - active.last_sent >= interval:
                     d = active.dispatch
-                    await self._nc.publish(d.reply_subject, frames.encode(frames.KEEPALIVE, d.attempt, -1))
+                    try:
+                        await self._nc.publish(d.reply_subject, frames.encode(frames.KEEPALIVE, d.attempt, -1))
+                    except Exception as exc:  # one failed publish (a reconnect) must not end the loop
+                        self._log.warning("keepalive not sent", extra={"error": repr(exc)})
                     active.last_sent = now
 
 

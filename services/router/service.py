@@ -423,11 +423,13 @@ def first_byte_deadline_ms(
 
 def prefer_healthy(queue: list[Candidate], stats: NetworkStats, now: float) -> None:
     """Reorder a request's remaining candidates, before a failover, by what the router learnt since it ranked
-    them: hosters that are not cooling and did not just fail come first, in their ranked order; the others
-    stay in the queue, last, in case nothing else takes the attempt."""
+    them: hosters that are not cooling and did not just fail come first, those that have served recently
+    before those never seen to (a request that already failed is not spent on an unknown while a proven
+    hoster can take it), each group in its ranked order; the others stay in the queue, last, in case nothing
+    else takes the attempt."""
 
-    def health(candidate: Candidate) -> tuple[bool, bool]:
+    def health(candidate: Candidate) -> tuple[bool, bool, bool]:
         hoster = stats.of(candidate.hoster.hoster_id, now)
-        return hoster.cooling(now), hoster.consecutive_failures > 0
+        return hoster.cooling(now), hoster.consecutive_failures > 0, "ok" not in hoster.outcomes
 
     queue.sort(key=health)

@@ -8,7 +8,7 @@ import pytest
 from libs.contracts.routing import RoutingPreferences
 from services.router.service import FirstByteBudget, first_byte_deadline_ms, prefer_healthy
 from services.router.stats import NetworkStats
-from tests.unit.router.test_marketplace import CHEAP, CLOUD, FAST, WALL, fail, hoster, order, registry
+from tests.unit.router.test_marketplace import CHEAP, CLOUD, FAST, WALL, fail, hoster, order, registry, succeed
 
 BUDGET = FirstByteBudget(floor_ms=5_000, ceiling_ms=30_000, multiple=4, ms_per_prompt_token=0.2)
 
@@ -44,3 +44,14 @@ def test_a_failover_tries_hosters_that_did_not_just_fail_first_and_keeps_the_res
     fail(stats, FAST, 1)  # failed just now
     prefer_healthy(queue, stats, WALL)
     assert [c.hoster.hoster_id for c in queue] == [CLOUD, FAST, CHEAP]
+
+
+def test_a_failover_prefers_hosters_seen_to_serve_over_unknown_ones() -> None:
+    stats = NetworkStats()
+    queue = order(registry(hoster(CHEAP, 1), hoster(FAST, 2), hoster(CLOUD, 3)), RoutingPreferences(tier="cheapest"),
+                  stats)  # fmt: skip
+    prefer_healthy(queue, stats, WALL)
+    assert [c.hoster.hoster_id for c in queue] == [CHEAP, FAST, CLOUD]  # nothing known: the ranked order
+    succeed(stats, CLOUD, 1)
+    prefer_healthy(queue, stats, WALL)
+    assert [c.hoster.hoster_id for c in queue] == [CLOUD, CHEAP, FAST]
