@@ -89,6 +89,10 @@ class AttemptDispatch(BaseModel):
     output_price: int
     fee_bps: int = 0
     body: dict[str, Any]
+    # The completion limit per choice the request's reservation was priced on: the adapter sends it upstream
+    # under the profile's own name, whatever the body said (max_tokens and max_completion_tokens may disagree,
+    # or be absent).
+    max_tokens: int = Field(ge=1)
     # How long the adapter waits for the hoster's first chunk; None: the adapter's own ceiling, which also
     # caps any value given here.
     first_byte_deadline_ms: float | None = Field(None, gt=0)

@@ -13,6 +13,9 @@ ProfileName = Literal["openai", "vllm", "llamacpp", "ollama", "comput3", "genera
 
 # Always sent: what a chat completion is.
 ESSENTIAL = frozenset({"model", "messages", "stream"})
+# The completion limit's two names: never passed through as the client wrote them; the limit the request's
+# reservation was priced on is sent instead, under the name the upstream reads.
+LIMITS = frozenset({"max_tokens", "max_completion_tokens"})
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,9 @@ class UpstreamProfile:
     renames: dict[str, str] = field(default_factory=dict)
     # Whether it reports usage in a stream when asked with ``stream_options.include_usage``.
     stream_usage: bool = True
+    # The name under which it reads the completion limit; ``None``: the one the client used (OpenAI's
+    # reasoning models take only ``max_completion_tokens``), ``max_tokens`` when it used none.
+    limit_name: str | None = "max_tokens"
 
     def accepts(self, parameter: str) -> bool:
         """Whether a client's parameter reaches this upstream (as itself or renamed)."""
@@ -33,11 +39,14 @@ class UpstreamProfile:
             parameter in ESSENTIAL or self.supported is None or parameter in self.supported or parameter in self.renames
         )
 
-    def prepare(self, body: dict[str, Any], upstream_model: str) -> tuple[dict[str, Any], list[str]]:
-        """The upstream's request body for a client's ``body``, and the parameters it had to drop."""
+    def prepare(self, body: dict[str, Any], upstream_model: str, max_tokens: int) -> tuple[dict[str, Any], list[str]]:
+        """The upstream's request body for a client's ``body`` with the completion limit ``max_tokens`` (the
+        one the reservation was priced on), and the parameters it had to drop."""
         prepared: dict[str, Any] = {}
         dropped = []
         for key, value in body.items():
+            if key in LIMITS:
+                continue
             if not self.accepts(key):
                 dropped.append(key)
                 continue
@@ -45,6 +54,10 @@ class UpstreamProfile:
             if target in prepared and target != key:
                 continue  # both names were sent: the upstream's own name wins
             prepared[target] = value
+        limit_name = self.limit_name
+        if limit_name is None:
+            limit_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        prepared[limit_name] = max_tokens
         prepared["model"] = upstream_model
         prepared["stream"] = True
         if self.stream_usage:
@@ -86,9 +99,9 @@ OPENAI_CORE = frozenset(
 
 PROFILES: dict[ProfileName, UpstreamProfile] = {
     # Any OpenAI-compatible server: everything the client sent passes through.
-    "openai": UpstreamProfile("openai", None),
+    "openai": UpstreamProfile("openai", None, limit_name=None),
     # vLLM takes OpenAI's parameters plus its samplers (top_k, repetition_penalty, min_p, ...).
-    "vllm": UpstreamProfile("vllm", None),
+    "vllm": UpstreamProfile("vllm", None, limit_name=None),
     # llama.cpp's server: one choice per request, its own name for the repetition penalty.
     "llamacpp": UpstreamProfile(
         "llamacpp",
@@ -167,5 +180,6 @@ PROFILES: dict[ProfileName, UpstreamProfile] = {
             }
         ),
         {"max_tokens": "max_completion_tokens"},
+        limit_name="max_completion_tokens",
     ),
 }

@@ -303,7 +303,9 @@ class HosterAdapter:
         assert self._nc is not None
         s = self._settings
         dispatch = active.dispatch
-        body, active.dropped = PROFILES[hoster.profile].prepare(dispatch.body, dispatch.upstream_model)
+        body, active.dropped = PROFILES[hoster.profile].prepare(
+            dispatch.body, dispatch.upstream_model, dispatch.max_tokens
+        )
         headers = inject_headers({"content-type": "application/json", "accept": "text/event-stream"})
         if hoster.api_key is not None:
             headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"

@@ -17,7 +17,7 @@ from libs.contracts import frames, subjects
 from libs.contracts.billing import Admission, BilledAttempt, Refused, RequestFinished, ReserveCredits, Reserved
 from libs.contracts.common import ErrorReport, Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
-from libs.contracts.pricing import UsageBounds, cost_of
+from libs.contracts.pricing import UsageBounds, cost_of, requested_max_tokens
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptDispatch,
@@ -48,6 +48,16 @@ from services.router.stats import NetworkStats
 _ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
 # Attempts a request gets, each on a different hoster; its reservation covers the dearest of them.
 MAX_ATTEMPTS = 3
+
+
+def max_cost(candidates: list[Candidate], bounds: UsageBounds, fee_bps: int) -> int:
+    """The most a request can cost at the dearest of ``candidates``: every token its usage bounds allow (the
+    prompt's whole body, every part and tool included; the completion limit times ``n``). A charge is held to
+    the same bounds, so it never exceeds this."""
+    return max(
+        cost_of(bounds.prompt, bounds.completion, c.offer.input_price, c.offer.output_price, fee_bps).client
+        for c in candidates
+    )
 
 
 @dataclass(slots=True)
@@ -191,6 +201,7 @@ class Dispatcher:
         REQUEST_ID.set(request.request_id)
         s = self._settings
         profile = RequestProfile.of(request.body, s.default_max_tokens)
+        bounds = UsageBounds.of(request.body, len(orjson.dumps(request.body)), s.default_max_tokens)
         try:
             candidates = order_candidates(
                 self.registry,
@@ -207,13 +218,16 @@ class Dispatcher:
             return RouteRejected(error=exc.report)
         headers: dict[str, str] = {}
         if request.caller is not None:
-            admission = await self._admit(request, profile, candidates)
+            amount = max_cost(candidates[:MAX_ATTEMPTS], bounds, s.platform_fee_bps)
+            admission = await self._admit(request, profile, amount)
             if isinstance(admission, ErrorReport):
                 return RouteRejected(error=admission)
             headers = admission.rate.headers()
             if isinstance(admission, Refused):
                 return RouteRejected(error=admission.error, headers=headers)
-        flight = await self._start(request, candidates, 1, profile.prompt_tokens)
+            # Only a hoster the reservation covers may serve, however far the failover goes.
+            candidates = [c for c in candidates if max_cost([c], bounds, s.platform_fee_bps) <= amount]
+        flight = await self._start(request, candidates, 1, profile.prompt_tokens, bounds)
         if flight is None:
             self._finish(request, request.model, "failed", [])
             return RouteRejected(
@@ -241,12 +255,19 @@ class Dispatcher:
         )
 
     async def _start(
-        self, request: RouteRequest, queue: list[Candidate], attempt: int, prompt_tokens: int
+        self,
+        request: RouteRequest,
+        queue: list[Candidate],
+        attempt: int,
+        prompt_tokens: int,
+        bounds: UsageBounds,
+        before: InFlight | None = None,
     ) -> InFlight | None:
-        """Hand attempt ``attempt`` to the first candidate in ``queue`` whose adapter takes it."""
+        """Hand attempt ``attempt`` to the first candidate in ``queue`` whose adapter takes it. A failover
+        carries over what the attempts ``before`` it billed before anything can report on the new one (an
+        outcome heard before its acceptance is replayed at once)."""
         if attempt > 1:
             prefer_healthy(queue, self.stats, time.time())
-        bounds = UsageBounds.of(request.body, len(orjson.dumps(request.body)), self._settings.default_max_tokens)
         while queue:
             candidate = queue.pop(0)
             dispatch = self._attempt(request, candidate, attempt, prompt_tokens)
@@ -282,6 +303,8 @@ class Dispatcher:
                 time.monotonic(),
                 bounds,
             )
+            if before is not None:
+                flight.billed, flight.reported, flight.cancelled = before.billed, before.reported, before.cancelled
             self._in_flight[request.request_id] = flight
             early = self._early.pop((request.request_id, attempt), None)
             if early is not None:
@@ -316,22 +339,16 @@ class Dispatcher:
             output_price=candidate.offer.output_price,
             fee_bps=self._settings.platform_fee_bps,
             body=request.body,
+            max_tokens=requested_max_tokens(request.body, self._settings.default_max_tokens),
             first_byte_deadline_ms=deadline_ms,
         )
 
     async def _admit(
-        self, request: RouteRequest, profile: RequestProfile, candidates: list[Candidate]
+        self, request: RouteRequest, profile: RequestProfile, amount: int
     ) -> Reserved | Refused | ErrorReport:
-        """Ask billing to hold the request's maximum cost: its prompt estimate plus its completion budget at
-        the dearest hoster it may fail over to."""
+        """Ask billing to hold ``amount``, the request's maximum cost (``max_cost``)."""
         assert request.caller is not None
         s = self._settings
-        amount = max(
-            cost_of(
-                profile.prompt_tokens, profile.max_tokens, c.offer.input_price, c.offer.output_price, s.platform_fee_bps
-            ).client
-            for c in candidates[:MAX_ATTEMPTS]
-        )
         command = ReserveCredits(
             request_id=request.request_id,
             caller=request.caller,
@@ -478,13 +495,10 @@ class Dispatcher:
 
     async def _fail_over(self, flight: InFlight) -> bool:
         """Start the next attempt on another hoster."""
-        nxt = await self._start(flight.route, flight.queue, flight.attempt + 1, flight.prompt_tokens)
-        if nxt is None:
-            return False
-        nxt.billed = flight.billed
-        nxt.reported = flight.reported
-        nxt.cancelled = flight.cancelled
-        return True
+        nxt = await self._start(
+            flight.route, flight.queue, flight.attempt + 1, flight.prompt_tokens, flight.bounds, before=flight
+        )
+        return nxt is not None
 
     async def cancelled(self, event: RequestCancelled) -> None:
         """The client left, or the ingress saw the serving attempt miss its first-byte deadline or stall.
@@ -567,9 +581,9 @@ class Dispatcher:
     def _held_to_text(self, flight: InFlight, note: RequestDelivered) -> list[BilledAttempt]:
         """The billed attempts, the one that delivered held also to the text the client received."""
         billed = list(flight.billed)
-        last = billed[-1]
-        reported = flight.reported.get(last.attempt)
-        if last.attempt != note.attempt or reported is None:
+        last = billed[-1] if billed else None
+        reported = flight.reported.get(last.attempt) if last is not None else None
+        if last is None or last.attempt != note.attempt or reported is None:
             return billed
         bounds = flight.bounds.with_text(note.text_bytes, note.choices)
         prompt, completion, discrepancy = bounds.bound(reported.prompt_tokens, reported.completion_tokens)

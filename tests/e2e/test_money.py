@@ -24,18 +24,41 @@ pytestmark = pytest.mark.e2e
 INPUT_PRICE, OUTPUT_PRICE, FEE_BPS = 500_000, 1_500_000, 1000
 PROMPT = "x" * 400  # 100 tokens by the gateway's estimate, and by the simulator's count
 MAX_TOKENS = 10
-# Each request asks for exactly MAX_TOKENS: the charge equals the reservation, so freed credit never
-# admits an extra request, and the first token comes late enough that all requests are admitted first.
+# Each request asks for exactly MAX_TOKENS, and the first token comes late enough that all requests are
+# admitted (or refused) before any settles and frees what its charge did not use.
 SLOW_EXACT = {"simulator": {"reply_tokens": MAX_TOKENS, "ttft_ms": 2500}}
-MAX_COST = cost_of(100, MAX_TOKENS, INPUT_PRICE, OUTPUT_PRICE, FEE_BPS).client
+# What one request is charged: 100 prompt tokens and MAX_TOKENS, as the simulator counts them.
+CHARGE = cost_of(100, MAX_TOKENS, INPUT_PRICE, OUTPUT_PRICE, FEE_BPS).client
 
 
 def body(**extra: object) -> dict[str, object]:
     return {"model": DEMO_MODEL, "messages": [{"role": "user", "content": PROMPT}], "max_tokens": MAX_TOKENS, **extra}
 
 
-def credits_for(requests: int) -> str:
-    return str(Decimal(MAX_COST * requests) / Decimal(1_000_000))
+def reserved_per_request(stack: Stack) -> int:
+    """What one request of ``body(**SLOW_EXACT)`` reserves (its usage bounds priced: every byte of the body as
+    a possible prompt token, MAX_TOKENS of completion), read from billing's table after one such request."""
+    account_id, key = stack.create_account(credits="10")
+    response = httpx.post(f"{urls(stack)[0]}/chat/completions", json=body(**SLOW_EXACT),
+                          headers={"authorization": f"Bearer {key}"}, timeout=30)  # fmt: skip
+    assert response.status_code == 200, response.text
+
+    async def amount() -> int:
+        conn = await asyncpg.connect(stack.database_url)
+        try:
+            value = await conn.fetchval("SELECT amount FROM reservations WHERE account_id = $1", account_id)
+        finally:
+            await conn.close()
+        assert isinstance(value, int)
+        return value
+
+    reserved = asyncio.run(amount())
+    assert reserved >= CHARGE
+    return reserved
+
+
+def credits_for(requests: int, each: int) -> str:
+    return str(Decimal(each * requests) / Decimal(1_000_000))
 
 
 async def burst(urls: list[str], key: str, count: int, payload: dict[str, object]) -> list[httpx.Response]:
@@ -73,12 +96,19 @@ def money_stack() -> Iterator[Stack]:
     running.stop()
 
 
+@pytest.fixture(scope="module")
+def reserved(money_stack: Stack) -> int:
+    return reserved_per_request(money_stack)
+
+
 def urls(stack: Stack) -> list[str]:
     return [f"http://127.0.0.1:{port}/v1" for port in stack.config.ingress_ports]
 
 
-async def test_credit_for_exactly_50_of_200_concurrent_requests_admits_exactly_50(money_stack: Stack) -> None:
-    account_id, key = money_stack.create_account(credits=credits_for(50))
+async def test_credit_for_exactly_50_of_200_concurrent_requests_admits_exactly_50(
+    money_stack: Stack, reserved: int
+) -> None:
+    account_id, key = money_stack.create_account(credits=credits_for(50, reserved))
     responses = await burst(urls(money_stack), key, 200, body(**SLOW_EXACT))
     statuses = Counter(r.status_code for r in responses)
     assert statuses == {200: 50, 402: 150}
@@ -91,21 +121,23 @@ async def test_credit_for_exactly_50_of_200_concurrent_requests_admits_exactly_5
     assert account["reserved"] == 0
     assert money_stack.computeshare("ledger", "check") == {"ok": True, "problems": []}
     charged = [r.json()["usage"]["cost"] for r in responses if r.status_code == 200]
-    assert sum(charged) == pytest.approx(50 * MAX_COST / 1e6)
-    assert account["balance"] == pytest.approx(0, abs=1e-9)
+    assert sum(charged) == pytest.approx(50 * CHARGE / 1e6)
+    assert account["balance"] == pytest.approx(50 * (reserved - CHARGE) / 1e6, abs=1e-9)
 
 
-async def test_daily_cap_for_exactly_50_of_200_concurrent_requests_admits_exactly_50(money_stack: Stack) -> None:
+async def test_daily_cap_for_exactly_50_of_200_concurrent_requests_admits_exactly_50(
+    money_stack: Stack, reserved: int
+) -> None:
     account_id, key = money_stack.create_account(credits="1000")
-    money_stack.computeshare("account", "set-limits", account_id, "--daily-cap", credits_for(50))
+    money_stack.computeshare("account", "set-limits", account_id, "--daily-cap", credits_for(50, reserved))
     responses = await burst(urls(money_stack), key, 200, body(**SLOW_EXACT))
     assert Counter(r.status_code for r in responses) == {200: 50, 402: 150}
     refused = next(r for r in responses if r.status_code == 402).json()["error"]
     assert refused["code"] == "daily_cap_reached"
     await settled(money_stack, account_id)
     account = money_stack.computeshare("account", "show", account_id)
-    assert account["spent_today"] == pytest.approx(50 * MAX_COST / 1e6)
-    assert account["balance"] == pytest.approx(1000 - 50 * MAX_COST / 1e6)
+    assert account["spent_today"] == pytest.approx(50 * CHARGE / 1e6)
+    assert account["balance"] == pytest.approx(1000 - 50 * CHARGE / 1e6)
     assert money_stack.computeshare("ledger", "check")["ok"] is True
 
 

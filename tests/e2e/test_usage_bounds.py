@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import asyncpg
 import httpx
 import nats
 import orjson
@@ -141,3 +142,34 @@ async def test_completion_tokens_are_never_billed_past_what_the_relayed_text_can
     record = await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"])
     assert record["completion_tokens"] == relayed + 1
     assert f"{relayed} bytes of text reached the client" in record["usage_discrepancy"]
+
+
+async def test_n_choices_are_reserved_and_charged_at_most_the_reservation_for_all_of_them(stack: Stack) -> None:
+    """``n: 4`` reserves four choices' completion limit; a hoster claiming far more is charged no more than
+    that reservation, and four choices' worth of text is billed in full."""
+    account_id, key = stack.create_account(credits="1")
+    body: dict[str, Any] = {
+        "model": DEMO_MODEL, "messages": [{"role": "user", "content": "count the waves"}], "max_tokens": 5,
+        "n": 4, "simulator": {"usage_factor": 1000},
+    }  # fmt: skip
+    async with httpx.AsyncClient(base_url=stack.config.api_base, headers={"authorization": f"Bearer {key}"}) as client:
+        response = await client.post("/chat/completions", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert len(answer["choices"]) == 4
+    assert answer["usage"]["completion_tokens"] <= 4 * 5
+    await settled(stack, account_id)
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT amount, charged, completion_tokens FROM reservations WHERE request_id = $1",
+            response.headers["x-request-id"],
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    # The reservation priced four choices: the 20 completion tokens billed fit in it, with no scaling down.
+    assert row["completion_tokens"] == answer["usage"]["completion_tokens"]
+    assert 0 < row["charged"] <= row["amount"]
+    assert row["charged"] == round(answer["usage"]["cost"] * 1e6)
+    assert stack.computeshare("ledger", "check") == {"ok": True, "problems": []}

@@ -61,7 +61,7 @@ async def offer(nc: Client, count: int) -> list[AttemptAccepted]:
             request_id=request_id, attempt=1, router_id="test-router",
             reply_subject=subjects.reply_subject("test-ingress", request_id), hoster_id=DEMO_HOSTER_ID,
             model="demo-model", upstream_model="demo-model", stream=True, include_usage=False,
-            created=int(time.time()), input_price=1, output_price=1,
+            created=int(time.time()), input_price=1, output_price=1, max_tokens=16,
             body={"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], "stream": True},
         )  # fmt: skip
         await nc.publish(subjects.attempt_start(DEMO_HOSTER_ID), dispatch.model_dump_json().encode(),

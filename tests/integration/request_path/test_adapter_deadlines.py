@@ -62,7 +62,7 @@ async def run_attempt(
         request_id=request_id, attempt=1, router_id="test-router",
         reply_subject=subjects.reply_subject("test-ingress", request_id), hoster_id=DEMO_HOSTER_ID,
         model="demo-model", upstream_model="demo-model", stream=stream, include_usage=False,
-        created=int(time.time()), input_price=1, output_price=1, first_byte_deadline_ms=deadline_ms,
+        created=int(time.time()), input_price=1, output_price=1, first_byte_deadline_ms=deadline_ms, max_tokens=4096,
         body={"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], "stream": stream,
               **({"simulator": simulator} if simulator else {})},
     )  # fmt: skip

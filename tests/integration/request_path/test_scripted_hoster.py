@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -11,10 +13,12 @@ import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from libs.contracts import frames
-from libs.contracts.common import ErrorReport
-from libs.contracts.routing import AttemptDispatch
+from libs.contracts import frames, subjects
+from libs.contracts.billing import Caller, RateLimitState, RequestFinished, Reserved
+from libs.contracts.common import ErrorReport, Usage
+from libs.contracts.routing import AttemptDispatch, RouteRequest, RoutingPreferences
 from libs.platform.broker import ensure_streams
+from libs.platform.ids import new_request_id
 from tests.conftest import NatsTestServer
 from tests.integration.conftest import Spawn
 from tests.integration.request_path.scripted_hoster import ScriptedHoster
@@ -55,3 +59,59 @@ async def test_an_outcome_that_overtakes_its_accept_still_ends_the_request(
         assert ErrorReport.model_validate(orjson.loads(got[-1].body)).code == "all_hosters_failed"
     finally:
         await hoster.close()
+
+
+async def test_a_failovers_outcome_heard_before_its_accept_is_billed_with_the_request(
+    platform: Client, nats_server: NatsTestServer, tmp_path: Path
+) -> None:
+    """The first hoster fails; the second reports its success before its accept arrives. The replayed outcome
+    belongs to the same request as the failed attempt: the request settles once, with the second attempt's
+    usage billed (a replay used to bill into a list the failover then replaced, and the request never
+    settled)."""
+
+    async def fail(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+        await hoster.accept(dispatch)
+        await hoster.report(dispatch, "failed")
+
+    async def succeed_then_accept(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+        await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12))
+        await hoster.nc.flush()
+        await hoster.accept(dispatch)
+
+    async def admit(msg: Msg) -> None:  # billing, played by the test: every request is admitted
+        await msg.respond(Reserved(rate=RateLimitState()).model_dump_json().encode())
+
+    finished: asyncio.Queue[RequestFinished] = asyncio.Queue()
+
+    async def on_finished(msg: Msg) -> None:
+        await finished.put(RequestFinished.model_validate_json(msg.data))
+
+    await platform.subscribe(subjects.RESERVE_CREDITS, cb=admit)
+    await platform.subscribe(subjects.REQUEST_FINISHED, cb=on_finished)
+    cheap = await ScriptedHoster.join(nats_server, tmp_path, MODEL, fail, price=1000)
+    dear = await ScriptedHoster.join(nats_server, tmp_path, MODEL, succeed_then_accept, price=2000)
+    try:
+        await asyncio.sleep(0.7)  # heartbeats reach the router
+        request_id = new_request_id()
+        reply = subjects.reply_subject("test-ingress", request_id)
+        await platform.subscribe(reply)
+        route = RouteRequest(
+            request_id=request_id, reply_subject=reply, model=MODEL, stream=False, include_usage=False,
+            created=int(time.time()), routing=RoutingPreferences(tier="cheapest"),
+            caller=Caller(account_id=str(uuid.uuid4()), key_id="key"),
+            body={"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 20},
+        )  # fmt: skip
+        decision = await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)
+        assert orjson.loads(decision.data)["hoster_id"] == cheap.hoster_id
+        # No word from an ingress comes: the request settles on its own bounds after the delivery wait.
+        event = await asyncio.wait_for(finished.get(), 10)
+        assert event.request_id == request_id
+        assert event.outcome == "succeeded"
+        [billed] = event.attempts
+        assert (billed.attempt, billed.hoster_id) == (2, dear.hoster_id)
+        assert (billed.usage.prompt_tokens, billed.usage.completion_tokens) == (5, 7)
+        await asyncio.sleep(0.5)
+        assert finished.empty()  # settled once
+    finally:
+        await cheap.close()
+        await dear.close()

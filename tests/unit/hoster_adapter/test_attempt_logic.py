@@ -23,6 +23,7 @@ def dispatch(stream: bool = True, include_usage: bool = False) -> AttemptDispatc
         input_price=1,
         output_price=2,
         body={"messages": [{"role": "user", "content": "x" * 40}]},
+        max_tokens=4096,
     )
 
 

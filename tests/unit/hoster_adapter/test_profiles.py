@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from services.hoster_adapter.profiles import PROFILES
 
 BODY: dict[str, Any] = {
@@ -20,7 +22,7 @@ BODY: dict[str, Any] = {
 
 
 def test_plain_openai_compatible_servers_get_everything_the_client_sent() -> None:
-    body, dropped = PROFILES["vllm"].prepare(BODY, "meta-llama/Llama-3.1-8B")
+    body, dropped = PROFILES["vllm"].prepare(BODY, "meta-llama/Llama-3.1-8B", 20)
     assert dropped == []
     assert body["model"] == "meta-llama/Llama-3.1-8B"
     assert body["stream"] is True
@@ -35,7 +37,7 @@ def test_plain_openai_compatible_servers_get_everything_the_client_sent() -> Non
 
 
 def test_naga_takes_max_completion_tokens_and_drops_what_it_does_not_know() -> None:
-    body, dropped = PROFILES["naga"].prepare(BODY, "gpt-4o-mini")
+    body, dropped = PROFILES["naga"].prepare(BODY, "gpt-4o-mini", 20)
     assert body["max_completion_tokens"] == 20
     assert "max_tokens" not in body
     assert dropped == ["repetition_penalty", "seed", "top_k", "vendor_extra"]
@@ -43,19 +45,35 @@ def test_naga_takes_max_completion_tokens_and_drops_what_it_does_not_know() -> N
 
 
 def test_comput3_gets_only_its_parameters_and_no_stream_options() -> None:
-    body, dropped = PROFILES["comput3"].prepare(BODY | {"max_completion_tokens": 9}, "hermes4:70b")
+    body, dropped = PROFILES["comput3"].prepare(BODY | {"max_completion_tokens": 9}, "hermes4:70b", 9)
     assert set(body) == {"model", "messages", "stream", "max_tokens", "temperature"}
-    assert body["max_tokens"] == 20  # the upstream's own name wins when both were sent
+    assert body["max_tokens"] == 9  # the limit the reservation was priced on, under the upstream's name
     assert "tools" in dropped
 
 
 def test_generalcompute_keeps_open_model_samplers_and_llamacpp_renames_the_penalty() -> None:
-    body, dropped = PROFILES["generalcompute"].prepare(BODY, "m")
+    body, dropped = PROFILES["generalcompute"].prepare(BODY, "m", 20)
     assert (body["top_k"], body["repetition_penalty"]) == (40, 1.1)
     assert "seed" in dropped
-    llama, _ = PROFILES["llamacpp"].prepare(BODY, "m")
+    llama, _ = PROFILES["llamacpp"].prepare(BODY, "m", 20)
     assert llama["repeat_penalty"] == 1.1
     assert "repetition_penalty" not in llama
     advertised = PROFILES["llamacpp"].advertised()
     assert advertised is not None
     assert "repetition_penalty" in advertised
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+@pytest.mark.parametrize(
+    "limits",
+    [{}, {"max_tokens": 10_000_000, "max_completion_tokens": 1}, {"max_completion_tokens": 5}, {"max_tokens": 3}],
+    ids=["none", "disagreeing", "max_completion_tokens", "max_tokens"],
+)
+def test_every_profile_sends_the_reserved_limit_once_whatever_the_client_wrote(
+    profile: str, limits: dict[str, int]
+) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], **limits}
+    prepared, dropped = PROFILES[profile].prepare(body, "m", 42)  # type: ignore[index]
+    sent = {k: v for k, v in prepared.items() if k in ("max_tokens", "max_completion_tokens")}
+    assert list(sent.values()) == [42], sent
+    assert not {"max_tokens", "max_completion_tokens"} & set(dropped)
