@@ -1,4 +1,4 @@
-# The ingress: the OpenAI-compatible HTTP API (and its /metrics) on 8080.
+# The ingress: the OpenAI-compatible HTTP API on 8080; /metrics on 9090 (CS_METRICS_PORT).
 #   docker build -f deploy/ingress.Dockerfile -t computeshare-ingress:0.1.0 .
 # The base is pinned by tag here for readability; production builds pin it by digest
 # (python:3.11.7-slim-bookworm@sha256:...) so that a re-pushed tag cannot change what we ship.

@@ -236,6 +236,8 @@ class Stack:
         self.database_url = ""
         # How each process was started, so ``restart`` starts it again the same way.
         self._starters: dict[str, Callable[[], ManagedProcess]] = {}
+        # Where each process serves /metrics (CS_METRICS_PORT), by process name.
+        self.metrics_ports: dict[str, int] = {}
         # The NATS authority: operator, accounts, revocations; every process gets credentials of its own.
         self.auth = AuthStore(config.workdir / "nats-auth").init()
         self.creds_dir = config.workdir / "creds"
@@ -449,9 +451,10 @@ class Stack:
         self, name: str, module: str, env: dict[str, str], marker: str | None, argv: list[str] | None = None
     ) -> ManagedProcess:
         self._check_stopped(name)
-        if module != "ingress" and "CS_METRICS_PORT" not in self.config.service_env:
+        if module != "simulator" and "CS_METRICS_PORT" not in self.config.service_env:
             # Replicas share the machine: each serves its metrics on a port of its own, not all on 9090.
             env["CS_METRICS_PORT"] = str(free_port())
+            self.metrics_ports[name] = int(env["CS_METRICS_PORT"])
         if module != "simulator" and "CS_NATS_CREDS" not in env:
             env["CS_NATS_CREDS"] = str(self.creds(name, module))
         process = ManagedProcess(

@@ -13,8 +13,8 @@
 | `computeshare_settlements_total` | counter | result (settled, duplicate) | billing |
 | `faststream_*` | | | router, billing, hoster_adapter (faststream's own message metrics) |
 
-The ingress serves them on its own port at `/metrics`; the other services on `CS_METRICS_PORT` (9090), with
-`/healthz` and `/readyz` beside them.
+Every service serves them at `/metrics` on `CS_METRICS_PORT` (9090; the ingress never on its public API
+port), with `/healthz` and `/readyz` beside them.
 """
 
 from __future__ import annotations

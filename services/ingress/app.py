@@ -14,7 +14,7 @@ from libs.contracts.openai import error_body
 from libs.platform.broker import make_broker
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
-from libs.platform.metrics import IN_FLIGHT
+from libs.platform.metrics import IN_FLIGHT, MetricsServer
 from libs.platform.telemetry import setup_tracing
 from services.ingress.gateway import Gateway, GatewayError
 from services.ingress.handlers import error_response, router
@@ -42,15 +42,21 @@ def build_app(settings: IngressSettings) -> FastAPI:
         stall_timeout_s=settings.stall_timeout_s,
     )
 
+    # /metrics on the metrics port only (CS_METRICS_PORT), never on the public API's.
+    metrics = MetricsServer(settings.metrics_port, lambda: broker.connection.is_connected, logger)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await broker.connect()
         await gateway.open(broker.connection)
+        if settings.metrics_port:
+            await metrics.start()
         logger.info("ingress ready", extra={"ingress_id": ingress_id, "port": settings.port})
         IN_FLIGHT.labels(SERVICE).set_function(lambda: gateway.open_requests)
         try:
             yield
         finally:
+            await metrics.stop()
             await gateway.close()
             await broker.stop()
             if provider is not None:

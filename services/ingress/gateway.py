@@ -392,6 +392,8 @@ class Gateway:
         except NoRespondersError:
             raise GatewayError(_unavailable("No router is available to route this request.", retry_after)) from None
         except (NatsTimeout, TimeoutError):
+            # The router may still admit and start it: it must stop it, and charge nothing.
+            self._cancel(RequestCancelled(request_id=request.request_id, reason="route_timeout"))
             raise GatewayError(_unavailable("The router did not answer in time.", retry_after)) from None
         decision = _DECISION.validate_json(reply.data)
         if isinstance(decision, RouteAccepted):

@@ -21,7 +21,7 @@ from libs.contracts.pricing import UsageBounds, to_credits
 from libs.contracts.routing import RouteRequest
 from libs.platform import apikeys
 from libs.platform.ids import new_request_id
-from libs.platform.metrics import TIME_TO_FIRST_TOKEN, exposition
+from libs.platform.metrics import TIME_TO_FIRST_TOKEN
 from libs.platform.telemetry import REQUEST_ID, span_attributes
 from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGuard
 from services.ingress.openapi import CHAT_RESPONSES, Credits, ModelEntry, ModelList, UsageList, errors
@@ -104,6 +104,28 @@ def invalid_request(message: str, param: str | None = None, code: str | None = N
     )
 
 
+# The deepest nesting of arrays and objects a request body may have. Real requests stay far below it (a
+# message list, content parts, a tool's JSON Schema); every service parses and re-encodes the body, and
+# orjson's encoder stops at 255 levels.
+MAX_JSON_DEPTH = 64
+
+
+def too_deep(value: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` (parsed JSON) nests arrays and objects more than ``limit`` levels deep."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            if isinstance(node, (dict, list))
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, (dict, list))
+        ]
+        if not level:
+            return False
+    return True
+
+
 def _is_json(content_type: str | None) -> bool:
     media = (content_type or "").split(";", 1)[0].strip().lower()
     return media == "application/json" or media.endswith("+json")
@@ -156,6 +178,10 @@ async def create_chat_completion(
         )
     if not isinstance(payload, dict):
         return invalid_request("The request body must be a JSON object.")
+    if too_deep(payload):
+        return invalid_request(
+            f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.", code="json_too_deep"
+        )
     try:
         body = ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
@@ -351,13 +377,6 @@ async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsD
             message=f"The model `{model_id}` does not exist or no hoster serves it now.",
         )
     )
-
-
-@router.get("/metrics", include_in_schema=False, response_model=None)
-async def metrics() -> Response:
-    """Prometheus metrics (names in ``libs/platform/metrics.py``)."""
-    body, content_type = exposition()
-    return Response(body, media_type=content_type)
 
 
 @router.get("/healthz", include_in_schema=False)

@@ -48,6 +48,8 @@ from services.router.stats import NetworkStats
 _ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
 # Attempts a request gets, each on a different hoster; its reservation covers the dearest of them.
 MAX_ATTEMPTS = 3
+# How long a route_timeout is remembered for a request this router may still be routing.
+ABANDONED_TTL_S = 60.0
 
 
 def max_cost(candidates: list[Candidate], bounds: UsageBounds, fee_bps: int) -> int:
@@ -77,6 +79,8 @@ class InFlight:
     # Each billed attempt's usage as its hoster reported it, for the relayed-text bound applied at the end.
     reported: dict[int, Usage] = field(default_factory=dict)
     cancelled: bool = False
+    # The ingress answered the client before it heard the route (``route_timeout``): nothing is charged.
+    unbilled: bool = False
 
 
 def billable(event: AttemptFinished) -> bool:
@@ -120,6 +124,8 @@ class Dispatcher:
         # words that came before their request was over.
         self._undelivered: dict[str, tuple[InFlight, str, AttemptOutcome]] = {}
         self._deliveries: dict[str, RequestDelivered] = {}
+        # Requests the ingress gave up on while this router was still routing them (``route_timeout``).
+        self._abandoned: set[str] = set()
         self._publishing: set[asyncio.Task[bool]] = set()
         self._first_byte = FirstByteBudget(
             settings.first_byte_floor_ms,
@@ -227,7 +233,12 @@ class Dispatcher:
                 return RouteRejected(error=admission.error, headers=headers)
             # Only a hoster the reservation covers may serve, however far the failover goes.
             candidates = [c for c in candidates if max_cost([c], bounds, s.platform_fee_bps) <= amount]
+        if request.request_id in self._abandoned:
+            self._finish(request, request.model, "cancelled", [])  # nobody waits for it: release the hold
+            return RouteRejected(error=_abandoned())
         flight = await self._start(request, candidates, 1, profile.prompt_tokens, bounds)
+        if flight is not None and request.request_id in self._abandoned:
+            await self._abandon(flight)
         if flight is None:
             self._finish(request, request.model, "failed", [])
             return RouteRejected(
@@ -359,6 +370,8 @@ class Dispatcher:
         try:
             reply = await self._broker.request(command, subjects.RESERVE_CREDITS, timeout=s.billing_timeout_s)
         except (NoRespondersError, NatsTimeout, TimeoutError):
+            # Billing may have committed the hold before its answer was lost: release it (a no-op otherwise).
+            self._finish(request, request.model, "failed", [])
             return ErrorReport(
                 http_status=503,
                 type="server_error",
@@ -458,7 +471,7 @@ class Dispatcher:
                 self._early[key] = event
             return
         self._probes.discard(event.hoster_id)
-        if billable(event):
+        if billable(event) and not flight.unbilled:
             flight.billed.append(self._billed(flight, event))
         if can_fail_over(event, flight) and await self._fail_over(flight):
             return
@@ -509,6 +522,14 @@ class Dispatcher:
         drops): every router counts it, and this one fails over, or ends the request, on it.
         """
         flight = self._in_flight.get(event.request_id)
+        if event.reason == "route_timeout":
+            # The client was answered with an error already. Still routing it: it is dropped when the routing
+            # ends; already running: its hoster is stopped and nothing is charged.
+            self._abandoned.add(event.request_id)
+            asyncio.get_running_loop().call_later(ABANDONED_TTL_S, self._abandoned.discard, event.request_id)
+            if flight is not None:
+                await self._abandon(flight)
+            return
         if flight is None:
             return
         if event.reason != "client_gone" and event.attempt != flight.attempt:
@@ -659,6 +680,13 @@ class Dispatcher:
                     ),
                 )
 
+    async def _abandon(self, flight: InFlight) -> None:
+        """Stop a request nobody waits for: its hoster is told to stop, no failover, nothing charged."""
+        flight.cancelled = flight.unbilled = True
+        flight.billed.clear()
+        stop = RequestCancelled(request_id=flight.route.request_id).model_dump_json().encode()
+        await self._broker.connection.publish(subjects.attempt_cancel(flight.candidate.hoster.hoster_id), stop)
+
     async def _fail(self, flight: InFlight, report: ErrorReport) -> None:
         frame = frames.encode(frames.ERROR, flight.attempt, -1, report.model_dump_json().encode())
         await self._broker.connection.publish(flight.route.reply_subject, frame)
@@ -689,4 +717,13 @@ def _refused(event: AttemptFinished) -> ErrorReport:
         type="invalid_request_error",
         code="rejected_by_hoster",
         message=f"The hoster rejected the request's parameters ({event.error}).",
+    )
+
+
+def _abandoned() -> ErrorReport:
+    return ErrorReport(
+        http_status=503,
+        type="server_error",
+        code="route_timeout",
+        message="The gateway stopped waiting for this request's route.",
     )

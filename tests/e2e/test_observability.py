@@ -105,7 +105,9 @@ def test_one_trace_spans_ingress_router_billing_and_the_adapter(traced: Stack, c
 
 def test_every_service_serves_prometheus_metrics(traced: Stack) -> None:
     base = traced.config.api_base.removesuffix("/v1")
-    text = httpx.get(f"{base}/metrics").text
+    # Not on the public API port: on the metrics port only.
+    assert httpx.get(f"{base}/metrics").status_code == 404
+    text = httpx.get(f"http://127.0.0.1:{traced.metrics_ports['ingress']}/metrics").text
     assert 'computeshare_http_requests_total{route="/v1/chat/completions",status="200"}' in text
     assert "computeshare_http_request_duration_seconds_bucket" in text
     assert "computeshare_requests_in_flight" in text

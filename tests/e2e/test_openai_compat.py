@@ -14,8 +14,10 @@ import pytest
 
 from libs.devstack.processes import free_port
 from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
+from services.ingress.handlers import MAX_JSON_DEPTH
 from tests.e2e.records import routing_record
 from tests.openai_schema import openai_validator
+from tests.unit.ingress.test_json_depth import nested
 
 pytestmark = pytest.mark.e2e
 
@@ -157,6 +159,16 @@ def test_what_the_client_sent_reaches_the_hoster_intact(compat: Stack, key: str)
     assert upstream["stream"] is True  # the adapter always streams, to see progress
 
 
+def test_a_body_nested_up_to_the_documented_depth_is_served(compat: Stack, key: str) -> None:
+    deep = nested(MAX_JSON_DEPTH - 1)  # the body itself is the first level
+    response = raw_json(compat, key, model=DEMO_MODEL, messages=MESSAGES, extra=deep)
+    assert response.status_code == 200, response.text
+    assert last_upstream_body(compat)["extra"] == deep
+    too_deep = raw_json(compat, key, model=DEMO_MODEL, messages=MESSAGES, extra=nested(MAX_JSON_DEPTH))
+    assert too_deep.status_code == 400
+    assert too_deep.json()["error"]["code"] == "json_too_deep"
+
+
 def test_tool_calls_through_the_sdk_stream_the_way_openai_streams_them(sdk: openai.OpenAI) -> None:
     completion = sdk.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, tools=[WEATHER_TOOL])  # type: ignore[list-item]
     choice = completion.choices[0]
@@ -266,6 +278,8 @@ def test_errors_keep_the_envelope_and_openais_statuses(compat: Stack, key: str) 
             ),
             400,
         ),
+        # Nested past the documented depth (an unknown field no model checks): a 400, not a 500 deeper in.
+        (raw_json(compat, key, model=DEMO_MODEL, messages=MESSAGES, extra=nested(MAX_JSON_DEPTH + 236)), 400),
     ]
     for response, status in cases:
         assert response.status_code == status, response.text

@@ -12,11 +12,12 @@ import orjson
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
 
 from libs.contracts import frames, subjects
 from libs.contracts.billing import Caller, RateLimitState, RequestFinished, Reserved
 from libs.contracts.common import ErrorReport, Usage
-from libs.contracts.routing import AttemptDispatch, RouteRequest, RoutingPreferences
+from libs.contracts.routing import AttemptDispatch, RequestCancelled, RouteRequest, RoutingPreferences
 from libs.platform.broker import ensure_streams
 from libs.platform.ids import new_request_id
 from tests.conftest import NatsTestServer
@@ -115,3 +116,63 @@ async def test_a_failovers_outcome_heard_before_its_accept_is_billed_with_the_re
     finally:
         await cheap.close()
         await dear.close()
+
+
+@pytest.mark.parametrize("late", ["billing", "hoster"])
+async def test_a_request_the_ingress_stopped_waiting_for_is_stopped_and_charges_nothing(
+    platform: Client, nats_server: NatsTestServer, tmp_path: Path, late: str
+) -> None:
+    """The ingress gives up on the route (its client got a 503) while billing is slow to admit, or while the
+    hoster is slow to take the attempt. The router must not start it, or must stop it, and settle it with
+    nothing charged: the hold is released and the hoster's report of the output is not billed."""
+
+    async def slow_accept(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+        if late == "hoster":
+            await asyncio.sleep(0.8)
+        await hoster.accept(dispatch)
+        await asyncio.sleep(0.2)
+        await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12))
+
+    async def admit(msg: Msg) -> None:
+        if late == "billing":
+            await asyncio.sleep(0.8)
+        await msg.respond(Reserved(rate=RateLimitState()).model_dump_json().encode())
+
+    finished: asyncio.Queue[RequestFinished] = asyncio.Queue()
+
+    async def on_finished(msg: Msg) -> None:
+        await finished.put(RequestFinished.model_validate_json(msg.data))
+
+    await platform.subscribe(subjects.RESERVE_CREDITS, cb=admit)
+    await platform.subscribe(subjects.REQUEST_FINISHED, cb=on_finished)
+    hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, slow_accept)
+    stops = await platform.subscribe(subjects.attempt_cancel(hoster.hoster_id))
+    try:
+        await asyncio.sleep(0.7)  # a heartbeat reaches the router
+        request_id = new_request_id()
+        reply = subjects.reply_subject("test-ingress", request_id)
+        await platform.subscribe(reply)
+        route = RouteRequest(
+            request_id=request_id, reply_subject=reply, model=MODEL, stream=False, include_usage=False,
+            created=int(time.time()), routing=RoutingPreferences(),
+            caller=Caller(account_id=str(uuid.uuid4()), key_id="key"),
+            body={"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 20},
+        )  # fmt: skip
+        with pytest.raises(NatsTimeout):  # the ingress's route timeout, made short
+            await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=0.3)
+        cancel = RequestCancelled(request_id=request_id, reason="route_timeout")
+        await platform.publish(subjects.REQUEST_CANCELLED, cancel.model_dump_json().encode())
+
+        event = await asyncio.wait_for(finished.get(), 10)
+        assert event.request_id == request_id
+        assert event.attempts == []  # nothing charged: the whole hold is released
+        if late == "billing":
+            assert hoster.attempts == []  # never started
+        else:
+            assert [d.request_id for d in hoster.attempts] == [request_id]
+            stop = RequestCancelled.model_validate_json((await stops.next_msg(timeout=5)).data)
+            assert stop.request_id == request_id  # the hoster was told to stop
+        await asyncio.sleep(2.5)  # past the router's wait for a delivery note
+        assert finished.empty()  # settled once
+    finally:
+        await hoster.close()
