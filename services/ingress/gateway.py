@@ -153,6 +153,10 @@ class ReplyStream:
     keepalives do not count. A miss is reported to the router once, and from then on that attempt's frames are
     dropped (a late answer from an abandoned hoster must not mix with its successor's), as are frames of any
     attempt older than the serving one.
+
+    The serving attempt's chunks, completion and end are numbered from 0: a number skipped means frames were
+    lost (a NATS reconnect), and the answer is cut there with an error (``incomplete_response``) rather than
+    passed off as whole; ``on_lost`` stops the request. A number seen twice is dropped.
     """
 
     __slots__ = (
@@ -162,18 +166,28 @@ class ReplyStream:
         "_due",
         "_heard",
         "_idle_s",
+        "_on_lost",
         "_queue",
+        "_seq",
         "attempt",
         "guard",
         "request_id",
     )
 
-    def __init__(self, request_id: str, idle_s: float, deadlines: Deadlines | None = None) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        idle_s: float,
+        deadlines: Deadlines | None = None,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
         self.request_id = request_id
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
         self._idle_s = idle_s
         self._deadlines = deadlines
+        self._on_lost = on_lost
         self.attempt = 1
+        self._seq = 0
         self._abandoned = 0
         self._content = False
         self._due: float | None = None
@@ -188,6 +202,7 @@ class ReplyStream:
         """Attempt ``attempt`` serves now; its first chunk is due within ``first_byte_deadline_ms`` (plus grace),
         and never later than the ingress's own ceiling (the number may come from a frame a hoster forged)."""
         self.attempt = attempt
+        self._seq = 0
         self._content = False
         self._heard = time.monotonic()
         if self._deadlines is not None:
@@ -211,6 +226,9 @@ class ReplyStream:
             return frame
         if frame.kind == frames.KEEPALIVE:
             return None
+        if frame.seq != self._seq and frame.kind in (frames.CHUNK, frames.COMPLETION, frames.END):
+            return None if frame.seq < self._seq else self._lost(frame)
+        self._seq += 1
         if frame.kind in (frames.CHUNK, frames.COMPLETION):
             if self._deadlines is not None:
                 self._content = True
@@ -218,6 +236,20 @@ class ReplyStream:
             if self.guard is not None:
                 frame = frame._replace(body=self.guard.take(frame.body))
         return frame
+
+    def _lost(self, frame: frames.Frame) -> frames.Frame:
+        """Frames before ``frame`` never came: end the answer here with an error, drop the rest of the attempt."""
+        self._abandoned, self._due = max(self._abandoned, frame.attempt), None
+        if self._on_lost is not None:
+            self._on_lost(self.request_id)
+        report = ErrorReport(
+            http_status=502,
+            type="server_error",
+            code="incomplete_response",
+            message=f"Part of the answer was lost on its way (frame {self._seq} of attempt {frame.attempt} never "
+            "arrived); what came before it is all there is. Retry the request.",
+        )
+        return frames.Frame(frames.ERROR, frame.attempt, -1, report.model_dump_json().encode())
 
     async def next(self) -> frames.Frame:
         """The next frame that means something to the client; raises ``TimeoutError`` when the request heard
@@ -371,7 +403,9 @@ class Gateway:
 
     def open_stream(self, request_id: str) -> ReplyStream:
         """Start collecting frames for ``request_id``; call before the request is published."""
-        stream = self._streams[request_id] = ReplyStream(request_id, self._idle_timeout_s, self._deadlines)
+        stream = self._streams[request_id] = ReplyStream(
+            request_id, self._idle_timeout_s, self._deadlines, on_lost=self.cancel
+        )
         return stream
 
     def close_stream(self, request_id: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 from nats.aio.msg import Msg
 
 from libs.contracts import frames
+from libs.contracts.common import Usage
 from libs.contracts.routing import AttemptDispatch
 from libs.devstack.processes import free_port
 from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
@@ -130,3 +131,38 @@ async def test_a_stream_that_stalls_after_its_first_chunk_ends_with_an_error_eve
         assert attempt["error"].startswith("stalled")
     finally:
         await stalling.close()
+
+
+async def test_frames_lost_on_the_way_end_the_stream_with_an_error_and_bill_only_what_arrived(
+    stack: Stack, client: tuple[httpx.AsyncClient, str, str], tmp_path: Path
+) -> None:
+    """A hoster's frame 1 never reaches the ingress (dropped here on purpose): the client gets frame 0 and then
+    the SSE error event, never an answer that looks whole; it pays for no more than the text it got."""
+    http, key, account_id = client
+
+    async def gap(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
+        for seq in (0, 2):
+            delta = {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}
+            chunk = {"id": dispatch.request_id, "object": "chat.completion.chunk", "created": dispatch.created,
+                     "model": dispatch.model, "choices": [delta]}  # fmt: skip
+            await hoster.nc.publish(msg.reply, frames.encode(frames.CHUNK, dispatch.attempt, seq, orjson.dumps(chunk)))
+        await hoster.nc.publish(msg.reply, frames.encode(frames.END, dispatch.attempt, 3))
+        await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=6, total_tokens=11), 3)
+
+    hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, gap, price=10**6)
+    await asyncio.sleep(1.0)  # its heartbeats reach the router
+    try:
+        async with http.stream("POST", "/chat/completions", json={**BODY, "stream": True}) as response:
+            lines = [line async for line in response.aiter_lines() if line]
+        assert response.headers["x-computeshare-hoster"] == hoster.hoster_id
+        assert len(lines) == 3, lines
+        assert lines[0].startswith('data: {"id"')
+        assert orjson.loads(lines[1][6:])["error"]["code"] == "incomplete_response"
+        assert lines[2] == "data: [DONE]"
+        await settled(stack, account_id)
+        record = await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"])
+        assert record["status"] == "settled"
+        assert record["completion_tokens"] <= len(b"Hi") + 1  # the text that arrived, not the 6 reported
+    finally:
+        await hoster.close()
