@@ -40,6 +40,8 @@ def build_app(settings: IngressSettings) -> FastAPI:
         first_byte_ceiling_s=settings.first_byte_ceiling_s,
         deadline_grace_s=settings.deadline_grace_s,
         stall_timeout_s=settings.stall_timeout_s,
+        max_pending_bytes=settings.max_pending_bytes,
+        max_subscription_bytes=settings.max_subscription_bytes,
     )
 
     # /metrics on the metrics port only (CS_METRICS_PORT), never on the public API's.

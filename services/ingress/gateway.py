@@ -157,6 +157,10 @@ class ReplyStream:
     The serving attempt's chunks, completion and end are numbered from 0: a number skipped means frames were
     lost (a NATS reconnect), and the answer is cut there with an error (``incomplete_response``) rather than
     passed off as whole; ``on_lost`` stops the request. A number seen twice is dropped.
+
+    At most ``max_pending_bytes`` of frames wait for a client that does not read: past it they are dropped,
+    the request is stopped (``on_lost``) and the client, if it ever reads again, gets the error
+    ``client_too_slow``.
     """
 
     __slots__ = (
@@ -166,7 +170,10 @@ class ReplyStream:
         "_due",
         "_heard",
         "_idle_s",
+        "_max_pending",
         "_on_lost",
+        "_overflowed",
+        "_pending",
         "_queue",
         "_seq",
         "attempt",
@@ -180,9 +187,13 @@ class ReplyStream:
         idle_s: float,
         deadlines: Deadlines | None = None,
         on_lost: Callable[[str], None] | None = None,
+        max_pending_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.request_id = request_id
         self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._pending = 0
+        self._max_pending = max_pending_bytes
+        self._overflowed = False
         self._idle_s = idle_s
         self._deadlines = deadlines
         self._on_lost = on_lost
@@ -196,7 +207,36 @@ class ReplyStream:
 
     def put(self, data: bytes) -> None:
         """Called by the subscription for each frame of this request."""
+        if self._overflowed:
+            return
+        self._pending += len(data)
+        if self._pending > self._max_pending:
+            self._overflow()
+            return
         self._queue.put_nowait(data)
+
+    def _overflow(self) -> None:
+        """The client stopped reading: drop what waits for it, stop the request, leave it the error."""
+        self._overflowed = True
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._pending = 0
+        if self._on_lost is not None:
+            self._on_lost(self.request_id)
+        report = ErrorReport(
+            http_status=502,
+            type="server_error",
+            code="client_too_slow",
+            message="The answer came faster than it was read and was stopped; read the stream as it arrives.",
+        )
+        error = frames.encode(frames.ERROR, self.attempt, -1, report.model_dump_json().encode())
+        self._pending = len(error)
+        self._queue.put_nowait(error)
+
+    def _get(self) -> bytes:
+        data = self._queue.get_nowait()
+        self._pending -= len(data)
+        return data
 
     def arm(self, attempt: int, first_byte_deadline_ms: float | None) -> None:
         """Attempt ``attempt`` serves now; its first chunk is due within ``first_byte_deadline_ms`` (plus grace),
@@ -260,7 +300,7 @@ class ReplyStream:
                 if data is None:
                     continue
             else:
-                data = self._queue.get_nowait()
+                data = self._get()
             frame = self._take(data)
             if frame is not None:
                 return frame
@@ -271,7 +311,9 @@ class ReplyStream:
         due = self._due if self._due is not None and self._due < idle_due else idle_due
         try:
             async with asyncio.timeout(max(0.0, due - time.monotonic())):
-                return await self._queue.get()
+                data = await self._queue.get()
+                self._pending -= len(data)
+                return data
         except TimeoutError:
             if due == idle_due:
                 raise
@@ -286,7 +328,7 @@ class ReplyStream:
         """Frames already queued, without waiting: lets a stream write several at once."""
         ready = []
         while not self._queue.empty():
-            frame = self._take(self._queue.get_nowait())
+            frame = self._take(self._get())
             if frame is not None:
                 ready.append(frame)
         return ready
@@ -346,8 +388,12 @@ class Gateway:
         first_byte_ceiling_s: float = 30.0,
         deadline_grace_s: float = 2.0,
         stall_timeout_s: float = 35.0,
+        max_pending_bytes: int = 4 * 1024 * 1024,
+        max_subscription_bytes: int = 128 * 1024 * 1024,
     ):
         self.ingress_id = ingress_id
+        self._max_pending_bytes = max_pending_bytes
+        self._max_subscription_bytes = max_subscription_bytes
         self._deadlines = Deadlines(first_byte_ceiling_s, deadline_grace_s, stall_timeout_s, self._overdue)
         self._keys = KeyCache(key_cache_s)
         self._route_timeout_s = route_timeout_s
@@ -379,12 +425,12 @@ class Gateway:
     async def open(self, nc: Client) -> None:
         """Subscribe this instance's reply wildcard; from then on requests can be published."""
         self._nc = nc
-        # Generous pending limits: a burst of chunks for many streams must not make us a slow consumer.
+        # Bounded: past it NATS drops frames, and the requests that lose some end with an error (never short).
         self._sub = await nc.subscribe(
             subjects.reply_inbox(self.ingress_id),
             cb=self._on_reply,
             pending_msgs_limit=1_000_000,
-            pending_bytes_limit=512 * 1024 * 1024,
+            pending_bytes_limit=self._max_subscription_bytes,
         )
         await nc.flush()
 
@@ -403,8 +449,9 @@ class Gateway:
 
     def open_stream(self, request_id: str) -> ReplyStream:
         """Start collecting frames for ``request_id``; call before the request is published."""
+        max_pending = max(self._max_pending_bytes, 2 * int(self._nc.max_payload or 0) if self._nc else 0)
         stream = self._streams[request_id] = ReplyStream(
-            request_id, self._idle_timeout_s, self._deadlines, on_lost=self.cancel
+            request_id, self._idle_timeout_s, self._deadlines, on_lost=self.cancel, max_pending_bytes=max_pending
         )
         return stream
 

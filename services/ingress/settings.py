@@ -35,3 +35,9 @@ class IngressSettings(ServiceSettings):
     # Larger chat completion bodies get a 413. A body crosses NATS inside a message, so the effective limit is
     # also the server's max_payload (1 MiB by default) less room for the envelope; raise both for large images.
     max_body_bytes: int = Field(768 * 1024, ge=1024)
+    # What one request's frames may hold in memory while its client does not read them (never less than two of
+    # the largest NATS messages): past it the client is cut off and its request stopped, not the replica.
+    max_pending_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    # What the reply subscription may hold for all requests together before NATS drops frames (the requests
+    # that lose frames end with an error; see the sequence check): keep it well under the pod's memory.
+    max_subscription_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)

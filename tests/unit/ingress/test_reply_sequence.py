@@ -51,3 +51,25 @@ async def test_a_non_stream_completion_is_frame_zero_and_a_failover_numbers_afre
     late.put(frames.encode(frames.COMPLETION, 1, 1, b"{}"))  # frame 0 never came
     assert (await late.next()).kind == frames.ERROR
     assert lost == ["s"]
+
+
+async def test_a_client_that_does_not_read_holds_no_more_than_the_bound_and_is_cut_off() -> None:
+    lost: list[str] = []
+    stream = ReplyStream("r", 5.0, on_lost=lost.append, max_pending_bytes=64 * 1024)
+    chunk = b"x" * 1000
+    for seq in range(10_000):  # 10 MB arrive while nobody reads
+        stream.put(frames.encode(frames.CHUNK, 1, seq, chunk))
+        assert stream._pending <= 64 * 1024
+    assert stream._queue.qsize() == 1
+    assert lost == ["r"]  # the request is stopped once
+    error = await stream.next()
+    assert error.kind == frames.ERROR
+    assert orjson.loads(error.body)["code"] == "client_too_slow"
+
+
+async def test_frames_read_as_they_come_never_reach_the_bound() -> None:
+    stream, lost = replies()
+    for seq in range(20_000):
+        stream.put(frames.encode(frames.CHUNK, 1, seq, b"x" * 1000))
+        assert (await stream.next()).seq == seq
+    assert lost == []
