@@ -42,6 +42,9 @@ def build_app(settings: IngressSettings) -> FastAPI:
         stall_timeout_s=settings.stall_timeout_s,
         max_pending_bytes=settings.max_pending_bytes,
         max_subscription_bytes=settings.max_subscription_bytes,
+        invalid_keys_per_minute=settings.invalid_keys_per_minute,
+        invalid_keys_burst=settings.invalid_keys_burst,
+        models_cache_s=settings.models_cache_s,
     )
 
     # /metrics on the metrics port only (CS_METRICS_PORT), never on the public API's.

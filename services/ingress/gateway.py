@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 
 import orjson
@@ -354,25 +356,65 @@ def _deadline_of(body: bytes) -> float | None:
 
 
 class KeyCache:
-    """Recent answers about API keys, by key hash, each trusted for ``ttl_s``."""
+    """Recent answers about API keys (refusals too), by key hash, each trusted for ``ttl_s``; at most
+    ``max_entries``, the least recently used going first."""
 
     def __init__(self, ttl_s: float, max_entries: int = 100_000) -> None:
         self._ttl_s = ttl_s
         self._max = max_entries
-        self._entries: dict[str, tuple[float, KeyInfo]] = {}
+        self._entries: OrderedDict[str, tuple[float, KeyInfo]] = OrderedDict()
 
     def get(self, key_hash: str, now: float) -> KeyInfo | None:
         """The cached answer, unless it is older than the TTL."""
         hit = self._entries.get(key_hash)
         if hit is None or hit[0] <= now:
             return None
+        self._entries.move_to_end(key_hash)
         return hit[1]
 
     def put(self, key_hash: str, info: KeyInfo, now: float) -> None:
-        """Remember an answer; a full cache starts over rather than grow without bound."""
-        if len(self._entries) >= self._max:
-            self._entries.clear()
+        """Remember an answer, forgetting the least recently used one when full."""
         self._entries[key_hash] = (now + self._ttl_s, info)
+        self._entries.move_to_end(key_hash)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class FailureBudget:
+    """How many API keys that turn out wrong each client address may try: a token bucket per address,
+    ``burst`` deep, refilled at ``per_minute``. An address that spent it gets 429s for keys not in the cache,
+    before billing is asked (a known key, cached, still works). At most ``max_addresses`` are remembered, the
+    least recently seen going first."""
+
+    def __init__(self, per_minute: float, burst: int, max_addresses: int = 100_000) -> None:
+        self._rate = per_minute / 60
+        self._burst = float(burst)
+        self._max = max_addresses
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # address -> (tokens, at)
+
+    def _tokens(self, address: str, now: float) -> float:
+        tokens, at = self._buckets.get(address, (self._burst, now))
+        return min(self._burst, tokens + (now - at) * self._rate)
+
+    def wait_s(self, address: str, now: float) -> float:
+        """0 when ``address`` may try an unknown key now, else how long until it may."""
+        tokens = self._tokens(address, now)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self._rate if self._rate > 0 else 60.0
+
+    def refund(self, address: str) -> None:
+        """A key ``address`` spent on was good after all."""
+        tokens, at = self._buckets.get(address, (self._burst, 0.0))
+        self._buckets[address] = (min(self._burst, tokens + 1), at)
+
+    def spend(self, address: str, now: float) -> None:
+        """``address`` tries a key billing must look up."""
+        self._buckets[address] = (self._tokens(address, now) - 1, now)
+        self._buckets.move_to_end(address)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
 
 
 class Gateway:
@@ -390,12 +432,20 @@ class Gateway:
         stall_timeout_s: float = 35.0,
         max_pending_bytes: int = 4 * 1024 * 1024,
         max_subscription_bytes: int = 128 * 1024 * 1024,
+        invalid_keys_per_minute: float = 60.0,
+        invalid_keys_burst: int = 20,
+        models_cache_s: float = 1.0,
     ):
         self.ingress_id = ingress_id
         self._max_pending_bytes = max_pending_bytes
         self._max_subscription_bytes = max_subscription_bytes
         self._deadlines = Deadlines(first_byte_ceiling_s, deadline_grace_s, stall_timeout_s, self._overdue)
         self._keys = KeyCache(key_cache_s)
+        # Keys seen valid within the hour: exempt from the wrong-key budget of their address.
+        self._known_good = KeyCache(3600.0)
+        self._failures = FailureBudget(invalid_keys_per_minute, invalid_keys_burst)
+        self._models_cache_s = models_cache_s
+        self._models: tuple[float, ModelsListing] | None = None
         self._route_timeout_s = route_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._log = logger
@@ -482,24 +532,54 @@ class Gateway:
         raise GatewayError(decision.error, decision.headers)
 
     async def list_models(self, retry_after: int) -> ModelsListing:
-        """The models live on the network, as the router sees them."""
+        """The models live on the network, as a router saw them at most ``models_cache_s`` ago."""
+        now = time.monotonic()
+        if self._models is not None and now - self._models[0] < self._models_cache_s:
+            return self._models[1]
         if self._nc is None:
             raise GatewayError(_unavailable("The gateway is not connected to the network.", retry_after))
         try:
             reply = await self._nc.request(subjects.LIST_MODELS, b"", timeout=self._route_timeout_s)
         except (NoRespondersError, NatsTimeout, TimeoutError):
             raise GatewayError(_unavailable("No router is available to list models.", retry_after)) from None
-        return ModelsListing.model_validate_json(reply.data)
+        listing = ModelsListing.model_validate_json(reply.data)
+        self._models = (time.monotonic(), listing)
+        return listing
 
-    async def verify_key(self, key_hash: str, retry_after: int) -> KeyInfo:
-        """Who holds the key with this hash: from the cache, else from billing."""
+    async def verify_key(self, key_hash: str, retry_after: int, address: str = "") -> KeyInfo:
+        """Who holds the key with this hash: from the cache, else from billing, unless the client's
+        ``address`` used up its budget of wrong keys and the key was not valid within the hour (a 429 then,
+        billing is not asked)."""
         now = time.monotonic()
         cached = self._keys.get(key_hash, now)
         if cached is not None:
             return cached
-        reply = await self._ask(subjects.VERIFY_KEY, VerifyKey(key_hash=key_hash), "check API keys", retry_after)
+        # A key seen valid lately is looked up again (revocation holds) whatever its address spent.
+        known = self._known_good.get(key_hash, now) is not None
+        wait_s = 0.0 if known else self._failures.wait_s(address, now)
+        if wait_s > 0:
+            raise GatewayError(
+                ErrorReport(
+                    http_status=429,
+                    type="rate_limit_error",
+                    code="too_many_invalid_keys",
+                    message="Too many requests with invalid API keys from your address; retry later.",
+                    retry_after=max(1, math.ceil(wait_s)),
+                )
+            )
+        # Spent before billing is asked (concurrent requests must not all pass on the last token), given back
+        # when the key is good.
+        self._failures.spend(address, now)
+        try:
+            reply = await self._ask(subjects.VERIFY_KEY, VerifyKey(key_hash=key_hash), "check API keys", retry_after)
+        except GatewayError:
+            self._failures.refund(address)
+            raise
         info = KeyInfo.model_validate_json(reply)
         self._keys.put(key_hash, info, now)
+        if info.status == "valid":
+            self._failures.refund(address)
+            self._known_good.put(key_hash, info, now)
         return info
 
     async def credits(self, account_id: str, retry_after: int) -> CreditsReport:

@@ -71,7 +71,8 @@ async def authenticate(request: Request, gateway: GatewayDep, settings: Settings
     key = key.strip()
     if not apikeys.well_formed(key):
         raise _unauthorized(f"Incorrect API key provided: {apikeys.display_prefix(key)}. Keys start with 'ngk_'.")
-    info = await gateway.verify_key(apikeys.hash_key(key), settings.retry_after_s)
+    address = request.client.host if request.client is not None else ""
+    info = await gateway.verify_key(apikeys.hash_key(key), settings.retry_after_s, address)
     if info.status == "revoked":
         raise _unauthorized(f"The API key {apikeys.display_prefix(key)} has been revoked.")
     if info.status != "valid" or info.account_id is None or info.key_id is None:

@@ -41,3 +41,9 @@ class IngressSettings(ServiceSettings):
     # What the reply subscription may hold for all requests together before NATS drops frames (the requests
     # that lose frames end with an error; see the sequence check): keep it well under the pod's memory.
     max_subscription_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
+    # API keys that turn out wrong, per client address (the peer's; put the ingress behind a proxy that keeps
+    # it): a burst, then a rate per minute; past it, keys not in the cache get a 429 before billing is asked.
+    invalid_keys_per_minute: float = Field(60.0, ge=0)
+    invalid_keys_burst: int = Field(20, ge=1)
+    # /v1/models answers from a listing at most this old (0: ask a router every time).
+    models_cache_s: float = Field(1.0, ge=0)
