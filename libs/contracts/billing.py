@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from libs.contracts.common import ErrorReport, Usage
+from libs.contracts.common import ErrorReport, Price, Usage
 
 
 class VerifyKey(BaseModel):
@@ -94,8 +94,8 @@ class BilledAttempt(BaseModel):
     hoster_id: str
     # The usage billed: what the hoster reported, held to the request's bounds (``UsageBounds``).
     usage: Usage
-    input_price: int
-    output_price: int
+    input_price: Price
+    output_price: Price
     # Set when the hoster's report broke a bound: what it reported and what was billed instead.
     usage_discrepancy: str | None = None
 

@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+import math
+from collections.abc import Callable
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator
+
+# The largest token count and price any message may carry: what a hoster reports is held to them as it is
+# read, so no count or cost overflows PostgreSQL's integers (a count fits ``integer``, a cost ``bigint``).
+MAX_COUNT = 2**31 - 1
+# Micro-credits per million tokens: about a million credits per million tokens.
+MAX_PRICE = 2**40
+
+
+def _held(low: int, high: int) -> Callable[[Any], Any]:
+    def hold(value: Any) -> Any:
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)  # 1e30 is a whole number too
+        return max(low, min(value, high)) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    return hold
+
+
+# A token count as reported (negative kept, for the bounds to see, but within PostgreSQL's integer).
+Count = Annotated[int, BeforeValidator(_held(-MAX_COUNT, MAX_COUNT))]
+# A price as reported, held to [0, MAX_PRICE].
+Price = Annotated[int, BeforeValidator(_held(0, MAX_PRICE))]
 
 
 class ErrorReport(BaseModel):
@@ -19,7 +44,7 @@ class ErrorReport(BaseModel):
 class Usage(BaseModel):
     """Token counts of an attempt; ``estimated`` when the upstream reported none and we counted."""
 
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
+    prompt_tokens: Count = 0
+    completion_tokens: Count = 0
+    total_tokens: Count = 0
     estimated: bool = False

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from libs.contracts.common import MAX_PRICE
+
 # The tag a hoster's NATS credentials carry: ``hoster:<hoster id>``.
 HOSTER_TAG = "hoster:"
 
@@ -16,8 +18,8 @@ class ModelOffer(BaseModel):
 
     model: str
     upstream_model: str
-    input_price: int = Field(ge=0)
-    output_price: int = Field(ge=0)
+    input_price: int = Field(ge=0, le=MAX_PRICE)
+    output_price: int = Field(ge=0, le=MAX_PRICE)
     context_length: int | None = None
     # What the model can take beyond plain text: "tools", "json" (response_format), "vision" (image parts).
     capabilities: list[str] = Field(default_factory=list)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from libs.contracts.billing import Caller
-from libs.contracts.common import ErrorReport, Usage
+from libs.contracts.common import Count, ErrorReport, Price, Usage
 
 Tier = Literal["cheapest", "balanced", "fastest"]
 
@@ -85,8 +85,8 @@ class AttemptDispatch(BaseModel):
     stream: bool
     include_usage: bool
     created: int
-    input_price: int
-    output_price: int
+    input_price: Price
+    output_price: Price
     fee_bps: int = 0
     body: dict[str, Any]
     # The completion limit per choice the request's reservation was priced on: the adapter sends it upstream
@@ -127,9 +127,9 @@ class AttemptFinished(BaseModel):
     stream: bool
     outcome: AttemptOutcome
     usage: Usage
-    chunks_sent: int
-    input_price: int
-    output_price: int
+    chunks_sent: Count
+    input_price: Price
+    output_price: Price
     finish_reason: str | None = None
     error: str | None = None
     upstream_status: int | None = None

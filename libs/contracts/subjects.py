@@ -36,6 +36,11 @@ REQUEST_FINISHED = "router.request.finished"
 _REQUEST_DELIVERED = "router.request.delivered"
 # The JetStream stream holding both usage events; billing reads each through its own durable consumer.
 USAGE_STREAM = "USAGE"
+# billing -> JetStream: a usage event billing could not handle by its last delivery (or could not read at all),
+# kept with why, for an operator (``computeshare deadletter list|replay``): ``billing.deadletter.<consumer>``.
+DEADLETTER_STREAM = "DEADLETTER"
+_DEADLETTER = "billing.deadletter"
+DEADLETTER_ALL = _DEADLETTER + ".>"
 
 # ingress -> hoster_adapters and routers (broadcast): the client went away, stop generating.
 REQUEST_CANCELLED = "ingress.request.cancelled"
@@ -147,3 +152,8 @@ def reply_inbox(ingress_id: str) -> str:
 def reply_subject(ingress_id: str, request_id: str) -> str:
     """The per-request reply subject where chunks of ``request_id`` arrive."""
     return f"{_REPLY}.{ingress_id}.{request_id}"
+
+
+def deadletter(consumer: str) -> str:
+    """Where billing's consumer ``consumer`` keeps the events it gave up on."""
+    return f"{_DEADLETTER}.{consumer}"

@@ -60,7 +60,7 @@ def make_broker(
 async def ensure_streams(nc: Client, replicas: int = 1) -> None:
     """Create (or update) the JetStream streams the services share; safe to call from every replica."""
     js = nc.jetstream()
-    config = StreamConfig(
+    usage = StreamConfig(
         name=subjects.USAGE_STREAM,
         subjects=[subjects.ATTEMPT_FINISHED_ALL, subjects.REQUEST_FINISHED],
         retention=RetentionPolicy.LIMITS,
@@ -70,6 +70,20 @@ async def ensure_streams(nc: Client, replicas: int = 1) -> None:
         duplicate_window=120,
         num_replicas=replicas,
     )
+    deadletter = StreamConfig(
+        name=subjects.DEADLETTER_STREAM,
+        subjects=[subjects.DEADLETTER_ALL],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=30 * 24 * 3600,
+        duplicate_window=120,
+        num_replicas=replicas,
+    )
+    for config in (usage, deadletter):
+        await _ensure_stream(js, config)
+
+
+async def _ensure_stream(js: JetStreamContext, config: StreamConfig) -> None:
     # A clustered stream can be without a leader for a few seconds (a node just died): wait it out.
     for delay in (0.5, 1, 2, 4, 8, 15, 30):
         try:
@@ -80,7 +94,7 @@ async def ensure_streams(nc: Client, replicas: int = 1) -> None:
             return
         except (NatsTimeout, ServiceUnavailableError):
             await asyncio.sleep(delay)
-    raise RuntimeError(f"JetStream stream {subjects.USAGE_STREAM} unavailable")
+    raise RuntimeError(f"JetStream stream {config.name} unavailable")
 
 
 async def publish_durably(js: JetStreamContext, subject: str, data: bytes, msg_id: str, logger: logging.Logger) -> bool:

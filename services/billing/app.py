@@ -14,6 +14,7 @@ from faststream import FastStream
 from libs.platform.broker import ensure_streams
 from libs.platform.metrics import RESERVATIONS_OPEN
 from libs.platform.service import faststream_app, service_kit
+from services.billing.durable import Redelivery
 from services.billing.handlers import register_handlers
 from services.billing.ledger import Ledger
 from services.billing.repository import HosterRepository, UsageRepository, apply_migrations
@@ -43,7 +44,8 @@ def build_app(settings: BillingSettings) -> FastStream:
     usage = UsageRepository()
     ledger = Ledger()
     hosters = HosterRepository()
-    register_handlers(broker, ledger, usage, hosters, settings.workers)
+    redelivery = Redelivery(settings.max_deliver, settings.retry_backoff_s, settings.retry_backoff_max_s)
+    register_handlers(broker, ledger, usage, hosters, settings.workers, redelivery, kit.logger)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:

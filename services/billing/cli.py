@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import AsyncIterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from typing import Any
 import asyncpg
 import nats
 import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
 from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
@@ -27,6 +32,7 @@ from libs.contracts.hosters import LiveHoster, LiveHosters
 from libs.contracts.pricing import MICRO
 from libs.platform.apikeys import hash_key
 from libs.platform.natsauth import AuthStore, push_account_update, service_creds
+from services.billing import durable
 from services.billing.ledger import AccountState, Ledger, NotFound
 from services.billing.repository import HosterRepository, apply_migrations
 from services.billing.settings import BillingSettings
@@ -192,6 +198,65 @@ async def _live_hosters(settings: CliSettings, auth: AuthStore) -> dict[str, Liv
     return {h.hoster_id: h for h in LiveHosters.model_validate_json(reply.data).hosters}
 
 
+@contextlib.asynccontextmanager
+async def _operator_connection(settings: CliSettings) -> AsyncIterator[NatsClient]:
+    """A NATS connection with credentials minted for this command from the deployment's authority."""
+    auth = AuthStore(settings.nats_auth_dir)
+    if not auth.exists:
+        raise LookupError(f"no NATS authority in {settings.nats_auth_dir} (set CS_NATS_AUTH_DIR)")
+    with tempfile.NamedTemporaryFile("w", suffix=".creds") as creds:
+        creds.write(auth.mint_user("computeshare-cli", None)[1])
+        creds.flush()
+        nc = await nats.connect(settings.nats_url.split(","), user_credentials=creds.name, connect_timeout=2,
+                                allow_reconnect=False)  # fmt: skip
+        try:
+            yield nc
+        finally:
+            await nc.close()
+
+
+async def dead_letters(settings: CliSettings, action: str, seq: int | None) -> tuple[Any, str]:
+    """``list`` the DEADLETTER stream, or ``replay`` event ``seq``: publish it on its original subject again
+    (under a new message id, so the stream's duplicate window does not drop it) and delete it here."""
+    async with _operator_connection(settings) as nc:
+        js = nc.jetstream()
+        if action == "replay":
+            assert seq is not None
+            try:
+                letter = await js.get_msg(subjects.DEADLETTER_STREAM, seq)
+            except nats.js.errors.NotFoundError:
+                raise LookupError(f"no dead letter {seq}") from None
+            headers = letter.headers or {}
+            subject = headers.get(durable.ORIGINAL_SUBJECT)
+            if not subject:
+                raise LookupError(f"dead letter {seq} does not say where it came from")
+            await js.publish(subject, letter.data or b"", headers={"Nats-Msg-Id": f"replay:{seq}:{time.time_ns()}"})
+            await js.delete_msg(subjects.DEADLETTER_STREAM, seq)
+            return {"replayed": seq, "subject": subject}, f"replayed {seq} to {subject}"
+        info = await js.stream_info(subjects.DEADLETTER_STREAM)
+        letters = []
+        for number in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
+            try:
+                letter = await js.get_msg(subjects.DEADLETTER_STREAM, number)
+            except nats.js.errors.NotFoundError:
+                continue  # replayed
+            headers = letter.headers or {}
+            letters.append(
+                {
+                    "seq": number,
+                    "consumer": (letter.subject or "").rsplit(".", 1)[-1],
+                    "subject": headers.get(durable.ORIGINAL_SUBJECT),
+                    "deliveries": int(headers.get(durable.DELIVERIES, "0")),
+                    "error": headers.get(durable.FAILURE),
+                    "failed_at": float(headers.get(durable.FAILED_AT, "0")),
+                    "body": (letter.data or b"").decode(errors="replace")[:2000],
+                }
+            )
+        text = "\n".join(f"{d['seq']}  {d['consumer']:<17} {d['subject']}  after {d['deliveries']}: {d['error']}"
+                         for d in letters)  # fmt: skip
+        return letters, text or "no dead letters"
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line; ``--json`` is taken before or after the subcommand."""
     json_flag = argparse.ArgumentParser(add_help=False)
@@ -248,6 +313,11 @@ def parser() -> argparse.ArgumentParser:
     earnings = command(hoster, "earnings", "what hosters earned")
     earnings.add_argument("hoster", nargs="?")
 
+    deadletter = group("deadletter", "usage events billing gave up on")
+    command(deadletter, "list", "every dead-lettered event: where it came from, why it failed")
+    replay = command(deadletter, "replay", "send a dead-lettered event to billing again (and drop it from here)")
+    replay.add_argument("seq", type=int, help="its number in `deadletter list`")
+
     nats_group = group("nats", "the NATS authority of a deployment")
     nats_init = command(nats_group, "init", "create the authority (once) and write the server's and services' files")
     nats_init.add_argument("--dir", type=Path, required=True, help="where to write them")
@@ -280,6 +350,14 @@ async def run(argv: list[str], settings: CliSettings | None = None) -> int:
     if args.command == "nats":  # no database: the deployment's NATS files only
         written = nats_init(args.dir, args.resolver_dir)
         print(json.dumps(written) if args.json else "\n".join(f"{k}: {v}" for k, v in written.items()))
+        return 0
+    if args.command == "deadletter":  # no database: the DEADLETTER stream only
+        try:
+            data, text = await dead_letters(settings, args.action, getattr(args, "seq", None))
+        except (LookupError, OSError, nats.errors.Error) as exc:
+            print(json.dumps({"error": str(exc)}) if args.json else f"computeshare: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps(data) if args.json else text)
         return 0
     try:
         pool = await asyncpg.create_pool(settings.database_url.get_secret_value(), min_size=1, max_size=2)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
+
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, NatsMessage
+from nats.js.client import JetStreamContext
 
 from libs.contracts import subjects
 from libs.contracts.billing import (
@@ -23,6 +26,7 @@ from libs.contracts.billing import (
 from libs.contracts.hosters import HosterRegistrations
 from libs.contracts.routing import AttemptFinished
 from libs.platform.metrics import SETTLEMENTS
+from services.billing.durable import Redelivery, consume
 from services.billing.ledger import Ledger, NotFound
 from services.billing.repository import HosterRepository, UsageRepository
 
@@ -30,14 +34,24 @@ USAGE_STREAM = JStream(subjects.USAGE_STREAM, declare=False)
 
 
 def register_handlers(
-    broker: NatsBroker, ledger: Ledger, usage: UsageRepository, hosters: HosterRepository, workers: int
+    broker: NatsBroker,
+    ledger: Ledger,
+    usage: UsageRepository,
+    hosters: HosterRepository,
+    workers: int,
+    redelivery: Redelivery,
+    logger: logging.Logger,
 ) -> None:
     """Request/reply subjects in the ``billing`` queue group; usage events from JetStream.
 
     The JetStream consumers are push consumers with a deliver group: nats-py names the durable after the
     group, so it outlives every replica; the server spreads events over replicas and redelivers what one did
-    not ack. Acks come after the database commit, and every write is idempotent on the request.
+    not ack. Acks come after the database commit, and every write is idempotent on the request; an event that
+    keeps failing is retried with a growing delay and then dead-lettered (``services.billing.durable``).
     """
+
+    def js() -> JetStreamContext:
+        return broker.connection.jetstream()
 
     @broker.subscriber(subjects.VERIFY_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def verify_key(query: VerifyKey) -> KeyInfo:
@@ -84,21 +98,31 @@ def register_handlers(
         queue=subjects.BILLING_ATTEMPTS_DURABLE,
         stream=USAGE_STREAM,
         max_workers=workers,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,
     )
-    async def record_attempt(event: AttemptFinished, message: NatsMessage) -> None:
+    async def record_attempt(message: NatsMessage) -> None:
         """Record one finished attempt, unless a hoster reports on another's (the subject names the
         reporter: the server lets a hoster publish under its own id alone)."""
-        if event.hoster_id == subjects.hoster_of(message.raw_message.subject):
-            await usage.record_attempt(event)
+
+        async def work(body: bytes) -> None:
+            event = AttemptFinished.model_validate_json(body)
+            if event.hoster_id == subjects.hoster_of(message.raw_message.subject):
+                await usage.record_attempt(event)
+
+        await consume(message, work, redelivery, js(), subjects.BILLING_ATTEMPTS_DURABLE, logger)
 
     @broker.subscriber(
         subjects.REQUEST_FINISHED,
         queue=subjects.BILLING_REQUESTS_DURABLE,
         stream=USAGE_STREAM,
         max_workers=workers,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
+        ack_policy=AckPolicy.MANUAL,
     )
-    async def settle_request(event: RequestFinished) -> None:
+    async def settle_request(message: NatsMessage) -> None:
         """Charge a finished request and release what it did not use."""
-        SETTLEMENTS.labels("settled" if await ledger.settle(event) else "duplicate").inc()
+
+        async def work(body: bytes) -> None:
+            settled = await ledger.settle(RequestFinished.model_validate_json(body))
+            SETTLEMENTS.labels("settled" if settled else "duplicate").inc()
+
+        await consume(message, work, redelivery, js(), subjects.BILLING_REQUESTS_DURABLE, logger)

@@ -22,3 +22,9 @@ class BillingSettings(ServiceSettings):
     # longest generation), charging what billing recorded of its attempts.
     reservation_ttl_s: float = Field(900.0, gt=0)
     sweep_interval_s: float = Field(30.0, gt=0)
+    # A usage event whose handling fails is delivered again after retry_backoff_s, doubling up to
+    # retry_backoff_max_s, at most max_deliver times in all; then (or at once, if it cannot be read) it goes to
+    # the DEADLETTER stream: ``computeshare deadletter list`` shows it, ``replay`` sends it again.
+    max_deliver: int = Field(8, ge=1)
+    retry_backoff_s: float = Field(1.0, gt=0)
+    retry_backoff_max_s: float = Field(60.0, gt=0)
