@@ -34,6 +34,12 @@ class Caller(BaseModel):
     tpm: int | None = None
 
 
+class ReservationsAlive(BaseModel):
+    """router -> billing: requests still running on this router; their reservations are not stale."""
+
+    request_ids: list[str]
+
+
 class ReserveCredits(BaseModel):
     """router -> billing: admit a request, atomically: rate limits, then its maximum cost against the
     balance and the daily cap."""

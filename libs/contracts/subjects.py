@@ -52,6 +52,8 @@ _REPLY = "ingress.reply"
 VERIFY_KEY = "billing.key.verify"
 # router -> billing (request/reply): admit a request: rate limits, then reserve its maximum cost.
 RESERVE_CREDITS = "billing.credits.reserve"
+# router -> billing (queue group "billing", no reply): these requests are still running; keep their holds.
+RESERVATIONS_ALIVE = "billing.credits.alive"
 # ingress -> billing (request/reply): an account's credits and recent usage.
 SHOW_CREDITS = "billing.credits.show"
 LIST_USAGE = "billing.usage.list"

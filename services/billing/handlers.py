@@ -17,6 +17,7 @@ from libs.contracts.billing import (
     KeyInfo,
     Refused,
     RequestFinished,
+    ReservationsAlive,
     ReserveCredits,
     Reserved,
     UsageQuery,
@@ -31,6 +32,8 @@ from services.billing.ledger import Ledger, NotFound
 from services.billing.repository import HosterRepository, UsageRepository
 
 USAGE_STREAM = JStream(subjects.USAGE_STREAM, declare=False)
+# Request ids one keep-alive note may name.
+MAX_ALIVE = 5000
 
 
 def register_handlers(
@@ -62,6 +65,11 @@ def register_handlers(
     async def reserve_credits(command: ReserveCredits) -> Reserved | Refused:
         """Admit a request or say why not."""
         return await ledger.reserve(command)
+
+    @broker.subscriber(subjects.RESERVATIONS_ALIVE, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def reservations_alive(note: ReservationsAlive) -> None:
+        """Requests still running: keep their holds from the sweeper."""
+        await ledger.touch(note.request_ids[:MAX_ALIVE])
 
     @broker.subscriber(subjects.SHOW_CREDITS, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def show_credits(query: CreditsQuery) -> CreditsReport | None:

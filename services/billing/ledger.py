@@ -377,6 +377,14 @@ class Ledger(PoolBound):
                 )
         return True
 
+    async def touch(self, request_ids: list[str]) -> None:
+        """The requests ``request_ids`` are still running: their open reservations are not stale."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE reservations SET touched_at = now() WHERE request_id = ANY($1::text[]) AND status = 'open'",
+                request_ids,
+            )
+
     async def expire_stale(self, older_than_s: float) -> int:
         """Close reservations whose request never reported its end, charging the attempts billing recorded
         for it. Replicas may sweep together: rows another one holds are skipped."""
@@ -386,8 +394,8 @@ class Ledger(PoolBound):
                 async with conn.transaction():
                     held = await conn.fetchrow(
                         """SELECT * FROM reservations
-                           WHERE status = 'open' AND created_at < now() - make_interval(secs => $1)
-                           ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED""",
+                           WHERE status = 'open' AND touched_at < now() - make_interval(secs => $1)
+                           ORDER BY touched_at LIMIT 1 FOR UPDATE SKIP LOCKED""",
                         older_than_s,
                     )
                     if held is None:

@@ -14,7 +14,15 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import TypeAdapter
 
 from libs.contracts import frames, subjects
-from libs.contracts.billing import Admission, BilledAttempt, Refused, RequestFinished, ReserveCredits, Reserved
+from libs.contracts.billing import (
+    Admission,
+    BilledAttempt,
+    Refused,
+    RequestFinished,
+    ReservationsAlive,
+    ReserveCredits,
+    Reserved,
+)
 from libs.contracts.common import ErrorReport, Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
 from libs.contracts.pricing import UsageBounds, cost_of, requested_max_tokens
@@ -653,32 +661,60 @@ class Dispatcher:
         if self._publishing:
             await asyncio.wait(set(self._publishing), timeout=10.0)
 
+    async def keep_reservations_alive(self) -> None:
+        """Tell billing, every ``reservation_keepalive_s``, which requests still run here, so their reservations
+        outlive the sweeper's TTL however long they stream; an error is logged, never fatal."""
+        while True:
+            await asyncio.sleep(self._settings.reservation_keepalive_s)
+            running = [r for r, f in self._in_flight.items() if f.route.caller is not None]
+            running += list(self._undelivered)
+            for start in range(0, len(running), 2000):
+                note = ReservationsAlive(request_ids=running[start : start + 2000])
+                try:
+                    await self._broker.connection.publish(subjects.RESERVATIONS_ALIVE, note.model_dump_json().encode())
+                except Exception:
+                    self._log.exception("reservations not kept alive")
+
     async def watch(self, interval_s: float = 0.5) -> None:
-        """Fail over (or fail) requests whose adapter stopped heartbeating; forget expired hosters."""
+        """Fail over (or fail) requests whose adapter stopped heartbeating, settle those in flight for longer
+        than any attempt may last, forget expired hosters; an error is logged, never fatal."""
         while True:
             await asyncio.sleep(interval_s)
-            now = time.monotonic()
-            self.registry.forget_expired(now)
-            for request_id, flight in list(self._in_flight.items()):
-                if self.registry.adapter_alive(flight.adapter_id, now):
-                    continue
-                self._log.warning("adapter vanished mid-request", extra={"request_id": request_id})
-                self._probes.discard(flight.candidate.hoster.hoster_id)
-                # Whether a stream's chunks reached the client is unknown: only a non-stream fails over.
-                if not flight.route.stream and flight.attempt < MAX_ATTEMPTS and await self._fail_over(flight):
-                    continue
+            try:
+                await self._watch_once()
+            except Exception:
+                self._log.exception("watch round failed")
+
+    async def _watch_once(self) -> None:
+        now = time.monotonic()
+        self.registry.forget_expired(now)
+        for request_id, flight in list(self._in_flight.items()):
+            if now - flight.started > self._settings.in_flight_max_s:
+                self._log.warning(
+                    "request in flight too long: settled on what it billed", extra={"request_id": request_id}
+                )
                 self._in_flight.pop(request_id, None)
                 self._finish(flight.route, flight.candidate.offer.model, "failed", flight.billed)
-                await self._fail(
-                    flight,
-                    ErrorReport(
-                        http_status=503,
-                        type="server_error",
-                        code="hoster_unavailable",
-                        message="The hoster serving this request went away.",
-                        retry_after=self._settings.retry_after_s,
-                    ),
-                )
+                continue
+            if self.registry.adapter_alive(flight.adapter_id, now):
+                continue
+            self._log.warning("adapter vanished mid-request", extra={"request_id": request_id})
+            self._probes.discard(flight.candidate.hoster.hoster_id)
+            # Whether a stream's chunks reached the client is unknown: only a non-stream fails over.
+            if not flight.route.stream and flight.attempt < MAX_ATTEMPTS and await self._fail_over(flight):
+                continue
+            self._in_flight.pop(request_id, None)
+            self._finish(flight.route, flight.candidate.offer.model, "failed", flight.billed)
+            await self._fail(
+                flight,
+                ErrorReport(
+                    http_status=503,
+                    type="server_error",
+                    code="hoster_unavailable",
+                    message="The hoster serving this request went away.",
+                    retry_after=self._settings.retry_after_s,
+                ),
+            )
 
     async def _abandon(self, flight: InFlight) -> None:
         """Stop a request nobody waits for: its hoster is told to stop, no failover, nothing charged."""

@@ -45,3 +45,9 @@ class RouterSettings(ServiceSettings):
     # How long a finished request waits for the ingress to say what reached the client (its text bounds
     # the completion tokens billed) before it settles on the request's own bounds alone.
     delivery_wait_s: float = Field(2.0, gt=0)
+    # How often billing hears which of this router's requests are still running (their reservations must
+    # outlive CS_BILLING_RESERVATION_TTL_S however long they stream): well under that TTL.
+    reservation_keepalive_s: float = Field(60.0, gt=0)
+    # An attempt in flight this long is over whatever was missed (its outcome lost in a reconnect): it is
+    # settled on what it billed and forgotten. Longer than the adapters' CS_ADAPTER_MAX_ATTEMPT_DURATION_S.
+    in_flight_max_s: float = Field(3700.0, gt=0)

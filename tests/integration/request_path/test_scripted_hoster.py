@@ -176,3 +176,49 @@ async def test_a_request_the_ingress_stopped_waiting_for_is_stopped_and_charges_
         assert finished.empty()  # settled once
     finally:
         await hoster.close()
+
+
+async def test_a_request_whose_outcome_never_comes_is_settled_and_forgotten(
+    nats_server: NatsTestServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    """The hoster takes the attempt and its report is lost (a reconnect): the router does not keep the request
+    for ever; past CS_ROUTER_IN_FLIGHT_MAX_S it settles it on what it billed (nothing) and forgets it."""
+    nc = await nats_server.connect("test-ingress")
+    await ensure_streams(nc)
+    spawn("router", "router", {**nats_server.env("router", "router"), "CS_ROUTER_IN_FLIGHT_MAX_S": "1"}, "router ready")
+
+    async def silent(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+        await hoster.accept(dispatch)
+        hoster.spawn(hoster.keep_alive(dispatch, dispatch.reply_subject))
+
+    async def admit(msg: Msg) -> None:
+        await msg.respond(Reserved(rate=RateLimitState()).model_dump_json().encode())
+
+    finished: asyncio.Queue[RequestFinished] = asyncio.Queue()
+
+    async def on_finished(msg: Msg) -> None:
+        await finished.put(RequestFinished.model_validate_json(msg.data))
+
+    await nc.subscribe(subjects.RESERVE_CREDITS, cb=admit)
+    await nc.subscribe(subjects.REQUEST_FINISHED, cb=on_finished)
+    hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, silent)
+    try:
+        await asyncio.sleep(0.7)
+        request_id = new_request_id()
+        reply = subjects.reply_subject("test-ingress", request_id)
+        await nc.subscribe(reply)
+        route = RouteRequest(
+            request_id=request_id, reply_subject=reply, model=MODEL, stream=True, include_usage=False,
+            created=int(time.time()), routing=RoutingPreferences(),
+            caller=Caller(account_id=str(uuid.uuid4()), key_id="key"),
+            body={"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 20},
+        )  # fmt: skip
+        decision = await nc.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)
+        assert orjson.loads(decision.data)["status"] == "accepted"
+        started = time.monotonic()
+        event = await asyncio.wait_for(finished.get(), 10)
+        assert (event.request_id, event.outcome, event.attempts) == (request_id, "failed", [])
+        assert 1.0 <= time.monotonic() - started < 4.0
+    finally:
+        await hoster.close()
+        await nc.close()
