@@ -93,6 +93,15 @@ class Refused(BaseModel):
 Admission = Annotated[Reserved | Refused, Field(discriminator="status")]
 
 
+def attempt_billable(outcome: str, stream: bool, chunks_sent: int) -> bool:
+    """The one rule for whether a client pays for an attempt, for the router settling a request and billing
+    sweeping one whose end it never heard: it pays for what reached it. A success, or a cancelled attempt (the
+    client left: what was made is billed), is billed; a failure is billed only when it was a stream that had
+    already sent the client something. What it pays is the attempt's usage held to the request's bounds, at
+    most the reservation (``services.billing.ledger``)."""
+    return outcome != "failed" or (stream and chunks_sent > 0)
+
+
 class BilledAttempt(BaseModel):
     """One attempt as billing charges it; only attempts that produced something the client got are billed."""
 

@@ -25,6 +25,7 @@ from libs.contracts.billing import (
     ReserveCredits,
     Reserved,
     UsageItem,
+    attempt_billable,
 )
 from libs.contracts.common import ErrorReport
 from libs.contracts.pricing import Cost, cost_of, to_credits
@@ -400,12 +401,13 @@ class Ledger(PoolBound):
                     )
                     if held is None:
                         return closed
-                    attempts = await conn.fetch(
-                        """SELECT hoster_id::text, model, prompt_tokens, completion_tokens, input_price, output_price
-                           FROM usage_records
-                           WHERE request_id = $1 AND (outcome <> 'failed' OR completion_tokens > 0)""",
+                    recorded = await conn.fetch(
+                        """SELECT hoster_id::text, model, prompt_tokens, completion_tokens, input_price, output_price,
+                                  outcome, stream, chunks_sent
+                           FROM usage_records WHERE request_id = $1""",
                         held["request_id"],
                     )
+                    attempts = [a for a in recorded if attempt_billable(a["outcome"], a["stream"], a["chunks_sent"])]
                     lines = [
                         (
                             a["hoster_id"],

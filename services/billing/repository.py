@@ -97,8 +97,8 @@ class UsageRepository(PoolBound):
             """INSERT INTO usage_records (
                    request_id, attempt, hoster_id, adapter_id, model, stream, outcome,
                    prompt_tokens, completion_tokens, usage_estimated, input_price, output_price,
-                   finish_reason, error, ttft_ms, duration_ms, finished_at, dropped_parameters)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
+                   finish_reason, error, ttft_ms, duration_ms, finished_at, dropped_parameters, chunks_sent)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
                ON CONFLICT (request_id, attempt) DO NOTHING""",
             event.request_id,
             event.attempt,
@@ -118,6 +118,7 @@ class UsageRepository(PoolBound):
             event.duration_ms,
             dt.datetime.fromtimestamp(event.finished_at, tz=dt.UTC),
             event.dropped_parameters,
+            max(0, event.chunks_sent),
         )
         return bool(status.endswith(" 1"))
 

@@ -22,6 +22,7 @@ from libs.contracts.billing import (
     ReservationsAlive,
     ReserveCredits,
     Reserved,
+    attempt_billable,
 )
 from libs.contracts.common import ErrorReport, Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
@@ -92,9 +93,8 @@ class InFlight:
 
 
 def billable(event: AttemptFinished) -> bool:
-    """Whether the client pays for an attempt: it does for what reached it (a failure before any chunk, or a
-    failed non-streaming attempt, costs nothing)."""
-    return event.outcome != "failed" or (event.stream and event.chunks_sent > 0)
+    """Whether the client pays for an attempt (``attempt_billable``, billing's rule)."""
+    return attempt_billable(event.outcome, event.stream, event.chunks_sent)
 
 
 def can_fail_over(event: AttemptFinished, flight: InFlight) -> bool:

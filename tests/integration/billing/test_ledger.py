@@ -113,7 +113,13 @@ async def test_the_sweeper_settles_what_billing_recorded_of_a_request_that_never
         await usage.record_attempt(
             finished("lost", completion=10).model_copy(update={"input_price": 1_000_000, "output_price": 1_000_000})
         )
-        await pool.execute("UPDATE reservations SET created_at = now() - interval '1 hour' WHERE request_id = 'lost'")
+        await pool.execute("UPDATE reservations SET touched_at = now() - interval '1 hour' WHERE request_id = 'lost'")
+        # Old, but its router said a moment ago that it still runs: not stale.
+        await pool.execute(
+            "UPDATE reservations SET created_at = now() - interval '1 hour', touched_at = now() - interval '1 hour'"
+            " WHERE request_id = 'young'"
+        )
+        await ledger.touch(["young", "no-such-request"])
     finally:
         await pool.close()
     assert await ledger.expire_stale(older_than_s=600) == 1
@@ -135,3 +141,31 @@ async def test_check_finds_a_balance_changed_behind_the_ledgers_back(ledger: Led
     problems = await ledger.check()
     assert len(problems) == 1
     assert "balance 101 but entries sum 100" in problems[0]
+
+
+async def test_the_sweeper_bills_attempts_by_the_same_rule_as_the_router(ledger: Ledger, database_url: str) -> None:
+    """A failed non-stream attempt costs nothing whatever it reported; a failed stream that sent chunks and a
+    cancelled one are billed (``attempt_billable``)."""
+    caller = await caller_with(ledger, credits=100_000)
+    assert isinstance(await ledger.reserve(reserve(caller, "mixed", 50_000)), Reserved)
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    price = {"input_price": 1_000_000, "output_price": 1_000_000}
+    try:
+        usage = UsageRepository(pool)
+        failed_whole = finished("mixed", attempt=1, completion=10).model_copy(
+            update={"outcome": "failed", "stream": False, "chunks_sent": 0, **price}
+        )
+        failed_stream = finished("mixed", attempt=2, completion=10).model_copy(
+            update={"outcome": "failed", "stream": True, "chunks_sent": 4, **price}
+        )
+        cancelled = finished("mixed", attempt=3, completion=10).model_copy(update={"outcome": "cancelled", **price})
+        for event in (failed_whole, failed_stream, cancelled):
+            await usage.record_attempt(event)
+        await pool.execute("UPDATE reservations SET touched_at = now() - interval '1 hour' WHERE request_id = 'mixed'")
+    finally:
+        await pool.close()
+    assert await ledger.expire_stale(older_than_s=600) == 1
+    state = await ledger.account(caller.account_id)
+    # Attempts 2 and 3: 13 tokens each at 1 credit per million, plus 10% rounded up, each.
+    assert state.balance == 100_000 - 2 * (13 + 2)
+    assert await ledger.check() == []
