@@ -443,6 +443,7 @@ class Gateway:
         self._keys = KeyCache(key_cache_s)
         # Keys seen valid within the hour: exempt from the wrong-key budget of their address.
         self._known_good = KeyCache(3600.0)
+        self._lookups: dict[str, asyncio.Task[KeyInfo]] = {}
         self._failures = FailureBudget(invalid_keys_per_minute, invalid_keys_burst)
         self._models_cache_s = models_cache_s
         self._models: tuple[float, ModelsListing] | None = None
@@ -554,6 +555,16 @@ class Gateway:
         cached = self._keys.get(key_hash, now)
         if cached is not None:
             return cached
+        # One lookup per key at a time: a burst of requests with a key not yet cached waits for the first.
+        pending = self._lookups.get(key_hash)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        lookup = asyncio.get_running_loop().create_task(self._look_up(key_hash, retry_after, address, now))
+        self._lookups[key_hash] = lookup
+        lookup.add_done_callback(lambda _: self._lookups.pop(key_hash, None))
+        return await asyncio.shield(lookup)
+
+    async def _look_up(self, key_hash: str, retry_after: int, address: str, now: float) -> KeyInfo:
         # A key seen valid lately is looked up again (revocation holds) whatever its address spent.
         known = self._known_good.get(key_hash, now) is not None
         wait_s = 0.0 if known else self._failures.wait_s(address, now)
