@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker, NatsMessage
+from faststream.nats import JStream, NatsBroker
 from nats.js.client import JetStreamContext
 
 from libs.contracts import subjects
@@ -26,6 +26,7 @@ from libs.contracts.billing import (
 )
 from libs.contracts.hosters import HosterRegistrations
 from libs.contracts.routing import AttemptFinished
+from libs.platform.broker import current_message
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.durable import Redelivery, consume
 from services.billing.ledger import Ledger, NotFound
@@ -108,9 +109,11 @@ def register_handlers(
         max_workers=workers,
         ack_policy=AckPolicy.MANUAL,
     )
-    async def record_attempt(message: NatsMessage) -> None:
+    async def record_attempt() -> None:
         """Record one finished attempt, unless a hoster reports on another's (the subject names the
         reporter: the server lets a hoster publish under its own id alone)."""
+
+        message = current_message(broker)
 
         async def work(body: bytes) -> None:
             event = AttemptFinished.model_validate_json(body)
@@ -126,8 +129,9 @@ def register_handlers(
         max_workers=workers,
         ack_policy=AckPolicy.MANUAL,
     )
-    async def settle_request(message: NatsMessage) -> None:
+    async def settle_request() -> None:
         """Charge a finished request and release what it did not use."""
+        message = current_message(broker)
 
         async def work(body: bytes) -> None:
             settled = await ledger.settle(RequestFinished.model_validate_json(body))

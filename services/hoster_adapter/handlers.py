@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import NatsBroker
 
 from libs.contracts import subjects
 from libs.contracts.routing import AttemptDispatch, RequestCancelled
+from libs.platform.broker import current_message
 from services.hoster_adapter.upstream import HosterAdapter
 
 
 def register_handlers(broker: NatsBroker, adapter: HosterAdapter) -> None:
     """Subscribe one queue-group subject per fronted hoster for attempts, and one for their cancels."""
 
-    async def start_attempt(dispatch: AttemptDispatch, message: NatsMessage) -> None:
+    async def start_attempt(dispatch: AttemptDispatch) -> None:
         """Accept (or refuse) an attempt; the answer goes to the dispatching router on its own subject, since
         the message's reply subject is the client's (the only one this hoster may publish frames to)."""
+        message = current_message(broker)
         hoster_id = subjects.hoster_of(message.raw_message.subject)
         await adapter.accept(hoster_id, dispatch, message.raw_message.reply)
 

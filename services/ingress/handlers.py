@@ -42,13 +42,15 @@ TRACER = trace.get_tracer("computeshare.ingress")
 SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
 
 
-def gateway_of(request: Request) -> Gateway:
+# Dependencies are coroutines: FastAPI runs a plain function dependency in its thread pool, a thread hop per
+# request for a dictionary lookup.
+async def gateway_of(request: Request) -> Gateway:
     """The app's gateway (owned by the lifespan)."""
     gateway: Gateway = request.app.state.gateway
     return gateway
 
 
-def settings_of(request: Request) -> IngressSettings:
+async def settings_of(request: Request) -> IngressSettings:
     """The app's settings."""
     settings: IngressSettings = request.app.state.settings
     return settings

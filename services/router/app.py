@@ -11,6 +11,7 @@ import orjson
 from faststream import FastStream
 
 from libs.contracts import subjects
+from libs.platform.broker import HotSubscriptions
 from libs.platform.service import faststream_app, service_kit
 from services.router.dispatcher import Dispatcher
 from services.router.handlers import register_handlers
@@ -42,11 +43,13 @@ def build_app(settings: RouterSettings) -> FastStream:
     dispatcher = Dispatcher(settings, kit.instance_id, broker, logger)
     models_seen = KvStore(subjects.MODELS_SEEN_BUCKET, logger, settings.nats_stream_replicas)
     hoster_stats = KvStore(subjects.HOSTER_STATS_BUCKET, logger, settings.nats_stream_replicas)
-    register_handlers(broker, dispatcher, models_seen, settings.max_concurrent_routes)
+    hot = HotSubscriptions(logger, kit.tracer_provider)
+    register_handlers(broker, hot, dispatcher, models_seen, settings.max_concurrent_routes)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
         await broker.connect()
+        await hot.start(broker.connection)
         js = broker.connection.jetstream()
         for raw in await models_seen.open(js):
             record = orjson.loads(raw)
@@ -71,7 +74,9 @@ def build_app(settings: RouterSettings) -> FastStream:
                     await task
 
     async def flush() -> None:
-        # Before the broker stops: settlement events and the latest stats still reach JetStream.
+        # Before the broker stops: routes being decided get their answers, settlement events and the latest
+        # stats still reach JetStream.
+        await hot.stop()
         await dispatcher.drain()
         persist_stats(dispatcher, hoster_stats)
         await models_seen.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 
 import orjson
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import NatsBroker
+from nats.aio.msg import Msg
 
 from libs.contracts import subjects
 from libs.contracts.hosters import HosterHeartbeat, LiveHosters, ModelsListing
@@ -18,17 +19,23 @@ from libs.contracts.routing import (
     RouteRejected,
     RouteRequest,
 )
+from libs.platform.broker import HotSubscriptions, current_message
 from services.router.dispatcher import Dispatcher
 from services.router.store import KvStore
 
 
-def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: KvStore, workers: int) -> None:
-    """Wire the router's subjects to ``dispatcher``."""
+def register_handlers(
+    broker: NatsBroker, hot: HotSubscriptions, dispatcher: Dispatcher, models_seen: KvStore, workers: int
+) -> None:
+    """Wire the router's subjects to ``dispatcher``: the four every request crosses on ``hot``, the rest as
+    faststream subscribers."""
 
-    @broker.subscriber(subjects.ROUTE_REQUEST, queue=subjects.QUEUE_ROUTER, max_workers=workers)
-    async def route_request(request: RouteRequest) -> RouteAccepted | RouteRejected:
+    async def route_request(request: RouteRequest, _: Msg) -> RouteAccepted | RouteRejected:
         """Route one request; the reply tells the ingress who took it or why nobody could."""
         return await dispatcher.route(request)
+
+    hot.add(subjects.ROUTE_REQUEST, RouteRequest, route_request, queue=subjects.QUEUE_ROUTER, reply=True,
+            max_concurrency=workers)  # fmt: skip
 
     @broker.subscriber(subjects.LIST_MODELS, queue=subjects.QUEUE_ROUTER)
     async def list_models() -> ModelsListing:
@@ -43,9 +50,9 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
     # Every router replica hears every heartbeat and every attempt's outcome, so replicas see the same
     # network and decide alike.
     @broker.subscriber(subjects.HOSTER_HEARTBEAT_ALL)
-    async def hoster_heartbeat(heartbeat: HosterHeartbeat, message: NatsMessage) -> None:
+    async def hoster_heartbeat(heartbeat: HosterHeartbeat) -> None:
         # The subject is the only identity to believe: the server lets a hoster publish under its own id alone.
-        hoster_id = subjects.hoster_of(message.raw_message.subject)
+        hoster_id = subjects.hoster_of(current_message(broker).raw_message.subject)
         if [status.hoster_id for status in heartbeat.hosters] != [hoster_id]:
             return
         for model in dispatcher.observe(heartbeat):
@@ -57,21 +64,26 @@ def register_handlers(broker: NatsBroker, dispatcher: Dispatcher, models_seen: K
     # One subscription for every attempt's outcome: all of them feed the stats (so replicas see the same
     # network); the ones addressed to this router also move its requests on. The subjects are JetStream's: a
     # publish there is a request whose reply must be the stream's ack, so the router never answers.
-    @broker.subscriber(subjects.ATTEMPT_FINISHED_ALL, max_workers=workers, no_reply=True)
-    async def attempt_finished(event: AttemptFinished, message: NatsMessage) -> None:
-        if event.hoster_id != subjects.hoster_of(message.raw_message.subject):
+    async def attempt_finished(event: AttemptFinished, msg: Msg) -> None:
+        if event.hoster_id != subjects.hoster_of(msg.subject):
             return  # a hoster reporting on another's attempt
         dispatcher.observe_attempt(event)
         if event.router_id == dispatcher.router_id:
             await dispatcher.attempt_finished(event)
 
-    @broker.subscriber(subjects.attempts_accepted_by_router(dispatcher.router_id), max_workers=workers, no_reply=True)
-    async def attempt_accepted(answer: AttemptAccepted, message: NatsMessage) -> None:
-        dispatcher.offer_answered(subjects.hoster_of(message.raw_message.subject), answer)
+    hot.add(subjects.ATTEMPT_FINISHED_ALL, AttemptFinished, attempt_finished, max_concurrency=workers)
 
-    @broker.subscriber(subjects.request_delivered(dispatcher.router_id), max_workers=workers)
-    async def request_delivered(note: RequestDelivered) -> None:
+    async def attempt_accepted(answer: AttemptAccepted, msg: Msg) -> None:
+        dispatcher.offer_answered(subjects.hoster_of(msg.subject), answer)
+
+    hot.add(subjects.attempts_accepted_by_router(dispatcher.router_id), AttemptAccepted, attempt_accepted,
+            max_concurrency=workers)  # fmt: skip
+
+    async def request_delivered(note: RequestDelivered, _: Msg) -> None:
         dispatcher.delivered(note)
+
+    hot.add(subjects.request_delivered(dispatcher.router_id), RequestDelivered, request_delivered,
+            max_concurrency=workers)  # fmt: skip
 
     @broker.subscriber(subjects.REQUEST_CANCELLED)
     async def request_cancelled(event: RequestCancelled) -> None:
