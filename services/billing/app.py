@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from faststream import FastStream
 
-from libs.platform.broker import ensure_streams
+from libs.platform.broker import HotSubscriptions, ensure_streams
 from libs.platform.metrics import RESERVATIONS_OPEN
 from libs.platform.service import faststream_app, service_kit
 from services.billing.durable import Redelivery
@@ -53,7 +53,8 @@ def build_app(settings: BillingSettings) -> FastStream:
     ledger = Ledger()
     hosters = HosterRepository()
     redelivery = Redelivery(settings.max_deliver, settings.retry_backoff_s, settings.retry_backoff_max_s)
-    register_handlers(broker, ledger, usage, hosters, settings.workers, redelivery, kit.logger)
+    hot = HotSubscriptions(logger, kit.tracer_provider)
+    register_handlers(broker, hot, ledger, usage, hosters, settings.workers, redelivery, kit.logger)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
@@ -72,9 +73,11 @@ def build_app(settings: BillingSettings) -> FastStream:
             hosters.attach(pool)
             await broker.connect()
             await ensure_streams(broker.connection, settings.nats_stream_replicas)
+            await hot.start(broker.connection)
             sweeper = asyncio.create_task(sweep(ledger, settings, logger))
             yield
         finally:
+            await hot.stop()
             if sweeper is not None:
                 sweeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -6,6 +6,7 @@ import logging
 
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from libs.contracts import subjects
@@ -26,7 +27,7 @@ from libs.contracts.billing import (
 )
 from libs.contracts.hosters import HosterRegistrations
 from libs.contracts.routing import AttemptFinished
-from libs.platform.broker import current_message
+from libs.platform.broker import HotSubscriptions, current_message
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.durable import Redelivery, consume
 from services.billing.ledger import Ledger, NotFound
@@ -39,6 +40,7 @@ MAX_ALIVE = 5000
 
 def register_handlers(
     broker: NatsBroker,
+    hot: HotSubscriptions,
     ledger: Ledger,
     usage: UsageRepository,
     hosters: HosterRepository,
@@ -57,15 +59,19 @@ def register_handlers(
     def js() -> JetStreamContext:
         return broker.connection.jetstream()
 
-    @broker.subscriber(subjects.VERIFY_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
-    async def verify_key(query: VerifyKey) -> KeyInfo:
+    async def verify_key(query: VerifyKey, _: Msg) -> KeyInfo:
         """Who holds this key."""
         return await ledger.verify_key(query.key_hash)
 
-    @broker.subscriber(subjects.RESERVE_CREDITS, queue=subjects.QUEUE_BILLING, max_workers=workers)
-    async def reserve_credits(command: ReserveCredits) -> Reserved | Refused:
+    async def reserve_credits(command: ReserveCredits, _: Msg) -> Reserved | Refused:
         """Admit a request or say why not."""
         return await ledger.reserve(command)
+
+    # Every request crosses these two (a key not yet cached, then admission): on ``hot``.
+    hot.add(subjects.VERIFY_KEY, VerifyKey, verify_key, queue=subjects.QUEUE_BILLING, reply=True,
+            max_concurrency=workers)  # fmt: skip
+    hot.add(subjects.RESERVE_CREDITS, ReserveCredits, reserve_credits, queue=subjects.QUEUE_BILLING, reply=True,
+            max_concurrency=workers)  # fmt: skip
 
     @broker.subscriber(subjects.RESERVATIONS_ALIVE, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def reservations_alive(note: ReservationsAlive) -> None:

@@ -6,6 +6,7 @@ transaction as the balance it changes; ``check`` proves the balances equal their
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import uuid
@@ -87,15 +88,20 @@ async def _post(conn: Conn, kind: str, entries: list[Entry], account_id: str | N
     lines = [e for e in entries if e[2] != 0]
     if sum(amount for _, _, amount in lines) != 0:
         raise ValueError(f"unbalanced ledger transaction {kind}: {lines}")
-    tx_id = await conn.fetchval(
-        "INSERT INTO ledger_transactions (kind, request_id, account_id) VALUES ($1, $2, $3) RETURNING id",
+    # One statement, one round trip: the transaction row and its lines.
+    await conn.execute(
+        """WITH tx AS (
+               INSERT INTO ledger_transactions (kind, request_id, account_id) VALUES ($1, $2, $3) RETURNING id)
+           INSERT INTO ledger_entries (tx_id, ledger_account, kind, amount)
+           SELECT tx.id, line.account, line.kind, line.amount
+           FROM tx, unnest($4::text[], $5::text[], $6::bigint[]) WITH ORDINALITY AS line (account, kind, amount, n)
+           ORDER BY line.n""",
         kind,
         request_id,
         account_id,
-    )
-    await conn.executemany(
-        "INSERT INTO ledger_entries (tx_id, ledger_account, kind, amount) VALUES ($1, $2, $3, $4)",
-        [(tx_id, account, entry_kind, amount) for account, entry_kind, amount in lines],
+        [account for account, _, _ in lines],
+        [entry_kind for _, entry_kind, _ in lines],
+        [amount for _, _, amount in lines],
     )
 
 
@@ -243,8 +249,11 @@ class Ledger(PoolBound):
             )
         async with self._pool.acquire() as conn:
             try:
-                async with conn.transaction():
-                    if caller.rpm is not None or caller.tpm is not None:
+                # Without rate limits admission is one statement, atomic by itself: no BEGIN and COMMIT round
+                # trips around it. With them, the window's count and the hold commit together.
+                limited = caller.rpm is not None or caller.tpm is not None
+                async with conn.transaction() if limited else contextlib.nullcontext():
+                    if limited:
                         counted = await conn.fetchrow(
                             """INSERT INTO rate_windows AS w (key_id, window_start, requests, tokens)
                                VALUES ($1, $2, 1, $3)
@@ -369,13 +378,7 @@ class Ledger(PoolBound):
             held = await conn.fetchrow("SELECT * FROM reservations WHERE request_id = $1 FOR UPDATE", event.request_id)
             if held is None or held["status"] != "open":
                 return False
-            await self._close(conn, held, lines, prompt, completion, event.model, "settled")
-            if discrepancy:
-                await conn.execute(
-                    "UPDATE reservations SET usage_discrepancy = $2 WHERE request_id = $1",
-                    event.request_id,
-                    discrepancy,
-                )
+            await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy or None)
         return True
 
     async def touch(self, request_ids: list[str]) -> None:
@@ -441,9 +444,10 @@ class Ledger(PoolBound):
         completion_tokens: int,
         model: str | None,
         status: str,
+        discrepancy: str | None = None,
     ) -> None:
-        """Charge ``lines`` from the reservation (and from the balance if usage outgrew it), pay hosters and
-        the platform, release what is left; one balanced ledger transaction."""
+        """Charge ``lines`` from the reservation (never more than it), pay hosters and the platform, release
+        what is left; one balanced ledger transaction. ``discrepancy``: what the hosters' reports broke."""
         account_id = str(held["account_id"])
         amount: int = held["amount"]
         lines = within(lines, amount)
@@ -467,30 +471,32 @@ class Ledger(PoolBound):
             (PLATFORM_FEES, "platform_fee", fees - shortfall),
         ]
         await _post(conn, "settle" if status == "settled" else "expire", entries, account_id, held["request_id"])
+        # The account and the reservation in one statement (one round trip).
         await conn.execute(
-            """UPDATE accounts
-               SET balance = balance + $2 - $3,
-                   reserved = reserved - $4,
-                   day_spend = CASE WHEN spend_day = $5 THEN greatest(0, day_spend - $4 + $6) ELSE day_spend END
-               WHERE id = $1""",
+            """WITH account AS (
+                   UPDATE accounts
+                   SET balance = balance + $2 - $3,
+                       reserved = reserved - $4,
+                       day_spend = CASE WHEN spend_day = $5 THEN greatest(0, day_spend - $4 + $6)
+                                        ELSE day_spend END
+                   WHERE id = $1)
+               UPDATE reservations
+               SET status = $8, charged = $6, prompt_tokens = $9, completion_tokens = $10,
+                   model = coalesce($11, model), settled_at = now(),
+                   usage_discrepancy = coalesce($12, usage_discrepancy)
+               WHERE request_id = $7""",
             account_id,
             amount - from_held,
             from_balance,
             amount,
             held["spend_day"],
             charged,
-        )
-        await conn.execute(
-            """UPDATE reservations
-               SET status = $2, charged = $3, prompt_tokens = $4, completion_tokens = $5,
-                   model = coalesce($6, model), settled_at = now()
-               WHERE request_id = $1""",
             held["request_id"],
             status,
-            charged,
             prompt_tokens,
             completion_tokens,
             model,
+            discrepancy,
         )
 
     # Reports -------------------------------------------------------------------------------------------
