@@ -1,17 +1,22 @@
 """``make bench``: the simulated hoster called directly vs through the gateway, side by side, in one run.
 
 Everything runs on this machine: the stack, the simulator and this load generator share its cores, so the
-numbers are the gateway's cost on top of a hoster that answers instantly (time to first token 0).
+numbers are the gateway's cost on top of a hoster that answers instantly (time to first token 0). For the
+gateway it also reports the CPU each request costs, summed over every process of the stack (services,
+nats-server, PostgreSQL; not the simulator nor this load generator), and, last, holds 1,000 slow streams open
+at once and reports how many completed and the resident memory of the services and nats-server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import orjson
@@ -29,11 +34,12 @@ BODY = {
 
 @dataclass
 class Result:
-    """Latencies (seconds) of one scenario and its wall time."""
+    """Latencies (seconds) of one scenario and its wall time (and the stack's CPU seconds, through it)."""
 
     latencies: list[float]
     wall_s: float
     errors: int
+    cpu_s: float | None = None
 
     def pct(self, q: float) -> float:
         """Latency percentile in milliseconds."""
@@ -44,6 +50,60 @@ class Result:
     def rps(self) -> float:
         """Completed requests per second."""
         return len(self.latencies) / self.wall_s
+
+    @property
+    def cpu_ms(self) -> float | None:
+        """The stack's CPU per completed request, in milliseconds."""
+        return None if self.cpu_s is None or not self.latencies else self.cpu_s / len(self.latencies) * 1000
+
+
+def stack_pids(stack: Stack, postgres: bool = True) -> list[int]:
+    """Every process of the stack but the simulators, with their descendants: services, nats-server and
+    (``postgres``) PostgreSQL's postmaster and backends."""
+    roots = {
+        p._proc.pid
+        for name, p in stack.processes.items()
+        if p._proc is not None and "simulator" not in name and (postgres or name != "postgres")
+    }
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    pids = set(roots)
+    grew = True
+    while grew:
+        found = {pid for pid, parent in parents.items() if parent in pids} - pids
+        pids |= found
+        grew = bool(found)
+    return sorted(pids)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU the processes used so far (those alive now)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pids: list[int]) -> float:
+    """Resident memory of the processes, in MB."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
 
 
 async def run_load(call: Callable[[], Awaitable[float]], concurrency: int, duration_s: float, warmup: int) -> Result:
@@ -101,7 +161,9 @@ def first_token(client: httpx.AsyncClient, url: str, key: str) -> Callable[[], A
     return call
 
 
-async def measure(direct: str, gateway: str, key: str, duration_s: float) -> list[tuple[str, Result, Result]]:
+async def measure(
+    direct: str, gateway: str, key: str, duration_s: float, pids: list[int]
+) -> list[tuple[str, Result, Result]]:
     """Every scenario against both targets, alternating so both see the same machine state."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     rows = []
@@ -110,23 +172,55 @@ async def measure(direct: str, gateway: str, key: str, duration_s: float) -> lis
             ("non-stream, concurrency 1", non_stream, 1),
             ("non-stream, concurrency 16", non_stream, 16),
             ("stream first token, concurrency 1", first_token, 1),
+            ("stream first token, concurrency 16", first_token, 16),
         ]
         for name, factory, concurrency in scenarios:
             d = await run_load(factory(client, direct, key), concurrency, duration_s, warmup=50)
+            before = cpu_seconds(pids)
             g = await run_load(factory(client, gateway, key), concurrency, duration_s, warmup=50)
+            # The warmup's CPU counts too: a little more per request, never less.
+            g.cpu_s = cpu_seconds(pids) - before
             rows.append((name, d, g))
     return rows
+
+
+async def open_streams(gateway: str, key: str, count: int, pids: list[int]) -> tuple[int, float, float]:
+    """``count`` streams at once against a slow hoster (20 tokens at 2 a second: about 10 s each): how many
+    completed, the stack's peak resident memory (services and nats-server) while they were open, and the
+    wall time."""
+    body = BODY | {"stream": True, "max_tokens": 20, "simulator": {"reply_tokens": 20, "tokens_per_second": 2}}
+    payload = orjson.dumps(body)
+    headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    peak = 0.0
+    limits = httpx.Limits(max_connections=count + 16, max_keepalive_connections=count + 16)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+
+        async def one() -> bool:
+            async with client.stream("POST", gateway, content=payload, headers=headers) as response:
+                if response.status_code != 200:
+                    return False
+                lines = [line async for line in response.aiter_lines()]
+            return lines[-1] == "data: [DONE]" and not any(line.startswith('data: {"error"') for line in lines)
+
+        started = time.perf_counter()
+        tasks = [asyncio.create_task(one()) for _ in range(count)]
+        while not all(task.done() for task in tasks):
+            peak = max(peak, rss_mb(pids))
+            await asyncio.sleep(0.5)
+        done = sum(1 for task in tasks if not task.exception() and task.result())
+    return done, peak, time.perf_counter() - started
 
 
 def report(rows: list[tuple[str, Result, Result]]) -> str:
     """The side-by-side table."""
     lines = [
-        f"{'scenario':<36}{'target':<9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}",
-        "-" * 80,
+        f"{'scenario':<36}{'target':<9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}{'CPU ms/req':>12}",
+        "-" * 92,
     ]
     for name, direct, gateway in rows:
         for label, r in (("direct", direct), ("gateway", gateway)):
-            lines.append(f"{name:<36}{label:<9}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}{r.rps:>9.0f}{r.errors:>8}")
+            cpu = f"{r.cpu_ms:>12.2f}" if r.cpu_ms is not None else ""
+            lines.append(f"{name:<36}{label:<9}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}{r.rps:>9.0f}{r.errors:>8}{cpu}")
         lines.append(
             f"{'':<36}{'added':<9}{gateway.pct(0.5) - direct.pct(0.5):>9.2f}"
             f"{gateway.pct(0.99) - direct.pct(0.99):>9.2f}"
@@ -138,20 +232,31 @@ def main() -> None:
     """Start a stack, measure, print the table, stop the stack."""
     parser = argparse.ArgumentParser(prog="make bench")
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per scenario and target")
+    parser.add_argument("--streams", type=int, default=1000, help="streams held open at once (0: skip)")
     args = parser.parse_args()
     simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "16"})
     config = throwaway_config(
         simulators=[simulator],
-        adapters=[AdapterSpec("hoster_adapter", [demo_hoster(simulator.base_url)])],
-    )
+        adapters=[AdapterSpec("hoster_adapter", [demo_hoster(simulator.base_url, capacity=args.streams + 64)],
+                              {"CS_ADAPTER_MAX_CONNECTIONS": str(args.streams + 64)})],
+    )  # fmt: skip
     stack = Stack(config).start()
     try:
         direct = f"{simulator.base_url}/chat/completions"
         _, key = stack.create_account(credits="1000000", name="bench")
-        rows = uvloop.run(measure(direct, f"{config.api_base}/chat/completions", key, args.duration))
+        gateway = f"{config.api_base}/chat/completions"
+        pids = stack_pids(stack)
+        rows = uvloop.run(measure(direct, gateway, key, args.duration, pids))
+        streams = None
+        if args.streams:
+            streams = uvloop.run(open_streams(gateway, key, args.streams, stack_pids(stack, postgres=False)))
     finally:
         stack.stop()
     print(report(rows))
+    if streams is not None:
+        done, peak, wall = streams
+        print(f"\n{args.streams} streams open at once (about 10 s each): {done} completed in {wall:.1f} s; "
+              f"services and nats-server peak RSS {peak:.0f} MB (target <= 500 MB)")  # fmt: skip
     c1 = rows[0]
     added = c1[2].pct(0.5) - c1[1].pct(0.5)
     through = statistics.median(c1[2].latencies) * 1000

@@ -144,15 +144,16 @@ class StackConfig:
 
 
 def demo_hoster(base_url: str, model: str = DEMO_MODEL, upstream_model: str | None = None,
-                api_key: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """The demo hoster: a community GPU serving ``model`` at a demo price."""
+                api_key: str | None = None, capacity: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """The demo hoster: a community GPU serving ``model`` at a demo price, ``capacity`` requests at once
+    (default ``CS_DEMO_CAPACITY``, else 256)."""
     return {
         "id": DEMO_HOSTER_ID,
         "name": "demo-hoster",
         "base_url": base_url,
         "api_key": api_key,
         "cloud": False,
-        "capacity": 256,
+        "capacity": capacity if capacity is not None else int(os.environ.get("CS_DEMO_CAPACITY", "256")),
         "models": [
             {"name": model, "upstream_model": upstream_model or model, "input_price": "0.50",
              "output_price": "1.50", "context_length": 8192}

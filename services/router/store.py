@@ -7,8 +7,9 @@ import asyncio
 import base64
 import logging
 
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
-from nats.js.errors import BucketNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, NoKeysError, ServiceUnavailableError
 from nats.js.kv import KeyValue
 
 
@@ -28,7 +29,19 @@ class KvStore:
         self._writes: set[asyncio.Task[None]] = set()
 
     async def open(self, js: JetStreamContext) -> list[bytes]:
-        """Bind (or create) the bucket and return every value in it."""
+        """Bind (or create) the bucket and return every value in it. A clustered JetStream can be without a
+        leader for a few seconds (a node just died, or restarts with us): its timeouts are waited out."""
+        for delay in (0.5, 1, 2, 4, 8, 15, 30, 0):
+            try:
+                return await self._open(js)
+            except (NatsTimeout, ServiceUnavailableError) as exc:
+                if not delay:
+                    raise
+                self._log.warning("bucket unavailable, retrying", extra={"bucket": self.bucket, "error": repr(exc)})
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _open(self, js: JetStreamContext) -> list[bytes]:
         try:
             self._kv = await js.key_value(self.bucket)
         except BucketNotFoundError:
