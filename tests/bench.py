@@ -199,7 +199,7 @@ async def open_streams(gateway: str, key: str, count: int, pids: list[int]) -> t
             async with client.stream("POST", gateway, content=payload, headers=headers) as response:
                 if response.status_code != 200:
                     return False
-                lines = [line async for line in response.aiter_lines()]
+                lines = [line async for line in response.aiter_lines() if line]
             return lines[-1] == "data: [DONE]" and not any(line.startswith('data: {"error"') for line in lines)
 
         started = time.perf_counter()
