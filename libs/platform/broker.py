@@ -154,6 +154,7 @@ class HotSubscriptions:
         self._log = logger
         self._tracer = tracer_provider.get_tracer("computeshare.hot") if tracer_provider is not None else None
         self._wanted: list[tuple[str, str, Any, Any, bool, int]] = []
+        self._durables: list[tuple[str, str, str, Any, int]] = []
         self._subscriptions: list[Any] = []
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -169,12 +170,28 @@ class HotSubscriptions:
         """Handle ``subject`` (in queue group ``queue``) once ``start`` runs."""
         self._wanted.append((subject, queue, contract, handler, reply, max_concurrency))
 
+    def add_durable(
+        self, subject: str, stream: str, durable: str, handler: Callable[[Msg], Awaitable[None]], max_concurrency: int
+    ) -> None:
+        """Consume ``subject`` of JetStream stream ``stream`` through the durable push consumer ``durable``
+        (its deliver group is its name, so every replica shares it): ``handler`` gets each message and acks it
+        (or not) itself."""
+        self._durables.append((subject, stream, durable, handler, max_concurrency))
+
     async def start(self, nc: Client) -> None:
         """Subscribe everything added."""
         for subject, queue, contract, handler, reply, max_concurrency in self._wanted:
             gate = asyncio.Semaphore(max_concurrency)
             callback = functools.partial(self._on_message, contract, handler, reply, gate)
             self._subscriptions.append(await nc.subscribe(subject, queue=queue, cb=callback))
+        js = nc.jetstream()
+        for subject, stream, durable, handler, max_concurrency in self._durables:
+            gate = asyncio.Semaphore(max_concurrency)
+            callback = functools.partial(self._on_durable, handler, gate)
+            subscription = await js.subscribe(
+                subject, queue=durable, durable=durable, stream=stream, cb=callback, manual_ack=True
+            )
+            self._subscriptions.append(subscription)
 
     async def stop(self, grace_s: float = 10.0) -> None:
         """Unsubscribe, and let the handlers running finish (for ``grace_s`` at most)."""
@@ -197,6 +214,20 @@ class HotSubscriptions:
         task = asyncio.create_task(self._handle(handler, event, msg, reply, gate))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _on_durable(self, handler: Any, gate: asyncio.Semaphore, msg: Msg) -> None:
+        await gate.acquire()
+        task = asyncio.create_task(self._handle_durable(handler, msg, gate))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle_durable(self, handler: Any, msg: Msg, gate: asyncio.Semaphore) -> None:
+        try:
+            await handler(msg)
+        except Exception:
+            self._log.exception("handler failed", extra={"subject": msg.subject})
+        finally:
+            gate.release()
 
     async def _handle(self, handler: Any, event: BaseModel, msg: Msg, reply: bool, gate: asyncio.Semaphore) -> None:
         try:

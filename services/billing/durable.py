@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from faststream.nats import NatsMessage
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from libs.contracts import subjects
@@ -39,7 +39,7 @@ class Redelivery:
 
 
 async def consume(
-    message: NatsMessage,
+    raw: Msg,
     work: Callable[[bytes], Awaitable[None]],
     policy: Redelivery,
     js: JetStreamContext,
@@ -47,9 +47,8 @@ async def consume(
     logger: logging.Logger,
 ) -> None:
     """Run ``work`` on the event; ack it once done, else redeliver it later or dead-letter it."""
-    raw = message.raw_message
     try:
-        await work(message.body)
+        await work(raw.data)
     except Exception as exc:
         metadata = raw.metadata
         delay = policy.delay(metadata.num_delivered, isinstance(exc, ValueError))

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from faststream import AckPolicy
-from faststream.nats import JStream, NatsBroker
+from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
@@ -27,13 +26,12 @@ from libs.contracts.billing import (
 )
 from libs.contracts.hosters import HosterRegistrations
 from libs.contracts.routing import AttemptFinished
-from libs.platform.broker import HotSubscriptions, current_message
+from libs.platform.broker import HotSubscriptions
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.durable import Redelivery, consume
 from services.billing.ledger import Ledger, NotFound
 from services.billing.repository import HosterRepository, UsageRepository
 
-USAGE_STREAM = JStream(subjects.USAGE_STREAM, declare=False)
 # Request ids one keep-alive note may name.
 MAX_ALIVE = 5000
 
@@ -50,8 +48,8 @@ def register_handlers(
 ) -> None:
     """Request/reply subjects in the ``billing`` queue group; usage events from JetStream.
 
-    The JetStream consumers are push consumers with a deliver group: nats-py names the durable after the
-    group, so it outlives every replica; the server spreads events over replicas and redelivers what one did
+    The JetStream consumers are push consumers with a deliver group named as the durable, so it outlives
+    every replica; the server spreads events over replicas and redelivers what one did
     not ack. Acks come after the database commit, and every write is idempotent on the request; an event that
     keeps failing is retried with a growing delay and then dead-lettered (``services.billing.durable``).
     """
@@ -108,39 +106,29 @@ def register_handlers(
         """Every registered hoster, for routing."""
         return await hosters.registrations()
 
-    @broker.subscriber(
-        subjects.ATTEMPT_FINISHED_ALL,
-        queue=subjects.BILLING_ATTEMPTS_DURABLE,
-        stream=USAGE_STREAM,
-        max_workers=workers,
-        ack_policy=AckPolicy.MANUAL,
-    )
-    async def record_attempt() -> None:
+    # The usage events, from JetStream, on ``hot`` too: every request brings two.
+    async def record_attempt(message: Msg) -> None:
         """Record one finished attempt, unless a hoster reports on another's (the subject names the
         reporter: the server lets a hoster publish under its own id alone)."""
 
-        message = current_message(broker)
-
         async def work(body: bytes) -> None:
             event = AttemptFinished.model_validate_json(body)
-            if event.hoster_id == subjects.hoster_of(message.raw_message.subject):
+            if event.hoster_id == subjects.hoster_of(message.subject):
                 await usage.record_attempt(event)
 
         await consume(message, work, redelivery, js(), subjects.BILLING_ATTEMPTS_DURABLE, logger)
 
-    @broker.subscriber(
-        subjects.REQUEST_FINISHED,
-        queue=subjects.BILLING_REQUESTS_DURABLE,
-        stream=USAGE_STREAM,
-        max_workers=workers,
-        ack_policy=AckPolicy.MANUAL,
-    )
-    async def settle_request() -> None:
+    hot.add_durable(subjects.ATTEMPT_FINISHED_ALL, subjects.USAGE_STREAM, subjects.BILLING_ATTEMPTS_DURABLE,
+                    record_attempt, workers)  # fmt: skip
+
+    async def settle_request(message: Msg) -> None:
         """Charge a finished request and release what it did not use."""
-        message = current_message(broker)
 
         async def work(body: bytes) -> None:
             settled = await ledger.settle(RequestFinished.model_validate_json(body))
             SETTLEMENTS.labels("settled" if settled else "duplicate").inc()
 
         await consume(message, work, redelivery, js(), subjects.BILLING_REQUESTS_DURABLE, logger)
+
+    hot.add_durable(subjects.REQUEST_FINISHED, subjects.USAGE_STREAM, subjects.BILLING_REQUESTS_DURABLE,
+                    settle_request, workers)  # fmt: skip
