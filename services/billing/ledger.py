@@ -374,12 +374,16 @@ class Ledger(PoolBound):
         discrepancy = "; ".join(
             f"attempt {a.attempt} ({a.hoster_id}): {a.usage_discrepancy}" for a in event.attempts if a.usage_discrepancy
         )
-        async with self._pool.acquire() as conn, conn.transaction():
-            held = await conn.fetchrow("SELECT * FROM reservations WHERE request_id = $1 FOR UPDATE", event.request_id)
+        async with self._pool.acquire() as conn:
+            # What a reservation holds never changes once made: read without a lock; the close claims it only
+            # while still open, atomically, so a concurrent settle or sweep of the same request changes nothing.
+            held = await conn.fetchrow(
+                "SELECT request_id, account_id, amount, spend_day, status FROM reservations WHERE request_id = $1",
+                event.request_id,
+            )
             if held is None or held["status"] != "open":
                 return False
-            await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy or None)
-        return True
+            return await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy or None)
 
     async def touch(self, request_ids: list[str]) -> None:
         """The requests ``request_ids`` are still running: their open reservations are not stale."""
@@ -424,7 +428,7 @@ class Ledger(PoolBound):
                         )
                         for a in attempts
                     ]
-                    await self._close(
+                    closed += await self._close(
                         conn,
                         held,
                         lines,
@@ -433,7 +437,6 @@ class Ledger(PoolBound):
                         attempts[0]["model"] if attempts else None,
                         "expired",
                     )
-                    closed += 1
 
     async def _close(
         self,
@@ -445,9 +448,10 @@ class Ledger(PoolBound):
         model: str | None,
         status: str,
         discrepancy: str | None = None,
-    ) -> None:
+    ) -> bool:
         """Charge ``lines`` from the reservation (never more than it), pay hosters and the platform, release
-        what is left; one balanced ledger transaction. ``discrepancy``: what the hosters' reports broke."""
+        what is left; one balanced ledger transaction. ``discrepancy``: what the hosters' reports broke.
+        ``False`` when the reservation was no longer open (closed by someone else first): nothing changed."""
         account_id = str(held["account_id"])
         amount: int = held["amount"]
         lines = within(lines, amount)
@@ -470,22 +474,40 @@ class Ledger(PoolBound):
             *[(hoster_account(h), "hoster_earning", earned) for h, earned in per_hoster.items()],
             (PLATFORM_FEES, "platform_fee", fees - shortfall),
         ]
-        await _post(conn, "settle" if status == "settled" else "expire", entries, account_id, held["request_id"])
-        # The account and the reservation in one statement (one round trip).
-        await conn.execute(
-            """WITH account AS (
+        lines_out = [e for e in entries if e[2] != 0]
+        if sum(amount for _, _, amount in lines_out) != 0:
+            raise ValueError(f"unbalanced ledger transaction for {held['request_id']}: {lines_out}")
+        # One statement, one round trip: claim the reservation while it is still open, and only then move the
+        # account's money and post the balanced ledger transaction.
+        claimed = await conn.fetchval(
+            """WITH claimed AS (
+                   UPDATE reservations
+                   SET status = $8, charged = $6, prompt_tokens = $9, completion_tokens = $10,
+                       model = coalesce($11, model), settled_at = now(),
+                       usage_discrepancy = coalesce($12, usage_discrepancy)
+                   WHERE request_id = $7 AND status = 'open'
+                   RETURNING request_id),
+               account AS (
                    UPDATE accounts
                    SET balance = balance + $2 - $3,
                        reserved = reserved - $4,
                        day_spend = CASE WHEN spend_day = $5 THEN greatest(0, day_spend - $4 + $6)
                                         ELSE day_spend END
-                   WHERE id = $1)
-               UPDATE reservations
-               SET status = $8, charged = $6, prompt_tokens = $9, completion_tokens = $10,
-                   model = coalesce($11, model), settled_at = now(),
-                   usage_discrepancy = coalesce($12, usage_discrepancy)
-               WHERE request_id = $7""",
-            account_id,
+                   FROM claimed
+                   WHERE accounts.id = $1),
+               tx AS (
+                   INSERT INTO ledger_transactions (kind, request_id, account_id)
+                   SELECT $13, request_id, $1 FROM claimed
+                   RETURNING id),
+               posted AS (
+                   INSERT INTO ledger_entries (tx_id, ledger_account, kind, amount)
+                   SELECT tx.id, line.account, line.kind, line.amount
+                   FROM tx, unnest($14::text[], $15::text[], $16::bigint[]) WITH ORDINALITY
+                            AS line (account, kind, amount, n)
+                   ORDER BY line.n
+                   RETURNING 1)
+               SELECT count(*) FROM claimed""",
+            held["account_id"],
             amount - from_held,
             from_balance,
             amount,
@@ -497,7 +519,12 @@ class Ledger(PoolBound):
             completion_tokens,
             model,
             discrepancy,
+            "settle" if status == "settled" else "expire",
+            [account for account, _, _ in lines_out],
+            [kind for _, kind, _ in lines_out],
+            [value for _, _, value in lines_out],
         )
+        return bool(claimed)
 
     # Reports -------------------------------------------------------------------------------------------
 

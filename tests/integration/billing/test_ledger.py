@@ -169,3 +169,32 @@ async def test_the_sweeper_bills_attempts_by_the_same_rule_as_the_router(ledger:
     # Attempts 2 and 3: 13 tokens each at 1 credit per million, plus 10% rounded up, each.
     assert state.balance == 100_000 - 2 * (13 + 2)
     assert await ledger.check() == []
+
+
+async def test_a_request_settled_twice_at_once_and_swept_meanwhile_is_charged_once(
+    ledger: Ledger, database_url: str
+) -> None:
+    """Settlement reads the reservation without a lock and claims it in the statement that charges it: two
+    deliveries of one RequestFinished racing each other (and the sweeper) charge it exactly once."""
+    caller = await caller_with(ledger, credits=100_000)
+    for i in range(20):
+        assert isinstance(await ledger.reserve(reserve(caller, f"race{i}", 500)), Reserved)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE reservations SET touched_at = now() - interval '1 hour' WHERE request_id LIKE 'race1%'"
+        )
+    finally:
+        await conn.close()
+    results = await asyncio.gather(
+        *(ledger.settle(done(caller, f"race{i}", 100, 100)) for i in range(20) for _ in range(3)),
+        ledger.expire_stale(older_than_s=600),
+    )
+    settled = results[:-1]
+    swept = results[-1]
+    assert isinstance(swept, int)
+    assert sum(bool(r) for r in settled) + swept == 20  # each closed once, by a settle or by the sweeper
+    state = await ledger.account(caller.account_id)
+    assert state.reserved == 0
+    assert state.balance == 100_000 - 220 * sum(bool(r) for r in settled)  # swept ones recorded no usage
+    assert await ledger.check() == []
