@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,12 +29,29 @@ def _die_with_parent() -> None:
 _PR_SET_PDEATHSIG = 1
 
 
+# Ports handed to the stack's listeners come from below the kernel's ephemeral range: a port the kernel
+# picked (bind to 0) is in that range, and any outgoing connection made before the listener binds (the stack
+# makes many while it starts) may take it. Each process draws from its own slice, so parallel runs rarely meet.
+_LISTEN_PORTS = range(10_000, 32_000)
+_drawn: set[int] = set()
+
+
 def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port free on loopback right now, outside the ephemeral range, not handed out before by this
+    process."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(1000):
+        port = rng.randrange(_LISTEN_PORTS.start, _LISTEN_PORTS.stop)
+        if port in _drawn:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _drawn.add(port)
         return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def wait_for_port(port: int, timeout_s: float, process: ManagedProcess | None = None) -> None:
