@@ -4,6 +4,7 @@ when it cannot even be read, so one bad event never blocks or loops a consumer f
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -78,3 +79,48 @@ async def consume(
         }
         await js.publish(subjects.deadletter(consumer), raw.data, headers=headers)
     await raw.ack()
+
+
+class Batches:
+    """Usage events written together: events that arrive while a batch is being written (at most
+    ``max_batch``) go in the next one, a single round trip, and each is acked once its batch commits. When a
+    batch fails, each of its events goes its own way through ``consume`` (retried alone, or dead-lettered
+    alone), so one bad event never holds the others."""
+
+    def __init__(
+        self,
+        write: Callable[[list[Msg]], Awaitable[None]],
+        fallback: Callable[[Msg], Awaitable[None]],
+        max_batch: int = 256,
+    ) -> None:
+        self._write = write
+        self._fallback = fallback
+        self._max = max_batch
+        self._waiting: list[tuple[Msg, asyncio.Future[bool]]] = []
+        self._writing: asyncio.Task[None] | None = None
+
+    async def add(self, raw: Msg) -> None:
+        """Write ``raw``'s event with others; ack it, or hand it to the fallback if its batch failed."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiting.append((raw, done))
+        if self._writing is None:
+            self._writing = asyncio.get_running_loop().create_task(self._drain())
+        if await done:
+            await raw.ack()
+        else:
+            await self._fallback(raw)
+
+    async def _drain(self) -> None:
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+                try:
+                    await self._write([raw for raw, _ in batch])
+                    ok = True
+                except Exception:
+                    ok = False
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(ok)
+        finally:
+            self._writing = None

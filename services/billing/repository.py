@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from importlib import resources
+from typing import Any
 
 import asyncpg
 
@@ -87,40 +88,52 @@ class PoolBound:
         return self._pool_ref
 
 
+_RECORD = """INSERT INTO usage_records (
+        request_id, attempt, hoster_id, adapter_id, model, stream, outcome,
+        prompt_tokens, completion_tokens, usage_estimated, input_price, output_price,
+        finish_reason, error, ttft_ms, duration_ms, finished_at, dropped_parameters, chunks_sent)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+    ON CONFLICT (request_id, attempt) DO NOTHING"""
+
+
+def _record_args(event: AttemptFinished) -> tuple[Any, ...]:
+    usage = event.usage
+    return (
+        event.request_id,
+        event.attempt,
+        event.hoster_id,
+        event.adapter_id,
+        event.model,
+        event.stream,
+        event.outcome,
+        _count(usage.prompt_tokens),
+        _count(usage.completion_tokens),
+        usage.estimated,
+        event.input_price,
+        event.output_price,
+        event.finish_reason,
+        event.error,
+        event.ttft_ms,
+        event.duration_ms,
+        dt.datetime.fromtimestamp(event.finished_at, tz=dt.UTC),
+        event.dropped_parameters,
+        max(0, event.chunks_sent),
+    )
+
+
 class UsageRepository(PoolBound):
     """Usage records; recording the same attempt twice is a no-op (JetStream may redeliver)."""
 
     async def record_attempt(self, event: AttemptFinished) -> bool:
         """Store one finished attempt; ``False`` when it was already recorded."""
-        usage = event.usage
-        status = await self._pool.execute(
-            """INSERT INTO usage_records (
-                   request_id, attempt, hoster_id, adapter_id, model, stream, outcome,
-                   prompt_tokens, completion_tokens, usage_estimated, input_price, output_price,
-                   finish_reason, error, ttft_ms, duration_ms, finished_at, dropped_parameters, chunks_sent)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-               ON CONFLICT (request_id, attempt) DO NOTHING""",
-            event.request_id,
-            event.attempt,
-            event.hoster_id,
-            event.adapter_id,
-            event.model,
-            event.stream,
-            event.outcome,
-            _count(usage.prompt_tokens),
-            _count(usage.completion_tokens),
-            usage.estimated,
-            event.input_price,
-            event.output_price,
-            event.finish_reason,
-            event.error,
-            event.ttft_ms,
-            event.duration_ms,
-            dt.datetime.fromtimestamp(event.finished_at, tz=dt.UTC),
-            event.dropped_parameters,
-            max(0, event.chunks_sent),
-        )
+        status = await self._pool.execute(_RECORD, *_record_args(event))
         return bool(status.endswith(" 1"))
+
+    async def record_attempts(self, events: list[AttemptFinished]) -> None:
+        """Store finished attempts in one pipelined round trip, all or none (those already recorded are
+        skipped)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(_RECORD, [_record_args(event) for event in events])
 
     async def usage_of(self, request_id: str) -> list[asyncpg.Record]:
         """Every recorded attempt of ``request_id``."""

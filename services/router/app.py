@@ -36,6 +36,13 @@ async def persist_stats_every(dispatcher: Dispatcher, store: KvStore, interval_s
         persist_stats(dispatcher, store)
 
 
+async def listen_first(dispatcher: Dispatcher, wait_s: float) -> None:
+    """Wait until a hoster is live, or ``wait_s``: a router that routes before it heard a heartbeat answers
+    503 (no hoster) for a network that has some."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(dispatcher.heard_hoster.wait(), wait_s)
+
+
 def build_app(settings: RouterSettings) -> FastStream:
     """The router app for ``settings``; nothing connects until it runs."""
     kit = service_kit(SERVICE, settings)
@@ -44,12 +51,12 @@ def build_app(settings: RouterSettings) -> FastStream:
     models_seen = KvStore(subjects.MODELS_SEEN_BUCKET, logger, settings.nats_stream_replicas)
     hoster_stats = KvStore(subjects.HOSTER_STATS_BUCKET, logger, settings.nats_stream_replicas)
     hot = HotSubscriptions(logger, kit.tracer_provider)
-    register_handlers(broker, hot, dispatcher, models_seen, settings.max_concurrent_routes)
+    routes = HotSubscriptions(logger, kit.tracer_provider)
+    register_handlers(broker, hot, routes, dispatcher, models_seen, settings.max_concurrent_routes)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
         await broker.connect()
-        await hot.start(broker.connection)
         js = broker.connection.jetstream()
         for raw in await models_seen.open(js):
             record = orjson.loads(raw)
@@ -65,6 +72,11 @@ def build_app(settings: RouterSettings) -> FastStream:
         ]
         if settings.probe_interval_s > 0:
             tasks.append(asyncio.create_task(Prober(dispatcher, settings, logger).run(broker.connection)))
+        # Routes are taken once the router knows the models the network ever served (a model never seen is a
+        # 404) and has heard the live hosters' heartbeats (other replicas take routes meanwhile).
+        await hot.start(broker.connection)
+        await listen_first(dispatcher, settings.startup_listen_s)
+        await routes.start(broker.connection)
         try:
             yield
         finally:
@@ -76,6 +88,7 @@ def build_app(settings: RouterSettings) -> FastStream:
     async def flush() -> None:
         # Before the broker stops: routes being decided get their answers, settlement events and the latest
         # stats still reach JetStream.
+        await routes.stop()
         await hot.stop()
         await dispatcher.drain()
         persist_stats(dispatcher, hoster_stats)

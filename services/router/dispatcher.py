@@ -116,6 +116,8 @@ class Dispatcher:
         self.router_id = router_id
         self.registry = HosterRegistry(ttl_s=settings.hoster_ttl_s)
         self.stats = NetworkStats()
+        # Set at the first heartbeat heard (a router that just started waits for it before routing).
+        self.heard_hoster = asyncio.Event()
         self._settings = settings
         self._broker = broker
         self._log = logger
@@ -145,6 +147,7 @@ class Dispatcher:
 
     def observe(self, heartbeat: HosterHeartbeat) -> list[str]:
         """Feed one heartbeat to the registry; return models the network never served before."""
+        self.heard_hoster.set()
         return self.registry.observe(heartbeat, time.monotonic(), int(time.time()))
 
     async def refresh_registrations(self) -> None:

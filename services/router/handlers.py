@@ -19,23 +19,29 @@ from libs.contracts.routing import (
     RouteRejected,
     RouteRequest,
 )
-from libs.platform.broker import HotSubscriptions, current_message
+from libs.platform.broker import HotSubscriptions
 from services.router.dispatcher import Dispatcher
 from services.router.store import KvStore
 
 
 def register_handlers(
-    broker: NatsBroker, hot: HotSubscriptions, dispatcher: Dispatcher, models_seen: KvStore, workers: int
+    broker: NatsBroker,
+    hot: HotSubscriptions,
+    routes: HotSubscriptions,
+    dispatcher: Dispatcher,
+    models_seen: KvStore,
+    workers: int,
 ) -> None:
-    """Wire the router's subjects to ``dispatcher``: the four every request crosses on ``hot``, the rest as
+    """Wire the router's subjects to ``dispatcher``: route requests on ``routes`` (subscribed once the router
+    has heard the network), what else every request crosses and the heartbeats on ``hot``, the rest as
     faststream subscribers."""
 
     async def route_request(request: RouteRequest, _: Msg) -> RouteAccepted | RouteRejected:
         """Route one request; the reply tells the ingress who took it or why nobody could."""
         return await dispatcher.route(request)
 
-    hot.add(subjects.ROUTE_REQUEST, RouteRequest, route_request, queue=subjects.QUEUE_ROUTER, reply=True,
-            max_concurrency=workers)  # fmt: skip
+    routes.add(subjects.ROUTE_REQUEST, RouteRequest, route_request, queue=subjects.QUEUE_ROUTER, reply=True,
+               max_concurrency=workers)  # fmt: skip
 
     @broker.subscriber(subjects.LIST_MODELS, queue=subjects.QUEUE_ROUTER)
     async def list_models() -> ModelsListing:
@@ -49,15 +55,17 @@ def register_handlers(
 
     # Every router replica hears every heartbeat and every attempt's outcome, so replicas see the same
     # network and decide alike.
-    @broker.subscriber(subjects.HOSTER_HEARTBEAT_ALL)
-    async def hoster_heartbeat(heartbeat: HosterHeartbeat) -> None:
+    async def hoster_heartbeat(heartbeat: HosterHeartbeat, msg: Msg) -> None:
         # The subject is the only identity to believe: the server lets a hoster publish under its own id alone.
-        hoster_id = subjects.hoster_of(current_message(broker).raw_message.subject)
+        hoster_id = subjects.hoster_of(msg.subject)
         if [status.hoster_id for status in heartbeat.hosters] != [hoster_id]:
             return
         for model in dispatcher.observe(heartbeat):
             first_seen = dispatcher.registry.models_seen[model]
             models_seen.put(model, orjson.dumps({"model": model, "first_seen": first_seen}))
+
+    # One at a time, in order: a hoster's heartbeats must not overtake each other.
+    hot.add(subjects.HOSTER_HEARTBEAT_ALL, HosterHeartbeat, hoster_heartbeat, max_concurrency=1)
 
     # These subjects are JetStream's: a publish there is a request whose reply must come from the stream
     # (its ack), so the routers listen without answering.
