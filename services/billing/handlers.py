@@ -135,14 +135,24 @@ def register_handlers(
     hot.add_durable(subjects.ATTEMPT_FINISHED_ALL, subjects.USAGE_STREAM, subjects.BILLING_ATTEMPTS_DURABLE,
                     record_attempt, workers)  # fmt: skip
 
-    async def settle_request(message: Msg) -> None:
-        """Charge a finished request and release what it did not use."""
-
+    async def settle_alone(message: Msg) -> None:
         async def work(body: bytes) -> None:
             settled = await ledger.settle(RequestFinished.model_validate_json(body))
             SETTLEMENTS.labels("settled" if settled else "duplicate").inc()
 
         await consume(message, work, redelivery, js(), subjects.BILLING_REQUESTS_DURABLE, logger)
+
+    async def settle_together(messages: list[Msg]) -> None:
+        events = [RequestFinished.model_validate_json(m.data) for m in messages]
+        settled = await ledger.settle_many(events)
+        SETTLEMENTS.labels("settled").inc(settled)
+        SETTLEMENTS.labels("duplicate").inc(len(events) - settled)
+
+    settlements = Batches(settle_together, settle_alone)
+
+    async def settle_request(message: Msg) -> None:
+        """Charge a finished request and release what it did not use, together with those arriving meanwhile."""
+        await settlements.add(message)
 
     hot.add_durable(subjects.REQUEST_FINISHED, subjects.USAGE_STREAM, subjects.BILLING_REQUESTS_DURABLE,
                     settle_request, workers)  # fmt: skip

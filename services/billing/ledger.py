@@ -120,6 +120,117 @@ def within(lines: list[tuple[str, Cost]], amount: int) -> list[tuple[str, Cost]]
     return scaled
 
 
+# One statement, one round trip: claim the reservation while it is still open, and only then move the
+# account's money and post the balanced ledger transaction. A reservation already closed changes nothing.
+_CLOSE = """WITH claimed AS (
+       UPDATE reservations
+       SET status = $8, charged = $6, prompt_tokens = $9, completion_tokens = $10,
+           model = coalesce($11, model), settled_at = now(),
+           usage_discrepancy = coalesce($12, usage_discrepancy)
+       WHERE request_id = $7 AND status = 'open'
+       RETURNING request_id),
+   account AS (
+       UPDATE accounts
+       SET balance = balance + $2 - $3,
+           reserved = reserved - $4,
+           day_spend = CASE WHEN spend_day = $5 THEN greatest(0, day_spend - $4 + $6)
+                            ELSE day_spend END
+       FROM claimed
+       WHERE accounts.id = $1),
+   tx AS (
+       INSERT INTO ledger_transactions (kind, request_id, account_id)
+       SELECT $13, request_id, $1 FROM claimed
+       RETURNING id),
+   posted AS (
+       INSERT INTO ledger_entries (tx_id, ledger_account, kind, amount)
+       SELECT tx.id, line.account, line.kind, line.amount
+       FROM tx, unnest($14::text[], $15::text[], $16::bigint[]) WITH ORDINALITY
+                AS line (account, kind, amount, n)
+       ORDER BY line.n
+       RETURNING 1)
+   SELECT count(*) FROM claimed"""
+
+
+def _charge_of(event: RequestFinished) -> tuple[list[tuple[str, Cost]], int, int, str | None]:
+    """What a finished request's billed attempts cost (hoster by hoster), its token counts (never below zero:
+    the router already held them to the request's bounds) and what the hosters' reports broke."""
+    lines = [
+        (
+            a.hoster_id,
+            cost_of(
+                max(0, a.usage.prompt_tokens),
+                max(0, a.usage.completion_tokens),
+                a.input_price,
+                a.output_price,
+                event.fee_bps,
+            ),
+        )
+        for a in event.attempts
+    ]
+    prompt = sum(max(0, a.usage.prompt_tokens) for a in event.attempts)
+    completion = sum(max(0, a.usage.completion_tokens) for a in event.attempts)
+    discrepancy = "; ".join(
+        f"attempt {a.attempt} ({a.hoster_id}): {a.usage_discrepancy}" for a in event.attempts if a.usage_discrepancy
+    )
+    return lines, prompt, completion, discrepancy or None
+
+
+def _close_args(
+    held: asyncpg.Record,
+    lines: list[tuple[str, Cost]],
+    prompt_tokens: int,
+    completion_tokens: int,
+    model: str | None,
+    status: str,
+    discrepancy: str | None,
+) -> tuple[Any, ...]:
+    """``_CLOSE``'s arguments: ``lines`` charged within the reservation, the rest released, one balanced
+    ledger transaction."""
+    account_id = str(held["account_id"])
+    amount: int = held["amount"]
+    lines = within(lines, amount)
+    total = sum(cost.client for _, cost in lines)
+    from_held = min(total, amount)
+    # A charge never outgrows its reservation (``within``): nothing comes from the balance, nothing is the
+    # platform's loss.
+    from_balance = 0
+    shortfall = 0
+    charged = from_held
+    per_hoster: dict[str, int] = {}
+    for hoster_id, cost in lines:
+        per_hoster[hoster_id] = per_hoster.get(hoster_id, 0) + cost.hoster
+    fees = sum(cost.fee for _, cost in lines)
+    entries: list[Entry] = [
+        (reserved_account(account_id), "charge", -from_held),
+        (reserved_account(account_id), "release", -(amount - from_held)),
+        (client_account(account_id), "release", amount - from_held),
+        (client_account(account_id), "charge", -from_balance),
+        *[(hoster_account(h), "hoster_earning", earned) for h, earned in per_hoster.items()],
+        (PLATFORM_FEES, "platform_fee", fees - shortfall),
+    ]
+    lines_out = [e for e in entries if e[2] != 0]
+    if sum(amount for _, _, amount in lines_out) != 0:
+        raise ValueError(f"unbalanced ledger transaction for {held['request_id']}: {lines_out}")
+    return (
+        held["account_id"],
+        amount - from_held,
+        from_balance,
+        amount,
+        held["spend_day"],
+        charged,
+        held["request_id"],
+        status,
+        prompt_tokens,
+        completion_tokens,
+        model,
+        discrepancy,
+        "settle" if status == "settled" else "expire",
+        [account for account, _, _ in lines_out],
+        [kind for _, kind, _ in lines_out],
+        [value for _, _, value in lines_out],
+    )
+
+
 class Ledger(PoolBound):
     """All of billing's writes and reads of money."""
 
@@ -356,24 +467,7 @@ class Ledger(PoolBound):
         """Charge a finished request's billed attempts and release the rest; ``False`` if already settled.
 
         Counts below zero count as zero (the router already held them to the request's bounds)."""
-        lines = [
-            (
-                a.hoster_id,
-                cost_of(
-                    max(0, a.usage.prompt_tokens),
-                    max(0, a.usage.completion_tokens),
-                    a.input_price,
-                    a.output_price,
-                    event.fee_bps,
-                ),
-            )
-            for a in event.attempts
-        ]
-        prompt = sum(max(0, a.usage.prompt_tokens) for a in event.attempts)
-        completion = sum(max(0, a.usage.completion_tokens) for a in event.attempts)
-        discrepancy = "; ".join(
-            f"attempt {a.attempt} ({a.hoster_id}): {a.usage_discrepancy}" for a in event.attempts if a.usage_discrepancy
-        )
+        lines, prompt, completion, discrepancy = _charge_of(event)
         async with self._pool.acquire() as conn:
             # What a reservation holds never changes once made: read without a lock; the close claims it only
             # while still open, atomically, so a concurrent settle or sweep of the same request changes nothing.
@@ -383,7 +477,31 @@ class Ledger(PoolBound):
             )
             if held is None or held["status"] != "open":
                 return False
-            return await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy or None)
+            return await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy)
+
+    async def settle_many(self, events: list[RequestFinished]) -> int:
+        """Settle several finished requests, each as ``settle`` would, in one transaction of three round trips
+        (read their reservations, close them all pipelined, commit); how many were open. All or none: when it
+        raises, nothing was settled (settle them one by one)."""
+        charges = [(event, *_charge_of(event)) for event in events]
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT request_id, account_id, amount, spend_day, status FROM reservations
+                   WHERE request_id = ANY($1::text[])""",
+                [event.request_id for event in events],
+            )
+            held = {row["request_id"]: row for row in rows}
+            closes = [
+                _close_args(held[e.request_id], lines, prompt, completion, e.model, "settled", discrepancy)
+                for e, lines, prompt, completion, discrepancy in charges
+                if e.request_id in held and held[e.request_id]["status"] == "open"
+            ]
+            # In account order, so concurrent batches lock accounts in one order (no deadlock between them).
+            # Two events of one request in a batch: the claim lets the first through, the second changes nothing.
+            closes.sort(key=lambda args: str(args[0]))
+            if closes:
+                await conn.executemany(_CLOSE, closes)
+        return len({args[6] for args in closes})
 
     async def touch(self, request_ids: list[str]) -> None:
         """The requests ``request_ids`` are still running: their open reservations are not stale."""
@@ -452,79 +570,8 @@ class Ledger(PoolBound):
         """Charge ``lines`` from the reservation (never more than it), pay hosters and the platform, release
         what is left; one balanced ledger transaction. ``discrepancy``: what the hosters' reports broke.
         ``False`` when the reservation was no longer open (closed by someone else first): nothing changed."""
-        account_id = str(held["account_id"])
-        amount: int = held["amount"]
-        lines = within(lines, amount)
-        total = sum(cost.client for _, cost in lines)
-        from_held = min(total, amount)
-        # A charge never outgrows its reservation (``within``): nothing comes from the balance, nothing is the
-        # platform's loss.
-        from_balance = 0
-        shortfall = 0
-        charged = from_held
-        per_hoster: dict[str, int] = {}
-        for hoster_id, cost in lines:
-            per_hoster[hoster_id] = per_hoster.get(hoster_id, 0) + cost.hoster
-        fees = sum(cost.fee for _, cost in lines)
-        entries: list[Entry] = [
-            (reserved_account(account_id), "charge", -from_held),
-            (reserved_account(account_id), "release", -(amount - from_held)),
-            (client_account(account_id), "release", amount - from_held),
-            (client_account(account_id), "charge", -from_balance),
-            *[(hoster_account(h), "hoster_earning", earned) for h, earned in per_hoster.items()],
-            (PLATFORM_FEES, "platform_fee", fees - shortfall),
-        ]
-        lines_out = [e for e in entries if e[2] != 0]
-        if sum(amount for _, _, amount in lines_out) != 0:
-            raise ValueError(f"unbalanced ledger transaction for {held['request_id']}: {lines_out}")
-        # One statement, one round trip: claim the reservation while it is still open, and only then move the
-        # account's money and post the balanced ledger transaction.
-        claimed = await conn.fetchval(
-            """WITH claimed AS (
-                   UPDATE reservations
-                   SET status = $8, charged = $6, prompt_tokens = $9, completion_tokens = $10,
-                       model = coalesce($11, model), settled_at = now(),
-                       usage_discrepancy = coalesce($12, usage_discrepancy)
-                   WHERE request_id = $7 AND status = 'open'
-                   RETURNING request_id),
-               account AS (
-                   UPDATE accounts
-                   SET balance = balance + $2 - $3,
-                       reserved = reserved - $4,
-                       day_spend = CASE WHEN spend_day = $5 THEN greatest(0, day_spend - $4 + $6)
-                                        ELSE day_spend END
-                   FROM claimed
-                   WHERE accounts.id = $1),
-               tx AS (
-                   INSERT INTO ledger_transactions (kind, request_id, account_id)
-                   SELECT $13, request_id, $1 FROM claimed
-                   RETURNING id),
-               posted AS (
-                   INSERT INTO ledger_entries (tx_id, ledger_account, kind, amount)
-                   SELECT tx.id, line.account, line.kind, line.amount
-                   FROM tx, unnest($14::text[], $15::text[], $16::bigint[]) WITH ORDINALITY
-                            AS line (account, kind, amount, n)
-                   ORDER BY line.n
-                   RETURNING 1)
-               SELECT count(*) FROM claimed""",
-            held["account_id"],
-            amount - from_held,
-            from_balance,
-            amount,
-            held["spend_day"],
-            charged,
-            held["request_id"],
-            status,
-            prompt_tokens,
-            completion_tokens,
-            model,
-            discrepancy,
-            "settle" if status == "settled" else "expire",
-            [account for account, _, _ in lines_out],
-            [kind for _, kind, _ in lines_out],
-            [value for _, _, value in lines_out],
-        )
-        return bool(claimed)
+        args = _close_args(held, lines, prompt_tokens, completion_tokens, model, status, discrepancy)
+        return bool(await conn.fetchval(_CLOSE, *args))
 
     # Reports -------------------------------------------------------------------------------------------
 

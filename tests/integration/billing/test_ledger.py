@@ -198,3 +198,51 @@ async def test_a_request_settled_twice_at_once_and_swept_meanwhile_is_charged_on
     assert state.reserved == 0
     assert state.balance == 100_000 - 220 * sum(bool(r) for r in settled)  # swept ones recorded no usage
     assert await ledger.check() == []
+
+
+async def test_settling_in_batches_charges_each_request_once_whatever_races_it(
+    ledger: Ledger, database_url: str
+) -> None:
+    """Batches holding the same request twice, overlapping batches, single settles and the sweeper, all at
+    once, over requests of two accounts: each request is closed exactly once and every balance proves."""
+    callers = [await caller_with(ledger, credits=100_000) for _ in range(2)]
+    for i in range(30):
+        assert isinstance(await ledger.reserve(reserve(callers[i % 2], f"batch{i}", 500)), Reserved)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE reservations SET touched_at = now() - interval '1 hour' WHERE request_id LIKE 'batch2%'"
+        )
+    finally:
+        await conn.close()
+    events = [done(callers[i % 2], f"batch{i}", 100, 100) for i in range(30)]
+    results = await asyncio.gather(
+        ledger.settle_many(events[:20] + events[:5]),
+        ledger.settle_many(events[10:]),
+        *(ledger.settle(e) for e in events[::3]),
+        ledger.expire_stale(older_than_s=600),
+        return_exceptions=True,
+    )
+    failed = [r for r in results if isinstance(r, BaseException)]
+    # A batch that lost a deadlock to another is rolled back whole (billing then settles its events one by one).
+    assert all(isinstance(r, asyncpg.DeadlockDetectedError) for r in failed), failed
+    for event in events:  # what billing does with events of a failed batch: each alone
+        await ledger.settle(event)
+    conn = await asyncpg.connect(database_url)
+    try:
+        statuses = await conn.fetch("SELECT status, charged FROM reservations WHERE request_id LIKE 'batch%'")
+        closes = await conn.fetchval(
+            "SELECT count(*) FROM ledger_transactions WHERE request_id LIKE 'batch%' AND kind IN ('settle', 'expire')"
+        )
+    finally:
+        await conn.close()
+    assert len(statuses) == 30
+    assert {r["status"] for r in statuses} <= {"settled", "expired"}
+    assert closes == 30  # one closing ledger transaction per request, never two
+    for caller in callers:
+        state = await ledger.account(caller.account_id)
+        assert state.reserved == 0
+    charged = sum(r["charged"] for r in statuses)
+    total = sum([(await ledger.account(c.account_id)).balance for c in callers])
+    assert total == 2 * 100_000 - charged
+    assert await ledger.check() == []
