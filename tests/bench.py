@@ -261,6 +261,33 @@ def main() -> None:
     added = c1[2].pct(0.5) - c1[1].pct(0.5)
     through = statistics.median(c1[2].latencies) * 1000
     print(f"\ngateway adds {added:.2f} ms at p50, concurrency 1 (target <= 1.5 ms); {through:.2f} ms in all")
+    print("\n" + "\n".join(verdicts(rows, streams, args.streams)))
+
+
+def verdicts(rows: list[tuple[str, Result, Result]], streams: tuple[int, float, float] | None, count: int) -> list[str]:
+    """Each target of the benchmark, met or not, with the figure measured."""
+    by_name = {name: (direct, gateway) for name, direct, gateway in rows}
+    non_stream_1 = by_name["non-stream, concurrency 1"]
+    non_stream_16 = by_name["non-stream, concurrency 16"]
+    ttft_1 = by_name["stream first token, concurrency 1"]
+    cpu = non_stream_16[1].cpu_ms or 0.0
+    checks = [
+        ("added latency at concurrency 1, p50", non_stream_1[1].pct(0.5) - non_stream_1[0].pct(0.5), 1.5, "ms", "<="),
+        ("throughput at concurrency 16", non_stream_16[1].rps, 850.0, "req/s", ">="),
+        ("added to the first token at concurrency 1, p50", ttft_1[1].pct(0.5) - ttft_1[0].pct(0.5), 2.0, "ms", "<="),
+        ("stack CPU per request at concurrency 16", cpu, 2.0, "ms", "<="),
+    ]
+    if streams is not None:
+        done, peak, _ = streams
+        checks.append((f"{count} open streams: peak RSS", peak, 500.0, "MB", "<="))
+        checks.append((f"{count} open streams: completed", float(done), float(count), "", ">="))
+    lines = []
+    for label, value, target, unit, sense in checks:
+        met = value <= target if sense == "<=" else value >= target
+        figure = f"{value:.2f} {unit}" if unit else f"{value:.0f}"
+        wanted = f"{target:g} {unit}" if unit else f"{target:g}"
+        lines.append(f"{'met    ' if met else 'NOT met'}  {label}: {figure} (target {sense} {wanted})")
+    return lines
 
 
 if __name__ == "__main__":
