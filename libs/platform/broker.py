@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from faststream.nats import NatsBroker, NatsMessage
+from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client
@@ -126,17 +126,6 @@ def connected(broker: NatsBroker) -> bool:
         return bool(broker.connection.is_connected)
     except Exception:  # not connected yet: faststream has no connection object to ask
         return False
-
-
-def current_message(broker: NatsBroker) -> NatsMessage:
-    """The message the running handler is handling.
-
-    Read from faststream's context directly: a handler parameter annotated ``NatsMessage`` is injected through
-    a thread-pool hop and a task group for every message, which profiling showed to be a large part of a
-    hot handler's cost.
-    """
-    message: NatsMessage = broker.context.get_local("message")
-    return message
 
 
 class HotSubscriptions:

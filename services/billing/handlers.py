@@ -123,10 +123,7 @@ def register_handlers(
 
     async def record_together(messages: list[Msg]) -> None:
         events = [e for e in (reported_by_its_hoster(m) for m in messages) if e is not None]
-        if len(events) == 1:
-            await usage.record_attempt(events[0])  # one round trip, no transaction
-        elif events:
-            await usage.record_attempts(events)
+        await usage.record_attempts(events)
 
     attempts = Batches(record_together, record_alone)
 
@@ -146,8 +143,7 @@ def register_handlers(
 
     async def settle_together(messages: list[Msg]) -> None:
         events = [RequestFinished.model_validate_json(m.data) for m in messages]
-        # One alone takes fewer round trips outside a transaction (light load: most batches hold one).
-        settled = int(await ledger.settle(events[0])) if len(events) == 1 else await ledger.settle_many(events)
+        settled = await ledger.settle_many(events)
         SETTLEMENTS.labels("settled").inc(settled)
         SETTLEMENTS.labels("duplicate").inc(len(events) - settled)
 

@@ -482,7 +482,10 @@ class Ledger(PoolBound):
     async def settle_many(self, events: list[RequestFinished]) -> int:
         """Settle several finished requests, each as ``settle`` would, in one transaction of three round trips
         (read their reservations, close them all pipelined, commit); how many were open. All or none: when it
-        raises, nothing was settled (settle them one by one)."""
+        raises, nothing was settled (settle them one by one). One alone takes ``settle``'s fewer round trips,
+        with no transaction (under light load most batches hold one)."""
+        if len(events) == 1:
+            return int(await self.settle(events[0]))
         charges = [(event, *_charge_of(event)) for event in events]
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(

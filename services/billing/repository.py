@@ -131,7 +131,11 @@ class UsageRepository(PoolBound):
 
     async def record_attempts(self, events: list[AttemptFinished]) -> None:
         """Store finished attempts in one pipelined round trip, all or none (those already recorded are
-        skipped)."""
+        skipped); one alone without a transaction."""
+        if len(events) <= 1:
+            for event in events:
+                await self.record_attempt(event)
+            return
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.executemany(_RECORD, [_record_args(event) for event in events])
 

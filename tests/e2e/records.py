@@ -1,10 +1,11 @@
-"""Reading what the gateway recorded of a request, through its public API."""
+"""Reading what the gateway recorded of a request: through its public API, or billing's own table."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+import asyncpg
 import httpx
 
 from libs.devstack.stack import Stack
@@ -22,3 +23,14 @@ def routing_record(stack: Stack, key: str, request_id: str, timeout_s: float = 1
             return data
         assert time.monotonic() < deadline, response.text
         time.sleep(0.05)
+
+
+async def reservation(stack: Stack, request_id: str) -> asyncpg.Record:
+    """Billing's row of the request's reservation (amount held, charged, status, tokens)."""
+    conn = await asyncpg.connect(stack.database_url)
+    try:
+        row = await conn.fetchrow("SELECT * FROM reservations WHERE request_id = $1", request_id)
+    finally:
+        await conn.close()
+    assert row is not None, request_id
+    return row

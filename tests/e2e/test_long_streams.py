@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import asyncpg
 import httpx
 import orjson
 import pytest
 
 from libs.devstack.stack import DEMO_MODEL, Stack
 from tests.e2e.conftest import build_stack
+from tests.e2e.records import reservation
 from tests.e2e.test_money import settled
 
 pytestmark = pytest.mark.e2e
@@ -45,15 +45,7 @@ async def test_a_stream_three_times_the_reservation_ttl_is_charged_once_on_its_u
     [usage] = [c["usage"] for c in chunks if c.get("usage")]
     assert usage["completion_tokens"] == 12
     await settled(stack, account_id)
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT status, charged, completion_tokens FROM reservations WHERE request_id = $1",
-            response.headers["x-request-id"],
-        )
-    finally:
-        await conn.close()
-    assert row is not None
+    row = await reservation(stack, response.headers["x-request-id"])
     assert row["status"] == "settled"  # not swept as stale while it streamed
     assert row["completion_tokens"] == 12
     assert row["charged"] == round(usage["cost"] * 1e6)

@@ -9,7 +9,6 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import httpx
 import nats
 import orjson
@@ -27,7 +26,7 @@ from libs.devstack.stack import (
     demo_hoster,
     throwaway_config,
 )
-from tests.e2e.records import routing_record
+from tests.e2e.records import reservation, routing_record
 from tests.e2e.test_money import settled
 
 pytestmark = pytest.mark.e2e
@@ -159,15 +158,7 @@ async def test_n_choices_are_reserved_and_charged_at_most_the_reservation_for_al
     assert len(answer["choices"]) == 4
     assert answer["usage"]["completion_tokens"] <= 4 * 5
     await settled(stack, account_id)
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        row = await conn.fetchrow(
-            "SELECT amount, charged, completion_tokens FROM reservations WHERE request_id = $1",
-            response.headers["x-request-id"],
-        )
-    finally:
-        await conn.close()
-    assert row is not None
+    row = await reservation(stack, response.headers["x-request-id"])
     # The reservation priced four choices: the 20 completion tokens billed fit in it, with no scaling down.
     assert row["completion_tokens"] == answer["usage"]["completion_tokens"]
     assert 0 < row["charged"] <= row["amount"]

@@ -30,6 +30,37 @@ pytestmark = pytest.mark.integration
 MODEL = "scripted-model"
 
 
+async def play_billing(nc: Client, admit_after_s: float = 0.0) -> asyncio.Queue[RequestFinished]:
+    """Billing, played by the test: every request is admitted (after ``admit_after_s``); the requests the
+    router reports finished come out of the returned queue."""
+
+    async def admit(msg: Msg) -> None:
+        await asyncio.sleep(admit_after_s)
+        await msg.respond(Reserved(rate=RateLimitState()).model_dump_json().encode())
+
+    finished: asyncio.Queue[RequestFinished] = asyncio.Queue()
+
+    async def on_finished(msg: Msg) -> None:
+        await finished.put(RequestFinished.model_validate_json(msg.data))
+
+    await nc.subscribe(subjects.RESERVE_CREDITS, cb=admit)
+    await nc.subscribe(subjects.REQUEST_FINISHED, cb=on_finished)
+    return finished
+
+
+async def paid_route(nc: Client, stream: bool = False, tier: str = "balanced") -> RouteRequest:
+    """A route request with a caller (so billing admits and settles it), its reply subject subscribed."""
+    request_id = new_request_id()
+    reply = subjects.reply_subject("test-ingress", request_id)
+    await nc.subscribe(reply)
+    return RouteRequest(
+        request_id=request_id, reply_subject=reply, model=MODEL, stream=stream, include_usage=False,
+        created=int(time.time()), routing=RoutingPreferences.model_validate({"tier": tier}),
+        caller=Caller(account_id=str(uuid.uuid4()), key_id="key"),
+        body={"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 20},
+    )  # fmt: skip
+
+
 @pytest.fixture
 async def platform(nats_server: NatsTestServer, spawn: Spawn) -> AsyncIterator[Client]:
     nc = await nats_server.connect("test-ingress")
@@ -79,29 +110,13 @@ async def test_a_failovers_outcome_heard_before_its_accept_is_billed_with_the_re
         await hoster.nc.flush()
         await hoster.accept(dispatch)
 
-    async def admit(msg: Msg) -> None:  # billing, played by the test: every request is admitted
-        await msg.respond(Reserved(rate=RateLimitState()).model_dump_json().encode())
-
-    finished: asyncio.Queue[RequestFinished] = asyncio.Queue()
-
-    async def on_finished(msg: Msg) -> None:
-        await finished.put(RequestFinished.model_validate_json(msg.data))
-
-    await platform.subscribe(subjects.RESERVE_CREDITS, cb=admit)
-    await platform.subscribe(subjects.REQUEST_FINISHED, cb=on_finished)
+    finished = await play_billing(platform)
     cheap = await ScriptedHoster.join(nats_server, tmp_path, MODEL, fail, price=1000)
     dear = await ScriptedHoster.join(nats_server, tmp_path, MODEL, succeed_then_accept, price=2000)
     try:
         await asyncio.sleep(0.7)  # heartbeats reach the router
-        request_id = new_request_id()
-        reply = subjects.reply_subject("test-ingress", request_id)
-        await platform.subscribe(reply)
-        route = RouteRequest(
-            request_id=request_id, reply_subject=reply, model=MODEL, stream=False, include_usage=False,
-            created=int(time.time()), routing=RoutingPreferences(tier="cheapest"),
-            caller=Caller(account_id=str(uuid.uuid4()), key_id="key"),
-            body={"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 20},
-        )  # fmt: skip
+        route = await paid_route(platform, tier="cheapest")
+        request_id = route.request_id
         decision = await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)
         assert orjson.loads(decision.data)["hoster_id"] == cheap.hoster_id
         # No word from an ingress comes: the request settles on its own bounds after the delivery wait.
@@ -133,31 +148,13 @@ async def test_a_request_the_ingress_stopped_waiting_for_is_stopped_and_charges_
         await asyncio.sleep(0.2)
         await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12))
 
-    async def admit(msg: Msg) -> None:
-        if late == "billing":
-            await asyncio.sleep(0.8)
-        await msg.respond(Reserved(rate=RateLimitState()).model_dump_json().encode())
-
-    finished: asyncio.Queue[RequestFinished] = asyncio.Queue()
-
-    async def on_finished(msg: Msg) -> None:
-        await finished.put(RequestFinished.model_validate_json(msg.data))
-
-    await platform.subscribe(subjects.RESERVE_CREDITS, cb=admit)
-    await platform.subscribe(subjects.REQUEST_FINISHED, cb=on_finished)
+    finished = await play_billing(platform, admit_after_s=0.8 if late == "billing" else 0.0)
     hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, slow_accept)
     stops = await platform.subscribe(subjects.attempt_cancel(hoster.hoster_id))
     try:
         await asyncio.sleep(0.7)  # a heartbeat reaches the router
-        request_id = new_request_id()
-        reply = subjects.reply_subject("test-ingress", request_id)
-        await platform.subscribe(reply)
-        route = RouteRequest(
-            request_id=request_id, reply_subject=reply, model=MODEL, stream=False, include_usage=False,
-            created=int(time.time()), routing=RoutingPreferences(),
-            caller=Caller(account_id=str(uuid.uuid4()), key_id="key"),
-            body={"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 20},
-        )  # fmt: skip
+        route = await paid_route(platform)
+        request_id = route.request_id
         with pytest.raises(NatsTimeout):  # the ingress's route timeout, made short
             await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=0.3)
         cancel = RequestCancelled(request_id=request_id, reason="route_timeout")
@@ -191,28 +188,12 @@ async def test_a_request_whose_outcome_never_comes_is_settled_and_forgotten(
         await hoster.accept(dispatch)
         hoster.spawn(hoster.keep_alive(dispatch, dispatch.reply_subject))
 
-    async def admit(msg: Msg) -> None:
-        await msg.respond(Reserved(rate=RateLimitState()).model_dump_json().encode())
-
-    finished: asyncio.Queue[RequestFinished] = asyncio.Queue()
-
-    async def on_finished(msg: Msg) -> None:
-        await finished.put(RequestFinished.model_validate_json(msg.data))
-
-    await nc.subscribe(subjects.RESERVE_CREDITS, cb=admit)
-    await nc.subscribe(subjects.REQUEST_FINISHED, cb=on_finished)
+    finished = await play_billing(nc)
     hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, silent)
     try:
         await asyncio.sleep(0.7)
-        request_id = new_request_id()
-        reply = subjects.reply_subject("test-ingress", request_id)
-        await nc.subscribe(reply)
-        route = RouteRequest(
-            request_id=request_id, reply_subject=reply, model=MODEL, stream=True, include_usage=False,
-            created=int(time.time()), routing=RoutingPreferences(),
-            caller=Caller(account_id=str(uuid.uuid4()), key_id="key"),
-            body={"model": MODEL, "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 20},
-        )  # fmt: skip
+        route = await paid_route(nc, stream=True)
+        request_id = route.request_id
         decision = await nc.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)
         assert orjson.loads(decision.data)["status"] == "accepted"
         started = time.monotonic()
