@@ -177,9 +177,19 @@ class HotSubscriptions:
         for subject, stream, durable, handler, max_concurrency in self._durables:
             gate = asyncio.Semaphore(max_concurrency)
             callback = functools.partial(self._on_durable, handler, gate)
-            subscription = await js.subscribe(
-                subject, queue=durable, durable=durable, stream=stream, cb=callback, manual_ack=True
-            )
+            # Binding looks the consumer up through the JetStream API, which a cluster without a leader for a
+            # few seconds (a node just died, or restarts with us) times out: wait it out, as stream creation does.
+            for delay in (0.5, 1, 2, 4, 8, 15, 30, 0):
+                try:
+                    subscription = await js.subscribe(
+                        subject, queue=durable, durable=durable, stream=stream, cb=callback, manual_ack=True
+                    )
+                    break
+                except (NatsTimeout, ServiceUnavailableError):
+                    if not delay:
+                        raise
+                    self._log.warning("JetStream unavailable, retrying", extra={"durable": durable})
+                    await asyncio.sleep(delay)
             self._subscriptions.append(subscription)
 
     async def stop(self, grace_s: float = 10.0) -> None:
