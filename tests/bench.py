@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import statistics
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +36,24 @@ BODY = {
 
 @dataclass
 class Result:
-    """Latencies (seconds) of one scenario and its wall time (and the stack's CPU seconds, through it)."""
+    """Latencies (seconds) of one scenario and its wall time; through the gateway also the CPU seconds each
+    stack process used and the NATS messages published (``in_msgs``) and delivered (``out_msgs``)."""
 
     latencies: list[float]
     wall_s: float
     errors: int
-    cpu_s: float | None = None
+    cpu_by_process: dict[str, float] | None = None
+    nats_in: int | None = None
+    nats_out: int | None = None
+
+    @property
+    def cpu_s(self) -> float | None:
+        """The whole stack's CPU seconds."""
+        return None if self.cpu_by_process is None else sum(self.cpu_by_process.values())
+
+    def per_request(self, amount: float) -> float:
+        """``amount`` shared over the completed requests."""
+        return amount / len(self.latencies) if self.latencies else 0.0
 
     def pct(self, q: float) -> float:
         """Latency percentile in milliseconds."""
@@ -57,11 +71,11 @@ class Result:
         return None if self.cpu_s is None or not self.latencies else self.cpu_s / len(self.latencies) * 1000
 
 
-def stack_pids(stack: Stack, postgres: bool = True) -> list[int]:
-    """Every process of the stack but the simulators, with their descendants: services, nats-server and
-    (``postgres``) PostgreSQL's postmaster and backends."""
+def stack_processes(stack: Stack, postgres: bool = True) -> dict[str, list[int]]:
+    """Every process of the stack but the simulators, by name, with their descendants: services,
+    nats-server and (``postgres``) PostgreSQL's postmaster and backends."""
     roots = {
-        p._proc.pid
+        name: p._proc.pid
         for name, p in stack.processes.items()
         if p._proc is not None and "simulator" not in name and (postgres or name != "postgres")
     }
@@ -72,13 +86,21 @@ def stack_pids(stack: Stack, postgres: bool = True) -> list[int]:
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, IndexError, ValueError):
                 continue
-    pids = set(roots)
-    grew = True
-    while grew:
-        found = {pid for pid, parent in parents.items() if parent in pids} - pids
-        pids |= found
-        grew = bool(found)
-    return sorted(pids)
+    found: dict[str, list[int]] = {}
+    for name, root in roots.items():
+        pids = {root}
+        grew = True
+        while grew:
+            more = {pid for pid, parent in parents.items() if parent in pids} - pids
+            pids |= more
+            grew = bool(more)
+        found[name] = sorted(pids)
+    return found
+
+
+def stack_pids(stack: Stack, postgres: bool = True) -> list[int]:
+    """Every pid of ``stack_processes``."""
+    return sorted(pid for pids in stack_processes(stack, postgres).values() for pid in pids)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -91,6 +113,18 @@ def cpu_seconds(pids: list[int]) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(processes: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds used so far by each named process (with its descendants)."""
+    return {name: cpu_seconds(pids) for name, pids in processes.items()}
+
+
+def nats_counts(monitor_port: int) -> tuple[int, int]:
+    """The NATS server's messages in (published by clients) and out (delivered to subscribers) so far."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/varz", timeout=5) as response:
+        varz = orjson.loads(response.read())
+    return int(varz["in_msgs"]), int(varz["out_msgs"])
 
 
 def rss_mb(pids: list[int]) -> float:
@@ -162,7 +196,7 @@ def first_token(client: httpx.AsyncClient, url: str, key: str) -> Callable[[], A
 
 
 async def measure(
-    direct: str, gateway: str, key: str, duration_s: float, pids: list[int]
+    direct: str, gateway: str, key: str, duration_s: float, processes: dict[str, list[int]], monitor_port: int
 ) -> list[tuple[str, Result, Result]]:
     """Every scenario against both targets, alternating so both see the same machine state."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -176,10 +210,14 @@ async def measure(
         ]
         for name, factory, concurrency in scenarios:
             d = await run_load(factory(client, direct, key), concurrency, duration_s, warmup=50)
-            before = cpu_seconds(pids)
+            before = cpu_by_process(processes)
+            in_before, out_before = nats_counts(monitor_port)
             g = await run_load(factory(client, gateway, key), concurrency, duration_s, warmup=50)
-            # The warmup's CPU counts too: a little more per request, never less.
-            g.cpu_s = cpu_seconds(pids) - before
+            # The warmup's CPU and messages count too: a little more per request, never less.
+            after = cpu_by_process(processes)
+            in_after, out_after = nats_counts(monitor_port)
+            g.cpu_by_process = {name: after[name] - before[name] for name in after}
+            g.nats_in, g.nats_out = in_after - in_before, out_after - out_before
             rows.append((name, d, g))
     return rows
 
@@ -214,17 +252,53 @@ async def open_streams(gateway: str, key: str, count: int, pids: list[int]) -> t
 def report(rows: list[tuple[str, Result, Result]]) -> str:
     """The side-by-side table."""
     lines = [
-        f"{'scenario':<36}{'target':<9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}{'CPU ms/req':>12}",
-        "-" * 92,
+        f"{'scenario':<36}{'target':<9}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}{'CPU ms/req':>12}"
+        f"{'NATS in':>8}{'out':>8}",
+        "-" * 108,
     ]
     for name, direct, gateway in rows:
         for label, r in (("direct", direct), ("gateway", gateway)):
             cpu = f"{r.cpu_ms:>12.2f}" if r.cpu_ms is not None else ""
+            if r.nats_in is not None and r.nats_out is not None:
+                cpu += f"{r.per_request(r.nats_in):>8.1f}{r.per_request(r.nats_out):>8.1f}"
             lines.append(f"{name:<36}{label:<9}{r.pct(0.5):>9.2f}{r.pct(0.99):>9.2f}{r.rps:>9.0f}{r.errors:>8}{cpu}")
         lines.append(
             f"{'':<36}{'added':<9}{gateway.pct(0.5) - direct.pct(0.5):>9.2f}"
             f"{gateway.pct(0.99) - direct.pct(0.99):>9.2f}"
         )
+    return "\n".join(lines)
+
+
+# Python services run on one core each: a replica is planned at 70% of it, leaving room for bursts.
+REPLICA_BUSY = 0.7
+
+
+def process_table(result: Result) -> str:
+    """CPU milliseconds per request of each stack process, dearest first."""
+    assert result.cpu_by_process is not None
+    lines = [f"{'process':<20}{'CPU ms/req':>12}{'share':>8}"]
+    total = sum(result.cpu_by_process.values()) or 1.0
+    for name, seconds in sorted(result.cpu_by_process.items(), key=lambda item: -item[1]):
+        lines.append(f"{name:<20}{result.per_request(seconds) * 1000:>12.2f}{seconds / total:>8.0%}")
+    return "\n".join(lines)
+
+
+def capacity_table(result: Result, rates: tuple[int, ...] = (1_000, 10_000)) -> str:
+    """Replicas (one core each, planned at ``REPLICA_BUSY``) each Python service needs at ``rates`` req/s,
+    from the CPU per request measured; nats-server and PostgreSQL use several cores and are given in cores."""
+    assert result.cpu_by_process is not None
+    header = "".join(f"{f'{rate:,} req/s':>16}" for rate in rates)
+    lines = [f"{'process':<20}{'CPU ms/req':>12}{header}"]
+    for name, seconds in sorted(result.cpu_by_process.items()):
+        ms = result.per_request(seconds) * 1000
+        cells = ""
+        for rate in rates:
+            cores = rate * ms / 1000
+            if name in ("nats", "postgres"):
+                cells += f"{f'{cores:.1f} cores':>16}"
+            else:
+                cells += f"{f'{max(1, math.ceil(cores / REPLICA_BUSY))} replicas':>16}"
+        lines.append(f"{name:<20}{ms:>12.2f}{cells}")
     return "\n".join(lines)
 
 
@@ -235,7 +309,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000, help="streams held open at once (0: skip)")
     args = parser.parse_args()
     simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "16"})
+    monitor_port = free_port()
     config = throwaway_config(
+        nats_monitor_port=monitor_port,
         simulators=[simulator],
         adapters=[AdapterSpec("hoster_adapter", [demo_hoster(simulator.base_url, capacity=args.streams + 64)],
                               {"CS_ADAPTER_MAX_CONNECTIONS": str(args.streams + 64)})],
@@ -245,14 +321,16 @@ def main() -> None:
         direct = f"{simulator.base_url}/chat/completions"
         _, key = stack.create_account(credits="1000000", name="bench")
         gateway = f"{config.api_base}/chat/completions"
-        pids = stack_pids(stack)
-        rows = uvloop.run(measure(direct, gateway, key, args.duration, pids))
+        rows = uvloop.run(measure(direct, gateway, key, args.duration, stack_processes(stack), monitor_port))
         streams = None
         if args.streams:
             streams = uvloop.run(open_streams(gateway, key, args.streams, stack_pids(stack, postgres=False)))
     finally:
         stack.stop()
     print(report(rows))
+    busiest = rows[1][2]
+    print(f"\nCPU per request by process, {rows[1][0]}:\n{process_table(busiest)}")
+    print(f"\nCapacity plan from those figures:\n{capacity_table(busiest)}")
     if streams is not None:
         done, peak, wall = streams
         print(f"\n{args.streams} streams open at once (about 10 s each): {done} completed in {wall:.1f} s; "

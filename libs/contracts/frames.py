@@ -1,15 +1,17 @@
 """Frames on a request's reply subject: the hot path from hoster adapter to ingress, plain bytes, no models.
 
 A frame is one kind byte, the attempt number, ``:``, the frame's sequence number within the attempt, a
-newline, then the body. Chunk bodies are complete ``chat.completion.chunk`` JSON objects, already carrying
-the gateway's id and model, so the ingress writes them to the client without parsing them.
+newline, then the body. A chunk frame's body is one or more complete ``chat.completion.chunk`` JSON objects,
+one per line (JSON as encoded carries no raw newline), already carrying the gateway's id and model: the
+adapter sends every chunk one read from the upstream gave it as one frame, so a fast stream costs a message
+per read rather than per token, and the first token waits for nothing.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-CHUNK = ord("c")  # body: one chat.completion.chunk, ready to follow "data: "
+CHUNK = ord("c")  # body: chat.completion.chunk objects, one per line, each ready to follow "data: "
 COMPLETION = ord("r")  # body: one chat.completion (non-streaming requests), usage included
 END = ord("e")  # body: empty; the stream is complete, write "data: [DONE]"
 ERROR = ord("x")  # body: an ErrorReport as JSON; the request failed
@@ -29,6 +31,11 @@ class Frame(NamedTuple):
 def encode(kind: int, attempt: int, seq: int, body: bytes = b"") -> bytes:
     """Frame ``body`` for the wire."""
     return b"%c%d:%d\n%s" % (kind, attempt, seq, body)
+
+
+def chunks(body: bytes) -> list[bytes]:
+    """The chunks of a chunk frame's body (blank lines skipped)."""
+    return [line for line in body.split(b"\n") if line]
 
 
 def decode(data: bytes) -> Frame:

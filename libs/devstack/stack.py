@@ -97,11 +97,13 @@ class StackConfig:
 
     NATS is one server named ``nats`` on ``nats_port``, unless ``nats_nodes`` lists the nodes of a cluster
     (``nats_cluster(3)``); then every service gets all their URLs and the streams get up to three replicas.
+    ``nats_monitor_port`` serves the single server's monitoring endpoints (``/varz``), for the benchmark.
     """
 
     workdir: Path
     ingress_ports: list[int] = field(default_factory=lambda: [8080])
     nats_port: int = 4222
+    nats_monitor_port: int | None = None
     nats_nodes: list[NatsNode] = field(default_factory=list)
     postgres_port: int = 55432
     database: str = "computeshare"
@@ -311,7 +313,9 @@ class Stack:
         """Start (or restart) the single NATS server ``nats``."""
         self._check_stopped("nats")
         c = self.config
-        process = self.processes["nats"] = start_nats(c.nats_port, c.workdir / "nats", self.auth, self._log("nats"))
+        process = self.processes["nats"] = start_nats(
+            c.nats_port, c.workdir / "nats", self.auth, self._log("nats"), monitor_port=c.nats_monitor_port
+        )
         self._starters["nats"] = self.start_nats_server
         return process
 

@@ -350,24 +350,34 @@ class HosterAdapter:
                         if not payloads:
                             continue
                         deadline.reschedule(min(loop.time() + stall_s, ends_at))
-                        for payload in payloads:
-                            if payload == b"[DONE]":
-                                done = True
-                                continue
-                            if not ttft:
-                                ttft.append(time.monotonic() - started)
-                            try:
-                                chunk = orjson.loads(payload)
-                                tally.observe(chunk)
-                                out = None if rewriter is None else rewriter.rewrite(chunk)
-                                if assembler is not None:
-                                    assembler.add(chunk)
-                            except (ValueError, TypeError, AttributeError) as exc:
-                                raise UpstreamFailure(f"invalid_chunk: {type(exc).__name__}") from exc
-                            if out is not None:
-                                await publish(reply, frames.encode(frames.CHUNK, attempt, active.seq, out))
-                                active.seq += 1
-                                active.last_sent = time.monotonic()
+                        # Every chunk of this read goes out in one frame (up to the largest message), so a
+                        # fast upstream costs a message per read, not per token; the first waits for nothing.
+                        batch: list[bytes] = []
+                        size = 0
+                        try:
+                            for payload in payloads:
+                                if payload == b"[DONE]":
+                                    done = True
+                                    continue
+                                if not ttft:
+                                    ttft.append(time.monotonic() - started)
+                                try:
+                                    chunk = orjson.loads(payload)
+                                    tally.observe(chunk)
+                                    out = None if rewriter is None else rewriter.rewrite(chunk)
+                                    if assembler is not None:
+                                        assembler.add(chunk)
+                                except (ValueError, TypeError, AttributeError) as exc:
+                                    raise UpstreamFailure(f"invalid_chunk: {type(exc).__name__}") from exc
+                                if out is not None:
+                                    if batch and size + len(out) + 1 > max_payload:
+                                        await self._send_chunks(reply, active, batch)
+                                        batch, size = [], 0
+                                    batch.append(out)
+                                    size += len(out) + 1
+                        finally:
+                            if batch:
+                                await self._send_chunks(reply, active, batch)
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
@@ -392,6 +402,14 @@ class HosterAdapter:
             await publish(reply, frames.encode(frames.END, attempt, active.seq))
         active.seq += 1
         return active.seq
+
+    async def _send_chunks(self, reply: str, active: ActiveAttempt, batch: list[bytes]) -> None:
+        """One chunk frame carrying ``batch`` (one chunk per line)."""
+        assert self._nc is not None
+        body = batch[0] if len(batch) == 1 else b"\n".join(batch)
+        await self._nc.publish(reply, frames.encode(frames.CHUNK, active.dispatch.attempt, active.seq, body))
+        active.seq += 1
+        active.last_sent = time.monotonic()
 
     def _max_payload(self) -> int:
         """The largest frame body NATS carries: the server's max_payload less the frame's header."""

@@ -89,8 +89,13 @@ class UsageGuard:
         self.choices = 1
 
     def take(self, body: bytes) -> bytes:
-        """Count the text of ``body`` (a completion or a chunk); return it with its usage, if it carries one,
-        held to the bounds (unchanged when the report was within them)."""
+        """Count the text of ``body`` (a completion, or a chunk frame's chunks, one per line); return it with
+        any usage it carries held to the bounds (unchanged when the report was within them)."""
+        if b"\n" in body:
+            return b"\n".join(self._take_one(line) for line in frames.chunks(body))
+        return self._take_one(body)
+
+    def _take_one(self, body: bytes) -> bytes:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:

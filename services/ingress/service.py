@@ -70,7 +70,8 @@ async def sse_events(
         out = bytearray()
         for frame in pending:
             if frame.kind == frames.CHUNK:
-                out += b"data: " + frame.body + b"\n\n"
+                for chunk in frames.chunks(frame.body):
+                    out += b"data: " + chunk + b"\n\n"
             elif frame.kind == frames.END:
                 outcome.completed = True
                 yield bytes(out + DONE)

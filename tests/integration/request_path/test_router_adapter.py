@@ -110,7 +110,7 @@ async def test_stream_chunks_arrive_in_sequence_with_the_gateway_id_then_end(net
     assert got[-1].kind == frames.END
     chunks = got[:-1]
     assert [f.seq for f in chunks] == list(range(len(chunks)))
-    parsed = [orjson.loads(f.body) for f in chunks]
+    parsed = [orjson.loads(chunk) for f in chunks for chunk in frames.chunks(f.body)]
     assert {p["id"] for p in parsed} == {request_id}
     text = "".join(p["choices"][0]["delta"].get("content") or "" for p in parsed)
     assert len(text.split()) == 6

@@ -63,3 +63,12 @@ async def test_next_times_out_on_keepalives_only_after_silence() -> None:
     replies.put(frames.encode(frames.KEEPALIVE, 1, -1))
     with pytest.raises(TimeoutError):
         await replies.next()
+
+
+async def test_a_frame_of_several_chunks_becomes_one_event_each() -> None:
+    replies = ReplyStream("r", idle_s=1)
+    bodies = [orjson.dumps({"choices": [{"delta": {"content": text}}]}) for text in ("a", "b", "c")]
+    replies.put(frames.encode(frames.CHUNK, 1, 0, b"\n".join(bodies)))
+    replies.put(frames.encode(frames.END, 1, 1))
+    events = (await collect(replies, StreamOutcome())).split(b"\n\n")
+    assert events == [b"data: " + body for body in bodies] + [b"data: [DONE]", b""]

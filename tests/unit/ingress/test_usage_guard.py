@@ -30,3 +30,13 @@ def test_usage_past_the_text_or_the_limits_is_rewritten_and_repriced() -> None:
     assert fixed["usage"] == {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105, "cost": 0.000105}
     negative = orjson.loads(guard.take(chunk(usage={"prompt_tokens": -1, "completion_tokens": -9})))
     assert negative["usage"]["cost"] == 0
+
+
+def test_a_frame_of_several_chunks_is_counted_and_bounded_chunk_by_chunk() -> None:
+    guard = UsageGuard(UsageBounds(prompt=100, completion=50), 1_000_000, 1_000_000, 0)
+    inflated = chunk(usage={"prompt_tokens": 10_000, "completion_tokens": 16_000})
+    body = b"\n".join([chunk(content="abcd"), chunk(content="ef"), inflated])
+    out = guard.take(body).split(b"\n")
+    assert guard.text_bytes == 6
+    assert out[:2] == [chunk(content="abcd"), chunk(content="ef")]
+    assert orjson.loads(out[2])["usage"]["completion_tokens"] == 7  # 6 bytes of text + 1 for the choice
