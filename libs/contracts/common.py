@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator
 
@@ -28,6 +28,13 @@ def _held(low: int, high: int) -> Callable[[Any], Any]:
 Count = Annotated[int, BeforeValidator(_held(-MAX_COUNT, MAX_COUNT))]
 # A price as reported, held to [0, MAX_PRICE].
 Price = Annotated[int, BeforeValidator(_held(0, MAX_PRICE))]
+
+
+# The OpenAI endpoints a request can come through, as named in ``ModelOffer.endpoints`` and on ``/v1/models``.
+Endpoint = Literal["chat.completions", "completions", "embeddings"]
+CHAT: Endpoint = "chat.completions"
+COMPLETIONS: Endpoint = "completions"
+EMBEDDINGS: Endpoint = "embeddings"
 
 
 class ErrorReport(BaseModel):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
-from libs.contracts.common import MAX_PRICE
+from libs.contracts.common import CHAT, MAX_PRICE, Endpoint
 
 # The tag a hoster's NATS credentials carry: ``hoster:<hoster id>``.
 HOSTER_TAG = "hoster:"
@@ -23,6 +23,9 @@ class ModelOffer(BaseModel):
     context_length: int | None = None
     # What the model can take beyond plain text: "tools", "json" (response_format), "vision" (image parts).
     capabilities: list[str] = Field(default_factory=list)
+    # The OpenAI endpoints it serves (a chat model usually also serves text completions; an embedding model
+    # only embeddings).
+    endpoints: list[Endpoint] = Field(default_factory=lambda: [CHAT])
 
 
 class HosterStatus(BaseModel):
@@ -60,6 +63,8 @@ class LiveModel(BaseModel):
     max_output_price: int
     context_length: int | None
     first_seen: int
+    # Every endpoint at least one of its live hosters serves it on.
+    endpoints: list[Endpoint] = Field(default_factory=lambda: [CHAT])
 
 
 class ModelsListing(BaseModel):

@@ -255,7 +255,34 @@ _CROSS_FIELD_RULES: list[JsonValue] = [
 ]
 
 
-class ChatCompletionRequest(_Open):
+class RoutedRequest(_Open):
+    """Our routing fields, accepted on every endpoint that reaches a hoster (API reference: Routing)."""
+
+    tier: Tier = "balanced"
+    privacy_mode: bool = False
+    trusted_only: bool = False
+    max_latency_ms: LatencyMs | None = None
+    fallback_models: list[str] = Field(default_factory=list, max_length=16)
+    allow_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
+    deny_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
+    require_parameters: bool = False
+
+    @field_validator("allow_hosters", "deny_hosters")
+    @classmethod
+    def _hoster_uuids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                uuid.UUID(item)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a hoster UUID") from None
+        return [str(uuid.UUID(item)) for item in value]
+
+    def routing(self) -> RoutingPreferences:
+        """The routing parameters of this request."""
+        return RoutingPreferences.model_validate(self.model_dump(include=set(ROUTING_FIELDS)))
+
+
+class ChatCompletionRequest(RoutedRequest):
     """``POST /v1/chat/completions`` body: OpenAI's parameters, the ones open models add, and our routing."""
 
     model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": _CROSS_FIELD_RULES})
@@ -286,25 +313,6 @@ class ChatCompletionRequest(_Open):
     top_k: TopK | None = None
     repetition_penalty: float | None = Field(None, gt=0, le=10)
 
-    tier: Tier = "balanced"
-    privacy_mode: bool = False
-    trusted_only: bool = False
-    max_latency_ms: LatencyMs | None = None
-    fallback_models: list[str] = Field(default_factory=list, max_length=16)
-    allow_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
-    deny_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
-    require_parameters: bool = False
-
-    @field_validator("allow_hosters", "deny_hosters")
-    @classmethod
-    def _hoster_uuids(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                uuid.UUID(item)
-            except ValueError:
-                raise ValueError(f"{item!r} is not a hoster UUID") from None
-        return [str(uuid.UUID(item)) for item in value]
-
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
         if self.stream_options is not None and not self.stream:
@@ -315,9 +323,70 @@ class ChatCompletionRequest(_Open):
             raise _ParamError("tool_choice", "tool_choice is only allowed when tools are specified")
         return self
 
-    def routing(self) -> RoutingPreferences:
-        """The routing parameters of this request."""
-        return RoutingPreferences.model_validate(self.model_dump(include=set(ROUTING_FIELDS)))
+
+# Token ids as OpenAI's tokenizers number them (and any open model's: vocabularies stay far below 2^31).
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1), _Whole]
+# A prompt (or an input to embed): a string, strings, token ids, or lists of token ids (OpenAI's four forms).
+PromptInput = (
+    Annotated[str, Field(max_length=4_000_000)]
+    | Annotated[list[str], Field(min_length=1, max_length=2048)]
+    | Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
+    | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+)
+
+
+class CompletionRequest(RoutedRequest):
+    """``POST /v1/completions`` body (the legacy text completion API) and our routing."""
+
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": _CROSS_FIELD_RULES[:1]})
+
+    model: str = Field(min_length=1, max_length=256)
+    prompt: PromptInput
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    max_tokens: TokenBudget | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: ChoiceCount | None = None
+    best_of: ChoiceCount | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    echo: bool | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5), _Whole] | None = None
+    suffix: str | None = None
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    seed: Seed | None = None
+    user: str | None = Field(None, max_length=512)
+    top_k: TopK | None = None
+    repetition_penalty: float | None = Field(None, gt=0, le=10)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CompletionRequest:
+        if self.stream_options is not None and not self.stream:
+            raise _ParamError("stream_options", "stream_options is only allowed when stream is true")
+        if self.best_of is not None and self.best_of < (self.n or 1):
+            raise _ParamError("best_of", "best_of must be greater than or equal to n")
+        if self.best_of is not None and self.best_of > 1 and self.stream:
+            raise _ParamError("best_of", "best_of cannot be used with stream")
+        return self
+
+
+class EmbeddingRequest(RoutedRequest):
+    """``POST /v1/embeddings`` body and our routing."""
+
+    model: str = Field(min_length=1, max_length=256)
+    input: PromptInput
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: Annotated[int, Field(ge=1, le=65_536), _Whole] | None = None
+    user: str | None = Field(None, max_length=512)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if value == "" or (isinstance(value, list) and "" in value):
+            raise ValueError("an input to embed cannot be an empty string")
+        return value
 
 
 class _ParamError(ValueError):

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
+
 MICRO = 1_000_000
 BPS = 10_000
 
@@ -33,8 +35,9 @@ def cost_of(prompt_tokens: int, completion_tokens: int, input_price: int, output
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A rough prompt size (~4 characters a token, at least 1) for reservations and for upstreams that
-    report no usage."""
+    """A rough prompt size (~4 characters a token, a token id one token, at least 1) for reservations and for
+    upstreams that report no usage: a chat body's messages, a text completion's ``prompt`` or the ``input``
+    to embed."""
     size = 0
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
@@ -42,17 +45,42 @@ def estimate_prompt_tokens(body: dict[str, Any]) -> int:
             size += len(content)
         elif isinstance(content, list):
             size += sum(len(part.get("text") or "") for part in content if isinstance(part, dict))
-    return max(1, size // 4)
+    tokens = 0
+    for field in ("prompt", "input"):
+        value = body.get(field)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                size += len(item)
+            elif isinstance(item, int):
+                tokens += 1
+            elif isinstance(item, list):
+                tokens += len(item)
+    return max(1, size // 4 + tokens)
 
 
-def requested_max_tokens(body: dict[str, Any], default: int) -> int:
-    """The completion budget the client set (``max_completion_tokens`` wins over ``max_tokens``), else
-    ``default``."""
+# OpenAI's (and vLLM's) completion limit for a text completion that sets none.
+COMPLETIONS_DEFAULT_MAX_TOKENS = 16
+
+
+def requested_max_tokens(body: dict[str, Any], default: int, endpoint: Endpoint = CHAT) -> int:
+    """The completion budget per choice the client set (``max_completion_tokens`` wins over ``max_tokens``),
+    else ``default`` for a chat completion, 16 for a text completion (as OpenAI); 0 for embeddings."""
+    if endpoint == EMBEDDINGS:
+        return 0
     for field in ("max_completion_tokens", "max_tokens"):
         value = body.get(field)
         if isinstance(value, int) and value > 0:
             return value
-    return default
+    return COMPLETIONS_DEFAULT_MAX_TOKENS if endpoint == COMPLETIONS else default
+
+
+def generated_choices(body: dict[str, Any]) -> int:
+    """How many choices the hoster generates: ``n`` (or a text completion's ``best_of`` when larger) for each
+    prompt of a text completion whose ``prompt`` is a list of prompts."""
+    counts = [v for v in (body.get("n"), body.get("best_of")) if isinstance(v, int) and v > 0]
+    prompt = body.get("prompt")
+    prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
+    return max(counts, default=1) * prompts
 
 
 def to_credits(micro: int) -> float:
@@ -75,10 +103,11 @@ class UsageBounds:
     completion: int
 
     @classmethod
-    def of(cls, body: dict[str, Any], body_bytes: int, default_max_tokens: int) -> UsageBounds:
-        n = body.get("n")
-        choices = n if isinstance(n, int) and n > 0 else 1
-        return cls(body_bytes + TEMPLATE_TOKENS, requested_max_tokens(body, default_max_tokens) * choices)
+    def of(
+        cls, body: dict[str, Any], body_bytes: int, default_max_tokens: int, endpoint: Endpoint = CHAT
+    ) -> UsageBounds:
+        limit = requested_max_tokens(body, default_max_tokens, endpoint)
+        return cls(body_bytes + TEMPLATE_TOKENS, limit * generated_choices(body))
 
     def with_text(self, text_bytes: int, choices: int) -> UsageBounds:
         """Also bounded by the text the client received: a token is at least one byte of text (byte-level

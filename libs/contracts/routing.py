@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from libs.contracts.billing import Caller
-from libs.contracts.common import Count, ErrorReport, Price, Usage
+from libs.contracts.common import CHAT, Count, Endpoint, ErrorReport, Price, Usage
 
 Tier = Literal["cheapest", "balanced", "fastest"]
 
@@ -38,6 +38,7 @@ class RouteRequest(BaseModel):
     routing: RoutingPreferences
     body: dict[str, Any]
     caller: Caller | None = None
+    endpoint: Endpoint = CHAT
 
 
 class RouteAccepted(BaseModel):
@@ -92,10 +93,11 @@ class AttemptDispatch(BaseModel):
     # The completion limit per choice the request's reservation was priced on: the adapter sends it upstream
     # under the profile's own name, whatever the body said (max_tokens and max_completion_tokens may disagree,
     # or be absent).
-    max_tokens: int = Field(ge=1)
+    max_tokens: int = Field(ge=0)  # 0 for embeddings, which generate nothing
     # How long the adapter waits for the hoster's first chunk; None: the adapter's own ceiling, which also
     # caps any value given here.
     first_byte_deadline_ms: float | None = Field(None, gt=0)
+    endpoint: Endpoint = CHAT
 
 
 class AttemptAccepted(BaseModel):

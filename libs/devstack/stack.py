@@ -23,6 +23,7 @@ from libs.platform.natsauth import AuthStore, service_creds
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEMO_HOSTER_ID = "5f0c6f3e-2d7a-4c55-9a51-0d3c2b6f7a01"
 DEMO_MODEL = "demo-model"
+DEMO_EMBEDDING_MODEL = "demo-embedding"
 
 
 @dataclass
@@ -146,9 +147,18 @@ class StackConfig:
 
 
 def demo_hoster(base_url: str, model: str = DEMO_MODEL, upstream_model: str | None = None,
-                api_key: str | None = None, capacity: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """The demo hoster: a community GPU serving ``model`` at a demo price, ``capacity`` requests at once
-    (default ``CS_DEMO_CAPACITY``, else 256)."""
+                api_key: str | None = None, capacity: int | None = None,
+                embedding_model: str | None = None) -> dict[str, Any]:  # fmt: skip
+    """The demo hoster: a community GPU serving ``model`` (chat and text completions) at a demo price,
+    ``capacity`` requests at once (default ``CS_DEMO_CAPACITY``, else 256), and ``embedding_model`` for
+    embeddings if given."""
+    models: list[dict[str, Any]] = [
+        {"name": model, "upstream_model": upstream_model or model, "input_price": "0.50",
+         "output_price": "1.50", "context_length": 8192, "endpoints": ["chat.completions", "completions"]}
+    ]  # fmt: skip
+    if embedding_model is not None:
+        models.append({"name": embedding_model, "input_price": "0.02", "output_price": "0", "context_length": 8192,
+                       "capabilities": [], "endpoints": ["embeddings"]})  # fmt: skip
     return {
         "id": DEMO_HOSTER_ID,
         "name": "demo-hoster",
@@ -156,11 +166,8 @@ def demo_hoster(base_url: str, model: str = DEMO_MODEL, upstream_model: str | No
         "api_key": api_key,
         "cloud": False,
         "capacity": capacity if capacity is not None else int(os.environ.get("CS_DEMO_CAPACITY", "256")),
-        "models": [
-            {"name": model, "upstream_model": upstream_model or model, "input_price": "0.50",
-             "output_price": "1.50", "context_length": 8192}
-        ],
-    }  # fmt: skip
+        "models": models,
+    }
 
 
 def demo_config(workdir: Path, **overrides: Any) -> StackConfig:
@@ -180,7 +187,7 @@ def demo_config(workdir: Path, **overrides: Any) -> StackConfig:
                                   {"CS_SIMULATOR_TOKENS_PER_SECOND": "40", "CS_SIMULATOR_TTFT_MS": "150",
                                    "CS_SIMULATOR_REPLY_TOKENS": "48"})  # fmt: skip
         config.simulators.append(simulator)
-        hoster = demo_hoster(simulator.base_url)
+        hoster = demo_hoster(simulator.base_url, embedding_model=DEMO_EMBEDDING_MODEL)
         # A second hoster joins as a stranger would: registered with the CLI, its agent dialling out with its
         # own credentials, serving the same model at its own price.
         second = SimulatorSpec("simulator-2", int(os.environ.get("CS_DEMO_AGENT_SIMULATOR_PORT", "9101")),

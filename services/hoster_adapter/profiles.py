@@ -9,10 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
+
 ProfileName = Literal["openai", "vllm", "llamacpp", "ollama", "comput3", "generalcompute", "naga"]
 
-# Always sent: what a chat completion is.
+# Always sent: what a request to each endpoint is (a text completion's own parameters included: an upstream
+# that serves /v1/completions takes them).
 ESSENTIAL = frozenset({"model", "messages", "stream"})
+COMPLETION_ESSENTIAL = frozenset({"model", "prompt", "stream", "echo", "suffix", "best_of", "logprobs"})
+# What an embedding request may carry: vectors are always asked for as floats (see ``embeddings_body``).
+EMBEDDING_FIELDS = frozenset({"input", "dimensions", "user"})
 # The completion limit's two names: never passed through as the client wrote them; the limit the request's
 # reservation was priced on is sent instead, under the name the upstream reads.
 LIMITS = frozenset({"max_tokens", "max_completion_tokens"})
@@ -39,22 +45,29 @@ class UpstreamProfile:
             parameter in ESSENTIAL or self.supported is None or parameter in self.supported or parameter in self.renames
         )
 
-    def prepare(self, body: dict[str, Any], upstream_model: str, max_tokens: int) -> tuple[dict[str, Any], list[str]]:
-        """The upstream's request body for a client's ``body`` with the completion limit ``max_tokens`` (the
-        one the reservation was priced on), and the parameters it had to drop."""
+    def prepare(
+        self, body: dict[str, Any], upstream_model: str, max_tokens: int, endpoint: Endpoint = CHAT
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The upstream's request body for a client's ``body`` sent to ``endpoint``, with the completion limit
+        ``max_tokens`` (the one the reservation was priced on), and the parameters it had to drop."""
+        if endpoint == EMBEDDINGS:
+            dropped = sorted(set(body) - EMBEDDING_FIELDS - {"model", "encoding_format"})
+            embed = {key: value for key, value in body.items() if key in EMBEDDING_FIELDS}
+            return embed | {"model": upstream_model, "encoding_format": "float"}, dropped
+        essential = COMPLETION_ESSENTIAL if endpoint == COMPLETIONS else ESSENTIAL
         prepared: dict[str, Any] = {}
         dropped = []
         for key, value in body.items():
             if key in LIMITS:
                 continue
-            if not self.accepts(key):
+            if key not in essential and not self.accepts(key):
                 dropped.append(key)
                 continue
             target = self.renames.get(key, key)
             if target in prepared and target != key:
                 continue  # both names were sent: the upstream's own name wins
             prepared[target] = value
-        limit_name = self.limit_name
+        limit_name = "max_tokens" if endpoint == COMPLETIONS else self.limit_name  # the legacy API has one name
         if limit_name is None:
             limit_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         prepared[limit_name] = max_tokens

@@ -5,11 +5,14 @@ Everything here runs per token chunk, so it works on plain dicts and bytes.
 
 from __future__ import annotations
 
+import base64
+import math
+import struct
 from typing import Any
 
 import orjson
 
-from libs.contracts.common import Usage
+from libs.contracts.common import COMPLETIONS, Usage
 from libs.contracts.pricing import cost_of, estimate_prompt_tokens, to_credits
 from libs.contracts.routing import AttemptDispatch
 
@@ -73,7 +76,7 @@ class StreamTally:
             self.system_fingerprint = chunk.get("system_fingerprint")
         for choice in chunk.get("choices") or ():
             delta = choice.get("delta") or {}
-            if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content"):
+            if delta.get("content") or delta.get("tool_calls") or delta.get("reasoning_content") or choice.get("text"):
                 self.content_chunks += 1
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
@@ -116,12 +119,14 @@ def usage_body(
 
 
 class ChunkRewriter:
-    """Turns an upstream chunk into the gateway's chunk: our id, our model name, our created time."""
+    """Turns an upstream chunk into the gateway's chunk: our id, our model name, our created time (and the
+    object type of the endpoint: a text completion's chunks are ``text_completion`` objects)."""
 
-    __slots__ = ("_created", "_dispatch", "_id", "_include_usage", "_model", "usage_sent")
+    __slots__ = ("_created", "_dispatch", "_id", "_include_usage", "_model", "_object", "usage_sent")
 
     def __init__(self, dispatch: AttemptDispatch) -> None:
         self._dispatch = dispatch
+        self._object = "text_completion" if dispatch.endpoint == COMPLETIONS else "chat.completion.chunk"
         self.usage_sent = False
         self._id = dispatch.request_id
         self._model = dispatch.model
@@ -139,7 +144,7 @@ class ChunkRewriter:
             chunk["usage"] = {**usage, **usage_body(prompt, completion, self._dispatch, estimated=False)}
             self.usage_sent = True
         chunk["id"] = self._id
-        chunk["object"] = "chat.completion.chunk"
+        chunk["object"] = self._object
         chunk["created"] = self._created
         chunk["model"] = self._model
         return orjson.dumps(chunk)
@@ -149,7 +154,7 @@ class ChunkRewriter:
         return orjson.dumps(
             {
                 "id": self._id,
-                "object": "chat.completion.chunk",
+                "object": self._object,
                 "created": self._created,
                 "model": self._model,
                 "choices": [],
@@ -268,3 +273,145 @@ class CompletionAssembler:
         if fingerprint:
             body["system_fingerprint"] = fingerprint
         return orjson.dumps(body)
+
+
+# The lists a text completion's ``logprobs`` carries, one entry per token.
+_TEXT_LOGPROBS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
+
+
+class TextAssembler:
+    """Gathers the chunks of a text completion's stream into one ``text_completion``, bounded like
+    ``CompletionAssembler``: at most ``max_choices`` choices and ``max_bytes`` of text and logprobs."""
+
+    def __init__(self, max_choices: int = 128, max_bytes: int = 900_000) -> None:
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._max_choices = max_choices
+        self._budget = self._max_bytes = max_bytes
+
+    def _spend(self, size: int) -> None:
+        self._budget -= size
+        if self._budget < 0:
+            raise UpstreamFailure(f"completion_too_large: the upstream's answer is over {self._max_bytes} bytes")
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        """Merge one upstream chunk."""
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index") or 0
+            state = self._choices.get(index) if type(index) is int else None
+            if state is None:
+                if not isinstance(index, int) or not 0 <= index < self._max_choices:
+                    raise UpstreamFailure(
+                        f"too_many_choices: choice index {str(index)[:20]} outside the {self._max_choices} asked for"
+                    )
+                state = self._choices[index] = {"text": [], "logprobs": None, "finish_reason": None}
+            if text := choice.get("text"):
+                self._spend(len(_text(text)))
+                state["text"].append(text)
+            logprobs = choice.get("logprobs")
+            if isinstance(logprobs, dict):
+                self._spend(len(orjson.dumps(logprobs)))
+                merged = state["logprobs"] = state["logprobs"] or {key: [] for key in _TEXT_LOGPROBS}
+                for key in _TEXT_LOGPROBS:
+                    part = logprobs.get(key)
+                    if isinstance(part, list):
+                        merged[key].extend(part)
+            if finish := choice.get("finish_reason"):
+                state["finish_reason"] = _text(finish)[:64]
+
+    def completion(self, dispatch: AttemptDispatch, usage: Usage, fingerprint: str | None) -> bytes:
+        """The assembled ``text_completion``, with usage, serialized."""
+        choices = []
+        for index in sorted(self._choices) or [0]:
+            state = self._choices.get(index) or {"text": [], "logprobs": None, "finish_reason": None}
+            choices.append(
+                {
+                    "index": index,
+                    "text": "".join(state["text"]),
+                    "logprobs": state["logprobs"],
+                    "finish_reason": state["finish_reason"] or "stop",
+                }
+            )
+        body: dict[str, Any] = {
+            "id": dispatch.request_id,
+            "object": "text_completion",
+            "created": dispatch.created,
+            "model": dispatch.model,
+            "choices": choices,
+            "usage": usage_body(usage.prompt_tokens, usage.completion_tokens, dispatch, usage.estimated),
+        }
+        if fingerprint:
+            body["system_fingerprint"] = fingerprint
+        return orjson.dumps(body)
+
+
+def input_count(value: Any) -> int:
+    """How many embeddings an ``input`` asks for: one per string or token list, one for a single string or
+    a single list of token ids."""
+    if isinstance(value, list) and value and isinstance(value[0], (str, list)):
+        return len(value)
+    return 1
+
+
+def embeddings_body(doc: Any, dispatch: AttemptDispatch, tally: StreamTally) -> bytes:
+    """The client's ``CreateEmbeddingResponse`` from an upstream's answer, checked: one vector per input,
+    each index once, every vector of finite numbers and of one length (the ``dimensions`` asked for, if any).
+    Vectors are always asked for as floats and encoded as base64 (float32, little-endian, as OpenAI) here
+    when the client wanted that, so they are checked whatever the upstream supports. The usage reported (a
+    non-negative integer) is noted in ``tally``; the router holds it to the request's bounds."""
+    body = dispatch.body
+    expected = input_count(body.get("input"))
+    data = doc.get("data") if isinstance(doc, dict) else None
+    if not isinstance(data, list) or len(data) != expected:
+        count = len(data) if isinstance(data, list) else "no"
+        raise UpstreamFailure(f"invalid_embeddings: {count} vectors for {expected} inputs")
+    vectors: dict[int, list[float]] = {}
+    width = body.get("dimensions")
+    for item in data:
+        index = item.get("index") if isinstance(item, dict) else None
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < expected or index in vectors:
+            raise UpstreamFailure(f"invalid_embeddings: index {str(index)[:20]} is not one of the {expected} inputs")
+        if not isinstance(vector, list) or not vector:
+            raise UpstreamFailure("invalid_embeddings: a vector is not a list of numbers")
+        if not all(type(x) in (float, int) and math.isfinite(x) for x in vector):
+            raise UpstreamFailure("invalid_embeddings: a vector holds something other than finite numbers")
+        width = width or len(vector)
+        if len(vector) != width:
+            raise UpstreamFailure(f"invalid_embeddings: vectors of {len(vector)} numbers, expected {width}")
+        vectors[index] = vector
+    as_base64 = body.get("encoding_format") == "base64"
+    usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
+    prompt = usage.get("prompt_tokens")
+    if type(prompt) is int and prompt >= 0:
+        tally.reported_usage = {"prompt_tokens": prompt, "completion_tokens": 0}
+    counted = tally.usage(body)
+    cost = cost_of(counted.prompt_tokens, 0, dispatch.input_price, dispatch.output_price, dispatch.fee_bps)
+    usage_out: dict[str, Any] = {
+        "prompt_tokens": counted.prompt_tokens,
+        "total_tokens": counted.prompt_tokens,
+        "cost": to_credits(cost.client),
+    }
+    if counted.estimated:
+        usage_out["estimated"] = True
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": _base64_floats(vectors[i]) if as_base64 else vectors[i],
+                }
+                for i in range(expected)
+            ],
+            "model": dispatch.model,
+            "usage": usage_out,
+        }
+    )
+
+
+def _base64_floats(vector: list[float]) -> str:
+    try:
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+    except (OverflowError, struct.error) as exc:
+        raise UpstreamFailure("invalid_embeddings: a number does not fit a float32") from exc

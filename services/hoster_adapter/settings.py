@@ -12,6 +12,7 @@ import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from libs.contracts.common import CHAT, Endpoint
 from libs.contracts.hosters import HOSTER_TAG, ModelOffer
 from libs.platform.natsauth import creds_jwt, decode_jwt
 from libs.platform.settings import ServiceSettings
@@ -32,6 +33,11 @@ class HostedModel(BaseModel):
     output_price: Decimal = Field(ge=0)
     context_length: int | None = Field(None, ge=1)
     capabilities: list[Capability] = Field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
+    endpoints: list[Endpoint] = Field(
+        default_factory=lambda: [CHAT],
+        min_length=1,
+        description="the OpenAI endpoints it serves: chat.completions, completions, embeddings",
+    )
 
     def offer(self) -> ModelOffer:
         """The model as announced in heartbeats."""
@@ -42,6 +48,7 @@ class HostedModel(BaseModel):
             output_price=int(self.output_price * MICRO),
             context_length=self.context_length,
             capabilities=list(self.capabilities),
+            endpoints=list(dict.fromkeys(self.endpoints)),
         )
 
 

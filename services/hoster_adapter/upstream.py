@@ -19,7 +19,9 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from libs.contracts import frames, subjects
+from libs.contracts.common import COMPLETIONS, EMBEDDINGS
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus
+from libs.contracts.pricing import generated_choices
 from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
 from libs.platform.broker import publish_durably
 from libs.platform.metrics import IN_FLIGHT, TIME_TO_FIRST_TOKEN, TOKENS
@@ -30,7 +32,9 @@ from services.hoster_adapter.service import (
     CompletionAssembler,
     SseDataLines,
     StreamTally,
+    TextAssembler,
     UpstreamFailure,
+    embeddings_body,
 )
 from services.hoster_adapter.settings import AdapterSettings, HosterConfig
 
@@ -235,13 +239,16 @@ class HosterAdapter:
         ttft: list[float] = []
         sent = 0
         span = TRACER.start_span(
-            "upstream chat.completions",
+            f"upstream {dispatch.endpoint}",
             kind=SpanKind.CLIENT,
             attributes=span_attributes(request_id=dispatch.request_id, hoster_id=hoster.id, model=dispatch.model),
         )
         try:
             with trace.use_span(span, end_on_exit=True):
-                sent = await self._stream(hoster, active, tally, ttft)
+                if dispatch.endpoint == EMBEDDINGS:
+                    sent = await self._embed(hoster, active, tally, ttft)
+                else:
+                    sent = await self._stream(hoster, active, tally, ttft)
             outcome = "succeeded"
         except asyncio.CancelledError:
             outcome = "cancelled"
@@ -304,11 +311,9 @@ class HosterAdapter:
         s = self._settings
         dispatch = active.dispatch
         body, active.dropped = PROFILES[hoster.profile].prepare(
-            dispatch.body, dispatch.upstream_model, dispatch.max_tokens
+            dispatch.body, dispatch.upstream_model, dispatch.max_tokens, dispatch.endpoint
         )
-        headers = inject_headers({"content-type": "application/json", "accept": "text/event-stream"})
-        if hoster.api_key is not None:
-            headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"
+        headers = self._headers(hoster, "text/event-stream")
         started = time.monotonic()
         loop = asyncio.get_running_loop()
         first_byte_s = s.first_byte_timeout_s
@@ -322,15 +327,17 @@ class HosterAdapter:
         reply = dispatch.reply_subject
         attempt = dispatch.attempt
         rewriter = ChunkRewriter(dispatch) if dispatch.stream else None
-        assembler = None
+        assembler: CompletionAssembler | TextAssembler | None = None
         if not dispatch.stream:
-            n = dispatch.body.get("n")
-            choices = min(n if isinstance(n, int) and n > 0 else 1, s.max_choices)
-            assembler = CompletionAssembler(choices, min(s.max_completion_bytes, max_payload))
+            choices = min(generated_choices(dispatch.body), s.max_choices)
+            budget = min(s.max_completion_bytes, max_payload)
+            text = dispatch.endpoint == COMPLETIONS
+            assembler = TextAssembler(choices, budget) if text else CompletionAssembler(choices, budget)
         done = False
         received = 0
+        path = "completions" if dispatch.endpoint == COMPLETIONS else "chat/completions"
         request = self._http.build_request(
-            "POST", f"{hoster.base_url}/chat/completions", content=orjson.dumps(body), headers=headers
+            "POST", f"{hoster.base_url}/{path}", content=orjson.dumps(body), headers=headers
         )
         try:
             async with asyncio.timeout_at(min(loop.time() + first_byte_s, ends_at)) as deadline:
@@ -402,6 +409,65 @@ class HosterAdapter:
             await publish(reply, frames.encode(frames.END, attempt, active.seq))
         active.seq += 1
         return active.seq
+
+    async def _embed(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> int:
+        """Ask the upstream for embeddings (one answer, no stream) and send the client's body as one frame;
+        return how many frames were sent. The answer is due within the first-byte deadline and read up to the
+        largest message NATS carries; it is checked before anything reaches the client (``embeddings_body``)."""
+        assert self._http is not None
+        assert self._nc is not None
+        s = self._settings
+        dispatch = active.dispatch
+        body, active.dropped = PROFILES[hoster.profile].prepare(
+            dispatch.body, dispatch.upstream_model, 0, dispatch.endpoint
+        )
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        first_byte_s = s.first_byte_timeout_s
+        if dispatch.first_byte_deadline_ms is not None:
+            first_byte_s = min(first_byte_s, dispatch.first_byte_deadline_ms / 1000)
+        limit = min(s.max_attempt_bytes, self._max_payload())
+        request = self._http.build_request(
+            "POST", f"{hoster.base_url}/embeddings", content=orjson.dumps(body), headers=self._headers(hoster)
+        )
+        raw = bytearray()
+        try:
+            async with asyncio.timeout_at(min(loop.time() + first_byte_s, loop.time() + s.max_attempt_duration_s)):
+                response = await self._send(request)
+                try:
+                    if response.status_code != 200:
+                        raise await self._refusal(response)
+                    async for data in response.aiter_raw():
+                        raw += data
+                        if len(raw) > limit:
+                            raise UpstreamFailure(
+                                f"response_too_large: the upstream's embeddings are over {limit} bytes"
+                            )
+                finally:
+                    await response.aclose()
+        except TimeoutError as exc:
+            raise UpstreamFailure(self._deadline_error([], False, first_byte_s)) from exc
+        ttft.append(time.monotonic() - started)
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamFailure("invalid_embeddings: the answer is not JSON") from exc
+        answer = embeddings_body(doc, dispatch, tally)
+        if len(answer) > self._max_payload():
+            raise UpstreamFailure("response_too_large: the embeddings do not fit one message; send fewer inputs")
+        await self._nc.publish(
+            dispatch.reply_subject, frames.encode(frames.COMPLETION, dispatch.attempt, active.seq, answer)
+        )
+        active.seq += 1
+        active.last_sent = time.monotonic()
+        return active.seq
+
+    def _headers(self, hoster: HosterConfig, accept: str = "application/json") -> dict[str, str]:
+        """Headers of a request to ``hoster``: JSON, trace context, its API key if it has one."""
+        headers = inject_headers({"content-type": "application/json", "accept": accept})
+        if hoster.api_key is not None:
+            headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"
+        return headers
 
     async def _send_chunks(self, reply: str, active: ActiveAttempt, batch: list[bytes]) -> None:
         """One chunk frame carrying ``batch`` (one chunk per line)."""

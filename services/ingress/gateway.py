@@ -107,7 +107,8 @@ class UsageGuard:
         if not isinstance(usage, dict):
             return body
         try:
-            prompt, completion = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+            # Embeddings report no completion tokens: none were generated.
+            prompt, completion = int(usage["prompt_tokens"]), int(usage.get("completion_tokens", 0))
         except (KeyError, TypeError, ValueError):
             return body
         bounds = self.bounds.with_text(self.text_bytes, self.choices)
@@ -115,12 +116,10 @@ class UsageGuard:
         if discrepancy is None:
             return body
         cost = cost_of(bounded_prompt, bounded_completion, self.input_price, self.output_price, self.fee_bps)
-        usage.update(
-            prompt_tokens=bounded_prompt,
-            completion_tokens=bounded_completion,
-            total_tokens=bounded_prompt + bounded_completion,
-            cost=to_credits(cost.client),
-        )
+        usage.update(prompt_tokens=bounded_prompt, total_tokens=bounded_prompt + bounded_completion)
+        if "completion_tokens" in usage:
+            usage["completion_tokens"] = bounded_completion
+        usage["cost"] = to_credits(cost.client)
         return orjson.dumps(doc)
 
     def _count(self, choices: object) -> None:
@@ -132,6 +131,9 @@ class UsageGuard:
             index = choice.get("index")
             if isinstance(index, int) and 0 <= index < MAX_CHOICES:
                 self.choices = max(self.choices, index + 1)
+            text = choice.get("text")  # a text completion's
+            if isinstance(text, str):
+                self.text_bytes += len(text.encode())
             part = choice.get("delta") or choice.get("message")
             if not isinstance(part, dict):
                 continue

@@ -15,8 +15,15 @@ from pydantic import ValidationError
 
 from libs.contracts import frames, subjects
 from libs.contracts.billing import Caller, GenerationRecord
-from libs.contracts.common import ErrorReport
-from libs.contracts.openai import ChatCompletionRequest, error_body, hoster_body, validation_failure
+from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, ErrorReport
+from libs.contracts.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    error_body,
+    hoster_body,
+    validation_failure,
+)
 from libs.contracts.pricing import UsageBounds, to_credits
 from libs.contracts.routing import RouteRequest
 from libs.platform import apikeys
@@ -24,7 +31,16 @@ from libs.platform.ids import new_request_id
 from libs.platform.metrics import TIME_TO_FIRST_TOKEN
 from libs.platform.telemetry import REQUEST_ID, span_attributes
 from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGuard
-from services.ingress.openapi import CHAT_RESPONSES, Credits, ModelEntry, ModelList, UsageList, errors
+from services.ingress.openapi import (
+    CHAT_RESPONSES,
+    EMBEDDING_RESPONSES,
+    TEXT_COMPLETION_RESPONSES,
+    Credits,
+    ModelEntry,
+    ModelList,
+    UsageList,
+    errors,
+)
 from services.ingress.service import (
     StreamOutcome,
     error_report,
@@ -157,11 +173,8 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-@router.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
-async def create_chat_completion(
-    request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep
-) -> Response:
-    """Create a chat completion (OpenAI-compatible), streaming as SSE when ``stream`` is true."""
+async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings) -> dict[str, Any] | Response:
+    """The JSON object of a request's body, or the OpenAI-style error that refuses it."""
     if not _is_json(request.headers.get("content-type")):
         raise GatewayError(
             ErrorReport(
@@ -185,43 +198,83 @@ async def create_chat_completion(
         return invalid_request(
             f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.", code="json_too_deep"
         )
+    return payload
+
+
+async def _serve(
+    request: Request,
+    caller: Caller,
+    gateway: Gateway,
+    settings: IngressSettings,
+    model: type[ChatCompletionRequest | CompletionRequest | EmbeddingRequest],
+    endpoint: Endpoint,
+) -> Response:
+    """Validate the body with ``model`` and route it to a hoster serving ``endpoint``."""
+    payload = await _parsed(request, gateway, settings)
+    if isinstance(payload, Response):
+        return payload
     try:
-        body = ChatCompletionRequest.model_validate(payload)
+        body = model.model_validate(payload)
     except ValidationError as exc:
         message, param = validation_failure(payload, exc.errors(include_url=False))
         return invalid_request(message, param)
-
+    stream = bool(getattr(body, "stream", False))
     request_id = new_request_id()
     REQUEST_ID.set(request_id)
     with TRACER.start_as_current_span(
-        "POST /v1/chat/completions",
+        f"POST {request.url.path}",
         kind=SpanKind.SERVER,
-        attributes=span_attributes(request_id=request_id, model=body.model, stream=bool(body.stream)),
+        attributes=span_attributes(request_id=request_id, model=body.model, stream=stream),
     ):
-        return await _complete(request_id, payload, body, caller, gateway, settings)
+        return await _complete(request_id, payload, body, stream, endpoint, caller, gateway, settings)
+
+
+@router.post("/v1/chat/completions", response_model=None, responses=CHAT_RESPONSES)
+async def create_chat_completion(
+    request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep
+) -> Response:
+    """Create a chat completion (OpenAI-compatible), streaming as SSE when ``stream`` is true."""
+    return await _serve(request, caller, gateway, settings, ChatCompletionRequest, CHAT)
+
+
+@router.post("/v1/completions", response_model=None, responses=TEXT_COMPLETION_RESPONSES)
+async def create_completion(
+    request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep
+) -> Response:
+    """Create a text completion (OpenAI's legacy completions API), streaming as SSE when ``stream`` is true."""
+    return await _serve(request, caller, gateway, settings, CompletionRequest, COMPLETIONS)
+
+
+@router.post("/v1/embeddings", response_model=None, responses=EMBEDDING_RESPONSES)
+async def create_embedding(request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """Create embeddings of one or more inputs (OpenAI-compatible); billed per input token."""
+    return await _serve(request, caller, gateway, settings, EmbeddingRequest, EMBEDDINGS)
 
 
 async def _complete(
     request_id: str,
     payload: dict[str, Any],
-    body: ChatCompletionRequest,
+    body: ChatCompletionRequest | CompletionRequest | EmbeddingRequest,
+    stream: bool,
+    endpoint: Endpoint,
     caller: Caller,
     gateway: Gateway,
     settings: IngressSettings,
 ) -> Response:
     """Route the validated request and answer with the first frame: SSE for streams, one body otherwise."""
     started = time.perf_counter()
-    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    options = getattr(body, "stream_options", None)
     route = RouteRequest(
         request_id=request_id,
         reply_subject=subjects.reply_subject(gateway.ingress_id, request_id),
         model=body.model,
-        stream=bool(body.stream),
-        include_usage=include_usage,
+        stream=stream,
+        include_usage=bool(stream and options is not None and options.include_usage),
         created=int(time.time()),
         routing=body.routing(),
         body=hoster_body(payload),
         caller=caller,
+        endpoint=endpoint,
     )
     replies = gateway.open_stream(request_id)
     handed_to_stream = False
@@ -239,7 +292,7 @@ async def _complete(
             return error_response(idle_report(settings.retry_after_s), headers)
         if first.kind == frames.ERROR:
             return error_response(error_report(first.body), headers)
-        if body.stream:
+        if stream:
             TIME_TO_FIRST_TOKEN.labels("ingress").observe(time.perf_counter() - started)
             handed_to_stream = True
             return StreamingResponse(
@@ -279,6 +332,7 @@ def _model_entry(model: Any) -> dict[str, Any]:
         "owned_by": "computeshare",
         "hosters": model.hosters,
         "context_length": model.context_length,
+        "endpoints": [f"/v1/{endpoint.replace('.', '/')}" for endpoint in model.endpoints],
         "pricing": {
             "unit": "credits per million tokens",
             "input": {"min": model.min_input_price / 1e6, "max": model.max_input_price / 1e6},

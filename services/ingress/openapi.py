@@ -11,7 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict, Field
 
 from libs.contracts.billing import GenerationRecord
-from libs.contracts.openai import ChatCompletionRequest
+from libs.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
 class _Doc(BaseModel):
@@ -74,6 +74,53 @@ class ChatCompletion(_Doc):
     system_fingerprint: str | None = None
 
 
+class TextChoice(_Doc):
+    """One choice of a text completion."""
+
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: dict[str, Any] | None = None
+
+
+class TextCompletion(_Doc):
+    """A text completion (``stream: true`` answers with ``text/event-stream`` events of the same shape)."""
+
+    id: str
+    object: str = Field(examples=["text_completion"])
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: CompletionUsage | None = None
+    system_fingerprint: str | None = None
+
+
+class EmbeddingVector(_Doc):
+    """One input's vector: floats, or base64 of little-endian float32s with ``encoding_format: base64``."""
+
+    object: str = Field(examples=["embedding"])
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingUsage(_Doc):
+    """Input tokens (``estimated`` when the hoster reported none) and the cost in credits."""
+
+    prompt_tokens: int
+    total_tokens: int
+    cost: float | None = None
+    estimated: bool | None = None
+
+
+class EmbeddingList(_Doc):
+    """The embeddings of every input, in input order."""
+
+    object: str = Field(examples=["list"])
+    data: list[EmbeddingVector]
+    model: str
+    usage: EmbeddingUsage
+
+
 class Pricing(_Doc):
     """Price range over a model's live hosters, credits per million tokens."""
 
@@ -91,6 +138,7 @@ class ModelEntry(_Doc):
     owned_by: str
     hosters: int
     context_length: int | None
+    endpoints: list[str] = Field(description="the API paths it is served on", examples=[["/v1/chat/completions"]])
     pricing: Pricing
 
 
@@ -157,24 +205,46 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+TEXT_COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": TextCompletion,
+        "description": "The completion, or with stream: true a text/event-stream of text_completion events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **errors(400, 401, 402, 404, 413, 415, 429, 500, 503),
+}
+
+EMBEDDING_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": EmbeddingList, "description": "One vector per input"},
+    **errors(400, 401, 402, 404, 413, 415, 429, 500, 503),
+}
+
+# Each routed endpoint and the model its handler validates the body with.
+REQUEST_BODIES: dict[str, type[BaseModel]] = {
+    "/v1/chat/completions": ChatCompletionRequest,
+    "/v1/completions": CompletionRequest,
+    "/v1/embeddings": EmbeddingRequest,
+}
+
+
 def install_openapi(app: FastAPI) -> None:
-    """Document ``POST /v1/chat/completions``'s body from the model the handler validates with (the handler
-    parses it itself, for OpenAI-style errors and to pass the client's JSON on untouched)."""
+    """Document each routed endpoint's body from the model its handler validates with (the handler parses it
+    itself, for OpenAI-style errors and to pass the client's JSON on untouched)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        request_schema = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
         components = document.setdefault("components", {}).setdefault("schemas", {})
-        components.update(request_schema.pop("$defs", {}))
-        components["ChatCompletionRequest"] = request_schema
+        for path, model in REQUEST_BODIES.items():
+            request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(request_schema.pop("$defs", {}))
+            components[model.__name__] = request_schema
+            document["paths"][path]["post"]["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+            }
         components["GenerationRecord"] = GenerationRecord.model_json_schema(ref_template="#/components/schemas/{model}")
-        operation = document["paths"]["/v1/chat/completions"]["post"]
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ChatCompletionRequest"}}},
-        }
         document["components"]["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
         document["security"] = [{"bearer": []}]
         for path in ("/v1/models", "/v1/models/{model_id}"):

@@ -217,8 +217,8 @@ class Dispatcher:
         """Order the eligible hosters, have billing admit the request, then start its first attempt."""
         REQUEST_ID.set(request.request_id)
         s = self._settings
-        profile = RequestProfile.of(request.body, s.default_max_tokens)
-        bounds = UsageBounds.of(request.body, len(orjson.dumps(request.body)), s.default_max_tokens)
+        profile = RequestProfile.of(request.body, s.default_max_tokens, request.endpoint)
+        bounds = UsageBounds.of(request.body, len(orjson.dumps(request.body)), s.default_max_tokens, request.endpoint)
         try:
             candidates = order_candidates(
                 self.registry,
@@ -361,8 +361,9 @@ class Dispatcher:
             output_price=candidate.offer.output_price,
             fee_bps=self._settings.platform_fee_bps,
             body=request.body,
-            max_tokens=requested_max_tokens(request.body, self._settings.default_max_tokens),
+            max_tokens=requested_max_tokens(request.body, self._settings.default_max_tokens, request.endpoint),
             first_byte_deadline_ms=deadline_ms,
+            endpoint=request.endpoint,
         )
 
     async def _admit(

@@ -23,6 +23,7 @@ import orjson
 from nats.aio.client import Client
 
 from libs.contracts import frames, subjects
+from libs.contracts.common import CHAT
 from libs.contracts.routing import AttemptFinished, RouteRequest, RoutingPreferences
 from libs.platform.ids import new_request_id
 from services.router.dispatcher import Dispatcher
@@ -104,11 +105,13 @@ class Prober:
         s, wall = self._settings, time.time()
         for status, adapter_id in self._dispatcher.registry.statuses(time.monotonic()):
             hoster_id = status.hoster_id
-            if hoster_id in self._running or not status.models:
+            # Probes are chat completions: a hoster serving only embeddings is judged by its clients' requests.
+            chat = [o for o in status.models if CHAT in o.endpoints]
+            if hoster_id in self._running or not chat:
                 continue
             if not probe_due(self._dispatcher.stats.of(hoster_id, wall), wall, s.probe_new_attempts, s.probe_idle_s):
                 continue
-            offer = min(status.models, key=lambda o: (o.input_price + o.output_price, o.model))
+            offer = min(chat, key=lambda o: (o.input_price + o.output_price, o.model))
             task = asyncio.create_task(self.probe(nc, Candidate(status, offer, adapter_id)))
             self._running[hoster_id] = task
             task.add_done_callback(functools.partial(self._done, hoster_id))

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from libs.contracts.common import ErrorReport
+from libs.contracts.common import CHAT, Endpoint, ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer, RegisteredHoster
 from libs.contracts.pricing import estimate_prompt_tokens, requested_max_tokens
 from libs.contracts.routing import RoutingPreferences, Tier
@@ -134,6 +134,7 @@ class HosterRegistry:
                     max_output_price=max(o.output_price for o in offers),
                     context_length=max(contexts) if contexts else None,
                     first_seen=self.models_seen.get(model, 0),
+                    endpoints=sorted({e for o in offers for e in o.endpoints}),
                 )
             )
         return listing
@@ -149,16 +150,17 @@ class NoEligibleHoster(Exception):
 
 @dataclass(frozen=True, slots=True)
 class RequestProfile:
-    """What the request needs from a model, read from its body."""
+    """What the request needs from a model, read from its body and the endpoint it came through."""
 
     prompt_tokens: int
     max_tokens: int
     needs: frozenset[str] = frozenset()
     parameters: frozenset[str] = frozenset()
+    endpoint: Endpoint = CHAT
 
     @classmethod
-    def of(cls, body: dict[str, Any], default_max_tokens: int) -> RequestProfile:
-        """The profile of a chat completion body."""
+    def of(cls, body: dict[str, Any], default_max_tokens: int, endpoint: Endpoint = CHAT) -> RequestProfile:
+        """The profile of a request body sent to ``endpoint``."""
         needs = set()
         if body.get("tools") or body.get("functions"):
             needs.add("tools")
@@ -170,13 +172,23 @@ class RequestProfile:
                 isinstance(p, dict) and p.get("type") in ("image_url", "input_image") for p in content
             ):
                 needs.add("vision")
-        parameters = frozenset(body) - {"model", "messages", "stream"}
+        parameters = frozenset(body) - {"model", "messages", "prompt", "input", "stream"}
         return cls(
-            estimate_prompt_tokens(body), requested_max_tokens(body, default_max_tokens), frozenset(needs), parameters
+            estimate_prompt_tokens(body),
+            requested_max_tokens(body, default_max_tokens, endpoint),
+            frozenset(needs),
+            parameters,
+            endpoint,
         )
 
+    def serves(self, offer: ModelOffer) -> bool:
+        """Whether ``offer`` serves the endpoint this request came through."""
+        return self.endpoint in offer.endpoints
+
     def fits(self, offer: ModelOffer) -> bool:
-        """Whether ``offer`` has the context length and capabilities this request needs."""
+        """Whether ``offer`` serves this endpoint and has the context length and capabilities it needs."""
+        if not self.serves(offer):
+            return False
         if offer.context_length is not None and self.prompt_tokens + self.max_tokens > offer.context_length:
             return False
         return self.needs <= set(offer.capabilities)
@@ -354,7 +366,13 @@ def order_candidates(
         groups = [(m, [c for c in live if c.offer.model == m]) for m in [model, *prefs.fallback_models]]
     ordered: list[Candidate] = []
     reasons = []
-    for name, pairs in groups:
+    elsewhere = []  # asked-for models live only behind other endpoints
+    for name, found in groups:
+        pairs = [c for c in found if profile.serves(c.offer)]
+        if found and not pairs:
+            elsewhere.append(name)
+            reasons.append(f"`{name}` does not serve /v1/{profile.endpoint.replace('.', '/')}")
+            continue
         if not pairs:
             reasons.append(
                 f"no hoster of `{name}` is live right now"
@@ -368,6 +386,18 @@ def order_candidates(
         ordered += _rank(prefs.tier, eligible)
     if ordered:
         return ordered
+    if elsewhere and len(elsewhere) == len(groups):
+        path = "/v1/" + profile.endpoint.replace(".", "/")
+        raise NoEligibleHoster(
+            ErrorReport(
+                http_status=404,
+                type="invalid_request_error",
+                code="model_not_supported",
+                param="model",
+                message=f"The model `{elsewhere[0]}` is not served on {path} by any hoster; "
+                "see GET /v1/models for the endpoints each model serves.",
+            )
+        )
     if model != AUTO_MODEL and not any(m in registry.models_seen for m in [model, *prefs.fallback_models]):
         raise NoEligibleHoster(
             ErrorReport(

@@ -7,6 +7,7 @@ import dataclasses
 import hmac
 import random
 import re
+import uuid
 from collections.abc import AsyncGenerator, Sequence
 from itertools import zip_longest
 from typing import Any
@@ -21,7 +22,8 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from services.simulator.chat_request import ChatCompletionRequest, request_problem
+from services.simulator.chat_request import ChatCompletionRequest, SimulatorOverride, request_problem
+from services.simulator.other_endpoints import embeddings, plan_text, text_completion, text_events
 from services.simulator.responses import (
     DONE_EVENT,
     CompletionMeta,
@@ -83,6 +85,8 @@ class _Endpoints:
         """The simulator's routes."""
         return [
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/embeddings", self.embeddings, methods=["POST"]),
             Route("/v1/models", self.list_models, methods=["GET"]),
             Route("/healthz", self.health, methods=["GET"]),
             Route("/stats", self.stats, methods=["GET"]),
@@ -138,6 +142,71 @@ class _Endpoints:
         if await _disconnected_within(request.receive, wait_s):
             return _abandoned()
         return _json(200, completion(meta, reply))
+
+    async def _other(self, request: Request) -> tuple[dict[str, Any], Behaviour] | Response:
+        """The body and behaviour of a text completion or embedding request, or the response refusing it (or
+        the fault it was told to play: an error, or a hang)."""
+        self._state.requests_total += 1
+        if not self._authorized(request):
+            return _unauthorized()
+        payload = _json_object(await request.body())
+        if isinstance(payload, Response):
+            return payload
+        self._state.last_request_body = payload
+        if payload.get("model") not in self._models:
+            return _json_error(
+                404,
+                f"The model `{payload.get('model')}` does not exist or you do not have access to it.",
+                "invalid_request_error",
+                code="model_not_found",
+            )
+        try:
+            override = SimulatorOverride.model_validate(payload["simulator"]) if "simulator" in payload else None
+        except ValidationError as exc:
+            return _json_error(400, str(exc.errors(include_url=False)[0]["msg"]), "invalid_request_error")
+        behaviour = resolve_behaviour(self._defaults, self._fault_rate, override, random.random())
+        if behaviour.fault == "error":
+            return _json_error(
+                behaviour.fault_status,
+                "The simulator failed this request, as configured.",
+                "server_error",
+                code="simulated_error",
+            )
+        if behaviour.fault == "hang":
+            await _until_disconnected(request.receive)
+            return _abandoned()
+        if await _disconnected_within(request.receive, behaviour.ttft_s):
+            return _abandoned()
+        return payload, behaviour
+
+    async def completions(self, request: Request) -> Response:
+        """``POST /v1/completions``: a simulated text completion, streamed (at once) or whole."""
+        taken = await self._other(request)
+        if isinstance(taken, Response):
+            return taken
+        payload, behaviour = taken
+        if not isinstance(payload.get("prompt"), (str, list)):
+            return _json_error(400, "Missing required parameter: 'prompt'.", "invalid_request_error", param="prompt")
+        try:
+            prompts, replies = plan_text(payload, behaviour.reply_tokens)
+        except ValidationError as exc:
+            return _json_error(400, str(exc.errors(include_url=False)[0]["msg"]), "invalid_request_error")
+        if behaviour.usage_factor != 1.0:
+            replies = [dataclasses.replace(r, usage_factor=behaviour.usage_factor) for r in replies]
+        meta = dataclasses.replace(new_completion(str(payload["model"])), id="cmpl-sim-" + uuid.uuid4().hex)
+        if payload.get("stream"):
+            return Response(text_events(meta, payload, prompts, replies), media_type="text/event-stream")
+        return Response(text_completion(meta, payload, prompts, replies), media_type="application/json")
+
+    async def embeddings(self, request: Request) -> Response:
+        """``POST /v1/embeddings``: deterministic unit vectors, one per input."""
+        taken = await self._other(request)
+        if isinstance(taken, Response):
+            return taken
+        payload, behaviour = taken
+        if not isinstance(payload.get("input"), (str, list)) or not payload["input"]:
+            return _json_error(400, "Missing required parameter: 'input'.", "invalid_request_error", param="input")
+        return Response(embeddings(payload, behaviour.usage_factor), media_type="application/json")
 
     async def list_models(self, request: Request) -> Response:
         """``GET /v1/models``: the configured models in OpenAI's list shape."""

@@ -17,7 +17,7 @@ class SimulatorSettings(ServiceSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(9100, ge=0, le=65535)
-    models: list[str] = Field(default_factory=lambda: ["demo-model"], min_length=1)
+    models: list[str] = Field(default_factory=lambda: ["demo-model", "demo-embedding"], min_length=1)
     ttft_ms: float = Field(0, ge=0)
     # 0 sends all tokens back to back: the fastest upstream, for throughput benchmarks of the gateway.
     tokens_per_second: float = Field(0, ge=0)
