@@ -335,10 +335,29 @@ PromptInput = (
 )
 
 
+# A text completion's cross-field rules, for the OpenAPI document (see ``CompletionRequest._consistent``).
+_TEXT_RULES: list[JsonValue] = [
+    _CROSS_FIELD_RULES[0],
+    {
+        "if": {"required": ["best_of"], "properties": {"best_of": {"type": "integer", "minimum": 2}}},
+        "then": {"not": {"required": ["stream"], "properties": {"stream": {"const": True}}}},
+    },
+]
+
+
+# What to embed: as ``PromptInput``, but no input may be empty (OpenAI refuses an empty string).
+EmbeddingInput = (
+    Annotated[str, Field(min_length=1, max_length=4_000_000)]
+    | Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+    | Annotated[list[TokenId], Field(min_length=1, max_length=1_000_000)]
+    | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=2048)]
+)
+
+
 class CompletionRequest(RoutedRequest):
     """``POST /v1/completions`` body (the legacy text completion API) and our routing."""
 
-    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": _CROSS_FIELD_RULES[:1]})
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": _TEXT_RULES})
 
     model: str = Field(min_length=1, max_length=256)
     prompt: PromptInput
@@ -365,8 +384,6 @@ class CompletionRequest(RoutedRequest):
     def _consistent(self) -> CompletionRequest:
         if self.stream_options is not None and not self.stream:
             raise _ParamError("stream_options", "stream_options is only allowed when stream is true")
-        if self.best_of is not None and self.best_of < (self.n or 1):
-            raise _ParamError("best_of", "best_of must be greater than or equal to n")
         if self.best_of is not None and self.best_of > 1 and self.stream:
             raise _ParamError("best_of", "best_of cannot be used with stream")
         return self
@@ -376,17 +393,10 @@ class EmbeddingRequest(RoutedRequest):
     """``POST /v1/embeddings`` body and our routing."""
 
     model: str = Field(min_length=1, max_length=256)
-    input: PromptInput
+    input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1, le=65_536), _Whole] | None = None
     user: str | None = Field(None, max_length=512)
-
-    @field_validator("input")
-    @classmethod
-    def _not_empty(cls, value: Any) -> Any:
-        if value == "" or (isinstance(value, list) and "" in value):
-            raise ValueError("an input to embed cannot be an empty string")
-        return value
 
 
 class _ParamError(ValueError):
