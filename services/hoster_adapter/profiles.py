@@ -17,7 +17,8 @@ ProfileName = Literal["openai", "vllm", "llamacpp", "ollama", "comput3", "genera
 # that serves /v1/completions takes them).
 ESSENTIAL = frozenset({"model", "messages", "stream"})
 COMPLETION_ESSENTIAL = frozenset({"model", "prompt", "stream", "echo", "suffix", "best_of", "logprobs"})
-# What an embedding request may carry: vectors are always asked for as floats (see ``embeddings_body``).
+# What an embedding request carries to a server with a fixed parameter list (one that takes anything gets the
+# client's whole body); vectors are always asked for as floats (see ``embeddings_body``).
 EMBEDDING_FIELDS = frozenset({"input", "dimensions", "user"})
 # The completion limit's two names: never passed through as the client wrote them; the limit the request's
 # reservation was priced on is sent instead, under the name the upstream reads.
@@ -51,8 +52,9 @@ class UpstreamProfile:
         """The upstream's request body for a client's ``body`` sent to ``endpoint``, with the completion limit
         ``max_tokens`` (the one the reservation was priced on), and the parameters it had to drop."""
         if endpoint == EMBEDDINGS:
-            dropped = sorted(set(body) - EMBEDDING_FIELDS - {"model", "encoding_format"})
-            embed = {key: value for key, value in body.items() if key in EMBEDDING_FIELDS}
+            takes = set(body) if self.supported is None else EMBEDDING_FIELDS
+            dropped = sorted(set(body) - takes - {"model", "encoding_format"})
+            embed = {key: value for key, value in body.items() if key in takes}
             return embed | {"model": upstream_model, "encoding_format": "float"}, dropped
         essential = COMPLETION_ESSENTIAL if endpoint == COMPLETIONS else ESSENTIAL
         prepared: dict[str, Any] = {}

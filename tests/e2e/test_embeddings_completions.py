@@ -17,6 +17,7 @@ import pytest
 from libs.devstack.processes import free_port
 from libs.devstack.stack import (
     DEMO_EMBEDDING_MODEL,
+    DEMO_HOSTER_ID,
     DEMO_MODEL,
     AdapterSpec,
     SimulatorSpec,
@@ -30,6 +31,7 @@ from tests.openai_schema import openai_validator
 pytestmark = pytest.mark.e2e
 
 CHAT_ONLY = "cccccccc-0000-4000-8000-000000000001"
+BROKEN = "cccccccc-0000-4000-8000-000000000002"
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,22 @@ def stack() -> Iterator[Stack]:
             )
         ],
     )
+    running = Stack(config).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def failover_stack() -> Iterator[Stack]:
+    """The demo hoster and a cheaper embedding hoster whose server fails every request (``tier: cheapest``
+    tries it first), on a stack of their own so no other test has cooled the broken one down."""
+    simulator = SimulatorSpec("simulator", free_port())
+    broken = SimulatorSpec("broken", free_port(), {"CS_SIMULATOR_FAULT": "error", "CS_SIMULATOR_FAULT_RATE": "1"})
+    failing = demo_hoster(broken.base_url, embedding_model=DEMO_EMBEDDING_MODEL)
+    failing |= {"id": BROKEN, "name": "broken-hoster", "models": failing["models"][1:]}
+    failing["models"][0]["input_price"] = "0.01"
+    hosters = [demo_hoster(simulator.base_url, embedding_model=DEMO_EMBEDDING_MODEL), failing]
+    config = throwaway_config(simulators=[simulator, broken], adapters=[AdapterSpec("hoster_adapter", hosters)])
     running = Stack(config).start()
     yield running
     running.stop()
@@ -200,3 +218,35 @@ def test_models_list_the_endpoints_each_model_serves(sdk: openai.OpenAI, stack: 
     assert endpoints[DEMO_MODEL] == ["/v1/chat/completions", "/v1/completions"]
     assert endpoints[DEMO_EMBEDDING_MODEL] == ["/v1/embeddings"]
     assert endpoints["chat-only"] == ["/v1/chat/completions"]
+
+
+def test_an_embedding_request_fails_over_from_a_broken_hoster_and_pays_only_the_one_that_served(
+    failover_stack: Stack,
+) -> None:
+    stack, key = failover_stack, failover_stack.create_account(credits="10")[1]
+    response = post(stack, key, "embeddings", model=DEMO_EMBEDDING_MODEL, input="fail me over", tier="cheapest")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-computeshare-attempts"] == "2"
+    record = routing_record(stack, key, response.headers["x-request-id"])
+    assert [(a["hoster_id"], a["outcome"]) for a in record["attempts"]] == [
+        (BROKEN, "failed"),
+        (DEMO_HOSTER_ID, "succeeded"),
+    ]
+    assert Decimal(str(record["cost"])) == Decimal(str(response.json()["usage"]["cost"]))
+    # Pinned to the broken hoster alone, the client gets the failure, in OpenAI's envelope, and pays nothing.
+    pinned = post(stack, key, "embeddings", model=DEMO_EMBEDDING_MODEL, input="x", allow_hosters=[BROKEN])
+    assert pinned.status_code in (500, 503), pinned.text
+    assert pinned.json()["error"]["type"] == "server_error"
+
+
+def test_a_hoster_inflating_embedding_usage_is_held_to_the_bytes_the_client_sent(stack: Stack, key: str) -> None:
+    body = {"model": DEMO_EMBEDDING_MODEL, "input": "x" * 400, "allow_hosters": [DEMO_HOSTER_ID],
+            "simulator": {"usage_factor": 1000}}  # fmt: skip
+    response = post(stack, key, "embeddings", **body)
+    assert response.status_code == 200, response.text
+    usage = response.json()["usage"]
+    bound = len(orjson.dumps({k: v for k, v in body.items() if k != "allow_hosters"})) + 64
+    assert 100 < usage["prompt_tokens"] <= bound  # the hoster claimed 100,000
+    record = routing_record(stack, key, response.headers["x-request-id"])
+    assert record["prompt_tokens"] == usage["prompt_tokens"]
+    assert Decimal(str(record["cost"])) == Decimal(str(usage["cost"]))
