@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
-from libs.contracts.common import ErrorReport, Price, Usage
+from libs.contracts.common import CHAT, Endpoint, ErrorReport, Price, Usage
 
 
 class VerifyKey(BaseModel):
@@ -49,6 +49,7 @@ class ReserveCredits(BaseModel):
     amount: int = Field(ge=0, description="maximum cost, micro-credits")
     tokens: int = Field(ge=0, description="prompt estimate plus completion budget, for tokens per minute")
     fee_bps: int
+    endpoint: Endpoint = CHAT
 
 
 class RateLimitState(BaseModel):
@@ -196,6 +197,7 @@ class GenerationRecord(BaseModel):
 
     id: str
     model: str | None
+    endpoint: Endpoint = CHAT
     status: str
     created: int
     prompt_tokens: int

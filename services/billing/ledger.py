@@ -397,8 +397,9 @@ class Ledger(PoolBound):
                                       OR (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2 <= daily_cap)
                                RETURNING id),
                            reservation AS (
-                               INSERT INTO reservations (request_id, account_id, key_id, amount, fee_bps, spend_day)
-                               SELECT $4, id, $5, $2, $6, $3 FROM held
+                               INSERT INTO reservations
+                                   (request_id, account_id, key_id, amount, fee_bps, spend_day, endpoint)
+                               SELECT $4, id, $5, $2, $6, $3, $9 FROM held
                                RETURNING request_id),
                            tx AS (
                                INSERT INTO ledger_transactions (kind, request_id, account_id)
@@ -419,6 +420,7 @@ class Ledger(PoolBound):
                         command.fee_bps,
                         client_account(caller.account_id),
                         reserved_account(caller.account_id),
+                        command.endpoint,
                     )
                     if not held:
                         raise _Refusal("credits")
@@ -662,6 +664,7 @@ class Ledger(PoolBound):
         return GenerationRecord(
             id=request_id,
             model=held["model"] or (attempts[-1]["model"] if attempts else None),
+            endpoint=held["endpoint"],
             status=held["status"],
             created=int(held["created_at"].timestamp()),
             prompt_tokens=held["prompt_tokens"],

@@ -378,6 +378,7 @@ class Dispatcher:
             amount=amount,
             tokens=profile.prompt_tokens + profile.max_tokens,
             fee_bps=s.platform_fee_bps,
+            endpoint=request.endpoint,
         )
         try:
             reply = await self._broker.request(command, subjects.RESERVE_CREDITS, timeout=s.billing_timeout_s)

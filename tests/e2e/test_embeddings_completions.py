@@ -124,6 +124,7 @@ def test_embeddings_are_billed_per_input_token_and_recorded(stack: Stack, key: s
     assert usage["prompt_tokens"] == 100  # the simulator's count, within the request's bound
     record = routing_record(stack, key, response.headers["x-request-id"])
     assert record["model"] == DEMO_EMBEDDING_MODEL
+    assert record["endpoint"] == "embeddings"
     assert record["prompt_tokens"] == 100
     assert record["completion_tokens"] == 0
     # 100 tokens at 0.02 credits per million, plus the platform's fee: what the client was told it cost.
@@ -172,6 +173,7 @@ def test_text_completion_whole_and_streamed_through_the_sdk(sdk: openai.OpenAI, 
     assert streamed[-1].usage.completion_tokens == 5
     record = routing_record(stack, key, whole.id)
     assert record["completion_tokens"] == 5
+    assert record["endpoint"] == "completions"
 
 
 def test_text_completion_bodies_and_chunks_validate_with_echo_logprobs_n_and_stop(stack: Stack, key: str) -> None:
