@@ -3,6 +3,7 @@ everyone who prices: the adapter (``usage.cost`` in responses), the router (rese
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -128,3 +129,64 @@ class UsageBounds:
                 f"billed {prompt} and {completion} (bounds: {self.prompt} prompt, {self.completion} completion)"
             ),
         )
+
+
+def detail_count(value: Any, parent: int) -> int | None:
+    """A detail count a hoster reported (cached prompt tokens, reasoning tokens), held to ``[0, parent]``: a
+    part never exceeds its whole. ``None`` when it is not a whole number at all (the detail is left out)."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        return None
+    return max(0, min(value, parent))
+
+
+# The usage details passed on from a hoster's report: (section, field, which count bounds it).
+USAGE_DETAILS = (
+    ("prompt_tokens_details", "cached_tokens", "prompt"),
+    ("completion_tokens_details", "reasoning_tokens", "completion"),
+)
+
+
+def usage_details(reported: Any, prompt_tokens: int, completion_tokens: int) -> dict[str, dict[str, int]]:
+    """The details of a hoster's ``usage`` report the client is shown, each held to its parent count (cached
+    tokens to ``prompt_tokens``, reasoning tokens to ``completion_tokens``, both already bounded); any other
+    detail, and anything that is not a count, is dropped."""
+    if not isinstance(reported, dict):
+        return {}
+    parents = {"prompt": prompt_tokens, "completion": completion_tokens}
+    details: dict[str, dict[str, int]] = {}
+    for section, name, parent in USAGE_DETAILS:
+        part = reported.get(section)
+        count = detail_count(part.get(name), parents[parent]) if isinstance(part, dict) else None
+        if count is not None:
+            details[section] = {name: count}
+    return details
+
+
+def client_usage(
+    prompt_tokens: int,
+    completion_tokens: int,
+    reported: Any,
+    input_price: int,
+    output_price: int,
+    fee_bps: int,
+    estimated: bool = False,
+) -> dict[str, Any]:
+    """``usage`` as the client sees it, from counts already held to the request's bounds: OpenAI's counts,
+    the details the hoster reported (``usage_details``), ``cost`` in credits as OpenRouter reports it with
+    ``cost_details.upstream_inference_cost`` (the hoster's share of it, the rest is the platform fee), and
+    ``estimated`` when the hoster reported no usage and the gateway counted. The adapter writes it and the
+    ingress checks every usage a hoster's frames carry against it."""
+    cost = cost_of(prompt_tokens, completion_tokens, input_price, output_price, fee_bps)
+    body: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        **usage_details(reported, prompt_tokens, completion_tokens),
+        "cost": to_credits(cost.client),
+        "cost_details": {"upstream_inference_cost": to_credits(cost.hoster)},
+    }
+    if estimated:
+        body["estimated"] = True
+    return body

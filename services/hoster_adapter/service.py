@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from libs.contracts.common import COMPLETIONS, Usage
-from libs.contracts.pricing import cost_of, estimate_prompt_tokens, to_credits
+from libs.contracts.pricing import client_usage, estimate_prompt_tokens
 from libs.contracts.routing import AttemptDispatch
 
 
@@ -102,20 +102,19 @@ class StreamTally:
 
 
 def usage_body(
-    prompt_tokens: int, completion_tokens: int, dispatch: AttemptDispatch, estimated: bool
+    prompt_tokens: int, completion_tokens: int, dispatch: AttemptDispatch, estimated: bool, reported: Any = None
 ) -> dict[str, Any]:
-    """``usage`` as the client sees it: OpenAI's counts, ``cost`` in credits as OpenRouter reports it, and
-    ``estimated`` when the hoster reported no usage and the gateway counted."""
-    cost = cost_of(prompt_tokens, completion_tokens, dispatch.input_price, dispatch.output_price, dispatch.fee_bps)
-    body: dict[str, Any] = {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-        "cost": to_credits(cost.client),
-    }
-    if estimated:
-        body["estimated"] = True
-    return body
+    """``usage`` as the client sees it (``client_usage``) at the dispatch's prices, with the details of the
+    upstream's ``reported`` usage held to the counts."""
+    return client_usage(
+        prompt_tokens,
+        completion_tokens,
+        reported,
+        dispatch.input_price,
+        dispatch.output_price,
+        dispatch.fee_bps,
+        estimated,
+    )
 
 
 class ChunkRewriter:
@@ -141,7 +140,8 @@ class ChunkRewriter:
             chunk.pop("usage", None)
         elif usage := chunk.get("usage"):
             prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            chunk["usage"] = {**usage, **usage_body(prompt, completion, self._dispatch, estimated=False)}
+            # Only what the gateway vouches for: the counts, the bounded details, its own cost.
+            chunk["usage"] = usage_body(prompt, completion, self._dispatch, estimated=False, reported=usage)
             self.usage_sent = True
         chunk["id"] = self._id
         chunk["object"] = self._object
@@ -240,8 +240,11 @@ class CompletionAssembler:
         merged["function"]["name"] += name
         merged["function"]["arguments"] += arguments
 
-    def completion(self, dispatch: AttemptDispatch, usage: Usage, fingerprint: str | None) -> bytes:
-        """The assembled ``chat.completion``, with usage, serialized."""
+    def completion(
+        self, dispatch: AttemptDispatch, usage: Usage, fingerprint: str | None, reported: Any = None
+    ) -> bytes:
+        """The assembled ``chat.completion``, with usage (and the details of the upstream's ``reported`` usage),
+        serialized."""
         choices = []
         for index in sorted(self._choices) or [0]:
             state = self._choices.get(index) or _new_choice()
@@ -268,7 +271,13 @@ class CompletionAssembler:
             "created": dispatch.created,
             "model": dispatch.model,
             "choices": choices,
-            "usage": usage_body(usage.prompt_tokens, usage.completion_tokens, dispatch, usage.estimated),
+            "usage": usage_body(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                dispatch,
+                usage.estimated,
+                None if usage.estimated else reported,
+            ),
         }
         if fingerprint:
             body["system_fingerprint"] = fingerprint
@@ -318,8 +327,11 @@ class TextAssembler:
             if finish := choice.get("finish_reason"):
                 state["finish_reason"] = _text(finish)[:64]
 
-    def completion(self, dispatch: AttemptDispatch, usage: Usage, fingerprint: str | None) -> bytes:
-        """The assembled ``text_completion``, with usage, serialized."""
+    def completion(
+        self, dispatch: AttemptDispatch, usage: Usage, fingerprint: str | None, reported: Any = None
+    ) -> bytes:
+        """The assembled ``text_completion``, with usage (and the details of the upstream's ``reported`` usage),
+        serialized."""
         choices = []
         for index in sorted(self._choices) or [0]:
             state = self._choices.get(index) or {"text": [], "logprobs": None, "finish_reason": None}
@@ -337,7 +349,13 @@ class TextAssembler:
             "created": dispatch.created,
             "model": dispatch.model,
             "choices": choices,
-            "usage": usage_body(usage.prompt_tokens, usage.completion_tokens, dispatch, usage.estimated),
+            "usage": usage_body(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                dispatch,
+                usage.estimated,
+                None if usage.estimated else reported,
+            ),
         }
         if fingerprint:
             body["system_fingerprint"] = fingerprint
@@ -385,14 +403,8 @@ def embeddings_body(doc: Any, dispatch: AttemptDispatch, tally: StreamTally) -> 
     if type(prompt) is int and prompt >= 0:
         tally.reported_usage = {"prompt_tokens": prompt, "completion_tokens": 0}
     counted = tally.usage(body)
-    cost = cost_of(counted.prompt_tokens, 0, dispatch.input_price, dispatch.output_price, dispatch.fee_bps)
-    usage_out: dict[str, Any] = {
-        "prompt_tokens": counted.prompt_tokens,
-        "total_tokens": counted.prompt_tokens,
-        "cost": to_credits(cost.client),
-    }
-    if counted.estimated:
-        usage_out["estimated"] = True
+    usage_out = usage_body(counted.prompt_tokens, 0, dispatch, counted.estimated)
+    del usage_out["completion_tokens"]  # nothing is generated, and OpenAI writes no such count
     return orjson.dumps(
         {
             "object": "list",

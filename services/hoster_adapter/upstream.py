@@ -397,7 +397,7 @@ class HosterAdapter:
             raise UpstreamFailure("upstream closed the stream before [DONE]")
         if assembler is not None:
             usage = tally.usage(dispatch.body)
-            completion = assembler.completion(dispatch, usage, tally.system_fingerprint)
+            completion = assembler.completion(dispatch, usage, tally.system_fingerprint, tally.reported_usage)
             if len(completion) > max_payload:
                 raise UpstreamFailure(f"completion_too_large: the assembled answer is over {max_payload} bytes")
             await publish(reply, frames.encode(frames.COMPLETION, attempt, active.seq, completion))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
@@ -28,9 +29,9 @@ from libs.contracts.billing import (
     UsageReport,
     VerifyKey,
 )
-from libs.contracts.common import ErrorReport
+from libs.contracts.common import MAX_COUNT, ErrorReport
 from libs.contracts.hosters import ModelsListing
-from libs.contracts.pricing import UsageBounds, cost_of, to_credits
+from libs.contracts.pricing import UsageBounds, client_usage, detail_count
 from libs.contracts.routing import (
     CancelReason,
     RequestCancelled,
@@ -76,7 +77,9 @@ class Deadlines:
 class UsageGuard:
     """Counts the text one attempt relays to the client, and holds the usage the client sees to the request's
     bounds (``UsageBounds``, and the relayed text), priced at the serving hoster's prices as billing prices
-    it: a hoster's inflated or negative report never reaches the client."""
+    it: a hoster's inflated or negative report never reaches the client. The usage is rewritten to
+    ``client_usage`` of the bounded counts, so its details never exceed their counts, its cost is the
+    gateway's, and nothing else a hoster put in it passes."""
 
     __slots__ = ("bounds", "choices", "fee_bps", "input_price", "output_price", "text_bytes")
 
@@ -90,7 +93,7 @@ class UsageGuard:
 
     def take(self, body: bytes) -> bytes:
         """Count the text of ``body`` (a completion, or a chunk frame's chunks, one per line); return it with
-        any usage it carries held to the bounds (unchanged when the report was within them)."""
+        any usage it carries held to the bounds (unchanged when it already was what the gateway would write)."""
         if b"\n" in body:
             return b"\n".join(self._take_one(line) for line in frames.chunks(body))
         return self._take_one(body)
@@ -99,27 +102,35 @@ class UsageGuard:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
-            return body
+            try:
+                # orjson reads no integer past 64 bits; a hoster's frame may hold one (in its usage, say).
+                doc = json.loads(body)
+            except ValueError:
+                return body
         if not isinstance(doc, dict):
             return body
         self._count(doc.get("choices"))
         usage = doc.get("usage")
         if not isinstance(usage, dict):
             return body
-        try:
-            # Embeddings report no completion tokens: none were generated.
-            prompt, completion = int(usage["prompt_tokens"]), int(usage.get("completion_tokens", 0))
-        except (KeyError, TypeError, ValueError):
-            return body
         bounds = self.bounds.with_text(self.text_bytes, self.choices)
-        bounded_prompt, bounded_completion, discrepancy = bounds.bound(prompt, completion)
-        if discrepancy is None:
+        prompt, completion, _ = bounds.bound(
+            _count_of(usage.get("prompt_tokens")), _count_of(usage.get("completion_tokens"))
+        )
+        held = client_usage(
+            prompt,
+            completion,
+            usage,
+            self.input_price,
+            self.output_price,
+            self.fee_bps,
+            estimated=usage.get("estimated") is True,
+        )
+        if doc.get("object") == "list":
+            del held["completion_tokens"]  # embeddings: nothing generated, and OpenAI writes no such count
+        if held == usage:
             return body
-        cost = cost_of(bounded_prompt, bounded_completion, self.input_price, self.output_price, self.fee_bps)
-        usage.update(prompt_tokens=bounded_prompt, total_tokens=bounded_prompt + bounded_completion)
-        if "completion_tokens" in usage:
-            usage["completion_tokens"] = bounded_completion
-        usage["cost"] = to_credits(cost.client)
+        doc["usage"] = held
         return orjson.dumps(doc)
 
     def _count(self, choices: object) -> None:
@@ -148,6 +159,11 @@ class UsageGuard:
                         text = function.get(key)
                         if isinstance(text, str):
                             self.text_bytes += len(text.encode())
+
+
+def _count_of(value: object) -> int:
+    """A token count as a hoster wrote it; what is not a whole number counts as none."""
+    return detail_count(value, MAX_COUNT) or 0
 
 
 # OpenAI's ``n`` is at most 128.

@@ -52,13 +52,35 @@ class CompletionChoice(_Doc):
     logprobs: dict[str, Any] | None = None
 
 
+class PromptTokensDetails(_Doc):
+    """Of the prompt tokens, those the hoster served from its cache (never more than ``prompt_tokens``)."""
+
+    cached_tokens: int = Field(ge=0)
+
+
+class CompletionTokensDetails(_Doc):
+    """Of the completion tokens, those the model spent reasoning (never more than ``completion_tokens``)."""
+
+    reasoning_tokens: int = Field(ge=0)
+
+
+class CostDetails(_Doc):
+    """How ``cost`` splits: the hoster's share, in credits (the rest is the platform fee)."""
+
+    upstream_inference_cost: float
+
+
 class CompletionUsage(_Doc):
-    """Tokens as the hoster reported them (``estimated`` when it reported none) and the cost in credits."""
+    """Tokens as the hoster reported them, held to the request's bounds (``estimated`` when it reported none),
+    the details it reported held to their counts, and the cost in credits."""
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
     cost: float | None = None
+    cost_details: CostDetails | None = None
     estimated: bool | None = None
 
 

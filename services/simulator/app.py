@@ -129,8 +129,10 @@ class _Endpoints:
         if hostile is not None:
             return _CountedEventStream(hostile, self._state)
         reply = plan_reply(chat, behaviour.reply_tokens, reasoning_tokens=behaviour.reasoning_tokens)
-        if behaviour.usage_factor != 1.0:
-            reply = dataclasses.replace(reply, usage_factor=behaviour.usage_factor)
+        if behaviour.usage_factor != 1.0 or behaviour.cached_tokens:
+            reply = dataclasses.replace(
+                reply, usage_factor=behaviour.usage_factor, cached_tokens=behaviour.cached_tokens
+            )
         if chat.stream:
             events = _completion_events(meta, reply, behaviour, include_usage=chat.include_usage)
             return _CountedEventStream(events, self._state)

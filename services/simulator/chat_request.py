@@ -34,6 +34,8 @@ class SimulatorOverride(BaseModel):
     fault_bytes: int | None = Field(None, ge=0)
     fault_choices: int | None = Field(None, ge=1)
     reasoning_tokens: int | None = Field(None, ge=0)
+    # Prompt tokens reported as served from a cache; any number, so a test can play a hoster that lies.
+    cached_tokens: int | None = None
     # A lying hoster: the usage reported is the true one times this (1000: inflated, -1: negative).
     usage_factor: float | None = None
 

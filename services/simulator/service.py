@@ -65,6 +65,8 @@ class Behaviour:
     fault_status: int
     fault_after_tokens: int
     reasoning_tokens: int | None = None
+    # Prompt tokens reported as cached (``usage.prompt_tokens_details.cached_tokens``), as given.
+    cached_tokens: int = 0
     # Size of the ``endless_line`` and ``huge_error`` faults (0: for ever); choices of ``many_choices``.
     fault_bytes: int = 0
     fault_choices: int = 1000
@@ -158,6 +160,8 @@ class Reply:
     prompt_tokens: int
     # Reported usage is the true usage times this (a lying hoster, for the gateway's usage bounds).
     usage_factor: float = 1.0
+    # Reported as ``prompt_tokens_details.cached_tokens``, whatever the prompt (it may lie too).
+    cached_tokens: int = 0
 
     @property
     def completion_tokens(self) -> int:
@@ -182,7 +186,7 @@ class Reply:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": 0},
+            "prompt_tokens_details": {"cached_tokens": self.cached_tokens},
             "completion_tokens_details": {"reasoning_tokens": self.reasoning_tokens},
         }
 

@@ -58,6 +58,50 @@ def test_usage_chunk_is_dropped_unless_the_client_asked_for_it() -> None:
     assert "usage" not in orjson.loads(stripped)
 
 
+def test_the_usage_chunk_passes_the_upstreams_details_held_to_their_counts_and_nothing_else() -> None:
+    reported = {
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "prompt_tokens_details": {"cached_tokens": 50, "audio_tokens": 3},
+        "completion_tokens_details": {"reasoning_tokens": -2},
+        "cost": 99.0,
+        "tracking": "https://hoster.example/pixel",
+    }
+    out = ChunkRewriter(dispatch(include_usage=True)).rewrite({"id": "x", "choices": [], "usage": reported})
+    assert out is not None
+    usage = orjson.loads(out)["usage"]
+    assert usage == {
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "total_tokens": 14,
+        "prompt_tokens_details": {"cached_tokens": 10},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+        # 10 x 1 + 4 x 2 micro-credits per million tokens, rounded up to one micro-credit; no fee set.
+        "cost": 1e-06,
+        "cost_details": {"upstream_inference_cost": 1e-06},
+    }
+
+
+def test_a_non_stream_answer_carries_the_reported_details_an_estimate_none() -> None:
+    reported = {
+        "prompt_tokens": 10,
+        "completion_tokens": 4,
+        "prompt_tokens_details": {"cached_tokens": 8},
+        "completion_tokens_details": {"reasoning_tokens": 3},
+    }
+    tally = StreamTally()
+    tally.observe(chunk("hi", "stop"))
+    tally.observe({"choices": [], "usage": reported})
+    assembler = CompletionAssembler()
+    assembler.add(chunk("hi", "stop"))
+    body = orjson.loads(assembler.completion(dispatch(stream=False), tally.usage({}), None, tally.reported_usage))
+    assert body["usage"]["prompt_tokens_details"] == {"cached_tokens": 8}
+    assert body["usage"]["completion_tokens_details"] == {"reasoning_tokens": 3}
+    estimated = orjson.loads(assembler.completion(dispatch(stream=False), StreamTally().usage({}), None, reported))
+    assert estimated["usage"]["estimated"] is True
+    assert "prompt_tokens_details" not in estimated["usage"]
+
+
 def test_tally_prefers_reported_usage_and_estimates_otherwise() -> None:
     reported = StreamTally()
     for c in (
@@ -138,7 +182,13 @@ def test_assembler_merges_content_tool_calls_and_choices() -> None:
     ]
     assert second["finish_reason"] == "tool_calls"
     # Prices 1 and 2 micro-credits per million tokens: 5 millionths of a micro-credit, rounded up to one.
-    assert body["usage"] == {"prompt_tokens": 1, "completion_tokens": 2, "total_tokens": 3, "cost": 1e-06}
+    assert body["usage"] == {
+        "prompt_tokens": 1,
+        "completion_tokens": 2,
+        "total_tokens": 3,
+        "cost": 1e-06,
+        "cost_details": {"upstream_inference_cost": 1e-06},
+    }
     assert body["system_fingerprint"] == "fp"
 
 

@@ -53,7 +53,12 @@ def test_the_clients_body_has_our_model_name_vectors_in_order_and_priced_usage()
     body = orjson.loads(embeddings_body(upstream, dispatch({"input": ["a", "b"]}), tally))
     assert body["model"] == "public"
     assert [d["embedding"] for d in body["data"]] == [[0.5, 0.5], [1, 0]]
-    assert body["usage"] == {"prompt_tokens": 3, "total_tokens": 3, "cost": 0.000003}
+    assert body["usage"] == {
+        "prompt_tokens": 3,
+        "total_tokens": 3,
+        "cost": 0.000003,
+        "cost_details": {"upstream_inference_cost": 0.000003},
+    }
     assert tally.usage({}).prompt_tokens == 3
 
 

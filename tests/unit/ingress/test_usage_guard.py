@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import orjson
+import json
+from typing import Any
 
-from libs.contracts.pricing import UsageBounds
+import orjson
+import pytest
+
+from libs.contracts.pricing import UsageBounds, client_usage
 from services.ingress.gateway import UsageGuard
 
 
-def chunk(index: int = 0, usage: dict[str, int] | None = None, **delta: object) -> bytes:
+def chunk(index: int = 0, usage: dict[str, Any] | None = None, **delta: object) -> bytes:
     choices = [{"index": index, "delta": delta}] if delta else []
     return orjson.dumps({"object": "chat.completion.chunk", "choices": choices, "usage": usage})
 
@@ -24,10 +28,17 @@ def test_text_of_every_kind_is_counted_in_utf8_bytes_over_every_choice() -> None
 def test_usage_past_the_text_or_the_limits_is_rewritten_and_repriced() -> None:
     guard = UsageGuard(UsageBounds(prompt=100, completion=50), 1_000_000, 1_000_000, 0)
     assert guard.take(chunk(content="abcd")) == chunk(content="abcd")  # no usage: untouched
-    honest = chunk(usage={"prompt_tokens": 10, "completion_tokens": 3})
+    # What the adapter writes for a report within the bounds passes as it is, byte for byte.
+    honest = chunk(usage=client_usage(10, 3, {}, 1_000_000, 1_000_000, 0))
     assert guard.take(honest) == honest
     fixed = orjson.loads(guard.take(chunk(usage={"prompt_tokens": 10_000, "completion_tokens": 16_000})))
-    assert fixed["usage"] == {"prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105, "cost": 0.000105}
+    assert fixed["usage"] == {
+        "prompt_tokens": 100,
+        "completion_tokens": 5,
+        "total_tokens": 105,
+        "cost": 0.000105,
+        "cost_details": {"upstream_inference_cost": 0.000105},
+    }
     negative = orjson.loads(guard.take(chunk(usage={"prompt_tokens": -1, "completion_tokens": -9})))
     assert negative["usage"]["cost"] == 0
 
@@ -40,3 +51,108 @@ def test_a_frame_of_several_chunks_is_counted_and_bounded_chunk_by_chunk() -> No
     assert guard.text_bytes == 6
     assert out[:2] == [chunk(content="abcd"), chunk(content="ef")]
     assert orjson.loads(out[2])["usage"]["completion_tokens"] == 7  # 6 bytes of text + 1 for the choice
+
+
+def test_the_gateways_cost_replaces_a_hosters_and_its_fee_is_not_the_hosters_share() -> None:
+    guard = UsageGuard(UsageBounds(prompt=100, completion=50), 1_000_000, 2_000_000, 1000)
+    guard.take(chunk(content="abcdefghij"))
+    lied = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14, "cost": 0, "injected": "<script>"}
+    usage = orjson.loads(guard.take(chunk(usage=lied)))["usage"]
+    # 10 x 1 + 4 x 2 = 18 micro-credits to the hoster, plus a 10% fee rounded up: 20.
+    assert usage["cost"] == pytest.approx(20e-6)
+    assert usage["cost_details"] == {"upstream_inference_cost": pytest.approx(18e-6)}
+    assert "injected" not in usage
+
+
+def usage_of(guard: UsageGuard, **reported: Any) -> dict[str, Any]:
+    """The usage the client sees after ``guard`` held ``reported`` (with 10 prompt, 4 completion tokens)."""
+    # The stdlib's encoder: it writes integers past 64 bits and NaN, as a hostile hoster may.
+    usage = {"prompt_tokens": 10, "completion_tokens": 4, **reported}
+    body = json.dumps({"object": "chat.completion.chunk", "choices": [], "usage": usage}).encode()
+    out: dict[str, Any] = orjson.loads(guard.take(body))["usage"]
+    return out
+
+
+@pytest.fixture
+def guard() -> UsageGuard:
+    guarded = UsageGuard(UsageBounds(prompt=100, completion=50), 1_000_000, 1_000_000, 0)
+    guarded.take(chunk(content="abcdefghij"))  # 10 bytes of text: up to 11 completion tokens
+    return guarded
+
+
+def test_details_within_their_counts_pass(guard: UsageGuard) -> None:
+    usage = usage_of(
+        guard, prompt_tokens_details={"cached_tokens": 6}, completion_tokens_details={"reasoning_tokens": 3}
+    )
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 6}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 3}
+
+
+@pytest.mark.parametrize(
+    ("cached", "reasoning", "shown"),
+    [
+        (11, 5, (10, 4)),  # more than the whole: held to it
+        (10**18, 10**18, (10, 4)),  # huge
+        (10**30, 10**30, (10, 4)),  # past 64 bits (orjson refuses to read it; the guard still does)
+        (-3, -1, (0, 0)),  # negative
+        (4.0, 2.0, (4, 2)),  # a whole number written as a float
+    ],
+)
+def test_details_past_their_counts_are_held_to_them(
+    guard: UsageGuard, cached: Any, reasoning: Any, shown: tuple[int, int]
+) -> None:
+    usage = usage_of(
+        guard,
+        prompt_tokens_details={"cached_tokens": cached},
+        completion_tokens_details={"reasoning_tokens": reasoning},
+    )
+    assert (
+        usage["prompt_tokens_details"]["cached_tokens"],
+        usage["completion_tokens_details"]["reasoning_tokens"],
+    ) == (shown)
+
+
+@pytest.mark.parametrize("value", ["7", 2.5, None, True, [3], {"n": 3}, float("nan")])
+def test_a_detail_that_is_not_a_count_is_left_out(guard: UsageGuard, value: Any) -> None:
+    usage = usage_of(
+        guard,
+        prompt_tokens_details={"cached_tokens": value, "audio_tokens": 2},
+        completion_tokens_details={"reasoning_tokens": value},
+    )
+    assert "prompt_tokens_details" not in usage
+    assert "completion_tokens_details" not in usage
+
+
+def test_details_are_held_to_the_counts_after_those_are_bounded(guard: UsageGuard) -> None:
+    # 500 completion tokens claimed, 11 possible from the text relayed: 400 reasoning tokens cannot all be.
+    usage = usage_of(
+        guard,
+        completion_tokens=500,
+        prompt_tokens=1000,
+        prompt_tokens_details={"cached_tokens": 1000},
+        completion_tokens_details={"reasoning_tokens": 400},
+    )
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (100, 11)
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 100}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 11}
+
+
+@pytest.mark.parametrize("counts", [{"prompt_tokens": "10", "completion_tokens": 4}, {"completion_tokens": [4]}])
+def test_counts_that_are_not_numbers_are_not_shown_as_they_came(guard: UsageGuard, counts: dict[str, Any]) -> None:
+    usage = orjson.loads(guard.take(chunk(usage=counts)))["usage"]
+    assert all(isinstance(usage[k], int) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
+
+
+def test_an_embeddings_usage_keeps_without_a_completion_count() -> None:
+    guard = UsageGuard(UsageBounds(prompt=100, completion=0), 1_000_000, 0, 0)
+    usage = client_usage(3, 0, None, 1_000_000, 0, 0)
+    del usage["completion_tokens"]
+    written = orjson.dumps({"object": "list", "data": [], "model": "m", "usage": usage})
+    assert guard.take(written) == written
+    inflated = orjson.dumps({"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 10**6}})
+    assert orjson.loads(guard.take(inflated))["usage"] == {
+        "prompt_tokens": 100,
+        "total_tokens": 100,
+        "cost": 0.0001,
+        "cost_details": {"upstream_inference_cost": 0.0001},
+    }

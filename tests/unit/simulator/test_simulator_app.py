@@ -829,6 +829,22 @@ async def test_reasoning_tokens_per_request_and_none_effort(make_client: MakeCli
     assert off["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
 
 
+async def test_cached_tokens_are_reported_as_asked_whole_and_streamed(make_client: MakeClient) -> None:
+    client = make_client(simulator(reply_tokens=3))
+    asked = {"simulator": {"cached_tokens": 5}}
+
+    whole = (await client.post("/v1/chat/completions", json=chat_body(**asked))).json()
+    streamed = {**chat_body(**asked), "stream": True, "stream_options": {"include_usage": True}}
+    events = chunks(sse_payloads((await client.post("/v1/chat/completions", json=streamed)).content))
+    # A lying hoster: more cached tokens than the prompt has, reported as asked.
+    lying = (await client.post("/v1/chat/completions", json=chat_body(simulator={"cached_tokens": 10**6}))).json()
+
+    assert whole["usage"]["prompt_tokens_details"] == {"cached_tokens": 5}
+    assert events[-1]["usage"]["prompt_tokens_details"] == {"cached_tokens": 5}
+    assert lying["usage"]["prompt_tokens_details"] == {"cached_tokens": 10**6}
+    assert lying["usage"]["prompt_tokens"] < 10**6
+
+
 async def test_stop_sequence_cuts_the_reply_whole_and_streamed(make_client: MakeClient) -> None:
     client = make_client(simulator(reply_tokens=10))
     words = (await client.post("/v1/chat/completions", json=chat_body())).json()["choices"][0]["message"]["content"]
