@@ -144,6 +144,31 @@ class CreditsReport(BaseModel):
     daily_cap: int | None
 
 
+class KeyQuery(BaseModel):
+    """ingress -> billing: the caller's own key and its account's money, for ``GET /v1/key``."""
+
+    key_id: str
+    account_id: str
+
+
+class KeyReport(BaseModel):
+    """billing -> ingress: one key (its shown prefix, its limits) and what it and its account spent and can
+    still spend (micro-credits). The key's spend counts its settled charges by the UTC day its requests were
+    admitted on; the account's ``spent_today`` counts charges and open holds, as the daily cap does."""
+
+    key_id: str
+    prefix: str
+    rpm: int | None
+    tpm: int | None
+    balance: int
+    daily_cap: int | None
+    spent_today: int
+    usage: int
+    usage_daily: int
+    usage_weekly: int
+    usage_monthly: int
+
+
 class UsageQuery(BaseModel):
     """ingress -> billing: an account's recent requests."""
 

@@ -58,6 +58,8 @@ RESERVATIONS_ALIVE = "billing.credits.alive"
 SHOW_CREDITS = "billing.credits.show"
 LIST_USAGE = "billing.usage.list"
 SHOW_GENERATION = "billing.generation.show"
+# ingress -> billing (request/reply): the caller's key, its limits and its spend.
+SHOW_KEY = "billing.key.show"
 # router -> billing (request/reply): the registered hosters, whose registration routing believes.
 LIST_REGISTRATIONS = "billing.hosters.list"
 

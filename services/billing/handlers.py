@@ -15,6 +15,8 @@ from libs.contracts.billing import (
     GenerationQuery,
     GenerationRecord,
     KeyInfo,
+    KeyQuery,
+    KeyReport,
     Refused,
     RequestFinished,
     ReservationsAlive,
@@ -90,6 +92,11 @@ def register_handlers(
             spent_today=state.spent_today,
             daily_cap=state.daily_cap,
         )
+
+    @broker.subscriber(subjects.SHOW_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def show_key(query: KeyQuery) -> KeyReport | None:
+        """A key's limits and spend, and its account's money, for the key itself."""
+        return await ledger.key_report(query.key_id, query.account_id)
 
     @broker.subscriber(subjects.LIST_USAGE, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def list_usage(query: UsageQuery) -> UsageReport:

@@ -20,6 +20,7 @@ from libs.contracts.billing import (
     AttemptRecord,
     GenerationRecord,
     KeyInfo,
+    KeyReport,
     RateLimitState,
     Refused,
     RequestFinished,
@@ -338,6 +339,32 @@ class Ledger(PoolBound):
             rpm=row["rpm"],
             tpm=row["tpm"],
         )
+
+    async def key_report(self, key_id: str, account_id: str) -> KeyReport | None:
+        """Key ``key_id`` of ``account_id`` (``None`` if it is not that account's): its limits, what it was
+        charged all time and this UTC day, week (from Monday) and month, and its account's money now."""
+        day = today()
+        row = await self._pool.fetchrow(
+            """SELECT k.prefix, k.rpm, k.tpm, a.balance, a.daily_cap,
+                      CASE WHEN a.spend_day = $3 THEN a.day_spend ELSE 0 END AS spent_today,
+                      coalesce(sum(r.charged), 0)::bigint AS usage,
+                      coalesce(sum(r.charged) FILTER (WHERE r.spend_day = $3), 0)::bigint AS usage_daily,
+                      coalesce(sum(r.charged) FILTER (WHERE r.spend_day >= $4), 0)::bigint AS usage_weekly,
+                      coalesce(sum(r.charged) FILTER (WHERE r.spend_day >= $5), 0)::bigint AS usage_monthly
+               FROM api_keys k
+               JOIN accounts a ON a.id = k.account_id
+               LEFT JOIN reservations r ON r.account_id = k.account_id AND r.key_id = k.id
+               WHERE k.id = $1 AND k.account_id = $2
+               GROUP BY k.id, a.id""",
+            key_id,
+            account_id,
+            day,
+            day - dt.timedelta(days=day.weekday()),
+            day.replace(day=1),
+        )
+        if row is None:
+            return None
+        return KeyReport(key_id=key_id, **dict(row))
 
     # Admission -----------------------------------------------------------------------------------------
 

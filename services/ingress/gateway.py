@@ -20,11 +20,14 @@ from pydantic import BaseModel, TypeAdapter
 
 from libs.contracts import frames, subjects
 from libs.contracts.billing import (
+    Caller,
     CreditsQuery,
     CreditsReport,
     GenerationQuery,
     GenerationRecord,
     KeyInfo,
+    KeyQuery,
+    KeyReport,
     UsageQuery,
     UsageReport,
     VerifyKey,
@@ -620,6 +623,13 @@ class Gateway:
         """An account's balance, reservations, today's spend and cap."""
         reply = await self._ask(subjects.SHOW_CREDITS, CreditsQuery(account_id=account_id), "show credits", retry_after)
         return CreditsReport.model_validate_json(reply)
+
+    async def key(self, caller: Caller, retry_after: int) -> KeyReport | None:
+        """The caller's key, its limits and spend, and its account's money (``None``: billing no longer has
+        that key for that account)."""
+        query = KeyQuery(key_id=caller.key_id, account_id=caller.account_id)
+        reply = await self._ask(subjects.SHOW_KEY, query, "show the key", retry_after)
+        return KeyReport.model_validate_json(reply) if reply.strip() not in (b"", b"null") else None
 
     async def usage(self, account_id: str, limit: int, retry_after: int) -> UsageReport:
         """An account's recent requests."""

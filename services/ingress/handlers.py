@@ -36,6 +36,7 @@ from services.ingress.openapi import (
     EMBEDDING_RESPONSES,
     TEXT_COMPLETION_RESPONSES,
     Credits,
+    KeyDocument,
     ModelEntry,
     ModelList,
     UsageList,
@@ -47,6 +48,7 @@ from services.ingress.service import (
     error_response_body,
     first_answer,
     idle_report,
+    key_page,
     models_page,
     sse_events,
 )
@@ -358,6 +360,17 @@ async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: Setting
         ),
         media_type="application/json",
     )
+
+
+@router.get("/v1/key", response_model=None, responses={200: {"model": KeyDocument}, **errors(401, 503)})
+async def show_key(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """The calling key in OpenRouter's shape: its label, its limits, what it spent and can still spend
+    (credits)."""
+    report = await gateway.key(caller, settings.retry_after_s)
+    if report is None:
+        # Billing verified the key moments ago (or the cache did): it was revoked or moved since.
+        raise _unauthorized("This API key is no longer valid.")
+    return Response(orjson.dumps(key_page(report)), media_type="application/json")
 
 
 @router.get("/v1/usage", response_model=None, responses={200: {"model": UsageList}, **errors(400, 401, 503)})

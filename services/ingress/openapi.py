@@ -182,6 +182,43 @@ class Credits(_Doc):
     daily_cap: float | None
 
 
+class KeyRateLimit(_Doc):
+    """The key's rate limits per ``interval``; -1 is no limit."""
+
+    requests: int
+    tokens: int
+    interval: str
+
+
+class KeyData(_Doc):
+    """The calling key, as OpenRouter's ``GET /api/v1/key`` shows one; amounts in credits."""
+
+    label: str = Field(description="The key's first characters")
+    limit: float | None = Field(description="The account's daily spend cap; null without one")
+    limit_reset: str | None = Field(description='"daily" when there is a daily cap')
+    limit_remaining: float = Field(description="What the key can spend now: the balance, within the daily cap")
+    include_byok_in_limit: bool
+    usage: float = Field(description="Credits charged to this key, all time")
+    usage_daily: float = Field(description="... this UTC day")
+    usage_weekly: float = Field(description="... this UTC week (from Monday)")
+    usage_monthly: float = Field(description="... this UTC month")
+    byok_usage: float
+    byok_usage_daily: float
+    byok_usage_weekly: float
+    byok_usage_monthly: float
+    is_free_tier: bool
+    is_provisioning_key: bool
+    is_management_key: bool
+    expires_at: str | None
+    rate_limit: KeyRateLimit
+
+
+class KeyDocument(_Doc):
+    """``GET /v1/key``."""
+
+    data: KeyData
+
+
 class UsageEntry(_Doc):
     """One recent request of the account."""
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
 from libs.contracts import frames
+from libs.contracts.billing import KeyReport
 from libs.contracts.common import ErrorReport
 from libs.contracts.openai import error_body
+from libs.contracts.pricing import to_credits
 from services.ingress.gateway import ReplyStream
 
 DONE = b"data: [DONE]\n\n"
@@ -93,3 +96,52 @@ async def sse_events(
 def models_page(models: list[dict[str, object]]) -> bytes:
     """``GET /v1/models`` body in OpenAI's list shape."""
     return orjson.dumps({"object": "list", "data": models})
+
+
+# OpenRouter's ``rate_limit.requests`` for a key without a limit.
+UNLIMITED = -1
+
+
+def spendable(report: KeyReport) -> int:
+    """What the key can still spend now (micro-credits): the account's balance (open holds already out of
+    it), lowered to what is left of the daily cap when there is one."""
+    room = max(0, report.balance)
+    if report.daily_cap is not None:
+        room = min(room, max(0, report.daily_cap - report.spent_today))
+    return room
+
+
+def key_page(report: KeyReport) -> dict[str, Any]:
+    """``GET /v1/key`` in OpenRouter's shape, amounts in credits. OpenRouter's per-key credit limit is our
+    account's daily spend cap (``limit_reset`` "daily", ``null`` without one); ``limit_remaining`` is what the
+    key can spend now (``spendable``: never ``null``, since the prepaid balance always bounds it); ``usage``
+    and ``usage_daily`` / ``_weekly`` / ``_monthly`` are this key's settled charges (UTC days, weeks from
+    Monday); ``rate_limit`` is the key's rpm (``-1``: none) over a one-minute window, with its tpm as
+    ``tokens``. There is no free tier and no BYOK: every request is paid from prepaid credits."""
+    cap = report.daily_cap
+    return {
+        "data": {
+            "label": report.prefix,
+            "limit": None if cap is None else to_credits(cap),
+            "limit_reset": None if cap is None else "daily",
+            "limit_remaining": to_credits(spendable(report)),
+            "include_byok_in_limit": False,
+            "usage": to_credits(report.usage),
+            "usage_daily": to_credits(report.usage_daily),
+            "usage_weekly": to_credits(report.usage_weekly),
+            "usage_monthly": to_credits(report.usage_monthly),
+            "byok_usage": 0,
+            "byok_usage_daily": 0,
+            "byok_usage_weekly": 0,
+            "byok_usage_monthly": 0,
+            "is_free_tier": False,
+            "is_provisioning_key": False,
+            "is_management_key": False,
+            "expires_at": None,
+            "rate_limit": {
+                "requests": UNLIMITED if report.rpm is None else report.rpm,
+                "tokens": UNLIMITED if report.tpm is None else report.tpm,
+                "interval": "1m",
+            },
+        }
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import AsyncIterator
 
@@ -246,3 +247,36 @@ async def test_settling_in_batches_charges_each_request_once_whatever_races_it(
     total = sum([(await ledger.account(c.account_id)).balance for c in callers])
     assert total == 2 * 100_000 - charged
     assert await ledger.check() == []
+
+
+async def test_a_keys_report_counts_its_own_charges_by_day_week_and_month(ledger: Ledger, database_url: str) -> None:
+    caller = await caller_with(ledger, credits=10_000, rpm=30)
+    other_key, _ = await ledger.create_key(caller.account_id, None, 5000)
+    other = Caller(account_id=caller.account_id, key_id=other_key, tpm=5000)
+    for request_id, who in (("today", caller), ("last-year", caller), ("last-week", caller), ("sibling", other)):
+        assert isinstance(await ledger.reserve(reserve(who, request_id, 500)), Reserved)
+        await ledger.settle(done(who, request_id, 100, 100))  # 220 each
+    today = dt.datetime.now(dt.UTC).date()
+    before_this_week = today - dt.timedelta(days=today.weekday() + 1)
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "UPDATE reservations SET spend_day = $1 WHERE request_id = 'last-year'", today.replace(year=today.year - 1)
+        )
+        await conn.execute("UPDATE reservations SET spend_day = $1 WHERE request_id = 'last-week'", before_this_week)
+    finally:
+        await conn.close()
+    assert isinstance(await ledger.reserve(reserve(caller, "open", 1000)), Reserved)  # held, not charged
+
+    report = await ledger.key_report(caller.key_id, caller.account_id)
+    assert report is not None
+    assert (report.rpm, report.tpm, report.prefix.startswith("ngk_")) == (30, None, True)
+    assert (report.usage, report.usage_daily, report.usage_weekly) == (660, 220, 220)
+    assert report.usage_monthly == (440 if before_this_week.month == today.month else 220)
+    # The account's money: four charges and one hold out of the balance; today's spend counts the hold.
+    assert (report.balance, report.daily_cap, report.spent_today) == (10_000 - 4 * 220 - 1000, None, 4 * 220 + 1000)
+    sibling = await ledger.key_report(other_key, caller.account_id)
+    assert sibling is not None
+    assert (sibling.usage, sibling.tpm) == (220, 5000)
+    stranger = await caller_with(ledger, credits=1)
+    assert await ledger.key_report(caller.key_id, stranger.account_id) is None
