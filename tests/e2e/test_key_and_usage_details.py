@@ -4,6 +4,7 @@ stack (simulated hoster, real NATS and PostgreSQL), read with curl-like HTTP and
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -59,13 +60,13 @@ def test_the_key_shows_its_limits_spend_and_what_remains_as_requests_are_made(st
     assert fresh["rate_limit"] == {"requests": 100, "tokens": 50_000, "interval": "1m"}
     assert fresh["is_free_tier"] is False
 
-    client = openai.OpenAI(base_url=stack.config.api_base, api_key=key, max_retries=0, timeout=30)
     spent = 0.0
-    for _ in range(2):
-        completion = client.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, max_tokens=10)
-        assert completion.usage is not None
-        assert completion.usage.model_extra is not None
-        spent += completion.usage.model_extra["cost"]
+    with openai.OpenAI(base_url=stack.config.api_base, api_key=key, max_retries=0, timeout=30) as client:
+        for _ in range(2):
+            completion = client.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, max_tokens=10)
+            assert completion.usage is not None
+            assert completion.usage.model_extra is not None
+            spent += completion.usage.model_extra["cost"]
     assert spent > 0
     used = key_data_when(stack, key, spent)
     assert used["usage"] == pytest.approx(spent)
@@ -120,6 +121,12 @@ def key(stack: Stack) -> str:
     return stack.create_account(credits="100")[1]
 
 
+@pytest.fixture
+def sdk(stack: Stack, key: str) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=stack.config.api_base, api_key=key, max_retries=0, timeout=30) as client:
+        yield client
+
+
 def test_cached_and_reasoning_tokens_and_the_hosters_cost_reach_the_client(stack: Stack, key: str) -> None:
     for usage in usages(stack, key, reasoned(cached_tokens=60)):
         assert usage["prompt_tokens"] == 100
@@ -140,12 +147,11 @@ def test_a_hosters_cached_tokens_past_the_prompt_or_below_zero_are_held_to_it(
         assert usage["prompt_tokens_details"]["cached_tokens"] <= usage["prompt_tokens"]
 
 
-def test_the_official_sdk_reads_the_details(stack: Stack, key: str) -> None:
-    client = openai.OpenAI(base_url=stack.config.api_base, api_key=key, max_retries=0, timeout=30)
+def test_the_official_sdk_reads_the_details(sdk: openai.OpenAI) -> None:
     extra = {"simulator": {"reasoning_tokens": 3, "cached_tokens": 40}}
-    completion = client.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, max_tokens=10, extra_body=extra)
+    completion = sdk.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES, max_tokens=10, extra_body=extra)
     chunks = list(
-        client.chat.completions.create(
+        sdk.chat.completions.create(
             model=DEMO_MODEL,
             messages=MESSAGES,
             max_tokens=10,
