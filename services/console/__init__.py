@@ -1,0 +1,1 @@
+"""The console: web pages for accounts (management keys) and hosters, and the public network page."""
