@@ -1,0 +1,172 @@
+"""What the console's pages show, from billing's and the routers' replies (pure view models)."""
+
+from __future__ import annotations
+
+import pytest
+
+from libs.contracts.billing import AttemptRecord, GenerationRecord
+from libs.contracts.hosters import LiveHoster, LiveModel, ModelOffer
+from libs.contracts.management import (
+    AccountRequest,
+    AccountSummary,
+    DailyUsage,
+    HosterDay,
+    HosterDetail,
+    ManagedKey,
+    ModelSpeed,
+    TrustTerms,
+)
+from services.console import service
+
+
+@pytest.mark.parametrize(
+    ("micro", "shown"),
+    [(0, "0"), (1, "0.000001"), (75, "0.000075"), (1_500_000, "1.5"), (100_000_000, "100"),
+     (1_234_567_890_123, "1,234,567.890123"), (-2_500_000, "-2.5"), (None, "—")],
+)  # fmt: skip
+def test_credits_show_every_micro_credit_and_no_trailing_zeros(micro: int | None, shown: str) -> None:
+    assert service.credits(micro) == shown
+
+
+def live_hoster(name: str, models: list[str], live: bool = True, ttft: float | None = None,
+                tps: float | None = None) -> LiveHoster:  # fmt: skip
+    return LiveHoster(hoster_id=f"id-{name}", name=name, live=live, cloud=False, models=models, capacity=8,
+                      in_flight=2, trust=0.5, cooling=False, attempts=3, ttft_median_ms=ttft,
+                      tokens_per_s=tps)  # fmt: skip
+
+
+def test_the_network_page_gives_each_model_its_price_range_and_the_median_speed_of_its_live_hosters() -> None:
+    model = LiveModel(id="m", hosters=3, min_input_price=400_000, max_input_price=500_000, min_output_price=1_200_000,
+                      max_output_price=1_200_000, context_length=8192, first_seen=0)  # fmt: skip
+    hosters = [
+        live_hoster("a", ["m"], ttft=100, tps=40),
+        live_hoster("b", ["m"], ttft=300, tps=60),
+        live_hoster("c", ["m"], ttft=None, tps=None),  # not measured yet: left out of the medians
+        live_hoster("gone", ["m"], live=False, ttft=5000, tps=1),  # offline: left out
+        live_hoster("other", ["n"], ttft=9000, tps=1),  # serves another model
+    ]
+    view = service.network_view([model], hosters)
+    [row] = view.models
+    assert (row.model, row.hosters, row.input_prices, row.output_prices) == ("m", 3, "0.4 to 0.5", "1.2")
+    assert (row.context_length, row.ttft, row.tokens_per_s) == ("8,192", "200 ms", "50.0")
+    # Live hosters first, each with its own figures.
+    assert [h.name for h in view.hosters] == ["a", "b", "c", "other", "gone"]
+    assert (view.hosters[0].ttft, view.hosters[0].tokens_per_s, view.hosters[0].load) == ("100 ms", "40.0", "2/8")
+    assert (view.hosters[2].ttft, view.hosters[2].tokens_per_s) == ("—", "—")
+
+
+def test_a_model_no_hoster_measured_yet_shows_no_speed() -> None:
+    model = LiveModel(id="m", hosters=1, min_input_price=1, max_input_price=1, min_output_price=2,
+                      max_output_price=2, context_length=None, first_seen=0)  # fmt: skip
+    [row] = service.network_view([model], [live_hoster("a", ["m"])]).models
+    assert (row.ttft, row.tokens_per_s, row.context_length) == ("—", "—", "—")
+
+
+def test_the_spend_chart_has_a_bar_per_day_in_credits_and_a_token_line_on_the_right_axis() -> None:
+    days = [DailyUsage(day="2026-11-28", requests=0, prompt_tokens=0, completion_tokens=0, spend=0),
+            DailyUsage(day="2026-11-29", requests=2, prompt_tokens=30, completion_tokens=12, spend=1_250)]  # fmt: skip
+    chart = service.spend_chart(days)
+    assert chart["labels"] == ["2026-11-28", "2026-11-29"]
+    spend, tokens = chart["series"]
+    assert (spend["kind"], spend["axis"], spend["data"]) == ("bar", "left", [0.0, 0.00125])
+    assert (tokens["kind"], tokens["axis"], tokens["data"]) == ("line", "right", [0.0, 42.0])
+
+
+def test_the_hoster_charts_stack_outcomes_and_show_earnings_in_credits() -> None:
+    days = [HosterDay(day="2026-11-29", attempts=5, succeeded=3, failed=1, prompt_tokens=1, completion_tokens=1,
+                      earned=2_000_000)]  # fmt: skip
+    requests = service.hoster_requests_chart(days)
+    assert [(s["label"], s["data"], s["stack"]) for s in requests["series"]] == [
+        ("Succeeded", [3.0], "attempts"), ("Failed", [1.0], "attempts"), ("Cancelled", [1.0], "attempts")
+    ]  # fmt: skip
+    assert service.earnings_chart(days)["series"][0]["data"] == [2.0]
+    # No cancelled attempt: no empty series.
+    days[0].attempts = 4
+    assert [s["label"] for s in service.hoster_requests_chart(days)["series"]] == ["Succeeded", "Failed"]
+
+
+def test_the_account_shows_what_is_left_of_its_daily_cap() -> None:
+    summary = AccountSummary(account_id="a", name="demo", balance=99_500_000, reserved=10, daily_cap=5_000_000,
+                             spent_today=1_250_000, created_at=0)  # fmt: skip
+    view = service.account_view(summary)
+    assert (view.balance, view.daily_cap, view.spent_today, view.left_today) == ("99.5", "5", "1.25", "3.75")
+    summary.daily_cap, summary.spent_today = 1_000_000, 2_000_000
+    assert service.account_view(summary).left_today == "0"
+    summary.daily_cap = None
+    assert service.account_view(summary).daily_cap == service.account_view(summary).left_today == "no cap"
+
+
+def test_a_request_row_names_its_hoster_and_falls_back_to_the_money_status() -> None:
+    item = AccountRequest(request_id="r1", key_id="k", model="m", status="settled", outcome="succeeded",
+                          hoster_id="h1", attempts=1, prompt_tokens=10, completion_tokens=5, cost=75,
+                          ttft_ms=151.4, duration_ms=900.0, created_at=0)  # fmt: skip
+    [row] = service.request_rows([item], {"h1": "gpu-box"})
+    assert (row.hoster, row.cost, row.ttft, row.duration, row.outcome) == ("gpu-box", "0.000075", "151 ms", "900 ms",
+                                                                          "succeeded")  # fmt: skip
+    item.outcome, item.hoster_id, item.status = None, "h2", "open"
+    [row] = service.request_rows([item], {})
+    assert (row.hoster, row.outcome) == ("h2", "open")
+
+
+def test_the_routing_record_lists_every_attempt() -> None:
+    record = GenerationRecord(id="r1", model="m", status="settled", created=0, prompt_tokens=10, completion_tokens=5,
+                              cost=0.000075, attempts=[
+        AttemptRecord(attempt=1, hoster_id="h1", model="m", outcome="failed", prompt_tokens=0, completion_tokens=0,
+                      ttft_ms=None, duration_ms=12, error="upstream 500"),
+        AttemptRecord(attempt=2, hoster_id="h2", model="m", outcome="succeeded", prompt_tokens=10, completion_tokens=5,
+                      ttft_ms=100, duration_ms=400, dropped_parameters=["seed"]),
+    ])  # fmt: skip
+    view = service.generation_view(record, {"h1": "first", "h2": "second"})
+    assert view.cost == "0.000075"
+    assert [(a.hoster, a.outcome, a.error, a.dropped_parameters) for a in view.attempts] == [
+        ("first", "failed", "upstream 500", "—"), ("second", "succeeded", "—", "seed")
+    ]  # fmt: skip
+
+
+def test_only_active_inference_keys_can_be_revoked_here() -> None:
+    keys = [
+        ManagedKey(key_id="1", prefix="ngk_aaaa…", kind="inference", rpm=60, created_at=0, last_used_at=10),
+        ManagedKey(key_id="2", prefix="ngk_bbbb…", kind="inference", created_at=0, revoked_at=20),
+        ManagedKey(key_id="3", prefix="ngk_cccc…", kind="management", created_at=0),
+    ]
+    rows = service.key_rows(keys)
+    assert [r.revocable for r in rows] == [True, False, False]
+    assert rows[0].limits == "60 requests/min"
+    assert rows[2].limits == "none"
+    assert rows[1].last_used == "never"
+    assert rows[0].last_used == "1970-01-01 00:00:10 UTC"
+    assert rows[1].status.startswith("revoked")
+
+
+@pytest.mark.parametrize(("text", "value"), [(None, None), ("", None), ("  ", None), ("60", 60), ("100,000", 100_000)])
+def test_a_limit_typed_into_the_form_is_blank_or_a_whole_number(text: str | None, value: int | None) -> None:
+    assert service.optional_limit(text) == value
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "1.5", "lots", str(2**31)])
+def test_a_limit_outside_the_range_is_refused(text: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        service.optional_limit(text)
+
+
+def test_the_hoster_page_shows_each_trust_term_with_its_counts() -> None:
+    trust = TrustTerms(score=0.42, reliability=0.9, midstream=0.05, latency=0.8, history=0.3, dishonesty=0.01,
+                       window_attempts=40, window_successes=37, window_midstream_failures=2, window_discrepancies=1,
+                       lifetime_attempts=40, age_s=7200, advertised_ttft_ms=200, observed_p95_ttft_ms=250)  # fmt: skip
+    offer = ModelOffer(model="m", upstream_model="up", input_price=400_000, output_price=1_200_000)
+    detail = HosterDetail(hoster_id="h", name="gpu", live=True, cloud=False, capacity=8, in_flight=1, cooling=False,
+                          models=[offer], speed=[ModelSpeed(model="m", ttft_median_ms=180, tokens_per_s=55.5,
+                                                            samples=9)],
+                          trust=trust, attempts=40, usage_discrepancies=1)  # fmt: skip
+    view = service.hoster_view(detail)
+    assert (view.status, view.load, view.trust_score) == ("live", "1 of 8", "0.420")
+    assert [t.name for t in view.trust_terms] == ["reliability", "midstream failures", "latency", "history",
+                                                  "dishonesty"]  # fmt: skip
+    assert "(37 successes + 1) / (40 attempts + 2)" in view.trust_terms[0].detail
+    assert view.trust_terms[2].detail == "advertised 200 ms / observed p95 250 ms"
+    [row] = view.offers
+    assert (row.input_price, row.output_price, row.ttft_median, row.tokens_per_s, row.samples) == (
+        "0.4", "1.2", "180 ms", "55.5", 9
+    )  # fmt: skip
+    detail.cooling = True
+    assert service.hoster_view(detail).status == "live, cooling down after failures"
