@@ -172,12 +172,13 @@ class Series:
     stack: str | None = None
 
 
-def chart(title: str, labels: list[str], *series: Series) -> dict[str, Any]:
+def chart(title: str, labels: list[str], *series: Series, left: str = "", right: str = "") -> dict[str, Any]:
     """A chart's data for the page's script (``static/console.js`` hands it to Chart.js): a title (its
-    accessible name too), day labels and series."""
+    accessible name too), day labels, series, and the titles of the left and right axes."""
     return {
         "title": title,
         "labels": labels,
+        "axes": {"left": left, "right": right},
         "series": [
             {"label": s.label, "data": s.data, "kind": s.kind, "axis": s.axis, "stack": s.stack} for s in series
         ],
@@ -191,6 +192,8 @@ def spend_chart(days: list[DailyUsage]) -> dict[str, Any]:
         [d.day for d in days],
         Series("Spend (credits)", [d.spend / MICRO for d in days]),
         Series("Tokens", [float(d.prompt_tokens + d.completion_tokens) for d in days], kind="line", axis="right"),
+        left="credits",
+        right="tokens",
     )
 
 
@@ -203,7 +206,7 @@ def hoster_requests_chart(days: list[HosterDay]) -> dict[str, Any]:
     ]
     if any(others):
         series.append(Series("Cancelled", others, stack="attempts"))
-    return chart("Requests per day", [d.day for d in days], *series)
+    return chart("Requests per day", [d.day for d in days], *series, left="attempts")
 
 
 def earnings_chart(days: list[HosterDay]) -> dict[str, Any]:
@@ -243,9 +246,10 @@ def account_view(summary: AccountSummary) -> AccountView:
 
 @dataclass
 class RequestRow:
-    """One request in the recent requests table."""
+    """One request in the recent requests table (``short_id``: what the table shows of the id)."""
 
     request_id: str
+    short_id: str
     created: str
     model: str
     hoster: str
@@ -264,11 +268,17 @@ def hoster_label(hoster_id: str | None, names: dict[str, str]) -> str:
     return names.get(hoster_id, hoster_id)
 
 
+def short_id(request_id: str) -> str:
+    """The start of a request id, enough to tell requests apart in a table (the link carries the whole id)."""
+    return request_id if len(request_id) <= 21 else request_id[:20] + "…"
+
+
 def request_rows(items: list[AccountRequest], names: dict[str, str]) -> list[RequestRow]:
     """The recent requests table; the outcome is the last attempt's, else where the money stands."""
     return [
         RequestRow(
             request_id=item.request_id,
+            short_id=short_id(item.request_id),
             created=timestamp(item.created_at),
             model=item.model or DASH,
             hoster=hoster_label(item.hoster_id, names),

@@ -4,6 +4,8 @@ In Kubernetes and compose the load balancer routes ``/console`` to the console's
 
 from __future__ import annotations
 
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
@@ -30,14 +32,18 @@ METHODS = ["GET", "HEAD", "POST"]
 class ConsoleProxy:
     """A streaming reverse proxy to one console URL; ``open``/``close`` belong to the app's lifespan."""
 
-    def __init__(self, console_url: str, timeout_s: float = 30.0) -> None:
+    def __init__(self, console_url: str, timeout_s: float = 30.0, transport: httpx.AsyncBaseTransport | None = None):
         self._base = console_url.rstrip("/")
         self._timeout_s = timeout_s
+        self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
     async def open(self) -> None:
-        """Create the connection pool."""
-        self._client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False)
+        """Create the connection pool. Its cookie jar keeps nothing: the client is shared by every browser, and
+        one browser's session cookie must never ride along with another's requests."""
+        keep_none = CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+        self._client = httpx.AsyncClient(timeout=self._timeout_s, follow_redirects=False, cookies=keep_none,
+                                         transport=self._transport)  # fmt: skip
 
     async def close(self) -> None:
         """Close the connection pool."""

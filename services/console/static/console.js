@@ -1,5 +1,6 @@
 // Draws every <canvas data-chart="ID"> with Chart.js from the JSON in <script type="application/json" id="ID">
 // (built by services/console/service.py: title, day labels, series with kind, axis and stack).
+// Pages work without it: every chart's figures are in a table too.
 "use strict";
 
 (function () {
@@ -12,12 +13,16 @@
     const spec = JSON.parse(source.textContent);
     const usesRight = spec.series.some((s) => s.axis === "right");
     const stacked = spec.series.some((s) => s.stack);
-    const scales = {
-      x: { stacked: stacked },
-      y: { beginAtZero: true, stacked: stacked, position: "left" },
-    };
+    const number = (value) => Number(value).toLocaleString("en", { maximumSignificantDigits: 6 });
+    const axis = (title, position) => ({
+      beginAtZero: true,
+      position: position,
+      title: { display: Boolean(title), text: title },
+      ticks: { callback: number },
+    });
+    const scales = { x: { stacked: stacked }, y: { ...axis(spec.axes.left, "left"), stacked: stacked } };
     if (usesRight) {
-      scales.y1 = { beginAtZero: true, position: "right", grid: { drawOnChartArea: false } };
+      scales.y1 = { ...axis(spec.axes.right, "right"), grid: { drawOnChartArea: false } };
     }
     new Chart(canvas, {
       data: {
@@ -31,7 +36,7 @@
           backgroundColor: palette[i % palette.length] + (s.kind === "line" ? "33" : "cc"),
           borderColor: palette[i % palette.length],
           borderWidth: s.kind === "line" ? 2 : 0,
-          tension: 0.2,
+          cubicInterpolationMode: "monotone",
           order: s.kind === "line" ? 0 : 1,
         })),
       },
@@ -47,4 +52,11 @@
   }
 
   document.querySelectorAll("canvas[data-chart]").forEach(draw);
+
+  // A page answering a form (the new key, shown once) puts the page's own address in the history instead of
+  // the form's, so reloading it asks for the page again rather than sending the form a second time.
+  const replace = document.querySelector("[data-replace-url]");
+  if (replace) {
+    window.history.replaceState(null, "", replace.dataset.replaceUrl);
+  }
 })();
