@@ -203,6 +203,10 @@ async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings)
     return payload
 
 
+# Request ids as OpenAI's look for each endpoint (an embedding list has no id: ours is in x-request-id).
+ID_PREFIXES: dict[Endpoint, str] = {CHAT: "chatcmpl-", COMPLETIONS: "cmpl-", EMBEDDINGS: "emb-"}
+
+
 async def _serve(
     request: Request,
     caller: Caller,
@@ -221,7 +225,7 @@ async def _serve(
         message, param = validation_failure(payload, exc.errors(include_url=False))
         return invalid_request(message, param)
     stream = bool(getattr(body, "stream", False))
-    request_id = new_request_id()
+    request_id = new_request_id(ID_PREFIXES[endpoint])
     REQUEST_ID.set(request_id)
     with TRACER.start_as_current_span(
         f"POST {request.url.path}",
