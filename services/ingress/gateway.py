@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import BaseModel, TypeAdapter
 
-from libs.contracts import frames, subjects
+from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import (
     Caller,
     CreditsQuery,
@@ -251,12 +250,7 @@ class ReplyStream:
         self._pending = 0
         if self._on_lost is not None:
             self._on_lost(self.request_id)
-        report = ErrorReport(
-            http_status=502,
-            type="server_error",
-            code="client_too_slow",
-            message="The answer came faster than it was read and was stopped; read the stream as it arrives.",
-        )
+        report = errors.client_too_slow()
         error = frames.encode(frames.ERROR, self.attempt, -1, report.model_dump_json().encode())
         self._pending = len(error)
         self._queue.put_nowait(error)
@@ -310,13 +304,7 @@ class ReplyStream:
         self._abandoned, self._due = max(self._abandoned, frame.attempt), None
         if self._on_lost is not None:
             self._on_lost(self.request_id)
-        report = ErrorReport(
-            http_status=502,
-            type="server_error",
-            code="incomplete_response",
-            message=f"Part of the answer was lost on its way (frame {self._seq} of attempt {frame.attempt} never "
-            "arrived); what came before it is all there is. Retry the request.",
-        )
+        report = errors.incomplete_response(self._seq, frame.attempt)
         return frames.Frame(frames.ERROR, frame.attempt, -1, report.model_dump_json().encode())
 
     async def next(self) -> frames.Frame:
@@ -595,15 +583,7 @@ class Gateway:
         known = self._known_good.get(key_hash, now) is not None
         wait_s = 0.0 if known else self._failures.wait_s(address, now)
         if wait_s > 0:
-            raise GatewayError(
-                ErrorReport(
-                    http_status=429,
-                    type="rate_limit_error",
-                    code="too_many_invalid_keys",
-                    message="Too many requests with invalid API keys from your address; retry later.",
-                    retry_after=max(1, math.ceil(wait_s)),
-                )
-            )
+            raise GatewayError(errors.too_many_invalid_keys(wait_s))
         # Spent before billing is asked (concurrent requests must not all pass on the last token), given back
         # when the key is good.
         self._failures.spend(address, now)
@@ -687,11 +667,4 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
 
-def _unavailable(message: str, retry_after: int) -> ErrorReport:
-    return ErrorReport(
-        http_status=503,
-        type="server_error",
-        code="service_unavailable",
-        message=message,
-        retry_after=retry_after,
-    )
+_unavailable = errors.service_unavailable

@@ -13,7 +13,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from libs.contracts import frames, subjects
+from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import Caller, GenerationRecord
 from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, ErrorReport
 from libs.contracts.openai import (
@@ -40,8 +40,8 @@ from services.ingress.openapi import (
     ModelEntry,
     ModelList,
     UsageList,
-    errors,
 )
+from services.ingress.openapi import errors as documented
 from services.ingress.service import (
     StreamOutcome,
     error_report,
@@ -79,7 +79,7 @@ SettingsDep = Annotated[IngressSettings, Depends(settings_of)]
 
 
 def _unauthorized(message: str, code: str | None = "invalid_api_key") -> GatewayError:
-    return GatewayError(ErrorReport(http_status=401, type="invalid_request_error", code=code, message=message))
+    return GatewayError(errors.unauthorized(message, code))
 
 
 async def authenticate(request: Request, gateway: GatewayDep, settings: SettingsDep) -> Caller:
@@ -154,14 +154,7 @@ def _is_json(content_type: str | None) -> bool:
 
 async def _read_limited(request: Request, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it grows past ``limit`` bytes (declared or streamed)."""
-    too_large = GatewayError(
-        ErrorReport(
-            http_status=413,
-            type="invalid_request_error",
-            code="request_too_large",
-            message=f"The request body is larger than {limit} bytes.",
-        )
-    )
+    too_large = GatewayError(errors.request_too_large(limit))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -178,14 +171,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings) -> dict[str, Any] | Response:
     """The JSON object of a request's body, or the OpenAI-style error that refuses it."""
     if not _is_json(request.headers.get("content-type")):
-        raise GatewayError(
-            ErrorReport(
-                http_status=415,
-                type="invalid_request_error",
-                code="unsupported_media_type",
-                message="The request body must be JSON, sent with 'Content-Type: application/json'.",
-            )
-        )
+        raise GatewayError(errors.unsupported_media_type())
     limit = min(settings.max_body_bytes, gateway.max_body_bytes or settings.max_body_bytes)
     raw = await _read_limited(request, limit)
     try:
@@ -347,7 +333,7 @@ def _model_entry(model: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/credits", response_model=None, responses={200: {"model": Credits}, **errors(401, 503)})
+@router.get("/v1/credits", response_model=None, responses={200: {"model": Credits}, **documented(401, 503)})
 async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The key's account: balance, credits held by open requests, today's spend and the daily cap (credits)."""
     report = await gateway.credits(caller.account_id, settings.retry_after_s)
@@ -366,7 +352,7 @@ async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: Setting
     )
 
 
-@router.get("/v1/key", response_model=None, responses={200: {"model": KeyDocument}, **errors(401, 503)})
+@router.get("/v1/key", response_model=None, responses={200: {"model": KeyDocument}, **documented(401, 503)})
 async def show_key(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The calling key in OpenRouter's shape: its label, its limits, what it spent and can still spend
     (credits)."""
@@ -377,7 +363,7 @@ async def show_key(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep
     return Response(orjson.dumps(key_page(report)), media_type="application/json")
 
 
-@router.get("/v1/usage", response_model=None, responses={200: {"model": UsageList}, **errors(400, 401, 503)})
+@router.get("/v1/usage", response_model=None, responses={200: {"model": UsageList}, **documented(400, 401, 503)})
 async def list_usage(
     caller: CallerDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Response:
@@ -401,26 +387,18 @@ async def list_usage(
 @router.get(
     "/v1/generation/{request_id}",
     response_model=None,
-    responses={200: {"model": GenerationRecord}, **errors(401, 404, 503)},
+    responses={200: {"model": GenerationRecord}, **documented(401, 404, 503)},
 )
 async def show_generation(request_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The routing record of one of this key's requests: each attempt's hoster, outcome and latency, the
     tokens and the cost (credits)."""
     record = await gateway.generation(request_id, caller.key_id, settings.retry_after_s)
     if record is None:
-        raise GatewayError(
-            ErrorReport(
-                http_status=404,
-                type="invalid_request_error",
-                code="generation_not_found",
-                param="id",
-                message=f"No generation {request_id} was made with this API key (or it is not recorded yet).",
-            )
-        )
+        raise GatewayError(errors.generation_not_found(request_id))
     return Response(record.model_dump_json(), media_type="application/json")
 
 
-@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, **errors(503)})
+@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, **documented(503)})
 async def list_models(gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The models live on the network now, with their price range and number of live hosters."""
     try:
@@ -431,7 +409,7 @@ async def list_models(gateway: GatewayDep, settings: SettingsDep) -> Response:
 
 
 @router.get(
-    "/v1/models/{model_id:path}", response_model=None, responses={200: {"model": ModelEntry}, **errors(404, 503)}
+    "/v1/models/{model_id:path}", response_model=None, responses={200: {"model": ModelEntry}, **documented(404, 503)}
 )
 async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """One live model."""
@@ -442,15 +420,7 @@ async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsD
     for model in listing.models:
         if model.id == model_id:
             return Response(orjson.dumps(_model_entry(model)), media_type="application/json")
-    return error_response(
-        ErrorReport(
-            http_status=404,
-            type="invalid_request_error",
-            code="model_not_found",
-            param="model",
-            message=f"The model `{model_id}` does not exist or no hoster serves it now.",
-        )
-    )
+    return error_response(errors.model_not_live(model_id))
 
 
 @router.get("/healthz", include_in_schema=False)

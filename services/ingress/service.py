@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from libs.contracts import frames
+from libs.contracts import errors, frames
 from libs.contracts.billing import KeyReport
 from libs.contracts.common import ErrorReport
 from libs.contracts.openai import error_body
@@ -34,13 +34,7 @@ def error_event(report: ErrorReport) -> bytes:
 
 def idle_report(retry_after: int) -> ErrorReport:
     """What the client gets when its request's reply subject went silent."""
-    return ErrorReport(
-        http_status=503,
-        type="server_error",
-        code="hoster_unavailable",
-        message="The hoster serving this request stopped responding.",
-        retry_after=retry_after,
-    )
+    return errors.hoster_stopped_responding(retry_after)
 
 
 async def first_answer(replies: ReplyStream, headers: dict[str, str]) -> frames.Frame:
