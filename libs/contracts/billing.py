@@ -15,14 +15,22 @@ class VerifyKey(BaseModel):
     key_hash: str
 
 
+# An inference key calls models; a management key (OpenRouter's provisioning key) manages its account's keys
+# and reads the whole account, and never calls models.
+KeyKind = Literal["inference", "management"]
+INFERENCE: KeyKind = "inference"
+MANAGEMENT: KeyKind = "management"
+
+
 class KeyInfo(BaseModel):
-    """billing -> ingress: the key's account and limits, or why it is not valid."""
+    """billing -> ingress: the key's account, kind and limits, or why it is not valid."""
 
     status: Literal["valid", "unknown", "revoked"]
     key_id: str | None = None
     account_id: str | None = None
     rpm: int | None = None
     tpm: int | None = None
+    kind: KeyKind = INFERENCE
 
 
 class Caller(BaseModel):

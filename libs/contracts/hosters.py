@@ -104,6 +104,11 @@ class LiveHoster(BaseModel):
     attempts: int
     # Usage reports past the request's bounds, billed at the bound (as this router saw them).
     usage_discrepancies: int = 0
+    region: str | None = None
+    # Over its models: the median of recent times to first token (the lowest model's; ``None`` before 5
+    # samples) and the best tokens per second (moving average), for the public network page.
+    ttft_median_ms: float | None = None
+    tokens_per_s: float | None = None
 
 
 class LiveHosters(BaseModel):

@@ -63,6 +63,31 @@ SHOW_KEY = "billing.key.show"
 # router -> billing (request/reply): the registered hosters, whose registration routing believes.
 LIST_REGISTRATIONS = "billing.hosters.list"
 
+# Management (``libs/contracts/management.py``): ingress's management API and the console -> billing
+# (request/reply, queue group "billing"). Every query names the account or hoster it was authenticated for.
+# Whose management key is this (``not_management`` for an inference key)?
+VERIFY_MANAGEMENT_KEY = "billing.management.verify"
+# An account's keys: list, one, create (an inference key, shown once), revoke, change limits or label.
+LIST_ACCOUNT_KEYS = "billing.keys.list"
+SHOW_ACCOUNT_KEY = "billing.keys.show"
+CREATE_ACCOUNT_KEY = "billing.keys.create"
+REVOKE_ACCOUNT_KEY = "billing.keys.revoke"
+UPDATE_ACCOUNT_KEY = "billing.keys.update"
+# An account's money now, its usage per UTC day, its recent requests, one request's routing record.
+SHOW_ACCOUNT = "billing.account.show"
+ACCOUNT_DAILY_USAGE = "billing.account.daily"
+LIST_ACCOUNT_REQUESTS = "billing.account.requests"
+SHOW_ACCOUNT_GENERATION = "billing.account.generation"
+# Whose hoster console token (``ngh_...``) is this; a hoster's attempts and earnings per day; its attempts.
+VERIFY_HOSTER_TOKEN = "billing.hoster.verify"
+HOSTER_DAILY = "billing.hoster.daily"
+LIST_HOSTER_ATTEMPTS = "billing.hoster.attempts"
+# billing -> every ingress (broadcast): a key was revoked or its limits changed; drop it from the key cache.
+KEY_CHANGED = "billing.key.changed"
+
+# console -> router (request/reply): one hoster's live status, models, prices, speed and trust with its terms.
+SHOW_HOSTER = "router.hoster.show"
+
 # Queue groups are the service names.
 QUEUE_ROUTER = "router"
 QUEUE_HOSTER_ADAPTER = "hoster_adapter"
@@ -82,6 +107,8 @@ HOSTER_STATS_BUCKET = "router_hoster_stats"
 _HOSTER_INBOX = "_INBOX_hoster"
 # Any client's default inbox prefix (services).
 SERVICE_INBOX_ALL = "_INBOX.>"
+# The web console's inbox prefix (its connection's ``inbox_prefix``): replies to its requests, and only those.
+CONSOLE_INBOX = "_INBOX_console"
 
 
 def attempt_start(hoster_id: str) -> str:
@@ -146,6 +173,31 @@ def hoster_permissions(hoster_id: str) -> tuple[list[str], list[str]]:
         f"{hoster_inbox_prefix(hoster_id)}.>",
     ]
     return publish, subscribe
+
+
+def console_permissions() -> tuple[list[str], list[str]]:
+    """``(publish, subscribe)`` allowed to the web console's credentials: the management requests to billing
+    and the router, the public listings, and replies on its own inbox; nothing else (never admission,
+    settlement, attempts or another service's inbox)."""
+    publish = [
+        VERIFY_MANAGEMENT_KEY,
+        LIST_ACCOUNT_KEYS,
+        SHOW_ACCOUNT_KEY,
+        CREATE_ACCOUNT_KEY,
+        REVOKE_ACCOUNT_KEY,
+        UPDATE_ACCOUNT_KEY,
+        SHOW_ACCOUNT,
+        ACCOUNT_DAILY_USAGE,
+        LIST_ACCOUNT_REQUESTS,
+        SHOW_ACCOUNT_GENERATION,
+        VERIFY_HOSTER_TOKEN,
+        HOSTER_DAILY,
+        LIST_HOSTER_ATTEMPTS,
+        SHOW_HOSTER,
+        LIST_HOSTERS,
+        LIST_MODELS,
+    ]
+    return publish, [f"{CONSOLE_INBOX}.>"]
 
 
 def reply_inbox(ingress_id: str) -> str:

@@ -146,6 +146,13 @@ def hoster_permissions(hoster_id: str) -> Permissions:
     return Permissions(tuple(publish), tuple(subscribe), respond=True)
 
 
+def console_permissions() -> Permissions:
+    """The web console's confinement: the management requests to billing and the router, replies on its own
+    inbox (``subjects.CONSOLE_INBOX``, which its connection must use as ``inbox_prefix``); nothing else."""
+    publish, subscribe = subjects.console_permissions()
+    return Permissions(tuple(publish), tuple(subscribe))
+
+
 def user_jwt(user: KeyPair, name: str, account: KeyPair, permissions: Permissions | None, tags: list[str]) -> str:
     """A user's JWT, signed by its account. ``permissions`` None: everything in the account."""
     nats: dict[str, Any] = {"type": "user", "version": 2, "subs": -1, "data": -1, "payload": -1, "tags": tags}
@@ -294,11 +301,14 @@ async def push_account_update(nats_url: str, auth: AuthStore, timeout_s: float =
 
 def service_creds(auth: AuthStore, directory: Path, name: str, module: str) -> Path:
     """The credentials file of process ``name`` running ``services.<module>`` (minted once): a platform hoster
-    adapter is confined like a hoster (to every hoster's subjects), the other services are the platform."""
+    adapter is confined like a hoster (to every hoster's subjects), the web console to its management requests
+    (``console_permissions``), the other services are the platform."""
     path = directory / f"{name}.creds"
     if not path.exists():
         if module == "hoster_adapter":
             _, creds = auth.mint_user(name, hoster_permissions("*"))
+        elif module == "console":
+            _, creds = auth.mint_user(name, console_permissions())
         else:
             _, creds = auth.mint_user(name, None)
         auth.write_creds(path, creds)

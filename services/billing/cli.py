@@ -328,7 +328,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 # Every service that talks to NATS, with the ``services.<module>`` it runs: each gets credentials of its own.
-DEPLOYED_SERVICES = {"ingress": "ingress", "router": "router", "billing": "billing", "hoster_adapter": "hoster_adapter"}
+DEPLOYED_SERVICES = {
+    "ingress": "ingress",
+    "router": "router",
+    "billing": "billing",
+    "hoster_adapter": "hoster_adapter",
+    "console": "console",
+}
 
 
 def nats_init(directory: Path, resolver_dir: str) -> dict[str, Any]:
