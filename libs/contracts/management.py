@@ -363,3 +363,10 @@ class HosterDetailReply(BaseModel):
     """router -> asker: the hoster, or ``None`` when the router never heard of it."""
 
     hoster: HosterDetail | None = None
+
+
+class KeyChanged(BaseModel):
+    """billing -> every ingress (``billing.key.changed``, broadcast): a key was revoked or its limits changed;
+    forget what the key cache holds for it (the cache's TTL bounds the delay when this is lost)."""
+
+    key_hash: str

@@ -523,6 +523,13 @@ class Stack:
         key = self.computeshare("key", "create", account["id"], *limits)
         return account["id"], key["key"]
 
+    def create_management_key(self, account_id: str, label: str | None = None) -> str:
+        """A new management key of ``account_id`` (``computeshare key create ACCOUNT --management``)."""
+        labelled = ["--label", label] if label else []
+        created: dict[str, Any] = self.computeshare("key", "create", account_id, "--management", *labelled)
+        key: str = created["key"]
+        return key
+
     def kill(self, name: str) -> None:
         """SIGKILL one process (a crash, not a shutdown)."""
         process = self.processes[name]

@@ -1,4 +1,9 @@
-"""API keys: ``ngk_`` and 256 random bits, known to the network only by their SHA-256."""
+"""API keys: a kind's prefix and 256 random bits, known to the network only by their SHA-256.
+
+``ngk_``: an inference key (calls models); ``ngm_``: a management key (manages its account's keys, reads the
+whole account); ``ngh_``: a hoster's console token. The prefix only helps people tell them apart: what a key
+may do is what billing has stored for it.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import re
 import secrets
 
 PREFIX = "ngk_"
-_WELL_FORMED = re.compile(r"ngk_[A-Za-z0-9_-]{22,128}")
+MANAGEMENT_PREFIX = "ngm_"
+HOSTER_TOKEN_PREFIX = "ngh_"
+_WELL_FORMED = re.compile(r"ng[km]_[A-Za-z0-9_-]{22,128}")
+_HOSTER_TOKEN = re.compile(r"ngh_[A-Za-z0-9_-]{22,128}")
 
 
-def new_key() -> str:
-    """A fresh key: ``ngk_`` and 32 random bytes, URL-safe base64 (43 characters)."""
-    return PREFIX + secrets.token_urlsafe(32)
+def new_key(prefix: str = PREFIX) -> str:
+    """A fresh key: ``prefix`` and 32 random bytes, URL-safe base64 (43 characters)."""
+    return prefix + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:
@@ -22,8 +30,13 @@ def hash_key(key: str) -> str:
 
 
 def well_formed(key: str) -> bool:
-    """Whether ``key`` could be one of ours (anything else is refused without a lookup)."""
+    """Whether ``key`` could be one of our API keys, either kind (anything else is refused without a lookup)."""
     return _WELL_FORMED.fullmatch(key) is not None
+
+
+def well_formed_hoster_token(token: str) -> bool:
+    """Whether ``token`` could be a hoster's console token."""
+    return _HOSTER_TOKEN.fullmatch(token) is not None
 
 
 def display_prefix(key: str) -> str:

@@ -14,8 +14,9 @@ from faststream import FastStream
 from libs.platform.broker import HotSubscriptions, ensure_streams
 from libs.platform.metrics import RESERVATIONS_OPEN
 from libs.platform.service import faststream_app, service_kit
+from services.billing.accounts import Accounts
 from services.billing.durable import Redelivery
-from services.billing.handlers import register_handlers
+from services.billing.handlers import register_handlers, register_management_handlers
 from services.billing.ledger import Ledger
 from services.billing.repository import HosterRepository, UsageRepository, apply_migrations
 from services.billing.settings import BillingSettings
@@ -52,9 +53,11 @@ def build_app(settings: BillingSettings) -> FastStream:
     usage = UsageRepository()
     ledger = Ledger()
     hosters = HosterRepository()
+    accounts = Accounts()
     redelivery = Redelivery(settings.max_deliver, settings.retry_backoff_s, settings.retry_backoff_max_s)
     hot = HotSubscriptions(logger, kit.tracer_provider)
-    register_handlers(broker, hot, ledger, usage, hosters, settings.workers, redelivery, kit.logger)
+    register_handlers(broker, hot, ledger, accounts, usage, hosters, settings.workers, redelivery, kit.logger)
+    register_management_handlers(broker, accounts, hosters, settings.workers)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
@@ -71,6 +74,7 @@ def build_app(settings: BillingSettings) -> FastStream:
             usage.attach(pool)
             ledger.attach(pool)
             hosters.attach(pool)
+            accounts.attach(pool)
             await broker.connect()
             await ensure_streams(broker.connection, settings.nats_stream_replicas)
             await hot.start(broker.connection)

@@ -28,11 +28,13 @@ from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from libs.contracts import subjects
+from libs.contracts.billing import INFERENCE, MANAGEMENT
 from libs.contracts.hosters import LiveHoster, LiveHosters
 from libs.contracts.pricing import MICRO
-from libs.platform.apikeys import hash_key
+from libs.platform.apikeys import HOSTER_TOKEN_PREFIX, hash_key, new_key
 from libs.platform.natsauth import AuthStore, push_account_update, service_creds
 from services.billing import durable
+from services.billing.accounts import Accounts, NoSuchAccount
 from services.billing.ledger import AccountState, Ledger, NotFound
 from services.billing.repository import HosterRepository, apply_migrations
 from services.billing.settings import BillingSettings
@@ -97,15 +99,7 @@ async def _run(args: argparse.Namespace, ledger: Ledger, settings: CliSettings) 
             state = await ledger.account(args.account)
         return _account_json(state), _account_text(state), 0
     if args.command == "key":
-        if args.action == "create":
-            key_id, key = await ledger.create_key(args.account, args.rpm, args.tpm)
-            data = {"id": key_id, "key": key, "account": args.account, "rpm": args.rpm, "tpm": args.tpm}
-            return data, f"key {key_id}\n{key}\n(shown once: store it now)", 0
-        if args.action == "find":
-            info = await ledger.verify_key(hash_key(args.key))
-            return info.model_dump(), f"{info.status} {info.key_id or ''} {info.account_id or ''}".strip(), 0
-        await ledger.revoke_key(args.key_id)
-        return {"id": args.key_id, "revoked": True}, f"key {args.key_id} revoked", 0
+        return await key_command(args, Accounts(ledger.pool))
     if args.command == "ledger":
         problems = await ledger.check()
         text = "ledger balanced" if not problems else "\n".join(["ledger NOT balanced:", *problems])
@@ -116,6 +110,37 @@ async def _run(args: argparse.Namespace, ledger: Ledger, settings: CliSettings) 
         text = "\n".join(f"{e['hoster']}  {e['earned']:.6f} credits" for e in earned) or "no earnings yet"
         return earned, text, 0
     return await hoster_command(args, ledger, settings)
+
+
+async def key_command(args: argparse.Namespace, accounts: Accounts) -> tuple[Any, str, int]:
+    """``key create``, ``list``, ``find`` and ``revoke``."""
+    if args.action == "create":
+        kind = MANAGEMENT if args.management else INFERENCE
+        try:
+            created = await accounts.create_key(args.account, args.rpm, args.tpm, kind=kind, label=args.label)
+        except NoSuchAccount as exc:
+            raise NotFound(str(exc)) from None
+        data = {"id": created.info.key_id, "key": created.key, "account": args.account, "kind": kind,
+                "label": args.label, "rpm": args.rpm, "tpm": args.tpm}  # fmt: skip
+        return data, f"{kind} key {created.info.key_id}\n{created.key}\n(shown once: store it now)", 0
+    if args.action == "list":
+        if await accounts.summary(args.account) is None:
+            raise NotFound(f"no account {args.account}")
+        keys = await accounts.keys(args.account)
+        listing = [k.model_dump() for k in keys]
+        lines = [
+            f"{k.key_id}  {k.prefix}  {k.kind:<10} {'revoked' if k.revoked_at else 'valid':<7}"
+            f"  rpm {k.rpm or '-'}  tpm {k.tpm or '-'}  {k.label or ''}".rstrip()
+            for k in keys
+        ]
+        return listing, "\n".join(lines) or "no keys", 0
+    if args.action == "find":
+        info = await accounts.verify_key(hash_key(args.key))
+        text = f"{info.status} {info.kind if info.key_id else ''} {info.key_id or ''} {info.account_id or ''}"
+        return info.model_dump(), " ".join(text.split()), 0
+    if await accounts.revoke_key(args.key_id) is None:
+        raise NotFound(f"no key {args.key_id}")
+    return {"id": args.key_id, "revoked": True}, f"key {args.key_id} revoked", 0
 
 
 async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: CliSettings) -> tuple[Any, str, int]:
@@ -132,12 +157,16 @@ async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: Cli
         account_id = args.account or (await ledger.create_account(f"hoster {args.name}", 0)).id
         await ledger.account(account_id)  # the earnings account must exist
         public_key, creds = auth.mint_hoster(hoster_id, args.name)
-        await hosters.register(hoster_id, args.name, args.region, args.cloud, account_id, public_key)
+        console_token = new_key(HOSTER_TOKEN_PREFIX)
+        await hosters.register(
+            hoster_id, args.name, args.region, args.cloud, account_id, public_key, hash_key(console_token)
+        )
         auth.write_creds(creds_path, creds)
         data = {"id": hoster_id, "name": args.name, "region": args.region, "cloud": args.cloud,
-                "account": account_id, "creds": str(creds_path.resolve())}  # fmt: skip
+                "account": account_id, "creds": str(creds_path.resolve()), "console_token": console_token}  # fmt: skip
         text = (f"hoster {hoster_id} ({args.name})\n  earnings account {account_id}\n"
-                f"  credentials      {creds_path} (written once: keep it secret)")  # fmt: skip
+                f"  credentials      {creds_path} (written once: keep it secret)\n"
+                f"  console token    {console_token} (shown once: the hoster's web console sign-in)")  # fmt: skip
         return data, text, 0
     if args.action == "revoke":
         row = await hosters.revoke(args.hoster)
@@ -292,6 +321,12 @@ def parser() -> argparse.ArgumentParser:
     key_create.add_argument("account")
     key_create.add_argument("--rpm", type=int, help="requests per minute")
     key_create.add_argument("--tpm", type=int, help="tokens per minute")
+    key_create.add_argument("--label", help="a name for the key, shown in listings")
+    key_create.add_argument(
+        "--management", action="store_true", help="a management key: manages the account's keys, never calls models"
+    )
+    key_list = command(key, "list", "every key of an account: kind, limits, revoked or not, last use")
+    key_list.add_argument("account")
     find = command(key, "find", "whose key this is, and whether it is valid")
     find.add_argument("key")
     revoke = command(key, "revoke", "revoke a key")

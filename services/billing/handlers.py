@@ -27,9 +27,36 @@ from libs.contracts.billing import (
     VerifyKey,
 )
 from libs.contracts.hosters import HosterRegistrations
+from libs.contracts.management import (
+    AccountGenerationQuery,
+    AccountGenerationReply,
+    AccountKeyQuery,
+    AccountQuery,
+    AccountRequests,
+    AccountRequestsQuery,
+    AccountSummary,
+    CreatedKey,
+    CreateKey,
+    DailyUsageQuery,
+    DailyUsageReport,
+    HosterAttempts,
+    HosterAttemptsQuery,
+    HosterDailyQuery,
+    HosterDailyReport,
+    HosterTokenInfo,
+    KeyChanged,
+    KeyListing,
+    KeyResult,
+    ManagementKeyInfo,
+    RevokeKey,
+    SetKeyLimits,
+    VerifyHosterToken,
+    VerifyManagementKey,
+)
 from libs.contracts.routing import AttemptFinished
 from libs.platform.broker import HotSubscriptions
 from libs.platform.metrics import SETTLEMENTS
+from services.billing.accounts import Accounts
 from services.billing.durable import Batches, Redelivery, consume
 from services.billing.ledger import Ledger, NotFound
 from services.billing.repository import HosterRepository, UsageRepository
@@ -42,6 +69,7 @@ def register_handlers(
     broker: NatsBroker,
     hot: HotSubscriptions,
     ledger: Ledger,
+    accounts: Accounts,
     usage: UsageRepository,
     hosters: HosterRepository,
     workers: int,
@@ -60,8 +88,8 @@ def register_handlers(
         return broker.connection.jetstream()
 
     async def verify_key(query: VerifyKey, _: Msg) -> KeyInfo:
-        """Who holds this key."""
-        return await ledger.verify_key(query.key_hash)
+        """Who holds this key, and of which kind."""
+        return await accounts.verify_key(query.key_hash)
 
     async def reserve_credits(command: ReserveCredits, _: Msg) -> Reserved | Refused:
         """Admit a request or say why not."""
@@ -106,7 +134,7 @@ def register_handlers(
     @broker.subscriber(subjects.SHOW_GENERATION, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def show_generation(query: GenerationQuery) -> GenerationRecord | None:
         """A request's routing record, for the key that made it."""
-        return await ledger.generation(query.request_id, query.key_id)
+        return await accounts.key_generation(query.key_id, query.request_id)
 
     @broker.subscriber(subjects.LIST_REGISTRATIONS, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def list_registrations() -> HosterRegistrations:
@@ -162,3 +190,88 @@ def register_handlers(
 
     hot.add_durable(subjects.REQUEST_FINISHED, subjects.USAGE_STREAM, subjects.BILLING_REQUESTS_DURABLE,
                     settle_request, workers)  # fmt: skip
+
+
+def register_management_handlers(
+    broker: NatsBroker, accounts: Accounts, hosters: HosterRepository, workers: int
+) -> None:
+    """What a management key (through the ingress's API or the console) and a hoster's console token may ask,
+    in the ``billing`` queue group. Every query is answered within the account or hoster it names, which the
+    asker authenticated; a key that changes is announced to every ingress (``KEY_CHANGED``) to leave its
+    cache at once."""
+
+    async def key_changed(key_hash: str) -> None:
+        await broker.publish(KeyChanged(key_hash=key_hash), subjects.KEY_CHANGED)
+
+    @broker.subscriber(subjects.VERIFY_MANAGEMENT_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def verify_management_key(query: VerifyManagementKey) -> ManagementKeyInfo:
+        """Whose management key this is."""
+        return await accounts.verify_management_key(query.key_hash)
+
+    @broker.subscriber(subjects.LIST_ACCOUNT_KEYS, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def list_keys(query: AccountQuery) -> KeyListing:
+        """Every key of the account."""
+        return KeyListing(keys=await accounts.keys(query.account_id))
+
+    @broker.subscriber(subjects.SHOW_ACCOUNT_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def show_key(query: AccountKeyQuery) -> KeyResult:
+        """One key of the account."""
+        return KeyResult(key=await accounts.key(query.account_id, query.key_id))
+
+    @broker.subscriber(subjects.CREATE_ACCOUNT_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def create_key(command: CreateKey) -> CreatedKey:
+        """A new inference key of the account, shown once."""
+        return await accounts.create_key(command.account_id, command.rpm, command.tpm, label=command.label)
+
+    @broker.subscriber(subjects.REVOKE_ACCOUNT_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def revoke_key(command: RevokeKey) -> KeyResult:
+        """Revoke a key of the account."""
+        revoked = await accounts.revoke_account_key(command.account_id, command.key_id)
+        if revoked is None:
+            return KeyResult()
+        await key_changed(revoked[1])
+        return KeyResult(key=revoked[0])
+
+    @broker.subscriber(subjects.UPDATE_ACCOUNT_KEY, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def update_key(command: SetKeyLimits) -> KeyResult:
+        """Change a key's limits or label."""
+        updated = await accounts.update_key(command)
+        if updated is None:
+            return KeyResult()
+        await key_changed(updated[1])
+        return KeyResult(key=updated[0])
+
+    @broker.subscriber(subjects.SHOW_ACCOUNT, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def show_account(query: AccountQuery) -> AccountSummary | None:
+        """The account's money now."""
+        return await accounts.summary(query.account_id)
+
+    @broker.subscriber(subjects.ACCOUNT_DAILY_USAGE, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def daily_usage(query: DailyUsageQuery) -> DailyUsageReport:
+        """The account's usage per UTC day."""
+        return DailyUsageReport(days=await accounts.daily_usage(query.account_id, query.days))
+
+    @broker.subscriber(subjects.LIST_ACCOUNT_REQUESTS, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def account_requests(query: AccountRequestsQuery) -> AccountRequests:
+        """The account's recent requests."""
+        return AccountRequests(items=await accounts.requests(query))
+
+    @broker.subscriber(subjects.SHOW_ACCOUNT_GENERATION, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def account_generation(query: AccountGenerationQuery) -> AccountGenerationReply:
+        """The routing record of a request of the account."""
+        return AccountGenerationReply(generation=await accounts.generation(query.account_id, query.request_id))
+
+    @broker.subscriber(subjects.VERIFY_HOSTER_TOKEN, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def verify_hoster_token(query: VerifyHosterToken) -> HosterTokenInfo:
+        """Whose console token this is."""
+        return await hosters.verify_console_token(query.token_hash)
+
+    @broker.subscriber(subjects.HOSTER_DAILY, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def hoster_daily(query: HosterDailyQuery) -> HosterDailyReport:
+        """A hoster's attempts and earnings per UTC day."""
+        return await hosters.daily(query.hoster_id, query.days)
+
+    @broker.subscriber(subjects.LIST_HOSTER_ATTEMPTS, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def hoster_attempts(query: HosterAttemptsQuery) -> HosterAttempts:
+        """A hoster's recent attempts."""
+        return HosterAttempts(items=await hosters.attempts(query))

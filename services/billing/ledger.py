@@ -17,9 +17,6 @@ from asyncpg.pool import PoolConnectionProxy
 
 from libs.contracts import errors
 from libs.contracts.billing import (
-    AttemptRecord,
-    GenerationRecord,
-    KeyInfo,
     KeyReport,
     RateLimitState,
     Refused,
@@ -30,8 +27,7 @@ from libs.contracts.billing import (
     attempt_billable,
 )
 from libs.contracts.common import ErrorReport
-from libs.contracts.pricing import Cost, cost_of, to_credits
-from libs.platform.apikeys import display_prefix, hash_key, new_key
+from libs.contracts.pricing import Cost, cost_of
 from services.billing.repository import PoolBound
 
 Entry = tuple[str, str, int]  # (ledger account, entry kind, amount)
@@ -292,52 +288,6 @@ class Ledger(PoolBound):
             raise NotFound(f"no account {account_id}")
         return AccountState(
             row["id"], row["name"], row["balance"], row["reserved"], row["spent_today"], row["daily_cap"]
-        )
-
-    async def create_key(self, account_id: str, rpm: int | None, tpm: int | None) -> tuple[str, str]:
-        """A new key for ``account_id``: ``(key_id, key)``. The key is not stored and cannot be shown again."""
-        key = new_key()
-        key_id = "key_" + uuid.uuid4().hex[:24]
-        try:
-            await self._pool.execute(
-                """INSERT INTO api_keys (id, account_id, key_hash, prefix, rpm, tpm)
-                   VALUES ($1, $2, $3, $4, $5, $6)""",
-                key_id,
-                account_id,
-                bytes.fromhex(hash_key(key)),
-                display_prefix(key),
-                rpm,
-                tpm,
-            )
-        except asyncpg.ForeignKeyViolationError:
-            raise NotFound(f"no account {account_id}") from None
-        return key_id, key
-
-    async def revoke_key(self, key_id: str) -> None:
-        """Revoke a key; ingress replicas stop accepting it within their cache time."""
-        updated = await self._pool.fetchval(
-            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1 RETURNING id", key_id
-        )
-        if updated is None:
-            raise NotFound(f"no key {key_id}")
-
-    async def verify_key(self, key_hash: str) -> KeyInfo:
-        """Who holds the key with this hash."""
-        try:
-            digest = bytes.fromhex(key_hash)
-        except ValueError:
-            return KeyInfo(status="unknown")
-        row = await self._pool.fetchrow(
-            "SELECT id, account_id::text, rpm, tpm, revoked_at FROM api_keys WHERE key_hash = $1", digest
-        )
-        if row is None:
-            return KeyInfo(status="unknown")
-        return KeyInfo(
-            status="revoked" if row["revoked_at"] else "valid",
-            key_id=row["id"],
-            account_id=row["account_id"],
-            rpm=row["rpm"],
-            tpm=row["tpm"],
         )
 
     async def key_report(self, key_id: str, account_id: str) -> KeyReport | None:
@@ -665,43 +615,6 @@ class Ledger(PoolBound):
             )
             for r in rows
         ]
-
-    async def generation(self, request_id: str, key_id: str) -> GenerationRecord | None:
-        """The routing record of ``request_id``, only for the key that made it."""
-        held = await self._pool.fetchrow(
-            "SELECT * FROM reservations WHERE request_id = $1 AND key_id = $2", request_id, key_id
-        )
-        if held is None:
-            return None
-        attempts = await self._pool.fetch(
-            "SELECT * FROM usage_records WHERE request_id = $1 ORDER BY attempt", request_id
-        )
-        return GenerationRecord(
-            id=request_id,
-            model=held["model"] or (attempts[-1]["model"] if attempts else None),
-            endpoint=held["endpoint"],
-            status=held["status"],
-            created=int(held["created_at"].timestamp()),
-            prompt_tokens=held["prompt_tokens"],
-            completion_tokens=held["completion_tokens"],
-            cost=to_credits(held["charged"]),
-            usage_discrepancy=held["usage_discrepancy"],
-            attempts=[
-                AttemptRecord(
-                    attempt=a["attempt"],
-                    hoster_id=str(a["hoster_id"]),
-                    model=a["model"],
-                    outcome=a["outcome"],
-                    prompt_tokens=a["prompt_tokens"],
-                    completion_tokens=a["completion_tokens"],
-                    ttft_ms=a["ttft_ms"],
-                    duration_ms=a["duration_ms"],
-                    error=a["error"],
-                    dropped_parameters=list(a["dropped_parameters"]),
-                )
-                for a in attempts
-            ],
-        )
 
 
 class _Refusal(Exception):

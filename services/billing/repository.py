@@ -9,6 +9,13 @@ from typing import Any
 import asyncpg
 
 from libs.contracts.hosters import HosterRegistrations, RegisteredHoster
+from libs.contracts.management import (
+    HosterAttempt,
+    HosterAttemptsQuery,
+    HosterDailyReport,
+    HosterDay,
+    HosterTokenInfo,
+)
 from libs.contracts.routing import AttemptFinished
 
 # Any fixed number: every billing replica takes this advisory lock while migrating, so one migrates at a time.
@@ -148,19 +155,116 @@ class HosterRepository(PoolBound):
     """Registered hosters: who they are, where their earnings go, which NATS user is theirs."""
 
     async def register(
-        self, hoster_id: str, name: str, region: str | None, cloud: bool, account_id: str, nats_public_key: str
+        self,
+        hoster_id: str,
+        name: str,
+        region: str | None,
+        cloud: bool,
+        account_id: str,
+        nats_public_key: str,
+        console_token_hash: str | None = None,
     ) -> None:
-        """Record a new hoster."""
+        """Record a new hoster (with the SHA-256, hex, of its console token)."""
         await self._pool.execute(
-            """INSERT INTO hosters (id, name, region, cloud, account_id, nats_public_key)
-               VALUES ($1, $2, $3, $4, $5, $6)""",
+            """INSERT INTO hosters (id, name, region, cloud, account_id, nats_public_key, console_token_hash)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
             hoster_id,
             name,
             region,
             cloud,
             account_id,
             nats_public_key,
+            None if console_token_hash is None else bytes.fromhex(console_token_hash),
         )
+
+    async def verify_console_token(self, token_hash: str) -> HosterTokenInfo:
+        """Whose console token has this SHA-256 (hex); a revoked hoster's token is ``revoked``."""
+        try:
+            digest = bytes.fromhex(token_hash)
+        except ValueError:
+            return HosterTokenInfo(status="unknown")
+        row = await self._pool.fetchrow(
+            "SELECT id::text, name, revoked_at FROM hosters WHERE console_token_hash = $1", digest
+        )
+        if row is None:
+            return HosterTokenInfo(status="unknown")
+        return HosterTokenInfo(
+            status="revoked" if row["revoked_at"] else "valid", hoster_id=row["id"], name=row["name"]
+        )
+
+    async def daily(self, hoster_id: str, days: int, today: dt.date | None = None) -> HosterDailyReport:
+        """The hoster's attempts (by the UTC day they finished) and earnings (by the UTC day of their ledger
+        entries) over the last ``days`` days, oldest first, zeros included; and all it ever earned."""
+        end = today or dt.datetime.now(dt.UTC).date()
+        window = [end - dt.timedelta(days=n) for n in range(days - 1, -1, -1)]
+        start = dt.datetime.combine(window[0], dt.time(), tzinfo=dt.UTC)
+        attempts = await self._pool.fetch(
+            """SELECT (finished_at AT TIME ZONE 'UTC')::date AS day, count(*) AS attempts,
+                      count(*) FILTER (WHERE outcome = 'succeeded') AS succeeded,
+                      count(*) FILTER (WHERE outcome = 'failed') AS failed,
+                      sum(prompt_tokens)::bigint AS prompt, sum(completion_tokens)::bigint AS completion
+               FROM usage_records WHERE hoster_id = $1 AND finished_at >= $2 GROUP BY 1""",
+            hoster_id,
+            start,
+        )
+        account = "hoster:" + hoster_id
+        earned = await self._pool.fetch(
+            """SELECT (created_at AT TIME ZONE 'UTC')::date AS day, sum(amount)::bigint AS earned
+               FROM ledger_entries WHERE ledger_account = $1 AND created_at >= $2 GROUP BY 1""",
+            account,
+            start,
+        )
+        total = await self._pool.fetchval(
+            "SELECT coalesce(sum(amount), 0)::bigint FROM ledger_entries WHERE ledger_account = $1", account
+        )
+        by_day = {r["day"]: r for r in attempts}
+        money = {r["day"]: r["earned"] for r in earned}
+        return HosterDailyReport(
+            days=[
+                HosterDay(
+                    day=day.isoformat(),
+                    attempts=by_day[day]["attempts"] if day in by_day else 0,
+                    succeeded=by_day[day]["succeeded"] if day in by_day else 0,
+                    failed=by_day[day]["failed"] if day in by_day else 0,
+                    prompt_tokens=by_day[day]["prompt"] if day in by_day else 0,
+                    completion_tokens=by_day[day]["completion"] if day in by_day else 0,
+                    earned=money.get(day, 0),
+                )
+                for day in window
+            ],
+            earned_total=total,
+        )
+
+    async def attempts(self, query: HosterAttemptsQuery) -> list[HosterAttempt]:
+        """The hoster's attempts, newest first, each with its request's usage discrepancy when it had one."""
+        before = None if query.before is None else dt.datetime.fromtimestamp(query.before, tz=dt.UTC)
+        rows = await self._pool.fetch(
+            """SELECT u.*, r.usage_discrepancy
+               FROM usage_records u LEFT JOIN reservations r ON r.request_id = u.request_id
+               WHERE u.hoster_id = $1 AND ($2::timestamptz IS NULL OR u.finished_at < $2)
+               ORDER BY u.finished_at DESC LIMIT $3""",
+            query.hoster_id,
+            before,
+            query.limit,
+        )
+        return [
+            HosterAttempt(
+                request_id=r["request_id"],
+                attempt=r["attempt"],
+                model=r["model"],
+                outcome=r["outcome"],
+                stream=r["stream"],
+                prompt_tokens=r["prompt_tokens"],
+                completion_tokens=r["completion_tokens"],
+                usage_estimated=r["usage_estimated"],
+                ttft_ms=r["ttft_ms"],
+                duration_ms=r["duration_ms"],
+                error=r["error"],
+                finished_at=r["finished_at"].timestamp(),
+                usage_discrepancy=attempt_discrepancy(r["usage_discrepancy"], r["attempt"], str(r["hoster_id"])),
+            )
+            for r in rows
+        ]
 
     async def revoke(self, hoster_id: str) -> asyncpg.Record | None:
         """Mark a hoster revoked (once); its row, or ``None`` when there is no such hoster."""
@@ -194,3 +298,17 @@ class HosterRepository(PoolBound):
                 for r in rows
             ]
         )
+
+
+def attempt_discrepancy(request_discrepancy: str | None, attempt: int, hoster_id: str) -> str | None:
+    """One attempt's part of its request's usage discrepancy (``attempt N (hoster): ...; attempt M ...``, as
+    settlement writes it), so a hoster reads its own and never another hoster's."""
+    if not request_discrepancy:
+        return None
+    mark = f"attempt {attempt} ({hoster_id}): "
+    start = request_discrepancy.find(mark)
+    if start < 0:
+        return None
+    start += len(mark)
+    end = request_discrepancy.find("; attempt ", start)
+    return request_discrepancy[start:] if end < 0 else request_discrepancy[start:end]

@@ -36,13 +36,46 @@ async def test_accounts_keys_limits_and_the_ledger_from_the_command_line(
     assert key["key"].startswith("ngk_")
     assert (key["rpm"], key["tpm"]) == (30, 1000)
     _, found = await cli(database_url, capsys, "key", "find", key["key"])
-    assert found == {"status": "valid", "key_id": key["id"], "account_id": account["id"], "rpm": 30, "tpm": 1000}
+    assert found == {
+        "status": "valid",
+        "key_id": key["id"],
+        "account_id": account["id"],
+        "rpm": 30,
+        "tpm": 1000,
+        "kind": "inference",
+    }
     assert (await cli(database_url, capsys, "key", "revoke", key["id"]))[0] == 0
     _, revoked = await cli(database_url, capsys, "key", "find", key["key"])
     assert isinstance(revoked, dict)
     assert revoked["status"] == "revoked"
     assert await cli(database_url, capsys, "ledger", "check") == (0, {"ok": True, "problems": []})
     assert await cli(database_url, capsys, "hoster", "earnings") == (0, [])
+
+
+async def test_management_keys_and_key_listing_from_the_command_line(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, account = await cli(database_url, capsys, "account", "create", "--name", "acme")
+    assert isinstance(account, dict)
+    _, inference = await cli(database_url, capsys, "key", "create", account["id"], "--label", "app")
+    code, manager = await cli(database_url, capsys, "key", "create", account["id"], "--management", "--label", "ops")
+    assert code == 0
+    assert isinstance(inference, dict)
+    assert isinstance(manager, dict)
+    assert manager["key"].startswith("ngm_")
+    assert manager["kind"] == "management"
+    _, found = await cli(database_url, capsys, "key", "find", manager["key"])
+    assert isinstance(found, dict)
+    assert (found["status"], found["kind"], found["account_id"]) == ("valid", "management", account["id"])
+    code, listing = await cli(database_url, capsys, "key", "list", account["id"])
+    assert code == 0
+    assert isinstance(listing, list)
+    assert {(k["key_id"], k["kind"], k["label"]) for k in listing} == {
+        (inference["id"], "inference", "app"),
+        (manager["id"], "management", "ops"),
+    }
+    assert all(k["last_used_at"] is None and k["revoked_at"] is None for k in listing)
+    assert (await cli(database_url, capsys, "key", "list", "00000000-0000-4000-8000-000000000000"))[0] == 1
 
 
 async def test_unknown_account_is_an_error_exit(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -12,6 +12,7 @@ import pytest
 
 from libs.contracts.billing import BilledAttempt, Caller, RequestFinished, ReserveCredits, Reserved
 from libs.contracts.common import Usage
+from services.billing.accounts import Accounts
 from services.billing.ledger import Ledger
 from services.billing.repository import UsageRepository, apply_migrations
 from tests.integration.billing.test_usage_repository import finished
@@ -31,8 +32,8 @@ async def ledger(database_url: str) -> AsyncIterator[Ledger]:
 
 async def caller_with(ledger: Ledger, credits: int, rpm: int | None = None) -> Caller:
     account = await ledger.create_account("t", credits)
-    key_id, _ = await ledger.create_key(account.id, rpm, None)
-    return Caller(account_id=account.id, key_id=key_id, rpm=rpm)
+    created = await Accounts(ledger.pool).create_key(account.id, rpm, None)
+    return Caller(account_id=account.id, key_id=created.info.key_id, rpm=rpm)
 
 
 def reserve(caller: Caller, request_id: str, amount: int) -> ReserveCredits:
@@ -251,7 +252,7 @@ async def test_settling_in_batches_charges_each_request_once_whatever_races_it(
 
 async def test_a_keys_report_counts_its_own_charges_by_day_week_and_month(ledger: Ledger, database_url: str) -> None:
     caller = await caller_with(ledger, credits=10_000, rpm=30)
-    other_key, _ = await ledger.create_key(caller.account_id, None, 5000)
+    other_key = (await Accounts(ledger.pool).create_key(caller.account_id, None, 5000)).info.key_id
     other = Caller(account_id=caller.account_id, key_id=other_key, tpm=5000)
     for request_id, who in (("today", caller), ("last-year", caller), ("last-week", caller), ("sibling", other)):
         assert isinstance(await ledger.reserve(reserve(who, request_id, 500)), Reserved)
