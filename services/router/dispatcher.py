@@ -192,6 +192,9 @@ class Dispatcher:
                     cooling=stats.cooling(wall),
                     attempts=stats.lifetime,
                     usage_discrepancies=stats.discrepancies,
+                    region=status.region if status else (registered.region if registered else None),
+                    ttft_median_ms=stats.ttft_median_ms,
+                    tokens_per_s=stats.tokens_per_s,
                 )
             )
         return LiveHosters(hosters=report)

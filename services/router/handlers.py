@@ -10,6 +10,7 @@ from nats.aio.msg import Msg
 
 from libs.contracts import subjects
 from libs.contracts.hosters import HosterHeartbeat, LiveHosters, ModelsListing
+from libs.contracts.management import HosterDetailQuery, HosterDetailReply
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptFinished,
@@ -21,6 +22,7 @@ from libs.contracts.routing import (
 )
 from libs.platform.broker import HotSubscriptions
 from services.router.dispatcher import Dispatcher
+from services.router.reports import hoster_detail
 from services.router.store import KvStore
 
 
@@ -47,6 +49,12 @@ def register_handlers(
     async def list_models() -> ModelsListing:
         """The models live on the network now."""
         return ModelsListing(models=dispatcher.registry.live_models(time.monotonic()))
+
+    @broker.subscriber(subjects.SHOW_HOSTER, queue=subjects.QUEUE_ROUTER)
+    async def show_hoster(query: HosterDetailQuery) -> HosterDetailReply:
+        """One hoster: live status, models and prices, speed, trust with each of its terms."""
+        detail = hoster_detail(query.hoster_id, dispatcher.registry, dispatcher.stats, time.monotonic(), time.time())
+        return HosterDetailReply(hoster=detail)
 
     @broker.subscriber(subjects.LIST_HOSTERS, queue=subjects.QUEUE_ROUTER)
     async def list_hosters() -> LiveHosters:

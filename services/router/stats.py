@@ -80,6 +80,36 @@ class SpeedStats:
         return cls(data.get("ttft"), data.get("tps"), deque(data.get("samples") or (), maxlen=WINDOW))
 
 
+@dataclass(frozen=True)
+class TrustBreakdown:
+    """The terms of a hoster's trust score, and the counts they come from."""
+
+    reliability: float
+    midstream: float
+    latency: float
+    history: float
+    dishonesty: float
+    window_attempts: int
+    window_successes: int
+    window_midstream_failures: int
+    window_discrepancies: int
+    lifetime_attempts: int
+    age_s: float
+    advertised_ttft_ms: float | None
+    observed_p95_ttft_ms: float | None
+
+    @property
+    def score(self) -> float:
+        """The trust score: the terms multiplied as the module's docstring says."""
+        return (
+            self.reliability
+            * (1 - self.midstream)
+            * math.sqrt(self.latency)
+            * (0.5 + 0.5 * self.history)
+            * (1 - self.dishonesty) ** 2
+        )
+
+
 @dataclass
 class HosterStats:
     """Reliability, trust and cooldown of one hoster, from the outcomes of its attempts."""
@@ -164,16 +194,47 @@ class HosterStats:
 
     def trust(self, now: float) -> float:
         """The trust score (see the module's docstring)."""
+        return self.trust_terms(now).score
+
+    def trust_terms(self, now: float) -> TrustBreakdown:
+        """Each term of the trust score and the counts behind it (see the module's docstring)."""
         attempts = len(self.outcomes)
-        reliability = (self.outcomes.count("ok") + 1) / (attempts + 2)
-        midstream = self.outcomes.count("midstream") / attempts if attempts else 0.0
+        successes = self.outcomes.count("ok")
+        midstream_failures = self.outcomes.count("midstream")
         p95s = [p for p in (s.ttft_p95_ms for s in self.speed.values()) if p is not None]
+        observed = max(p95s) if p95s else None
         latency = 1.0
-        if self.advertised_ttft_ms and p95s:
-            latency = min(1.0, self.advertised_ttft_ms / max(max(p95s), 1e-3))
-        history = 0.8 * min(1.0, self.lifetime / 100) + 0.2 * min(1.0, max(0.0, now - self.first_seen) / 3600)
-        honest = (1 - self.dishonesty) ** 2
-        return reliability * (1 - midstream) * math.sqrt(latency) * (0.5 + 0.5 * history) * honest
+        if self.advertised_ttft_ms and observed is not None:
+            latency = min(1.0, self.advertised_ttft_ms / max(observed, 1e-3))
+        age_s = max(0.0, now - self.first_seen)
+        return TrustBreakdown(
+            reliability=(successes + 1) / (attempts + 2),
+            midstream=midstream_failures / attempts if attempts else 0.0,
+            latency=latency,
+            history=0.8 * min(1.0, self.lifetime / 100) + 0.2 * min(1.0, age_s / 3600),
+            dishonesty=self.dishonesty,
+            window_attempts=attempts,
+            window_successes=successes,
+            window_midstream_failures=midstream_failures,
+            window_discrepancies=sum(self.discrepant),
+            lifetime_attempts=self.lifetime,
+            age_s=age_s,
+            advertised_ttft_ms=self.advertised_ttft_ms,
+            observed_p95_ttft_ms=observed,
+        )
+
+    @property
+    def ttft_median_ms(self) -> float | None:
+        """The median of the recent times to first token over every model (the last 20 of each), once there
+        are ``MIN_SAMPLES``: the hoster's speed on the public network page."""
+        samples = sorted(t for s in self.speed.values() for t in list(s.ttft_samples)[-20:])
+        return samples[len(samples) // 2] if len(samples) >= MIN_SAMPLES else None
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        """The mean over its models of their tokens per second (moving averages)."""
+        rates = [s.tps_ewma for s in self.speed.values() if s.tps_ewma is not None]
+        return sum(rates) / len(rates) if rates else None
 
     def dump(self) -> dict[str, Any]:
         """JSON-ready state, for the store that survives restarts."""

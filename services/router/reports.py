@@ -1,0 +1,61 @@
+"""What the router tells the console about one hoster: its live status, models and prices, speed per model and
+trust with each of its terms. Pure reading of the registry and the stats; nothing here changes a score."""
+
+from __future__ import annotations
+
+from libs.contracts.management import HosterDetail, ModelSpeed, TrustTerms
+from services.router.service import HosterRegistry
+from services.router.stats import HosterStats, NetworkStats
+
+
+def hoster_detail(
+    hoster_id: str, registry: HosterRegistry, stats: NetworkStats, now: float, wall: float
+) -> HosterDetail | None:
+    """Hoster ``hoster_id`` as this router sees it at monotonic ``now`` (wall time ``wall``); ``None`` when it
+    never heard of it (not live, no stats, not registered)."""
+    status = next((s for s, _ in registry.statuses(now) if s.hoster_id == hoster_id), None)
+    registered = registry.registrations.get(hoster_id)
+    observed = stats.hosters.get(hoster_id)
+    if status is None and registered is None and observed is None:
+        return None
+    hoster = HosterStats(first_seen=wall) if observed is None else observed  # never seen: a newcomer's terms
+    terms = hoster.trust_terms(wall)
+    return HosterDetail(
+        hoster_id=hoster_id,
+        name=status.name if status else (registered.name if registered else ""),
+        live=status is not None,
+        cloud=status.cloud if status else bool(registered and registered.cloud),
+        region=status.region if status else (registered.region if registered else None),
+        capacity=status.capacity if status else None,
+        in_flight=status.in_flight if status else None,
+        cooling=hoster.cooling(wall),
+        models=list(status.models) if status else [],
+        speed=[
+            ModelSpeed(
+                model=model,
+                ttft_median_ms=speed.expected_ttft_ms,
+                ttft_p95_ms=speed.ttft_p95_ms,
+                tokens_per_s=speed.tps_ewma,
+                samples=len(speed.ttft_samples),
+            )
+            for model, speed in sorted(hoster.speed.items())
+        ],
+        trust=TrustTerms(
+            score=round(terms.score, 4),
+            reliability=terms.reliability,
+            midstream=terms.midstream,
+            latency=terms.latency,
+            history=terms.history,
+            dishonesty=terms.dishonesty,
+            window_attempts=terms.window_attempts,
+            window_successes=terms.window_successes,
+            window_midstream_failures=terms.window_midstream_failures,
+            window_discrepancies=terms.window_discrepancies,
+            lifetime_attempts=terms.lifetime_attempts,
+            age_s=terms.age_s,
+            advertised_ttft_ms=terms.advertised_ttft_ms,
+            observed_p95_ttft_ms=terms.observed_p95_ttft_ms,
+        ),
+        attempts=hoster.lifetime,
+        usage_discrepancies=hoster.discrepancies,
+    )
