@@ -37,13 +37,37 @@ def unsupported_media_type() -> ErrorReport:
 
 
 def generation_not_found(request_id: str) -> ErrorReport:
-    """404: no routing record of that id for this key."""
+    """404: no routing record of that id for this key (for a management key: for its account)."""
     return _invalid(
         404,
         "generation_not_found",
-        f"No generation {request_id} was made with this API key (or it is not recorded yet).",
+        f"No generation {request_id} was made with this API key, or by its account for a management key (or it "
+        "is not recorded yet).",
         "id",
     )
+
+
+def management_key_not_allowed() -> ErrorReport:
+    """403: a management key on a model endpoint (chat, text completions, embeddings)."""
+    return _invalid(
+        403,
+        "management_key_not_allowed",
+        "A management key cannot call models; use one of the account's inference keys (ngk_...).",
+    )
+
+
+def not_a_management_key() -> ErrorReport:
+    """403: an inference key on the management API."""
+    return _invalid(
+        403,
+        "not_a_management_key",
+        "Only a management key can manage keys and read the whole account; this is an inference key.",
+    )
+
+
+def key_not_found(key_id: str) -> ErrorReport:
+    """404: no key of that id in the management key's account (whether another account has one is not said)."""
+    return _invalid(404, "key_not_found", f"No key {key_id} in this account.", "key_id")
 
 
 def model_not_live(model: str) -> ErrorReport:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from libs.contracts.openai import error_body
@@ -16,6 +17,7 @@ from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from libs.platform.metrics import IN_FLIGHT, MetricsServer
 from libs.platform.telemetry import setup_tracing
+from services.ingress import management
 from services.ingress.gateway import Gateway, GatewayError
 from services.ingress.handlers import error_response, router
 from services.ingress.middleware import HttpMetricsMiddleware
@@ -76,6 +78,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
     app.state.settings = settings
     app.state.gateway = gateway
     app.include_router(router)
+    app.include_router(management.router)
     app.add_middleware(HttpMetricsMiddleware)
     install_openapi(app)
 
@@ -99,6 +102,12 @@ def build_app(settings: IngressSettings) -> FastAPI:
             message, code = f"Invalid URL ({request.method} {request.url.path})", "unknown_url"
         elif exc.status_code == 405:
             message, code = f"Method not allowed ({request.method} {request.url.path})", "method_not_allowed"
+            # Starlette names the methods of the first route on the path; several routes share some paths.
+            allowed = {m for r in app.routes if isinstance(r, APIRoute) and r.path_regex.fullmatch(request.url.path)
+                       for m in r.methods or ()}  # fmt: skip
+            if allowed:
+                kept = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
+                exc.headers = {**kept, "allow": ", ".join(sorted(allowed))}
         else:
             message, code = str(exc.detail), None
         return Response(

@@ -8,6 +8,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from nats.aio.client import Client
@@ -15,7 +16,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import (
@@ -33,6 +34,7 @@ from libs.contracts.billing import (
 )
 from libs.contracts.common import MAX_COUNT, ErrorReport
 from libs.contracts.hosters import ModelsListing
+from libs.contracts.management import KeyChanged
 from libs.contracts.pricing import UsageBounds, client_usage, detail_count
 from libs.contracts.routing import (
     CancelReason,
@@ -50,6 +52,8 @@ _DECISION: TypeAdapter[RouteAccepted | RouteRejected] = TypeAdapter(RouteDecisio
 
 # Bytes a request's envelope (ids, routing, caller) may add to the client's body on its way to the hoster.
 ENVELOPE_ROOM = 64 * 1024
+# The answer a management request expects.
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 class GatewayError(Exception):
@@ -393,6 +397,10 @@ class KeyCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
+    def forget(self, key_hash: str) -> None:
+        """Drop what is known of a key (it was revoked or its limits changed)."""
+        self._entries.pop(key_hash, None)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -468,6 +476,7 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self._nc: Client | None = None
         self._sub: Subscription | None = None
+        self._key_changes: Subscription | None = None
         self._prefix_len = len(subjects.reply_subject(ingress_id, ""))
 
     @property
@@ -497,10 +506,22 @@ class Gateway:
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=self._max_subscription_bytes,
         )
+        self._key_changes = await nc.subscribe(subjects.KEY_CHANGED, cb=self._on_key_changed)
         await nc.flush()
+
+    async def _on_key_changed(self, msg: Msg) -> None:
+        """A key was revoked or its limits changed: the next request with it asks billing again."""
+        try:
+            changed = KeyChanged.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        self._keys.forget(changed.key_hash)
 
     async def close(self) -> None:
         """Unsubscribe and wait for background publishes."""
+        if self._key_changes is not None:
+            await self._key_changes.unsubscribe()
+            self._key_changes = None
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
@@ -621,6 +642,10 @@ class Gateway:
         query = GenerationQuery(request_id=request_id, key_id=key_id)
         reply = await self._ask(subjects.SHOW_GENERATION, query, "show generations", retry_after)
         return GenerationRecord.model_validate_json(reply) if reply.strip() not in (b"", b"null") else None
+
+    async def manage(self, subject: str, query: BaseModel, answer: type[Answer], retry_after: int) -> Answer:
+        """One management request/reply to billing (``libs.contracts.management``), its answer parsed."""
+        return answer.model_validate_json(await self._ask(subject, query, "manage the account", retry_after))
 
     async def _ask(self, subject: str, query: BaseModel, what: str, retry_after: int) -> bytes:
         """Request/reply to billing; a 503 ``GatewayError`` when it cannot answer."""

@@ -14,8 +14,9 @@ from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from libs.contracts import errors, frames, subjects
-from libs.contracts.billing import Caller, GenerationRecord
+from libs.contracts.billing import MANAGEMENT, Caller, GenerationRecord, KeyInfo
 from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, ErrorReport
+from libs.contracts.management import AccountGenerationQuery, AccountGenerationReply
 from libs.contracts.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -82,8 +83,9 @@ def _unauthorized(message: str, code: str | None = "invalid_api_key") -> Gateway
     return GatewayError(errors.unauthorized(message, code))
 
 
-async def authenticate(request: Request, gateway: GatewayDep, settings: SettingsDep) -> Caller:
-    """The caller behind ``Authorization: Bearer ngk_...``; a 401 otherwise (a 503 while billing is away)."""
+async def _verified(request: Request, gateway: Gateway, settings: IngressSettings) -> KeyInfo:
+    """The valid key behind ``Authorization: Bearer ng..._...``, either kind; a 401 otherwise (a 503 while
+    billing is away)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -97,10 +99,35 @@ async def authenticate(request: Request, gateway: GatewayDep, settings: Settings
         raise _unauthorized(f"The API key {apikeys.display_prefix(key)} has been revoked.")
     if info.status != "valid" or info.account_id is None or info.key_id is None:
         raise _unauthorized(f"Incorrect API key provided: {apikeys.display_prefix(key)}.")
+    return info
+
+
+async def authenticate(request: Request, gateway: GatewayDep, settings: SettingsDep) -> Caller:
+    """The caller behind an inference key; a management key never calls models (403)."""
+    info = await _verified(request, gateway, settings)
+    if info.kind == MANAGEMENT:
+        raise GatewayError(errors.management_key_not_allowed())
+    assert info.account_id is not None
+    assert info.key_id is not None
     return Caller(account_id=info.account_id, key_id=info.key_id, rpm=info.rpm, tpm=info.tpm)
 
 
+async def authenticate_any(request: Request, gateway: GatewayDep, settings: SettingsDep) -> KeyInfo:
+    """The valid key behind the request, inference or management (for what either may read)."""
+    return await _verified(request, gateway, settings)
+
+
+async def authenticate_manager(request: Request, gateway: GatewayDep, settings: SettingsDep) -> KeyInfo:
+    """The management key behind the request; an inference key never manages (403)."""
+    info = await _verified(request, gateway, settings)
+    if info.kind != MANAGEMENT:
+        raise GatewayError(errors.not_a_management_key())
+    return info
+
+
 CallerDep = Annotated[Caller, Depends(authenticate)]
+AnyKeyDep = Annotated[KeyInfo, Depends(authenticate_any)]
+ManagerDep = Annotated[KeyInfo, Depends(authenticate_manager)]
 
 
 def error_response(report: ErrorReport, headers: dict[str, str] | None = None) -> Response:
@@ -334,8 +361,9 @@ def _model_entry(model: Any) -> dict[str, Any]:
 
 
 @router.get("/v1/credits", response_model=None, responses={200: {"model": Credits}, **documented(401, 503)})
-async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+async def show_credits(caller: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The key's account: balance, credits held by open requests, today's spend and the daily cap (credits)."""
+    assert caller.account_id is not None
     report = await gateway.credits(caller.account_id, settings.retry_after_s)
     return Response(
         orjson.dumps(
@@ -353,21 +381,25 @@ async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: Setting
 
 
 @router.get("/v1/key", response_model=None, responses={200: {"model": KeyDocument}, **documented(401, 503)})
-async def show_key(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+async def show_key(info: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The calling key in OpenRouter's shape: its label, its limits, what it spent and can still spend
-    (credits)."""
+    (credits); ``is_management_key`` for a management key."""
+    assert info.account_id is not None
+    assert info.key_id is not None
+    caller = Caller(account_id=info.account_id, key_id=info.key_id, rpm=info.rpm, tpm=info.tpm)
     report = await gateway.key(caller, settings.retry_after_s)
     if report is None:
         # Billing verified the key moments ago (or the cache did): it was revoked or moved since.
         raise _unauthorized("This API key is no longer valid.")
-    return Response(orjson.dumps(key_page(report)), media_type="application/json")
+    return Response(orjson.dumps(key_page(report, info.kind == MANAGEMENT)), media_type="application/json")
 
 
 @router.get("/v1/usage", response_model=None, responses={200: {"model": UsageList}, **documented(400, 401, 503)})
 async def list_usage(
-    caller: CallerDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    caller: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Response:
     """The account's most recent requests, newest first, with tokens and cost (credits)."""
+    assert caller.account_id is not None
     report = await gateway.usage(caller.account_id, limit, settings.retry_after_s)
     items = [
         {
@@ -389,10 +421,19 @@ async def list_usage(
     response_model=None,
     responses={200: {"model": GenerationRecord}, **documented(401, 404, 503)},
 )
-async def show_generation(request_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
-    """The routing record of one of this key's requests: each attempt's hoster, outcome and latency, the
-    tokens and the cost (credits)."""
-    record = await gateway.generation(request_id, caller.key_id, settings.retry_after_s)
+async def show_generation(request_id: str, caller: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """The routing record of one of this key's requests (a management key: of any request of its account):
+    each attempt's hoster, outcome and latency, the tokens and the cost (credits)."""
+    assert caller.account_id is not None
+    assert caller.key_id is not None
+    if caller.kind == MANAGEMENT:
+        query = AccountGenerationQuery(account_id=caller.account_id, request_id=request_id)
+        answer = await gateway.manage(
+            subjects.SHOW_ACCOUNT_GENERATION, query, AccountGenerationReply, settings.retry_after_s
+        )
+        record = answer.generation
+    else:
+        record = await gateway.generation(request_id, caller.key_id, settings.retry_after_s)
     if record is None:
         raise GatewayError(errors.generation_not_found(request_id))
     return Response(record.model_dump_json(), media_type="application/json")
