@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from libs.contracts.openai import error_body
 from libs.platform.broker import make_broker
@@ -25,6 +26,18 @@ from services.ingress.openapi import install_openapi
 from services.ingress.settings import IngressSettings
 
 SERVICE = "ingress"
+
+
+def methods_of(routes: Sequence[BaseRoute], path: str) -> set[str]:
+    """Every method some route serves ``path`` with (included routers' routes too)."""
+    found: set[str] = set()
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # an included router
+        if inner is not None:
+            found |= methods_of(inner.routes, path)
+        elif isinstance(route, APIRoute) and route.path_regex.fullmatch(path):
+            found |= route.methods or set()
+    return found
 
 
 def build_app(settings: IngressSettings) -> FastAPI:
@@ -103,8 +116,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
         elif exc.status_code == 405:
             message, code = f"Method not allowed ({request.method} {request.url.path})", "method_not_allowed"
             # Starlette names the methods of the first route on the path; several routes share some paths.
-            allowed = {m for r in app.routes if isinstance(r, APIRoute) and r.path_regex.fullmatch(request.url.path)
-                       for m in r.methods or ()}  # fmt: skip
+            allowed = methods_of(app.routes, request.url.path)
             if allowed:
                 kept = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
                 exc.headers = {**kept, "allow": ", ".join(sorted(allowed))}

@@ -4,11 +4,11 @@ write bytes, these describe them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from libs.contracts.billing import GenerationRecord
 from libs.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -281,24 +281,34 @@ class RevokedApiKey(_Doc):
     data: ApiKey
 
 
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("Input should be a valid integer")  # pydantic would take true as 1
+    return value
+
+
+# A rate limit as a client sends it: a whole number (``60.0`` too, as JSON Schema's integer allows), never ``true``.
+Limit = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_not_a_boolean)]
+
+
 class NewKey(BaseModel):
     """A new inference key: an optional label and limits (no limit when absent)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)  # true is not a number of requests
+    model_config = ConfigDict(extra="forbid")
 
     label: str | None = Field(None, max_length=100)
-    rpm: int | None = Field(None, ge=1, le=2**31 - 1, description="Requests per minute")
-    tpm: int | None = Field(None, ge=1, le=2**31 - 1, description="Tokens per minute")
+    rpm: Limit | None = Field(None, description="Requests per minute")
+    tpm: Limit | None = Field(None, description="Tokens per minute")
 
 
 class KeyChange(BaseModel):
     """What to change of a key: only the fields sent change; ``null`` clears one (no limit, no label)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)  # true is not a number of requests
+    model_config = ConfigDict(extra="forbid")
 
     label: str | None = Field(None, max_length=100)
-    rpm: int | None = Field(None, ge=1, le=2**31 - 1, description="Requests per minute")
-    tpm: int | None = Field(None, ge=1, le=2**31 - 1, description="Tokens per minute")
+    rpm: Limit | None = Field(None, description="Requests per minute")
+    tpm: Limit | None = Field(None, description="Tokens per minute")
 
 
 class Account(_Doc):
