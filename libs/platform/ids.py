@@ -13,6 +13,7 @@ def instance_id(configured: str, service: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in raw)
 
 
-def new_request_id() -> str:
-    """A fresh chat completion id, ``chatcmpl-`` and 32 hex digits, as OpenAI's look."""
-    return "chatcmpl-" + uuid.uuid4().hex
+def new_request_id(prefix: str = "chatcmpl-") -> str:
+    """A fresh request id: ``prefix`` and 32 hex digits, as OpenAI's look (``chatcmpl-`` for a chat
+    completion, ``cmpl-`` for a text completion)."""
+    return prefix + uuid.uuid4().hex

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import math
 import uuid
 from dataclasses import dataclass
 from typing import Any, TypeAlias
@@ -16,6 +15,7 @@ from typing import Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from libs.contracts import errors
 from libs.contracts.billing import (
     KeyReport,
     RateLimitState,
@@ -425,20 +425,8 @@ class Ledger(PoolBound):
         )
         if row is None or row["balance"] < amount:
             balance = row["balance"] if row else 0
-            return ErrorReport(
-                http_status=402,
-                type="insufficient_quota",
-                code="insufficient_credits",
-                message=f"Insufficient credits: this request may cost up to {amount / 1e6:.6f} credits and the "
-                f"balance is {balance / 1e6:.6f}. Top up, or lower max_tokens.",
-            )
-        return ErrorReport(
-            http_status=402,
-            type="insufficient_quota",
-            code="daily_cap_reached",
-            message=f"Daily spend cap reached: {row['spent'] / 1e6:.6f} of {row['daily_cap'] / 1e6:.6f} credits "
-            "spent or held today (UTC).",
-        )
+            return errors.insufficient_credits(amount, balance)
+        return errors.daily_cap_reached(row["spent"], row["daily_cap"])
 
     # Settlement ----------------------------------------------------------------------------------------
 
@@ -644,11 +632,4 @@ def _remaining(rate: RateLimitState, requests: int, tokens: int) -> RateLimitSta
     )
 
 
-def _rate_error(message: str, reset_s: float) -> ErrorReport:
-    return ErrorReport(
-        http_status=429,
-        type="rate_limit_error",
-        code="rate_limit_exceeded",
-        message=message,
-        retry_after=max(1, math.ceil(reset_s)),
-    )
+_rate_error = errors.rate_limited

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 from libs.contracts.openai import error_body
 from libs.platform.broker import make_broker
@@ -16,6 +18,7 @@ from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from libs.platform.metrics import IN_FLIGHT, MetricsServer
 from libs.platform.telemetry import setup_tracing
+from services.ingress import management
 from services.ingress.console_proxy import ConsoleProxy
 from services.ingress.gateway import Gateway, GatewayError
 from services.ingress.handlers import error_response, router
@@ -24,6 +27,18 @@ from services.ingress.openapi import install_openapi
 from services.ingress.settings import IngressSettings
 
 SERVICE = "ingress"
+
+
+def methods_of(routes: Sequence[BaseRoute], path: str) -> set[str]:
+    """Every method some route serves ``path`` with (included routers' routes too)."""
+    found: set[str] = set()
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # an included router
+        if inner is not None:
+            found |= methods_of(inner.routes, path)
+        elif isinstance(route, APIRoute) and route.path_regex.fullmatch(path):
+            found |= route.methods or set()
+    return found
 
 
 def build_app(settings: IngressSettings) -> FastAPI:
@@ -82,6 +97,7 @@ def build_app(settings: IngressSettings) -> FastAPI:
     app.state.settings = settings
     app.state.gateway = gateway
     app.include_router(router)
+    app.include_router(management.router)
     if console is not None:
         console.install(app)
     app.add_middleware(HttpMetricsMiddleware)
@@ -107,6 +123,11 @@ def build_app(settings: IngressSettings) -> FastAPI:
             message, code = f"Invalid URL ({request.method} {request.url.path})", "unknown_url"
         elif exc.status_code == 405:
             message, code = f"Method not allowed ({request.method} {request.url.path})", "method_not_allowed"
+            # Starlette names the methods of the first route on the path; several routes share some paths.
+            allowed = methods_of(app.routes, request.url.path)
+            if allowed:
+                kept = {k: v for k, v in (exc.headers or {}).items() if k.lower() != "allow"}
+                exc.headers = {**kept, "allow": ", ".join(sorted(allowed))}
         else:
             message, code = str(exc.detail), None
         return Response(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 from nats.aio.client import Client
@@ -16,9 +16,9 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from libs.contracts import frames, subjects
+from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import (
     Caller,
     CreditsQuery,
@@ -34,6 +34,7 @@ from libs.contracts.billing import (
 )
 from libs.contracts.common import MAX_COUNT, ErrorReport
 from libs.contracts.hosters import ModelsListing
+from libs.contracts.management import KeyChanged
 from libs.contracts.pricing import UsageBounds, client_usage, detail_count
 from libs.contracts.routing import (
     CancelReason,
@@ -51,6 +52,8 @@ _DECISION: TypeAdapter[RouteAccepted | RouteRejected] = TypeAdapter(RouteDecisio
 
 # Bytes a request's envelope (ids, routing, caller) may add to the client's body on its way to the hoster.
 ENVELOPE_ROOM = 64 * 1024
+# The answer a management request expects.
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 class GatewayError(Exception):
@@ -251,12 +254,7 @@ class ReplyStream:
         self._pending = 0
         if self._on_lost is not None:
             self._on_lost(self.request_id)
-        report = ErrorReport(
-            http_status=502,
-            type="server_error",
-            code="client_too_slow",
-            message="The answer came faster than it was read and was stopped; read the stream as it arrives.",
-        )
+        report = errors.client_too_slow()
         error = frames.encode(frames.ERROR, self.attempt, -1, report.model_dump_json().encode())
         self._pending = len(error)
         self._queue.put_nowait(error)
@@ -310,13 +308,7 @@ class ReplyStream:
         self._abandoned, self._due = max(self._abandoned, frame.attempt), None
         if self._on_lost is not None:
             self._on_lost(self.request_id)
-        report = ErrorReport(
-            http_status=502,
-            type="server_error",
-            code="incomplete_response",
-            message=f"Part of the answer was lost on its way (frame {self._seq} of attempt {frame.attempt} never "
-            "arrived); what came before it is all there is. Retry the request.",
-        )
+        report = errors.incomplete_response(self._seq, frame.attempt)
         return frames.Frame(frames.ERROR, frame.attempt, -1, report.model_dump_json().encode())
 
     async def next(self) -> frames.Frame:
@@ -405,6 +397,10 @@ class KeyCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
+    def forget(self, key_hash: str) -> None:
+        """Drop what is known of a key (it was revoked or its limits changed)."""
+        self._entries.pop(key_hash, None)
+
     def __len__(self) -> int:
         return len(self._entries)
 
@@ -480,6 +476,7 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self._nc: Client | None = None
         self._sub: Subscription | None = None
+        self._key_changes: Subscription | None = None
         self._prefix_len = len(subjects.reply_subject(ingress_id, ""))
 
     @property
@@ -509,10 +506,22 @@ class Gateway:
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=self._max_subscription_bytes,
         )
+        self._key_changes = await nc.subscribe(subjects.KEY_CHANGED, cb=self._on_key_changed)
         await nc.flush()
+
+    async def _on_key_changed(self, msg: Msg) -> None:
+        """A key was revoked or its limits changed: the next request with it asks billing again."""
+        try:
+            changed = KeyChanged.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        self._keys.forget(changed.key_hash)
 
     async def close(self) -> None:
         """Unsubscribe and wait for background publishes."""
+        if self._key_changes is not None:
+            await self._key_changes.unsubscribe()
+            self._key_changes = None
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
@@ -595,15 +604,7 @@ class Gateway:
         known = self._known_good.get(key_hash, now) is not None
         wait_s = 0.0 if known else self._failures.wait_s(address, now)
         if wait_s > 0:
-            raise GatewayError(
-                ErrorReport(
-                    http_status=429,
-                    type="rate_limit_error",
-                    code="too_many_invalid_keys",
-                    message="Too many requests with invalid API keys from your address; retry later.",
-                    retry_after=max(1, math.ceil(wait_s)),
-                )
-            )
+            raise GatewayError(errors.too_many_invalid_keys(wait_s))
         # Spent before billing is asked (concurrent requests must not all pass on the last token), given back
         # when the key is good.
         self._failures.spend(address, now)
@@ -641,6 +642,10 @@ class Gateway:
         query = GenerationQuery(request_id=request_id, key_id=key_id)
         reply = await self._ask(subjects.SHOW_GENERATION, query, "show generations", retry_after)
         return GenerationRecord.model_validate_json(reply) if reply.strip() not in (b"", b"null") else None
+
+    async def manage(self, subject: str, query: BaseModel, answer: type[Answer], retry_after: int) -> Answer:
+        """One management request/reply to billing (``libs.contracts.management``), its answer parsed."""
+        return answer.model_validate_json(await self._ask(subject, query, "manage the account", retry_after))
 
     async def _ask(self, subject: str, query: BaseModel, what: str, retry_after: int) -> bytes:
         """Request/reply to billing; a 503 ``GatewayError`` when it cannot answer."""
@@ -687,11 +692,4 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
 
-def _unavailable(message: str, retry_after: int) -> ErrorReport:
-    return ErrorReport(
-        http_status=503,
-        type="server_error",
-        code="service_unavailable",
-        message=message,
-        retry_after=retry_after,
-    )
+_unavailable = errors.service_unavailable

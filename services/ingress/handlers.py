@@ -13,9 +13,10 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
-from libs.contracts import frames, subjects
-from libs.contracts.billing import Caller, GenerationRecord
+from libs.contracts import errors, frames, subjects
+from libs.contracts.billing import MANAGEMENT, Caller, GenerationRecord, KeyInfo
 from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, ErrorReport
+from libs.contracts.management import AccountGenerationQuery, AccountGenerationReply
 from libs.contracts.openai import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -40,8 +41,8 @@ from services.ingress.openapi import (
     ModelEntry,
     ModelList,
     UsageList,
-    errors,
 )
+from services.ingress.openapi import errors as documented
 from services.ingress.service import (
     StreamOutcome,
     error_report,
@@ -79,11 +80,12 @@ SettingsDep = Annotated[IngressSettings, Depends(settings_of)]
 
 
 def _unauthorized(message: str, code: str | None = "invalid_api_key") -> GatewayError:
-    return GatewayError(ErrorReport(http_status=401, type="invalid_request_error", code=code, message=message))
+    return GatewayError(errors.unauthorized(message, code))
 
 
-async def authenticate(request: Request, gateway: GatewayDep, settings: SettingsDep) -> Caller:
-    """The caller behind ``Authorization: Bearer ngk_...``; a 401 otherwise (a 503 while billing is away)."""
+async def _verified(request: Request, gateway: Gateway, settings: IngressSettings) -> KeyInfo:
+    """The valid key behind ``Authorization: Bearer ng..._...``, either kind; a 401 otherwise (a 503 while
+    billing is away)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
@@ -97,10 +99,35 @@ async def authenticate(request: Request, gateway: GatewayDep, settings: Settings
         raise _unauthorized(f"The API key {apikeys.display_prefix(key)} has been revoked.")
     if info.status != "valid" or info.account_id is None or info.key_id is None:
         raise _unauthorized(f"Incorrect API key provided: {apikeys.display_prefix(key)}.")
+    return info
+
+
+async def authenticate(request: Request, gateway: GatewayDep, settings: SettingsDep) -> Caller:
+    """The caller behind an inference key; a management key never calls models (403)."""
+    info = await _verified(request, gateway, settings)
+    if info.kind == MANAGEMENT:
+        raise GatewayError(errors.management_key_not_allowed())
+    assert info.account_id is not None
+    assert info.key_id is not None
     return Caller(account_id=info.account_id, key_id=info.key_id, rpm=info.rpm, tpm=info.tpm)
 
 
+async def authenticate_any(request: Request, gateway: GatewayDep, settings: SettingsDep) -> KeyInfo:
+    """The valid key behind the request, inference or management (for what either may read)."""
+    return await _verified(request, gateway, settings)
+
+
+async def authenticate_manager(request: Request, gateway: GatewayDep, settings: SettingsDep) -> KeyInfo:
+    """The management key behind the request; an inference key never manages (403)."""
+    info = await _verified(request, gateway, settings)
+    if info.kind != MANAGEMENT:
+        raise GatewayError(errors.not_a_management_key())
+    return info
+
+
 CallerDep = Annotated[Caller, Depends(authenticate)]
+AnyKeyDep = Annotated[KeyInfo, Depends(authenticate_any)]
+ManagerDep = Annotated[KeyInfo, Depends(authenticate_manager)]
 
 
 def error_response(report: ErrorReport, headers: dict[str, str] | None = None) -> Response:
@@ -154,14 +181,7 @@ def _is_json(content_type: str | None) -> bool:
 
 async def _read_limited(request: Request, limit: int) -> bytes:
     """The body, refused with a 413 as soon as it grows past ``limit`` bytes (declared or streamed)."""
-    too_large = GatewayError(
-        ErrorReport(
-            http_status=413,
-            type="invalid_request_error",
-            code="request_too_large",
-            message=f"The request body is larger than {limit} bytes.",
-        )
-    )
+    too_large = GatewayError(errors.request_too_large(limit))
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large
@@ -178,14 +198,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings) -> dict[str, Any] | Response:
     """The JSON object of a request's body, or the OpenAI-style error that refuses it."""
     if not _is_json(request.headers.get("content-type")):
-        raise GatewayError(
-            ErrorReport(
-                http_status=415,
-                type="invalid_request_error",
-                code="unsupported_media_type",
-                message="The request body must be JSON, sent with 'Content-Type: application/json'.",
-            )
-        )
+        raise GatewayError(errors.unsupported_media_type())
     limit = min(settings.max_body_bytes, gateway.max_body_bytes or settings.max_body_bytes)
     raw = await _read_limited(request, limit)
     try:
@@ -201,6 +214,10 @@ async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings)
             f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.", code="json_too_deep"
         )
     return payload
+
+
+# Request ids as OpenAI's look for each endpoint (an embedding list has no id: ours is in x-request-id).
+ID_PREFIXES: dict[Endpoint, str] = {CHAT: "chatcmpl-", COMPLETIONS: "cmpl-", EMBEDDINGS: "emb-"}
 
 
 async def _serve(
@@ -221,7 +238,7 @@ async def _serve(
         message, param = validation_failure(payload, exc.errors(include_url=False))
         return invalid_request(message, param)
     stream = bool(getattr(body, "stream", False))
-    request_id = new_request_id()
+    request_id = new_request_id(ID_PREFIXES[endpoint])
     REQUEST_ID.set(request_id)
     with TRACER.start_as_current_span(
         f"POST {request.url.path}",
@@ -343,9 +360,10 @@ def _model_entry(model: Any) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/credits", response_model=None, responses={200: {"model": Credits}, **errors(401, 503)})
-async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+@router.get("/v1/credits", response_model=None, responses={200: {"model": Credits}, **documented(401, 503)})
+async def show_credits(caller: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The key's account: balance, credits held by open requests, today's spend and the daily cap (credits)."""
+    assert caller.account_id is not None
     report = await gateway.credits(caller.account_id, settings.retry_after_s)
     return Response(
         orjson.dumps(
@@ -362,22 +380,26 @@ async def show_credits(caller: CallerDep, gateway: GatewayDep, settings: Setting
     )
 
 
-@router.get("/v1/key", response_model=None, responses={200: {"model": KeyDocument}, **errors(401, 503)})
-async def show_key(caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+@router.get("/v1/key", response_model=None, responses={200: {"model": KeyDocument}, **documented(401, 503)})
+async def show_key(info: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The calling key in OpenRouter's shape: its label, its limits, what it spent and can still spend
-    (credits)."""
+    (credits); ``is_management_key`` for a management key."""
+    assert info.account_id is not None
+    assert info.key_id is not None
+    caller = Caller(account_id=info.account_id, key_id=info.key_id, rpm=info.rpm, tpm=info.tpm)
     report = await gateway.key(caller, settings.retry_after_s)
     if report is None:
         # Billing verified the key moments ago (or the cache did): it was revoked or moved since.
         raise _unauthorized("This API key is no longer valid.")
-    return Response(orjson.dumps(key_page(report)), media_type="application/json")
+    return Response(orjson.dumps(key_page(report, info.kind == MANAGEMENT)), media_type="application/json")
 
 
-@router.get("/v1/usage", response_model=None, responses={200: {"model": UsageList}, **errors(400, 401, 503)})
+@router.get("/v1/usage", response_model=None, responses={200: {"model": UsageList}, **documented(400, 401, 503)})
 async def list_usage(
-    caller: CallerDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
+    caller: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Response:
     """The account's most recent requests, newest first, with tokens and cost (credits)."""
+    assert caller.account_id is not None
     report = await gateway.usage(caller.account_id, limit, settings.retry_after_s)
     items = [
         {
@@ -397,26 +419,27 @@ async def list_usage(
 @router.get(
     "/v1/generation/{request_id}",
     response_model=None,
-    responses={200: {"model": GenerationRecord}, **errors(401, 404, 503)},
+    responses={200: {"model": GenerationRecord}, **documented(401, 404, 503)},
 )
-async def show_generation(request_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
-    """The routing record of one of this key's requests: each attempt's hoster, outcome and latency, the
-    tokens and the cost (credits)."""
-    record = await gateway.generation(request_id, caller.key_id, settings.retry_after_s)
-    if record is None:
-        raise GatewayError(
-            ErrorReport(
-                http_status=404,
-                type="invalid_request_error",
-                code="generation_not_found",
-                param="id",
-                message=f"No generation {request_id} was made with this API key (or it is not recorded yet).",
-            )
+async def show_generation(request_id: str, caller: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """The routing record of one of this key's requests (a management key: of any request of its account):
+    each attempt's hoster, outcome and latency, the tokens and the cost (credits)."""
+    assert caller.account_id is not None
+    assert caller.key_id is not None
+    if caller.kind == MANAGEMENT:
+        query = AccountGenerationQuery(account_id=caller.account_id, request_id=request_id)
+        answer = await gateway.manage(
+            subjects.SHOW_ACCOUNT_GENERATION, query, AccountGenerationReply, settings.retry_after_s
         )
+        record = answer.generation
+    else:
+        record = await gateway.generation(request_id, caller.key_id, settings.retry_after_s)
+    if record is None:
+        raise GatewayError(errors.generation_not_found(request_id))
     return Response(record.model_dump_json(), media_type="application/json")
 
 
-@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, **errors(503)})
+@router.get("/v1/models", response_model=None, responses={200: {"model": ModelList}, **documented(503)})
 async def list_models(gateway: GatewayDep, settings: SettingsDep) -> Response:
     """The models live on the network now, with their price range and number of live hosters."""
     try:
@@ -427,7 +450,7 @@ async def list_models(gateway: GatewayDep, settings: SettingsDep) -> Response:
 
 
 @router.get(
-    "/v1/models/{model_id:path}", response_model=None, responses={200: {"model": ModelEntry}, **errors(404, 503)}
+    "/v1/models/{model_id:path}", response_model=None, responses={200: {"model": ModelEntry}, **documented(404, 503)}
 )
 async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """One live model."""
@@ -438,15 +461,7 @@ async def retrieve_model(model_id: str, gateway: GatewayDep, settings: SettingsD
     for model in listing.models:
         if model.id == model_id:
             return Response(orjson.dumps(_model_entry(model)), media_type="application/json")
-    return error_response(
-        ErrorReport(
-            http_status=404,
-            type="invalid_request_error",
-            code="model_not_found",
-            param="model",
-            message=f"The model `{model_id}` does not exist or no hoster serves it now.",
-        )
-    )
+    return error_response(errors.model_not_live(model_id))
 
 
 @router.get("/healthz", include_in_schema=False)

@@ -4,11 +4,11 @@ write bytes, these describe them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from libs.contracts.billing import GenerationRecord
 from libs.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -238,13 +238,117 @@ class UsageList(_Doc):
     data: list[UsageEntry]
 
 
+class ApiKey(_Doc):
+    """One key of the account, as its management key sees it: never the key itself."""
+
+    id: str
+    object: str = Field(examples=["api_key"])
+    label: str | None
+    prefix: str = Field(description="The key's first characters")
+    kind: str = Field(description='"inference" (calls models) or "management" (manages the account)')
+    rpm: int | None = Field(description="Requests per minute; null: no limit")
+    tpm: int | None = Field(description="Tokens per minute; null: no limit")
+    created: int
+    revoked: bool
+    revoked_at: int | None
+    last_used_at: int | None = Field(description="When a request made with it was last admitted; null: never")
+
+
+class ApiKeyList(_Doc):
+    """``GET /v1/keys``: every key of the account, newest first, revoked ones included."""
+
+    object: str = Field(examples=["list"])
+    data: list[ApiKey]
+
+
+class ApiKeyDocument(_Doc):
+    """One key of the account."""
+
+    data: ApiKey
+
+
+class CreatedApiKey(_Doc):
+    """``POST /v1/keys``: the new inference key, shown this once (only its SHA-256 is kept), and its record."""
+
+    key: str
+    data: ApiKey
+
+
+class RevokedApiKey(_Doc):
+    """``DELETE /v1/keys/{key_id}``: the key, revoked (revoking again changes nothing)."""
+
+    deleted: bool
+    data: ApiKey
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("Input should be a valid integer")  # pydantic would take true as 1
+    return value
+
+
+# A rate limit as a client sends it: a whole number (``60.0`` too, as JSON Schema's integer allows), never ``true``.
+Limit = Annotated[int, Field(ge=1, le=2**31 - 1), BeforeValidator(_not_a_boolean)]
+
+
+class NewKey(BaseModel):
+    """A new inference key: an optional label and limits (no limit when absent)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, max_length=100)
+    rpm: Limit | None = Field(None, description="Requests per minute")
+    tpm: Limit | None = Field(None, description="Tokens per minute")
+
+
+class KeyChange(BaseModel):
+    """What to change of a key: only the fields sent change; ``null`` clears one (no limit, no label)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str | None = Field(None, max_length=100)
+    rpm: Limit | None = Field(None, description="Requests per minute")
+    tpm: Limit | None = Field(None, description="Tokens per minute")
+
+
+class Account(_Doc):
+    """``GET /v1/account``: the account's money now, in credits."""
+
+    object: str = Field(examples=["account"])
+    id: str
+    name: str
+    balance: float
+    reserved: float = Field(description="Held by open requests")
+    spent_today: float = Field(description="Charges and open holds of this UTC day, as the daily cap counts")
+    daily_cap: float | None
+    created: int
+
+
+class UsageDay(_Doc):
+    """One UTC day of the account's requests (by the day each was admitted); ``spend`` in credits."""
+
+    date: str = Field(examples=["2026-11-29"])
+    requests: int
+    prompt_tokens: int
+    completion_tokens: int
+    spend: float
+
+
+class AccountUsage(_Doc):
+    """``GET /v1/account/usage``: every day of the window, oldest first, zeros included."""
+
+    object: str = Field(examples=["list"])
+    data: list[UsageDay]
+
+
 def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """Responses entries for error statuses, all in the OpenAI envelope."""
     described = {
         400: "Invalid request: the message names the parameter",
         401: "Missing, malformed, unknown or revoked API key",
+        403: "The wrong kind of key: a management key on a model endpoint, an inference key on a management one",
         402: "Insufficient credits or daily spend cap reached",
-        404: "Unknown model, generation or route",
+        404: "Unknown model, generation, key or route",
         413: "Request body too large",
         415: "Request body is not JSON",
         429: "Rate limit reached; see Retry-After",
@@ -260,7 +364,7 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The completion, or with stream: true a text/event-stream of chat.completion.chunk events",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    **errors(400, 401, 402, 404, 413, 415, 429, 500, 503),
+    **errors(400, 401, 402, 403, 404, 413, 415, 429, 500, 503),
 }
 
 
@@ -270,12 +374,12 @@ TEXT_COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The completion, or with stream: true a text/event-stream of text_completion events",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     },
-    **errors(400, 401, 402, 404, 413, 415, 429, 500, 503),
+    **errors(400, 401, 402, 403, 404, 413, 415, 429, 500, 503),
 }
 
 EMBEDDING_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": EmbeddingList, "description": "One vector per input"},
-    **errors(400, 401, 402, 404, 413, 415, 429, 500, 503),
+    **errors(400, 401, 402, 403, 404, 413, 415, 429, 500, 503),
 }
 
 # Each routed endpoint and the model its handler validates the body with.

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from libs.contracts import frames
+from libs.contracts import errors, frames
 from libs.contracts.billing import KeyReport
 from libs.contracts.common import ErrorReport
 from libs.contracts.openai import error_body
@@ -34,13 +34,7 @@ def error_event(report: ErrorReport) -> bytes:
 
 def idle_report(retry_after: int) -> ErrorReport:
     """What the client gets when its request's reply subject went silent."""
-    return ErrorReport(
-        http_status=503,
-        type="server_error",
-        code="hoster_unavailable",
-        message="The hoster serving this request stopped responding.",
-        retry_after=retry_after,
-    )
+    return errors.hoster_stopped_responding(retry_after)
 
 
 async def first_answer(replies: ReplyStream, headers: dict[str, str]) -> frames.Frame:
@@ -111,13 +105,14 @@ def spendable(report: KeyReport) -> int:
     return room
 
 
-def key_page(report: KeyReport) -> dict[str, Any]:
+def key_page(report: KeyReport, management: bool = False) -> dict[str, Any]:
     """``GET /v1/key`` in OpenRouter's shape, amounts in credits. OpenRouter's per-key credit limit is our
     account's daily spend cap (``limit_reset`` "daily", ``null`` without one); ``limit_remaining`` is what the
     key can spend now (``spendable``: never ``null``, since the prepaid balance always bounds it); ``usage``
     and ``usage_daily`` / ``_weekly`` / ``_monthly`` are this key's settled charges (UTC days, weeks from
     Monday); ``rate_limit`` is the key's rpm (``-1``: none) over a one-minute window, with its tpm as
-    ``tokens``. There is no free tier and no BYOK: every request is paid from prepaid credits."""
+    ``tokens``. There is no free tier and no BYOK: every request is paid from prepaid credits. A management
+    key is OpenRouter's provisioning key (``management``)."""
     cap = report.daily_cap
     return {
         "data": {
@@ -135,8 +130,8 @@ def key_page(report: KeyReport) -> dict[str, Any]:
             "byok_usage_weekly": 0,
             "byok_usage_monthly": 0,
             "is_free_tier": False,
-            "is_provisioning_key": False,
-            "is_management_key": False,
+            "is_provisioning_key": management,
+            "is_management_key": management,
             "expires_at": None,
             "rate_limit": {
                 "requests": UNLIMITED if report.rpm is None else report.rpm,

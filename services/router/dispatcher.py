@@ -13,7 +13,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import TypeAdapter
 
-from libs.contracts import frames, subjects
+from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import (
     Admission,
     BilledAttempt,
@@ -249,20 +249,14 @@ class Dispatcher:
             candidates = [c for c in candidates if max_cost([c], bounds, s.platform_fee_bps) <= amount]
         if request.request_id in self._abandoned:
             self._finish(request, request.model, "cancelled", [])  # nobody waits for it: release the hold
-            return RouteRejected(error=_abandoned())
+            return RouteRejected(error=errors.route_timeout(self._settings.retry_after_s))
         flight = await self._start(request, candidates, 1, profile.prompt_tokens, bounds)
         if flight is not None and request.request_id in self._abandoned:
             await self._abandon(flight)
         if flight is None:
             self._finish(request, request.model, "failed", [])
             return RouteRejected(
-                error=ErrorReport(
-                    http_status=503,
-                    type="server_error",
-                    code="no_hoster_available",
-                    message="Every eligible hoster is busy or unreachable right now.",
-                    retry_after=s.retry_after_s,
-                ),
+                error=errors.hosters_busy(s.retry_after_s),
                 headers=headers,
             )
         return RouteAccepted(
@@ -388,13 +382,7 @@ class Dispatcher:
         except (NoRespondersError, NatsTimeout, TimeoutError):
             # Billing may have committed the hold before its answer was lost: release it (a no-op otherwise).
             self._finish(request, request.model, "failed", [])
-            return ErrorReport(
-                http_status=503,
-                type="server_error",
-                code="billing_unavailable",
-                message="Billing is unavailable, so no request can be admitted right now.",
-                retry_after=s.retry_after_s,
-            )
+            return errors.billing_unavailable(s.retry_after_s)
         return _ADMISSION.validate_json(reply.body)
 
     def expect_probe(self, request_id: str) -> asyncio.Future[AttemptFinished]:
@@ -494,9 +482,11 @@ class Dispatcher:
         del self._in_flight[event.request_id]
         self._settle(flight, event.model, event.outcome)
         if event.outcome == "failed" and event.client_error:
-            await self._fail(flight, _refused(event))
+            await self._fail(flight, errors.rejected_by_hoster(event.upstream_status, event.error))
         elif event.outcome == "failed":
-            await self._fail(flight, _all_failed() if event.chunks_sent == 0 else _broke_off())
+            await self._fail(
+                flight, errors.all_hosters_failed() if event.chunks_sent == 0 else errors.upstream_broke_off()
+            )
 
     def _billed(self, flight: InFlight, event: AttemptFinished) -> BilledAttempt:
         """The attempt as billing charges it: the hoster's reported usage held to the request's bounds. A
@@ -715,13 +705,7 @@ class Dispatcher:
             self._finish(flight.route, flight.candidate.offer.model, "failed", flight.billed)
             await self._fail(
                 flight,
-                ErrorReport(
-                    http_status=503,
-                    type="server_error",
-                    code="hoster_unavailable",
-                    message="The hoster serving this request went away.",
-                    retry_after=self._settings.retry_after_s,
-                ),
+                errors.hoster_went_away(self._settings.retry_after_s),
             )
 
     async def _abandon(self, flight: InFlight) -> None:
@@ -734,40 +718,3 @@ class Dispatcher:
     async def _fail(self, flight: InFlight, report: ErrorReport) -> None:
         frame = frames.encode(frames.ERROR, flight.attempt, -1, report.model_dump_json().encode())
         await self._broker.connection.publish(flight.route.reply_subject, frame)
-
-
-def _all_failed() -> ErrorReport:
-    return ErrorReport(
-        http_status=500,
-        type="server_error",
-        code="all_hosters_failed",
-        message="All hosters failed to serve this request. Please retry.",
-    )
-
-
-def _broke_off() -> ErrorReport:
-    return ErrorReport(
-        http_status=500,
-        type="server_error",
-        code="upstream_error",
-        message="The hoster failed in the middle of the response.",
-    )
-
-
-def _refused(event: AttemptFinished) -> ErrorReport:
-    """The hoster refused the client's own parameters: the client gets that status, as from OpenAI."""
-    return ErrorReport(
-        http_status=event.upstream_status or 400,
-        type="invalid_request_error",
-        code="rejected_by_hoster",
-        message=f"The hoster rejected the request's parameters ({event.error}).",
-    )
-
-
-def _abandoned() -> ErrorReport:
-    return ErrorReport(
-        http_status=503,
-        type="server_error",
-        code="route_timeout",
-        message="The gateway stopped waiting for this request's route.",
-    )

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from libs.contracts import errors
 from libs.contracts.common import CHAT, Endpoint, ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer, RegisteredHoster
 from libs.contracts.pricing import estimate_prompt_tokens, requested_max_tokens
@@ -388,35 +389,10 @@ def order_candidates(
         return ordered
     if elsewhere and len(elsewhere) == len(groups):
         path = "/v1/" + profile.endpoint.replace(".", "/")
-        raise NoEligibleHoster(
-            ErrorReport(
-                http_status=404,
-                type="invalid_request_error",
-                code="model_not_supported",
-                param="model",
-                message=f"The model `{elsewhere[0]}` is not served on {path} by any hoster; "
-                "see GET /v1/models for the endpoints each model serves.",
-            )
-        )
+        raise NoEligibleHoster(errors.model_not_supported(elsewhere[0], path))
     if model != AUTO_MODEL and not any(m in registry.models_seen for m in [model, *prefs.fallback_models]):
-        raise NoEligibleHoster(
-            ErrorReport(
-                http_status=404,
-                type="invalid_request_error",
-                code="model_not_found",
-                param="model",
-                message=f"The model `{model}` does not exist on this network.",
-            )
-        )
-    raise NoEligibleHoster(
-        ErrorReport(
-            http_status=503,
-            type="server_error",
-            code="no_hoster_available",
-            message="No hoster can serve this request right now: " + "; ".join(reasons or ["no live hoster"]),
-            retry_after=retry_after,
-        )
-    )
+        raise NoEligibleHoster(errors.model_not_found(model))
+    raise NoEligibleHoster(errors.no_hoster_available(reasons, retry_after))
 
 
 @dataclass(frozen=True, slots=True)

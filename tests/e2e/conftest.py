@@ -10,8 +10,9 @@ from libs.devstack.processes import free_port
 from libs.devstack.stack import AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
 
 
-def build_stack(ingresses: int = 1, **service_env: str) -> Stack:
-    """One simulator serving ``demo-model``, one adapter, one router, one billing, ``ingresses`` ingresses."""
+def build_stack(ingresses: int = 1, embedding_model: str | None = None, **service_env: str) -> Stack:
+    """One simulator serving ``demo-model``, one adapter, one router, one billing, ``ingresses`` ingresses;
+    the demo hoster serves ``embedding_model`` for embeddings too if given."""
     simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "12"})
     config = throwaway_config(
         ingress_ports=[free_port() for _ in range(ingresses)],
@@ -19,7 +20,7 @@ def build_stack(ingresses: int = 1, **service_env: str) -> Stack:
         adapters=[
             AdapterSpec(
                 "hoster_adapter",
-                [demo_hoster(simulator.base_url)],
+                [demo_hoster(simulator.base_url, embedding_model=embedding_model)],
                 {"CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.5"},
             )
         ],

@@ -154,6 +154,7 @@ def test_bad_embedding_input_is_a_400_naming_the_parameter(stack: Stack, key: st
 def test_text_completion_whole_and_streamed_through_the_sdk(sdk: openai.OpenAI, stack: Stack, key: str) -> None:
     whole = sdk.completions.create(model=DEMO_MODEL, prompt="Once upon a time", max_tokens=5)
     assert whole.object == "text_completion"
+    assert whole.id.startswith("cmpl-")
     assert whole.model == DEMO_MODEL
     assert whole.choices[0].text
     assert whole.choices[0].finish_reason == "length"

@@ -1,6 +1,6 @@
 // The official `openai` npm SDK against a running stack, as a JavaScript user would call it.
 //
-//   node sdk_check.mjs <baseURL> <apiKey> <model>
+//   node sdk_check.mjs <baseURL> <apiKey> <model> <embeddingModel>
 //
 // Prints one JSON object of what the SDK observed; tests/e2e/test_node_sdk.py asserts on it. Only the
 // SDK's own API errors are caught, and only around the calls that are meant to fail: anything else
@@ -9,9 +9,9 @@
 import OpenAI, { APIError } from "openai";
 import { VERSION } from "openai/version";
 
-const [baseURL, apiKey, model] = process.argv.slice(2);
-if (!baseURL || !apiKey || !model) {
-  throw new Error("usage: node sdk_check.mjs <baseURL> <apiKey> <model>");
+const [baseURL, apiKey, model, embeddingModel] = process.argv.slice(2);
+if (!baseURL || !apiKey || !model || !embeddingModel) {
+  throw new Error("usage: node sdk_check.mjs <baseURL> <apiKey> <model> <embeddingModel>");
 }
 
 const MESSAGES = [
@@ -19,7 +19,21 @@ const MESSAGES = [
   { role: "user", content: "Write a haiku about GPUs" },
 ];
 
-const client = new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: 30_000 });
+const EMBEDDING_INPUTS = ["The quick brown fox", "jumps over the lazy dog"];
+const PROMPT = "Once upon a time";
+const TEXT_MAX_TOKENS = 5;
+
+/** The `encoding_format` of every embeddings request as the SDK put it on the wire (its `fetch` is ours). */
+const embeddingEncodingsSent = [];
+
+async function recordingFetch(url, init) {
+  if (new URL(url).pathname.endsWith("/embeddings")) {
+    embeddingEncodingsSent.push(JSON.parse(init.body).encoding_format ?? null);
+  }
+  return fetch(url, init);
+}
+
+const client = new OpenAI({ baseURL, apiKey, maxRetries: 0, timeout: 30_000, fetch: recordingFetch });
 
 /** The headers the gateway promises on every answer, as the SDK's `Response` exposes them. */
 function gatewayHeaders(response) {
@@ -62,6 +76,54 @@ async function describeStream(stream) {
     models: [...new Set(chunks.map((c) => c.model))],
     content: withChoices.map((c) => c.choices[0].delta.content ?? "").join(""),
     first_role: withChoices[0]?.choices[0].delta.role ?? null,
+    finish_reason: withChoices.at(-1)?.choices[0].finish_reason ?? null,
+    finish_reasons_before_last: withChoices.slice(0, -1).filter((c) => c.choices[0].finish_reason != null).length,
+    chunks_with_usage_before_last: chunks.slice(0, -1).filter((c) => c.usage != null).length,
+    last_choices: last?.choices ?? null,
+    last_usage: last?.usage ?? null,
+  };
+}
+
+/** What a `CreateEmbeddingResponse` carries; the vectors as the SDK handed them over (decoded from base64). */
+function describeEmbeddings(response) {
+  return {
+    object: response.object,
+    model: response.model,
+    indexes: response.data.map((d) => d.index),
+    objects: [...new Set(response.data.map((d) => d.object))],
+    is_array: response.data.map((d) => Array.isArray(d.embedding)),
+    vectors: response.data.map((d) => Array.from(d.embedding)),
+    usage: response.usage,
+  };
+}
+
+/** What a non-streaming `text_completion` carries. */
+function describeTextCompletion(completion) {
+  return {
+    id: completion.id,
+    object: completion.object,
+    model: completion.model,
+    choices: completion.choices.length,
+    text: completion.choices[0].text,
+    finish_reason: completion.choices[0].finish_reason,
+    usage: completion.usage ?? null,
+  };
+}
+
+/** Reads a text completion stream to its end with `for await`. */
+async function describeTextStream(stream) {
+  const chunks = [];
+  for await (const chunk of stream) {
+    chunks.push(chunk);
+  }
+  const withChoices = chunks.filter((c) => c.choices.length > 0);
+  const last = chunks.at(-1);
+  return {
+    count: chunks.length,
+    ids: [...new Set(chunks.map((c) => c.id))],
+    objects: [...new Set(chunks.map((c) => c.object))],
+    models: [...new Set(chunks.map((c) => c.model))],
+    pieces: withChoices.map((c) => c.choices[0].text),
     finish_reason: withChoices.at(-1)?.choices[0].finish_reason ?? null,
     finish_reasons_before_last: withChoices.slice(0, -1).filter((c) => c.choices[0].finish_reason != null).length,
     chunks_with_usage_before_last: chunks.slice(0, -1).filter((c) => c.usage != null).length,
@@ -121,6 +183,26 @@ for await (const listed of client.models.list()) {
 }
 const retrieved = await client.models.retrieve(model);
 
+// Embeddings as the SDK's README calls them: no encoding_format, so the SDK asks for base64 and decodes it.
+const embeddingOfString = await client.embeddings.create({ model: embeddingModel, input: EMBEDDING_INPUTS[0] });
+const embeddingsOfList = await client.embeddings.create({ model: embeddingModel, input: EMBEDDING_INPUTS });
+const embeddingsAsFloats = await client.embeddings.create({
+  model: embeddingModel,
+  input: EMBEDDING_INPUTS,
+  encoding_format: "float",
+});
+
+const textCompletion = await client.completions.create({ model, prompt: PROMPT, max_tokens: TEXT_MAX_TOKENS });
+const textStream = await describeTextStream(
+  await client.completions.create({
+    model,
+    prompt: PROMPT,
+    max_tokens: TEXT_MAX_TOKENS,
+    stream: true,
+    stream_options: { include_usage: true },
+  }),
+);
+
 const badKeyClient = new OpenAI({
   baseURL,
   apiKey: "ngk_this-key-was-never-issued-by-computeshare-000000000",
@@ -144,6 +226,19 @@ const report = {
     body_id: rawBody.id,
     body_object: rawBody.object,
     body_has_cost: typeof rawBody.usage?.cost === "number",
+  },
+  embeddings: {
+    inputs: EMBEDDING_INPUTS,
+    of_string: describeEmbeddings(embeddingOfString),
+    of_list: describeEmbeddings(embeddingsOfList),
+    as_floats: describeEmbeddings(embeddingsAsFloats),
+    encodings_sent: embeddingEncodingsSent,
+  },
+  text_completion: {
+    prompt: PROMPT,
+    max_tokens: TEXT_MAX_TOKENS,
+    non_stream: describeTextCompletion(textCompletion),
+    stream: textStream,
   },
   models: { list_ids: modelIds, retrieved_id: retrieved.id, retrieved_object: retrieved.object },
   errors: {

@@ -43,3 +43,22 @@ def test_key_cache_expires_entries_after_its_ttl() -> None:
     cache.put("h3", info, now=100.0)  # full: starts over instead of growing
     assert cache.get("h1", now=100.5) is None
     assert cache.get("h3", now=100.5) == info
+
+
+def test_management_keys_and_hoster_tokens_are_told_apart_by_their_prefix() -> None:
+    manager = apikeys.new_key(apikeys.MANAGEMENT_PREFIX)
+    token = apikeys.new_key(apikeys.HOSTER_TOKEN_PREFIX)
+    assert manager.startswith("ngm_")
+    assert apikeys.well_formed(manager)
+    assert not apikeys.well_formed(token)  # a console token is never an API key
+    assert apikeys.well_formed_hoster_token(token)
+    assert not apikeys.well_formed_hoster_token(manager)
+
+
+def test_a_changed_key_leaves_the_cache_at_once() -> None:
+    cache = KeyCache(ttl_s=5.0)
+    cache.put("h", KeyInfo(status="valid", key_id="k", account_id="a", kind="management"), now=0.0)
+    assert cache.get("h", now=1.0) is not None
+    cache.forget("h")
+    cache.forget("never-cached")
+    assert cache.get("h", now=1.0) is None

@@ -1,0 +1,177 @@
+"""Management keys through the public API of a real stack (simulated hoster, real NATS and PostgreSQL): made
+with the ``computeshare`` command, they list, create, limit and revoke the account's keys and read the
+account; an inference key never manages, a management key never calls models, and one account's management
+key never reaches another account."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from libs.devstack.stack import DEMO_MODEL, Stack
+
+pytestmark = pytest.mark.e2e
+
+MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
+
+
+def call(stack: Stack, method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
+    return httpx.request(
+        method, f"{stack.config.api_base}{path}", headers={"authorization": f"Bearer {key}"}, timeout=10, **kwargs
+    )
+
+
+def chat(stack: Stack, key: str) -> httpx.Response:
+    return call(stack, "POST", "/chat/completions", key, json={"model": DEMO_MODEL, "messages": MESSAGES})
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    body: dict[str, Any] = response.json()
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def account(stack: Stack) -> tuple[str, str, str]:
+    """``(account id, inference key, management key)`` of an account with credits."""
+    account_id, key = stack.create_account(credits="100")
+    return account_id, key, stack.create_management_key(account_id, label="ops")
+
+
+def test_a_management_key_creates_a_key_that_works_with_the_sdk_lists_and_limits_it(
+    stack: Stack, account: tuple[str, str, str]
+) -> None:
+    _, _, manager = account
+    created = call(stack, "POST", "/keys", manager, json={"label": "my app", "tpm": 100_000})
+    assert created.status_code == 201, created.text
+    body = created.json()
+    key, info = body["key"], body["data"]
+    assert key.startswith("ngk_")
+    assert (info["label"], info["kind"], info["rpm"], info["tpm"], info["revoked"]) == ("my app", "inference", None,
+                                                                                          100_000, False)  # fmt: skip
+    assert info["last_used_at"] is None
+
+    with openai.OpenAI(api_key=key, base_url=stack.config.api_base) as client:
+        completion = client.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES)
+    assert completion.choices[0].message.content
+
+    listing = call(stack, "GET", "/keys", manager)
+    assert listing.status_code == 200
+    keys = {k["id"]: k for k in listing.json()["data"]}
+    assert keys[info["id"]]["last_used_at"] is not None  # its request was admitted
+    assert {k["kind"] for k in keys.values()} == {"inference", "management"}
+    assert all("key" not in k for k in keys.values())  # never the key itself again
+    shown = call(stack, "GET", f"/keys/{info['id']}", manager)
+    assert shown.json()["data"]["label"] == "my app"
+
+    # rpm 1: the second request within the minute is refused.
+    patched = call(stack, "PATCH", f"/keys/{info['id']}", manager, json={"rpm": 1, "label": None})
+    assert patched.status_code == 200, patched.text
+    assert (patched.json()["data"]["rpm"], patched.json()["data"]["tpm"]) == (1, 100_000)
+    assert patched.json()["data"]["label"] is None
+    deadline = time.monotonic() + 5
+    statuses = []
+    while time.monotonic() < deadline:
+        statuses.append(chat(stack, key).status_code)
+        if statuses[-1] == 429:
+            break
+    assert statuses[-1] == 429, statuses
+    cleared = call(stack, "PATCH", f"/keys/{info['id']}", manager, json={"rpm": None})
+    assert cleared.json()["data"]["rpm"] is None
+
+
+def test_a_revoked_key_fails_within_5_seconds(stack: Stack, account: tuple[str, str, str]) -> None:
+    _, _, manager = account
+    key_id_and_key = call(stack, "POST", "/keys", manager, json={}).json()
+    key = key_id_and_key["key"]
+    assert chat(stack, key).status_code == 200  # cached as valid now
+    revoked = call(stack, "DELETE", f"/keys/{key_id_and_key['data']['id']}", manager)
+    assert revoked.status_code == 200
+    assert revoked.json()["deleted"] is True
+    assert revoked.json()["data"]["revoked"] is True
+    started = time.monotonic()
+    while chat(stack, key).status_code != 401:
+        assert time.monotonic() - started < 5, "the revoked key still works"
+        time.sleep(0.1)
+    assert "revoked" in error_of(chat(stack, key))["message"]
+
+
+def test_the_account_summary_and_usage_per_day(stack: Stack) -> None:
+    account_id, key = stack.create_account(credits="7")
+    manager = stack.create_management_key(account_id)
+    assert chat(stack, key).status_code == 200
+    summary = call(stack, "GET", "/account", manager)
+    assert summary.status_code == 200
+    data = summary.json()
+    assert (data["object"], data["id"], data["daily_cap"]) == ("account", account_id, None)
+    assert data["balance"] <= 7
+    deadline = time.monotonic() + 20
+    while True:
+        days = call(stack, "GET", "/account/usage?days=3", manager).json()["data"]
+        if days[-1]["spend"] > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(days) == 3
+    assert [d["requests"] for d in days] == [0, 0, 1]
+    assert days[-1]["prompt_tokens"] > 0
+    assert days[-1]["completion_tokens"] > 0
+    assert days[-1]["spend"] > 0
+    assert call(stack, "GET", "/account/usage?days=0", manager).status_code == 400
+
+
+def test_an_inference_key_never_manages_and_a_management_key_never_calls_models(
+    stack: Stack, account: tuple[str, str, str]
+) -> None:
+    _, key, manager = account
+    for method, path in (("GET", "/keys"), ("POST", "/keys"), ("GET", "/account"), ("DELETE", "/keys/key_x")):
+        refused = call(stack, method, path, key, json={})
+        assert refused.status_code == 403, (method, path, refused.text)
+        assert error_of(refused)["code"] == "not_a_management_key"
+    for path, body in (
+        ("/chat/completions", {"model": DEMO_MODEL, "messages": MESSAGES}),
+        ("/completions", {"model": DEMO_MODEL, "prompt": "hi"}),
+        ("/embeddings", {"model": DEMO_MODEL, "input": "hi"}),
+    ):
+        refused = call(stack, "POST", path, manager, json=body)
+        assert refused.status_code == 403, (path, refused.text)
+        assert error_of(refused)["code"] == "management_key_not_allowed"
+    with (
+        openai.OpenAI(api_key=manager, base_url=stack.config.api_base) as client,
+        pytest.raises(openai.PermissionDeniedError),
+    ):
+        client.chat.completions.create(model=DEMO_MODEL, messages=MESSAGES)
+    key_doc = call(stack, "GET", "/key", manager).json()["data"]
+    assert key_doc["is_management_key"] is True
+
+
+def test_one_accounts_management_key_never_reaches_another_account(stack: Stack) -> None:
+    a_account, _ = stack.create_account(credits="10")
+    a_manager = stack.create_management_key(a_account)
+    b_account, b_key = stack.create_account(credits="10")
+    b_manager = stack.create_management_key(b_account)
+    b_key_id = next(k["id"] for k in call(stack, "GET", "/keys", b_manager).json()["data"] if k["kind"] == "inference")
+    answer = chat(stack, b_key)
+    assert answer.status_code == 200
+    b_request = answer.headers["x-request-id"]
+
+    for method, kwargs in (("GET", {}), ("PATCH", {"json": {"rpm": 1}}), ("DELETE", {})):
+        response = call(stack, method, f"/keys/{b_key_id}", a_manager, **kwargs)
+        assert response.status_code == 404, (method, response.text)
+        assert error_of(response)["code"] == "key_not_found"
+    assert all(k["id"] != b_key_id for k in call(stack, "GET", "/keys", a_manager).json()["data"])
+    assert chat(stack, b_key).status_code == 200  # neither revoked nor limited by A
+
+    # B's routing record: B's management key reads it (once recorded), A's gets the same 404 as for nothing.
+    deadline = time.monotonic() + 20
+    while (own := call(stack, "GET", f"/generation/{b_request}", b_manager)).status_code != 200:
+        assert time.monotonic() < deadline, own.text
+        time.sleep(0.2)
+    assert own.json()["id"] == b_request
+    stranger = call(stack, "GET", f"/generation/{b_request}", a_manager)
+    assert stranger.status_code == 404
+    assert error_of(stranger)["code"] == "generation_not_found"
+    assert call(stack, "GET", "/account", a_manager).json()["id"] == a_account
