@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic_settings import BaseSettings
 
 from services.billing.cli import CliSettings
+from services.console.settings import ConsoleSettings
 from services.hoster_adapter.settings import AdapterSettings
 from services.ingress.settings import IngressSettings
 from services.router.settings import RouterSettings
@@ -18,6 +19,7 @@ SETTINGS: dict[str, type[BaseSettings]] = {
     "billing": CliSettings,
     "hoster_adapter": AdapterSettings,
     "simulator": SimulatorSettings,
+    "console": ConsoleSettings,
 }
 
 

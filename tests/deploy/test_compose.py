@@ -20,11 +20,11 @@ from tests.deploy.settings_names import unknown_settings
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 # Compose service -> the Python service it runs (nats and postgres are images of their own).
-OUR_SERVICES = {"ingress", "router", "billing", "hoster_adapter", "simulator"}
+OUR_SERVICES = {"ingress", "router", "billing", "hoster_adapter", "simulator", "console"}
 # Jobs that run once and exit: what needs them waits for their success, not their health.
 ONE_SHOT = {"nats-auth"}
 # The services that talk to NATS, each with a creds file of its own.
-NATS_CLIENTS = {"ingress", "router", "billing", "hoster_adapter"}
+NATS_CLIENTS = {"ingress", "router", "billing", "hoster_adapter", "console"}
 
 
 def compose() -> dict[str, Any]:
@@ -79,15 +79,18 @@ def test_every_service_has_a_healthcheck() -> None:
 
 
 def test_our_services_probe_the_port_they_serve() -> None:
-    """Readiness on the port each service is configured to serve it (8080, 9090 or the simulator's 9100)."""
-    ports = {"ingress": "8080", "simulator": "9100"}
+    """Readiness on the port each service is configured to serve it (8080, 9090, the simulator's 9100 or the
+    console's 8090)."""
+    ports = {"ingress": "8080", "simulator": "9100", "console": "8090"}
     for name in OUR_SERVICES:
         service = services()[name]
         port = ports.get(name, "9090")
         path = "/healthz" if name == "simulator" else "/readyz"
         assert f"http://127.0.0.1:{port}{path}'" in " ".join(service["healthcheck"]["test"]), name
         env = service["environment"]
-        key = {"ingress": "CS_INGRESS_PORT", "simulator": "CS_SIMULATOR_PORT"}.get(name, "CS_METRICS_PORT")
+        key = {"ingress": "CS_INGRESS_PORT", "simulator": "CS_SIMULATOR_PORT", "console": "CS_CONSOLE_PORT"}.get(
+            name, "CS_METRICS_PORT"
+        )
         assert env[key] == port, name
     assert services()["ingress"]["environment"]["CS_INGRESS_HOST"] == "0.0.0.0"
     assert services()["simulator"]["environment"]["CS_SIMULATOR_HOST"] == "0.0.0.0"
@@ -112,7 +115,17 @@ def test_depends_on_waits_for_health_in_a_working_order() -> None:
         "router": {"nats", "billing"},
         "hoster_adapter": {"nats", "simulator"},
         "ingress": {"nats", "router", "billing"},
+        # The API does not wait for the console; the ingress answers /console with a 502 until it is up.
+        "console": {"nats"},
     }
+
+
+def test_the_ingress_serves_the_console_and_its_secret_comes_from_the_environment() -> None:
+    """/console on :8080 reaches the console service; its session secret is not in the image."""
+    assert services()["ingress"]["environment"]["CS_INGRESS_CONSOLE_URL"] == "http://console:8090"
+    console = services()["console"]["environment"]
+    assert console["CS_CONSOLE_SESSION_SECRET"].startswith("${CS_CONSOLE_SESSION_SECRET:-")
+    assert "ports" not in services()["console"]
 
 
 def test_adapters_scale() -> None:

@@ -22,6 +22,7 @@ SERVICES = {
     "billing": (9090, "/readyz"),
     "hoster_adapter": (9090, "/readyz"),
     "simulator": (9100, "/healthz"),
+    "console": (8090, "/readyz"),
 }
 
 
@@ -63,7 +64,7 @@ def dockerfile(service: str) -> Path:
 
 
 def test_one_dockerfile_per_service() -> None:
-    """Exactly the five services have a Dockerfile (the old shared one is gone)."""
+    """Exactly the six services have a Dockerfile (the old shared one is gone)."""
     assert sorted(path.name for path in (ROOT / "deploy").glob("*Dockerfile")) == sorted(
         f"{service}.Dockerfile" for service in SERVICES
     )
@@ -84,7 +85,7 @@ def test_hadolint_finds_nothing() -> None:
 @pytest.mark.parametrize("service", SERVICES)
 def test_builder_stage_installs_the_project(service: str) -> None:
     """The builder makes a virtualenv from the project's own pyproject; the final stage only copies it."""
-    builder, final = stages(dockerfile(service))
+    builder, *_, final = stages(dockerfile(service))
     assert builder[0] == Instruction("FROM", f"{BASE_IMAGE} AS builder")
     copies = [i.arguments for i in builder if i.keyword == "COPY"]
     assert "pyproject.toml README.md ./" in copies
@@ -126,6 +127,21 @@ def test_final_stage_runs_the_service_unprivileged(service: str) -> None:
     (cmd,) = [i.arguments for i in final if i.keyword == "CMD"]
     assert json.loads(cmd) == ["python", "-m", f"services.{service}"]
     assert (ROOT / "services" / service / "__main__.py").is_file()
+
+
+def test_console_assets_come_from_the_lock_file() -> None:
+    """The console's Chart.js is installed with `npm ci` from its package-lock.json in a stage of its own, and
+    only the file the console serves reaches the final image, where the console is told where it is."""
+    _, assets, final = stages(dockerfile("console"))
+    assert assets[0].keyword == "FROM"
+    assert re.fullmatch(r"node:\d+\.\d+\.\d+-bookworm-slim AS assets", assets[0].arguments)
+    assert Instruction("COPY", "services/console/package.json services/console/package-lock.json ./") in assets
+    assert any(i.keyword == "RUN" and i.arguments.startswith("npm ci ") for i in assets)
+    [copied] = [i.arguments for i in final if i.keyword == "COPY" and "--from=assets" in i.arguments]
+    assert copied.split()[1].endswith("/node_modules/chart.js/dist/chart.umd.min.js")
+    vendor = copied.split()[2].removesuffix("chart.js/dist/")
+    env = " ".join(i.arguments for i in final if i.keyword == "ENV")
+    assert f"CS_CONSOLE_VENDOR_DIR={vendor.rstrip('/')}" in env
 
 
 def test_build_context_leaves_out_local_state() -> None:

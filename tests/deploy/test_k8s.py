@@ -42,7 +42,14 @@ EXTERNAL_SECRETS = {
     "computeshare-billing": {"database-url"},
     "computeshare-hosters": {"hosters.json"},
     "computeshare-nats-server": {"auth.conf"},
-    "computeshare-nats-creds": {"ingress.creds", "router.creds", "billing.creds", "hoster_adapter.creds"},
+    "computeshare-nats-creds": {
+        "ingress.creds",
+        "router.creds",
+        "billing.creds",
+        "hoster_adapter.creds",
+        "console.creds",
+    },
+    "computeshare-console": {"session-secret"},
 }
 # The adapter's longest silence from an upstream (CS_ADAPTER_READ_TIMEOUT_S' default) and the drain floor.
 UPSTREAM_READ_TIMEOUT_S = 120
@@ -61,7 +68,10 @@ SERVICES = {
     "router": ServiceShape("router", 9090),
     "billing": ServiceShape("billing", 9090),
     "hoster-adapter": ServiceShape("hoster_adapter", 9090),
+    "console": ServiceShape("console", 8090),
 }
+# What a page of the console waits for is a few NATS requests, not a generation: it drains in seconds.
+CONSOLE_TERMINATION_GRACE_S = 30
 
 
 @functools.cache
@@ -244,6 +254,8 @@ def test_service_is_probed_where_it_listens(name: str, service: str) -> None:
     env = environment(container, docs)
     if service == "ingress":
         assert (env["CS_INGRESS_HOST"], env["CS_INGRESS_PORT"]) == ("0.0.0.0", str(port))
+    elif service == "console":
+        assert (env["CS_CONSOLE_HOST"], env["CS_CONSOLE_PORT"]) == ("0.0.0.0", str(port))
     else:
         assert env["CS_METRICS_PORT"] == str(port)
     for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz"), ("startupProbe", "/healthz")):
@@ -259,7 +271,7 @@ def test_service_drains_before_it_is_killed(name: str, service: str) -> None:
     deployment = find(docs, "Deployment", service)
     container = only_container(deployment)
     grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
-    assert grace >= MIN_TERMINATION_GRACE_S
+    assert grace >= (CONSOLE_TERMINATION_GRACE_S if service == "console" else MIN_TERMINATION_GRACE_S)
     prestop = prestop_sleep_s(container)
     assert 5 <= prestop <= 15
     env = environment(container, docs)
