@@ -11,7 +11,7 @@ account is answered exactly as one that does not exist).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,6 +25,8 @@ MAX_DAYS = 366
 MAX_ROWS = 500
 # The longest label a key may carry.
 MAX_LABEL = 100
+# A key's label: printable text (no control characters: PostgreSQL's text holds no NUL, and a label is shown).
+Label = Annotated[str, Field(max_length=MAX_LABEL, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 # --- Management keys -------------------------------------------------------------------------------------
@@ -90,7 +92,7 @@ class CreateKey(BaseModel):
     by the operator only, ``computeshare key create ACCOUNT --management``)."""
 
     account_id: str
-    label: str | None = Field(None, max_length=MAX_LABEL)
+    label: Label | None = None
     rpm: int | None = Field(None, ge=1, le=2**31 - 1)
     tpm: int | None = Field(None, ge=1, le=2**31 - 1)
 
@@ -120,7 +122,7 @@ class SetKeyLimits(BaseModel):
     update: list[Literal["rpm", "tpm", "label"]]
     rpm: int | None = Field(None, ge=1, le=2**31 - 1)
     tpm: int | None = Field(None, ge=1, le=2**31 - 1)
-    label: str | None = Field(None, max_length=MAX_LABEL)
+    label: Label | None = None
 
 
 # --- Account ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from libs.contracts.billing import GenerationRecord
+from libs.contracts.management import Label
 from libs.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
@@ -296,7 +297,7 @@ class NewKey(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str | None = Field(None, max_length=100)
+    label: Label | None = None
     rpm: Limit | None = Field(None, description="Requests per minute")
     tpm: Limit | None = Field(None, description="Tokens per minute")
 
@@ -306,7 +307,7 @@ class KeyChange(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    label: str | None = Field(None, max_length=100)
+    label: Label | None = None
     rpm: Limit | None = Field(None, description="Requests per minute")
     tpm: Limit | None = Field(None, description="Tokens per minute")
 
