@@ -281,17 +281,17 @@ async def create_key(request: Request, console: ConsoleDep) -> Response:
     info = await account_of(session, console)
     if info is None or info.account_id is None:
         return signed_out(request, console, "revoked")
-    label = form.get("label", "").strip() or None
     try:
-        rpm = service.optional_limit(form.get("rpm"))
-        tpm = service.optional_limit(form.get("tpm"))
-    except ValueError:
-        error = "Limits are whole numbers from 1 up, or blank for none."
+        new_key = CreateKey(
+            account_id=info.account_id,
+            label=form.get("label", "").strip() or None,
+            rpm=service.optional_limit(form.get("rpm")),
+            tpm=service.optional_limit(form.get("tpm")),
+        )
+    except ValueError:  # a limit that is no whole number from 1, a label too long or with control characters
+        error = "Limits are whole numbers from 1 up (blank: no limit); a label is at most 100 printable characters."
         return await keys_response(request, console, session, info.account_id, status_code=400, error=error, form=form)
-    if label is not None and len(label) > 100:
-        error = "A label is at most 100 characters."
-        return await keys_response(request, console, session, info.account_id, status_code=400, error=error, form=form)
-    created = await console.queries.create_key(CreateKey(account_id=info.account_id, label=label, rpm=rpm, tpm=tpm))
+    created = await console.queries.create_key(new_key)
     return await keys_response(request, console, session, info.account_id, status_code=201, created=created)
 
 

@@ -287,6 +287,21 @@ def test_sign_in_refuses_inference_keys_and_unknown_tokens_and_a_revoked_key_end
     expect(page.get_by_role("status")).to_contain_text("no longer valid")
 
 
+def test_a_key_with_a_bad_limit_is_refused_with_a_message_and_the_form_kept(stack: Stack, page: Page) -> None:
+    account_id, _ = stack.create_account(credits="1", name="bad-limits")
+    sign_in_account(page, stack, stack.create_management_key(account_id))
+    nav(page, "Keys")
+    page.get_by_label("Label (optional)").fill("kept")
+    # The browser's own check (min=1) would stop the form: send it as a script could.
+    page.get_by_label("Tokens per minute (blank: no limit)").evaluate("el => el.removeAttribute('min')")
+    page.get_by_label("Tokens per minute (blank: no limit)").fill("0")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_role("alert")).to_contain_text("whole numbers from 1")
+    expect(page.get_by_label("Label (optional)")).to_have_value("kept")
+    expect(page.get_by_label("New API key")).to_have_count(0)
+    assert [k["kind"] for k in stack.computeshare("key", "list", account_id)] == ["management", "inference"]
+
+
 def test_every_form_needs_the_sessions_csrf_token(stack: Stack, page: Page) -> None:
     console = stack.config.console_url
     assert console is not None

@@ -101,6 +101,8 @@ def test_a_request_row_names_its_hoster_and_falls_back_to_the_money_status() -> 
                           hoster_id="h1", attempts=1, prompt_tokens=10, completion_tokens=5, cost=75,
                           ttft_ms=151.4, duration_ms=900.0, created_at=0)  # fmt: skip
     [row] = service.request_rows([item], {"h1": "gpu-box"})
+    assert row.short_id == "r1"
+    assert service.short_id("chatcmpl-" + "a" * 32) == "chatcmpl-aaaaaaaaaaa…"
     assert (row.hoster, row.cost, row.ttft, row.duration, row.outcome) == ("gpu-box", "0.000075", "151 ms", "900 ms",
                                                                           "succeeded")  # fmt: skip
     item.outcome, item.hoster_id, item.status = None, "h2", "open"
