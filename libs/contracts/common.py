@@ -48,6 +48,16 @@ class ErrorReport(BaseModel):
     retry_after: int | None = None
 
 
+class ParamError(ValueError):
+    """A request check that names the parameter at fault (``messages[1].content``, ``provider.zdr``), and an
+    error code when the check has one of its own."""
+
+    def __init__(self, param: str, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
 class Usage(BaseModel):
     """Token counts of an attempt; ``estimated`` when the upstream reported none and we counted."""
 

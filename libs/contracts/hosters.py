@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 from libs.contracts.common import CHAT, MAX_PRICE, Endpoint
 
 # The tag a hoster's NATS credentials carry: ``hoster:<hoster id>``.
 HOSTER_TAG = "hoster:"
+
+# How a model's weights are stored, in OpenRouter's names. ``unknown``: the hoster did not say (a request's
+# ``provider.quantizations: ["unknown"]`` matches hosters that declared none).
+Quantization = Literal["int4", "int8", "fp4", "fp6", "fp8", "fp16", "bf16", "fp32", "unknown"]
 
 
 class ModelOffer(BaseModel):
@@ -26,6 +32,8 @@ class ModelOffer(BaseModel):
     # The OpenAI endpoints it serves (a chat model usually also serves text completions; an embedding model
     # only embeddings).
     endpoints: list[Endpoint] = Field(default_factory=lambda: [CHAT])
+    # The quantization of the weights it serves, as the hoster declares it (``None``: not declared).
+    quantization: Quantization | None = None
 
 
 class HosterStatus(BaseModel):

@@ -1,21 +1,44 @@
 """The public wire format: OpenAI's chat completion request as we validate it, and the error envelope.
 
 Validation follows OpenAI's ``CreateChatCompletionRequest``: every known parameter is type- and
-range-checked, so a bad one is a 400 naming it. What reaches the hoster is the client's own JSON (minus our
-routing fields), never a re-serialization: fields we do not know pass through untouched.
+range-checked, so a bad one is a 400 naming it. What reaches the hoster is the client's own JSON (minus the
+routing fields of both dialects, ours and OpenRouter's), never a re-serialization: fields we do not know pass
+through untouched.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
+from libs.contracts.common import ParamError
+from libs.contracts.openrouter import (
+    CONFLICT_SCHEMAS,
+    OPENROUTER_FIELDS,
+    OUR_ROUTING_FIELDS,
+    UNSUPPORTED,
+    FallbackModel,
+    ProviderPreferences,
+    check_conflicts,
+    given_fields,
+    openrouter_routing,
+)
 from libs.contracts.routing import RoutingPreferences, Tier
 
-ROUTING_FIELDS = frozenset(RoutingPreferences.model_fields)
+# Removed from the body before it goes to a hoster.
+ROUTING_FIELDS = frozenset(OUR_ROUTING_FIELDS + OPENROUTER_FIELDS)
 
 
 def _whole_number(value: Any) -> Any:
@@ -235,7 +258,8 @@ class StreamOptions(_Open):
     include_usage: bool = False
 
 
-# The cross-field rules of ``ChatCompletionRequest._consistent``, for the OpenAPI document.
+# The cross-field rules of ``ChatCompletionRequest._consistent``, for the OpenAPI document (the routing
+# dialects' rule, ``CONFLICT_SCHEMAS``, is added to every routed request's).
 _CROSS_FIELD_RULES: list[JsonValue] = [
     {
         "if": {"required": ["stream_options"], "properties": {"stream_options": {"type": "object"}}},
@@ -256,7 +280,12 @@ _CROSS_FIELD_RULES: list[JsonValue] = [
 
 
 class RoutedRequest(_Open):
-    """Our routing fields, accepted on every endpoint that reaches a hoster (API reference: Routing)."""
+    """The routing fields, accepted on every endpoint that reaches a hoster: ours (API reference: Routing) and
+    OpenRouter's (``libs.contracts.openrouter``)."""
+
+    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": CONFLICT_SCHEMAS})
+
+    model: str = Field(min_length=1, max_length=256)
 
     tier: Tier = "balanced"
     privacy_mode: bool = False
@@ -266,6 +295,22 @@ class RoutedRequest(_Open):
     allow_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
     deny_hosters: list[HosterId] = Field(default_factory=list, max_length=256)
     require_parameters: bool = False
+    # OpenRouter's routing dialect.
+    provider: ProviderPreferences | None = Field(
+        None,
+        description="OpenRouter's provider routing preferences. Filters given here and in our own fields all "
+        "apply; `sort` with `tier` (or a `:floor`/`:nitro` model suffix) is a 400 naming both; a field the "
+        "gateway cannot honour is a 400 naming it.",
+    )
+    models: list[FallbackModel] | None = Field(
+        None,
+        max_length=16,
+        description="OpenRouter's fallback models, tried in order after `model` and before `fallback_models`.",
+    )
+    route: Literal["fallback"] | None = Field(None, description="OpenRouter's `route`: `models` are fallbacks.")
+
+    _routing: RoutingPreferences = PrivateAttr(default_factory=RoutingPreferences)
+    _routed_model: str = PrivateAttr(default="")
 
     @field_validator("allow_hosters", "deny_hosters")
     @classmethod
@@ -277,17 +322,31 @@ class RoutedRequest(_Open):
                 raise ValueError(f"{item!r} is not a hoster UUID") from None
         return [str(uuid.UUID(item)) for item in value]
 
+    @model_validator(mode="after")
+    def _one_ranking(self) -> RoutedRequest:
+        check_conflicts(given_fields(self.model_fields_set, self.model, self.provider))
+        ours = RoutingPreferences.model_validate(self.model_dump(include=set(OUR_ROUTING_FIELDS)))
+        self._routed_model, self._routing = openrouter_routing(ours, self.model, self.provider, self.models)
+        return self
+
     def routing(self) -> RoutingPreferences:
-        """The routing parameters of this request."""
-        return RoutingPreferences.model_validate(self.model_dump(include=set(ROUTING_FIELDS)))
+        """The routing parameters of this request, from either dialect."""
+        return self._routing
+
+    @property
+    def routed_model(self) -> str:
+        """The model to route: ``model`` without a ``:floor`` / ``:nitro`` suffix."""
+        return self._routed_model
 
 
 class ChatCompletionRequest(RoutedRequest):
-    """``POST /v1/chat/completions`` body: OpenAI's parameters, the ones open models add, and our routing."""
+    """``POST /v1/chat/completions`` body: OpenAI's parameters, the ones open models add, and routing in our
+    dialect or OpenRouter's."""
 
-    model_config = ConfigDict(extra="allow", strict=True, json_schema_extra={"allOf": _CROSS_FIELD_RULES})
+    model_config = ConfigDict(
+        extra="allow", strict=True, json_schema_extra={"allOf": [*_CROSS_FIELD_RULES, *CONFLICT_SCHEMAS]}
+    )
 
-    model: str = Field(min_length=1, max_length=256)
     messages: list[Message] = Field(min_length=1, max_length=4096)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -316,11 +375,11 @@ class ChatCompletionRequest(RoutedRequest):
     @model_validator(mode="after")
     def _consistent(self) -> ChatCompletionRequest:
         if self.stream_options is not None and not self.stream:
-            raise _ParamError("stream_options", "stream_options is only allowed when stream is true")
+            raise ParamError("stream_options", "stream_options is only allowed when stream is true")
         if self.top_logprobs is not None and not self.logprobs:
-            raise _ParamError("top_logprobs", "top_logprobs requires logprobs to be true")
+            raise ParamError("top_logprobs", "top_logprobs requires logprobs to be true")
         if self.tool_choice not in (None, "none") and not self.tools:
-            raise _ParamError("tool_choice", "tool_choice is only allowed when tools are specified")
+            raise ParamError("tool_choice", "tool_choice is only allowed when tools are specified")
         return self
 
 
@@ -342,6 +401,7 @@ _TEXT_RULES: list[JsonValue] = [
         "if": {"required": ["best_of"], "properties": {"best_of": {"type": "integer", "minimum": 2}}},
         "then": {"not": {"required": ["stream"], "properties": {"stream": {"const": True}}}},
     },
+    *CONFLICT_SCHEMAS,
 ]
 
 
@@ -383,9 +443,9 @@ class CompletionRequest(RoutedRequest):
     @model_validator(mode="after")
     def _consistent(self) -> CompletionRequest:
         if self.stream_options is not None and not self.stream:
-            raise _ParamError("stream_options", "stream_options is only allowed when stream is true")
+            raise ParamError("stream_options", "stream_options is only allowed when stream is true")
         if self.best_of is not None and self.best_of > 1 and self.stream:
-            raise _ParamError("best_of", "best_of cannot be used with stream")
+            raise ParamError("best_of", "best_of cannot be used with stream")
         return self
 
 
@@ -397,14 +457,6 @@ class EmbeddingRequest(RoutedRequest):
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: Annotated[int, Field(ge=1, le=65_536), _Whole] | None = None
     user: str | None = Field(None, max_length=512)
-
-
-class _ParamError(ValueError):
-    """A cross-field check that names the parameter at fault."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 def hoster_body(payload: dict[str, Any]) -> dict[str, Any]:
@@ -430,19 +482,32 @@ def param_path(payload: Any, loc: tuple[int | str, ...]) -> str | None:
     return path or None
 
 
-def validation_failure(payload: Any, errors: list[Any]) -> tuple[str, str | None]:
-    """The message and parameter of the first validation error, OpenAI-style."""
+class ValidationFailure(NamedTuple):
+    """A refused request as the client reads it: the message, the parameter at fault and the error code."""
+
+    message: str
+    param: str | None
+    code: str | None = None
+
+
+def validation_failure(payload: Any, errors: list[Any]) -> ValidationFailure:
+    """The message, parameter and code of the first validation error, OpenAI-style."""
     error = errors[0]
     context = error.get("ctx") or {}
     cause = context.get("error")
-    if isinstance(cause, _ParamError):
-        return f"Invalid value for '{cause.param}': {cause}", cause.param
+    if isinstance(cause, ParamError):
+        return ValidationFailure(f"Invalid value for '{cause.param}': {cause}", cause.param, cause.code)
     param = param_path(payload, tuple(error["loc"]))
     if error["type"] == "missing":
         missing = ".".join(str(s) for s in error["loc"] if not isinstance(s, int))
-        return f"Missing required parameter: '{param + '.' if param else ''}{error['loc'][-1]}'.", param or missing
+        message = f"Missing required parameter: '{param + '.' if param else ''}{error['loc'][-1]}'."
+        return ValidationFailure(message, param or missing)
+    if error["type"] == "extra_forbidden":
+        # Only routing objects forbid unknown fields: a wish the gateway cannot honour is refused, not dropped.
+        message = f"Unsupported parameter: '{param}'. This gateway cannot honour it, so it does not ignore it."
+        return ValidationFailure(message, param, UNSUPPORTED)
     message = str(error["msg"]).removeprefix("Value error, ")
-    return (f"Invalid value for '{param}': {message}" if param else message), param
+    return ValidationFailure((f"Invalid value for '{param}': {message}" if param else message), param)
 
 
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:

@@ -35,6 +35,12 @@ def cost_of(prompt_tokens: int, completion_tokens: int, input_price: int, output
     return Cost(hoster + fee, hoster, fee)
 
 
+def client_price(price: int, fee_bps: int) -> int:
+    """What the client pays per million tokens at a hoster's ``price`` (both in micro-credits per million
+    tokens): the price plus the platform fee, rounded up as ``cost_of`` rounds."""
+    return price + _ceil_div(price * fee_bps, BPS)
+
+
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """A rough prompt size (~4 characters a token, a token id one token, at least 1) for reservations and for
     upstreams that report no usage: a chat body's messages, a text completion's ``prompt`` or the ``input``

@@ -10,12 +10,20 @@ from libs.contracts.billing import Caller
 from libs.contracts.common import CHAT, Count, Endpoint, ErrorReport, Price, Usage
 
 Tier = Literal["cheapest", "balanced", "fastest"]
+# How the router orders the eligible hosters: a tier, or ``throughput`` (the highest observed tokens per second
+# first), which only OpenRouter's ``provider.sort`` asks for.
+RankBy = Literal["cheapest", "balanced", "fastest", "throughput"]
 
 
 class RoutingPreferences(BaseModel):
-    """The client's routing parameters (API reference: tier, privacy_mode, trusted_only, ...)."""
+    """The client's routing parameters, in either dialect (ours: API reference; OpenRouter's: ``provider``,
+    ``models`` and the model suffixes, mapped by ``libs.contracts.openrouter``).
 
-    tier: Tier = "balanced"
+    Hosters are named by UUID or, in OpenRouter's fields, by registered name: ``allow_hosters``,
+    ``deny_hosters`` and ``order_hosters`` hold either (the router's ``HosterRefs`` matches them).
+    """
+
+    tier: RankBy = "balanced"
     privacy_mode: bool = False
     trusted_only: bool = False
     max_latency_ms: int | None = None
@@ -24,6 +32,23 @@ class RoutingPreferences(BaseModel):
     deny_hosters: list[str] = Field(default_factory=list)
     # OpenRouter's name: only hosters that support every parameter the request sets are eligible.
     require_parameters: bool = False
+    # ``provider.order``: these hosters are tried first, in this order; with ``allow_fallbacks`` false, only
+    # they (without an order, only the best-ranked hoster of each model).
+    order_hosters: list[str] = Field(default_factory=list)
+    allow_fallbacks: bool = True
+    # ``provider.max_price``: the most the client pays per million tokens, the platform fee included
+    # (micro-credits per million tokens); dearer hosters are not eligible.
+    max_input_price: int | None = None
+    max_output_price: int | None = None
+    # ``provider.quantizations``: only hosters that declared one of these for the model.
+    quantizations: list[str] = Field(default_factory=list)
+    # The field the client named a preference with when it used OpenRouter's (``allow_hosters`` ->
+    # ``provider.only``): a request no hoster can serve is refused in the client's own words.
+    named_as: dict[str, str] = Field(default_factory=dict)
+
+    def label(self, field: str) -> str:
+        """How the client named ``field``."""
+        return self.named_as.get(field, field)
 
 
 class RouteRequest(BaseModel):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.contracts.common import CHAT, Endpoint
-from libs.contracts.hosters import HOSTER_TAG, ModelOffer
+from libs.contracts.hosters import HOSTER_TAG, ModelOffer, Quantization
 from libs.platform.natsauth import creds_jwt, decode_jwt
 from libs.platform.settings import ServiceSettings
 from services.hoster_adapter.profiles import ProfileName
@@ -38,6 +38,9 @@ class HostedModel(BaseModel):
         min_length=1,
         description="the OpenAI endpoints it serves: chat.completions, completions, embeddings",
     )
+    # How the served weights are quantized (OpenRouter's names: "bf16", "fp8", "int4", ...): requests with
+    # ``provider.quantizations`` go only to hosters that declared one of theirs.
+    quantization: Quantization | None = None
 
     def offer(self) -> ModelOffer:
         """The model as announced in heartbeats."""
@@ -49,6 +52,7 @@ class HostedModel(BaseModel):
             context_length=self.context_length,
             capabilities=list(self.capabilities),
             endpoints=list(dict.fromkeys(self.endpoints)),
+            quantization=self.quantization,
         )
 
 

@@ -235,8 +235,8 @@ async def _serve(
     try:
         body = model.model_validate(payload)
     except ValidationError as exc:
-        message, param = validation_failure(payload, exc.errors(include_url=False))
-        return invalid_request(message, param)
+        message, param, code = validation_failure(payload, exc.errors(include_url=False))
+        return invalid_request(message, param, code)
     stream = bool(getattr(body, "stream", False))
     request_id = new_request_id(ID_PREFIXES[endpoint])
     REQUEST_ID.set(request_id)
@@ -286,7 +286,7 @@ async def _complete(
     route = RouteRequest(
         request_id=request_id,
         reply_subject=subjects.reply_subject(gateway.ingress_id, request_id),
-        model=body.model,
+        model=body.routed_model,
         stream=stream,
         include_usage=bool(stream and options is not None and options.include_usage),
         created=int(time.time()),

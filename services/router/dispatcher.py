@@ -233,6 +233,7 @@ class Dispatcher:
                 time.time(),
                 s.retry_after_s,
                 self._probes,
+                s.platform_fee_bps,
             )
         except NoEligibleHoster as exc:
             return RouteRejected(error=exc.report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,8 +12,8 @@ from typing import Any
 from libs.contracts import errors
 from libs.contracts.common import CHAT, Endpoint, ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer, RegisteredHoster
-from libs.contracts.pricing import estimate_prompt_tokens, requested_max_tokens
-from libs.contracts.routing import RoutingPreferences, Tier
+from libs.contracts.pricing import client_price, estimate_prompt_tokens, requested_max_tokens
+from libs.contracts.routing import RankBy, RoutingPreferences
 from services.router.stats import TRUSTED, NetworkStats
 
 AUTO_MODEL = "auto"
@@ -197,6 +198,8 @@ class RequestProfile:
 
 # Time to first token assumed when no candidate has been measured and none promised anything.
 UNKNOWN_TTFT_MS = 1000.0
+# Tokens per second assumed when no candidate has been measured.
+UNKNOWN_TPS = 50.0
 # Differences in time to first token below this do not tell hosters apart (network jitter, not speed).
 LATENCY_FLOOR_MS = 50.0
 # Hosters whose speeds are within this factor of the best count as equal and share the load.
@@ -213,34 +216,92 @@ class Choice:
     price: int
     ttft_ms: float
     trust: float
+    tokens_per_s: float = UNKNOWN_TPS
+
+
+def _median(values: list[float], default: float) -> float:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else default
 
 
 def _choices(candidates: list[Candidate], stats: NetworkStats, profile: RequestProfile, now: float) -> list[Choice]:
     """What the router knows of each candidate. A hoster never measured is assumed as fast as it promised,
-    else as the median of those measured: new hosters get their share of traffic, and so get measured."""
-    measured: list[tuple[Candidate, float | None]] = []
+    else as the median of those measured (its tokens per second too): new hosters get their share of traffic,
+    and so get measured."""
+    measured: list[tuple[Candidate, float | None, float | None]] = []
     for candidate in candidates:
         hoster = stats.of(candidate.hoster.hoster_id, now)
         hoster.advertised_ttft_ms = candidate.hoster.advertised_ttft_ms
         speed = hoster.speed.get(candidate.offer.model)
-        measured.append((candidate, speed.expected_ttft_ms if speed else None))
-    known = sorted(t for _, t in measured if t is not None)
-    typical = known[len(known) // 2] if known else UNKNOWN_TTFT_MS
+        measured.append((candidate, speed.expected_ttft_ms if speed else None, speed.tps_ewma if speed else None))
+    typical_ttft = _median([t for _, t, _ in measured if t is not None], UNKNOWN_TTFT_MS)
+    typical_tps = _median([r for _, _, r in measured if r is not None], UNKNOWN_TPS)
     return [
         Choice(
             candidate,
             profile.prompt_tokens * candidate.offer.input_price + profile.max_tokens * candidate.offer.output_price,
-            ttft if ttft is not None else (candidate.hoster.advertised_ttft_ms or typical),
+            ttft if ttft is not None else (candidate.hoster.advertised_ttft_ms or typical_ttft),
             stats.of(candidate.hoster.hoster_id, now).trust(now),
+            tps if tps is not None else typical_tps,
         )
-        for candidate, ttft in measured
+        for candidate, ttft, tps in measured
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class HosterRefs:
+    """Hosters a client named, in order: by UUID, or by registered name (case-insensitive). A UUID never
+    matches by name, so no hoster passes for another by registering that one's id as its name."""
+
+    ids: dict[str, int]
+    names: dict[str, int]
+
+    @classmethod
+    def of(cls, refs: list[str]) -> HosterRefs:
+        """Each ref at its first position."""
+        ids: dict[str, int] = {}
+        names: dict[str, int] = {}
+        for i, ref in enumerate(refs):
+            try:
+                ids.setdefault(str(uuid.UUID(ref)), i)
+            except ValueError:
+                names.setdefault(ref.casefold(), i)
+        return cls(ids, names)
+
+    def position(self, hoster: HosterStatus) -> int | None:
+        """Where the hoster is first named, or ``None``."""
+        by_id, by_name = self.ids.get(hoster.hoster_id), self.names.get(hoster.name.casefold())
+        return by_id if by_name is None else by_name if by_id is None else min(by_id, by_name)
+
+    def keep(self, c: Choice) -> bool:
+        """Whether the choice's hoster is named."""
+        return self.position(c.candidate.hoster) is not None
+
+
+def _within_price(prefs: RoutingPreferences, fee_bps: int) -> Callable[[Choice], bool] | None:
+    """``provider.max_price``: what the client would pay per million tokens, the fee included, within the caps."""
+    top_in, top_out = prefs.max_input_price, prefs.max_output_price
+    if top_in is None and top_out is None:
+        return None
+
+    def keep(c: Choice) -> bool:
+        offer = c.candidate.offer
+        return (top_in is None or client_price(offer.input_price, fee_bps) <= top_in) and (
+            top_out is None or client_price(offer.output_price, fee_bps) <= top_out
+        )
+
+    return keep
+
+
 def _constraints(
-    prefs: RoutingPreferences, profile: RequestProfile, stats: NetworkStats, now: float, probing_busy: set[str]
+    prefs: RoutingPreferences,
+    profile: RequestProfile,
+    stats: NetworkStats,
+    now: float,
+    probing_busy: set[str],
+    fee_bps: int,
 ) -> list[tuple[str, Callable[[Choice], bool] | None]]:
-    """Each constraint with the words that name it when it excludes every hoster."""
+    """Each constraint with the words that name it (as the client named it) when it excludes every hoster."""
 
     def supports_all(c: Choice) -> bool:
         supported = c.candidate.hoster.supported_parameters
@@ -252,18 +313,32 @@ def _constraints(
             return False
         return not (hoster.probing(now) and c.candidate.hoster.hoster_id in probing_busy)
 
+    denied = HosterRefs.of(prefs.deny_hosters)
+    wanted = set(prefs.quantizations)
     return [
         (
-            "privacy_mode excludes every cloud hoster",
+            f"{prefs.label('privacy_mode')} excludes every cloud hoster",
             (lambda c: not c.candidate.hoster.cloud) if prefs.privacy_mode else None,
         ),
         (
-            "allow_hosters matches no eligible hoster",
-            (lambda c: c.candidate.hoster.hoster_id in prefs.allow_hosters) if prefs.allow_hosters else None,
+            f"{prefs.label('allow_hosters')} matches no eligible hoster",
+            HosterRefs.of(prefs.allow_hosters).keep if prefs.allow_hosters else None,
         ),
         (
-            "deny_hosters excludes every live hoster",
-            (lambda c: c.candidate.hoster.hoster_id not in prefs.deny_hosters) if prefs.deny_hosters else None,
+            f"{prefs.label('deny_hosters')} excludes every live hoster",
+            (lambda c: not denied.keep(c)) if prefs.deny_hosters else None,
+        ),
+        (
+            "provider.order (with allow_fallbacks false) names no eligible hoster",
+            HosterRefs.of(prefs.order_hosters).keep if prefs.order_hosters and not prefs.allow_fallbacks else None,
+        ),
+        (
+            "provider.quantizations: no hoster declared " + " or ".join(prefs.quantizations),
+            (lambda c: (c.candidate.offer.quantization or "unknown") in wanted) if wanted else None,
+        ),
+        (
+            "provider.max_price: every hoster costs more (the platform fee included)",
+            _within_price(prefs, fee_bps),
         ),
         (
             "trusted_only: no hoster has a trust score above 0.8",
@@ -274,7 +349,7 @@ def _constraints(
             (lambda c: c.ttft_ms <= prefs.max_latency_ms) if prefs.max_latency_ms else None,
         ),
         (
-            "require_parameters: no hoster supports every parameter of this request",
+            f"{prefs.label('require_parameters')}: no hoster supports every parameter of this request",
             supports_all if prefs.require_parameters else None,
         ),
         ("every hoster is cooling down after repeated failures", available),
@@ -298,13 +373,15 @@ def _filter(
     return choices, None
 
 
-def _score(tier: Tier, choices: list[Choice]) -> dict[int, float]:
+def _score(tier: RankBy, choices: list[Choice]) -> dict[int, float]:
     """Lower is better; ``balanced`` weighs price 45%, speed 45% and load 10%, price and speed relative to the
-    best candidate (speeds under ``LATENCY_FLOOR_MS`` count as equal)."""
+    best candidate (speeds under ``LATENCY_FLOOR_MS`` count as equal); ``throughput`` is seconds per token."""
     if tier == "cheapest":
         return {id(c): float(c.price) for c in choices}
     if tier == "fastest":
         return {id(c): c.ttft_ms for c in choices}
+    if tier == "throughput":
+        return {id(c): 1.0 / max(c.tokens_per_s, 1e-3) for c in choices}
     cheapest = max(1, min(c.price for c in choices))
     quickest = max(1.0, min(c.ttft_ms for c in choices))
     return {
@@ -315,11 +392,11 @@ def _score(tier: Tier, choices: list[Choice]) -> dict[int, float]:
     }
 
 
-def _rank(tier: Tier, choices: list[Choice]) -> list[Candidate]:
+def _rank(tier: RankBy, choices: list[Choice]) -> list[Candidate]:
     """Best first, with equal hosters sharing the load.
 
-    ``cheapest`` and ``fastest`` put every candidate within reach of the best score (exactly equal prices;
-    speeds within ``NEAR_EQUAL``) first, in random order. ``balanced`` draws the whole order at random,
+    ``cheapest``, ``fastest`` and ``throughput`` put every candidate within reach of the best score (exactly
+    equal prices; speeds within ``NEAR_EQUAL``) first, in random order. ``balanced`` draws the whole order at random,
     each candidate weighted by ``exp(-BALANCE_SHARPNESS * (score / best - 1))``: equal hosters get equal
     shares, one 10% worse about half as much, one twice as bad almost nothing; so a hoster that measured
     slow once still gets the traffic that lets it be measured again.
@@ -349,16 +426,18 @@ def order_candidates(
     wall: float,
     retry_after: int,
     probing_busy: set[str] | None = None,
+    fee_bps: int = 0,
 ) -> list[Candidate]:
     """Every eligible (hoster, model) for the request, in the order to try them.
 
     ``model`` first, then each of ``fallback_models``; ``auto`` pools every live model that fits the request
-    (context length, tools, JSON mode, images) and lets the tier choose. Raises ``NoEligibleHoster``: 404
-    when no model asked for was ever served on the network, 503 naming the constraint that excluded the
-    hosters otherwise.
+    (context length, tools, JSON mode, images) and lets the tier choose. Within each model, the hosters of
+    ``order_hosters`` come first, in that order (``provider.order``). Raises ``NoEligibleHoster``: 404 when no
+    model asked for was ever served on the network, 503 naming the constraint that excluded the hosters
+    otherwise. ``fee_bps`` is the platform fee, which ``provider.max_price`` includes.
     """
     live = registry.live(now)
-    constraints = _constraints(prefs, profile, stats, wall, probing_busy or set())
+    constraints = _constraints(prefs, profile, stats, wall, probing_busy or set(), fee_bps)
     groups: list[tuple[str, list[Candidate]]]
     if model == AUTO_MODEL:
         groups = [("auto", [c for c in live if profile.fits(c.offer)])]
@@ -384,7 +463,7 @@ def order_candidates(
         eligible, reason = _filter(_choices(pairs, stats, profile, wall), constraints)
         if not eligible:
             reasons.append(f"`{name}`: {reason}")
-        ordered += _rank(prefs.tier, eligible)
+        ordered += _put_first(_rank(prefs.tier, eligible), prefs)
     if ordered:
         return ordered
     if elsewhere and len(elsewhere) == len(groups):
@@ -393,6 +472,21 @@ def order_candidates(
     if model != AUTO_MODEL and not any(m in registry.models_seen for m in [model, *prefs.fallback_models]):
         raise NoEligibleHoster(errors.model_not_found(model))
     raise NoEligibleHoster(errors.no_hoster_available(reasons, retry_after))
+
+
+def _put_first(ranked: list[Candidate], prefs: RoutingPreferences) -> list[Candidate]:
+    """``provider.order``: the hosters it names first, in its order, then the others as ranked. With
+    ``allow_fallbacks`` false and no order, only the best-ranked hoster (the constraints already kept only
+    the named ones when there is an order)."""
+    if not prefs.order_hosters:
+        return ranked if prefs.allow_fallbacks else ranked[:1]
+    order = HosterRefs.of(prefs.order_hosters)
+
+    def position(candidate: Candidate) -> int:
+        named = order.position(candidate.hoster)
+        return len(prefs.order_hosters) if named is None else named
+
+    return sorted(ranked, key=position)  # stable: ties keep their ranked order
 
 
 @dataclass(frozen=True, slots=True)

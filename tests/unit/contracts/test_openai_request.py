@@ -13,7 +13,8 @@ BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "
 def failure(payload: dict[str, Any]) -> tuple[str, str | None]:
     with pytest.raises(ValidationError) as info:
         ChatCompletionRequest.model_validate(payload)
-    return validation_failure(payload, info.value.errors(include_url=False))
+    message, param, _ = validation_failure(payload, info.value.errors(include_url=False))
+    return message, param
 
 
 def test_the_hoster_gets_the_clients_own_json_minus_routing_fields() -> None:
