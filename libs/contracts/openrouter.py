@@ -17,11 +17,12 @@ What is accepted: the ``provider`` object (``order``, ``allow_fallbacks``, ``onl
 from __future__ import annotations
 
 import math
+import re
 import uuid
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
 
 from libs.contracts.common import ParamError
 from libs.contracts.hosters import Quantization
@@ -52,6 +53,11 @@ UNSUPPORTED = "unsupported_parameter"
 CONFLICTING = "conflicting_parameters"
 
 
+# A price cap as a decimal string: what OpenRouter's SDKs send (exponents are refused, as the schema says).
+_PRICE_TEXT = r"^[0-9]{1,7}(\.[0-9]{1,20})?$"
+_PRICE_LIMIT = 10_000_000
+
+
 def _price_cap(value: Any) -> Any:
     """A price as OpenRouter's clients send it (a number, or a decimal string) as a ``Decimal``."""
     if isinstance(value, bool):
@@ -60,19 +66,29 @@ def _price_cap(value: Any) -> Any:
         if not math.isfinite(value):
             raise ValueError("a price must be a finite number")
         return Decimal(repr(value))
-    if isinstance(value, (int, str)):
-        try:
-            parsed = Decimal(value)
-        except InvalidOperation:
-            raise ValueError(f"{value!r} is not a number") from None
-        if not parsed.is_finite():
-            raise ValueError("a price must be a finite number")
-        return parsed
+    if isinstance(value, int):
+        return Decimal(value)
+    if isinstance(value, str):
+        if re.fullmatch(_PRICE_TEXT, value) is None:
+            raise ValueError(f'{value!r} is not a price: write a decimal number such as "0.25"')
+        return Decimal(value)
     return value
 
 
-# USD (taken as credits) per million tokens, at most a million: OpenRouter's unit for ``max_price``.
-PriceCap = Annotated[Decimal, BeforeValidator(_price_cap), Field(ge=0, le=1_000_000)]
+# USD per million tokens (taken as credits), OpenRouter's unit for ``max_price``: a number or a decimal string.
+PriceCap = Annotated[
+    Decimal,
+    BeforeValidator(_price_cap),
+    Field(ge=0, lt=_PRICE_LIMIT),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "exclusiveMaximum": _PRICE_LIMIT},
+                {"type": "string", "pattern": _PRICE_TEXT},
+            ]
+        }
+    ),
+]
 HosterRef = Annotated[str, Field(min_length=1, max_length=256)]
 
 
