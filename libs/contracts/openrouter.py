@@ -3,13 +3,16 @@
 What is accepted: the ``provider`` object (``order``, ``allow_fallbacks``, ``only``, ``ignore``, ``sort``,
 ``max_price``, ``require_parameters``, ``data_collection``, ``quantizations``, and ``zdr`` /
 ``enforce_distillable_text`` when false), the ``models`` fallback list, ``route: "fallback"``, and the
-``:floor`` / ``:nitro`` suffixes of ``model``. Two rules:
+``:floor`` / ``:nitro`` suffixes of ``model``. When both dialects are used:
 
-- A routing wish is given in one dialect only. ``tier``, ``provider.sort`` and a model suffix all rank hosters;
-  ``fallback_models`` and ``models`` both list fallbacks; ``allow_hosters`` / ``provider.only``,
-  ``deny_hosters`` / ``provider.ignore``, ``require_parameters`` / ``provider.require_parameters`` and
-  ``privacy_mode`` / ``provider.data_collection`` say the same thing. Giving both of a pair is a 400 naming
-  both, whatever the values (``CONFLICTS``; the OpenAPI document carries the same rules).
+- Filters from both apply, each only narrowing the choice: a hoster must be in ``allow_hosters`` and in
+  ``provider.only``, in neither ``deny_hosters`` nor ``provider.ignore``; ``privacy_mode`` or
+  ``provider.data_collection: "deny"`` keeps cloud hosters out, ``require_parameters`` or
+  ``provider.require_parameters`` requires every parameter.
+- Fallback lists add up: ``models`` first, then ``fallback_models``, each model once.
+- A ranking cannot be merged: ``tier``, ``provider.sort`` and a model suffix each rank the hosters. Giving
+  two of them is a 400 naming both, whatever the values (``CONFLICTS``; the OpenAPI document carries the
+  same rules).
 - A field or value the gateway cannot honour is a 400 naming it (``provider.zdr: true``, ``provider.foo``,
   ``provider.max_price.image``), never dropped.
 """
@@ -157,42 +160,42 @@ class ProviderPreferences(BaseModel):
     ] = Field(None, json_schema_extra=_ONLY_FALSE)
 
 
-def _our(field: str) -> dict[str, JsonValue]:
+def _given(field: str) -> dict[str, JsonValue]:
+    """JSON Schema matching a body that gives ``field`` (present, even as null)."""
+    if field == "model":
+        return {"required": ["model"], "properties": {"model": {"type": "string", "pattern": _SUFFIX_PATTERN}}}
+    if field.startswith("provider."):
+        inner = field.removeprefix("provider.")
+        return {"required": ["provider"], "properties": {"provider": {"type": "object", "required": [inner]}}}
     return {"required": [field]}
 
 
-def _theirs(field: str) -> dict[str, JsonValue]:
-    return {
-        "required": ["provider"],
-        "properties": {
-            "provider": {"type": "object", "required": [field], "properties": {field: {"not": {"type": "null"}}}}
-        },
-    }
+def _absent(field: str) -> dict[str, JsonValue]:
+    """JSON Schema matching a body without ``field`` (never the model suffix: see ``_conflict_schemas``)."""
+    if field.startswith("provider."):
+        return {"properties": {"provider": {"properties": {field.removeprefix("provider."): False}}}}
+    return {"properties": {field: False}}
 
 
-# How a body gives each field that has a counterpart in the other dialect (JSON Schema).
-_GIVEN: dict[str, dict[str, JsonValue]] = {
-    **{field: _our(field) for field in ("tier", "fallback_models", "allow_hosters", "deny_hosters")},
-    **{field: _our(field) for field in ("require_parameters", "privacy_mode", "models")},
-    **{
-        f"provider.{field}": _theirs(field)
-        for field in ("sort", "only", "ignore", "require_parameters", "data_collection")
-    },
-    "model": {"required": ["model"], "properties": {"model": {"type": "string", "pattern": _SUFFIX_PATTERN}}},
-}
-# Pairs that say the same thing in the two dialects (the second is the one named as ``param``), and what.
-CONFLICTS: tuple[tuple[str, str, str], ...] = (
-    ("tier", "provider.sort", "how hosters are ranked"),
-    ("tier", "model", "how hosters are ranked"),
-    ("provider.sort", "model", "how hosters are ranked"),
-    ("fallback_models", "models", "the fallback models"),
-    ("allow_hosters", "provider.only", "which hosters may serve"),
-    ("deny_hosters", "provider.ignore", "which hosters may not serve"),
-    ("require_parameters", "provider.require_parameters", "whether hosters must take every parameter"),
-    ("privacy_mode", "provider.data_collection", "whether cloud hosters may serve"),
-)
+# Pairs of fields that each rank the hosters (the second is the one named as ``param``).
+CONFLICTS: tuple[tuple[str, str], ...] = (("tier", "provider.sort"), ("tier", "model"), ("provider.sort", "model"))
+
+
+def _conflict_schemas() -> list[JsonValue]:
+    """``CONFLICTS`` as ``if``/``then`` rules, one per field on the ``if`` side, ``then`` holding the other
+    fields ``false`` (a model suffix is only ever on the ``if`` side). No ``not``, and as few rules as can
+    be: schemathesis expands each conditional into two alternatives and gives up on a schema past 32 of them
+    (OpenAI's three cross-field rules already make 8), which is also why fallback lists add up rather than
+    conflict."""
+    absent: dict[str, list[JsonValue]] = {}
+    for ours, theirs in CONFLICTS:
+        first, second = (theirs, ours) if theirs == "model" else (ours, theirs)
+        absent.setdefault(first, []).append(_absent(second))
+    return [{"if": _given(first), "then": {"allOf": rules}} for first, rules in absent.items()]
+
+
 # The same rules for the OpenAPI document: no body may give both fields of a pair.
-CONFLICT_SCHEMAS: list[JsonValue] = [{"not": {"allOf": [_GIVEN[a], _GIVEN[b]]}} for a, b, _ in CONFLICTS]
+CONFLICT_SCHEMAS = _conflict_schemas()
 
 
 def _label(field: str) -> str:
@@ -200,23 +203,24 @@ def _label(field: str) -> str:
 
 
 def given_fields(fields_set: set[str], model: str, provider: ProviderPreferences | None) -> set[str]:
-    """The fields of ``CONFLICTS`` this body gives (a ``provider`` field set to null is not given)."""
-    given = {field for field in _GIVEN if "." not in field and field != "model" and field in fields_set}
+    """The fields of ``CONFLICTS`` this body gives: present, even as null (as the OpenAPI rules read them)."""
+    ours = {field for pair in CONFLICTS for field in pair if field != "model" and "." not in field}
+    given = ours & fields_set
     if split_model(model)[1] is not None:
         given.add("model")
     if provider is not None:
-        given |= {f"provider.{name}" for name, value in provider if value is not None}
+        given |= {f"provider.{name}" for name in provider.model_fields_set}
     return given
 
 
 def check_conflicts(given: set[str]) -> None:
     """Raise ``ParamError`` (400 ``conflicting_parameters``) for the first pair given in both dialects."""
-    for ours, theirs, what in CONFLICTS:
+    for ours, theirs in CONFLICTS:
         if ours in given and theirs in given:
             raise ParamError(
                 theirs,
-                f"{_label(ours)} and {_label(theirs)} both set {what}: give one of them. The two routing "
-                "dialects may be mixed, but not for the same thing.",
+                f"{_label(ours)} and {_label(theirs)} both rank the hosters: give one of them. The two routing "
+                "dialects may be mixed, but one ranking cannot be merged with another.",
                 CONFLICTING,
             )
 
@@ -250,40 +254,40 @@ def openrouter_routing(
     ours: RoutingPreferences, model: str, provider: ProviderPreferences | None, models: list[str] | None
 ) -> tuple[str, RoutingPreferences]:
     """The model to route (suffix removed) and the routing preferences, ours completed with OpenRouter's.
-    ``check_conflicts`` has run: no preference is given in both dialects."""
+    ``check_conflicts`` has run: the hosters are ranked by one field at most."""
     routed, suffix_rank = split_model(model)
     update: dict[str, Any] = {}
     named: dict[str, str] = {}
     if suffix_rank is not None:
         update["tier"] = suffix_rank
     if models:
-        update["fallback_models"] = list(dict.fromkeys(m for m in models if m != routed))
+        listed = [*models, *ours.fallback_models]
+        update["fallback_models"] = list(dict.fromkeys(m for m in listed if m != routed))
     if provider is not None:
-        update |= _provider_update(provider, named)
+        update |= _provider_update(provider, ours, named)
     update["named_as"] = named
     return routed, ours.model_copy(update=update)
 
 
-def _provider_update(provider: ProviderPreferences, named: dict[str, str]) -> dict[str, Any]:
-    """The ``RoutingPreferences`` fields ``provider`` sets; ``named`` learns which ones it named."""
+def _provider_update(provider: ProviderPreferences, ours: RoutingPreferences, named: dict[str, str]) -> dict[str, Any]:
+    """The ``RoutingPreferences`` fields ``provider`` sets, ``ours`` kept where both restrict the same thing;
+    ``named`` learns the restrictions only OpenRouter's field asked for."""
     update: dict[str, Any] = {}
     if provider.sort is not None:
         update["tier"] = SORT_RANKS[provider.sort]
     if provider.only is not None:
-        update["allow_hosters"] = _refs(provider.only)
-        named["allow_hosters"] = "provider.only"
+        update["only_hosters"] = _refs(provider.only)
     if provider.ignore is not None:
-        update["deny_hosters"] = _refs(provider.ignore)
-        named["deny_hosters"] = "provider.ignore"
+        update["ignore_hosters"] = _refs(provider.ignore)
     if provider.order:
         update["order_hosters"] = _refs(provider.order)
     if provider.allow_fallbacks is not None:
         update["allow_fallbacks"] = provider.allow_fallbacks
-    if provider.require_parameters is not None:
-        update["require_parameters"] = provider.require_parameters
+    if provider.require_parameters and not ours.require_parameters:
+        update["require_parameters"] = True
         named["require_parameters"] = "provider.require_parameters"
-    if provider.data_collection is not None:
-        update["privacy_mode"] = provider.data_collection == "deny"
+    if provider.data_collection == "deny" and not ours.privacy_mode:
+        update["privacy_mode"] = True
         named["privacy_mode"] = 'provider.data_collection "deny"'
     if provider.max_price is not None:
         update["max_input_price"] = _micro(provider.max_price.prompt)

@@ -19,8 +19,9 @@ class RoutingPreferences(BaseModel):
     """The client's routing parameters, in either dialect (ours: API reference; OpenRouter's: ``provider``,
     ``models`` and the model suffixes, mapped by ``libs.contracts.openrouter``).
 
-    Hosters are named by UUID or, in OpenRouter's fields, by registered name: ``allow_hosters``,
-    ``deny_hosters`` and ``order_hosters`` hold either (the router's ``HosterRefs`` matches them).
+    Hosters are named by UUID (``allow_hosters``, ``deny_hosters``) or, in OpenRouter's fields, by UUID or
+    registered name (``only_hosters``, ``ignore_hosters``, ``order_hosters``; the router's ``HosterRefs``
+    matches them). Every filter given applies: a hoster must pass ours and OpenRouter's.
     """
 
     tier: RankBy = "balanced"
@@ -32,6 +33,9 @@ class RoutingPreferences(BaseModel):
     deny_hosters: list[str] = Field(default_factory=list)
     # OpenRouter's name: only hosters that support every parameter the request sets are eligible.
     require_parameters: bool = False
+    # ``provider.only`` / ``provider.ignore``.
+    only_hosters: list[str] = Field(default_factory=list)
+    ignore_hosters: list[str] = Field(default_factory=list)
     # ``provider.order``: these hosters are tried first, in this order; with ``allow_fallbacks`` false, only
     # they (without an order, only the best-ranked hoster of each model).
     order_hosters: list[str] = Field(default_factory=list)
@@ -42,8 +46,8 @@ class RoutingPreferences(BaseModel):
     max_output_price: int | None = None
     # ``provider.quantizations``: only hosters that declared one of these for the model.
     quantizations: list[str] = Field(default_factory=list)
-    # The field the client named a preference with when it used OpenRouter's (``allow_hosters`` ->
-    # ``provider.only``): a request no hoster can serve is refused in the client's own words.
+    # The field the client named a restriction with when only OpenRouter's asked for it (``privacy_mode`` ->
+    # ``provider.data_collection "deny"``): a request no hoster can serve is refused in the client's words.
     named_as: dict[str, str] = Field(default_factory=dict)
 
     def label(self, field: str) -> str:

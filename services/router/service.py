@@ -313,7 +313,7 @@ def _constraints(
             return False
         return not (hoster.probing(now) and c.candidate.hoster.hoster_id in probing_busy)
 
-    denied = HosterRefs.of(prefs.deny_hosters)
+    denied, ignored = HosterRefs.of(prefs.deny_hosters), HosterRefs.of(prefs.ignore_hosters)
     wanted = set(prefs.quantizations)
     return [
         (
@@ -321,12 +321,20 @@ def _constraints(
             (lambda c: not c.candidate.hoster.cloud) if prefs.privacy_mode else None,
         ),
         (
-            f"{prefs.label('allow_hosters')} matches no eligible hoster",
+            "allow_hosters matches no eligible hoster",
             HosterRefs.of(prefs.allow_hosters).keep if prefs.allow_hosters else None,
         ),
         (
-            f"{prefs.label('deny_hosters')} excludes every live hoster",
+            "provider.only matches no eligible hoster",
+            HosterRefs.of(prefs.only_hosters).keep if prefs.only_hosters else None,
+        ),
+        (
+            "deny_hosters excludes every live hoster",
             (lambda c: not denied.keep(c)) if prefs.deny_hosters else None,
+        ),
+        (
+            "provider.ignore excludes every live hoster",
+            (lambda c: not ignored.keep(c)) if prefs.ignore_hosters else None,
         ),
         (
             "provider.order (with allow_fallbacks false) names no eligible hoster",

@@ -49,16 +49,16 @@ def test_each_provider_field_maps_onto_the_routers_preferences() -> None:
     prefs = request.routing()
     assert prefs.order_hosters == ["Fast-Box", HOSTER]  # UUIDs in canonical form, names as given
     assert prefs.allow_fallbacks is False
-    assert prefs.allow_hosters == ["fast-box", "cheap"]
-    assert prefs.deny_hosters == ["cloud"]
+    assert prefs.only_hosters == ["fast-box", "cheap"]
+    assert prefs.ignore_hosters == ["cloud"]
     assert prefs.tier == "cheapest"
     assert (prefs.max_input_price, prefs.max_output_price) == (100_000, 2_000_000)  # micro-credits per million
     assert prefs.require_parameters is True
     assert prefs.privacy_mode is True
     assert prefs.quantizations == ["bf16", "fp8"]
     # A request no hoster can serve is refused in the client's own words.
-    assert prefs.label("allow_hosters") == "provider.only"
     assert prefs.label("privacy_mode") == 'provider.data_collection "deny"'
+    assert prefs.label("require_parameters") == "provider.require_parameters"
     assert prefs.label("trusted_only") == "trusted_only"
 
 
@@ -72,12 +72,35 @@ def test_provider_sort_ranks_as_a_tier(sort: str, tier: str) -> None:
 def test_data_collection_allow_is_the_default_and_ours_still_work_alongside() -> None:
     request = accepted(provider={"data_collection": "allow", "only": ["cheap"]}, tier="fastest", trusted_only=True)
     prefs = request.routing()
-    assert (prefs.privacy_mode, prefs.tier, prefs.trusted_only, prefs.allow_hosters) == (
+    assert (prefs.privacy_mode, prefs.tier, prefs.trusted_only, prefs.only_hosters) == (
         False,
         "fastest",
         True,
         ["cheap"],
     )
+
+
+def test_filters_from_both_dialects_all_apply() -> None:
+    prefs = accepted(
+        allow_hosters=[HOSTER],
+        deny_hosters=[HOSTER],
+        privacy_mode=False,
+        require_parameters=True,
+        provider={"only": ["cheap"], "ignore": ["cloud"], "data_collection": "deny", "require_parameters": False},
+    ).routing()
+    assert (prefs.allow_hosters, prefs.only_hosters) == ([HOSTER], ["cheap"])  # a hoster must be in both
+    assert (prefs.deny_hosters, prefs.ignore_hosters) == ([HOSTER], ["cloud"])  # and in neither
+    assert prefs.privacy_mode is True  # either asks: no cloud hoster
+    assert prefs.require_parameters is True  # `false` asks for nothing: ours still requires them
+    # Asked by ours, the refusal names ours.
+    assert accepted(privacy_mode=True, provider={"data_collection": "deny"}).routing().label("privacy_mode") == (
+        "privacy_mode"
+    )
+
+
+def test_fallback_lists_add_up_openrouters_first() -> None:
+    prefs = accepted(models=["m", "x", "y"], fallback_models=["y", "z", "m"]).routing()
+    assert prefs.fallback_models == ["x", "y", "z"]
 
 
 @pytest.mark.parametrize(
@@ -123,26 +146,15 @@ CONFLICTING_BODIES: list[tuple[dict[str, Any], str, str]] = [
     ({"tier": "cheapest", "provider": {"sort": "price"}}, "tier", "provider.sort"),
     ({"tier": "balanced", "model": "m:nitro"}, "tier", "model"),
     ({"provider": {"sort": "latency"}, "model": "m:floor"}, "provider.sort", "model"),
-    ({"fallback_models": ["x"], "models": ["x"]}, "fallback_models", "models"),
-    ({"allow_hosters": [HOSTER], "provider": {"only": [HOSTER]}}, "allow_hosters", "provider.only"),
-    ({"deny_hosters": [HOSTER], "provider": {"ignore": ["cloud"]}}, "deny_hosters", "provider.ignore"),
-    (
-        {"require_parameters": True, "provider": {"require_parameters": True}},
-        "require_parameters",
-        "provider.require_parameters",
-    ),
-    ({"privacy_mode": True, "provider": {"data_collection": "deny"}}, "privacy_mode", "provider.data_collection"),
 ]
 
 
 def test_every_conflict_rule_is_tested() -> None:
-    assert {(ours, theirs) for ours, theirs, _ in CONFLICTS} == {(o, t) for _, o, t in CONFLICTING_BODIES}
+    assert set(CONFLICTS) == {(o, t) for _, o, t in CONFLICTING_BODIES}
 
 
 @pytest.mark.parametrize(("body", "ours", "theirs"), CONFLICTING_BODIES)
-def test_a_preference_given_in_both_dialects_is_a_400_naming_both_whatever_the_values(
-    body: dict[str, Any], ours: str, theirs: str
-) -> None:
+def test_two_rankings_are_a_400_naming_both_whatever_the_values(body: dict[str, Any], ours: str, theirs: str) -> None:
     failure = refused(**body)
     assert failure.param == theirs
     assert failure.code == "conflicting_parameters"
@@ -152,8 +164,9 @@ def test_a_preference_given_in_both_dialects_is_a_400_naming_both_whatever_the_v
     assert not SCHEMA.is_valid(BASE | body)
 
 
-def test_a_provider_field_set_to_null_is_not_given() -> None:
-    assert accepted(tier="fastest", provider={"sort": None}).routing().tier == "fastest"
+def test_a_field_given_as_null_is_given_as_the_openapi_rules_read_it() -> None:
+    assert refused(tier="fastest", provider={"sort": None}).param == "provider.sort"
+    assert accepted(tier="fastest", provider={"only": None}).routing().tier == "fastest"
 
 
 @pytest.mark.parametrize(

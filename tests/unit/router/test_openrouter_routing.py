@@ -170,9 +170,17 @@ def test_models_fail_over_to_the_next_model_in_order() -> None:
     assert route(model="never-served:floor", models=["m"]) == ["cloud", "Cheap-Box", "slow", "fast"]
 
 
-def test_our_dialect_and_openrouters_combine_for_different_things() -> None:
+def test_our_dialect_and_openrouters_combine_every_filter_applying() -> None:
     tried = Counter(
         tuple(route(provider={"only": ["fast", "slow", "cloud"], "order": ["slow"]}, privacy_mode=True))
         for _ in range(20)
     )
     assert set(tried) == {("slow", "fast")}
+    # A hoster must be in allow_hosters and in provider.only, in neither deny_hosters nor provider.ignore.
+    assert route(allow_hosters=[CHEAP, FAST, SLOW], provider={"only": ["fast", "cloud", "slow"], "sort": "price"}) == [
+        "slow",
+        "fast",
+    ]
+    assert route(deny_hosters=[CHEAP], provider={"ignore": ["slow"], "sort": "price"}) == ["cloud", "fast"]
+    message = refusal(allow_hosters=[CHEAP], provider={"only": ["fast"]})
+    assert message.endswith("provider.only matches no eligible hoster (after allow_hosters)")
