@@ -8,7 +8,14 @@ import jsonschema
 import pytest
 from pydantic import ValidationError
 
-from libs.contracts.openai import ChatCompletionRequest, ValidationFailure, hoster_body, validation_failure
+from libs.contracts.openai import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+    ValidationFailure,
+    hoster_body,
+    validation_failure,
+)
 from libs.contracts.openrouter import CONFLICTS
 
 BASE: dict[str, Any] = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -218,3 +225,27 @@ def test_max_price_takes_numbers_and_decimal_strings_rounding_down_to_the_micro_
 
 def test_route_other_than_fallback_is_refused() -> None:
     assert refused(route="sort").param == "route"
+
+
+@pytest.mark.parametrize(
+    ("request_type", "body"),
+    [(CompletionRequest, {"prompt": "Once upon"}), (EmbeddingRequest, {"input": "embed me"})],
+)
+def test_every_routed_endpoint_takes_the_dialect_and_its_rule(
+    request_type: type[CompletionRequest | EmbeddingRequest], body: dict[str, Any]
+) -> None:
+    schema = jsonschema.Draft202012Validator(request_type.model_json_schema())
+    payload = {"model": "m:floor", "provider": {"only": ["cheap"], "zdr": False}, **body}
+    assert schema.is_valid(payload)
+    request = request_type.model_validate(payload)
+    assert (request.routed_model, request.routing().tier, request.routing().only_hosters) == (
+        "m",
+        "cheapest",
+        ["cheap"],
+    )
+    assert hoster_body(payload) == {"model": "m:floor", **body}
+    conflict = payload | {"tier": "fastest"}
+    assert not schema.is_valid(conflict)
+    with pytest.raises(ValidationError) as info:
+        request_type.model_validate(conflict)
+    assert validation_failure(conflict, info.value.errors(include_url=False)).param == "model"
