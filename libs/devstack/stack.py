@@ -425,9 +425,10 @@ class Stack:
         credentials, as a GPU owner's box would); its hoster id."""
         creds = self.creds_dir / f"{agent.name}.creds"
         identity = self.config.workdir / f"{agent.name}.hoster.json"
-        if creds.exists() and identity.exists():
-            known = json.loads(identity.read_text())
-            agent.hoster_id, agent.console_token = known["id"], known.get("console_token", "")
+        known = json.loads(identity.read_text()) if creds.exists() and identity.exists() else {}
+        # A registration from before hosters had console tokens has none to print: register the agent anew.
+        if known.get("console_token"):
+            agent.hoster_id, agent.console_token = known["id"], known["console_token"]
             return agent.hoster_id
         creds.unlink(missing_ok=True)
         args = ["hoster", "register", "--name", agent.name, "--creds", str(creds)]
