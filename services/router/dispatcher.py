@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
 import orjson
 from faststream.nats import NatsBroker
@@ -22,11 +21,10 @@ from libs.contracts.billing import (
     ReservationsAlive,
     ReserveCredits,
     Reserved,
-    attempt_billable,
 )
 from libs.contracts.common import ErrorReport, Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
-from libs.contracts.pricing import UsageBounds, cost_of, requested_max_tokens
+from libs.contracts.pricing import UsageBounds, requested_max_tokens
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptDispatch,
@@ -42,12 +40,19 @@ from libs.platform.broker import publish_durably
 from libs.platform.metrics import ATTEMPTS, HOSTER_FAILURES, IN_FLIGHT
 from libs.platform.telemetry import REQUEST_ID, inject_headers
 from services.router.service import (
+    MAX_ATTEMPTS,
     Candidate,
     FirstByteBudget,
     HosterRegistry,
+    InFlight,
     NoEligibleHoster,
     RequestProfile,
+    bill_attempt,
+    billable,
+    can_fail_over,
     first_byte_deadline_ms,
+    hold_to_text,
+    max_cost,
     order_candidates,
     prefer_healthy,
 )
@@ -55,58 +60,8 @@ from services.router.settings import RouterSettings
 from services.router.stats import NetworkStats
 
 _ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
-# Attempts a request gets, each on a different hoster; its reservation covers the dearest of them.
-MAX_ATTEMPTS = 3
 # How long a route_timeout is remembered for a request this router may still be routing.
 ABANDONED_TTL_S = 60.0
-
-
-def max_cost(candidates: list[Candidate], bounds: UsageBounds, fee_bps: int) -> int:
-    """The most a request can cost at the dearest of ``candidates``: every token its usage bounds allow (the
-    prompt's whole body, every part and tool included; the completion limit times ``n``). A charge is held to
-    the same bounds, so it never exceeds this."""
-    return max(
-        cost_of(bounds.prompt, bounds.completion, c.offer.input_price, c.offer.output_price, fee_bps).client
-        for c in candidates
-    )
-
-
-@dataclass(slots=True)
-class InFlight:
-    """A request this router dispatched and has not yet heard the end of."""
-
-    route: RouteRequest
-    queue: list[Candidate]
-    candidate: Candidate
-    adapter_id: str
-    attempt: int
-    prompt_tokens: int
-    first_byte_deadline_ms: float | None
-    started: float
-    bounds: UsageBounds
-    billed: list[BilledAttempt] = field(default_factory=list)
-    # Each billed attempt's usage as its hoster reported it, for the relayed-text bound applied at the end.
-    reported: dict[int, Usage] = field(default_factory=dict)
-    cancelled: bool = False
-    # The ingress answered the client before it heard the route (``route_timeout``): nothing is charged.
-    unbilled: bool = False
-
-
-def billable(event: AttemptFinished) -> bool:
-    """Whether the client pays for an attempt (``attempt_billable``, billing's rule)."""
-    return attempt_billable(event.outcome, event.stream, event.chunks_sent)
-
-
-def can_fail_over(event: AttemptFinished, flight: InFlight) -> bool:
-    """A failed attempt is retried elsewhere unless the client left, a stream already sent it something, or
-    the request used its attempts."""
-    return (
-        event.outcome == "failed"
-        and not event.client_error
-        and not flight.cancelled
-        and (not event.stream or event.chunks_sent == 0)
-        and flight.attempt < MAX_ATTEMPTS
-    )
 
 
 class Dispatcher:
@@ -490,28 +445,20 @@ class Dispatcher:
             )
 
     def _billed(self, flight: InFlight, event: AttemptFinished) -> BilledAttempt:
-        """The attempt as billing charges it: the hoster's reported usage held to the request's bounds. A
-        report past them lowers the hoster's trust and is written on the request's routing record."""
-        reported = event.usage
-        flight.reported[event.attempt] = reported
-        prompt, completion, discrepancy = flight.bounds.bound(reported.prompt_tokens, reported.completion_tokens)
-        if discrepancy is not None:
-            self._log.warning("usage past its bounds", extra={"hoster_id": event.hoster_id, "why": discrepancy})
-            self.stats.of(event.hoster_id, time.time()).observe_discrepancy()
-            self.stats.dirty.add(event.hoster_id)
-        return BilledAttempt(
-            attempt=event.attempt,
-            hoster_id=event.hoster_id,
-            usage=Usage(
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                total_tokens=prompt + completion,
-                estimated=reported.estimated,
-            ),
-            input_price=event.input_price,
-            output_price=event.output_price,
-            usage_discrepancy=discrepancy,
-        )
+        """The attempt as billing charges it (``bill_attempt``); a report past the bounds lowers the hoster's
+        trust."""
+        flight.reported[event.attempt] = event.usage
+        billed = bill_attempt(flight.bounds, event)
+        if billed.usage_discrepancy is not None:
+            self._log.warning(
+                "usage past its bounds", extra={"hoster_id": event.hoster_id, "why": billed.usage_discrepancy}
+            )
+            self._observe_discrepancy(event.hoster_id)
+        return billed
+
+    def _observe_discrepancy(self, hoster_id: str) -> None:
+        self.stats.of(hoster_id, time.time()).observe_discrepancy()
+        self.stats.dirty.add(hoster_id)
 
     async def _fail_over(self, flight: InFlight) -> bool:
         """Start the next attempt on another hoster."""
@@ -607,23 +554,11 @@ class Dispatcher:
         self._finish(flight.route, model, outcome, self._held_to_text(flight, note))
 
     def _held_to_text(self, flight: InFlight, note: RequestDelivered) -> list[BilledAttempt]:
-        """The billed attempts, the one that delivered held also to the text the client received."""
-        billed = list(flight.billed)
-        last = billed[-1] if billed else None
-        reported = flight.reported.get(last.attempt) if last is not None else None
-        if last is None or last.attempt != note.attempt or reported is None:
-            return billed
-        bounds = flight.bounds.with_text(note.text_bytes, note.choices)
-        prompt, completion, discrepancy = bounds.bound(reported.prompt_tokens, reported.completion_tokens)
-        if (prompt, completion) == (last.usage.prompt_tokens, last.usage.completion_tokens):
-            return billed
-        if last.usage_discrepancy is None:
-            self.stats.of(last.hoster_id, time.time()).observe_discrepancy()
-            self.stats.dirty.add(last.hoster_id)
-        why = f"{discrepancy}; {note.text_bytes} bytes of text reached the client"
-        usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                      estimated=last.usage.estimated)  # fmt: skip
-        billed[-1] = last.model_copy(update={"usage": usage, "usage_discrepancy": why})
+        """The billed attempts held to the text the client received (``hold_to_text``); a hoster caught by
+        that bound alone loses trust as for any other discrepancy."""
+        billed, caught = hold_to_text(flight, note)
+        if caught is not None:
+            self._observe_discrepancy(caught)
         return billed
 
     def _finish(self, route: RouteRequest, model: str, outcome: AttemptOutcome, attempts: list[BilledAttempt]) -> None:

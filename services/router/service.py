@@ -1,4 +1,5 @@
-"""The router's domain: the registry of live hosters and the choice of one for a request. No I/O here."""
+"""The router's domain: the registry of live hosters, the choice of one for a request, and the rules of a
+request's lifecycle (what it reserves, when it fails over, what each attempt is billed). No I/O here."""
 
 from __future__ import annotations
 
@@ -10,10 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libs.contracts import errors
-from libs.contracts.common import CHAT, Endpoint, ErrorReport
+from libs.contracts.billing import BilledAttempt, attempt_billable
+from libs.contracts.common import CHAT, Endpoint, ErrorReport, Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer, RegisteredHoster
-from libs.contracts.pricing import client_price, estimate_prompt_tokens, requested_max_tokens
-from libs.contracts.routing import RankBy, RoutingPreferences
+from libs.contracts.pricing import (
+    UsageBounds,
+    client_price,
+    cost_of,
+    estimate_prompt_tokens,
+    requested_max_tokens,
+)
+from libs.contracts.routing import AttemptFinished, RankBy, RequestDelivered, RouteRequest, RoutingPreferences
 from services.router.stats import TRUSTED, NetworkStats
 
 AUTO_MODEL = "auto"
@@ -541,3 +549,97 @@ def prefer_healthy(queue: list[Candidate], stats: NetworkStats, now: float) -> N
         return hoster.cooling(now), hoster.consecutive_failures > 0, "ok" not in hoster.outcomes
 
     queue.sort(key=health)
+
+
+# The request lifecycle's rules, pure: the dispatcher applies them to the messages it hears. ------------------
+
+# Attempts a request gets, each on a different hoster; its reservation covers the dearest of them.
+MAX_ATTEMPTS = 3
+
+
+def max_cost(candidates: list[Candidate], bounds: UsageBounds, fee_bps: int) -> int:
+    """The most a request can cost at the dearest of ``candidates``: every token its usage bounds allow (the
+    prompt's whole body, every part and tool included; the completion limit times ``n``). A charge is held to
+    the same bounds, so it never exceeds this."""
+    return max(
+        cost_of(bounds.prompt, bounds.completion, c.offer.input_price, c.offer.output_price, fee_bps).client
+        for c in candidates
+    )
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A request this router dispatched and has not yet heard the end of."""
+
+    route: RouteRequest
+    queue: list[Candidate]
+    candidate: Candidate
+    adapter_id: str
+    attempt: int
+    prompt_tokens: int
+    first_byte_deadline_ms: float | None
+    started: float
+    bounds: UsageBounds
+    billed: list[BilledAttempt] = field(default_factory=list)
+    # Each billed attempt's usage as its hoster reported it, for the relayed-text bound applied at the end.
+    reported: dict[int, Usage] = field(default_factory=dict)
+    cancelled: bool = False
+    # The ingress answered the client before it heard the route (``route_timeout``): nothing is charged.
+    unbilled: bool = False
+
+
+def billable(event: AttemptFinished) -> bool:
+    """Whether the client pays for an attempt (``attempt_billable``, billing's rule)."""
+    return attempt_billable(event.outcome, event.stream, event.chunks_sent)
+
+
+def can_fail_over(event: AttemptFinished, flight: InFlight) -> bool:
+    """A failed attempt is retried elsewhere unless the client left, a stream already sent it something, or
+    the request used its attempts."""
+    return (
+        event.outcome == "failed"
+        and not event.client_error
+        and not flight.cancelled
+        and (not event.stream or event.chunks_sent == 0)
+        and flight.attempt < MAX_ATTEMPTS
+    )
+
+
+def bill_attempt(bounds: UsageBounds, event: AttemptFinished) -> BilledAttempt:
+    """The attempt as billing charges it: the hoster's reported usage held to the request's bounds, with what
+    was wrong with the report (``usage_discrepancy``) when it broke them."""
+    reported = event.usage
+    prompt, completion, discrepancy = bounds.bound(reported.prompt_tokens, reported.completion_tokens)
+    return BilledAttempt(
+        attempt=event.attempt,
+        hoster_id=event.hoster_id,
+        usage=Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            total_tokens=prompt + completion,
+            estimated=reported.estimated,
+        ),
+        input_price=event.input_price,
+        output_price=event.output_price,
+        usage_discrepancy=discrepancy,
+    )
+
+
+def hold_to_text(flight: InFlight, note: RequestDelivered) -> tuple[list[BilledAttempt], str | None]:
+    """The billed attempts, the one that delivered held also to the text the client received; and the hoster
+    this bound caught when nothing else had (``None`` otherwise)."""
+    billed = list(flight.billed)
+    last = billed[-1] if billed else None
+    reported = flight.reported.get(last.attempt) if last is not None else None
+    if last is None or last.attempt != note.attempt or reported is None:
+        return billed, None
+    bounds = flight.bounds.with_text(note.text_bytes, note.choices)
+    prompt, completion, discrepancy = bounds.bound(reported.prompt_tokens, reported.completion_tokens)
+    if (prompt, completion) == (last.usage.prompt_tokens, last.usage.completion_tokens):
+        return billed, None
+    caught = last.hoster_id if last.usage_discrepancy is None else None
+    why = f"{discrepancy}; {note.text_bytes} bytes of text reached the client"
+    usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                  estimated=last.usage.estimated)  # fmt: skip
+    billed[-1] = last.model_copy(update={"usage": usage, "usage_discrepancy": why})
+    return billed, caught

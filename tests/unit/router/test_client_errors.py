@@ -6,7 +6,7 @@ from __future__ import annotations
 from libs.contracts.common import Usage
 from libs.contracts.pricing import UsageBounds
 from libs.contracts.routing import AttemptFinished, RouteRequest, RoutingPreferences
-from services.router.dispatcher import InFlight, can_fail_over
+from services.router.service import InFlight, can_fail_over
 from services.router.stats import NetworkStats
 from tests.unit.router.test_marketplace import CHEAP, WALL, fail, hoster, order, registry
 
