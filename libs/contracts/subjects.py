@@ -47,6 +47,7 @@ REQUEST_CANCELLED = "ingress.request.cancelled"
 
 # hoster_adapter / router -> ingress: the token stream of one request, one subject per request.
 _REPLY = "ingress.reply"
+_CONTROL = "ingress.control"
 
 # ingress -> billing (request/reply): who holds this API key?
 VERIFY_KEY = "billing.key.verify"
@@ -198,6 +199,20 @@ def console_permissions() -> tuple[list[str], list[str]]:
         LIST_MODELS,
     ]
     return publish, [f"{CONSOLE_INBOX}.>"]
+
+
+def control_inbox(ingress_id: str) -> str:
+    """Wildcard of an ingress instance's control subjects: the router's failover notices and the errors that
+    end a request. Hosters may publish only to the reply subjects of attempts they received, never here, so
+    no hoster can speak for the router."""
+    return f"{_CONTROL}.{ingress_id}.*"
+
+
+def control_subject(reply_subject: str) -> str:
+    """The control subject beside a request's reply subject (``ingress.control.<ingress>.<request>``)."""
+    if not reply_subject.startswith(_REPLY + "."):
+        raise ValueError(f"not a reply subject: {reply_subject!r}")
+    return _CONTROL + reply_subject[len(_REPLY) :]
 
 
 def reply_inbox(ingress_id: str) -> str:

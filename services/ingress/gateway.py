@@ -176,6 +176,10 @@ def _count_of(value: object) -> int:
 MAX_CHOICES = 128
 
 
+# Frame kinds only the router sends, on the request's control subject.
+_ROUTER_KINDS = (bytes([frames.ATTEMPT]), bytes([frames.ERROR]))
+
+
 class ReplyStream:
     """The frames of one request, in arrival order, with an idle timeout and the serving attempt's deadlines.
 
@@ -237,7 +241,16 @@ class ReplyStream:
         self.guard: UsageGuard | None = None
 
     def put(self, data: bytes) -> None:
-        """Called by the subscription for each frame of this request."""
+        """Called by the reply subscription for each frame of this request: the hosters' frames. A failover
+        notice or an error there did not come from the router (it sends them on the control subject): a
+        hoster cannot re-arm deadlines, reprice the usage, name another hoster or end the request with an
+        error of its choosing, so they are dropped."""
+        if data[:1] in _ROUTER_KINDS:
+            return
+        self.put_control(data)
+
+    def put_control(self, data: bytes) -> None:
+        """Called by the control subscription (the router's frames), and by ``put`` for the hosters'."""
         if self._overflowed:
             return
         self._pending += len(data)
@@ -278,7 +291,10 @@ class ReplyStream:
 
     def _take(self, data: bytes) -> frames.Frame | None:
         """Decode a frame; ``None`` for one that means nothing to the client (a keepalive, a stale attempt's)."""
-        frame = frames.decode(data)
+        try:
+            frame = frames.decode(data)
+        except ValueError:
+            return None  # a hoster's garbage: nothing for the client, not even a sign of life
         if frame.kind == frames.ERROR:
             return frame  # the router's word that the request is over, whichever attempt it names
         if frame.attempt <= self._abandoned or frame.attempt < self.attempt:
@@ -476,6 +492,7 @@ class Gateway:
         self._background: set[asyncio.Task[None]] = set()
         self._nc: Client | None = None
         self._sub: Subscription | None = None
+        self._control: Subscription | None = None
         self._key_changes: Subscription | None = None
         self._prefix_len = len(subjects.reply_subject(ingress_id, ""))
 
@@ -506,6 +523,7 @@ class Gateway:
             pending_msgs_limit=1_000_000,
             pending_bytes_limit=self._max_subscription_bytes,
         )
+        self._control = await nc.subscribe(subjects.control_inbox(self.ingress_id), cb=self._on_control)
         self._key_changes = await nc.subscribe(subjects.KEY_CHANGED, cb=self._on_key_changed)
         await nc.flush()
 
@@ -522,6 +540,9 @@ class Gateway:
         if self._key_changes is not None:
             await self._key_changes.unsubscribe()
             self._key_changes = None
+        if self._control is not None:
+            await self._control.unsubscribe()
+            self._control = None
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
@@ -532,6 +553,11 @@ class Gateway:
         stream = self._streams.get(msg.subject[self._prefix_len :])
         if stream is not None:
             stream.put(msg.data)
+
+    async def _on_control(self, msg: Msg) -> None:
+        stream = self._streams.get(msg.subject.rpartition(".")[2])
+        if stream is not None:
+            stream.put_control(msg.data)
 
     def open_stream(self, request_id: str) -> ReplyStream:
         """Start collecting frames for ``request_id``; call before the request is published."""

@@ -44,7 +44,9 @@ async def first_answer(replies: ReplyStream, headers: dict[str, str]) -> frames.
     while frame.kind == frames.ATTEMPT:
         headers["x-computeshare-hoster"] = orjson.loads(frame.body)["hoster_id"]
         frame = await replies.next()
-    headers["x-computeshare-attempts"] = str(max(frame.attempt, 1))
+    # The attempt the router announced (its notices come on the control subject), not the number a hoster's
+    # frame carries.
+    headers["x-computeshare-attempts"] = str(max(replies.attempt, 1))
     return frame
 
 

@@ -259,7 +259,7 @@ class Dispatcher:
                     }
                 )
                 await self._broker.connection.publish(
-                    request.reply_subject, frames.encode(frames.ATTEMPT, attempt, -1, body)
+                    subjects.control_subject(request.reply_subject), frames.encode(frames.ATTEMPT, attempt, -1, body)
                 )
             accepted = await self._dispatch(dispatch)
             if accepted is None:
@@ -653,4 +653,4 @@ class Dispatcher:
 
     async def _fail(self, flight: InFlight, report: ErrorReport) -> None:
         frame = frames.encode(frames.ERROR, flight.attempt, -1, report.model_dump_json().encode())
-        await self._broker.connection.publish(flight.route.reply_subject, frame)
+        await self._broker.connection.publish(subjects.control_subject(flight.route.reply_subject), frame)

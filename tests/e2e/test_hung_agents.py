@@ -166,3 +166,46 @@ async def test_frames_lost_on_the_way_end_the_stream_with_an_error_and_bill_only
         assert record["completion_tokens"] <= len(b"Hi") + 1  # the text that arrived, not the 6 reported
     finally:
         await hoster.close()
+
+
+async def test_a_hoster_cannot_forge_the_routers_failover_notice_or_errors(
+    stack: Stack, client: tuple[httpx.AsyncClient, str, str], tmp_path: Path
+) -> None:
+    """A hoster's agent sends, on its attempt's reply subject, a failover notice naming attempt 2 (another
+    hoster, absurd prices), then its chunks numbered as attempt 2, and reports attempt 1 with 4,096
+    completion tokens: had the notice been believed, the text bound (which applies to the attempt that
+    delivered) would have been skipped. It also tries an error of its own. The router's notices and errors
+    travel on a subject hosters cannot publish to: the client sees the serving hoster, the honest usage, and
+    pays for the text it got."""
+    http, key, account_id = client
+
+    async def forge(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
+        notice = {"hoster_id": "impostor", "model": dispatch.model, "input_price": 10**12, "output_price": 10**12}
+        await hoster.nc.publish(msg.reply, frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps(notice)))
+        fake = b'{"http_status": 401, "type": "invalid_request_error", "code": "x", "message": "pay me"}'
+        await hoster.nc.publish(msg.reply, frames.encode(frames.ERROR, 1, -1, fake))
+        delta = {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}
+        chunk = {"id": dispatch.request_id, "object": "chat.completion.chunk", "created": dispatch.created,
+                 "model": dispatch.model, "choices": [delta]}  # fmt: skip
+        await hoster.nc.publish(msg.reply, frames.encode(frames.CHUNK, 2, 0, orjson.dumps(chunk)))
+        await hoster.nc.publish(msg.reply, frames.encode(frames.END, 2, 1))
+        await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=4096, total_tokens=4101), 2)
+
+    hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, forge, price=10**6)
+    await asyncio.sleep(1.0)  # its heartbeats reach the router
+    try:
+        async with http.stream("POST", "/chat/completions", json={**BODY, "stream": True}) as response:
+            lines = [line async for line in response.aiter_lines() if line]
+        assert response.status_code == 200
+        assert response.headers["x-computeshare-hoster"] == hoster.hoster_id
+        assert response.headers["x-computeshare-attempts"] == "1"
+        assert orjson.loads(lines[0][6:])["choices"][0]["delta"]["content"] == "Hi"
+        assert lines[-1] == "data: [DONE]"
+        assert not any("pay me" in line for line in lines)
+        await settled(stack, account_id)
+        record = await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"])
+        assert record["completion_tokens"] <= len(b"Hi") + 1, record  # the text that arrived, not 4,096
+        assert record["usage_discrepancy"] is not None
+    finally:
+        await hoster.close()

@@ -144,6 +144,7 @@ async def test_a_hoster_cannot_subscribe_outside_its_own_subjects(
         "$JS.API.STREAM.LIST",
         "$JS.API.STREAM.DELETE.USAGE",
         subjects.reply_subject("some-ingress", "chatcmpl-not-mine"),
+        subjects.control_subject(subjects.reply_subject("some-ingress", "chatcmpl-not-mine")),
         subjects.hoster_heartbeat(H2),
         subjects.attempt_finished(H2, "router-1"),
         subjects.attempt_accepted(H2, "router-1"),
@@ -179,9 +180,16 @@ async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Host
         await hostile.nc.publish(attempt.reply, b"frame %d" % i)
     await hostile.nc.publish(other, b"injected")
     assert await hostile.refused(f'publish to "{other}"')
+    # Nor on its own attempt's control subject, where the router's failover notices and errors travel: a
+    # hoster cannot speak for the router.
+    control = subjects.control_subject(mine)
+    frames_control = await collect(platform, control)
+    await hostile.nc.publish(control, b"a2:-1\n{}")
+    assert await hostile.refused(f'publish to "{control}"')
     await asyncio.sleep(0.2)
     assert len(frames_mine) == 50
     assert frames_other == []
+    assert frames_control == []
 
 
 async def test_a_hoster_announces_and_reports_under_its_own_id(hostile: Hostile, platform: Client) -> None:

@@ -73,7 +73,8 @@ async def network(nats_server: NatsTestServer, spawn: Spawn) -> AsyncIterator[Ne
 async def send(
     nc: Client, model: str = "demo-model", stream: bool = True, body: dict[str, Any] | None = None
 ) -> tuple[str, dict[str, Any], asyncio.Queue[frames.Frame]]:
-    """Subscribe a reply subject, publish a route request; return the router's decision and the frames."""
+    """Subscribe a reply subject and its control subject, publish a route request; return the router's
+    decision and the frames."""
     request_id = new_request_id()
     reply = subjects.reply_subject("test-ingress", request_id)
     queue: asyncio.Queue[frames.Frame] = asyncio.Queue()
@@ -82,6 +83,7 @@ async def send(
         await queue.put(frames.decode(msg.data))
 
     await nc.subscribe(reply, cb=on_frame)
+    await nc.subscribe(subjects.control_subject(reply), cb=on_frame)  # the router's notices and errors
     route = RouteRequest(
         request_id=request_id, reply_subject=reply, model=model, stream=stream, include_usage=False,
         created=int(time.time()), routing=RoutingPreferences(),

@@ -50,7 +50,7 @@ async def test_keepalives_do_not_stretch_the_first_byte_deadline() -> None:
         assert 0.2 <= time.monotonic() - started < 0.5
         # The router fails over: attempt 2 is announced and answers; attempt 1's late chunk is dropped.
         replies.put(frames.encode(frames.CHUNK, 1, 0, b"late"))
-        replies.put(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"hoster_id": "h2", "model": "m"})))
+        replies.put_control(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"hoster_id": "h2", "model": "m"})))
         replies.put(frames.encode(frames.CHUNK, 2, 0, b"fresh"))
         assert (await waiting).kind == frames.ATTEMPT
         assert (await replies.next()).body == b"fresh"
@@ -83,7 +83,7 @@ async def test_a_stream_that_stalls_between_chunks_is_reported_stalled() -> None
         await asyncio.sleep(0.4)
         assert missed == [("r", 1, "stalled")]
         report = b'{"http_status":500,"type":"server_error","code":"upstream_error","message":"broke off"}'
-        replies.put(frames.encode(frames.ERROR, 1, -1, report))  # the router ends the request
+        replies.put_control(frames.encode(frames.ERROR, 1, -1, report))  # the router ends the request
         assert (await waiting).kind == frames.ERROR
     finally:
         beating.cancel()
@@ -92,7 +92,7 @@ async def test_a_stream_that_stalls_between_chunks_is_reported_stalled() -> None
 async def test_a_forged_attempt_frame_cannot_lift_the_deadline_past_the_ceiling() -> None:
     replies, missed = stream(ceiling_s=0.2)
     replies.arm(1, 100)
-    replies.put(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"first_byte_deadline_ms": 1e9})))
+    replies.put_control(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"first_byte_deadline_ms": 1e9})))
     assert (await replies.next()).kind == frames.ATTEMPT
     started = time.monotonic()
     waiting = asyncio.create_task(replies.next())

@@ -42,7 +42,7 @@ async def test_a_lost_end_is_a_gap_too_and_a_duplicate_is_dropped() -> None:
 async def test_a_non_stream_completion_is_frame_zero_and_a_failover_numbers_afresh() -> None:
     stream, lost = replies()
     stream.put(frames.encode(frames.CHUNK, 1, 0, b"a"))
-    stream.put(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"hoster_id": "h2", "model": "m"})))
+    stream.put_control(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"hoster_id": "h2", "model": "m"})))
     stream.put(frames.encode(frames.COMPLETION, 2, 0, b"{}"))
     assert (await stream.next()).body == b"a"
     assert (await stream.next()).kind == frames.ATTEMPT
@@ -73,3 +73,19 @@ async def test_frames_read_as_they_come_never_reach_the_bound() -> None:
         stream.put(frames.encode(frames.CHUNK, 1, seq, b"x" * 1000))
         assert (await stream.next()).seq == seq
     assert lost == []
+
+
+async def test_a_hoster_cannot_send_the_routers_frames_on_the_reply_subject() -> None:
+    stream = ReplyStream("r", idle_s=0.3)
+    # A failover notice naming another hoster at other prices, and an error of the hoster's choosing: dropped.
+    stream.put(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"hoster_id": "impostor", "input_price": 10**12})))
+    stream.put(frames.encode(frames.ERROR, 1, -1, b'{"http_status": 401, "type": "x", "code": null, "message": "m"}'))
+    stream.put(b"not a frame at all")
+    stream.put(frames.encode(frames.CHUNK, 1, 0, b"a"))
+    frame = await stream.next()
+    assert (frame.kind, frame.attempt, frame.body) == (frames.CHUNK, 1, b"a")
+    assert stream.attempt == 1
+    # The same notice from the router (its control subject) is heard.
+    stream.put_control(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"hoster_id": "h2", "model": "m"})))
+    assert (await stream.next()).kind == frames.ATTEMPT
+    assert stream.attempt == 2

@@ -38,7 +38,7 @@ async def test_a_failure_midway_sends_an_error_event_then_done() -> None:
     replies = ReplyStream("r", idle_s=1)
     replies.put(chunk_frame(0, "a"))
     report = ErrorReport(http_status=500, type="server_error", code="upstream_error", message="boom")
-    replies.put(frames.encode(frames.ERROR, 1, -1, report.model_dump_json().encode()))
+    replies.put_control(frames.encode(frames.ERROR, 1, -1, report.model_dump_json().encode()))
     outcome = StreamOutcome()
     events = (await collect(replies, outcome)).split(b"\n\n")
     assert orjson.loads(events[1][6:]) == {
