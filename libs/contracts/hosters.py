@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Literal
 
 from pydantic import BaseModel, Field
@@ -14,6 +15,24 @@ HOSTER_TAG = "hoster:"
 # How a model's weights are stored, in OpenRouter's names. ``unknown``: the hoster did not say (a request's
 # ``provider.quantizations: ["unknown"]`` matches hosters that declared none).
 Quantization = Literal["int4", "int8", "fp4", "fp6", "fp8", "fp16", "bf16", "fp32", "unknown"]
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def hoster_uuid(ref: str) -> str | None:
+    """The hoster id ``ref`` names when it is shaped like a UUID (in any form ``uuid.UUID`` reads), else
+    ``None``. Such a ref only ever names a hoster's id, so registration refuses it as a name."""
+    try:
+        return str(uuid.UUID(ref))
+    except ValueError:
+        return None
+
+
+def name_key(name: str) -> str:
+    """What two hoster names must share to be the same name: equal but for the case of ASCII letters. Only
+    ASCII is folded because PostgreSQL's ``lower()`` (the unique index on live hosters' names) folds those
+    too, whatever else its locale folds: two names the router would take for one are never both registered."""
+    return name.translate(_ASCII_LOWER)
 
 
 class ModelOffer(BaseModel):

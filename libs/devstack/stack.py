@@ -431,6 +431,11 @@ class Stack:
             agent.hoster_id, agent.console_token = known["id"], known["console_token"]
             return agent.hoster_id
         creds.unlink(missing_ok=True)
+        # A live hoster's name is unique: the stale registration of this agent (this stack's own, by name)
+        # is revoked first, as its credentials are gone anyway.
+        for stale in self.computeshare("hoster", "list"):
+            if stale["name"].lower() == agent.name.lower() and not stale["revoked"]:
+                self.computeshare("hoster", "revoke", stale["id"])
         args = ["hoster", "register", "--name", agent.name, "--creds", str(creds)]
         args += [*(["--region", agent.region] if agent.region else []), *(["--cloud"] if agent.cloud else [])]
         registered = self.computeshare(*args)

@@ -154,6 +154,8 @@ async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: Cli
         creds_path = args.creds or Path(f"{args.name}.creds")
         if creds_path.exists():
             raise ValueError(f"{creds_path} exists: credentials are written once, choose another --creds path")
+        # Before anything is created; the insert below refuses it again should another registration race us.
+        await hosters.check_name(args.name)
         account_id = args.account or (await ledger.create_account(f"hoster {args.name}", 0)).id
         await ledger.account(account_id)  # the earnings account must exist
         public_key, creds = auth.mint_hoster(hoster_id, args.name)
@@ -337,7 +339,9 @@ def parser() -> argparse.ArgumentParser:
 
     hoster = group("hoster", "hosters: register, list, revoke, earnings")
     register = command(hoster, "register", "register a hoster and write its NATS credentials file (once)")
-    register.add_argument("--name", required=True)
+    register.add_argument(
+        "--name", required=True, help="unique among live hosters, whatever the case; not shaped like a UUID"
+    )
     register.add_argument("--region")
     register.add_argument("--cloud", action="store_true", help="a cloud provider (never used in privacy_mode)")
     register.add_argument("--account", help="the earnings account (default: a new one)")

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from libs.contracts.hosters import HosterRegistrations, RegisteredHoster
+from libs.contracts.hosters import HosterRegistrations, RegisteredHoster, hoster_uuid
 from libs.contracts.management import (
     HosterAttempt,
     HosterAttemptsQuery,
@@ -151,8 +151,37 @@ class UsageRepository(PoolBound):
         return await self._pool.fetch("SELECT * FROM usage_records WHERE request_id = $1 ORDER BY attempt", request_id)
 
 
+class HosterNameTaken(ValueError):
+    """Another live (not revoked) hoster is registered under this name, compared case-insensitively."""
+
+
+# The unique index (migration 0010) on live hosters' lower(name).
+_LIVE_NAME_INDEX = "hosters_live_name"
+
+
+def refuse_unusable_name(name: str) -> None:
+    """Raise ``ValueError`` for a name clients could not pick the hoster by: a blank one, or one shaped like a
+    UUID (clients' UUIDs only ever name hoster ids, so such a name would never match, or would look like
+    another hoster's id in listings)."""
+    if not name.strip():
+        raise ValueError("a hoster's name cannot be blank")
+    if hoster_uuid(name) is not None:
+        raise ValueError(f"{name!r} is shaped like a UUID, which names hoster ids only: choose another name")
+
+
 class HosterRepository(PoolBound):
-    """Registered hosters: who they are, where their earnings go, which NATS user is theirs."""
+    """Registered hosters: who they are, where their earnings go, which NATS user is theirs. A live hoster's
+    name is unique, compared case-insensitively (PostgreSQL enforces it); a revoked one's is free again."""
+
+    async def check_name(self, name: str) -> None:
+        """Raise ``ValueError`` (``HosterNameTaken`` when a live hoster has it) unless ``name`` can be
+        registered now. ``register`` still enforces it: two registrations may pass this check at once."""
+        refuse_unusable_name(name)
+        taken = await self._pool.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM hosters WHERE revoked_at IS NULL AND lower(name) = lower($1))", name
+        )
+        if taken:
+            raise HosterNameTaken(f"a live hoster is registered as {name!r} (names ignore case): choose another")
 
     async def register(
         self,
@@ -164,18 +193,27 @@ class HosterRepository(PoolBound):
         nats_public_key: str,
         console_token_hash: str | None = None,
     ) -> None:
-        """Record a new hoster (with the SHA-256, hex, of its console token)."""
-        await self._pool.execute(
-            """INSERT INTO hosters (id, name, region, cloud, account_id, nats_public_key, console_token_hash)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)""",
-            hoster_id,
-            name,
-            region,
-            cloud,
-            account_id,
-            nats_public_key,
-            None if console_token_hash is None else bytes.fromhex(console_token_hash),
-        )
+        """Record a new hoster (with the SHA-256, hex, of its console token); ``HosterNameTaken`` when a live
+        hoster already has the name, ``ValueError`` when it is unusable (``refuse_unusable_name``)."""
+        refuse_unusable_name(name)
+        try:
+            await self._pool.execute(
+                """INSERT INTO hosters (id, name, region, cloud, account_id, nats_public_key, console_token_hash)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7)""",
+                hoster_id,
+                name,
+                region,
+                cloud,
+                account_id,
+                nats_public_key,
+                None if console_token_hash is None else bytes.fromhex(console_token_hash),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            if exc.constraint_name != _LIVE_NAME_INDEX:
+                raise
+            raise HosterNameTaken(
+                f"a live hoster is registered as {name!r} (names ignore case): choose another"
+            ) from None
 
     async def verify_console_token(self, token_hash: str) -> HosterTokenInfo:
         """Whose console token has this SHA-256 (hex); a revoked hoster's token is ``revoked``."""

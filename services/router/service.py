@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import random
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +12,15 @@ from typing import Any
 from libs.contracts import errors
 from libs.contracts.billing import BilledAttempt, attempt_billable
 from libs.contracts.common import CHAT, Endpoint, ErrorReport, Usage
-from libs.contracts.hosters import HosterHeartbeat, HosterStatus, LiveModel, ModelOffer, RegisteredHoster
+from libs.contracts.hosters import (
+    HosterHeartbeat,
+    HosterStatus,
+    LiveModel,
+    ModelOffer,
+    RegisteredHoster,
+    hoster_uuid,
+    name_key,
+)
 from libs.contracts.pricing import (
     UsageBounds,
     client_price,
@@ -29,11 +36,14 @@ AUTO_MODEL = "auto"
 
 @dataclass(slots=True, frozen=True)
 class Candidate:
-    """One hoster able to serve one model, as the router would dispatch to it."""
+    """One hoster able to serve one model, as the router would dispatch to it. ``registered_name``: the
+    name the hoster registered under, the only one a client may name it by (``None`` when the router knows
+    it only from its heartbeats, whose ``hoster.name`` is the hoster's own claim)."""
 
     hoster: HosterStatus
     offer: ModelOffer
     adapter_id: str
+    registered_name: str | None = None
 
     @property
     def load(self) -> float:
@@ -54,7 +64,9 @@ class HosterRegistry:
 
     A hoster may run several adapters (replicas of its agent): each heartbeats on its own, and the hoster's
     load is the sum of theirs, so its declared capacity holds across replicas. What a hoster registered
-    (``registrations``: name, region, cloud, revoked) overrides what its heartbeats claim.
+    (``registrations``: name, region, cloud, revoked) overrides what its heartbeats claim. A hoster known
+    only from its heartbeats (billing had not answered, or the platform fronts it unregistered) is routed
+    on their cloud and region, and has no name a client can pick it by.
     """
 
     ttl_s: float
@@ -121,9 +133,12 @@ class HosterRegistry:
 
     def live(self, now: float) -> list[Candidate]:
         """Every (hoster, model) pair alive now."""
-        return [
-            Candidate(status, offer, adapter_id) for status, adapter_id in self.statuses(now) for offer in status.models
-        ]
+        out: list[Candidate] = []
+        for status, adapter_id in self.statuses(now):
+            registered = self.registrations.get(status.hoster_id)
+            name = registered.name if registered is not None and not registered.revoked else None
+            out.extend(Candidate(status, offer, adapter_id, name) for offer in status.models)
+        return out
 
     def live_models(self, now: float) -> list[LiveModel]:
         """The models live now, summarised over their hosters, sorted by id."""
@@ -258,8 +273,10 @@ def _choices(candidates: list[Candidate], stats: NetworkStats, profile: RequestP
 
 @dataclass(frozen=True, slots=True)
 class HosterRefs:
-    """Hosters a client named, in order: by UUID, or by registered name (case-insensitive). A UUID never
-    matches by name, so no hoster passes for another by registering that one's id as its name."""
+    """Hosters a client named, in order: by UUID, or by registered name (equal but for ASCII case,
+    ``name_key``). A UUID never matches by name, so no hoster passes for another by registering that one's
+    id as its name; and only a registered name matches, never the name a hoster's heartbeat claims (live
+    hosters' registered names are unique: billing's database refuses a second)."""
 
     ids: dict[str, int]
     names: dict[str, int]
@@ -270,20 +287,23 @@ class HosterRefs:
         ids: dict[str, int] = {}
         names: dict[str, int] = {}
         for i, ref in enumerate(refs):
-            try:
-                ids.setdefault(str(uuid.UUID(ref)), i)
-            except ValueError:
-                names.setdefault(ref.casefold(), i)
+            hoster_id = hoster_uuid(ref)
+            if hoster_id is not None:
+                ids.setdefault(hoster_id, i)
+            else:
+                names.setdefault(name_key(ref), i)
         return cls(ids, names)
 
-    def position(self, hoster: HosterStatus) -> int | None:
-        """Where the hoster is first named, or ``None``."""
-        by_id, by_name = self.ids.get(hoster.hoster_id), self.names.get(hoster.name.casefold())
+    def position(self, candidate: Candidate) -> int | None:
+        """Where the candidate's hoster is first named, or ``None``."""
+        by_id = self.ids.get(candidate.hoster.hoster_id)
+        name = candidate.registered_name
+        by_name = None if name is None else self.names.get(name_key(name))
         return by_id if by_name is None else by_name if by_id is None else min(by_id, by_name)
 
     def keep(self, c: Choice) -> bool:
         """Whether the choice's hoster is named."""
-        return self.position(c.candidate.hoster) is not None
+        return self.position(c.candidate) is not None
 
 
 def _within_price(prefs: RoutingPreferences, fee_bps: int) -> Callable[[Choice], bool] | None:
@@ -499,7 +519,7 @@ def _put_first(ranked: list[Candidate], prefs: RoutingPreferences) -> list[Candi
     order = HosterRefs.of(prefs.order_hosters)
 
     def position(candidate: Candidate) -> int:
-        named = order.position(candidate.hoster)
+        named = order.position(candidate)
         return len(prefs.order_hosters) if named is None else named
 
     return sorted(ranked, key=position)  # stable: ties keep their ranked order

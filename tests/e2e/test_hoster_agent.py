@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import nats
 import openai
 import pytest
@@ -69,6 +70,26 @@ def test_a_registered_agent_serves_earns_and_is_cut_off_when_revoked(agent_stack
         assert time.monotonic() < deadline, f"no earnings for {agent.hoster_id}: {earnings}"
         time.sleep(0.2)
 
+    # OpenRouter's provider.only picks it by its registered name, in any case, once the router has the
+    # registration from billing (it asks every few seconds).
+    while True:
+        named = httpx.post(
+            f"{agent_stack.config.api_base}/chat/completions",
+            json={
+                "model": MODEL,
+                "messages": [{"role": "user", "content": "hello"}],
+                "provider": {"only": ["GPU-Owner"]},
+            },
+            headers={"authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        if named.status_code != 503:
+            break
+        assert time.monotonic() < deadline + 15, "the router never matched the registered name"
+        time.sleep(0.2)
+    assert named.status_code == 200, named.text
+    assert named.headers["x-computeshare-hoster"] == agent.hoster_id
+
     listing = json.loads(cli(agent_stack, "--json", "hoster", "list").stdout)
     [mine] = [h for h in listing if h["id"] == agent.hoster_id]
     assert mine["live"] is True
@@ -126,3 +147,8 @@ def test_register_writes_credentials_once(agent_stack: Stack, tmp_path: Path) ->
     assert "written once" in again.stderr
     assert creds.read_text() == text
     assert registered["id"] in {h["id"] for h in json.loads(cli(agent_stack, "hoster", "list", "--json").stdout)}
+    # The agent's name is taken, whatever the case: no credentials for a second hoster under it.
+    taken = cli(agent_stack, "hoster", "register", "--name", "GPU-OWNER", "--creds", str(tmp_path / "x.creds"))
+    assert taken.returncode == 2
+    assert "a live hoster is registered as 'GPU-OWNER'" in taken.stderr
+    assert not (tmp_path / "x.creds").exists()

@@ -115,18 +115,22 @@ def measured(market: Stack, key: str) -> None:
 
 
 def test_provider_order_puts_the_named_hoster_first(market: Stack, key: str) -> None:
-    # Without an order, the cheapest serves; the order overrides it, by name (any case) or by UUID.
+    # Without an order, the cheapest serves; the order overrides it, by UUID (any case). These hosters are
+    # the platform's, known to the router from heartbeats alone: with no registration they have no name a
+    # client can pick them by (unit tests cover registered names), so naming one only ranks nothing.
     assert who(market, key, provider={"sort": "price"}) == {"cloud": 8}
-    assert who(market, key, provider={"sort": "price", "order": ["FAST", CHEAP]}) == {"fast": 8}
-    assert who(market, key, provider={"order": [CHEAP, "fast"]}) == {"cheap": 8}
+    assert who(market, key, provider={"sort": "price", "order": [FAST.upper(), CHEAP]}) == {"fast": 8}
+    assert who(market, key, provider={"order": [CHEAP, FAST]}) == {"cheap": 8}
+    assert who(market, key, provider={"sort": "price", "order": ["fast"]}) == {"cloud": 8}
 
 
 def test_only_and_ignore_confine_the_choice(market: Stack, key: str) -> None:
-    assert set(who(market, key, provider={"only": ["cheap", FAST]})) <= {"cheap", "fast"}
-    assert who(market, key, provider={"ignore": ["cloud", FAST.upper()]}) == {"cheap": 8}
-    nobody = post(market, key, provider={"only": ["nobody"]})
-    assert nobody.status_code == 503
-    assert "provider.only matches no eligible hoster" in nobody.json()["error"]["message"]
+    assert set(who(market, key, provider={"only": [CHEAP, FAST]})) <= {"cheap", "fast"}
+    assert who(market, key, provider={"ignore": [CLOUD, FAST.upper()]}) == {"cheap": 8}
+    for unknown in ("nobody", "cheap"):  # `cheap` is only what an unregistered hoster's heartbeat says
+        nobody = post(market, key, provider={"only": [unknown]})
+        assert nobody.status_code == 503
+        assert "provider.only matches no eligible hoster" in nobody.json()["error"]["message"]
 
 
 def test_sort_price_and_floor_pick_the_cheapest(market: Stack, key: str) -> None:
@@ -162,7 +166,7 @@ def test_max_price_excludes_dearer_hosters_and_refuses_when_none_is_left(market:
 def test_data_collection_deny_keeps_cloud_hosters_out(market: Stack, key: str) -> None:
     # `cloud` is the cheapest, so only the rule keeps it out.
     assert who(market, key, provider={"sort": "price", "data_collection": "deny"}) == {"cheap": 8}
-    refused = post(market, key, provider={"data_collection": "deny", "only": ["cloud"]})
+    refused = post(market, key, provider={"data_collection": "deny", "only": [CLOUD]})
     assert refused.status_code == 503
     assert "(after provider.data_collection)" in refused.json()["error"]["message"]
 
@@ -187,13 +191,13 @@ def test_models_fail_over_to_the_next_model(market: Stack, key: str) -> None:
 
 
 def test_allow_fallbacks_false_fails_rather_than_leave_the_ordered_hosters(market: Stack, key: str) -> None:
-    confined = post(market, key, model="pair", provider={"order": ["broken-pair"], "allow_fallbacks": False})
+    confined = post(market, key, model="pair", provider={"order": [BROKEN_PAIR], "allow_fallbacks": False})
     assert confined.status_code == 500
     assert confined.json()["error"]["code"] == "all_hosters_failed"
     assert confined.headers["x-computeshare-hoster"] == BROKEN_PAIR
     assert confined.headers["x-computeshare-attempts"] == "1"
     # The same order with fallbacks allowed: the other hoster answers after the ordered one failed.
-    response = post(market, key, model="pair", provider={"order": ["broken-pair"]})
+    response = post(market, key, model="pair", provider={"order": [BROKEN_PAIR]})
     assert response.status_code == 200, response.text
     attempts = routing_record(market, key, response.json()["id"])["attempts"]
     assert [NAMES[a["hoster_id"]] for a in attempts] == ["broken-pair", "steady"]
@@ -226,7 +230,7 @@ def test_the_openai_sdk_sends_the_dialect_in_extra_body(market: Stack, key: str)
         model="m",
         messages=messages,
         max_tokens=4,
-        extra_body={"provider": {"order": ["cheap"], "allow_fallbacks": False, "require_parameters": True}},
+        extra_body={"provider": {"order": [CHEAP], "allow_fallbacks": False, "require_parameters": True}},
     )
     completion = raw.parse()
     assert NAMES[raw.headers["x-computeshare-hoster"]] == "cheap"

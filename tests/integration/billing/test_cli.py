@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import uuid
+from pathlib import Path
+from typing import Any
 
+import asyncpg
 import pytest
 from pydantic import SecretStr
 
+from libs.platform.natsauth import AuthStore
 from services.billing.cli import CliSettings, run
 
 pytestmark = pytest.mark.integration
@@ -85,3 +90,48 @@ async def test_unknown_account_is_an_error_exit(database_url: str, capsys: pytes
     )
     assert code == 1
     assert "no account" in capsys.readouterr().err
+
+
+async def test_hoster_register_refuses_a_live_hosters_name_in_any_case_and_uuid_shaped_names(
+    database_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    authority = AuthStore(tmp_path / "authority").init()
+    settings = CliSettings(database_url=SecretStr(database_url), nats_auth_dir=authority.directory)
+
+    async def register(name: str) -> tuple[int, Any, str]:
+        creds = tmp_path / f"{uuid.uuid4().hex}.creds"
+        code = await run(["hoster", "register", "--json", "--name", name, "--creds", str(creds)], settings)
+        out, err = capsys.readouterr()
+        assert creds.exists() == (code == 0)  # credentials only for a registration that happened
+        return code, json.loads(out) if out.strip() else None, err
+
+    code, acme, _ = await register("acme")
+    assert code == 0
+    accounts_before = await count_accounts(database_url)
+    code, _, err = await register("ACME")
+    assert code == 2
+    assert "a live hoster is registered as 'ACME'" in json.loads(err)["error"]
+    assert await count_accounts(database_url) == accounts_before  # refused before anything was created
+    code, _, err = await register(str(uuid.uuid4()).upper())
+    assert code == 2
+    assert "shaped like a UUID" in json.loads(err)["error"]
+    code, acme_labs, _ = await register("acme-labs")
+    assert code == 0
+    assert isinstance(acme_labs, dict)
+    assert isinstance(acme, dict)
+    assert await fetch(database_url, "SELECT id::text, name FROM hosters ORDER BY created_at") == [
+        (acme["id"], "acme"),
+        (acme_labs["id"], "acme-labs"),
+    ]
+
+
+async def fetch(database_url: str, query: str) -> list[tuple[Any, ...]]:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return [tuple(row) for row in await conn.fetch(query)]
+    finally:
+        await conn.close()
+
+
+async def count_accounts(database_url: str) -> int:
+    return int((await fetch(database_url, "SELECT count(*) FROM accounts"))[0][0])

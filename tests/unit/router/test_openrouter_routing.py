@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from libs.contracts.hosters import HosterHeartbeat, HosterStatus, ModelOffer
+from libs.contracts.hosters import HosterHeartbeat, HosterStatus, ModelOffer, RegisteredHoster
 from libs.contracts.openai import ChatCompletionRequest
+from libs.contracts.routing import RoutingPreferences
 from services.router.service import HosterRegistry, NoEligibleHoster, RequestProfile, order_candidates
 from services.router.stats import NetworkStats
 
@@ -36,6 +37,7 @@ NAMES = {h.hoster_id: h.name for h in MARKET}
 
 def registry() -> HosterRegistry:
     reg = HosterRegistry(ttl_s=3.0)
+    reg.register([RegisteredHoster(hoster_id=h.hoster_id, name=h.name, cloud=h.cloud) for h in MARKET])
     reg.observe(HosterHeartbeat(adapter_id="a", interval_s=1, hosters=MARKET), 100.0, 1)
     return reg
 
@@ -104,15 +106,57 @@ def test_only_and_ignore_confine_by_name_case_insensitively_or_by_uuid() -> None
     assert "provider.ignore excludes every live hoster" in refusal(provider={"ignore": list(NAMES.values())})
 
 
+def provider(**fields: Any) -> RoutingPreferences:
+    return ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "provider": fields}
+    ).routing()
+
+
 def test_a_name_that_looks_like_a_uuid_only_ever_matches_that_hoster_id() -> None:
     impostor = HosterRegistry(ttl_s=3.0)
-    fake = hoster(CHEAP, FAST, 1)  # registered under another hoster's id as its name
-    impostor.observe(HosterHeartbeat(adapter_id="a", interval_s=1, hosters=[fake]), 100.0, 1)
-    prefs = ChatCompletionRequest.model_validate(
-        {"model": "m", "messages": [{"role": "user", "content": "x"}], "provider": {"only": [FAST]}}
-    ).routing()
+    impostor.register([RegisteredHoster(hoster_id=CHEAP, name=FAST)])  # another hoster's id as its name
+    impostor.observe(HosterHeartbeat(adapter_id="a", interval_s=1, hosters=[hoster(CHEAP, FAST, 1)]), 100.0, 1)
+    for ref in (FAST, FAST.upper(), "{" + FAST + "}", FAST.replace("-", "")):
+        with pytest.raises(NoEligibleHoster):
+            order_candidates(impostor, NetworkStats(), "m", provider(only=[ref]), PROFILE, 101.0, WALL, 5)
+
+
+def test_a_hoster_known_only_from_its_heartbeat_is_never_matched_by_the_name_it_claims() -> None:
+    # `acme` registered; a stranger the router has no registration for (billing was down, say) heartbeats
+    # under the name "ACME". provider.only ["acme"] reaches the registered one alone, whatever the case.
+    acme, stranger = "33333333-3333-4333-8333-333333333331", "33333333-3333-4333-8333-333333333332"
+    reg = HosterRegistry(ttl_s=3.0)
+    reg.register([RegisteredHoster(hoster_id=acme, name="acme")])
+    beat = [hoster(acme, "whatever-it-says", MICRO), hoster(stranger, "ACME", 1)]
+    reg.observe(HosterHeartbeat(adapter_id="a", interval_s=1, hosters=beat), 100.0, 1)
+
+    def tried(**fields: Any) -> list[str]:
+        chosen = order_candidates(reg, NetworkStats(), "m", provider(**fields), PROFILE, 101.0, WALL, 5)
+        return [c.hoster.hoster_id for c in chosen]
+
+    for _ in range(10):
+        assert tried(only=["acme"]) == [acme]
+        assert tried(only=["ACME"], sort="price") == [acme]
+        assert tried(ignore=["Acme"]) == [stranger]  # ignoring the name never drops the one that only claims it
+        assert tried(order=["acme"], sort="price") == [acme, stranger]  # the stranger is cheaper
+        assert tried(only=[stranger]) == [stranger]  # by its UUID it can still be named
+    # With no registration at all, no hoster passes for a name, whatever its heartbeat says.
+    alone = HosterRegistry(ttl_s=3.0)
+    alone.observe(HosterHeartbeat(adapter_id="a", interval_s=1, hosters=[hoster(stranger, "acme", 1)]), 100.0, 1)
+    with pytest.raises(NoEligibleHoster) as info:
+        order_candidates(alone, NetworkStats(), "m", provider(only=["acme"]), PROFILE, 101.0, WALL, 5)
+    assert "provider.only matches no eligible hoster" in info.value.report.message
+
+
+def test_a_registration_that_arrives_after_the_heartbeat_names_the_hoster_at_once() -> None:
+    acme = "33333333-3333-4333-8333-333333333331"
+    reg = HosterRegistry(ttl_s=3.0)
+    reg.observe(HosterHeartbeat(adapter_id="a", interval_s=1, hosters=[hoster(acme, "acme", 1)]), 100.0, 1)
+    reg.register([RegisteredHoster(hoster_id=acme, name="Acme-Labs")])
+    chosen = order_candidates(reg, NetworkStats(), "m", provider(only=["acme-labs"]), PROFILE, 101.0, WALL, 5)
+    assert [c.hoster.hoster_id for c in chosen] == [acme]
     with pytest.raises(NoEligibleHoster):
-        order_candidates(impostor, NetworkStats(), "m", prefs, PROFILE, 101.0, WALL, 5)
+        order_candidates(reg, NetworkStats(), "m", provider(only=["acme"]), PROFILE, 101.0, WALL, 5)
 
 
 @pytest.mark.parametrize("how", [{"provider": {"sort": "price"}}, {"model": "m:floor"}])
