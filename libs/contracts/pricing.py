@@ -81,13 +81,19 @@ def requested_max_tokens(body: dict[str, Any], default: int, endpoint: Endpoint 
     return COMPLETIONS_DEFAULT_MAX_TOKENS if endpoint == COMPLETIONS else default
 
 
-def generated_choices(body: dict[str, Any]) -> int:
-    """How many choices the hoster generates: ``n`` (or a text completion's ``best_of`` when larger) for each
-    prompt of a text completion whose ``prompt`` is a list of prompts."""
-    counts = [v for v in (body.get("n"), body.get("best_of")) if isinstance(v, int) and v > 0]
+def generated_choices(body: dict[str, Any], endpoint: Endpoint = CHAT) -> int:
+    """How many choices the hoster generates: ``n``; for a text completion, ``best_of`` when larger, for each
+    prompt when ``prompt`` is a list of prompts (a chat body's unknown ``best_of`` counts for nothing)."""
+    n = body.get("n")
+    choices = n if isinstance(n, int) and n > 0 else 1
+    if endpoint != COMPLETIONS:
+        return choices
+    best_of = body.get("best_of")
+    if isinstance(best_of, int) and best_of > choices:
+        choices = best_of
     prompt = body.get("prompt")
     prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
-    return max(counts, default=1) * prompts
+    return choices * prompts
 
 
 def to_credits(micro: int) -> float:
@@ -114,7 +120,7 @@ class UsageBounds:
         cls, body: dict[str, Any], body_bytes: int, default_max_tokens: int, endpoint: Endpoint = CHAT
     ) -> UsageBounds:
         limit = requested_max_tokens(body, default_max_tokens, endpoint)
-        return cls(body_bytes + TEMPLATE_TOKENS, limit * generated_choices(body))
+        return cls(body_bytes + TEMPLATE_TOKENS, limit * generated_choices(body, endpoint))
 
     def with_text(self, text_bytes: int, choices: int) -> UsageBounds:
         """Also bounded by the text the client received: a token is at least one byte of text (byte-level

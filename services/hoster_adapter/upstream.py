@@ -329,7 +329,16 @@ class HosterAdapter:
         rewriter = ChunkRewriter(dispatch) if dispatch.stream else None
         assembler: CompletionAssembler | TextAssembler | None = None
         if not dispatch.stream:
-            choices = min(generated_choices(dispatch.body), s.max_choices)
+            choices = generated_choices(dispatch.body, dispatch.endpoint)
+            if choices > s.max_choices:
+                # The request's own shape, not the hoster's answer, is past the bound: the client's error
+                # (no failover, no hoster's trust lost), said before the upstream is asked anything.
+                raise UpstreamFailure(
+                    f"too_many_choices: the request asks for {choices} choices (n, best_of, prompts), more than "
+                    f"the {s.max_choices} one answer may hold",
+                    400,
+                    client_error=True,
+                )
             budget = min(s.max_completion_bytes, max_payload)
             text = dispatch.endpoint == COMPLETIONS
             assembler = TextAssembler(choices, budget) if text else CompletionAssembler(choices, budget)

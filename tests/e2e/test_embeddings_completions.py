@@ -253,3 +253,12 @@ def test_a_hoster_inflating_embedding_usage_is_held_to_the_bytes_the_client_sent
     record = routing_record(stack, key, response.headers["x-request-id"])
     assert record["prompt_tokens"] == usage["prompt_tokens"]
     assert Decimal(str(record["cost"])) == Decimal(str(usage["cost"]))
+
+
+def test_a_text_completion_asking_for_more_choices_than_an_answer_holds_is_the_clients_error(
+    stack: Stack, key: str
+) -> None:
+    response = post(stack, key, "completions", model=DEMO_MODEL, prompt=["a"] * 65, n=2, max_tokens=1)
+    assert response.status_code == 400, response.text
+    assert "too_many_choices" in response.json()["error"]["message"]
+    assert response.headers["x-computeshare-attempts"] == "1"  # no failover: no hoster is at fault

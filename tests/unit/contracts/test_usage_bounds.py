@@ -29,3 +29,14 @@ def test_a_charge_is_scaled_down_to_its_reservation_and_still_splits_exactly() -
     scaled = within(lines, 100)
     assert sum(c.client for _, c in scaled) <= 100
     assert all(c.client == c.hoster + c.fee and c.hoster >= 0 and c.fee >= 0 for _, c in scaled)
+
+
+def test_choices_count_best_of_and_prompts_only_for_text_completions() -> None:
+    from libs.contracts.common import COMPLETIONS
+    from libs.contracts.pricing import generated_choices
+
+    body = {"n": 2, "best_of": 100, "prompt": ["a", "b", "c"]}
+    assert generated_choices(body) == 2  # a chat body's unknown fields do not grow its reservation
+    assert generated_choices(body, COMPLETIONS) == 300
+    assert UsageBounds.of(body, 10, 4096).completion == 4096 * 2
+    assert UsageBounds.of(body | {"max_tokens": 5}, 10, 4096, COMPLETIONS).completion == 5 * 300
