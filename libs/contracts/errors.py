@@ -215,3 +215,10 @@ def incomplete_response(seq: int, attempt: int) -> ErrorReport:
         f"Part of the answer was lost on its way (frame {seq} of attempt {attempt} never arrived); what came "
         "before it is all there is. Retry the request.",
     )
+
+
+def malformed_answer() -> ErrorReport:
+    """502: the serving hoster sent something other than the JSON objects of an answer."""
+    return _server(
+        502, "invalid_hoster_response", "The hoster's answer was malformed; what came before it is all there is."
+    )

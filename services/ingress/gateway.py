@@ -97,14 +97,16 @@ class UsageGuard:
         self.text_bytes = 0
         self.choices = 1
 
-    def take(self, body: bytes) -> bytes:
+    def take(self, body: bytes) -> bytes | None:
         """Count the text of ``body`` (a completion, or a chunk frame's chunks, one per line); return it with
-        any usage it carries held to the bounds (unchanged when it already was what the gateway would write)."""
+        any usage it carries held to the bounds (unchanged when it already was what the gateway would write),
+        or ``None`` when it is not JSON objects: a hoster's garbage never reaches the client."""
         if b"\n" in body:
-            return b"\n".join(self._take_one(line) for line in frames.chunks(body))
+            taken = [self._take_one(line) for line in frames.chunks(body)]
+            return None if not taken or None in taken else b"\n".join(t for t in taken if t is not None)
         return self._take_one(body)
 
-    def _take_one(self, body: bytes) -> bytes:
+    def _take_one(self, body: bytes) -> bytes | None:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -112,9 +114,13 @@ class UsageGuard:
                 # orjson reads no integer past 64 bits; a hoster's frame may hold one (in its usage, say).
                 doc = json.loads(body)
             except ValueError:
-                return body
+                return None
         if not isinstance(doc, dict):
-            return body
+            return None
+        if b"\r" in body:
+            # JSON may carry a carriage return as whitespace, and SSE readers end a line at one: written again
+            # without it, no hoster can slip a field or an event boundary into the client's stream.
+            body = orjson.dumps(doc)
         self._count(doc.get("choices"))
         usage = doc.get("usage")
         if not isinstance(usage, dict):
@@ -316,8 +322,20 @@ class ReplyStream:
                 self._content = True
                 self._due = self._heard + self._deadlines.stall_s
             if self.guard is not None:
-                frame = frame._replace(body=self.guard.take(frame.body))
+                body = self.guard.take(frame.body)
+                if body is None:
+                    return self._malformed(frame)
+                frame = frame._replace(body=body)
         return frame
+
+    def _malformed(self, frame: frames.Frame) -> frames.Frame:
+        """The serving hoster sent something other than JSON objects: end the answer with an error, stop the
+        request (it pays for the text relayed before), drop the rest of the attempt."""
+        self._abandoned, self._due = max(self._abandoned, frame.attempt), None
+        if self._on_lost is not None:
+            self._on_lost(self.request_id)
+        report = errors.malformed_answer()
+        return frames.Frame(frames.ERROR, frame.attempt, -1, report.model_dump_json().encode())
 
     def _lost(self, frame: frames.Frame) -> frames.Frame:
         """Frames before ``frame`` never came: end the answer here with an error, drop the rest of the attempt."""

@@ -8,8 +8,9 @@ from typing import Any
 import orjson
 import pytest
 
+from libs.contracts import frames
 from libs.contracts.pricing import UsageBounds, client_usage
-from services.ingress.gateway import UsageGuard
+from services.ingress.gateway import ReplyStream, UsageGuard
 
 
 def chunk(index: int = 0, usage: dict[str, Any] | None = None, **delta: object) -> bytes:
@@ -31,7 +32,7 @@ def test_usage_past_the_text_or_the_limits_is_rewritten_and_repriced() -> None:
     # What the adapter writes for a report within the bounds passes as it is, byte for byte.
     honest = chunk(usage=client_usage(10, 3, {}, 1_000_000, 1_000_000, 0))
     assert guard.take(honest) == honest
-    fixed = orjson.loads(guard.take(chunk(usage={"prompt_tokens": 10_000, "completion_tokens": 16_000})))
+    fixed = orjson.loads(taken(guard, chunk(usage={"prompt_tokens": 10_000, "completion_tokens": 16_000})))
     assert fixed["usage"] == {
         "prompt_tokens": 100,
         "completion_tokens": 5,
@@ -39,7 +40,7 @@ def test_usage_past_the_text_or_the_limits_is_rewritten_and_repriced() -> None:
         "cost": 0.000105,
         "cost_details": {"upstream_inference_cost": 0.000105},
     }
-    negative = orjson.loads(guard.take(chunk(usage={"prompt_tokens": -1, "completion_tokens": -9})))
+    negative = orjson.loads(taken(guard, chunk(usage={"prompt_tokens": -1, "completion_tokens": -9})))
     assert negative["usage"]["cost"] == 0
 
 
@@ -47,7 +48,7 @@ def test_a_frame_of_several_chunks_is_counted_and_bounded_chunk_by_chunk() -> No
     guard = UsageGuard(UsageBounds(prompt=100, completion=50), 1_000_000, 1_000_000, 0)
     inflated = chunk(usage={"prompt_tokens": 10_000, "completion_tokens": 16_000})
     body = b"\n".join([chunk(content="abcd"), chunk(content="ef"), inflated])
-    out = guard.take(body).split(b"\n")
+    out = taken(guard, body).split(b"\n")
     assert guard.text_bytes == 6
     assert out[:2] == [chunk(content="abcd"), chunk(content="ef")]
     assert orjson.loads(out[2])["usage"]["completion_tokens"] == 7  # 6 bytes of text + 1 for the choice
@@ -57,7 +58,7 @@ def test_the_gateways_cost_replaces_a_hosters_and_its_fee_is_not_the_hosters_sha
     guard = UsageGuard(UsageBounds(prompt=100, completion=50), 1_000_000, 2_000_000, 1000)
     guard.take(chunk(content="abcdefghij"))
     lied = {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14, "cost": 0, "injected": "<script>"}
-    usage = orjson.loads(guard.take(chunk(usage=lied)))["usage"]
+    usage = orjson.loads(taken(guard, chunk(usage=lied)))["usage"]
     # 10 x 1 + 4 x 2 = 18 micro-credits to the hoster, plus a 10% fee rounded up: 20.
     assert usage["cost"] == pytest.approx(20e-6)
     assert usage["cost_details"] == {"upstream_inference_cost": pytest.approx(18e-6)}
@@ -69,7 +70,7 @@ def usage_of(guard: UsageGuard, **reported: Any) -> dict[str, Any]:
     # The stdlib's encoder: it writes integers past 64 bits and NaN, as a hostile hoster may.
     usage = {"prompt_tokens": 10, "completion_tokens": 4, **reported}
     body = json.dumps({"object": "chat.completion.chunk", "choices": [], "usage": usage}).encode()
-    out: dict[str, Any] = orjson.loads(guard.take(body))["usage"]
+    out: dict[str, Any] = orjson.loads(taken(guard, body))["usage"]
     return out
 
 
@@ -139,7 +140,7 @@ def test_details_are_held_to_the_counts_after_those_are_bounded(guard: UsageGuar
 
 @pytest.mark.parametrize("counts", [{"prompt_tokens": "10", "completion_tokens": 4}, {"completion_tokens": [4]}])
 def test_counts_that_are_not_numbers_are_not_shown_as_they_came(guard: UsageGuard, counts: dict[str, Any]) -> None:
-    usage = orjson.loads(guard.take(chunk(usage=counts)))["usage"]
+    usage = orjson.loads(taken(guard, chunk(usage=counts)))["usage"]
     assert all(isinstance(usage[k], int) for k in ("prompt_tokens", "completion_tokens", "total_tokens"))
 
 
@@ -150,9 +151,42 @@ def test_an_embeddings_usage_keeps_without_a_completion_count() -> None:
     written = orjson.dumps({"object": "list", "data": [], "model": "m", "usage": usage})
     assert guard.take(written) == written
     inflated = orjson.dumps({"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 10**6}})
-    assert orjson.loads(guard.take(inflated))["usage"] == {
+    assert orjson.loads(taken(guard, inflated))["usage"] == {
         "prompt_tokens": 100,
         "total_tokens": 100,
         "cost": 0.0001,
         "cost_details": {"upstream_inference_cost": 0.0001},
     }
+
+
+def taken(guard: UsageGuard, body: bytes) -> bytes:
+    out = guard.take(body)
+    assert out is not None
+    return out
+
+
+def test_what_is_not_a_json_object_never_reaches_the_client() -> None:
+    guard = UsageGuard(UsageBounds(prompt=100, completion=50), 0, 0, 0)
+    assert guard.take(b"not json") is None
+    assert guard.take(b"[1, 2]") is None
+    assert guard.take(chunk(content="ok") + b"\nnot json") is None  # one bad line spoils the frame
+
+
+def test_a_carriage_return_cannot_slip_into_the_clients_stream() -> None:
+    guard = UsageGuard(UsageBounds(prompt=100, completion=50), 0, 0, 0)
+    out = taken(guard, b'{"choices": []}\r\r')
+    assert b"\r" not in out
+    assert orjson.loads(out) == {"choices": []}
+
+
+async def test_a_malformed_answer_ends_the_stream_with_an_error_and_stops_the_request() -> None:
+    stopped: list[str] = []
+    stream = ReplyStream("r", idle_s=1, on_lost=stopped.append)
+    stream.guard = UsageGuard(UsageBounds(prompt=100, completion=50), 0, 0, 0)
+    stream.put(frames.encode(frames.CHUNK, 1, 0, chunk(content="ok")))
+    stream.put(frames.encode(frames.CHUNK, 1, 1, b"<html>oops</html>"))
+    assert (await stream.next()).kind == frames.CHUNK
+    error = await stream.next()
+    assert error.kind == frames.ERROR
+    assert orjson.loads(error.body)["code"] == "invalid_hoster_response"
+    assert stopped == ["r"]
