@@ -81,6 +81,14 @@ def requested_max_tokens(body: dict[str, Any], default: int, endpoint: Endpoint 
     return COMPLETIONS_DEFAULT_MAX_TOKENS if endpoint == COMPLETIONS else default
 
 
+def input_count(value: Any) -> int:
+    """How many embeddings an ``input`` asks for: one per string or token list, one for a single string or
+    a single list of token ids."""
+    if isinstance(value, list) and value and isinstance(value[0], (str, list)):
+        return len(value)
+    return 1
+
+
 def generated_choices(body: dict[str, Any], endpoint: Endpoint = CHAT) -> int:
     """How many choices the hoster generates: ``n``; for a text completion, ``best_of`` when larger, for each
     prompt when ``prompt`` is a list of prompts (a chat body's unknown ``best_of`` counts for nothing)."""

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 
 from libs.contracts.common import COMPLETIONS, Usage
-from libs.contracts.pricing import client_usage, estimate_prompt_tokens
+from libs.contracts.pricing import client_usage, estimate_prompt_tokens, input_count
 from libs.contracts.routing import AttemptDispatch
 
 
@@ -360,14 +360,6 @@ class TextAssembler:
         if fingerprint:
             body["system_fingerprint"] = fingerprint
         return orjson.dumps(body)
-
-
-def input_count(value: Any) -> int:
-    """How many embeddings an ``input`` asks for: one per string or token list, one for a single string or
-    a single list of token ids."""
-    if isinstance(value, list) and value and isinstance(value[0], (str, list)):
-        return len(value)
-    return 1
 
 
 def embeddings_body(doc: Any, dispatch: AttemptDispatch, tally: StreamTally) -> bytes:

@@ -87,9 +87,13 @@ class UsageGuard:
     ``client_usage`` of the bounded counts, so its details never exceed their counts, its cost is the
     gateway's, and nothing else a hoster put in it passes."""
 
-    __slots__ = ("bounds", "choices", "fee_bps", "input_price", "output_price", "text_bytes")
+    __slots__ = ("bounds", "choices", "fee_bps", "input_price", "output_price", "text_bytes", "vectors")
 
-    def __init__(self, bounds: UsageBounds, input_price: int, output_price: int, fee_bps: int) -> None:
+    def __init__(
+        self, bounds: UsageBounds, input_price: int, output_price: int, fee_bps: int, vectors: int | None = None
+    ) -> None:
+        # An embeddings request's number of inputs: its answer must hold one vector per input.
+        self.vectors = vectors
         self.bounds = bounds
         self.input_price = input_price
         self.output_price = output_price
@@ -116,6 +120,8 @@ class UsageGuard:
             except ValueError:
                 return None
         if not isinstance(doc, dict):
+            return None
+        if self.vectors is not None and not _vectors_fit(doc.get("data"), self.vectors):
             return None
         if b"\r" in body:
             # JSON may carry a carriage return as whitespace, and SSE readers end a line at one: written again
@@ -171,6 +177,27 @@ class UsageGuard:
                         text = function.get(key)
                         if isinstance(text, str):
                             self.text_bytes += len(text.encode())
+
+
+def _vectors_fit(data: object, count: int) -> bool:
+    """Whether an embeddings answer's ``data`` holds ``count`` vectors, one per index, each numbers or base64
+    text (the adapter checks more; a hoster's own agent may not)."""
+    if not isinstance(data, list) or len(data) != count:
+        return False
+    seen = set()
+    for item in data:
+        if not isinstance(item, dict):
+            return False
+        index, vector = item.get("index"), item.get("embedding")
+        if type(index) is not int or not 0 <= index < count or index in seen:
+            return False
+        seen.add(index)
+        if isinstance(vector, list):
+            if not vector or not all(type(x) in (int, float) for x in vector):
+                return False
+        elif not isinstance(vector, str) or not vector:
+            return False
+    return True
 
 
 def _count_of(value: object) -> int:
@@ -395,7 +422,7 @@ def _repriced(guard: UsageGuard, body: bytes) -> UsageGuard:
         prices = int(named["input_price"]), int(named["output_price"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return guard
-    return UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps)
+    return UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps, guard.vectors)
 
 
 def _deadline_of(body: bytes) -> float | None:

@@ -25,7 +25,7 @@ from libs.contracts.openai import (
     hoster_body,
     validation_failure,
 )
-from libs.contracts.pricing import UsageBounds, to_credits
+from libs.contracts.pricing import UsageBounds, input_count, to_credits
 from libs.contracts.routing import RouteRequest
 from libs.platform import apikeys
 from libs.platform.ids import new_request_id
@@ -302,7 +302,8 @@ async def _complete(
         replies.arm(accepted.attempt, accepted.first_byte_deadline_ms)
         if accepted.prompt_bound is not None and accepted.completion_bound is not None:
             bounds = UsageBounds(accepted.prompt_bound, accepted.completion_bound)
-            replies.guard = UsageGuard(bounds, accepted.input_price, accepted.output_price, accepted.fee_bps)
+            vectors = input_count(payload.get("input")) if endpoint == EMBEDDINGS else None
+            replies.guard = UsageGuard(bounds, accepted.input_price, accepted.output_price, accepted.fee_bps, vectors)
         headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id, **accepted.headers}
         try:
             first = await first_answer(replies, headers)

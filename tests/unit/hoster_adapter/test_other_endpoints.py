@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from libs.contracts.common import COMPLETIONS, EMBEDDINGS, MAX_COUNT
+from libs.contracts.pricing import input_count
 from libs.contracts.routing import AttemptDispatch
 from services.hoster_adapter.profiles import PROFILES
 from services.hoster_adapter.service import (
@@ -18,7 +19,6 @@ from services.hoster_adapter.service import (
     TextAssembler,
     UpstreamFailure,
     embeddings_body,
-    input_count,
 )
 
 

@@ -190,3 +190,16 @@ async def test_a_malformed_answer_ends_the_stream_with_an_error_and_stops_the_re
     assert error.kind == frames.ERROR
     assert orjson.loads(error.body)["code"] == "invalid_hoster_response"
     assert stopped == ["r"]
+
+
+def test_an_embeddings_answer_must_hold_one_vector_per_input() -> None:
+    def answer(*vectors: object) -> bytes:
+        data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
+        return orjson.dumps({"object": "list", "data": data, "model": "m"})
+
+    guard = UsageGuard(UsageBounds(prompt=100, completion=0), 0, 0, 0, vectors=2)
+    assert guard.take(answer([0.5, 0.5], "AAAAPw==")) is not None
+    assert guard.take(answer([0.5, 0.5])) is None  # one short
+    assert guard.take(answer([0.5], [0.5], [0.5])) is None  # one too many
+    assert guard.take(answer([0.5], ["x"])) is None  # not numbers
+    assert guard.take(answer([0.5], [])) is None
