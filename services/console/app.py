@@ -17,14 +17,16 @@ from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from libs.platform.metrics import MetricsServer
 from libs.platform.telemetry import setup_tracing
-from services.console.handlers import Console, render, router, session_of
-from services.console.middleware import SecurityHeadersMiddleware
+from services.console.handlers import Console, render, router, session_of, too_large
+from services.console.middleware import BodyLimitMiddleware, BodyTooLarge, SecurityHeadersMiddleware
 from services.console.queries import Queries, Unavailable
 from services.console.sessions import SessionCodec
 from services.console.settings import ConsoleSettings
 
 SERVICE = "console"
 HERE = Path(__file__).resolve().parent
+# The largest request body the console reads: its forms are a few short fields (``handlers.form_of``).
+MAX_FORM_BYTES = 16 * 1024
 
 
 def build_app(settings: ConsoleSettings) -> FastAPI:
@@ -54,12 +56,16 @@ def build_app(settings: ConsoleSettings) -> FastAPI:
             if provider is not None:
                 provider.shutdown()
 
-    app = FastAPI(title="computeshare console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    # No redirect to the same path with or without its trailing slash: Starlette would write it with the Host the
+    # request came with, the console's own address behind the ingress's pass-through.
+    app = FastAPI(title="computeshare console", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
+                  redirect_slashes=False)  # fmt: skip
     templates = Jinja2Templates(directory=HERE / "templates")
     codec = SessionCodec(settings.session_secret.get_secret_value(), settings.session_ttl_s)
     console = app.state.console = Console(settings, queries, codec, templates)
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_FORM_BYTES)
     app.add_middleware(SecurityHeadersMiddleware)
 
     @app.get("/healthz", include_in_schema=False)
@@ -70,6 +76,10 @@ def build_app(settings: ConsoleSettings) -> FastAPI:
     async def readyz() -> Response:
         ready = queries.connected
         return JSONResponse({"status": "ready" if ready else "not connected"}, status_code=200 if ready else 503)
+
+    @app.exception_handler(BodyTooLarge)
+    async def body_too_large(request: Request, exc: BodyTooLarge) -> Response:
+        return too_large(request, console)
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable) -> Response:

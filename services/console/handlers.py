@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException
 
 from libs.contracts.management import CreateKey, HosterTokenInfo, ManagementKeyInfo
 from libs.platform import apikeys
@@ -90,17 +91,41 @@ def signed_out(request: Request, console: Console, why: str) -> RedirectResponse
     return redirect(f"/console/signin?ended={why}", request, console, Session.new())
 
 
-async def form_of(request: Request, session: Session) -> dict[str, str] | None:
-    """The form's text fields, or ``None`` when its CSRF token is not the session's (a forged request)."""
-    form = await request.form()
+# The console's forms are a few short fields (the longest a key or token, or a label of 100 characters): the
+# body is held to ``app.MAX_FORM_BYTES`` (``middleware.BodyLimitMiddleware``), and parsed only as a URL-encoded form of
+# at most MAX_FORM_FIELDS fields of MAX_FIELD_BYTES each, with no file, before its CSRF token is checked.
+FORM = "application/x-www-form-urlencoded"
+MAX_FORM_FIELDS = 8
+MAX_FIELD_BYTES = 4 * 1024
+
+
+async def form_of(request: Request, console: Console, session: Session) -> dict[str, str] | HTMLResponse:
+    """The form's text fields, or the page that refuses it: 415 when it is not a URL-encoded form, 400 past
+    the limits on fields, 403 when its CSRF token is not the session's (a forged request)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != FORM:
+        message = "The console accepts forms sent as application/x-www-form-urlencoded only."
+        return render(request, console, session, "error.html", status_code=415, title="Form refused", message=message)
+    try:
+        form = await request.form(max_files=0, max_fields=MAX_FORM_FIELDS, max_part_size=MAX_FIELD_BYTES)
+    except HTTPException as exc:  # python-multipart's limits, turned into a 400 by Starlette
+        message = f"This form is not one of the console's: {exc.detail}"
+        return render(request, console, session, "error.html", status_code=400, title="Form refused", message=message)
     fields = {name: value for name, value in form.items() if isinstance(value, str)}
-    return fields if session.accepts(fields.get(CSRF_FIELD)) else None
+    return fields if session.accepts(fields.get(CSRF_FIELD)) else forbidden(request, console, session)
 
 
 def forbidden(request: Request, console: Console, session: Session) -> HTMLResponse:
     """The answer to a form without this session's CSRF token."""
     message = "This form has expired or did not come from this console. Reload the page and try again."
     return render(request, console, session, "error.html", status_code=403, title="Form refused", message=message)
+
+
+def too_large(request: Request, console: Console) -> HTMLResponse:
+    """The answer to a body past ``MAX_FORM_BYTES`` (``middleware.BodyTooLarge``)."""
+    message = "This form is larger than any of the console's."
+    return render(request, console, session_of(request, console), "error.html", status_code=413, title="Form refused",
+                  message=message)  # fmt: skip
 
 
 async def account_of(session: Session, console: Console) -> ManagementKeyInfo | None:
@@ -157,9 +182,9 @@ async def sign_in_page(request: Request, console: ConsoleDep, ended: str | None 
 async def sign_in(request: Request, console: ConsoleDep) -> Response:
     """Check the key or token with billing; a valid one starts a session (a new cookie, a new CSRF token)."""
     session = session_of(request, console)
-    form = await form_of(request, session)
-    if form is None:
-        return forbidden(request, console, session)
+    form = await form_of(request, console, session)
+    if isinstance(form, Response):
+        return form
     kind, secret = form.get("kind", ""), form.get("secret", "").strip()
     error = None
     if kind == "account":
@@ -191,9 +216,9 @@ async def sign_in(request: Request, console: ConsoleDep) -> Response:
 async def sign_out(request: Request, console: ConsoleDep) -> Response:
     """End the session (the cookie goes; a new visitor's session takes its place)."""
     session = session_of(request, console)
-    form = await form_of(request, session)
-    if form is None:
-        return forbidden(request, console, session)
+    form = await form_of(request, console, session)
+    if isinstance(form, Response):
+        return form
     response = redirect("/console/signin?ended=signed_out", request, console)
     clear_session_cookie(response, over_tls(request))
     return response
@@ -250,11 +275,20 @@ async def request_page(request_id: str, request: Request, console: ConsoleDep) -
 
 
 async def keys_response(
-    request: Request, console: Console, session: Session, account_id: str, status_code: int = 200, **context: Any
+    request: Request,
+    console: Console,
+    session: Session,
+    account_id: str,
+    status_code: int = 200,
+    revoked: str | None = None,
+    **context: Any,
 ) -> Response:
+    """The keys page; ``revoked`` (a prefix, from the address) is named only if it is one of the account's
+    revoked keys."""
     listing = await console.queries.keys(account_id)
     return render(request, console, session, "keys.html", status_code=status_code,
-                  keys=service.key_rows(listing.keys), **context)  # fmt: skip
+                  keys=service.key_rows(listing.keys), revoked=service.revoked_notice(listing.keys, revoked),
+                  **context)  # fmt: skip
 
 
 @router.get("/keys", include_in_schema=False)
@@ -275,9 +309,9 @@ async def keys_page(request: Request, console: ConsoleDep, revoked: str | None =
 async def create_key(request: Request, console: ConsoleDep) -> Response:
     """Create an inference key with optional limits; the page shows it this once (nothing keeps it)."""
     session = session_of(request, console)
-    form = await form_of(request, session)
-    if form is None:
-        return forbidden(request, console, session)
+    form = await form_of(request, console, session)
+    if isinstance(form, Response):
+        return form
     info = await account_of(session, console)
     if info is None or info.account_id is None:
         return signed_out(request, console, "revoked")
@@ -299,9 +333,9 @@ async def create_key(request: Request, console: ConsoleDep) -> Response:
 async def revoke_key(key_id: str, request: Request, console: ConsoleDep) -> Response:
     """Revoke one of the account's keys; requests with it get a 401 within the ingress's key cache time."""
     session = session_of(request, console)
-    form = await form_of(request, session)
-    if form is None:
-        return forbidden(request, console, session)
+    form = await form_of(request, console, session)
+    if isinstance(form, Response):
+        return form
     info = await account_of(session, console)
     if info is None or info.account_id is None:
         return signed_out(request, console, "revoked")

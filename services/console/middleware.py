@@ -1,4 +1,4 @@
-"""Security headers on every console response: a plain ASGI middleware."""
+"""Plain ASGI middleware of the console: security headers on every response, and the cap on request bodies."""
 
 from __future__ import annotations
 
@@ -38,3 +38,39 @@ class SecurityHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, with_headers)
+
+
+class BodyTooLarge(Exception):
+    """A request body past the console's limit; raised where the body is read, answered with a 413 page."""
+
+
+class BodyLimitMiddleware:
+    """Holds every request body to ``max_body_bytes``: reading a body that declares more (``Content-Length``)
+    raises ``BodyTooLarge`` before a byte of it is read, and one streamed without a length raises it as soon as
+    it passes the limit. Nothing is read for a route that does not read its body."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
+        declared_too_large = declared.isdigit() and int(declared) > limit
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            if declared_too_large:
+                raise BodyTooLarge
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        await self.app(scope, limited_receive, send)

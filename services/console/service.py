@@ -395,6 +395,16 @@ def key_rows(keys: list[ManagedKey]) -> list[KeyRow]:
     ]
 
 
+def revoked_notice(keys: list[ManagedKey], prefix: str | None) -> str | None:
+    """The key prefix the "revoked" notice names (``/console/keys?revoked=...``, where a revoke redirects), only
+    when it is the prefix of one of these keys that is revoked: the address is anyone's to write, so no text of
+    its own reaches the page."""
+    if not prefix:
+        return None
+    revoked = any(key.prefix == prefix and key.revoked_at is not None for key in keys)
+    return prefix if revoked else None
+
+
 def optional_limit(text: str | None) -> int | None:
     """A limit typed into a form: blank is none; otherwise a whole number from 1 (``ValueError`` if not)."""
     text = (text or "").strip().replace(",", "").replace("_", "")

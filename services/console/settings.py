@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.platform.settings import ServiceSettings
+
+# Session secrets published with the project (docker-compose.yml's fallback): anyone could sign sessions with
+# them.
+PUBLISHED_SECRETS = frozenset({"compose-dev-only-console-session-secret-not-a-secret"})
 
 
 class ConsoleSettings(ServiceSettings):
@@ -20,6 +25,9 @@ class ConsoleSettings(ServiceSettings):
     # Signs the session cookies (and the CSRF tokens in them): every replica must share it, and rotating it
     # signs everyone out. No default: a console whose secret anyone could read would accept forged sessions.
     session_secret: SecretStr = Field(min_length=32)
+    # A published secret (``PUBLISHED_SECRETS``) is refused unless this says the console is a laptop's
+    # (docker compose sets it while its own fallback secret is in use).
+    allow_dev_secret: bool = False
     # A session lasts this long without a visit; the key or token behind it is checked again on every page,
     # so a revoked one ends its sessions at once.
     session_ttl_s: int = Field(8 * 3600, ge=60)
@@ -31,3 +39,13 @@ class ConsoleSettings(ServiceSettings):
     vendor_dir: Path = Path(__file__).resolve().parent / "node_modules"
     # Rows in the recent requests and recent attempts tables.
     recent_rows: int = Field(50, ge=1, le=500)
+
+    @model_validator(mode="after")
+    def _refuse_a_published_secret(self) -> Self:
+        if self.session_secret.get_secret_value() in PUBLISHED_SECRETS and not self.allow_dev_secret:
+            raise ValueError(
+                "CS_CONSOLE_SESSION_SECRET is the development default published in docker-compose.yml: anyone "
+                "could sign sessions with it. Set your own (32+ random characters), or CS_CONSOLE_ALLOW_DEV_SECRET="
+                "true on a laptop."
+            )
+        return self

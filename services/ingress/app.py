@@ -22,7 +22,7 @@ from services.ingress import management
 from services.ingress.console_proxy import ConsoleProxy
 from services.ingress.gateway import Gateway, GatewayError
 from services.ingress.handlers import error_response, router
-from services.ingress.middleware import HttpMetricsMiddleware
+from services.ingress.middleware import BodyLimitMiddleware, HttpMetricsMiddleware
 from services.ingress.openapi import install_openapi
 from services.ingress.settings import IngressSettings
 
@@ -100,6 +100,8 @@ def build_app(settings: IngressSettings) -> FastAPI:
     app.include_router(management.router)
     if console is not None:
         console.install(app)
+    # Every route, the console's pass-through included: no body larger than this is ever buffered or sent on.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)
     install_openapi(app)
 

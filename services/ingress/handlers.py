@@ -195,12 +195,19 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings) -> dict[str, Any] | Response:
-    """The JSON object of a request's body, or the OpenAI-style error that refuses it."""
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The raw body of a request sent as JSON: a 415 when it is not, a 413 past ``limit`` bytes. Routes read
+    their bodies with it after their key check, never through a body parameter (FastAPI would read those
+    first)."""
     if not _is_json(request.headers.get("content-type")):
         raise GatewayError(errors.unsupported_media_type())
+    return await _read_limited(request, limit)
+
+
+async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings) -> dict[str, Any] | Response:
+    """The JSON object of a request's body, or the OpenAI-style error that refuses it."""
     limit = min(settings.max_body_bytes, gateway.max_body_bytes or settings.max_body_bytes)
-    raw = await _read_limited(request, limit)
+    raw = await read_json_body(request, limit)
     try:
         payload: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -2,16 +2,20 @@
 
 Every route answers only within the account the management key belongs to; billing enforces it (each query
 names that account), so another account's key id is a 404 exactly like one that does not exist.
+
+A body is read only once its key was checked, and at most ``MAX_MANAGEMENT_BODY_BYTES`` of it: the routes take
+the ``Request`` and parse the body themselves (``openapi.REQUEST_BODIES`` documents it), since FastAPI reads a
+body parameter whole before any dependency runs.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
-from pydantic import RootModel
+from pydantic import BaseModel, RootModel, ValidationError
 
 from libs.contracts import errors, subjects
 from libs.contracts.billing import KeyInfo
@@ -32,7 +36,7 @@ from libs.contracts.management import (
 )
 from libs.contracts.pricing import to_credits
 from services.ingress.gateway import GatewayError
-from services.ingress.handlers import GatewayDep, ManagerDep, SettingsDep
+from services.ingress.handlers import GatewayDep, ManagerDep, SettingsDep, invalid_request, read_json_body
 from services.ingress.openapi import (
     Account,
     AccountUsage,
@@ -46,6 +50,11 @@ from services.ingress.openapi import (
 from services.ingress.openapi import errors as documented
 
 router = APIRouter()
+
+# A management body is a label of at most 100 characters and two limits: 4 KiB is many times what one needs.
+MAX_MANAGEMENT_BODY_BYTES = 4 * 1024
+
+Body = TypeVar("Body", bound=BaseModel)
 
 
 class _MaybeSummary(RootModel[AccountSummary | None]):
@@ -77,6 +86,19 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
 
 
+async def _body(request: Request, model: type[Body]) -> Body | Response:
+    """The body as ``model`` (at most ``MAX_MANAGEMENT_BODY_BYTES``, sent as JSON), or the 400 that refuses it."""
+    raw = await read_json_body(request, MAX_MANAGEMENT_BODY_BYTES)
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        param = ".".join(str(p) for p in error["loc"]) or None
+        if param is None:  # not a JSON object at all
+            return invalid_request(f"Invalid request body: {error['msg']}")
+        return invalid_request(f"Invalid value for '{param}': {error['msg']}", param)
+
+
 def _found(result: KeyResult, key_id: str) -> ManagedKey:
     """The key, or the 404 that says nothing of whether another account has it."""
     if result.key is None:
@@ -102,11 +124,14 @@ async def list_keys(manager: ManagerDep, gateway: GatewayDep, settings: Settings
     "/v1/keys",
     response_model=None,
     status_code=201,
-    responses={201: {"model": CreatedApiKey}, **documented(400, 401, 403, 503)},
+    responses={201: {"model": CreatedApiKey}, **documented(400, 401, 403, 413, 415, 503)},
 )
-async def create_key(body: NewKey, manager: ManagerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+async def create_key(request: Request, manager: ManagerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """A new inference key of the account, with an optional label and limits. The key is in this answer only:
     store it now."""
+    body = await _body(request, NewKey)
+    if isinstance(body, Response):
+        return body
     command = CreateKey(account_id=_account_of(manager), label=body.label, rpm=body.rpm, tpm=body.tpm)
     created = await gateway.manage(subjects.CREATE_ACCOUNT_KEY, command, CreatedKey, settings.retry_after_s)
     return _json({"key": created.key, "data": api_key(created.info)}, status=201)
@@ -127,13 +152,16 @@ async def show_key(key_id: str, manager: ManagerDep, gateway: GatewayDep, settin
 @router.patch(
     "/v1/keys/{key_id}",
     response_model=None,
-    responses={200: {"model": ApiKeyDocument}, **documented(400, 401, 403, 404, 503)},
+    responses={200: {"model": ApiKeyDocument}, **documented(400, 401, 403, 404, 413, 415, 503)},
 )
 async def update_key(
-    key_id: str, body: KeyChange, manager: ManagerDep, gateway: GatewayDep, settings: SettingsDep
+    key_id: str, request: Request, manager: ManagerDep, gateway: GatewayDep, settings: SettingsDep
 ) -> Response:
     """Change a key's ``rpm``, ``tpm`` or ``label``: only the fields sent change, ``null`` clears one. Every
     ingress replica uses the new limits within a moment."""
+    body = await _body(request, KeyChange)
+    if isinstance(body, Response):
+        return body
     command = SetKeyLimits(
         account_id=_account_of(manager),
         key_id=key_id,

@@ -1,4 +1,5 @@
-"""HTTP metrics for every route: a plain ASGI middleware, a few microseconds a request."""
+"""Plain ASGI middleware of the ingress: HTTP metrics for every route, and the cap on every request body. A few
+microseconds a request each."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from libs.contracts import errors
 from libs.platform.metrics import HTTP_DURATION, HTTP_REQUESTS
+from services.ingress.gateway import GatewayError
+from services.ingress.service import error_response_body
 
 
 class HttpMetricsMiddleware:
@@ -31,3 +35,55 @@ class HttpMetricsMiddleware:
             await send(message)
 
         await self.app(scope, receive, timed_send)
+
+
+def declared_length(scope: Scope) -> int | None:
+    """The request's ``Content-Length``, if it declares a valid one."""
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class BodyLimitMiddleware:
+    """No route of the ingress buffers (or passes on) more than ``max_body_bytes`` of a request body, whatever
+    it declares as its parameters: a declared ``Content-Length`` over the limit is a 413 before the app runs,
+    and a body streamed without one is cut off with a 413 as soon as it passes the limit. Routes may hold their
+    bodies to smaller limits of their own (the management API does)."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = declared_length(scope)
+        if declared is not None and declared > limit:
+            await send_too_large(send, limit)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    # Raised inside the route that reads: the app's GatewayError handler answers the 413.
+                    raise GatewayError(errors.request_too_large(limit))
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+async def send_too_large(send: Send, limit: int) -> None:
+    """A 413 in the OpenAI envelope, sent without reading the body. The connection is closed after it: the
+    unread body must not be taken for the next request."""
+    body = error_response_body(errors.request_too_large(limit))
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+               (b"connection", b"close")]  # fmt: skip
+    await send({"type": "http.response.start", "status": 413, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

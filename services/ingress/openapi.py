@@ -383,28 +383,32 @@ EMBEDDING_RESPONSES: dict[int | str, dict[str, Any]] = {
     **errors(400, 401, 402, 403, 404, 413, 415, 429, 500, 503),
 }
 
-# Each routed endpoint and the model its handler validates the body with.
-REQUEST_BODIES: dict[str, type[BaseModel]] = {
-    "/v1/chat/completions": ChatCompletionRequest,
-    "/v1/completions": CompletionRequest,
-    "/v1/embeddings": EmbeddingRequest,
+# Each route with a body (path and method) and the model its handler validates the body with. No route declares
+# its body as a parameter: FastAPI would read and parse it before the route's key check ran.
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
+    ("/v1/chat/completions", "post"): ChatCompletionRequest,
+    ("/v1/completions", "post"): CompletionRequest,
+    ("/v1/embeddings", "post"): EmbeddingRequest,
+    ("/v1/keys", "post"): NewKey,
+    ("/v1/keys/{key_id}", "patch"): KeyChange,
 }
 
 
 def install_openapi(app: FastAPI) -> None:
-    """Document each routed endpoint's body from the model its handler validates with (the handler parses it
-    itself, for OpenAI-style errors and to pass the client's JSON on untouched)."""
+    """Document each route's body from the model its handler validates with (the handler reads and parses it
+    itself: after the key check, within a limit, for OpenAI-style errors and to pass the client's JSON on
+    untouched)."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
             return app.openapi_schema
         document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
         components = document.setdefault("components", {}).setdefault("schemas", {})
-        for path, model in REQUEST_BODIES.items():
+        for (path, method), model in REQUEST_BODIES.items():
             request_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(request_schema.pop("$defs", {}))
             components[model.__name__] = request_schema
-            document["paths"][path]["post"]["requestBody"] = {
+            document["paths"][path][method]["requestBody"] = {
                 "required": True,
                 "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
             }

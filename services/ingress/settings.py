@@ -32,8 +32,10 @@ class IngressSettings(ServiceSettings):
     # A verified (or refused) key is trusted this long; a revoked key fails everywhere within it.
     key_cache_s: float = Field(2.0, ge=0, le=5)
     shutdown_grace_s: float = Field(30.0, ge=0)
-    # Larger chat completion bodies get a 413. A body crosses NATS inside a message, so the effective limit is
-    # also the server's max_payload (1 MiB by default) less room for the envelope; raise both for large images.
+    # Larger request bodies get a 413, on every route (``BodyLimitMiddleware``: declared or streamed, the console's
+    # pass-through too; the management API holds its bodies to 4 KiB). A model request's body crosses NATS
+    # inside a message, so its effective limit is also the server's max_payload (1 MiB by default) less room for
+    # the envelope; raise both for large images.
     max_body_bytes: int = Field(768 * 1024, ge=1024)
     # What one request's frames may hold in memory while its client does not read them (never less than two of
     # the largest NATS messages): past it the client is cut off and its request stopped, not the replica.

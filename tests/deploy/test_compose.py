@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from libs.devstack.infra import NATS_SERVER_VERSION, nats_server_binary
+from services.console.settings import PUBLISHED_SECRETS
 from services.hoster_adapter.settings import HosterConfig
 from tests.deploy.settings_names import unknown_settings
 
@@ -125,6 +126,10 @@ def test_the_ingress_serves_the_console_and_its_secret_comes_from_the_environmen
     assert services()["ingress"]["environment"]["CS_INGRESS_CONSOLE_URL"] == "http://console:8090"
     console = services()["console"]["environment"]
     assert console["CS_CONSOLE_SESSION_SECRET"].startswith("${CS_CONSOLE_SESSION_SECRET:-")
+    # Its fallback is a published secret: the console accepts it only where compose says it may.
+    fallback = console["CS_CONSOLE_SESSION_SECRET"].removeprefix("${CS_CONSOLE_SESSION_SECRET:-").removesuffix("}")
+    assert fallback in PUBLISHED_SECRETS
+    assert console["CS_CONSOLE_ALLOW_DEV_SECRET"] == "${CS_CONSOLE_ALLOW_DEV_SECRET:-true}"
     assert "ports" not in services()["console"]
 
 

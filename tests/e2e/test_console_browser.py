@@ -331,6 +331,22 @@ def test_every_form_needs_the_sessions_csrf_token(stack: Stack, page: Page) -> N
     expect(page).to_have_url(re.compile(r"/console/account$"))
 
 
+def test_the_console_writes_no_address_or_text_a_request_chose(stack: Stack, page: Page) -> None:
+    """Through the ingress: a trailing slash is a 404, not a redirect to the console's own address (the Host
+    the proxy sent it); the keys page names no text from its address, only a key the account revoked."""
+    console = stack.config.console_url
+    assert console is not None
+    answer = httpx.get(f"{console}/account/", follow_redirects=False)
+    assert answer.status_code == 404
+    assert "location" not in answer.headers
+    account_id, _ = stack.create_account(credits="1", name="notices")
+    sign_in_account(page, stack, stack.create_management_key(account_id))
+    page.goto(f"{console}/keys?revoked=ngk_abcd%E2%80%A6%20and%20your%20account%20is%20suspended")
+    expect(page.get_by_role("heading", name="Keys", exact=True)).to_be_visible()
+    expect(page.get_by_role("status")).to_have_count(0)
+    expect(page.locator("main")).not_to_contain_text("suspended")
+
+
 def unnamed_controls(page: Page) -> list[str]:
     """Controls (buttons, links, text fields...) without an accessible name, per Chromium's accessibility tree."""
     cdp = page.context.new_cdp_session(page)

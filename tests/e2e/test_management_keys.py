@@ -5,6 +5,7 @@ key never reaches another account."""
 
 from __future__ import annotations
 
+import socket
 import time
 from typing import Any
 
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.e2e
 MESSAGES: list[Any] = [{"role": "user", "content": "hello"}]
 
 
-def call(stack: Stack, method: str, path: str, key: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(
-        method, f"{stack.config.api_base}{path}", headers={"authorization": f"Bearer {key}"}, timeout=10, **kwargs
-    )
+def call(stack: Stack, method: str, path: str, key: str, headers: dict[str, str] | None = None,
+         **kwargs: Any) -> httpx.Response:  # fmt: skip
+    headers = {"authorization": f"Bearer {key}", **(headers or {})}
+    return httpx.request(method, f"{stack.config.api_base}{path}", headers=headers, timeout=10, **kwargs)
 
 
 def chat(stack: Stack, key: str) -> httpx.Response:
@@ -158,7 +159,8 @@ def test_one_accounts_management_key_never_reaches_another_account(stack: Stack)
     assert answer.status_code == 200
     b_request = answer.headers["x-request-id"]
 
-    for method, kwargs in (("GET", {}), ("PATCH", {"json": {"rpm": 1}}), ("DELETE", {})):
+    cases: list[tuple[str, dict[str, Any]]] = [("GET", {}), ("PATCH", {"json": {"rpm": 1}}), ("DELETE", {})]
+    for method, kwargs in cases:
         response = call(stack, method, f"/keys/{b_key_id}", a_manager, **kwargs)
         assert response.status_code == 404, (method, response.text)
         assert error_of(response)["code"] == "key_not_found"
@@ -175,3 +177,51 @@ def test_one_accounts_management_key_never_reaches_another_account(stack: Stack)
     assert stranger.status_code == 404
     assert error_of(stranger)["code"] == "generation_not_found"
     assert call(stack, "GET", "/account", a_manager).json()["id"] == a_account
+
+
+def test_a_management_body_is_small_json_read_only_after_the_key_is_checked(
+    stack: Stack, account: tuple[str, str, str]
+) -> None:
+    """4 KiB is many times a label and two limits: past it a 413, declared or streamed, and nothing is
+    created; a body not sent as JSON is a 415 (unit tests: without a key, not a byte of it is read)."""
+    _, _, manager = account
+    before = call(stack, "GET", "/keys", manager).json()["data"]
+    padded = {"label": "big", "rpm": 5, "padding": "x" * 8 * 1024}
+    for method, path in (("POST", "/keys"), ("PATCH", f"/keys/{before[0]['id']}")):
+        declared = call(stack, method, path, manager, json=padded)
+        assert declared.status_code == 413, declared.text
+        assert error_of(declared)["code"] == "request_too_large"
+
+        def streamed() -> Any:
+            yield b'{"label": "'
+            for _ in range(64):
+                yield b"x" * 1024
+
+        answer = call(stack, method, path, manager, content=streamed(), headers={"content-type": "application/json"})
+        assert answer.status_code == 413, answer.text
+        assert error_of(answer)["code"] == "request_too_large"
+        not_json = call(stack, method, path, manager, content=b"label=x", headers={"content-type": "text/plain"})
+        assert not_json.status_code == 415
+        assert error_of(not_json)["code"] == "unsupported_media_type"
+    # Over the ingress's own limit: refused on its declared length alone, before a byte of it is sent.
+    assert declared_too_large(stack, "/v1/keys", manager).startswith(b"HTTP/1.1 413")
+    assert b'"request_too_large"' in declared_too_large(stack, "/v1/keys", manager)
+    assert call(stack, "GET", "/keys", manager).json()["data"] == before
+    # A body that is not a key's is a 400 naming what is wrong, as before.
+    wrong = call(stack, "POST", "/keys", manager, json={"rpm": 0})
+    assert (wrong.status_code, error_of(wrong)["param"]) == (400, "rpm")
+    broken = call(stack, "POST", "/keys", manager, content=b"[", headers={"content-type": "application/json"})
+    assert broken.status_code == 400
+
+
+def declared_too_large(stack: Stack, path: str, key: str) -> bytes:
+    """The answer to a request that declares 50 MB and sends none of it."""
+    port = int(stack.config.api_base.split(":")[-1].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        head = (f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {50 * 1024 * 1024}\r\n\r\n")  # fmt: skip
+        connection.sendall(head.encode())
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    return answer

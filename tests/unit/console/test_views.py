@@ -172,3 +172,17 @@ def test_the_hoster_page_shows_each_trust_term_with_its_counts() -> None:
     )  # fmt: skip
     detail.cooling = True
     assert service.hoster_view(detail).status == "live, cooling down after failures"
+
+
+def test_the_revoked_notice_names_only_a_revoked_key_of_the_account() -> None:
+    """``/console/keys?revoked=...`` is anyone's to write: the page names a key only if the account has it
+    revoked."""
+    keys = [
+        ManagedKey(key_id="k1", prefix="ngk_abcd…", kind="inference", created_at=0, revoked_at=10),
+        ManagedKey(key_id="k2", prefix="ngk_efgh…", kind="inference", created_at=0),
+    ]
+    assert service.revoked_notice(keys, "ngk_abcd…") == "ngk_abcd…"
+    assert service.revoked_notice(keys, "ngk_efgh…") is None  # not revoked
+    assert service.revoked_notice(keys, "Your account is suspended: call +1 555 0100") is None
+    assert service.revoked_notice(keys, None) is None
+    assert service.revoked_notice(keys, "") is None
