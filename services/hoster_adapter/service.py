@@ -1,6 +1,7 @@
-"""Pure logic of an attempt: rewriting upstream chunks, tallying usage, assembling a completion.
+"""Pure logic of an attempt: rewriting upstream chunks, tallying usage, assembling a completion, checking
+embeddings, and the report of how the attempt ended. ``upstream.py`` does the I/O and applies these.
 
-Everything here runs per token chunk, so it works on plain dicts and bytes.
+What runs per token chunk works on plain dicts and bytes.
 """
 
 from __future__ import annotations
@@ -8,13 +9,15 @@ from __future__ import annotations
 import base64
 import math
 import struct
+import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from libs.contracts.common import COMPLETIONS, Usage
 from libs.contracts.pricing import client_usage, estimate_prompt_tokens, input_count
-from libs.contracts.routing import AttemptDispatch
+from libs.contracts.routing import AttemptDispatch, AttemptFinished, AttemptOutcome
 
 
 class UpstreamFailure(Exception):
@@ -419,3 +422,70 @@ def _base64_floats(vector: list[float]) -> str:
         return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
     except (OverflowError, struct.error) as exc:
         raise UpstreamFailure("invalid_embeddings: a number does not fit a float32") from exc
+
+
+# How an attempt ends -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """How an attempt ended, as the adapter saw it: ``sent`` frames reached the reply subject."""
+
+    outcome: AttemptOutcome = "failed"
+    error: str | None = None
+    upstream_status: int | None = None
+    client_error: bool = False
+    sent: int = 0
+
+
+def attempt_report(
+    dispatch: AttemptDispatch,
+    hoster_id: str,
+    adapter_id: str,
+    end: AttemptEnd,
+    tally: StreamTally,
+    ttft_s: float | None,
+    duration_ms: float,
+    dropped: list[str],
+) -> AttemptFinished:
+    """The attempt's outcome for the router and billing. A stream cut short is billed for the content chunks
+    that reached the client, not for what the upstream might report; a failed non-stream attempt for no
+    completion (the client got nothing); a success as the upstream reported (the router holds it to the
+    request's bounds)."""
+    billed = None if end.outcome == "succeeded" or not dispatch.stream else tally.content_chunks
+    if end.outcome == "failed" and not dispatch.stream:
+        billed = 0
+    return AttemptFinished(
+        request_id=dispatch.request_id,
+        attempt=dispatch.attempt,
+        router_id=dispatch.router_id,
+        hoster_id=hoster_id,
+        adapter_id=adapter_id,
+        model=dispatch.model,
+        stream=dispatch.stream,
+        outcome=end.outcome,
+        usage=tally.usage(dispatch.body, billed),
+        chunks_sent=end.sent,
+        input_price=dispatch.input_price,
+        output_price=dispatch.output_price,
+        finish_reason=tally.finish_reason,
+        error=end.error,
+        upstream_status=end.upstream_status,
+        client_error=end.client_error,
+        ttft_ms=ttft_s * 1000 if ttft_s is not None else None,
+        duration_ms=duration_ms,
+        finished_at=time.time(),
+        dropped_parameters=dropped,
+    )
+
+
+def deadline_error(
+    first_chunk_seen: bool, too_long: bool, first_byte_s: float, longest_s: float, stall_s: float
+) -> str:
+    """The routing record's error for an attempt its deadline ended: too long in all, no first chunk in time,
+    or a stall after it."""
+    if too_long:
+        return f"attempt_too_long: the attempt lasted over {longest_s:g} s"
+    if not first_chunk_seen:
+        return f"first_byte_timeout: no chunk from the upstream within {first_byte_s:g} s"
+    return f"stalled: no chunk from the upstream for {stall_s:g} s"

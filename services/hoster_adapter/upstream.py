@@ -28,12 +28,15 @@ from libs.platform.metrics import IN_FLIGHT, TIME_TO_FIRST_TOKEN, TOKENS
 from libs.platform.telemetry import REQUEST_ID, inject_headers, span_attributes
 from services.hoster_adapter.profiles import PROFILES
 from services.hoster_adapter.service import (
+    AttemptEnd,
     ChunkRewriter,
     CompletionAssembler,
     SseDataLines,
     StreamTally,
     TextAssembler,
     UpstreamFailure,
+    attempt_report,
+    deadline_error,
     embeddings_body,
 )
 from services.hoster_adapter.settings import AdapterSettings, HosterConfig
@@ -263,31 +266,15 @@ class HosterAdapter:
         finally:
             self._active.pop(dispatch.request_id, None)
             self._in_flight[hoster.id] -= 1
-        # A stream cut short is billed for what reached the client, not what the upstream might report.
-        billed = None if outcome == "succeeded" or not dispatch.stream else tally.content_chunks
-        if outcome == "failed" and not dispatch.stream:
-            billed = 0
-        event = AttemptFinished(
-            request_id=dispatch.request_id,
-            attempt=dispatch.attempt,
-            router_id=dispatch.router_id,
-            hoster_id=hoster.id,
-            adapter_id=self.adapter_id,
-            model=dispatch.model,
-            stream=dispatch.stream,
-            outcome=outcome,
-            usage=tally.usage(dispatch.body, billed),
-            chunks_sent=sent,
-            input_price=dispatch.input_price,
-            output_price=dispatch.output_price,
-            finish_reason=tally.finish_reason,
-            error=error,
-            upstream_status=status,
-            client_error=client_error,
-            ttft_ms=ttft[0] * 1000 if ttft else None,
-            duration_ms=(time.monotonic() - started) * 1000,
-            finished_at=time.time(),
-            dropped_parameters=active.dropped,
+        event = attempt_report(
+            dispatch,
+            hoster.id,
+            self.adapter_id,
+            AttemptEnd(outcome, error, status, client_error, sent),
+            tally,
+            ttft[0] if ttft else None,
+            (time.monotonic() - started) * 1000,
+            active.dropped,
         )
         # The upstream's counts go to the router as reported (it holds them to the request's bounds and notes
         # a discrepancy); the adapter's own counters take them only from zero up.
@@ -495,11 +482,7 @@ class HosterAdapter:
     def _deadline_error(self, ttft: list[float], too_long: bool, first_byte_s: float) -> str:
         """The routing record's error for an attempt its deadline ended."""
         s = self._settings
-        if too_long:
-            return f"attempt_too_long: the attempt lasted over {s.max_attempt_duration_s:g} s"
-        if not ttft:
-            return f"first_byte_timeout: no chunk from the upstream within {first_byte_s:g} s"
-        return f"stalled: no chunk from the upstream for {s.stall_timeout_s:g} s"
+        return deadline_error(bool(ttft), too_long, first_byte_s, s.max_attempt_duration_s, s.stall_timeout_s)
 
     async def _refusal(self, response: httpx.Response) -> UpstreamFailure:
         """The failure for a non-200 answer, from at most ``max_error_body_bytes`` of its body (the rest is
