@@ -16,6 +16,7 @@ from libs.platform.broker import make_broker
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from libs.platform.metrics import MetricsServer
+from libs.platform.ratelimit import FailureBudget
 from libs.platform.telemetry import setup_tracing
 from services.console.handlers import Console, render, router, session_of, too_large
 from services.console.middleware import BodyLimitMiddleware, BodyTooLarge, SecurityHeadersMiddleware
@@ -62,7 +63,8 @@ def build_app(settings: ConsoleSettings) -> FastAPI:
                   redirect_slashes=False)  # fmt: skip
     templates = Jinja2Templates(directory=HERE / "templates")
     codec = SessionCodec(settings.session_secret.get_secret_value(), settings.session_ttl_s)
-    console = app.state.console = Console(settings, queries, codec, templates)
+    sign_ins = FailureBudget(settings.sign_ins_per_minute, settings.sign_in_burst)
+    console = app.state.console = Console(settings, queries, codec, templates, sign_ins)
     app.include_router(router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_FORM_BYTES)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,6 +16,7 @@ from starlette.exceptions import HTTPException
 
 from libs.contracts.management import CreateKey, HosterTokenInfo, ManagementKeyInfo
 from libs.platform import apikeys
+from libs.platform.ratelimit import FailureBudget
 from services.console import service
 from services.console.queries import Queries, Unavailable
 from services.console.sessions import (
@@ -41,6 +44,7 @@ class Console:
     queries: Queries
     codec: SessionCodec
     templates: Jinja2Templates
+    sign_ins: FailureBudget
 
 
 async def console_of(request: Request) -> Console:
@@ -186,10 +190,21 @@ async def sign_in(request: Request, console: ConsoleDep) -> Response:
     if isinstance(form, Response):
         return form
     kind, secret = form.get("kind", ""), form.get("secret", "").strip()
-    error = None
+    address = request.client.host if request.client is not None else ""
+    now = time.monotonic()
+    wait_s = console.sign_ins.wait_s(address, now)
+    if wait_s > 0:
+        retry = max(1, math.ceil(wait_s))
+        refused = f"Too many sign-ins that failed from your address: try again in {retry} s."
+        page = render(request, console, session, "signin.html", status_code=429, error=refused, kind=kind)
+        page.headers["retry-after"] = str(retry)
+        return page
+    console.sign_ins.spend(address, now)  # before billing is asked; given back for a right one
+    error: str | None = None
     if kind == "account":
         info = await console.queries.verify_management_key(apikeys.hash_key(secret)) if secret else None
         if info is not None and info.status == "valid":
+            console.sign_ins.refund(address)
             return redirect(
                 "/console/account", request, console, session.signed_in("account", apikeys.hash_key(secret))
             )
@@ -201,6 +216,7 @@ async def sign_in(request: Request, console: ConsoleDep) -> Response:
     elif kind == "hoster":
         hoster = await console.queries.verify_hoster_token(apikeys.hash_key(secret)) if secret else None
         if hoster is not None and hoster.status == "valid":
+            console.sign_ins.refund(address)
             return redirect("/console/hoster", request, console, session.signed_in("hoster", apikeys.hash_key(secret)))
         error = (
             "That hoster has been revoked."

@@ -39,6 +39,10 @@ class ConsoleSettings(ServiceSettings):
     vendor_dir: Path = Path(__file__).resolve().parent / "node_modules"
     # Rows in the recent requests and recent attempts tables.
     recent_rows: int = Field(50, ge=1, le=500)
+    # Wrong sign-ins a client address may try: this many at once, then this many a minute (a right one is
+    # free). Keys and tokens are 256-bit random; this keeps billing's lookups from being spent freely.
+    sign_in_burst: int = Field(10, ge=1)
+    sign_ins_per_minute: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_a_published_secret(self) -> Self:

@@ -412,3 +412,29 @@ def test_every_control_is_labelled_and_reached_by_keyboard(stack: Stack, browser
     finally:
         account.close()
         hoster.close()
+
+
+def test_wrong_sign_ins_from_one_address_are_throttled(stack: Stack) -> None:
+    """Each address may get a sign-in wrong ``sign_in_burst`` times (10), then ``sign_ins_per_minute``; a 429
+    with Retry-After before billing is asked. Sent straight to the console (which believes X-Forwarded-For
+    from loopback, as from the ingress) so this test's address is its own."""
+    direct = f"http://127.0.0.1:{stack.config.console_port}/console"
+
+    def attempts(address: str, count: int) -> list[httpx.Response]:
+        answers = []
+        with httpx.Client(headers={"x-forwarded-for": address}) as visitor:
+            page = visitor.get(f"{direct}/signin").text
+            for _ in range(count):
+                token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+                assert token is not None
+                form = {"kind": "account", "secret": "ngm_" + "x" * 43, "csrf_token": token.group(1)}
+                answer = visitor.post(f"{direct}/signin", data=form)
+                answers.append(answer)
+                page = answer.text
+        return answers
+
+    answers = attempts("203.0.113.7", 12)
+    assert [a.status_code for a in answers] == [401] * 10 + [429] * 2
+    assert int(answers[-1].headers["retry-after"]) >= 1
+    assert "Too many sign-ins" in answers[-1].text
+    assert [a.status_code for a in attempts("203.0.113.8", 1)] == [401]  # another address is not held back

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from libs.contracts.billing import KeyInfo
-from services.ingress.gateway import FailureBudget, KeyCache
+from libs.platform.ratelimit import FailureBudget
+from services.ingress.gateway import KeyCache
 
 
 def test_the_key_cache_forgets_the_least_recently_used_key_not_everything() -> None:
