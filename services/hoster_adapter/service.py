@@ -10,6 +10,7 @@ import base64
 import math
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,7 +178,66 @@ def _text(value: Any) -> str:
     return value
 
 
-class CompletionAssembler:
+class _Assembler:
+    """What both assemblers share: the choices so far, each index at most once and within ``max_choices``,
+    a byte budget for everything a hoster sends, and the body around the assembled choices."""
+
+    def __init__(self, max_choices: int, max_bytes: int) -> None:
+        self._choices: dict[int, dict[str, Any]] = {}
+        self._max_choices = max_choices
+        self._budget = self._max_bytes = max_bytes
+
+    def _spend(self, size: int) -> None:
+        self._budget -= size
+        if self._budget < 0:
+            raise UpstreamFailure(f"completion_too_large: the upstream's answer is over {self._max_bytes} bytes")
+
+    def _state(self, choice: dict[str, Any], new: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """The state of ``choice``'s index, started with ``new()`` the first time; an index that is not a small
+        int within the choices asked for is an ``UpstreamFailure``."""
+        index = choice.get("index") or 0
+        state = self._choices.get(index) if type(index) is int else None
+        if state is None:
+            if not isinstance(index, int) or not 0 <= index < self._max_choices:
+                raise UpstreamFailure(
+                    f"too_many_choices: choice index {str(index)[:20]} outside the {self._max_choices} asked for"
+                )
+            state = self._choices[index] = new()
+        return state
+
+    def _finish(self, state: dict[str, Any], choice: dict[str, Any]) -> None:
+        if finish := choice.get("finish_reason"):
+            state["finish_reason"] = _text(finish)[:64]
+
+    @staticmethod
+    def _body(
+        kind: str,
+        choices: list[dict[str, Any]],
+        dispatch: AttemptDispatch,
+        usage: Usage,
+        fingerprint: str | None,
+        reported: Any,
+    ) -> bytes:
+        body: dict[str, Any] = {
+            "id": dispatch.request_id,
+            "object": kind,
+            "created": dispatch.created,
+            "model": dispatch.model,
+            "choices": choices,
+            "usage": usage_body(
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                dispatch,
+                usage.estimated,
+                None if usage.estimated else reported,
+            ),
+        }
+        if fingerprint:
+            body["system_fingerprint"] = fingerprint
+        return orjson.dumps(body)
+
+
+class CompletionAssembler(_Assembler):
     """Gathers the chunks of a stream into one ``chat.completion`` for a non-streaming client.
 
     Bounded, as anything a hoster sends: at most ``max_choices`` choices (the request's ``n``, itself capped),
@@ -186,27 +246,13 @@ class CompletionAssembler:
     """
 
     def __init__(self, max_choices: int = 128, max_bytes: int = 900_000, max_tool_calls: int = 128) -> None:
-        self._choices: dict[int, dict[str, Any]] = {}
-        self._max_choices = max_choices
+        super().__init__(max_choices, max_bytes)
         self._max_tool_calls = max_tool_calls
-        self._budget = self._max_bytes = max_bytes
-
-    def _spend(self, size: int) -> None:
-        self._budget -= size
-        if self._budget < 0:
-            raise UpstreamFailure(f"completion_too_large: the upstream's answer is over {self._max_bytes} bytes")
 
     def add(self, chunk: dict[str, Any]) -> None:
         """Merge one upstream chunk."""
         for choice in chunk.get("choices") or ():
-            index = choice.get("index") or 0
-            state = self._choices.get(index) if type(index) is int else None
-            if state is None:
-                if not isinstance(index, int) or not 0 <= index < self._max_choices:
-                    raise UpstreamFailure(
-                        f"too_many_choices: choice index {str(index)[:20]} outside the {self._max_choices} asked for"
-                    )
-                state = self._choices[index] = _new_choice()
+            state = self._state(choice, _new_choice)
             delta = choice.get("delta") or {}
             if content := delta.get("content"):
                 self._spend(len(_text(content)))
@@ -224,8 +270,7 @@ class CompletionAssembler:
                 self._spend(len(orjson.dumps(logprobs["content"])))
                 state["logprobs"] = state["logprobs"] or {"content": [], "refusal": None}
                 state["logprobs"]["content"].extend(logprobs["content"])
-            if finish := choice.get("finish_reason"):
-                state["finish_reason"] = _text(finish)[:64]
+            self._finish(state, choice)
 
     def _merge_call(self, calls: dict[int, dict[str, Any]], call: dict[str, Any]) -> None:
         index = call.get("index") or 0
@@ -268,54 +313,28 @@ class CompletionAssembler:
                     "finish_reason": state["finish_reason"] or "stop",
                 }
             )
-        body: dict[str, Any] = {
-            "id": dispatch.request_id,
-            "object": "chat.completion",
-            "created": dispatch.created,
-            "model": dispatch.model,
-            "choices": choices,
-            "usage": usage_body(
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                dispatch,
-                usage.estimated,
-                None if usage.estimated else reported,
-            ),
-        }
-        if fingerprint:
-            body["system_fingerprint"] = fingerprint
-        return orjson.dumps(body)
+        return self._body("chat.completion", choices, dispatch, usage, fingerprint, reported)
 
 
 # The lists a text completion's ``logprobs`` carries, one entry per token.
 _TEXT_LOGPROBS = ("tokens", "token_logprobs", "top_logprobs", "text_offset")
 
 
-class TextAssembler:
+def _new_text_choice() -> dict[str, Any]:
+    return {"text": [], "logprobs": None, "finish_reason": None}
+
+
+class TextAssembler(_Assembler):
     """Gathers the chunks of a text completion's stream into one ``text_completion``, bounded like
     ``CompletionAssembler``: at most ``max_choices`` choices and ``max_bytes`` of text and logprobs."""
 
     def __init__(self, max_choices: int = 128, max_bytes: int = 900_000) -> None:
-        self._choices: dict[int, dict[str, Any]] = {}
-        self._max_choices = max_choices
-        self._budget = self._max_bytes = max_bytes
-
-    def _spend(self, size: int) -> None:
-        self._budget -= size
-        if self._budget < 0:
-            raise UpstreamFailure(f"completion_too_large: the upstream's answer is over {self._max_bytes} bytes")
+        super().__init__(max_choices, max_bytes)
 
     def add(self, chunk: dict[str, Any]) -> None:
         """Merge one upstream chunk."""
         for choice in chunk.get("choices") or ():
-            index = choice.get("index") or 0
-            state = self._choices.get(index) if type(index) is int else None
-            if state is None:
-                if not isinstance(index, int) or not 0 <= index < self._max_choices:
-                    raise UpstreamFailure(
-                        f"too_many_choices: choice index {str(index)[:20]} outside the {self._max_choices} asked for"
-                    )
-                state = self._choices[index] = {"text": [], "logprobs": None, "finish_reason": None}
+            state = self._state(choice, _new_text_choice)
             if text := choice.get("text"):
                 self._spend(len(_text(text)))
                 state["text"].append(text)
@@ -327,8 +346,7 @@ class TextAssembler:
                     part = logprobs.get(key)
                     if isinstance(part, list):
                         merged[key].extend(part)
-            if finish := choice.get("finish_reason"):
-                state["finish_reason"] = _text(finish)[:64]
+            self._finish(state, choice)
 
     def completion(
         self, dispatch: AttemptDispatch, usage: Usage, fingerprint: str | None, reported: Any = None
@@ -337,7 +355,7 @@ class TextAssembler:
         serialized."""
         choices = []
         for index in sorted(self._choices) or [0]:
-            state = self._choices.get(index) or {"text": [], "logprobs": None, "finish_reason": None}
+            state = self._choices.get(index) or _new_text_choice()
             choices.append(
                 {
                     "index": index,
@@ -346,23 +364,7 @@ class TextAssembler:
                     "finish_reason": state["finish_reason"] or "stop",
                 }
             )
-        body: dict[str, Any] = {
-            "id": dispatch.request_id,
-            "object": "text_completion",
-            "created": dispatch.created,
-            "model": dispatch.model,
-            "choices": choices,
-            "usage": usage_body(
-                usage.prompt_tokens,
-                usage.completion_tokens,
-                dispatch,
-                usage.estimated,
-                None if usage.estimated else reported,
-            ),
-        }
-        if fingerprint:
-            body["system_fingerprint"] = fingerprint
-        return orjson.dumps(body)
+        return self._body("text_completion", choices, dispatch, usage, fingerprint, reported)
 
 
 def embeddings_body(doc: Any, dispatch: AttemptDispatch, tally: StreamTally) -> bytes:

@@ -94,13 +94,9 @@ class _Endpoints:
 
     async def chat_completions(self, request: Request) -> Response:
         """``POST /v1/chat/completions``: a simulated completion, streamed or whole, or a fault."""
-        self._state.requests_total += 1
-        if not self._authorized(request):
-            return _unauthorized()
-        payload = _json_object(await request.body())
+        payload = await self._read(request)
         if isinstance(payload, Response):
             return payload
-        self._state.last_request_body = payload
         chat = _chat_request(payload)
         if isinstance(chat, Response):
             return chat
@@ -145,9 +141,8 @@ class _Endpoints:
             return _abandoned()
         return _json(200, completion(meta, reply))
 
-    async def _other(self, request: Request) -> tuple[dict[str, Any], Behaviour] | Response:
-        """The body and behaviour of a text completion or embedding request, or the response refusing it (or
-        the fault it was told to play: an error, or a hang)."""
+    async def _read(self, request: Request) -> dict[str, Any] | Response:
+        """A request's JSON object, counted and kept for ``/stats``, or the response refusing it."""
         self._state.requests_total += 1
         if not self._authorized(request):
             return _unauthorized()
@@ -155,6 +150,14 @@ class _Endpoints:
         if isinstance(payload, Response):
             return payload
         self._state.last_request_body = payload
+        return payload
+
+    async def _other(self, request: Request) -> tuple[dict[str, Any], Behaviour] | Response:
+        """The body and behaviour of a text completion or embedding request, or the response refusing it (or
+        the fault it was told to play: an error, or a hang)."""
+        payload = await self._read(request)
+        if isinstance(payload, Response):
+            return payload
         if payload.get("model") not in self._models:
             return _json_error(
                 404,
