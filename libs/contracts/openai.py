@@ -8,6 +8,7 @@ through untouched.
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -513,3 +514,30 @@ def validation_failure(payload: Any, errors: list[Any]) -> ValidationFailure:
 def error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
     """The OpenAI error envelope, serialized."""
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def embedding_vectors(data: Any, count: int, width: int | None = None, encoded: bool = False) -> list[Any]:
+    """The vectors of an embeddings answer's ``data``, in input order, checked: one per input, each index once,
+    each a non-empty list of finite numbers, all of one length (``width`` when the request set
+    ``dimensions``); with ``encoded``, base64 text passes too (what the gateway itself writes for
+    ``encoding_format: base64``). Raises ``ValueError`` saying what is wrong."""
+    if not isinstance(data, list) or len(data) != count:
+        raise ValueError(f"{len(data) if isinstance(data, list) else 'no'} vectors for {count} inputs")
+    vectors: dict[int, Any] = {}
+    for item in data:
+        index = item.get("index") if isinstance(item, dict) else None
+        vector = item.get("embedding") if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < count or index in vectors:
+            raise ValueError(f"index {str(index)[:20]} is not one of the {count} inputs")
+        if encoded and isinstance(vector, str) and vector:
+            vectors[index] = vector
+            continue
+        if not isinstance(vector, list) or not vector:
+            raise ValueError("a vector is not a list of numbers")
+        if not all(type(x) in (float, int) and math.isfinite(x) for x in vector):
+            raise ValueError("a vector holds something other than finite numbers")
+        width = width or len(vector)
+        if len(vector) != width:
+            raise ValueError(f"vectors of {len(vector)} numbers, expected {width}")
+        vectors[index] = vector
+    return [vectors[i] for i in range(count)]

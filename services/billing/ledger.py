@@ -328,7 +328,7 @@ class Ledger(PoolBound):
         rate = RateLimitState(limit_requests=caller.rpm, limit_tokens=caller.tpm, reset_s=reset_s)
         if caller.tpm is not None and command.tokens > caller.tpm:
             return Refused(
-                error=_rate_error(
+                error=errors.rate_limited(
                     f"Request too large: it may use {command.tokens} tokens, the key's limit is {caller.tpm} "
                     "tokens per minute. Lower max_tokens or the prompt.",
                     reset_s,
@@ -410,7 +410,7 @@ class Ledger(PoolBound):
                     )
                     rate = _remaining(rate, row["requests"] if row else 0, row["tokens"] if row else 0)
                     return Refused(
-                        error=_rate_error(f"Rate limit reached for key {caller.key_id}.", reset_s), rate=rate
+                        error=errors.rate_limited(f"Rate limit reached for key {caller.key_id}.", reset_s), rate=rate
                     )
                 return Refused(error=await self._credit_error(conn, caller.account_id, command.amount), rate=rate)
         return Reserved(rate=rate)
@@ -630,6 +630,3 @@ def _remaining(rate: RateLimitState, requests: int, tokens: int) -> RateLimitSta
             "remaining_tokens": None if rate.limit_tokens is None else rate.limit_tokens - tokens,
         }
     )
-
-
-_rate_error = errors.rate_limited

@@ -7,7 +7,6 @@ What runs per token chunk works on plain dicts and bytes.
 from __future__ import annotations
 
 import base64
-import math
 import struct
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 
 from libs.contracts.common import COMPLETIONS, Usage
+from libs.contracts.openai import embedding_vectors
 from libs.contracts.pricing import client_usage, estimate_prompt_tokens, input_count
 from libs.contracts.routing import AttemptDispatch, AttemptFinished, AttemptOutcome
 
@@ -375,25 +375,12 @@ def embeddings_body(doc: Any, dispatch: AttemptDispatch, tally: StreamTally) -> 
     non-negative integer) is noted in ``tally``; the router holds it to the request's bounds."""
     body = dispatch.body
     expected = input_count(body.get("input"))
-    data = doc.get("data") if isinstance(doc, dict) else None
-    if not isinstance(data, list) or len(data) != expected:
-        count = len(data) if isinstance(data, list) else "no"
-        raise UpstreamFailure(f"invalid_embeddings: {count} vectors for {expected} inputs")
-    vectors: dict[int, list[float]] = {}
-    width = body.get("dimensions")
-    for item in data:
-        index = item.get("index") if isinstance(item, dict) else None
-        vector = item.get("embedding") if isinstance(item, dict) else None
-        if type(index) is not int or not 0 <= index < expected or index in vectors:
-            raise UpstreamFailure(f"invalid_embeddings: index {str(index)[:20]} is not one of the {expected} inputs")
-        if not isinstance(vector, list) or not vector:
-            raise UpstreamFailure("invalid_embeddings: a vector is not a list of numbers")
-        if not all(type(x) in (float, int) and math.isfinite(x) for x in vector):
-            raise UpstreamFailure("invalid_embeddings: a vector holds something other than finite numbers")
-        width = width or len(vector)
-        if len(vector) != width:
-            raise UpstreamFailure(f"invalid_embeddings: vectors of {len(vector)} numbers, expected {width}")
-        vectors[index] = vector
+    try:
+        vectors = embedding_vectors(
+            doc.get("data") if isinstance(doc, dict) else None, expected, body.get("dimensions")
+        )
+    except ValueError as exc:
+        raise UpstreamFailure(f"invalid_embeddings: {exc}") from exc
     as_base64 = body.get("encoding_format") == "base64"
     usage = doc.get("usage") if isinstance(doc.get("usage"), dict) else {}
     prompt = usage.get("prompt_tokens")
@@ -409,9 +396,9 @@ def embeddings_body(doc: Any, dispatch: AttemptDispatch, tally: StreamTally) -> 
                 {
                     "object": "embedding",
                     "index": i,
-                    "embedding": _base64_floats(vectors[i]) if as_base64 else vectors[i],
+                    "embedding": _base64_floats(vector) if as_base64 else vector,
                 }
-                for i in range(expected)
+                for i, vector in enumerate(vectors)
             ],
             "model": dispatch.model,
             "usage": usage_out,

@@ -303,16 +303,11 @@ class HosterAdapter:
         headers = self._headers(hoster, "text/event-stream")
         started = time.monotonic()
         loop = asyncio.get_running_loop()
-        first_byte_s = s.first_byte_timeout_s
-        if dispatch.first_byte_deadline_ms is not None:
-            first_byte_s = min(first_byte_s, dispatch.first_byte_deadline_ms / 1000)
+        first_byte_s = self._first_byte_s(dispatch)
         ends_at = loop.time() + s.max_attempt_duration_s
         stall_s = s.stall_timeout_s
         max_bytes = s.max_attempt_bytes
         max_payload = self._max_payload()
-        publish = self._nc.publish
-        reply = dispatch.reply_subject
-        attempt = dispatch.attempt
         rewriter = ChunkRewriter(dispatch) if dispatch.stream else None
         assembler: CompletionAssembler | TextAssembler | None = None
         if not dispatch.stream:
@@ -374,13 +369,13 @@ class HosterAdapter:
                                     raise UpstreamFailure(f"invalid_chunk: {type(exc).__name__}") from exc
                                 if out is not None:
                                     if batch and size + len(out) + 1 > max_payload:
-                                        await self._send_chunks(reply, active, batch)
+                                        await self._send_chunks(active, batch)
                                         batch, size = [], 0
                                     batch.append(out)
                                     size += len(out) + 1
                         finally:
                             if batch:
-                                await self._send_chunks(reply, active, batch)
+                                await self._send_chunks(active, batch)
                 finally:
                     await response.aclose()
         except TimeoutError as exc:
@@ -396,14 +391,11 @@ class HosterAdapter:
             completion = assembler.completion(dispatch, usage, tally.system_fingerprint, tally.reported_usage)
             if len(completion) > max_payload:
                 raise UpstreamFailure(f"completion_too_large: the assembled answer is over {max_payload} bytes")
-            await publish(reply, frames.encode(frames.COMPLETION, attempt, active.seq, completion))
+            await self._send_frame(active, frames.COMPLETION, completion)
         else:
             if rewriter is not None and dispatch.include_usage and not rewriter.usage_sent:
-                final = rewriter.usage_chunk(tally.usage(dispatch.body))
-                await publish(reply, frames.encode(frames.CHUNK, attempt, active.seq, final))
-                active.seq += 1
-            await publish(reply, frames.encode(frames.END, attempt, active.seq))
-        active.seq += 1
+                await self._send_frame(active, frames.CHUNK, rewriter.usage_chunk(tally.usage(dispatch.body)))
+            await self._send_frame(active, frames.END)
         return active.seq
 
     async def _embed(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> int:
@@ -417,18 +409,15 @@ class HosterAdapter:
         body, active.dropped = PROFILES[hoster.profile].prepare(
             dispatch.body, dispatch.upstream_model, 0, dispatch.endpoint
         )
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
-        first_byte_s = s.first_byte_timeout_s
-        if dispatch.first_byte_deadline_ms is not None:
-            first_byte_s = min(first_byte_s, dispatch.first_byte_deadline_ms / 1000)
+        first_byte_s = self._first_byte_s(dispatch)
         limit = min(s.max_attempt_bytes, self._max_payload())
         request = self._http.build_request(
             "POST", f"{hoster.base_url}/embeddings", content=orjson.dumps(body), headers=self._headers(hoster)
         )
         raw = bytearray()
         try:
-            async with asyncio.timeout_at(min(loop.time() + first_byte_s, loop.time() + s.max_attempt_duration_s)):
+            async with asyncio.timeout(min(first_byte_s, s.max_attempt_duration_s)):
                 response = await self._send(request)
                 try:
                     if response.status_code != 200:
@@ -451,11 +440,7 @@ class HosterAdapter:
         answer = embeddings_body(doc, dispatch, tally)
         if len(answer) > self._max_payload():
             raise UpstreamFailure("response_too_large: the embeddings do not fit one message; send fewer inputs")
-        await self._nc.publish(
-            dispatch.reply_subject, frames.encode(frames.COMPLETION, dispatch.attempt, active.seq, answer)
-        )
-        active.seq += 1
-        active.last_sent = time.monotonic()
+        await self._send_frame(active, frames.COMPLETION, answer)
         return active.seq
 
     def _headers(self, hoster: HosterConfig, accept: str = "application/json") -> dict[str, str]:
@@ -465,11 +450,22 @@ class HosterAdapter:
             headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"
         return headers
 
-    async def _send_chunks(self, reply: str, active: ActiveAttempt, batch: list[bytes]) -> None:
+    def _first_byte_s(self, dispatch: AttemptDispatch) -> float:
+        """How long the upstream has for its first byte: the router's deadline, never past the adapter's own."""
+        first_byte_s = self._settings.first_byte_timeout_s
+        if dispatch.first_byte_deadline_ms is not None:
+            first_byte_s = min(first_byte_s, dispatch.first_byte_deadline_ms / 1000)
+        return first_byte_s
+
+    async def _send_chunks(self, active: ActiveAttempt, batch: list[bytes]) -> None:
         """One chunk frame carrying ``batch`` (one chunk per line)."""
+        await self._send_frame(active, frames.CHUNK, batch[0] if len(batch) == 1 else b"\n".join(batch))
+
+    async def _send_frame(self, active: ActiveAttempt, kind: int, body: bytes = b"") -> None:
+        """The attempt's next frame on its reply subject, numbered in sequence."""
         assert self._nc is not None
-        body = batch[0] if len(batch) == 1 else b"\n".join(batch)
-        await self._nc.publish(reply, frames.encode(frames.CHUNK, active.dispatch.attempt, active.seq, body))
+        dispatch = active.dispatch
+        await self._nc.publish(dispatch.reply_subject, frames.encode(kind, dispatch.attempt, active.seq, body))
         active.seq += 1
         active.last_sent = time.monotonic()
 

@@ -35,6 +35,7 @@ from libs.contracts.billing import (
 from libs.contracts.common import MAX_COUNT, ErrorReport
 from libs.contracts.hosters import ModelsListing
 from libs.contracts.management import KeyChanged
+from libs.contracts.openai import embedding_vectors
 from libs.contracts.pricing import UsageBounds, client_usage, detail_count
 from libs.contracts.routing import (
     CancelReason,
@@ -181,23 +182,12 @@ class UsageGuard:
 
 
 def _vectors_fit(data: object, count: int) -> bool:
-    """Whether an embeddings answer's ``data`` holds ``count`` vectors, one per index, each numbers or base64
-    text (the adapter checks more; a hoster's own agent may not)."""
-    if not isinstance(data, list) or len(data) != count:
+    """Whether an embeddings answer's ``data`` holds one good vector per input (``embedding_vectors``: the
+    adapter checks the same; a hoster's own agent may not)."""
+    try:
+        embedding_vectors(data, count, encoded=True)
+    except ValueError:
         return False
-    seen = set()
-    for item in data:
-        if not isinstance(item, dict):
-            return False
-        index, vector = item.get("index"), item.get("embedding")
-        if type(index) is not int or not 0 <= index < count or index in seen:
-            return False
-        seen.add(index)
-        if isinstance(vector, list):
-            if not vector or not all(type(x) in (int, float) for x in vector):
-                return False
-        elif not isinstance(vector, str) or not vector:
-            return False
     return True
 
 
@@ -357,20 +347,19 @@ class ReplyStream:
         return frame
 
     def _malformed(self, frame: frames.Frame) -> frames.Frame:
-        """The serving hoster sent something other than JSON objects: end the answer with an error, stop the
-        request (it pays for the text relayed before), drop the rest of the attempt."""
-        self._abandoned, self._due = max(self._abandoned, frame.attempt), None
-        if self._on_lost is not None:
-            self._on_lost(self.request_id)
-        report = errors.malformed_answer()
-        return frames.Frame(frames.ERROR, frame.attempt, -1, report.model_dump_json().encode())
+        """The serving hoster sent something other than JSON objects: the answer ends here (it pays for the
+        text relayed before)."""
+        return self._end_attempt(frame, errors.malformed_answer())
 
     def _lost(self, frame: frames.Frame) -> frames.Frame:
-        """Frames before ``frame`` never came: end the answer here with an error, drop the rest of the attempt."""
+        """Frames before ``frame`` never came: the answer ends here."""
+        return self._end_attempt(frame, errors.incomplete_response(self._seq, frame.attempt))
+
+    def _end_attempt(self, frame: frames.Frame, report: ErrorReport) -> frames.Frame:
+        """End the answer at ``frame`` with ``report``: stop the request, drop the rest of the attempt."""
         self._abandoned, self._due = max(self._abandoned, frame.attempt), None
         if self._on_lost is not None:
             self._on_lost(self.request_id)
-        report = errors.incomplete_response(self._seq, frame.attempt)
         return frames.Frame(frames.ERROR, frame.attempt, -1, report.model_dump_json().encode())
 
     async def next(self) -> frames.Frame:
@@ -586,7 +575,7 @@ class Gateway:
     async def route(self, request: RouteRequest, retry_after: int) -> RouteAccepted:
         """Ask a router to route ``request``; raises ``GatewayError`` if rejected or unanswered."""
         if self._nc is None:
-            raise GatewayError(_unavailable("The gateway is not connected to the network.", retry_after))
+            raise GatewayError(errors.service_unavailable("The gateway is not connected to the network.", retry_after))
         try:
             reply = await self._nc.request(
                 subjects.ROUTE_REQUEST,
@@ -595,11 +584,13 @@ class Gateway:
                 headers=inject_headers(),
             )
         except NoRespondersError:
-            raise GatewayError(_unavailable("No router is available to route this request.", retry_after)) from None
+            raise GatewayError(
+                errors.service_unavailable("No router is available to route this request.", retry_after)
+            ) from None
         except (NatsTimeout, TimeoutError):
             # The router may still admit and start it: it must stop it, and charge nothing.
             self._cancel(RequestCancelled(request_id=request.request_id, reason="route_timeout"))
-            raise GatewayError(_unavailable("The router did not answer in time.", retry_after)) from None
+            raise GatewayError(errors.service_unavailable("The router did not answer in time.", retry_after)) from None
         decision = _DECISION.validate_json(reply.data)
         if isinstance(decision, RouteAccepted):
             return decision
@@ -611,11 +602,13 @@ class Gateway:
         if self._models is not None and now - self._models[0] < self._models_cache_s:
             return self._models[1]
         if self._nc is None:
-            raise GatewayError(_unavailable("The gateway is not connected to the network.", retry_after))
+            raise GatewayError(errors.service_unavailable("The gateway is not connected to the network.", retry_after))
         try:
             reply = await self._nc.request(subjects.LIST_MODELS, b"", timeout=self._route_timeout_s)
         except (NoRespondersError, NatsTimeout, TimeoutError):
-            raise GatewayError(_unavailable("No router is available to list models.", retry_after)) from None
+            raise GatewayError(
+                errors.service_unavailable("No router is available to list models.", retry_after)
+            ) from None
         listing = ModelsListing.model_validate_json(reply.data)
         self._models = (time.monotonic(), listing)
         return listing
@@ -688,13 +681,15 @@ class Gateway:
     async def _ask(self, subject: str, query: BaseModel, what: str, retry_after: int) -> bytes:
         """Request/reply to billing; a 503 ``GatewayError`` when it cannot answer."""
         if self._nc is None:
-            raise GatewayError(_unavailable("The gateway is not connected to the network.", retry_after))
+            raise GatewayError(errors.service_unavailable("The gateway is not connected to the network.", retry_after))
         try:
             reply = await self._nc.request(
                 subject, query.model_dump_json().encode(), timeout=self._route_timeout_s, headers=inject_headers()
             )
         except (NoRespondersError, NatsTimeout, TimeoutError):
-            raise GatewayError(_unavailable(f"Billing is unavailable, so we cannot {what} now.", retry_after)) from None
+            raise GatewayError(
+                errors.service_unavailable(f"Billing is unavailable, so we cannot {what} now.", retry_after)
+            ) from None
         return bytes(reply.data)
 
     def cancel(self, request_id: str) -> None:
@@ -728,6 +723,3 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(self._nc.publish(subject, data))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-_unavailable = errors.service_unavailable
