@@ -37,6 +37,11 @@ COMPLETIONS: Endpoint = "completions"
 EMBEDDINGS: Endpoint = "embeddings"
 
 
+def endpoint_path(endpoint: Endpoint) -> str:
+    """The API path of an endpoint: ``chat.completions`` is ``/v1/chat/completions``."""
+    return "/v1/" + endpoint.replace(".", "/")
+
+
 class ErrorReport(BaseModel):
     """An error meant for the client: the OpenAI error envelope's fields plus the HTTP status."""
 

@@ -202,10 +202,13 @@ def _label(field: str) -> str:
     return "the :floor/:nitro suffix of 'model'" if field == "model" else f"'{field}'"
 
 
+# Our own fields among ``CONFLICTS`` (read per request: computed once).
+_OURS_IN_CONFLICTS = frozenset(field for pair in CONFLICTS for field in pair if field != "model" and "." not in field)
+
+
 def given_fields(fields_set: set[str], model: str, provider: ProviderPreferences | None) -> set[str]:
     """The fields of ``CONFLICTS`` this body gives: present, even as null (as the OpenAPI rules read them)."""
-    ours = {field for pair in CONFLICTS for field in pair if field != "model" and "." not in field}
-    given = ours & fields_set
+    given = fields_set & _OURS_IN_CONFLICTS
     if split_model(model)[1] is not None:
         given.add("model")
     if provider is not None:

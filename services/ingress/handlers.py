@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import MANAGEMENT, Caller, GenerationRecord, KeyInfo
-from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, ErrorReport
+from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, ErrorReport, endpoint_path
 from libs.contracts.management import AccountGenerationQuery, AccountGenerationReply
 from libs.contracts.openai import (
     ChatCompletionRequest,
@@ -359,7 +359,7 @@ def _model_entry(model: Any) -> dict[str, Any]:
         "owned_by": "computeshare",
         "hosters": model.hosters,
         "context_length": model.context_length,
-        "endpoints": [f"/v1/{endpoint.replace('.', '/')}" for endpoint in model.endpoints],
+        "endpoints": [endpoint_path(endpoint) for endpoint in model.endpoints],
         "pricing": {
             "unit": "credits per million tokens",
             "input": {"min": model.min_input_price / 1e6, "max": model.max_input_price / 1e6},

@@ -11,7 +11,7 @@ from typing import Any
 
 from libs.contracts import errors
 from libs.contracts.billing import BilledAttempt, attempt_billable
-from libs.contracts.common import CHAT, Endpoint, ErrorReport, Usage
+from libs.contracts.common import CHAT, Endpoint, ErrorReport, Usage, endpoint_path
 from libs.contracts.hosters import (
     HosterHeartbeat,
     HosterStatus,
@@ -487,7 +487,7 @@ def order_candidates(
         pairs = [c for c in found if profile.serves(c.offer)]
         if found and not pairs:
             elsewhere.append(name)
-            reasons.append(f"`{name}` does not serve /v1/{profile.endpoint.replace('.', '/')}")
+            reasons.append(f"`{name}` does not serve {endpoint_path(profile.endpoint)}")
             continue
         if not pairs:
             reasons.append(
@@ -503,8 +503,7 @@ def order_candidates(
     if ordered:
         return ordered
     if elsewhere and len(elsewhere) == len(groups):
-        path = "/v1/" + profile.endpoint.replace(".", "/")
-        raise NoEligibleHoster(errors.model_not_supported(elsewhere[0], path))
+        raise NoEligibleHoster(errors.model_not_supported(elsewhere[0], endpoint_path(profile.endpoint)))
     if model != AUTO_MODEL and not any(m in registry.models_seen for m in [model, *prefs.fallback_models]):
         raise NoEligibleHoster(errors.model_not_found(model))
     raise NoEligibleHoster(errors.no_hoster_available(reasons, retry_after))
