@@ -89,13 +89,22 @@ class UsageGuard:
     ``client_usage`` of the bounded counts, so its details never exceed their counts, its cost is the
     gateway's, and nothing else a hoster put in it passes."""
 
-    __slots__ = ("bounds", "choices", "fee_bps", "input_price", "output_price", "text_bytes", "vectors")
+    __slots__ = ("bounds", "choices", "fee_bps", "input_price", "output_price", "text", "text_bytes", "vectors")
 
     def __init__(
-        self, bounds: UsageBounds, input_price: int, output_price: int, fee_bps: int, vectors: int | None = None
+        self,
+        bounds: UsageBounds,
+        input_price: int,
+        output_price: int,
+        fee_bps: int,
+        vectors: int | None = None,
+        text: bool = False,
     ) -> None:
         # An embeddings request's number of inputs: its answer must hold one vector per input.
         self.vectors = vectors
+        # A text completion's: its choices carry ``text`` (a chat answer's carry deltas or messages, and a
+        # ``text`` a hoster added to one must not count as text the client received).
+        self.text = text
         self.bounds = bounds
         self.input_price = input_price
         self.output_price = output_price
@@ -162,9 +171,11 @@ class UsageGuard:
             index = choice.get("index")
             if isinstance(index, int) and 0 <= index < MAX_CHOICES:
                 self.choices = max(self.choices, index + 1)
-            text = choice.get("text")  # a text completion's
-            if isinstance(text, str):
-                self.text_bytes += len(text.encode())
+            if self.text:
+                text = choice.get("text")
+                if isinstance(text, str):
+                    self.text_bytes += len(text.encode())
+                continue
             part = choice.get("delta") or choice.get("message")
             if not isinstance(part, dict):
                 continue
@@ -412,7 +423,7 @@ def _repriced(guard: UsageGuard, body: bytes) -> UsageGuard:
         prices = int(named["input_price"]), int(named["output_price"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return guard
-    return UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps, guard.vectors)
+    return UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps, guard.vectors, guard.text)
 
 
 def _deadline_of(body: bytes) -> float | None:

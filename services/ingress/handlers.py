@@ -310,7 +310,14 @@ async def _complete(
         if accepted.prompt_bound is not None and accepted.completion_bound is not None:
             bounds = UsageBounds(accepted.prompt_bound, accepted.completion_bound)
             vectors = input_count(payload.get("input")) if endpoint == EMBEDDINGS else None
-            replies.guard = UsageGuard(bounds, accepted.input_price, accepted.output_price, accepted.fee_bps, vectors)
+            replies.guard = UsageGuard(
+                bounds,
+                accepted.input_price,
+                accepted.output_price,
+                accepted.fee_bps,
+                vectors,
+                text=endpoint == COMPLETIONS,
+            )
         headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id, **accepted.headers}
         try:
             first = await first_answer(replies, headers)

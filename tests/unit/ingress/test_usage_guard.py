@@ -203,3 +203,13 @@ def test_an_embeddings_answer_must_hold_one_vector_per_input() -> None:
     assert guard.take(answer([0.5], [0.5], [0.5])) is None  # one too many
     assert guard.take(answer([0.5], ["x"])) is None  # not numbers
     assert guard.take(answer([0.5], [])) is None
+
+
+def test_text_counts_as_a_text_completions_and_a_text_field_padded_into_chat_counts_for_nothing() -> None:
+    padded = orjson.dumps({"choices": [{"index": 0, "delta": {"content": "hi"}, "text": "x" * 500}]})
+    chat = UsageGuard(UsageBounds(1000, 1000), 0, 0, 0)
+    chat.take(padded)
+    assert chat.text_bytes == 2  # a hostile hoster's "text" does not buy it 500 billable tokens
+    completion = UsageGuard(UsageBounds(1000, 1000), 0, 0, 0, text=True)
+    completion.take(orjson.dumps({"object": "text_completion", "choices": [{"index": 0, "text": "héllo"}]}))
+    assert completion.text_bytes == 6
