@@ -24,6 +24,7 @@ from services.console.sessions import (
     CSRF_FIELD,
     Session,
     SessionCodec,
+    SessionKind,
     clear_session_cookie,
     served_over_tls,
     set_session_cookie,
@@ -149,6 +150,32 @@ async def hoster_of(session: Session, console: Console) -> HosterTokenInfo | Non
     return info if info.status == "valid" and info.hoster_id is not None else None
 
 
+def not_signed_in(request: Request, console: Console, session: Session, kind: SessionKind) -> RedirectResponse:
+    """The answer to a page of ``kind`` without its credential: the session ended (``revoked``) when it was
+    signed in as that kind and its key or token is no longer valid, else just the sign-in page."""
+    if session.kind == kind:
+        return signed_out(request, console, "revoked")
+    return redirect("/console/signin", request, console)
+
+
+async def signed_in_account(request: Request, console: Console) -> tuple[Session, str] | Response:
+    """The session and the id of the account it manages, or the answer when it is not signed in as one."""
+    session = session_of(request, console)
+    info = await account_of(session, console)
+    if info is None or info.account_id is None:
+        return not_signed_in(request, console, session, "account")
+    return session, info.account_id
+
+
+async def signed_in_hoster(request: Request, console: Console) -> tuple[Session, str, str | None] | Response:
+    """The session and the id and name of the hoster it is signed in as, or the answer when it is not one."""
+    session = session_of(request, console)
+    hoster = await hoster_of(session, console)
+    if hoster is None or hoster.hoster_id is None:
+        return not_signed_in(request, console, session, "hoster")
+    return session, hoster.hoster_id, hoster.name
+
+
 async def hoster_names(console: Console) -> dict[str, str]:
     """Hoster ids to names, as a router knows them (empty when no router answers: pages show ids then)."""
     try:
@@ -246,19 +273,15 @@ async def sign_out(request: Request, console: ConsoleDep) -> Response:
 @router.get("/account", include_in_schema=False)
 async def account_page(request: Request, console: ConsoleDep) -> Response:
     """Credits, daily cap and today's spend; spend and tokens per day; recent requests."""
-    session = session_of(request, console)
-    info = await account_of(session, console)
-    if info is None or info.account_id is None:
-        return (
-            signed_out(request, console, "revoked")
-            if session.kind == "account"
-            else redirect("/console/signin", request, console)
-        )
+    signed_in = await signed_in_account(request, console)
+    if isinstance(signed_in, Response):
+        return signed_in
+    session, account_id = signed_in
     queries, settings = console.queries, console.settings
     summary, daily, recent, names = await asyncio.gather(
-        queries.account(info.account_id),
-        queries.daily_usage(info.account_id, settings.chart_days),
-        queries.requests(info.account_id, settings.recent_rows),
+        queries.account(account_id),
+        queries.daily_usage(account_id, settings.chart_days),
+        queries.requests(account_id, settings.recent_rows),
         hoster_names(console),
     )
     return render(
@@ -273,15 +296,11 @@ async def account_page(request: Request, console: ConsoleDep) -> Response:
 @router.get("/requests/{request_id}", include_in_schema=False)
 async def request_page(request_id: str, request: Request, console: ConsoleDep) -> Response:
     """One request's routing record: each attempt's hoster, outcome, times and tokens; what it cost."""
-    session = session_of(request, console)
-    info = await account_of(session, console)
-    if info is None or info.account_id is None:
-        return (
-            signed_out(request, console, "revoked")
-            if session.kind == "account"
-            else redirect("/console/signin", request, console)
-        )
-    reply, names = await asyncio.gather(console.queries.generation(info.account_id, request_id), hoster_names(console))
+    signed_in = await signed_in_account(request, console)
+    if isinstance(signed_in, Response):
+        return signed_in
+    session, account_id = signed_in
+    reply, names = await asyncio.gather(console.queries.generation(account_id, request_id), hoster_names(console))
     if reply.generation is None:
         message = "This account made no request with that id."
         return render(
@@ -310,15 +329,11 @@ async def keys_response(
 @router.get("/keys", include_in_schema=False)
 async def keys_page(request: Request, console: ConsoleDep, revoked: str | None = None) -> Response:
     """The account's keys (with when each was last used), a form to create one, a button to revoke each."""
-    session = session_of(request, console)
-    info = await account_of(session, console)
-    if info is None or info.account_id is None:
-        return (
-            signed_out(request, console, "revoked")
-            if session.kind == "account"
-            else redirect("/console/signin", request, console)
-        )
-    return await keys_response(request, console, session, info.account_id, revoked=revoked)
+    signed_in = await signed_in_account(request, console)
+    if isinstance(signed_in, Response):
+        return signed_in
+    session, account_id = signed_in
+    return await keys_response(request, console, session, account_id, revoked=revoked)
 
 
 @router.post("/keys", include_in_schema=False)
@@ -368,24 +383,20 @@ async def revoke_key(key_id: str, request: Request, console: ConsoleDep) -> Resp
 @router.get("/hoster", include_in_schema=False)
 async def hoster_page(request: Request, console: ConsoleDep) -> Response:
     """Live status, models and prices, requests and earnings per day, trust and its terms, recent attempts."""
-    session = session_of(request, console)
-    hoster = await hoster_of(session, console)
-    if hoster is None or hoster.hoster_id is None:
-        return (
-            signed_out(request, console, "revoked")
-            if session.kind == "hoster"
-            else redirect("/console/signin", request, console)
-        )
+    signed_in = await signed_in_hoster(request, console)
+    if isinstance(signed_in, Response):
+        return signed_in
+    session, hoster_id, name = signed_in
     queries, settings = console.queries, console.settings
     detail, days, attempts = await asyncio.gather(
-        queries.hoster_detail(hoster.hoster_id),
-        queries.hoster_days(hoster.hoster_id, settings.chart_days),
-        queries.hoster_attempts(hoster.hoster_id, settings.recent_rows),
+        queries.hoster_detail(hoster_id),
+        queries.hoster_days(hoster_id, settings.chart_days),
+        queries.hoster_attempts(hoster_id, settings.recent_rows),
     )
     return render(
         request, console, session, "hoster.html",
-        name=hoster.name or hoster.hoster_id,
-        hoster_id=hoster.hoster_id,
+        name=name or hoster_id,
+        hoster_id=hoster_id,
         live=service.hoster_view(detail.hoster) if detail.hoster is not None else None,
         days=days.days,
         earned_total=service.credits(days.earned_total),
