@@ -3,7 +3,7 @@ trust with each of its terms. Pure reading of the registry and the stats; nothin
 
 from __future__ import annotations
 
-from libs.contracts.management import HosterDetail, ModelSpeed, TrustTerms
+from libs.contracts.management import HosterDetail, ModelSpeed
 from services.router.service import HosterRegistry
 from services.router.stats import HosterStats, NetworkStats
 
@@ -40,22 +40,7 @@ def hoster_detail(
             )
             for model, speed in sorted(hoster.speed.items())
         ],
-        trust=TrustTerms(
-            score=round(terms.score, 4),
-            reliability=terms.reliability,
-            midstream=terms.midstream,
-            latency=terms.latency,
-            history=terms.history,
-            dishonesty=terms.dishonesty,
-            window_attempts=terms.window_attempts,
-            window_successes=terms.window_successes,
-            window_midstream_failures=terms.window_midstream_failures,
-            window_discrepancies=terms.window_discrepancies,
-            lifetime_attempts=terms.lifetime_attempts,
-            age_s=terms.age_s,
-            advertised_ttft_ms=terms.advertised_ttft_ms,
-            observed_p95_ttft_ms=terms.observed_p95_ttft_ms,
-        ),
+        trust=terms.model_copy(update={"score": round(terms.score, 4)}),
         attempts=hoster.lifetime,
         usage_discrepancies=hoster.discrepancies,
     )

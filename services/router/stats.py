@@ -20,6 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from libs.contracts.management import TrustTerms
+
 WINDOW = 200
 EWMA_ALPHA = 0.2
 FAILURES_TO_COOL = 3
@@ -80,34 +82,9 @@ class SpeedStats:
         return cls(data.get("ttft"), data.get("tps"), deque(data.get("samples") or (), maxlen=WINDOW))
 
 
-@dataclass(frozen=True)
-class TrustBreakdown:
-    """The terms of a hoster's trust score, and the counts they come from."""
-
-    reliability: float
-    midstream: float
-    latency: float
-    history: float
-    dishonesty: float
-    window_attempts: int
-    window_successes: int
-    window_midstream_failures: int
-    window_discrepancies: int
-    lifetime_attempts: int
-    age_s: float
-    advertised_ttft_ms: float | None
-    observed_p95_ttft_ms: float | None
-
-    @property
-    def score(self) -> float:
-        """The trust score: the terms multiplied as the module's docstring says."""
-        return (
-            self.reliability
-            * (1 - self.midstream)
-            * math.sqrt(self.latency)
-            * (0.5 + 0.5 * self.history)
-            * (1 - self.dishonesty) ** 2
-        )
+def trust_score(reliability: float, midstream: float, latency: float, history: float, dishonesty: float) -> float:
+    """The trust score: the terms multiplied as the module's docstring says."""
+    return reliability * (1 - midstream) * math.sqrt(latency) * (0.5 + 0.5 * history) * (1 - dishonesty) ** 2
 
 
 @dataclass
@@ -196,7 +173,7 @@ class HosterStats:
         """The trust score (see the module's docstring)."""
         return self.trust_terms(now).score
 
-    def trust_terms(self, now: float) -> TrustBreakdown:
+    def trust_terms(self, now: float) -> TrustTerms:
         """Each term of the trust score and the counts behind it (see the module's docstring)."""
         attempts = len(self.outcomes)
         successes = self.outcomes.count("ok")
@@ -207,12 +184,17 @@ class HosterStats:
         if self.advertised_ttft_ms and observed is not None:
             latency = min(1.0, self.advertised_ttft_ms / max(observed, 1e-3))
         age_s = max(0.0, now - self.first_seen)
-        return TrustBreakdown(
-            reliability=(successes + 1) / (attempts + 2),
-            midstream=midstream_failures / attempts if attempts else 0.0,
+        reliability = (successes + 1) / (attempts + 2)
+        midstream = midstream_failures / attempts if attempts else 0.0
+        history = 0.8 * min(1.0, self.lifetime / 100) + 0.2 * min(1.0, age_s / 3600)
+        dishonesty = self.dishonesty
+        return TrustTerms(
+            score=trust_score(reliability, midstream, latency, history, dishonesty),
+            reliability=reliability,
+            midstream=midstream,
             latency=latency,
-            history=0.8 * min(1.0, self.lifetime / 100) + 0.2 * min(1.0, age_s / 3600),
-            dishonesty=self.dishonesty,
+            history=history,
+            dishonesty=dishonesty,
             window_attempts=attempts,
             window_successes=successes,
             window_midstream_failures=midstream_failures,
