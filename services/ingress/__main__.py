@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import uvicorn
-
+from libs.platform.http import serve
 from services.ingress.app import build_app
 from services.ingress.settings import IngressSettings
 
@@ -11,14 +10,10 @@ from services.ingress.settings import IngressSettings
 def main() -> None:
     """Serve the API until SIGINT/SIGTERM; open streams get ``shutdown_grace_s`` to finish."""
     settings = IngressSettings()
-    uvicorn.run(
+    serve(
         build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_config=None,
+        settings.host,
+        settings.port,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         backlog=4096,
     )

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
-
+from libs.platform.http import serve
 from libs.platform.logging import setup_logging
 from services.simulator.app import SimulatedDisconnect, build_app
 from services.simulator.settings import SimulatorSettings
@@ -15,7 +14,7 @@ SHUTDOWN_GRACE_S = 5
 
 
 def main() -> None:
-    """Build the settings, set up logging and run uvicorn on the configured address."""
+    """Build the settings, set up logging and serve on the configured address."""
     settings = SimulatorSettings()
     logger = setup_logging("simulator", settings.log_level, settings.log_format)
     logging.getLogger("uvicorn.error").addFilter(_not_a_simulated_disconnect)
@@ -30,17 +29,7 @@ def main() -> None:
             "fault_rate": settings.fault_rate,
         },
     )
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        ws="none",
-        access_log=False,
-        log_config=None,
-        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
-    )
+    serve(build_app(settings), settings.host, settings.port, ws="none", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 def _not_a_simulated_disconnect(record: logging.LogRecord) -> bool:
