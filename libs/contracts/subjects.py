@@ -47,6 +47,8 @@ REQUEST_CANCELLED = "ingress.request.cancelled"
 
 # hoster_adapter / router -> ingress: the token stream of one request, one subject per request.
 _REPLY = "ingress.reply"
+# Every ingress's reply subjects (a platform-run adapter may publish there; a hoster only as responses).
+REPLY_ALL = _REPLY + ".>"
 _CONTROL = "ingress.control"
 
 # ingress -> billing (request/reply): who holds this API key?

@@ -146,6 +146,16 @@ def hoster_permissions(hoster_id: str) -> Permissions:
     return Permissions(tuple(publish), tuple(subscribe), respond=True)
 
 
+def platform_adapter_permissions() -> Permissions:
+    """A platform-run adapter's confinement: every hoster's subjects, as a hoster's, plus publishing on the
+    ingress's reply subjects. A response permission belongs to the connection that received the attempt and
+    does not survive a reconnect to another NATS node: with it alone, the attempts a platform adapter had in
+    flight when its node died could not answer and waited out their first-byte deadline. A stranger's agent
+    keeps the response permission only (``hoster_permissions``)."""
+    publish, subscribe = subjects.hoster_permissions("*")
+    return Permissions((*publish, subjects.REPLY_ALL), tuple(subscribe), respond=True)
+
+
 def console_permissions() -> Permissions:
     """The web console's confinement: the management requests to billing and the router, replies on its own
     inbox (``subjects.CONSOLE_INBOX``, which its connection must use as ``inbox_prefix``); nothing else."""
@@ -301,12 +311,13 @@ async def push_account_update(nats_url: str, auth: AuthStore, timeout_s: float =
 
 def service_creds(auth: AuthStore, directory: Path, name: str, module: str) -> Path:
     """The credentials file of process ``name`` running ``services.<module>`` (minted once): a platform hoster
-    adapter is confined like a hoster (to every hoster's subjects), the web console to its management requests
+    adapter is confined like a hoster (to every hoster's subjects; ``platform_adapter_permissions``), the web
+    console to its management requests
     (``console_permissions``), the other services are the platform."""
     path = directory / f"{name}.creds"
     if not path.exists():
         if module == "hoster_adapter":
-            _, creds = auth.mint_user(name, hoster_permissions("*"))
+            _, creds = auth.mint_user(name, platform_adapter_permissions())
         elif module == "console":
             _, creds = auth.mint_user(name, console_permissions())
         else:

@@ -232,3 +232,36 @@ async def test_a_revoked_hoster_is_cut_off_at_once_and_refused_after(
     await asyncio.wait_for(disconnected.wait(), 10)
     await refused_connection(nats_server.url, user_credentials=str(path))
     await nc.close()
+
+
+async def test_a_platform_adapter_answers_on_reply_subjects_without_a_response_permission(
+    nats_server: NatsTestServer, platform: Client, hostile: Hostile
+) -> None:
+    """A platform-run adapter's answers must survive its reconnect to another NATS node, where the response
+    permission of the connection that received the attempt is gone: it may publish on the reply subjects (and
+    still not on the control subjects, nor outside a hoster's own); a stranger's agent may not."""
+    reply = subjects.reply_subject("ingress-1", "chatcmpl-after-a-reconnect")
+    frames_got = await collect(platform, reply)
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    adapter = await nats.connect(
+        nats_server.url,
+        user_credentials=str(nats_server.creds("adapter", "hoster_adapter")),
+        inbox_prefix=subjects.hoster_inbox_prefix("platform"),
+        error_cb=on_error,
+        max_reconnect_attempts=0,
+    )
+    try:
+        await adapter.publish(reply, b"c1:0\n{}")
+        await adapter.publish(subjects.control_subject(reply), b"a2:-1\n{}")
+        await adapter.flush()
+        await hostile.nc.publish(reply, b"forged")
+        assert await hostile.refused(f'publish to "{reply}"')
+        await asyncio.sleep(0.3)
+        assert [m.data for m in frames_got] == [b"c1:0\n{}"]
+        assert any("permissions violation" in e and "ingress.control" in e for e in errors), errors
+    finally:
+        await adapter.close()
