@@ -334,12 +334,18 @@ class Dispatcher:
             endpoint=request.endpoint,
         )
         try:
-            reply = await self._broker.request(command, subjects.RESERVE_CREDITS, timeout=s.billing_timeout_s)
+            # On nats-py directly, as every hot message is: faststream's request adds its middlewares per call.
+            reply = await self._broker.connection.request(
+                subjects.RESERVE_CREDITS,
+                command.model_dump_json().encode(),
+                timeout=s.billing_timeout_s,
+                headers=inject_headers(),
+            )
         except (NoRespondersError, NatsTimeout, TimeoutError):
             # Billing may have committed the hold before its answer was lost: release it (a no-op otherwise).
             self._finish(request, request.model, "failed", [])
             return errors.billing_unavailable(s.retry_after_s)
-        return _ADMISSION.validate_json(reply.body)
+        return _ADMISSION.validate_json(reply.data)
 
     def expect_probe(self, request_id: str) -> asyncio.Future[AttemptFinished]:
         """A future for the report of probe ``request_id``'s attempt (the probe is no request of a client: it
