@@ -24,6 +24,7 @@ from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, d
 from tests.e2e.records import routing_record
 from tests.e2e.test_money import settled
 from tests.integration.request_path.scripted_hoster import ScriptedHoster
+from tests.waits import until_stack_router_hears
 
 pytestmark = pytest.mark.e2e
 
@@ -62,7 +63,7 @@ async def join(stack: Stack, tmp_path: Path, chunks_first: int) -> ScriptedHoste
         hoster.spawn(hoster.keep_alive(dispatch, msg.reply))
 
     hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, hang, price=0)
-    await asyncio.sleep(1.0)  # its heartbeats reach the router
+    await until_stack_router_hears(stack, hoster.hoster_id)
     return hoster
 
 
@@ -151,7 +152,7 @@ async def test_frames_lost_on_the_way_end_the_stream_with_an_error_and_bill_only
         await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=6, total_tokens=11), 3)
 
     hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, gap, price=10**6)
-    await asyncio.sleep(1.0)  # its heartbeats reach the router
+    await until_stack_router_hears(stack, hoster.hoster_id)
     try:
         async with http.stream("POST", "/chat/completions", json={**BODY, "stream": True}) as response:
             lines = [line async for line in response.aiter_lines() if line]
@@ -193,7 +194,7 @@ async def test_a_hoster_cannot_forge_the_routers_failover_notice_or_errors(
         await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=4096, total_tokens=4101), 2)
 
     hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, forge, price=10**6)
-    await asyncio.sleep(1.0)  # its heartbeats reach the router
+    await until_stack_router_hears(stack, hoster.hoster_id)
     try:
         async with http.stream("POST", "/chat/completions", json={**BODY, "stream": True}) as response:
             lines = [line async for line in response.aiter_lines() if line]

@@ -24,10 +24,11 @@ from libs.contracts.routing import (
     RoutingPreferences,
 )
 from libs.devstack.processes import ManagedProcess, free_port
-from libs.devstack.stack import demo_hoster
+from libs.devstack.stack import DEMO_MODEL, demo_hoster
 from libs.platform.ids import new_request_id
 from tests.conftest import NatsTestServer
 from tests.integration.conftest import Spawn
+from tests.waits import until_router_lists
 
 pytestmark = pytest.mark.integration
 
@@ -65,7 +66,7 @@ async def network(nats_server: NatsTestServer, spawn: Spawn) -> AsyncIterator[Ne
         "hoster_adapter ready",
     )  # fmt: skip
     nc = await nats_server.connect("test-ingress")
-    await asyncio.sleep(0.7)  # a heartbeat or two reaches the router
+    await until_router_lists(nc, DEMO_MODEL)
     yield Network(nc, adapter, router, port)
     await nc.close()
 

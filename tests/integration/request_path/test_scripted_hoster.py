@@ -24,6 +24,7 @@ from tests.conftest import NatsTestServer
 from tests.integration.conftest import Spawn
 from tests.integration.request_path.scripted_hoster import ScriptedHoster
 from tests.integration.request_path.test_router_adapter import send, until_terminal
+from tests.waits import until_router_lists
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +84,7 @@ async def test_an_outcome_that_overtakes_its_accept_still_ends_the_request(
 
     hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, fail_then_accept)
     try:
-        await asyncio.sleep(0.7)  # a heartbeat reaches the router
+        await until_router_lists(platform, MODEL)
         _, decision, queue = await send(platform, model=MODEL, stream=False)
         assert decision["hoster_id"] == hoster.hoster_id
         got = await until_terminal(queue, timeout_s=5)
@@ -114,7 +115,7 @@ async def test_a_failovers_outcome_heard_before_its_accept_is_billed_with_the_re
     cheap = await ScriptedHoster.join(nats_server, tmp_path, MODEL, fail, price=1000)
     dear = await ScriptedHoster.join(nats_server, tmp_path, MODEL, succeed_then_accept, price=2000)
     try:
-        await asyncio.sleep(0.7)  # heartbeats reach the router
+        await until_router_lists(platform, MODEL, hosters=2)
         route = await paid_route(platform, tier="cheapest")
         request_id = route.request_id
         decision = await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)
@@ -152,7 +153,7 @@ async def test_a_request_the_ingress_stopped_waiting_for_is_stopped_and_charges_
     hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, slow_accept)
     stops = await platform.subscribe(subjects.attempt_cancel(hoster.hoster_id))
     try:
-        await asyncio.sleep(0.7)  # a heartbeat reaches the router
+        await until_router_lists(platform, MODEL)
         route = await paid_route(platform)
         request_id = route.request_id
         with pytest.raises(NatsTimeout):  # the ingress's route timeout, made short
@@ -191,7 +192,7 @@ async def test_a_request_whose_outcome_never_comes_is_settled_and_forgotten(
     finished = await play_billing(nc)
     hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, silent)
     try:
-        await asyncio.sleep(0.7)
+        await until_router_lists(nc, MODEL)
         route = await paid_route(nc, stream=True)
         request_id = route.request_id
         decision = await nc.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)
