@@ -43,9 +43,83 @@ class Caller(BaseModel):
 
 
 class ReservationsAlive(BaseModel):
-    """router -> billing: requests still running on this router; their reservations are not stale."""
+    """router -> billing: requests still running on this router; their reservations are not stale. And the
+    credit leases it holds (``LeaseCredits``): they are not stale either."""
 
     request_ids: list[str]
+    lease_ids: list[str] = Field(default_factory=list)
+
+
+class LeaseCredits(BaseModel):
+    """router -> billing (request/reply): hold up to ``amount`` of the account's credit for this router, which
+    admits the account's requests against it without asking billing each time. Billing grants at most a
+    fraction of what the account can spend (balance and daily cap), and nothing below ``minimum``."""
+
+    account_id: str
+    router_id: str
+    amount: int = Field(gt=0, description="wanted, micro-credits")
+    minimum: int = Field(gt=0, description="less than this is refused, micro-credits")
+
+
+class LeaseGranted(BaseModel):
+    """billing -> router: the lease (``amount`` is held from the account's balance and counted in its day)."""
+
+    status: Literal["granted"] = "granted"
+    lease_id: str
+    amount: int
+
+
+class LeaseRefused(BaseModel):
+    """billing -> router: no lease (too little to spend, or an unknown account): admit request by request."""
+
+    status: Literal["refused"] = "refused"
+
+
+LeaseAnswer = Annotated[LeaseGranted | LeaseRefused, Field(discriminator="status")]
+
+
+class LeasedAdmission(BaseModel):
+    """One request a router admitted against a lease: ``amount`` of the lease is now its reservation."""
+
+    request_id: str
+    key_id: str
+    amount: int = Field(ge=0)
+    fee_bps: int
+    endpoint: Endpoint = CHAT
+
+
+class LeasedAdmissions(BaseModel):
+    """router -> JetStream -> billing: requests admitted against ``lease_id`` since the last such event (sent in
+    batches, off the request's path): billing records their reservations, so a request whose router dies is
+    still charged for what its hosters reported, as any other."""
+
+    lease_id: str
+    admissions: list[LeasedAdmission]
+
+
+class RecallLease(BaseModel):
+    """billing -> the router holding ``lease_id`` (request/reply, answered with ``LeaseReturned``): the
+    account's credit ran short; admit nothing more against the lease. Billing takes back what it did not admit
+    at once, so the account's remaining credit serves whichever router its next request reaches."""
+
+    lease_id: str
+
+
+class LeaseRecalled(BaseModel):
+    """router -> billing: the answer to ``RecallLease``: what the lease admitted in all (``None``: this router
+    holds no such lease, e.g. it gave it back already; billing then leaves it to that event)."""
+
+    lease_id: str
+    admitted: int | None = None
+
+
+class LeaseReturned(BaseModel):
+    """router -> JetStream -> billing: the router admits nothing more against ``lease_id``; its requests took
+    ``admitted`` of it in all (their reservations, recorded or still on the way). The rest goes back to the
+    balance."""
+
+    lease_id: str
+    admitted: int = Field(ge=0)
 
 
 class ReserveCredits(BaseModel):
@@ -134,6 +208,10 @@ class RequestFinished(BaseModel):
     fee_bps: int
     attempts: list[BilledAttempt]
     finished_at: float
+    # Set when the request was admitted against a credit lease: its reservation, should billing not have
+    # recorded it yet (``LeasedAdmissions`` travel in batches).
+    leased: LeasedAdmission | None = None
+    lease_id: str | None = None
 
 
 class CreditsQuery(BaseModel):

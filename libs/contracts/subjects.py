@@ -55,6 +55,15 @@ _CONTROL = "ingress.control"
 VERIFY_KEY = "billing.key.verify"
 # router -> billing (request/reply): admit a request: rate limits, then reserve its maximum cost.
 RESERVE_CREDITS = "billing.credits.reserve"
+# router -> billing (request/reply): hold a credit lease for the router to admit an account's requests against.
+LEASE_CREDITS = "billing.credits.lease"
+# router -> JetStream (billing, durable): requests admitted against a lease; a lease given back.
+_LEASE_EVENTS = "router.lease"
+LEASE_ADMITTED = _LEASE_EVENTS + ".admitted"
+LEASE_RETURNED = _LEASE_EVENTS + ".returned"
+LEASE_EVENTS_ALL = _LEASE_EVENTS + ".*"
+# billing -> the router holding a lease (request/reply): admit nothing more against it, say what it admitted.
+_LEASE_RECALL = "router.lease.recall"
 # router -> billing (queue group "billing", no reply): these requests are still running; keep their holds.
 RESERVATIONS_ALIVE = "billing.credits.alive"
 # ingress -> billing (request/reply): an account's credits and recent usage.
@@ -98,6 +107,7 @@ QUEUE_BILLING = "billing"
 # JetStream binds a push consumer's durable name to its deliver group, so each durable has its own group.
 BILLING_ATTEMPTS_DURABLE = "billing_attempts"
 BILLING_REQUESTS_DURABLE = "billing_requests"
+BILLING_LEASES_DURABLE = "billing_leases"
 
 # JetStream key-value bucket where routers remember every model ever served (survives restarts).
 MODELS_SEEN_BUCKET = "router_models_seen"
@@ -127,6 +137,11 @@ def attempt_accepted(hoster_id: str, router_id: str) -> str:
 def request_delivered(router_id: str) -> str:
     """Where the ingress tells router ``router_id`` what of its request reached the client."""
     return f"{_REQUEST_DELIVERED}.{router_id}"
+
+
+def lease_recall(router_id: str) -> str:
+    """Where billing recalls router ``router_id``'s credit leases."""
+    return f"{_LEASE_RECALL}.{router_id}"
 
 
 def attempts_accepted_by_router(router_id: str) -> str:

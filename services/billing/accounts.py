@@ -26,6 +26,7 @@ from libs.contracts.management import (
 )
 from libs.contracts.pricing import to_credits
 from libs.platform.apikeys import MANAGEMENT_PREFIX, PREFIX, display_prefix, hash_key, new_key
+from services.billing.leases import free_in_leases
 from services.billing.repository import PoolBound
 
 
@@ -51,6 +52,8 @@ def days_back(days: int, today: dt.date | None = None) -> list[dt.date]:
 
 
 # Every column of a managed key, with its last use (its latest admitted request, by the reservations_key index).
+# What open credit leases hold beyond recorded requests: shown as balance (``free_in_leases``).
+_FREE, _FREE_TODAY = free_in_leases("a", "(now() AT TIME ZONE 'UTC')::date")
 _KEY_COLUMNS = """k.id, k.prefix, k.label, k.kind, k.rpm, k.tpm, k.created_at, k.revoked_at,
     (SELECT max(r.created_at) FROM reservations r WHERE r.key_id = k.id) AS last_used_at"""
 
@@ -218,9 +221,11 @@ class Accounts(PoolBound):
     async def summary(self, account_id: str) -> AccountSummary | None:
         """The account's money now (``spent_today``: charges and open holds of this UTC day)."""
         row = await self._pool.fetchrow(
-            """SELECT id::text, name, balance, reserved, daily_cap, created_at,
-                      CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spend ELSE 0 END AS spent
-               FROM accounts WHERE id = $1""",
+            f"""SELECT id::text, name, balance + {_FREE} AS balance, reserved - {_FREE} AS reserved, daily_cap,
+                       created_at,
+                       CASE WHEN spend_day = (now() AT TIME ZONE 'UTC')::date THEN day_spend - {_FREE_TODAY}
+                            ELSE 0 END AS spent
+                FROM accounts a WHERE id = $1""",
             account_id,
         )
         if row is None:

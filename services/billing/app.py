@@ -30,12 +30,15 @@ async def sweep(ledger: Ledger, settings: BillingSettings, logger: logging.Logge
         await asyncio.sleep(settings.sweep_interval_s)
         try:
             closed = await ledger.expire_stale(settings.reservation_ttl_s)
+            taken = await ledger.expire_stale_leases(settings.reservation_ttl_s)
             RESERVATIONS_OPEN.set(await ledger.open_reservations())
         except (asyncpg.PostgresError, OSError) as exc:
             logger.warning("sweep failed", extra={"error": repr(exc)})
             continue
         if closed:
             logger.info("stale reservations closed", extra={"count": closed})
+        if taken:
+            logger.info("stale credit leases taken back", extra={"count": taken})
 
 
 async def release_cheaply(conn: asyncpg.Connection) -> None:
@@ -56,7 +59,9 @@ def build_app(settings: BillingSettings) -> FastStream:
     accounts = Accounts()
     redelivery = Redelivery(settings.max_deliver, settings.retry_backoff_s, settings.retry_backoff_max_s)
     hot = HotSubscriptions(logger, kit.tracer_provider)
-    register_handlers(broker, hot, ledger, accounts, usage, hosters, settings.workers, redelivery, kit.logger)
+    register_handlers(
+        broker, hot, ledger, accounts, usage, hosters, settings.workers, redelivery, kit.logger, settings.lease_share
+    )
     register_management_handlers(broker, accounts, hosters, settings.workers)
 
     @asynccontextmanager

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.client import JetStreamContext
 
 from libs.contracts import subjects
@@ -17,6 +20,13 @@ from libs.contracts.billing import (
     KeyInfo,
     KeyQuery,
     KeyReport,
+    LeaseCredits,
+    LeasedAdmissions,
+    LeaseGranted,
+    LeaseRecalled,
+    LeaseRefused,
+    LeaseReturned,
+    RecallLease,
     Refused,
     RequestFinished,
     ReservationsAlive,
@@ -63,6 +73,10 @@ from services.billing.repository import HosterRepository, UsageRepository
 
 # Request ids one keep-alive note may name.
 MAX_ALIVE = 5000
+# The refusals a recall of the account's leases may turn into an admission.
+SHORT_OF_CREDIT = frozenset({"insufficient_credits", "daily_cap_reached"})
+# How long a router has to give a lease back when billing recalls it.
+RECALL_TIMEOUT_S = 0.5
 
 
 def register_handlers(
@@ -75,6 +89,7 @@ def register_handlers(
     workers: int,
     redelivery: Redelivery,
     logger: logging.Logger,
+    lease_share: int = 8,
 ) -> None:
     """Request/reply subjects in the ``billing`` queue group; usage events from JetStream.
 
@@ -92,8 +107,33 @@ def register_handlers(
         return await accounts.verify_key(query.key_hash)
 
     async def reserve_credits(command: ReserveCredits, _: Msg) -> Reserved | Refused:
-        """Admit a request or say why not."""
-        return await ledger.reserve(command)
+        """Admit a request or say why not. Refused for credit or cap while routers hold leases on the account:
+        they are recalled first (what they did not admit comes back), then the request is admitted or refused
+        on what is left, so no credit sits in one router's lease while another's request is refused."""
+        answer = await ledger.reserve(command)
+        short = isinstance(answer, Refused) and answer.error.code in SHORT_OF_CREDIT
+        if short and await recall_leases(command.caller.account_id):
+            answer = await ledger.reserve(command)
+        return answer
+
+    async def recall_leases(account_id: str) -> int:
+        """Take back every open lease on the account from the router holding it; what came back."""
+
+        async def recall(lease_id: str, router_id: str) -> int:
+            try:
+                reply = await broker.connection.request(
+                    subjects.lease_recall(router_id), RecallLease(lease_id=lease_id).model_dump_json().encode(),
+                    timeout=RECALL_TIMEOUT_S,
+                )  # fmt: skip
+            except (NoRespondersError, NatsTimeout, TimeoutError):
+                return 0  # its router is gone: the sweeper takes the lease back once it is stale
+            recalled = LeaseRecalled.model_validate_json(reply.data)
+            if recalled.admitted is None:
+                return 0  # not held there any more: its own LeaseReturned is on the way
+            return await ledger.return_lease(LeaseReturned(lease_id=lease_id, admitted=recalled.admitted))
+
+        held = await ledger.open_leases(account_id)
+        return sum(await asyncio.gather(*(recall(lease_id, router_id) for lease_id, router_id in held)))
 
     # Every request crosses these two (a key not yet cached, then admission): on ``hot``.
     hot.add(subjects.VERIFY_KEY, VerifyKey, verify_key, queue=subjects.QUEUE_BILLING, reply=True,
@@ -101,10 +141,17 @@ def register_handlers(
     hot.add(subjects.RESERVE_CREDITS, ReserveCredits, reserve_credits, queue=subjects.QUEUE_BILLING, reply=True,
             max_concurrency=workers)  # fmt: skip
 
+    async def lease_credits(command: LeaseCredits, _: Msg) -> LeaseGranted | LeaseRefused:
+        """Grant a router a credit lease on an account, or refuse."""
+        return await ledger.lease(command, lease_share)
+
+    hot.add(subjects.LEASE_CREDITS, LeaseCredits, lease_credits, queue=subjects.QUEUE_BILLING, reply=True,
+            max_concurrency=workers)  # fmt: skip
+
     @broker.subscriber(subjects.RESERVATIONS_ALIVE, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def reservations_alive(note: ReservationsAlive) -> None:
-        """Requests still running: keep their holds from the sweeper."""
-        await ledger.touch(note.request_ids[:MAX_ALIVE])
+        """Requests still running, leases still held: keep their holds from the sweeper."""
+        await ledger.touch(note.request_ids[:MAX_ALIVE], note.lease_ids[:MAX_ALIVE])
 
     @broker.subscriber(subjects.SHOW_CREDITS, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def show_credits(query: CreditsQuery) -> CreditsReport | None:
@@ -190,6 +237,20 @@ def register_handlers(
 
     hot.add_durable(subjects.REQUEST_FINISHED, subjects.USAGE_STREAM, subjects.BILLING_REQUESTS_DURABLE,
                     settle_request, workers)  # fmt: skip
+
+    async def lease_event(message: Msg) -> None:
+        """Record the requests a router admitted against a lease, or take a lease back."""
+
+        async def work(body: bytes) -> None:
+            if message.subject == subjects.LEASE_RETURNED:
+                await ledger.return_lease(LeaseReturned.model_validate_json(body))
+            else:
+                await ledger.record_leased(LeasedAdmissions.model_validate_json(body))
+
+        await consume(message, work, redelivery, js(), subjects.BILLING_LEASES_DURABLE, logger)
+
+    hot.add_durable(subjects.LEASE_EVENTS_ALL, subjects.USAGE_STREAM, subjects.BILLING_LEASES_DURABLE,
+                    lease_event, workers)  # fmt: skip
 
 
 def register_management_handlers(

@@ -10,14 +10,19 @@ import contextlib
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
 from libs.contracts import errors
 from libs.contracts.billing import (
     KeyReport,
+    LeaseCredits,
+    LeasedAdmission,
+    LeasedAdmissions,
+    LeaseGranted,
+    LeaseRefused,
+    LeaseReturned,
     RateLimitState,
     Refused,
     RequestFinished,
@@ -28,10 +33,18 @@ from libs.contracts.billing import (
 )
 from libs.contracts.common import ErrorReport
 from libs.contracts.pricing import Cost, cost_of
+from services.billing import leases
+from services.billing.books import (
+    PLATFORM_FEES,
+    TOPUPS,
+    Conn,
+    Entry,
+    client_account,
+    hoster_account,
+    post,
+    reserved_account,
+)
 from services.billing.repository import PoolBound
-
-Entry = tuple[str, str, int]  # (ledger account, entry kind, amount)
-Conn: TypeAlias = "PoolConnectionProxy[asyncpg.Record]"
 
 
 class NotFound(Exception):
@@ -50,25 +63,6 @@ class AccountState:
     daily_cap: int | None
 
 
-def client_account(account_id: str) -> str:
-    """Ledger account of what a client can spend."""
-    return f"client:{account_id}"
-
-
-def reserved_account(account_id: str) -> str:
-    """Ledger account of what a client's open requests hold."""
-    return f"reserved:{account_id}"
-
-
-def hoster_account(hoster_id: str) -> str:
-    """Ledger account of a hoster's earnings."""
-    return f"hoster:{hoster_id}"
-
-
-PLATFORM_FEES = "platform:fees"
-TOPUPS = "external:topups"
-
-
 def today() -> dt.date:
     """The UTC day daily caps count in."""
     return dt.datetime.now(dt.UTC).date()
@@ -78,28 +72,6 @@ def window_of(now: dt.datetime) -> tuple[dt.datetime, float]:
     """The one-minute rate window ``now`` falls in, and the seconds until it resets."""
     start = now.replace(second=0, microsecond=0)
     return start, 60.0 - (now - start).total_seconds()
-
-
-async def _post(conn: Conn, kind: str, entries: list[Entry], account_id: str | None, request_id: str | None) -> None:
-    """Write one balanced ledger transaction (zero-amount lines are left out)."""
-    lines = [e for e in entries if e[2] != 0]
-    if sum(amount for _, _, amount in lines) != 0:
-        raise ValueError(f"unbalanced ledger transaction {kind}: {lines}")
-    # One statement, one round trip: the transaction row and its lines.
-    await conn.execute(
-        """WITH tx AS (
-               INSERT INTO ledger_transactions (kind, request_id, account_id) VALUES ($1, $2, $3) RETURNING id)
-           INSERT INTO ledger_entries (tx_id, ledger_account, kind, amount)
-           SELECT tx.id, line.account, line.kind, line.amount
-           FROM tx, unnest($4::text[], $5::text[], $6::bigint[]) WITH ORDINALITY AS line (account, kind, amount, n)
-           ORDER BY line.n""",
-        kind,
-        request_id,
-        account_id,
-        [account for account, _, _ in lines],
-        [entry_kind for _, entry_kind, _ in lines],
-        [amount for _, _, amount in lines],
-    )
 
 
 def within(lines: list[tuple[str, Cost]], amount: int) -> list[tuple[str, Cost]]:
@@ -146,6 +118,18 @@ _CLOSE = """WITH claimed AS (
        ORDER BY line.n
        RETURNING 1)
    SELECT count(*) FROM claimed"""
+
+
+# What open credit leases hold beyond recorded requests: the account's to spend, shown as balance in reports.
+_FREE, _FREE_TODAY = leases.free_in_leases("a", "$2")
+_FREE_TODAY3 = leases.free_in_leases("a", "$3")[1]
+_HELD = "SELECT request_id, account_id, amount, spend_day, status FROM reservations WHERE request_id = $1"
+_HELD_MANY = """SELECT request_id, account_id, amount, spend_day, status FROM reservations
+                WHERE request_id = ANY($1::text[])"""
+
+
+class Unbacked(Exception):
+    """A request admitted against a lease has neither the lease nor the balance to hold its reservation."""
 
 
 def _charge_of(event: RequestFinished) -> tuple[list[tuple[str, Cost]], int, int, str | None]:
@@ -258,7 +242,7 @@ class Ledger(PoolBound):
         )
         if updated is None:
             raise NotFound(f"no account {account_id}")
-        await _post(
+        await post(
             conn,
             "topup",
             [(TOPUPS, "topup", -amount), (client_account(account_id), "topup", amount)],
@@ -278,9 +262,9 @@ class Ledger(PoolBound):
     async def account(self, account_id: str) -> AccountState:
         """An account's money now."""
         row = await self._pool.fetchrow(
-            """SELECT id::text, name, balance, reserved, daily_cap,
-                      CASE WHEN spend_day = $2 THEN day_spend ELSE 0 END AS spent_today
-               FROM accounts WHERE id = $1""",
+            f"""SELECT id::text, name, balance + {_FREE} AS balance, reserved - {_FREE} AS reserved, daily_cap,
+                       CASE WHEN spend_day = $2 THEN day_spend - {_FREE_TODAY} ELSE 0 END AS spent_today
+                FROM accounts a WHERE id = $1""",
             account_id,
             today(),
         )
@@ -295,8 +279,8 @@ class Ledger(PoolBound):
         charged all time and this UTC day, week (from Monday) and month, and its account's money now."""
         day = today()
         row = await self._pool.fetchrow(
-            """SELECT k.prefix, k.rpm, k.tpm, a.balance, a.daily_cap,
-                      CASE WHEN a.spend_day = $3 THEN a.day_spend ELSE 0 END AS spent_today,
+            f"""SELECT k.prefix, k.rpm, k.tpm, a.balance + {_FREE} AS balance, a.daily_cap,
+                       CASE WHEN a.spend_day = $3 THEN a.day_spend - {_FREE_TODAY3} ELSE 0 END AS spent_today,
                       coalesce(sum(r.charged), 0)::bigint AS usage,
                       coalesce(sum(r.charged) FILTER (WHERE r.spend_day = $3), 0)::bigint AS usage_daily,
                       coalesce(sum(r.charged) FILTER (WHERE r.spend_day >= $4), 0)::bigint AS usage_weekly,
@@ -418,13 +402,14 @@ class Ledger(PoolBound):
     async def _credit_error(self, conn: Conn, account_id: str, amount: int) -> ErrorReport:
         """Why a reservation failed (read after the atomic refusal, only to word the message)."""
         row = await conn.fetchrow(
-            """SELECT balance, daily_cap, CASE WHEN spend_day = $2 THEN day_spend ELSE 0 END AS spent
-               FROM accounts WHERE id = $1""",
+            f"""SELECT balance, {_FREE} AS leased, daily_cap,
+                       CASE WHEN spend_day = $2 THEN day_spend - {_FREE_TODAY} ELSE 0 END AS spent
+                FROM accounts a WHERE id = $1""",
             account_id,
             today(),
         )
-        if row is None or row["balance"] < amount:
-            balance = row["balance"] if row else 0
+        if row is None or row["balance"] < amount or row["daily_cap"] is None:
+            balance = row["balance"] + row["leased"] if row else 0
             return errors.insufficient_credits(amount, balance)
         return errors.daily_cap_reached(row["spent"], row["daily_cap"])
 
@@ -432,35 +417,47 @@ class Ledger(PoolBound):
 
     async def settle(self, event: RequestFinished) -> bool:
         """Charge a finished request's billed attempts and release the rest; ``False`` if already settled.
+        A request admitted against a credit lease whose reservation billing has not recorded yet gets it
+        recorded first, in the same transaction.
 
         Counts below zero count as zero (the router already held them to the request's bounds)."""
         lines, prompt, completion, discrepancy = _charge_of(event)
         async with self._pool.acquire() as conn:
             # What a reservation holds never changes once made: read without a lock; the close claims it only
             # while still open, atomically, so a concurrent settle or sweep of the same request changes nothing.
-            held = await conn.fetchrow(
-                "SELECT request_id, account_id, amount, spend_day, status FROM reservations WHERE request_id = $1",
-                event.request_id,
-            )
+            held = await conn.fetchrow(_HELD, event.request_id)
+            if held is None and event.leased is not None and event.lease_id is not None:
+                async with conn.transaction():
+                    await self._attach(conn, event.lease_id, [event.leased])
+                    held = await conn.fetchrow(_HELD, event.request_id)
+                    if held is None or held["status"] != "open":
+                        return False
+                    return await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy)
             if held is None or held["status"] != "open":
                 return False
             return await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy)
 
     async def settle_many(self, events: list[RequestFinished]) -> int:
         """Settle several finished requests, each as ``settle`` would, in one transaction of three round trips
-        (read their reservations, close them all pipelined, commit); how many were open. All or none: when it
-        raises, nothing was settled (settle them one by one). One alone takes ``settle``'s fewer round trips,
-        with no transaction (under light load most batches hold one)."""
+        (read their reservations, close them all pipelined, commit; plus one per credit lease whose requests'
+        reservations are not recorded yet); how many were open. All or none: when it raises, nothing was
+        settled (settle them one by one). One alone takes ``settle``'s fewer round trips, with no transaction
+        (under light load most batches hold one)."""
         if len(events) == 1:
             return int(await self.settle(events[0]))
         charges = [(event, *_charge_of(event)) for event in events]
+        ids = [event.request_id for event in events]
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                """SELECT request_id, account_id, amount, spend_day, status FROM reservations
-                   WHERE request_id = ANY($1::text[])""",
-                [event.request_id for event in events],
-            )
+            rows = await conn.fetch(_HELD_MANY, ids)
             held = {row["request_id"]: row for row in rows}
+            unrecorded: dict[str, list[LeasedAdmission]] = {}
+            for event in events:
+                if event.request_id not in held and event.leased is not None and event.lease_id is not None:
+                    unrecorded.setdefault(event.lease_id, []).append(event.leased)
+            if unrecorded:
+                for lease_id in sorted(unrecorded):  # one lock order for every batch
+                    await self._attach(conn, lease_id, unrecorded[lease_id])
+                held = {row["request_id"]: row for row in await conn.fetch(_HELD_MANY, ids)}
             closes = [
                 _close_args(held[e.request_id], lines, prompt, completion, e.model, "settled", discrepancy)
                 for e, lines, prompt, completion, discrepancy in charges
@@ -473,13 +470,81 @@ class Ledger(PoolBound):
                 await conn.executemany(_CLOSE, closes)
         return len({args[6] for args in closes})
 
-    async def touch(self, request_ids: list[str]) -> None:
-        """The requests ``request_ids`` are still running: their open reservations are not stale."""
+    # Credit leases (``services.billing.leases``) ---------------------------------------------------------
+
+    async def lease(self, command: LeaseCredits, share: int) -> LeaseGranted | LeaseRefused:
+        """Grant a router a credit lease on an account, or refuse (too little to spend)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await leases.grant(conn, command, share, today())
+
+    async def record_leased(self, event: LeasedAdmissions) -> None:
+        """Record the reservations of requests a router admitted against a lease (those already recorded, by
+        their settlement, are left alone)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._attach(conn, event.lease_id, event.admissions)
+
+    async def return_lease(self, event: LeaseReturned) -> int:
+        """A router gives a lease back: what its requests did not take goes back to the balance."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await leases.take_back(conn, event.lease_id, event.admitted, "returned")
+
+    async def open_leases(self, account_id: str) -> list[tuple[str, str]]:
+        """The account's open leases, as (lease id, router id)."""
+        rows = await self._pool.fetch(
+            "SELECT lease_id::text, router_id FROM leases WHERE account_id = $1 AND status = 'open'", account_id
+        )
+        return [(row["lease_id"], row["router_id"]) for row in rows]
+
+    async def _attach(self, conn: Conn, lease_id: str, admissions: list[LeasedAdmission]) -> None:
+        """``leases.attach``; when the lease can no longer hold them (it was swept while its router's events
+        were delayed), each reservation comes from the balance instead. Raises ``Unbacked`` when the balance
+        cannot cover one either: the event is retried, then dead-lettered for an operator."""
+        try:
+            async with conn.transaction():  # a savepoint: a refused attach leaves nothing behind
+                await leases.attach(conn, lease_id, admissions)
+            return
+        except leases.LeaseCannotBack:
+            pass
+        account_id = await conn.fetchval("SELECT account_id::text FROM leases WHERE lease_id = $1", lease_id)
+        if account_id is None:
+            raise Unbacked(f"no lease {lease_id}")
+        for admission in admissions:
+            exists = await conn.fetchval("SELECT 1 FROM reservations WHERE request_id = $1", admission.request_id)
+            if exists is None and not await leases.reserve_unbacked(conn, account_id, admission, lease_id):
+                raise Unbacked(f"request {admission.request_id}: lease {lease_id} taken back, balance too low")
+
+    async def expire_stale_leases(self, older_than_s: float) -> int:
+        """Take back the leases their router stopped keeping alive (it died): what their requests did not
+        take goes back to the balance; the requests recorded are swept as any reservation. Replicas may
+        sweep together: rows another one holds are skipped."""
+        taken = 0
+        async with self._pool.acquire() as conn:
+            while True:
+                async with conn.transaction():
+                    lease_id = await conn.fetchval(
+                        """SELECT lease_id::text FROM leases
+                           WHERE status = 'open' AND touched_at < now() - make_interval(secs => $1)
+                           ORDER BY touched_at LIMIT 1 FOR UPDATE SKIP LOCKED""",
+                        older_than_s,
+                    )
+                    if lease_id is None:
+                        return taken
+                    await leases.take_back(conn, lease_id, None, "expired")
+                    taken += 1
+
+    async def touch(self, request_ids: list[str], lease_ids: list[str] | None = None) -> None:
+        """The requests ``request_ids`` are still running, and the leases ``lease_ids`` still held: their open
+        reservations and leases are not stale."""
         async with self._pool.acquire() as conn:
             await conn.execute(
                 "UPDATE reservations SET touched_at = now() WHERE request_id = ANY($1::text[]) AND status = 'open'",
                 request_ids,
             )
+            if lease_ids:
+                await conn.execute(
+                    "UPDATE leases SET touched_at = now() WHERE lease_id = ANY($1::uuid[]) AND status = 'open'",
+                    [uuid.UUID(lease_id) for lease_id in lease_ids],
+                )
 
     async def expire_stale(self, older_than_s: float) -> int:
         """Close reservations whose request never reported its end, charging the attempts billing recorded
@@ -565,7 +630,9 @@ class Ledger(PoolBound):
                       coalesce((SELECT sum(amount) FROM ledger_entries WHERE ledger_account = 'reserved:' || a.id), 0)
                           AS reserved_entries,
                       coalesce((SELECT sum(amount) FROM reservations r
-                                WHERE r.account_id = a.id AND status = 'open'), 0) AS open_reservations
+                                WHERE r.account_id = a.id AND status = 'open'), 0)
+                      + coalesce((SELECT sum(granted - attached - released) FROM leases l
+                                  WHERE l.account_id = a.id), 0) AS open_reservations
                FROM accounts a"""
         )
         for r in rows:
@@ -575,7 +642,8 @@ class Ledger(PoolBound):
                 problems.append(f"account {r['id']}: reserved {r['reserved']} but entries sum {r['reserved_entries']}")
             if r["reserved"] != r["open_reservations"]:
                 problems.append(
-                    f"account {r['id']}: reserved {r['reserved']} but open reservations hold {r['open_reservations']}"
+                    f"account {r['id']}: reserved {r['reserved']} but open reservations and leases hold "
+                    f"{r['open_reservations']}"
                 )
         total = await self._pool.fetchval("SELECT coalesce(sum(amount), 0) FROM ledger_entries")
         if total != 0:

@@ -22,6 +22,10 @@ class BillingSettings(ServiceSettings):
     # longest generation), charging what billing recorded of its attempts.
     reservation_ttl_s: float = Field(900.0, gt=0)
     sweep_interval_s: float = Field(30.0, gt=0)
+    # A credit lease a router asks for is at most 1/lease_share of what the account may still spend (its
+    # balance, and what its daily cap leaves): several routers can hold one, and most of the credit stays
+    # with billing, which admits request by request once leases no longer fit.
+    lease_share: int = Field(8, ge=2)
     # A usage event whose handling fails is delivered again after retry_backoff_s, doubling up to
     # retry_backoff_max_s, at most max_deliver times in all; then (or at once, if it cannot be read) it goes to
     # the DEADLETTER stream: ``computeshare deadletter list`` shows it, ``replay`` sends it again.

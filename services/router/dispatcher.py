@@ -16,6 +16,14 @@ from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import (
     Admission,
     BilledAttempt,
+    LeaseAnswer,
+    LeaseCredits,
+    LeasedAdmission,
+    LeasedAdmissions,
+    LeaseGranted,
+    LeaseRecalled,
+    LeaseReturned,
+    RecallLease,
     Refused,
     RequestFinished,
     ReservationsAlive,
@@ -39,6 +47,7 @@ from libs.contracts.routing import (
 from libs.platform.broker import publish_durably
 from libs.platform.metrics import ATTEMPTS, HOSTER_FAILURES, IN_FLIGHT
 from libs.platform.telemetry import REQUEST_ID, inject_headers
+from services.router.leases import Lease, LeaseBook
 from services.router.service import (
     MAX_ATTEMPTS,
     Candidate,
@@ -60,6 +69,7 @@ from services.router.settings import RouterSettings
 from services.router.stats import NetworkStats
 
 _ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
+_LEASE_ANSWER: TypeAdapter[LeaseAnswer] = TypeAdapter(LeaseAnswer)
 # How long a route_timeout is remembered for a request this router may still be routing.
 ABANDONED_TTL_S = 60.0
 
@@ -92,6 +102,10 @@ class Dispatcher:
         # Requests the ingress gave up on while this router was still routing them (``route_timeout``).
         self._abandoned: set[str] = set()
         self._publishing: set[asyncio.Task[bool]] = set()
+        # Credit leases held on accounts, and the lease requests to billing under way (one per account).
+        self._leases = LeaseBook()
+        self._granting: dict[str, asyncio.Future[None]] = {}
+        self._flush: asyncio.TimerHandle | None = None
         self._first_byte = FirstByteBudget(
             settings.first_byte_floor_ms,
             settings.first_byte_ceiling_ms,
@@ -195,12 +209,13 @@ class Dispatcher:
         headers: dict[str, str] = {}
         if request.caller is not None:
             amount = max_cost(candidates[:MAX_ATTEMPTS], bounds, s.platform_fee_bps)
-            admission = await self._admit(request, profile, amount)
-            if isinstance(admission, ErrorReport):
-                return RouteRejected(error=admission)
-            headers = admission.rate.headers()
-            if isinstance(admission, Refused):
-                return RouteRejected(error=admission.error, headers=headers)
+            if not await self._admit_leased(request, amount):
+                admission = await self._admit(request, profile, amount)
+                if isinstance(admission, ErrorReport):
+                    return RouteRejected(error=admission)
+                headers = admission.rate.headers()
+                if isinstance(admission, Refused):
+                    return RouteRejected(error=admission.error, headers=headers)
             # Only a hoster the reservation covers may serve, however far the failover goes.
             candidates = [c for c in candidates if max_cost([c], bounds, s.platform_fee_bps) <= amount]
         if request.request_id in self._abandoned:
@@ -318,6 +333,119 @@ class Dispatcher:
             first_byte_deadline_ms=deadline_ms,
             endpoint=request.endpoint,
         )
+
+    async def _admit_leased(self, request: RouteRequest, amount: int) -> bool:
+        """Admit the request against a credit lease on its account (asking billing for one when none covers
+        it); ``False`` when it must go to billing instead: its key has rate limits (counted by billing, exactly,
+        across routers), leases are off, or billing holds no lease for it (too little credit left to share)."""
+        caller = request.caller
+        assert caller is not None
+        s = self._settings
+        if not s.lease_requests or caller.rpm is not None or caller.tpm is not None:
+            return False
+        admission = LeasedAdmission(
+            request_id=request.request_id,
+            key_id=caller.key_id,
+            amount=amount,
+            fee_bps=s.platform_fee_bps,
+            endpoint=request.endpoint,
+        )
+        now = time.monotonic()
+        lease = self._leases.admit(caller.account_id, admission, now)
+        if lease is None and self._leases.may_ask(caller.account_id, now):
+            await self._lease(caller.account_id, amount)
+            lease = self._leases.admit(caller.account_id, admission, time.monotonic())
+        if lease is None:
+            return False
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(s.lease_flush_s, self._flush_admissions)
+        return True
+
+    async def _lease(self, account_id: str, amount: int) -> None:
+        """Ask billing for a lease on the account worth ``lease_requests`` requests like this one; requests of
+        the account arriving meanwhile wait for the same answer."""
+        pending = self._granting.get(account_id)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._granting[account_id] = answered
+        s = self._settings
+        try:
+            command = LeaseCredits(
+                account_id=account_id, router_id=self.router_id, amount=amount * s.lease_requests, minimum=amount
+            )
+            reply = await self._broker.connection.request(
+                subjects.LEASE_CREDITS, command.model_dump_json().encode(), timeout=s.billing_timeout_s
+            )
+            answer = _LEASE_ANSWER.validate_json(reply.data)
+            now = time.monotonic()
+            if isinstance(answer, LeaseGranted):
+                self._leases.add(Lease(answer.lease_id, account_id, answer.amount, since=now, last_used=now), now)
+            else:
+                self._leases.refused(account_id, now + s.lease_retry_s)
+        except (NoRespondersError, NatsTimeout, TimeoutError):
+            # A lease granted but not heard of is never used: billing takes it back when it is not kept alive.
+            self._leases.refused(account_id, time.monotonic() + s.lease_retry_s)
+        finally:
+            del self._granting[account_id]
+            answered.set_result(None)
+
+    def _flush_admissions(self) -> None:
+        """Tell billing, durably and off the requests' path, which requests the leases admitted lately."""
+        self._flush = None
+        for lease in self._leases.with_pending():
+            self._publish_admissions(lease)
+
+    def _publish_admissions(self, lease: Lease) -> asyncio.Task[bool] | None:
+        if not lease.pending:
+            return None
+        batch, number = self._leases.take_pending(lease)
+        event = LeasedAdmissions(lease_id=lease.lease_id, admissions=batch)
+        return self._publish(subjects.LEASE_ADMITTED, event.model_dump_json().encode(), f"{lease.lease_id}:{number}")
+
+    def _give_back(self, lease: Lease) -> None:
+        """Tell billing (durably) the admissions not told yet, then that the lease admits nothing more."""
+        admissions = self._publish_admissions(lease)
+        returned = LeaseReturned(lease_id=lease.lease_id, admitted=lease.admitted).model_dump_json().encode()
+
+        async def after_admissions() -> bool:
+            if admissions is not None:
+                await admissions
+            return await publish_durably(
+                self._broker.connection.jetstream(),
+                subjects.LEASE_RETURNED,
+                returned,
+                f"{lease.lease_id}:returned",
+                self._log,
+            )
+
+        self._track(asyncio.create_task(after_admissions()))
+
+    def recall_lease(self, recall: RecallLease) -> LeaseRecalled:
+        """Billing takes a lease back (the account's credit ran short): it admits nothing more here; the
+        admissions billing was not told of yet go now (billing keeps what they hold)."""
+        lease = self._leases.recall(recall.lease_id, time.monotonic())
+        if lease is None:
+            return LeaseRecalled(lease_id=recall.lease_id)
+        self._publish_admissions(lease)
+        return LeaseRecalled(lease_id=lease.lease_id, admitted=lease.admitted)
+
+    def _give_back_due(self, now: float) -> None:
+        """Give back the leases done with (``LeaseBook.due``)."""
+        for lease in self._leases.due(now, self._settings.lease_idle_s, self._settings.in_flight_max_s):
+            self._give_back(lease)
+
+    def _publish(self, subject: str, data: bytes, msg_id: str) -> asyncio.Task[bool]:
+        task = asyncio.create_task(
+            publish_durably(self._broker.connection.jetstream(), subject, data, msg_id, self._log)
+        )
+        self._track(task)
+        return task
+
+    def _track(self, task: asyncio.Task[bool]) -> None:
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
 
     async def _admit(
         self, request: RouteRequest, profile: RequestProfile, amount: int
@@ -571,6 +699,7 @@ class Dispatcher:
         """Tell billing (durably, in the background) that the request is over."""
         if route.caller is None:
             return
+        leased = self._leases.finished(route.request_id)
         event = RequestFinished(
             request_id=route.request_id,
             account_id=route.caller.account_id,
@@ -579,25 +708,20 @@ class Dispatcher:
             fee_bps=self._settings.platform_fee_bps,
             attempts=attempts,
             finished_at=time.time(),
+            leased=leased[1] if leased is not None else None,
+            lease_id=leased[0].lease_id if leased is not None else None,
         )
-        js = self._broker.connection.jetstream()
-        task = asyncio.create_task(
-            publish_durably(
-                js,
-                subjects.REQUEST_FINISHED,
-                event.model_dump_json().encode(),
-                f"{route.request_id}:finished",
-                self._log,
-            )
-        )
-        self._publishing.add(task)
-        task.add_done_callback(self._publishing.discard)
+        self._publish(subjects.REQUEST_FINISHED, event.model_dump_json().encode(), f"{route.request_id}:finished")
+        if leased is not None and leased[0].retired_at is not None and leased[0].running == 0:
+            self._give_back_due(time.monotonic())
 
     async def drain(self) -> None:
         """Settle the requests still waiting for their delivery report, and wait for settlement events still
         being published."""
         for request_id in list(self._undelivered):
             self._settle_undelivered(request_id)
+        for lease in self._leases.all(time.monotonic()):
+            self._give_back(lease)
         if self._publishing:
             await asyncio.wait(set(self._publishing), timeout=10.0)
 
@@ -608,8 +732,11 @@ class Dispatcher:
             await asyncio.sleep(self._settings.reservation_keepalive_s)
             running = [r for r, f in self._in_flight.items() if f.route.caller is not None]
             running += list(self._undelivered)
-            for start in range(0, len(running), 2000):
-                note = ReservationsAlive(request_ids=running[start : start + 2000])
+            held = self._leases.held_ids()
+            for start in range(0, max(len(running), len(held), 1), 2000):
+                note = ReservationsAlive(
+                    request_ids=running[start : start + 2000], lease_ids=held[start : start + 2000]
+                )
                 try:
                     await self._broker.connection.publish(subjects.RESERVATIONS_ALIVE, note.model_dump_json().encode())
                 except Exception:
@@ -628,6 +755,7 @@ class Dispatcher:
     async def _watch_once(self) -> None:
         now = time.monotonic()
         self.registry.forget_expired(now)
+        self._give_back_due(now)
         for request_id, flight in list(self._in_flight.items()):
             if now - flight.started > self._settings.in_flight_max_s:
                 self._log.warning(

@@ -9,6 +9,7 @@ from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
 
 from libs.contracts import subjects
+from libs.contracts.billing import LeaseRecalled, RecallLease
 from libs.contracts.hosters import HosterHeartbeat, LiveHosters, ModelsListing
 from libs.contracts.management import HosterDetailQuery, HosterDetailReply
 from libs.contracts.routing import (
@@ -94,6 +95,11 @@ def register_handlers(
 
     hot.add(subjects.attempts_accepted_by_router(dispatcher.router_id), AttemptAccepted, attempt_accepted,
             max_concurrency=workers)  # fmt: skip
+
+    async def recall_lease(recall: RecallLease, _: Msg) -> LeaseRecalled:
+        return dispatcher.recall_lease(recall)
+
+    hot.add(subjects.lease_recall(dispatcher.router_id), RecallLease, recall_lease, reply=True)
 
     async def request_delivered(note: RequestDelivered, _: Msg) -> None:
         dispatcher.delivered(note)

@@ -27,6 +27,15 @@ class RouterSettings(ServiceSettings):
     platform_fee_bps: int = Field(1000, ge=0, le=100_000)
     # Completion budget reserved for a request that sets neither max_tokens nor max_completion_tokens.
     default_max_tokens: int = Field(4096, ge=1)
+    # Credit leases (``services.router.leases``): a request of a key without rate limits is admitted against
+    # credit billing holds for this router, asked for lease_requests requests' worth at a time (0: admit every
+    # request through billing); billing is told of the admissions every lease_flush_s; a lease that admitted
+    # nothing for lease_idle_s goes back; after a refusal the account's requests go to billing one by one
+    # for lease_retry_s.
+    lease_requests: int = Field(32, ge=0)
+    lease_flush_s: float = Field(0.02, gt=0)
+    lease_idle_s: float = Field(2.0, gt=0)
+    lease_retry_s: float = Field(5.0, gt=0)
     # How long billing has to admit a request before the client gets a 503.
     billing_timeout_s: float = Field(2.0, gt=0)
     # How often the router asks billing which hosters registered (and which were revoked).

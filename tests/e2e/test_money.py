@@ -243,13 +243,16 @@ async def test_billing_down_mid_request_charges_each_request_exactly_once_and_re
     fresh_stack: Stack,
 ) -> None:
     account_id, key = fresh_stack.create_account(credits="10")
+    # A key with a rate limit is admitted by billing itself, request by request (its window is counted there);
+    # the first key's requests are admitted against the credit lease its router holds.
+    limited = fresh_stack.computeshare("key", "create", account_id, "--rpm", "1000")["key"]
     base = urls(fresh_stack)[0]
     slow = body(simulator={"reply_tokens": MAX_TOKENS, "ttft_ms": 3000})
 
-    async def call(payload: dict[str, object]) -> httpx.Response:
+    async def call(payload: dict[str, object], with_key: str = key) -> httpx.Response:
         async with httpx.AsyncClient(timeout=60) as client:
             return await client.post(
-                f"{base}/chat/completions", json=payload, headers={"authorization": f"Bearer {key}"}
+                f"{base}/chat/completions", json=payload, headers={"authorization": f"Bearer {with_key}"}
             )
 
     in_flight = [asyncio.create_task(call(slow)) for _ in range(5)]
@@ -262,14 +265,17 @@ async def test_billing_down_mid_request_charges_each_request_exactly_once_and_re
         fresh_stack.kill("billing")
 
         started = time.monotonic()
-        refused = await call(body())
+        refused = await call(body(), limited)
         assert refused.status_code == 503
         assert int(refused.headers["retry-after"]) >= 1
         assert "Billing is unavailable" in refused.json()["error"]["message"]
         assert time.monotonic() - started < 10
+        # Credit already held for this router: served while billing is away, charged once it is back.
+        during = await call(body())
+        assert during.status_code == 200
 
-        finished = await asyncio.gather(*in_flight)
-        assert [r.status_code for r in finished] == [200] * 5
+        finished = [*await asyncio.gather(*in_flight), during]
+        assert [r.status_code for r in finished] == [200] * 6
         fresh_stack.start_service("billing", "billing", "billing ready")
         await settled(fresh_stack, account_id)
         rows = await conn.fetch(
@@ -281,7 +287,7 @@ async def test_billing_down_mid_request_charges_each_request_exactly_once_and_re
         )
     finally:
         await conn.close()
-    assert len(rows) == 5
+    assert len(rows) == 6
     assert all(row["settlements"] == 1 for row in rows)
     costs = {r.json()["id"]: r.json()["usage"]["cost"] for r in finished}
     assert {row["request_id"]: row["charged"] / 1e6 for row in rows} == pytest.approx(costs)
