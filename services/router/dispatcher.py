@@ -70,6 +70,8 @@ from services.router.stats import NetworkStats
 
 _ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
 _LEASE_ANSWER: TypeAdapter[LeaseAnswer] = TypeAdapter(LeaseAnswer)
+# How many leases one request may wait for before it is admitted by billing instead.
+LEASE_ASKS = 3
 # How long a route_timeout is remembered for a request this router may still be routing.
 ABANDONED_TTL_S = 60.0
 
@@ -350,9 +352,11 @@ class Dispatcher:
             fee_bps=s.platform_fee_bps,
             endpoint=request.endpoint,
         )
-        now = time.monotonic()
-        lease = self._leases.admit(caller.account_id, admission, now)
-        if lease is None and self._leases.may_ask(caller.account_id, now):
+        lease = self._leases.admit(caller.account_id, admission, time.monotonic())
+        # A burst of the account's requests waits for one lease; those it no longer covers ask for the next.
+        for _ in range(LEASE_ASKS):
+            if lease is not None or not self._leases.may_ask(caller.account_id, time.monotonic()):
+                break
             await self._lease(caller.account_id, amount)
             lease = self._leases.admit(caller.account_id, admission, time.monotonic())
         if lease is None:
