@@ -21,24 +21,31 @@ from libs.platform.telemetry import setup_tracing
 from services.ingress import management
 from services.ingress.console_proxy import ConsoleProxy
 from services.ingress.gateway import Gateway, GatewayError
-from services.ingress.handlers import error_response, router
-from services.ingress.middleware import BodyLimitMiddleware, HttpMetricsMiddleware
+from services.ingress.handlers import HOT_ENDPOINTS, error_response, router
+from services.ingress.middleware import BodyLimitMiddleware, HotRoutes, HttpMetricsMiddleware
 from services.ingress.openapi import install_openapi
 from services.ingress.settings import IngressSettings
 
 SERVICE = "ingress"
 
 
-def methods_of(routes: Sequence[BaseRoute], path: str) -> set[str]:
-    """Every method some route serves ``path`` with (included routers' routes too)."""
-    found: set[str] = set()
+def api_routes(routes: Sequence[BaseRoute]) -> list[APIRoute]:
+    """Every API route, those of included routers too."""
+    found: list[APIRoute] = []
     for route in routes:
         inner = getattr(route, "original_router", None)  # an included router
         if inner is not None:
-            found |= methods_of(inner.routes, path)
-        elif isinstance(route, APIRoute) and route.path_regex.fullmatch(path):
-            found |= route.methods or set()
+            found += api_routes(inner.routes)
+        elif isinstance(route, APIRoute):
+            found.append(route)
     return found
+
+
+def methods_of(routes: Sequence[BaseRoute], path: str) -> set[str]:
+    """Every method some route serves ``path`` with (included routers' routes too)."""
+    return {
+        method for route in api_routes(routes) if route.path_regex.fullmatch(path) for method in route.methods or ()
+    }
 
 
 def build_app(settings: IngressSettings) -> FastAPI:
@@ -100,6 +107,8 @@ def build_app(settings: IngressSettings) -> FastAPI:
     app.include_router(management.router)
     if console is not None:
         console.install(app)
+    # Innermost: the inference routes skip FastAPI's routing, behind the body limit and the metrics as before.
+    app.add_middleware(HotRoutes, routes=[r for r in api_routes(app.routes) if r.endpoint in HOT_ENDPOINTS])
     # Every route, the console's pass-through included: no body larger than this is ever buffered or sent on.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)

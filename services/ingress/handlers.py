@@ -277,6 +277,11 @@ async def create_embedding(request: Request, caller: CallerDep, gateway: Gateway
     return await _serve(request, caller, gateway, settings, EmbeddingRequest, EMBEDDINGS)
 
 
+# The inference endpoints, the hot routes: ``middleware.HotRoutes`` calls them without FastAPI's routing and
+# dependency solving. Each takes exactly the request, ``authenticate``'s caller, the gateway and the settings.
+HOT_ENDPOINTS = (create_chat_completion, create_completion, create_embedding)
+
+
 async def _complete(
     request_id: str,
     payload: dict[str, Any],

@@ -3,17 +3,15 @@ console's pass-through included; the management API checks the key before it rea
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
-from starlette.routing import BaseRoute
 
-from services.ingress.app import build_app
+from services.ingress.app import api_routes, build_app
 from services.ingress.console_proxy import ConsoleProxy
 from services.ingress.settings import IngressSettings
 
@@ -43,18 +41,6 @@ def assert_too_large(answer: httpx.Response) -> None:
     error = answer.json()["error"]
     assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
     assert str(LIMIT) in error["message"]
-
-
-def api_routes(routes: Sequence[BaseRoute]) -> list[APIRoute]:
-    """Every API route, those of included routers too."""
-    found: list[APIRoute] = []
-    for route in routes:
-        inner = getattr(route, "original_router", None)  # an included router
-        if inner is not None:
-            found += api_routes(inner.routes)
-        elif isinstance(route, APIRoute):
-            found.append(route)
-    return found
 
 
 def test_no_route_declares_its_body_as_a_parameter() -> None:
