@@ -9,17 +9,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+import aiohttp
 import httpx
 import orjson
-from httpx_aiohttp import AiohttpTransport
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
+from yarl import URL
 
 from libs.contracts import frames, subjects
-from libs.contracts.common import COMPLETIONS, EMBEDDINGS
+from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus
 from libs.contracts.pricing import generated_choices
 from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
@@ -66,6 +67,12 @@ PEER_INTERVAL_S = (0.1, 60.0)
 # After its first heartbeat an adapter waits this long before taking attempts: the hoster's other adapters
 # answer a newcomer's heartbeat with theirs at once, so it knows its share before it takes any.
 JOIN_WAIT_S = 0.2
+# The upstream HTTP client's longest wait for a pooled or new connection, and how long an idle one is kept
+# (under uvicorn's and most servers' own keep-alive of 5 s or more, so the server is rarely the one to close it).
+POOL_TIMEOUT_S = 5.0
+KEEPALIVE_S = 5.0
+# The upstream's path under the hoster's base URL, per endpoint.
+PATHS = {CHAT: "chat/completions", COMPLETIONS: "completions", EMBEDDINGS: "embeddings"}
 
 
 def capacity_share(capacity: int, adapters: list[str], adapter_id: str) -> int:
@@ -95,7 +102,12 @@ class HosterAdapter:
         self._draining = False
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
-        self._http: httpx.AsyncClient | None = None
+        self._http: aiohttp.ClientSession | None = None
+        # Each hoster's endpoint URLs, parsed once.
+        self._urls: dict[str, dict[str, URL]] = {
+            h.id: {endpoint: URL(f"{h.base_url}/{path}") for endpoint, path in PATHS.items()}
+            for h in self.hosters.values()
+        }
         IN_FLIGHT.labels("hoster_adapter").set_function(lambda: len(self._active))
 
     async def open(self, nc: Client) -> None:
@@ -103,12 +115,22 @@ class HosterAdapter:
         s = self._settings
         self._nc = nc
         self._js = nc.jetstream()
-        limits = httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_connections)
-        self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(connect=s.connect_timeout_s, read=s.read_timeout_s, write=30.0, pool=5.0),
-            # httpx's API over aiohttp's connection handling: httpcore's default transport costs several
-            # times more CPU per request and per chunk, and the adapter's CPU is the gateway's bottleneck.
-            transport=AiohttpTransport(limits=limits),
+        # aiohttp directly: httpx's layers over it (request building, URL merging, auth and redirect handling,
+        # its cookie jar) cost more CPU per call than aiohttp's own work, and the adapter's CPU is the
+        # gateway's bottleneck. Hosters are strangers: nothing they send persists here (no cookie jar), no
+        # redirect is followed, and the body is read as sent (no decompression; none is asked for).
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=s.max_connections,
+                keepalive_timeout=KEEPALIVE_S,
+                # The CA bundle httpx used (certifi, or SSL_CERT_FILE / SSL_CERT_DIR when set).
+                ssl=httpx.create_ssl_context(),
+            ),
+            timeout=aiohttp.ClientTimeout(
+                total=None, connect=POOL_TIMEOUT_S, sock_connect=s.connect_timeout_s, sock_read=s.read_timeout_s
+            ),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
         )
         for hoster_id in self.hosters:
             await nc.subscribe(subjects.hoster_heartbeat(hoster_id), cb=self._peer_heartbeat)
@@ -133,7 +155,7 @@ class HosterAdapter:
     async def close(self) -> None:
         """Close the HTTP client."""
         if self._http is not None:
-            await self._http.aclose()
+            await self._http.close()
 
     def heartbeats(self) -> list[HosterHeartbeat]:
         """What this adapter announces now: one heartbeat per hoster, each on that hoster's own subject."""
@@ -258,7 +280,7 @@ class HosterAdapter:
             sent = active.seq
         except UpstreamFailure as exc:
             error, status, sent, client_error = str(exc), exc.status, active.seq, exc.client_error
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             error, sent = f"upstream {type(exc).__name__}: {exc}", active.seq
         except Exception as exc:
             self._log.exception("attempt crashed", extra={"request_id": dispatch.request_id})
@@ -326,21 +348,20 @@ class HosterAdapter:
             assembler = TextAssembler(choices, budget) if text else CompletionAssembler(choices, budget)
         done = False
         received = 0
-        path = "completions" if dispatch.endpoint == COMPLETIONS else "chat/completions"
-        request = self._http.build_request(
-            "POST", f"{hoster.base_url}/{path}", content=orjson.dumps(body), headers=headers
-        )
+        url = self._urls[hoster.id][dispatch.endpoint]
+        content = orjson.dumps(body)
         try:
             async with asyncio.timeout_at(min(loop.time() + first_byte_s, ends_at)) as deadline:
-                response = await self._send(request)
+                response = await self._send(url, content, headers)
                 try:
-                    if response.status_code != 200:
+                    if response.status != 200:
                         raise await self._refusal(response)
                     splitter = SseDataLines(min(s.max_line_bytes, max_payload))
                     # Read on to the end of the body even after [DONE] (nothing follows it): a half-read response
                     # cannot go back to the connection pool, and a new connection per request costs more than a
                     # hop.
-                    async for data in response.aiter_raw():
+                    read = response.content.readany
+                    while data := await read():
                         received += len(data)
                         if received > max_bytes:
                             raise UpstreamFailure(f"response_too_large: the upstream sent over {max_bytes} bytes")
@@ -377,7 +398,8 @@ class HosterAdapter:
                             if batch:
                                 await self._send_chunks(active, batch)
                 finally:
-                    await response.aclose()
+                    # Back to the pool when the body was read to its end, else the connection is closed.
+                    response.release()
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
@@ -412,25 +434,27 @@ class HosterAdapter:
         started = time.monotonic()
         first_byte_s = self._first_byte_s(dispatch)
         limit = min(s.max_attempt_bytes, self._max_payload())
-        request = self._http.build_request(
-            "POST", f"{hoster.base_url}/embeddings", content=orjson.dumps(body), headers=self._headers(hoster)
-        )
+        url = self._urls[hoster.id][EMBEDDINGS]
         raw = bytearray()
         try:
-            async with asyncio.timeout(min(first_byte_s, s.max_attempt_duration_s)):
-                response = await self._send(request)
+            async with asyncio.timeout(min(first_byte_s, s.max_attempt_duration_s)) as deadline:
+                response = await self._send(url, orjson.dumps(body), self._headers(hoster))
                 try:
-                    if response.status_code != 200:
+                    if response.status != 200:
                         raise await self._refusal(response)
-                    async for data in response.aiter_raw():
+                    read = response.content.readany
+                    while data := await read():
                         raw += data
                         if len(raw) > limit:
                             raise UpstreamFailure(
                                 f"response_too_large: the upstream's embeddings are over {limit} bytes"
                             )
                 finally:
-                    await response.aclose()
+                    # Back to the pool when the body was read to its end, else the connection is closed.
+                    response.release()
         except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the HTTP client's own timeout (connecting, reading), not the deadline
             raise UpstreamFailure(self._deadline_error([], False, first_byte_s)) from exc
         ttft.append(time.monotonic() - started)
         try:
@@ -444,8 +468,8 @@ class HosterAdapter:
         return active.seq
 
     def _headers(self, hoster: HosterConfig, accept: str = "application/json") -> dict[str, str]:
-        """Headers of a request to ``hoster``: JSON, trace context, its API key if it has one."""
-        headers = inject_headers({"content-type": "application/json", "accept": accept})
+        """Headers of a request to ``hoster``: JSON, uncompressed, trace context, its API key if it has one."""
+        headers = inject_headers({"content-type": "application/json", "accept": accept, "accept-encoding": "identity"})
         if hoster.api_key is not None:
             headers["authorization"] = f"Bearer {hoster.api_key.get_secret_value()}"
         return headers
@@ -480,28 +504,33 @@ class HosterAdapter:
         s = self._settings
         return deadline_error(bool(ttft), too_long, first_byte_s, s.max_attempt_duration_s, s.stall_timeout_s)
 
-    async def _refusal(self, response: httpx.Response) -> UpstreamFailure:
+    async def _refusal(self, response: aiohttp.ClientResponse) -> UpstreamFailure:
         """The failure for a non-200 answer, from at most ``max_error_body_bytes`` of its body (the rest is
         never read: the caller closes the response)."""
         cap = self._settings.max_error_body_bytes
         head = bytearray()
         if cap:
-            async for data in response.aiter_raw():
+            read = response.content.readany
+            while data := await read():
                 head += data[: cap - len(head)]
                 if len(head) >= cap:
                     break
-        status = response.status_code
+        status = response.status
         detail = _error_detail(bytes(head))
         return UpstreamFailure(f"upstream status {status}: {detail}", status, status in CLIENT_ERROR_STATUSES)
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
-        """Send, retrying once when the connection fails before the upstream saw the request: a pooled
-        keep-alive connection the server has just closed fails that way, and nothing was generated yet."""
+    async def _send(self, url: URL, content: bytes, headers: dict[str, str]) -> aiohttp.ClientResponse:
+        """POST ``content`` and return the response once its head arrived (the body is read by the caller,
+        which releases it). Retried once when the connection fails before an answer began: a pooled
+        keep-alive connection the server has just closed fails that way, and nothing was generated yet. A
+        read timeout is not retried."""
         assert self._http is not None
         try:
-            return await self._http.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.WriteError, httpx.RemoteProtocolError):
-            return await self._http.send(request, stream=True)
+            return await self._http.post(url, data=content, headers=headers, allow_redirects=False)
+        except aiohttp.ClientConnectionError as exc:
+            if isinstance(exc, aiohttp.ServerTimeoutError) and not isinstance(exc, aiohttp.ConnectionTimeoutError):
+                raise
+            return await self._http.post(url, data=content, headers=headers, allow_redirects=False)
 
     async def _publish_finished(self, router_id: str, event: AttemptFinished) -> None:
         """Publish the outcome to JetStream, deduplicated per attempt and hoster."""
