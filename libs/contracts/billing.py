@@ -53,8 +53,10 @@ class ReservationsAlive(BaseModel):
 class LeaseCredits(BaseModel):
     """router -> billing (request/reply): hold up to ``amount`` of the account's credit for this router, which
     admits the account's requests against it without asking billing each time. Billing grants at most a
-    fraction of what the account can spend (balance and daily cap), and nothing below ``minimum``."""
+    fraction of what the account can spend (balance and daily cap), and nothing below ``minimum``. The router
+    names the lease, so it can give back a lease whose grant it never heard of (the answer was lost)."""
 
+    lease_id: str
     account_id: str
     router_id: str
     amount: int = Field(gt=0, description="wanted, micro-credits")
@@ -67,6 +69,9 @@ class LeaseGranted(BaseModel):
     status: Literal["granted"] = "granted"
     lease_id: str
     amount: int
+    # Unix time after which the lease admits nothing (shortly before the end of the UTC day it counts in: a
+    # request of the next day counts in that day's cap).
+    until: float
 
 
 class LeaseRefused(BaseModel):
@@ -119,6 +124,7 @@ class LeaseReturned(BaseModel):
     balance."""
 
     lease_id: str
+    account_id: str
     admitted: int = Field(ge=0)
 
 

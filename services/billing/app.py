@@ -16,7 +16,7 @@ from libs.platform.metrics import RESERVATIONS_OPEN
 from libs.platform.service import faststream_app, service_kit
 from services.billing.accounts import Accounts
 from services.billing.durable import Redelivery
-from services.billing.handlers import register_handlers, register_management_handlers
+from services.billing.handlers import Recall, register_handlers, register_management_handlers
 from services.billing.ledger import Ledger
 from services.billing.repository import HosterRepository, UsageRepository, apply_migrations
 from services.billing.settings import BillingSettings
@@ -24,21 +24,26 @@ from services.billing.settings import BillingSettings
 SERVICE = "billing"
 
 
-async def sweep(ledger: Ledger, settings: BillingSettings, logger: logging.Logger) -> None:
-    """Close stale reservations now and then; a failed sweep is retried at the next interval."""
+async def sweep(ledger: Ledger, settings: BillingSettings, recall: Recall, logger: logging.Logger) -> None:
+    """Close stale reservations and take back stale credit leases now and then (a lease is recalled from its
+    router first: if it still runs, its word on what it admitted stands); a failed sweep is retried at the
+    next interval."""
     while True:
         await asyncio.sleep(settings.sweep_interval_s)
         try:
             closed = await ledger.expire_stale(settings.reservation_ttl_s)
-            taken = await ledger.expire_stale_leases(settings.reservation_ttl_s)
+            stale = await ledger.stale_leases(settings.lease_ttl_s)
+            for lease_id, router_id in stale:
+                await ledger.expire_lease(lease_id, await recall(lease_id, router_id))
+            stranded = await ledger.release_stranded_leases(settings.lease_ttl_s)
             RESERVATIONS_OPEN.set(await ledger.open_reservations())
         except (asyncpg.PostgresError, OSError) as exc:
             logger.warning("sweep failed", extra={"error": repr(exc)})
             continue
         if closed:
             logger.info("stale reservations closed", extra={"count": closed})
-        if taken:
-            logger.info("stale credit leases taken back", extra={"count": taken})
+        if stale or stranded:
+            logger.info("stale credit leases taken back", extra={"count": len(stale), "stranded": stranded})
 
 
 async def release_cheaply(conn: asyncpg.Connection) -> None:
@@ -59,7 +64,7 @@ def build_app(settings: BillingSettings) -> FastStream:
     accounts = Accounts()
     redelivery = Redelivery(settings.max_deliver, settings.retry_backoff_s, settings.retry_backoff_max_s)
     hot = HotSubscriptions(logger, kit.tracer_provider)
-    register_handlers(
+    recall = register_handlers(
         broker, hot, ledger, accounts, usage, hosters, settings.workers, redelivery, kit.logger, settings.lease_share
     )
     register_management_handlers(broker, accounts, hosters, settings.workers)
@@ -83,7 +88,7 @@ def build_app(settings: BillingSettings) -> FastStream:
             await broker.connect()
             await ensure_streams(broker.connection, settings.nats_stream_replicas)
             await hot.start(broker.connection)
-            sweeper = asyncio.create_task(sweep(ledger, settings, logger))
+            sweeper = asyncio.create_task(sweep(ledger, settings, recall, logger))
             yield
         finally:
             await hot.stop()

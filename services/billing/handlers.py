@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
@@ -77,6 +78,8 @@ MAX_ALIVE = 5000
 SHORT_OF_CREDIT = frozenset({"insufficient_credits", "daily_cap_reached"})
 # How long a router has to give a lease back when billing recalls it.
 RECALL_TIMEOUT_S = 0.5
+# Recall a lease from its router: what it admitted, or None (no answer, or no such lease there).
+Recall = Callable[[str, str], Awaitable[int | None]]
 
 
 def register_handlers(
@@ -90,7 +93,7 @@ def register_handlers(
     redelivery: Redelivery,
     logger: logging.Logger,
     lease_share: int = 8,
-) -> None:
+) -> Recall:
     """Request/reply subjects in the ``billing`` queue group; usage events from JetStream.
 
     The JetStream consumers are push consumers with a deliver group named as the durable, so it outlives
@@ -111,29 +114,35 @@ def register_handlers(
         they are recalled first (what they did not admit comes back), then the request is admitted or refused
         on what is left, so no credit sits in one router's lease while another's request is refused."""
         answer = await ledger.reserve(command)
-        short = isinstance(answer, Refused) and answer.error.code in SHORT_OF_CREDIT
-        if short and await recall_leases(command.caller.account_id):
+        if isinstance(answer, Refused) and answer.error.code in SHORT_OF_CREDIT:
+            account_id = command.caller.account_id
+
+            # Each recall answered takes its lease back here; one answered for a concurrent refusal (the router
+            # answers a repeated recall alike) waits on its row and changes nothing. The second try comes in any
+            # case: a lease another refusal took back between this one's refusal and its look at the leases
+            # left credit this one would not see otherwise.
+            async def take_back(lease_id: str, router_id: str) -> None:
+                admitted = await recall(lease_id, router_id)
+                if admitted is not None:
+                    returned = LeaseReturned(lease_id=lease_id, account_id=account_id, admitted=admitted)
+                    await ledger.return_lease(returned)
+
+            held = await ledger.open_leases(account_id)
+            await asyncio.gather(*(take_back(lease_id, router_id) for lease_id, router_id in held))
             answer = await ledger.reserve(command)
         return answer
 
-    async def recall_leases(account_id: str) -> int:
-        """Take back every open lease on the account from the router holding it; what came back."""
-
-        async def recall(lease_id: str, router_id: str) -> int:
-            try:
-                reply = await broker.connection.request(
-                    subjects.lease_recall(router_id), RecallLease(lease_id=lease_id).model_dump_json().encode(),
-                    timeout=RECALL_TIMEOUT_S,
-                )  # fmt: skip
-            except (NoRespondersError, NatsTimeout, TimeoutError):
-                return 0  # its router is gone: the sweeper takes the lease back once it is stale
-            recalled = LeaseRecalled.model_validate_json(reply.data)
-            if recalled.admitted is None:
-                return 0  # not held there any more: its own LeaseReturned is on the way
-            return await ledger.return_lease(LeaseReturned(lease_id=lease_id, admitted=recalled.admitted))
-
-        held = await ledger.open_leases(account_id)
-        return sum(await asyncio.gather(*(recall(lease_id, router_id) for lease_id, router_id in held)))
+    async def recall(lease_id: str, router_id: str) -> int | None:
+        """Have the router holding a lease admit nothing more against it: what it admitted, or ``None`` when it
+        does not answer in time (gone) or holds no such lease."""
+        try:
+            reply = await broker.connection.request(
+                subjects.lease_recall(router_id), RecallLease(lease_id=lease_id).model_dump_json().encode(),
+                timeout=RECALL_TIMEOUT_S,
+            )  # fmt: skip
+        except (NoRespondersError, NatsTimeout, TimeoutError):
+            return None
+        return LeaseRecalled.model_validate_json(reply.data).admitted
 
     # Every request crosses these two (a key not yet cached, then admission): on ``hot``.
     hot.add(subjects.VERIFY_KEY, VerifyKey, verify_key, queue=subjects.QUEUE_BILLING, reply=True,
@@ -251,6 +260,7 @@ def register_handlers(
 
     hot.add_durable(subjects.LEASE_EVENTS_ALL, subjects.USAGE_STREAM, subjects.BILLING_LEASES_DURABLE,
                     lease_event, workers)  # fmt: skip
+    return recall
 
 
 def register_management_handlers(

@@ -36,9 +36,25 @@ class LeaseCannotBack(Exception):
     """The lease cannot hold these admissions (it was taken back, or they exceed it)."""
 
 
-async def grant(conn: Conn, command: LeaseCredits, share: int, day: dt.date) -> LeaseGranted | LeaseRefused:
+# A lease admits nothing in the last minute of the UTC day it counts in (clocks of routers and billing may
+# differ by a little): a request of the next day counts in the next day's cap.
+DAY_MARGIN_S = 60.0
+
+
+def lease_until(day: dt.date) -> float:
+    """Unix time after which a lease counted in ``day`` admits nothing."""
+    end = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), tzinfo=dt.UTC)
+    return end.timestamp() - DAY_MARGIN_S
+
+
+async def grant(conn: Conn, command: LeaseCredits, share: int, now: dt.datetime) -> LeaseGranted | LeaseRefused:
     """Hold a lease from the account: at most ``command.amount``, at most ``1/share`` of its balance and of
-    what its daily cap leaves, never below ``command.minimum``. Run inside a transaction."""
+    what its daily cap leaves, never below ``command.minimum``, admitting nothing past its UTC day. A lease id
+    already known (given back before its grant was heard of) is refused. Run inside a transaction."""
+    day = now.date()
+    until = lease_until(day)
+    if now.timestamp() >= until:
+        return LeaseRefused()
     row = await conn.fetchrow(
         """SELECT balance, daily_cap, CASE WHEN spend_day = $2 THEN day_spend ELSE 0 END AS spent
            FROM accounts WHERE id = $1 FOR UPDATE""",
@@ -52,21 +68,24 @@ async def grant(conn: Conn, command: LeaseCredits, share: int, day: dt.date) -> 
         amount = min(amount, max(0, row["daily_cap"] - row["spent"]) // share)
     if amount < command.minimum:
         return LeaseRefused()
-    lease_id = uuid.uuid4()
+    lease_id = uuid.UUID(command.lease_id)
+    created = await conn.fetchval(
+        """INSERT INTO leases (lease_id, account_id, router_id, granted, spend_day) VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (lease_id) DO NOTHING RETURNING 1""",
+        lease_id,
+        command.account_id,
+        command.router_id,
+        amount,
+        day,
+    )
+    if created is None:
+        return LeaseRefused()
     await conn.execute(
         """UPDATE accounts
            SET balance = balance - $2, reserved = reserved + $2,
                day_spend = (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2, spend_day = $3
            WHERE id = $1""",
         command.account_id,
-        amount,
-        day,
-    )
-    await conn.execute(
-        "INSERT INTO leases (lease_id, account_id, router_id, granted, spend_day) VALUES ($1, $2, $3, $4, $5)",
-        lease_id,
-        command.account_id,
-        command.router_id,
         amount,
         day,
     )
@@ -80,7 +99,7 @@ async def grant(conn: Conn, command: LeaseCredits, share: int, day: dt.date) -> 
         command.account_id,
         str(lease_id),
     )
-    return LeaseGranted(lease_id=str(lease_id), amount=amount)
+    return LeaseGranted(lease_id=str(lease_id), amount=amount, until=until)
 
 
 # One statement: the reservations of the admissions not recorded yet, and the lease's attached sum grown by
@@ -117,10 +136,11 @@ async def attach(conn: Conn, lease_id: str, admissions: Sequence[LeasedAdmission
     return int(added)
 
 
-async def reserve_unbacked(conn: Conn, account_id: str, admission: LeasedAdmission, lease_id: str) -> bool:
+async def reserve_unbacked(conn: Conn, account_id: str, admission: LeasedAdmission) -> bool:
     """Record the reservation of a request whose lease can no longer hold it (the lease was swept while its
     router's events were delayed) from the balance, if the balance covers it; ``False`` when it does not.
-    The request already ran: its day's cap is not asked. Run inside a transaction."""
+    The request already ran: its day's cap is not asked. The reservation is not the lease's (``attached``
+    counts exactly the reservations that name the lease). Run inside a transaction."""
     day = dt.datetime.now(dt.UTC).date()
     held = await conn.fetchval(
         """WITH held AS (
@@ -129,8 +149,8 @@ async def reserve_unbacked(conn: Conn, account_id: str, admission: LeasedAdmissi
                    day_spend = (CASE WHEN spend_day = $3 THEN day_spend ELSE 0 END) + $2, spend_day = $3
                WHERE id = $1 AND balance >= $2
                RETURNING id)
-           INSERT INTO reservations (request_id, account_id, key_id, amount, fee_bps, spend_day, endpoint, lease_id)
-           SELECT $4, id, $5, $2, $6, $3, $7, $8 FROM held
+           INSERT INTO reservations (request_id, account_id, key_id, amount, fee_bps, spend_day, endpoint)
+           SELECT $4, id, $5, $2, $6, $3, $7 FROM held
            ON CONFLICT (request_id) DO NOTHING
            RETURNING 1""",
         account_id,
@@ -140,7 +160,6 @@ async def reserve_unbacked(conn: Conn, account_id: str, admission: LeasedAdmissi
         admission.key_id,
         admission.fee_bps,
         admission.endpoint,
-        lease_id,
     )
     if held is None:
         return False
@@ -157,41 +176,80 @@ async def reserve_unbacked(conn: Conn, account_id: str, admission: LeasedAdmissi
     return True
 
 
-async def take_back(conn: Conn, lease_id: str, admitted: int | None, status: str) -> int:
+async def take_back(conn: Conn, lease_id: str, admitted: int | None, status: str, account_id: str | None = None) -> int:
     """End an open lease: what its requests did not take goes back to the balance (and out of the lease's
     day); what they took (``admitted``, the router's word, at least what is recorded; ``None`` when the
     router is gone: what is recorded) stays held for reservations still on the way. How much went back;
-    0 when the lease was not open. Run inside a transaction."""
+    0 when the lease was not open. A lease billing never granted (its grant is still on the way, or was
+    refused) is marked given back, with ``account_id``, so a grant arriving later is refused. Run inside a
+    transaction."""
     row = await conn.fetchrow(
-        """SELECT account_id::text AS account_id, granted, attached, released, spend_day
-           FROM leases WHERE lease_id = $1 AND status = 'open' FOR UPDATE""",
+        """SELECT account_id::text AS account_id, granted, attached, released, spend_day, status
+           FROM leases WHERE lease_id = $1 FOR UPDATE""",
         lease_id,
     )
     if row is None:
+        if account_id is not None:
+            await conn.execute(
+                """INSERT INTO leases (lease_id, account_id, router_id, granted, spend_day, status)
+                   SELECT $1, id, '', 0, (now() AT TIME ZONE 'UTC')::date, 'returned' FROM accounts WHERE id = $2
+                   ON CONFLICT (lease_id) DO NOTHING""",
+                uuid.UUID(lease_id),
+                account_id,
+            )
+        return 0
+    if row["status"] != "open":
         return 0
     kept = row["attached"] if admitted is None else min(row["granted"], max(admitted, row["attached"]))
     release = row["granted"] - kept - row["released"]
     await conn.execute(
-        "UPDATE leases SET status = $2, released = released + $3 WHERE lease_id = $1", lease_id, status, release
+        "UPDATE leases SET status = $2, released = released + $3, touched_at = now() WHERE lease_id = $1",
+        lease_id,
+        status,
+        release,
     )
-    if release > 0:
-        await conn.execute(
-            """UPDATE accounts
-               SET balance = balance + $2, reserved = reserved - $2,
-                   day_spend = CASE WHEN spend_day = $3 THEN greatest(0, day_spend - $2) ELSE day_spend END
-               WHERE id = $1""",
-            row["account_id"],
-            release,
-            row["spend_day"],
-        )
-        await post(
-            conn,
-            "lease_release",
-            [
-                (reserved_account(row["account_id"]), "release", -release),
-                (client_account(row["account_id"]), "release", release),
-            ],
-            row["account_id"],
-            lease_id,
-        )
+    await _release(conn, row["account_id"], row["spend_day"], lease_id, release)
     return int(release)
+
+
+async def release_stranded(conn: Conn, lease_id: str) -> int:
+    """Release what a given-back lease still keeps for admissions that never arrived (their router said it
+    admitted them, then neither their batch nor their settlement came within the TTL): nothing stays held
+    for ever. Admissions arriving later come from the balance (``reserve_unbacked``). Run inside a
+    transaction."""
+    row = await conn.fetchrow(
+        """SELECT account_id::text AS account_id, granted, attached, released, spend_day
+           FROM leases WHERE lease_id = $1 AND status <> 'open' FOR UPDATE""",
+        lease_id,
+    )
+    if row is None:
+        return 0
+    release = row["granted"] - row["attached"] - row["released"]
+    await conn.execute(
+        "UPDATE leases SET status = 'expired', released = released + $2, touched_at = now() WHERE lease_id = $1",
+        lease_id,
+        release,
+    )
+    await _release(conn, row["account_id"], row["spend_day"], lease_id, release)
+    return int(release)
+
+
+async def _release(conn: Conn, account_id: str, spend_day: dt.date, lease_id: str, release: int) -> None:
+    if release <= 0:
+        return
+    await conn.execute(
+        """UPDATE accounts
+           SET balance = balance + $2, reserved = reserved - $2,
+               day_spend = CASE WHEN spend_day = $3 THEN greatest(0, day_spend - $2) ELSE day_spend END
+           WHERE id = $1""",
+        account_id,
+        release,
+        spend_day,
+    )
+    await post(
+        conn,
+        "lease_release",
+        [(reserved_account(account_id), "release", -release), (client_account(account_id), "release", release)],
+        account_id,
+        lease_id,
+    )

@@ -475,7 +475,7 @@ class Ledger(PoolBound):
     async def lease(self, command: LeaseCredits, share: int) -> LeaseGranted | LeaseRefused:
         """Grant a router a credit lease on an account, or refuse (too little to spend)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return await leases.grant(conn, command, share, today())
+            return await leases.grant(conn, command, share, dt.datetime.now(dt.UTC))
 
     async def record_leased(self, event: LeasedAdmissions) -> None:
         """Record the reservations of requests a router admitted against a lease (those already recorded, by
@@ -486,7 +486,7 @@ class Ledger(PoolBound):
     async def return_lease(self, event: LeaseReturned) -> int:
         """A router gives a lease back: what its requests did not take goes back to the balance."""
         async with self._pool.acquire() as conn, conn.transaction():
-            return await leases.take_back(conn, event.lease_id, event.admitted, "returned")
+            return await leases.take_back(conn, event.lease_id, event.admitted, "returned", event.account_id)
 
     async def open_leases(self, account_id: str) -> list[tuple[str, str]]:
         """The account's open leases, as (lease id, router id)."""
@@ -510,27 +510,41 @@ class Ledger(PoolBound):
             raise Unbacked(f"no lease {lease_id}")
         for admission in admissions:
             exists = await conn.fetchval("SELECT 1 FROM reservations WHERE request_id = $1", admission.request_id)
-            if exists is None and not await leases.reserve_unbacked(conn, account_id, admission, lease_id):
+            if exists is None and not await leases.reserve_unbacked(conn, account_id, admission):
                 raise Unbacked(f"request {admission.request_id}: lease {lease_id} taken back, balance too low")
 
-    async def expire_stale_leases(self, older_than_s: float) -> int:
-        """Take back the leases their router stopped keeping alive (it died): what their requests did not
-        take goes back to the balance; the requests recorded are swept as any reservation. Replicas may
-        sweep together: rows another one holds are skipped."""
-        taken = 0
+    async def stale_leases(self, older_than_s: float) -> list[tuple[str, str]]:
+        """Open leases to take back, as (lease id, router id): not kept alive for ``older_than_s`` (their router
+        died, or billing did not hear it), or counted in a UTC day that is over (its router gives those back
+        itself, shortly before midnight)."""
+        rows = await self._pool.fetch(
+            """SELECT lease_id::text, router_id FROM leases
+               WHERE status = 'open' AND (touched_at < now() - make_interval(secs => $1)
+                                          OR spend_day < ((now() AT TIME ZONE 'UTC') - interval '2 minutes')::date)""",
+            older_than_s,
+        )
+        return [(row["lease_id"], row["router_id"]) for row in rows]
+
+    async def expire_lease(self, lease_id: str, admitted: int | None) -> int:
+        """Take a stale lease back: ``admitted`` is its router's word when it answered the recall, else only
+        what is recorded stays held."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await leases.take_back(conn, lease_id, admitted, "expired")
+
+    async def release_stranded_leases(self, older_than_s: float) -> int:
+        """Release what given-back leases kept for admissions that never arrived within ``older_than_s``."""
+        released = 0
         async with self._pool.acquire() as conn:
-            while True:
+            ids = await conn.fetch(
+                """SELECT lease_id::text FROM leases
+                   WHERE status <> 'open' AND granted - attached - released > 0
+                     AND touched_at < now() - make_interval(secs => $1)""",
+                older_than_s,
+            )
+            for row in ids:
                 async with conn.transaction():
-                    lease_id = await conn.fetchval(
-                        """SELECT lease_id::text FROM leases
-                           WHERE status = 'open' AND touched_at < now() - make_interval(secs => $1)
-                           ORDER BY touched_at LIMIT 1 FOR UPDATE SKIP LOCKED""",
-                        older_than_s,
-                    )
-                    if lease_id is None:
-                        return taken
-                    await leases.take_back(conn, lease_id, None, "expired")
-                    taken += 1
+                    released += await leases.release_stranded(conn, row["lease_id"])
+        return released
 
     async def touch(self, request_ids: list[str], lease_ids: list[str] | None = None) -> None:
         """The requests ``request_ids`` are still running, and the leases ``lease_ids`` still held: their open
@@ -645,6 +659,15 @@ class Ledger(PoolBound):
                     f"account {r['id']}: reserved {r['reserved']} but open reservations and leases hold "
                     f"{r['open_reservations']}"
                 )
+        problems += [
+            f"lease {r['lease_id']}: attached {r['attached']} but its reservations hold {r['held']}"
+            for r in await self._pool.fetch(
+                """SELECT l.lease_id::text, l.attached,
+                          coalesce((SELECT sum(amount) FROM reservations r WHERE r.lease_id = l.lease_id), 0) AS held
+                   FROM leases l"""
+            )
+            if r["attached"] != r["held"]
+        ]
         total = await self._pool.fetchval("SELECT coalesce(sum(amount), 0) FROM ledger_entries")
         if total != 0:
             problems.append(f"all entries sum to {total}, not zero")

@@ -26,6 +26,9 @@ class BillingSettings(ServiceSettings):
     # balance, and what its daily cap leaves): several routers can hold one, and most of the credit stays
     # with billing, which admits request by request once leases no longer fit.
     lease_share: int = Field(8, ge=2)
+    # A credit lease its router did not keep alive this long is recalled from it (or, gone, taken back on what
+    # billing recorded); a given-back lease keeps what its router admitted this long for admissions on the way.
+    lease_ttl_s: float = Field(30.0, gt=0)
     # A usage event whose handling fails is delivered again after retry_backoff_s, doubling up to
     # retry_backoff_max_s, at most max_deliver times in all; then (or at once, if it cannot be read) it goes to
     # the DEADLETTER stream: ``computeshare deadletter list`` shows it, ``replay`` sends it again.

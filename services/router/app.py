@@ -68,6 +68,7 @@ def build_app(settings: RouterSettings) -> FastStream:
             asyncio.create_task(dispatcher.keep_registrations(settings.registrations_refresh_s)),
             asyncio.create_task(dispatcher.watch()),
             asyncio.create_task(dispatcher.keep_reservations_alive()),
+            asyncio.create_task(dispatcher.keep_leases_alive()),
             asyncio.create_task(persist_stats_every(dispatcher, hoster_stats, settings.stats_flush_s)),
         ]
         if settings.probe_interval_s > 0:

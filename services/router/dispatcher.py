@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 import orjson
 from faststream.nats import NatsBroker
@@ -352,13 +353,13 @@ class Dispatcher:
             fee_bps=s.platform_fee_bps,
             endpoint=request.endpoint,
         )
-        lease = self._leases.admit(caller.account_id, admission, time.monotonic())
+        lease = self._leases.admit(caller.account_id, admission, time.monotonic(), time.time())
         # A burst of the account's requests waits for one lease; those it no longer covers ask for the next.
         for _ in range(LEASE_ASKS):
             if lease is not None or not self._leases.may_ask(caller.account_id, time.monotonic()):
                 break
             await self._lease(caller.account_id, amount)
-            lease = self._leases.admit(caller.account_id, admission, time.monotonic())
+            lease = self._leases.admit(caller.account_id, admission, time.monotonic(), time.time())
         if lease is None:
             return False
         if self._flush is None:
@@ -375,22 +376,30 @@ class Dispatcher:
         answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._granting[account_id] = answered
         s = self._settings
+        lease_id = str(uuid.uuid4())
         try:
             command = LeaseCredits(
-                account_id=account_id, router_id=self.router_id, amount=amount * s.lease_requests, minimum=amount
+                lease_id=lease_id,
+                account_id=account_id,
+                router_id=self.router_id,
+                amount=amount * s.lease_requests,
+                minimum=amount,
             )
             reply = await self._broker.connection.request(
                 subjects.LEASE_CREDITS, command.model_dump_json().encode(), timeout=s.billing_timeout_s
             )
             answer = _LEASE_ANSWER.validate_json(reply.data)
             now = time.monotonic()
-            if isinstance(answer, LeaseGranted):
-                self._leases.add(Lease(answer.lease_id, account_id, answer.amount, since=now, last_used=now), now)
+            if isinstance(answer, LeaseGranted) and answer.lease_id == lease_id:
+                lease = Lease(lease_id, account_id, answer.amount, since=now, last_used=now, until=answer.until)
+                self._leases.add(lease, now)
             else:
                 self._leases.refused(account_id, now + s.lease_retry_s)
         except (NoRespondersError, NatsTimeout, TimeoutError):
-            # A lease granted but not heard of is never used: billing takes it back when it is not kept alive.
+            # Billing may have granted it and its answer be lost: give it back (admitted nothing), durably; a
+            # grant arriving after that is refused.
             self._leases.refused(account_id, time.monotonic() + s.lease_retry_s)
+            self._give_back(Lease(lease_id, account_id, 0, since=time.monotonic()))
         finally:
             del self._granting[account_id]
             answered.set_result(None)
@@ -409,17 +418,19 @@ class Dispatcher:
         return self._publish(subjects.LEASE_ADMITTED, event.model_dump_json().encode(), f"{lease.lease_id}:{number}")
 
     def _give_back(self, lease: Lease) -> None:
-        """Tell billing (durably) the admissions not told yet, then that the lease admits nothing more."""
+        """Tell billing (durably) the admissions not told yet, then that the lease admits nothing more. If the
+        admissions could not be told, the lease is not given back: billing's sweep recalls it later (this
+        router answers with what it admitted), and the requests' settlements record them meanwhile."""
         admissions = self._publish_admissions(lease)
-        returned = LeaseReturned(lease_id=lease.lease_id, admitted=lease.admitted).model_dump_json().encode()
+        returned = LeaseReturned(lease_id=lease.lease_id, account_id=lease.account_id, admitted=lease.admitted)
 
         async def after_admissions() -> bool:
-            if admissions is not None:
-                await admissions
+            if admissions is not None and not await admissions:
+                return False
             return await publish_durably(
                 self._broker.connection.jetstream(),
                 subjects.LEASE_RETURNED,
-                returned,
+                returned.model_dump_json().encode(),
                 f"{lease.lease_id}:returned",
                 self._log,
             )
@@ -427,17 +438,17 @@ class Dispatcher:
         self._track(asyncio.create_task(after_admissions()))
 
     def recall_lease(self, recall: RecallLease) -> LeaseRecalled:
-        """Billing takes a lease back (the account's credit ran short): it admits nothing more here; the
-        admissions billing was not told of yet go now (billing keeps what they hold)."""
-        lease = self._leases.recall(recall.lease_id, time.monotonic())
-        if lease is None:
-            return LeaseRecalled(lease_id=recall.lease_id)
-        self._publish_admissions(lease)
-        return LeaseRecalled(lease_id=lease.lease_id, admitted=lease.admitted)
+        """Billing takes a lease back (the account's credit ran short, or the lease looks stale): it admits
+        nothing more here, and is given back as any other (durably: should this answer be lost, billing still
+        hears it). A lease recalled lately is answered alike; one this router never held with ``None``."""
+        lease, admitted = self._leases.recall(recall.lease_id, time.monotonic(), self._settings.lease_retry_s)
+        if lease is not None:
+            self._give_back(lease)
+        return LeaseRecalled(lease_id=recall.lease_id, admitted=admitted)
 
     def _give_back_due(self, now: float) -> None:
         """Give back the leases done with (``LeaseBook.due``)."""
-        for lease in self._leases.due(now, self._settings.lease_idle_s, self._settings.in_flight_max_s):
+        for lease in self._leases.due(now, self._settings.lease_idle_s, self._settings.in_flight_max_s, time.time()):
             self._give_back(lease)
 
     def _publish(self, subject: str, data: bytes, msg_id: str) -> asyncio.Task[bool]:
@@ -736,15 +747,25 @@ class Dispatcher:
             await asyncio.sleep(self._settings.reservation_keepalive_s)
             running = [r for r, f in self._in_flight.items() if f.route.caller is not None]
             running += list(self._undelivered)
-            held = self._leases.held_ids()
-            for start in range(0, max(len(running), len(held), 1), 2000):
-                note = ReservationsAlive(
-                    request_ids=running[start : start + 2000], lease_ids=held[start : start + 2000]
-                )
+            for start in range(0, len(running), 2000):
+                note = ReservationsAlive(request_ids=running[start : start + 2000])
                 try:
                     await self._broker.connection.publish(subjects.RESERVATIONS_ALIVE, note.model_dump_json().encode())
                 except Exception:
                     self._log.exception("reservations not kept alive")
+
+    async def keep_leases_alive(self) -> None:
+        """Tell billing, every ``lease_keepalive_s``, which credit leases this router holds, so they outlive
+        billing's lease TTL (a lease not kept alive is recalled, or taken back); an error is logged."""
+        while True:
+            await asyncio.sleep(self._settings.lease_keepalive_s)
+            held = self._leases.held_ids()
+            for start in range(0, len(held), 2000):
+                note = ReservationsAlive(request_ids=[], lease_ids=held[start : start + 2000])
+                try:
+                    await self._broker.connection.publish(subjects.RESERVATIONS_ALIVE, note.model_dump_json().encode())
+                except Exception:
+                    self._log.exception("leases not kept alive")
 
     async def watch(self, interval_s: float = 0.5) -> None:
         """Fail over (or fail) requests whose adapter stopped heartbeating, settle those in flight for longer

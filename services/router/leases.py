@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 
 from libs.contracts.billing import LeasedAdmission
 
+# How long a recalled lease's answer is remembered, for a recall of it repeated meanwhile.
+RECALLED_KEPT_S = 60.0
+
 
 @dataclass
 class Lease:
@@ -23,6 +26,8 @@ class Lease:
     account_id: str
     granted: int
     since: float
+    # Unix time after which it admits nothing (its UTC day is ending: billing's ``LeaseGranted.until``).
+    until: float = float("inf")
     admitted: int = 0
     running: int = 0
     last_used: float = 0.0
@@ -32,8 +37,8 @@ class Lease:
     pending: list[LeasedAdmission] = field(default_factory=list)
     batches: int = 0
 
-    def covers(self, amount: int) -> bool:
-        return self.retired_at is None and self.granted - self.admitted >= amount
+    def covers(self, amount: int, wall: float) -> bool:
+        return self.retired_at is None and wall < self.until and self.granted - self.admitted >= amount
 
 
 class LeaseBook:
@@ -44,11 +49,12 @@ class LeaseBook:
         self._held: dict[str, Lease] = {}  # lease id -> lease, until given back
         self._requests: dict[str, tuple[Lease, LeasedAdmission]] = {}
         self._refused: dict[str, float] = {}  # account -> until when billing is not asked again
+        self._recalled: dict[str, tuple[int, float]] = {}  # lease id -> (what it admitted, when recalled)
 
-    def admit(self, account_id: str, admission: LeasedAdmission, now: float) -> Lease | None:
-        """Admit ``admission`` against the account's lease if it covers it."""
+    def admit(self, account_id: str, admission: LeasedAdmission, now: float, wall: float) -> Lease | None:
+        """Admit ``admission`` against the account's lease if it covers it (``wall``: the unix time)."""
         lease = self._admitting.get(account_id)
-        if lease is None or not lease.covers(admission.amount):
+        if lease is None or not lease.covers(admission.amount, wall):
             return None
         lease.admitted += admission.amount
         lease.running += 1
@@ -87,13 +93,15 @@ class LeaseBook:
             found[0].running -= 1
         return found
 
-    def due(self, now: float, idle_s: float, stuck_s: float) -> list[Lease]:
+    def due(self, now: float, idle_s: float, stuck_s: float, wall: float) -> list[Lease]:
         """The leases to give back now, no longer held afterwards: retired ones whose requests are over, or
         retired for ``stuck_s`` (longer than any request may run: what they admitted is known, and their late
-        settlements still find it held), and idle ones (nothing running, nothing admitted for ``idle_s``)."""
+        settlements still find it held), idle ones (nothing running, nothing admitted for ``idle_s``) and
+        those past their ``until`` (``wall``: the unix time)."""
         out: list[Lease] = []
         for lease in list(self._held.values()):
-            if lease.retired_at is None and lease.running == 0 and now - lease.last_used >= idle_s:
+            idle = lease.running == 0 and now - lease.last_used >= idle_s
+            if lease.retired_at is None and (idle or wall >= lease.until):
                 lease.retired_at = now
             if lease.retired_at is not None and (lease.running == 0 or now - lease.retired_at >= stuck_s):
                 out.append(self._forget(lease))
@@ -113,13 +121,22 @@ class LeaseBook:
             del self._admitting[lease.account_id]
         return lease
 
-    def recall(self, lease_id: str, now: float) -> Lease | None:
-        """Billing takes the lease back: it admits nothing more and is no longer held (``None``: not held)."""
+    def recall(self, lease_id: str, now: float, retry_s: float) -> tuple[Lease | None, int | None]:
+        """Billing takes the lease back: it admits nothing more and is no longer held, and billing is not asked
+        for another on its account for ``retry_s`` (its credit is short). The lease (``None`` when it was not
+        held) and what it admitted: a lease recalled lately is answered alike (two refusals may recall it at
+        once), one never held with ``None``."""
+        for old, (_, at) in list(self._recalled.items()):
+            if now - at > RECALLED_KEPT_S:
+                del self._recalled[old]
         lease = self._held.get(lease_id)
         if lease is None:
-            return None
+            known = self._recalled.get(lease_id)
+            return None, known[0] if known is not None else None
         lease.retired_at = lease.retired_at or now
-        return self._forget(lease)
+        self._recalled[lease_id] = (lease.admitted, now)
+        self.refused(lease.account_id, now + retry_s)
+        return self._forget(lease), lease.admitted
 
     def held_ids(self) -> list[str]:
         """The leases held now (for the keep-alive note)."""

@@ -36,6 +36,8 @@ class RouterSettings(ServiceSettings):
     lease_flush_s: float = Field(0.02, gt=0)
     lease_idle_s: float = Field(2.0, gt=0)
     lease_retry_s: float = Field(5.0, gt=0)
+    # Billing takes back a lease not kept alive for its lease TTL (30 s): tell it more often.
+    lease_keepalive_s: float = Field(5.0, gt=0)
     # How long billing has to admit a request before the client gets a 503.
     billing_timeout_s: float = Field(2.0, gt=0)
     # How often the router asks billing which hosters registered (and which were revoked).

@@ -113,8 +113,8 @@ async def test_credit_for_exactly_50_across_two_routers_admits_exactly_50(two_ro
 async def test_a_router_that_dies_holding_a_lease_has_it_taken_back_by_the_sweeper() -> None:
     stack = build_stack(
         CS_ROUTER_LEASE_IDLE_S="600",
-        CS_ROUTER_RESERVATION_KEEPALIVE_S="0.5",
-        CS_BILLING_RESERVATION_TTL_S="3",
+        CS_ROUTER_LEASE_KEEPALIVE_S="0.5",
+        CS_BILLING_LEASE_TTL_S="3",
         CS_BILLING_SWEEP_INTERVAL_S="0.5",
     )
     try:

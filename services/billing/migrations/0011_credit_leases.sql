@@ -7,7 +7,7 @@ CREATE TABLE leases (
     lease_id    uuid        PRIMARY KEY,
     account_id  uuid        NOT NULL REFERENCES accounts (id),
     router_id   text        NOT NULL,
-    granted     bigint      NOT NULL CHECK (granted > 0),
+    granted     bigint      NOT NULL CHECK (granted >= 0),  -- 0: given back before it was granted
     attached    bigint      NOT NULL DEFAULT 0 CHECK (attached >= 0),
     released    bigint      NOT NULL DEFAULT 0 CHECK (released >= 0),
     spend_day   date        NOT NULL,

@@ -4,25 +4,38 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from nats.aio.msg import Msg
+from pydantic import TypeAdapter
 
+from libs.contracts import subjects
 from libs.contracts.billing import (
+    Admission,
     Caller,
     LeaseCredits,
     LeasedAdmission,
     LeasedAdmissions,
     LeaseGranted,
+    LeaseRecalled,
     LeaseRefused,
     LeaseReturned,
+    RecallLease,
+    Refused,
     RequestFinished,
+    ReserveCredits,
+    Reserved,
 )
+from services.billing import leases
 from services.billing.ledger import Ledger, Unbacked
 from services.billing.repository import apply_migrations
+from tests.conftest import NatsTestServer
 from tests.integration.billing.test_ledger import HOSTER, caller_with, done
+from tests.integration.conftest import Spawn
 
 pytestmark = pytest.mark.integration
 
@@ -37,12 +50,32 @@ async def ledger(database_url: str) -> AsyncIterator[Ledger]:
     await pool.close()
 
 
-async def granted(ledger: Ledger, caller: Caller, amount: int, minimum: int = 1) -> LeaseGranted:
-    answer = await ledger.lease(
-        LeaseCredits(account_id=caller.account_id, router_id="r1", amount=amount, minimum=minimum), SHARE
+def asked(caller: Caller, amount: int, minimum: int = 1, lease_id: str | None = None) -> LeaseCredits:
+    return LeaseCredits(
+        lease_id=lease_id or str(uuid.uuid4()),
+        account_id=caller.account_id,
+        router_id="r1",
+        amount=amount,
+        minimum=minimum,
     )
+
+
+async def granted(ledger: Ledger, caller: Caller, amount: int, minimum: int = 1) -> LeaseGranted:
+    answer = await ledger.lease(asked(caller, amount, minimum), SHARE)
     assert isinstance(answer, LeaseGranted)
     return answer
+
+
+def returned(caller: Caller, lease_id: str, admitted: int) -> LeaseReturned:
+    return LeaseReturned(lease_id=lease_id, account_id=caller.account_id, admitted=admitted)
+
+
+async def sweep(ledger: Ledger, ttl_s: float) -> int:
+    """Billing's lease sweep with no router answering its recalls."""
+    stale = await ledger.stale_leases(ttl_s)
+    for lease_id, _ in stale:
+        await ledger.expire_lease(lease_id, None)
+    return len(stale)
 
 
 def admitted(caller: Caller, request_id: str, amount: int) -> LeasedAdmission:
@@ -70,9 +103,7 @@ async def test_a_lease_is_at_most_a_share_of_what_the_account_may_spend(ledger: 
     assert (state.balance, state.reserved, state.spent_today) == (8000, 0, 0)
     # Less than the minimum asked is no lease.
     small = await caller_with(ledger, credits=70)
-    refused = await ledger.lease(
-        LeaseCredits(account_id=small.account_id, router_id="r1", amount=100, minimum=10), SHARE
-    )
+    refused = await ledger.lease(asked(small, 100, 10), SHARE)
     assert isinstance(refused, LeaseRefused)
     assert await raw(ledger, small.account_id) == (70, 0, 0)
     # The daily cap bounds it too.
@@ -95,8 +126,8 @@ async def test_requests_recorded_in_batches_then_settled_are_charged_once_and_th
         assert await ledger.settle(leased_done(caller, lease.lease_id, f"q{i}", 300, 100)) is True
     assert await ledger.settle(leased_done(caller, lease.lease_id, "q0", 300, 100)) is False
     # 900 of the lease were admitted; 100 come back with the lease, and each request's unused 80.
-    assert await ledger.return_lease(LeaseReturned(lease_id=lease.lease_id, admitted=900)) == 100
-    assert await ledger.return_lease(LeaseReturned(lease_id=lease.lease_id, admitted=900)) == 0
+    assert await ledger.return_lease(returned(caller, lease.lease_id, 900)) == 100
+    assert await ledger.return_lease(returned(caller, lease.lease_id, 900)) == 0
     assert await raw(ledger, caller.account_id) == (8000 - 660, 0, 660)
     assert await ledger.hoster_earnings(HOSTER) == [{"hoster_id": HOSTER, "earned": 600, "entries": 3}]
     assert await ledger.check() == []
@@ -106,7 +137,7 @@ async def test_a_settlement_before_its_batch_records_the_reservation_itself(ledg
     caller = await caller_with(ledger, credits=8000)
     lease = await granted(ledger, caller, amount=1000)
     # Returned first (the router's word: 600 admitted), then the settlement, then the batch: each once.
-    assert await ledger.return_lease(LeaseReturned(lease_id=lease.lease_id, admitted=600)) == 400
+    assert await ledger.return_lease(returned(caller, lease.lease_id, 600)) == 400
     assert (
         await ledger.settle_many(
             [leased_done(caller, lease.lease_id, "a", 300, 100), leased_done(caller, lease.lease_id, "b", 300, 50)]
@@ -146,9 +177,9 @@ async def test_a_stale_lease_is_taken_back_and_its_recorded_requests_stay_held(l
     lease = await granted(ledger, caller, amount=1000)
     await ledger.record_leased(LeasedAdmissions(lease_id=lease.lease_id, admissions=[admitted(caller, "s", 300)]))
     await ledger.touch([], [lease.lease_id])
-    assert await ledger.expire_stale_leases(60) == 0
+    assert await sweep(ledger, 60) == 0
     await ledger.pool.execute("UPDATE leases SET touched_at = now() - interval '2 minutes'")
-    assert await ledger.expire_stale_leases(60) == 1
+    assert await sweep(ledger, 60) == 1
     assert await raw(ledger, caller.account_id) == (7700, 300, 300)  # the recorded request stays held
     # Its settlement still finds its reservation; a request the router admitted but never told of comes from
     # the balance.
@@ -175,6 +206,104 @@ async def test_concurrent_batches_and_settlements_of_the_same_requests_record_ea
     assert not [o for o in outcomes if isinstance(o, Exception) and not isinstance(o, asyncpg.PostgresError)]
     attached = await ledger.pool.fetchval("SELECT attached FROM leases WHERE lease_id = $1", uuid.UUID(lease.lease_id))
     assert attached == 20 * 500
-    assert await ledger.return_lease(LeaseReturned(lease_id=lease.lease_id, admitted=10_000)) == 0
+    assert await ledger.return_lease(returned(caller, lease.lease_id, 10_000)) == 0
     assert await raw(ledger, caller.account_id) == (80_000 - 20 * 220, 0, 20 * 220)
     assert await ledger.check() == []
+
+
+async def test_a_lease_admits_nothing_past_its_day_and_the_sweep_takes_back_yesterdays(ledger: Ledger) -> None:
+    """A lease counts in the UTC day it was granted: it ends a minute before that day does (its router stops
+    admitting against it), none is granted in that last minute, and one still open the next day is taken
+    back, so a request of the next day always counts in the next day's cap."""
+    caller = await caller_with(ledger, credits=80_000)
+    today = dt.datetime.now(dt.UTC).date()
+    noon = dt.datetime.combine(today, dt.time(12), tzinfo=dt.UTC)
+    async with ledger.pool.acquire() as conn, conn.transaction():
+        lease = await leases.grant(conn, asked(caller, 1000), SHARE, noon)
+        late = await leases.grant(conn, asked(caller, 1000), SHARE, noon.replace(hour=23, minute=59, second=30))
+    assert isinstance(lease, LeaseGranted)
+    assert lease.until == dt.datetime.combine(today, dt.time(23, 59), tzinfo=dt.UTC).timestamp()
+    assert isinstance(late, LeaseRefused)
+    yesterday = today - dt.timedelta(days=1)
+    async with ledger.pool.acquire() as conn, conn.transaction():
+        old = await leases.grant(
+            conn, asked(caller, 1000), SHARE, dt.datetime.combine(yesterday, dt.time(12), tzinfo=dt.UTC)
+        )
+    assert isinstance(old, LeaseGranted)
+    if dt.datetime.now(dt.UTC).time() >= dt.time(0, 3):  # the sweep waits two minutes past midnight
+        assert [lease_id for lease_id, _ in await ledger.stale_leases(3600)] == [old.lease_id]
+    assert await ledger.check() == []
+
+
+async def test_a_given_back_lease_keeps_what_its_router_admitted_only_for_a_while(ledger: Ledger) -> None:
+    """Given back saying 600 were admitted, but neither their batch nor their settlements ever come (lost
+    with their router): after the lease TTL the 600 go back too, and nothing stays held for ever."""
+    caller = await caller_with(ledger, credits=8000)
+    lease = await granted(ledger, caller, amount=1000)
+    assert await ledger.return_lease(returned(caller, lease.lease_id, 600)) == 400
+    assert await ledger.release_stranded_leases(60) == 0
+    await ledger.pool.execute("UPDATE leases SET touched_at = now() - interval '2 minutes'")
+    assert await ledger.release_stranded_leases(60) == 600
+    assert await raw(ledger, caller.account_id) == (8000, 0, 0)
+    # An admission arriving after that comes from the balance.
+    await ledger.record_leased(LeasedAdmissions(lease_id=lease.lease_id, admissions=[admitted(caller, "l", 300)]))
+    assert await raw(ledger, caller.account_id) == (7700, 300, 300)
+    assert await ledger.check() == []
+
+
+async def test_a_lease_given_back_before_its_grant_arrives_is_never_granted(ledger: Ledger) -> None:
+    """The router's request for a lease timed out, so it gave the lease back (admitted nothing); billing's
+    grant, still on the way, then finds it given back and moves no money."""
+    caller = await caller_with(ledger, credits=8000)
+    lease_id = str(uuid.uuid4())
+    assert await ledger.return_lease(returned(caller, lease_id, 0)) == 0
+    assert isinstance(await ledger.lease(asked(caller, 1000, lease_id=lease_id), SHARE), LeaseRefused)
+    assert await raw(ledger, caller.account_id) == (8000, 0, 0)
+    # The same id granted twice (a retried request) holds once.
+    again = str(uuid.uuid4())
+    assert isinstance(await ledger.lease(asked(caller, 1000, lease_id=again), SHARE), LeaseGranted)
+    assert isinstance(await ledger.lease(asked(caller, 1000, lease_id=again), SHARE), LeaseRefused)
+    assert await raw(ledger, caller.account_id) == (7000, 1000, 1000)
+    assert await ledger.check() == []
+
+
+_ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
+
+
+async def test_refusals_at_once_each_recall_and_each_retries(
+    nats_server: NatsTestServer, database_url: str, spawn: Spawn, ledger: Ledger
+) -> None:
+    """Credit for 16 requests of 100, 200 of it in a router's lease: 16 requests reach a real billing at once;
+    the two refused for credit both recall the lease (the router answers the second alike, so it waits for the
+    first's take-back); both try again, and all 16 are admitted."""
+    caller = await caller_with(ledger, credits=1600)
+    lease = await ledger.lease(asked(caller, 1000, 100), SHARE)
+    assert isinstance(lease, LeaseGranted)
+    assert lease.amount == 200
+    env = {**nats_server.env("billing", "billing"), "CS_BILLING_DATABASE_URL": database_url}
+    spawn("billing", "billing", env, marker="billing ready")
+    nc = await nats_server.connect()
+    held, recalled = {lease.lease_id}, set[str]()
+
+    async def router_recall(msg: Msg) -> None:  # as the router's LeaseBook.recall answers
+        recall = RecallLease.model_validate_json(msg.data)
+        known = recall.lease_id in held or recall.lease_id in recalled
+        held.discard(recall.lease_id)
+        recalled.add(recall.lease_id)
+        answer = LeaseRecalled(lease_id=recall.lease_id, admitted=0 if known else None)
+        await msg.respond(answer.model_dump_json().encode())
+
+    await nc.subscribe(subjects.lease_recall("r1"), cb=router_recall)
+    try:
+
+        async def ask(i: int) -> Reserved | Refused:
+            command = ReserveCredits(request_id=f"q{i}", caller=caller, amount=100, tokens=10, fee_bps=1000)
+            reply = await nc.request(subjects.RESERVE_CREDITS, command.model_dump_json().encode(), timeout=5)
+            return _ADMISSION.validate_json(reply.data)
+
+        answers = await asyncio.gather(*(ask(i) for i in range(16)))
+        assert sum(isinstance(a, Reserved) for a in answers) == 16
+        assert await raw(ledger, caller.account_id) == (0, 1600, 1600)
+        assert await ledger.check() == []
+    finally:
+        await nc.close()
