@@ -65,6 +65,9 @@ def topology() -> Iterator[Stack]:
             "CS_INGRESS_IDLE_TIMEOUT_S": "10",
             "CS_BILLING_RESERVATION_TTL_S": "20",
             "CS_BILLING_SWEEP_INTERVAL_S": "2",
+            # A killed router's credit leases come back within seconds, not the default half minute.
+            "CS_BILLING_LEASE_TTL_S": "5",
+            "CS_ROUTER_LEASE_KEEPALIVE_S": "1",
         },
     )
     stack = Stack(config).start()
@@ -228,12 +231,15 @@ def outcome_problems(outcomes: list[Outcome], scenario: Scenario) -> list[str]:
 
 
 async def wait_until_settled(conn: asyncpg.Connection, account_id: str, timeout_s: float = 60) -> None:
-    """Until billing (or its sweeper) closed every reservation of the account."""
+    """Until billing (or its sweeper) closed every reservation of the account and took back every credit lease
+    on it (given back, or swept from a killed router)."""
     deadline = time.monotonic() + timeout_s
     while open_ := await conn.fetchval(
-        "SELECT count(*) FROM reservations WHERE account_id = $1 AND status = 'open'", account_id
+        """SELECT (SELECT count(*) FROM reservations WHERE account_id = $1 AND status = 'open')
+                + (SELECT count(*) FROM leases WHERE account_id = $1 AND granted - attached - released > 0)""",
+        account_id,
     ):
-        assert time.monotonic() < deadline, f"{open_} reservations still open after {timeout_s}s"
+        assert time.monotonic() < deadline, f"{open_} reservations or leases still open after {timeout_s}s"
         await asyncio.sleep(0.5)
 
 
@@ -259,9 +265,11 @@ async def money_problems(conn: asyncpg.Connection, account_id: str, outcomes: li
     reservations = {
         r["request_id"]: r
         for r in await conn.fetch(
+            # A request's hold is its own 'reserve' transaction, or the credit lease it was admitted on (the
+            # lease's own transaction held it).
             """SELECT r.request_id, r.status, r.charged,
                       count(t.id) FILTER (WHERE t.kind IN ('settle', 'expire')) AS closings,
-                      count(t.id) FILTER (WHERE t.kind = 'reserve') AS holds
+                      count(t.id) FILTER (WHERE t.kind = 'reserve') + (r.lease_id IS NOT NULL)::int AS holds
                FROM reservations r LEFT JOIN ledger_transactions t ON t.request_id = r.request_id
                WHERE r.account_id = $1 GROUP BY r.request_id""",
             account_id,
