@@ -29,6 +29,8 @@ def build_stack(ingresses: int = 1, embedding_model: str | None = None, routers:
             "CS_ROUTER_HOSTER_TTL_S": "2",
             "CS_INGRESS_IDLE_TIMEOUT_S": "10",
             "CS_ADAPTER_KEEPALIVE_INTERVAL_S": "2",
+            # Leases go back soon after a test's requests (``test_money.settled`` waits for them).
+            "CS_ROUTER_LEASE_IDLE_S": "0.3",
             **service_env,
         },
     )

@@ -31,19 +31,6 @@ def each(two_routers: Stack) -> int:
     return reserved_per_request(two_routers)
 
 
-async def until_leases_back(stack: Stack, account_id: str, timeout_s: float = 20) -> None:
-    """Until the account has no open reservation and no open lease."""
-    await settled(stack, account_id, timeout_s)
-    conn = await asyncpg.connect(stack.database_url)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while await conn.fetchval("SELECT count(*) FROM leases WHERE account_id = $1 AND status = 'open'", account_id):
-            assert time.monotonic() < deadline, "leases still open"
-            await asyncio.sleep(0.1)
-    finally:
-        await conn.close()
-
-
 async def until_settled(stack: Stack, account_id: str, requests: int, timeout_s: float = 20) -> None:
     """Until ``requests`` of the account's requests are settled (a leased request's reservation may be recorded
     only with its settlement, so "no open reservation" alone says little)."""
@@ -85,7 +72,7 @@ async def test_a_burst_through_two_routers_rides_on_leases_is_charged_once_and_e
     responses = await burst(urls(two_routers), key, 120, body())
     assert Counter(r.status_code for r in responses) == {200: 120}
     await until_settled(two_routers, account_id, 120)
-    await until_leases_back(two_routers, account_id)
+    await settled(two_routers, account_id)
     found = await books(two_routers, account_id)
     assert found["requests"] == 120
     assert found["leased"] == 120  # no request needed billing's round trip
@@ -103,7 +90,7 @@ async def test_credit_for_exactly_50_across_two_routers_admits_exactly_50(two_ro
     account_id, key = two_routers.create_account(credits=credits_for(50, each))
     responses = await burst(urls(two_routers), key, 200, body(**SLOW_EXACT))
     assert Counter(r.status_code for r in responses) == {200: 50, 402: 150}
-    await until_leases_back(two_routers, account_id)
+    await settled(two_routers, account_id)
     found = await books(two_routers, account_id)
     assert found["reserved"] == 0
     assert found["balance"] >= 0

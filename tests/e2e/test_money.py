@@ -76,14 +76,19 @@ async def burst(urls: list[str], key: str, count: int, payload: dict[str, object
 
 
 async def settled(stack: Stack, account_id: str, timeout_s: float = 30) -> None:
-    """Wait until the account has no open reservation."""
+    """Wait until every request of the account is recorded and settled: no open reservation, and no credit
+    lease still open or still keeping credit for requests it admitted that billing has not recorded yet (a
+    request admitted on a lease may be recorded only with its settlement)."""
     conn = await asyncpg.connect(stack.database_url)
     try:
         deadline = time.monotonic() + timeout_s
         while await conn.fetchval(
-            "SELECT count(*) FROM reservations WHERE account_id = $1 AND status = 'open'", account_id
+            """SELECT (SELECT count(*) FROM reservations WHERE account_id = $1 AND status = 'open')
+                    + (SELECT count(*) FROM leases
+                       WHERE account_id = $1 AND (status = 'open' OR granted - attached - released > 0))""",
+            account_id,
         ):
-            assert time.monotonic() < deadline, "reservations still open"
+            assert time.monotonic() < deadline, "reservations or leases still open"
             await asyncio.sleep(0.1)
     finally:
         await conn.close()
