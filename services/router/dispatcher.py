@@ -224,7 +224,13 @@ class Dispatcher:
         if request.request_id in self._abandoned:
             self._finish(request, request.model, "cancelled", [])  # nobody waits for it: release the hold
             return RouteRejected(error=errors.route_timeout(self._settings.retry_after_s))
-        flight = await self._start(request, candidates, 1, profile.prompt_tokens, bounds)
+        try:
+            flight = await self._start(request, candidates, 1, profile.prompt_tokens, bounds)
+        except BaseException:
+            # Its lease must not wait on it: billing records its reservation from the lease's batch and
+            # settles or sweeps it as any other.
+            self._leases.finished(request.request_id)
+            raise
         if flight is not None and request.request_id in self._abandoned:
             await self._abandon(flight)
         if flight is None:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+import time
 from types import SimpleNamespace
 
-from libs.contracts.billing import LeasedAdmission, LeaseReturned, RecallLease
+import pytest
+
+from libs.contracts.billing import Caller, LeasedAdmission, LeaseReturned, RecallLease
+from libs.contracts.hosters import HosterHeartbeat
+from libs.contracts.routing import RouteRequest, RoutingPreferences
 from libs.contracts.subjects import LEASE_ADMITTED, LEASE_RETURNED
 from services.router.dispatcher import Dispatcher
 from services.router.leases import RECALLED_KEPT_S, Lease, LeaseBook
 from services.router.settings import RouterSettings
+from tests.unit.router.test_marketplace import CHEAP, hoster
 
 
 def admission(request_id: str, amount: int) -> LeasedAdmission:
@@ -124,3 +130,33 @@ async def test_a_recalled_lease_is_given_back_durably_too() -> None:
     assert [(r.lease_id, r.account_id, r.admitted) for r in returned] == [("L1", "acct", 100)]
     admitted = [data for subject, data in js.published if subject == LEASE_ADMITTED]
     assert len(admitted) == 1  # its pending admission went first
+
+
+async def test_a_request_whose_start_fails_does_not_keep_its_lease() -> None:
+    """An error while starting an admitted request's first attempt: the lease stops counting it as running
+    (else it would stay held, not given back, for the router's in-flight maximum)."""
+    js = FakeJetStream()
+    broker = SimpleNamespace(connection=SimpleNamespace(jetstream=lambda: js))
+    dispatcher = Dispatcher(RouterSettings(), "r1", broker, logging.getLogger("test"))  # type: ignore[arg-type]
+    lease = Lease("L1", "acct", 1000, since=0.0, last_used=0.0)
+    dispatcher._leases.add(lease, 0.0)
+
+    async def admitted(request: object, amount: int) -> bool:
+        dispatcher._leases.admit("acct", admission("q1", 100), 0.0, 0.0)
+        return True
+
+    async def broken_start(*_: object) -> None:
+        raise RuntimeError("NATS went away")
+
+    dispatcher._admit_leased = admitted  # type: ignore[method-assign]
+    dispatcher._start = broken_start  # type: ignore[method-assign,assignment]
+    heartbeat = HosterHeartbeat(adapter_id="a", interval_s=1, hosters=[hoster(CHEAP, 1)])
+    dispatcher.registry.observe(heartbeat, time.monotonic(), int(time.time()))
+    caller = Caller(account_id="acct", key_id="k")
+    route = RouteRequest(
+        request_id="q1", reply_subject="ingress.reply.i.q1", model="m", stream=False, include_usage=False,
+        created=0, routing=RoutingPreferences(), body={"model": "m", "messages": []}, caller=caller,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        await dispatcher.route(route)
+    assert lease.running == 0
