@@ -76,6 +76,8 @@ from services.billing.repository import HosterRepository, UsageRepository
 MAX_ALIVE = 5000
 # The refusals a recall of the account's leases may turn into an admission.
 SHORT_OF_CREDIT = frozenset({"insufficient_credits", "daily_cap_reached"})
+# A refusal for credit tries again if the account had a lease open or taken back this recently.
+LEASES_LATELY_S = 10.0
 # How long a router has to give a lease back when billing recalls it.
 RECALL_TIMEOUT_S = 0.5
 # Recall a lease from its router: what it admitted, or None (no answer, or no such lease there).
@@ -118,18 +120,20 @@ def register_handlers(
             account_id = command.caller.account_id
 
             # Each recall answered takes its lease back here; one answered for a concurrent refusal (the router
-            # answers a repeated recall alike) waits on its row and changes nothing. The second try comes in any
-            # case: a lease another refusal took back between this one's refusal and its look at the leases
-            # left credit this one would not see otherwise.
+            # answers a repeated recall alike) waits on its row and changes nothing. The second try comes even
+            # with no lease open: one another refusal took back between this one's refusal and its look at the
+            # leases left credit this one would not see otherwise. An account with no lease lately (most that
+            # are out of credit: a lease needs eight times a request's cost) is refused at once.
             async def take_back(lease_id: str, router_id: str) -> None:
                 admitted = await recall(lease_id, router_id)
                 if admitted is not None:
                     returned = LeaseReturned(lease_id=lease_id, account_id=account_id, admitted=admitted)
                     await ledger.return_lease(returned)
 
-            held = await ledger.open_leases(account_id)
-            await asyncio.gather(*(take_back(lease_id, router_id) for lease_id, router_id in held))
-            answer = await ledger.reserve(command)
+            held, lately = await ledger.leases_lately(account_id, LEASES_LATELY_S)
+            if lately:
+                await asyncio.gather(*(take_back(lease_id, router_id) for lease_id, router_id in held))
+                answer = await ledger.reserve(command)
         return answer
 
     async def recall(lease_id: str, router_id: str) -> int | None:

@@ -488,12 +488,17 @@ class Ledger(PoolBound):
         async with self._pool.acquire() as conn, conn.transaction():
             return await leases.take_back(conn, event.lease_id, event.admitted, "returned", event.account_id)
 
-    async def open_leases(self, account_id: str) -> list[tuple[str, str]]:
-        """The account's open leases, as (lease id, router id)."""
+    async def leases_lately(self, account_id: str, within_s: float) -> tuple[list[tuple[str, str]], bool]:
+        """The account's open leases, as (lease id, router id); and whether it had any lease open or taken back
+        in the last ``within_s`` (an account that had none has no lease credit to wait for)."""
         rows = await self._pool.fetch(
-            "SELECT lease_id::text, router_id FROM leases WHERE account_id = $1 AND status = 'open'", account_id
+            """SELECT lease_id::text, router_id, status = 'open' AS open FROM leases
+               WHERE account_id = $1
+                 AND (status = 'open' OR touched_at > now() - make_interval(secs => $2))""",
+            account_id,
+            within_s,
         )
-        return [(row["lease_id"], row["router_id"]) for row in rows]
+        return [(row["lease_id"], row["router_id"]) for row in rows if row["open"]], bool(rows)
 
     async def _attach(self, conn: Conn, lease_id: str, admissions: list[LeasedAdmission]) -> None:
         """``leases.attach``; when the lease can no longer hold them (it was swept while its router's events

@@ -307,3 +307,17 @@ async def test_refusals_at_once_each_recall_and_each_retries(
         assert await ledger.check() == []
     finally:
         await nc.close()
+
+
+async def test_a_refusal_waits_for_lease_credit_only_where_leases_were_lately(ledger: Ledger) -> None:
+    """Billing tries a refused request again only for an account with a lease open or taken back lately: an
+    account out of credit with none is refused in one try, whatever it sends."""
+    broke = await caller_with(ledger, credits=5)
+    assert await ledger.leases_lately(broke.account_id, 10) == ([], False)
+    caller = await caller_with(ledger, credits=8000)
+    lease = await granted(ledger, caller, amount=1000)
+    assert await ledger.leases_lately(caller.account_id, 10) == ([(lease.lease_id, "r1")], True)
+    await ledger.return_lease(returned(caller, lease.lease_id, 0))
+    assert await ledger.leases_lately(caller.account_id, 10) == ([], True)
+    await ledger.pool.execute("UPDATE leases SET touched_at = now() - interval '1 minute'")
+    assert await ledger.leases_lately(caller.account_id, 10) == ([], False)
