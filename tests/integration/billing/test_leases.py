@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -32,7 +31,6 @@ from libs.contracts.billing import (
 )
 from services.billing import leases
 from services.billing.ledger import Ledger, Unbacked
-from services.billing.repository import apply_migrations
 from tests.conftest import NatsTestServer
 from tests.integration.billing.test_ledger import HOSTER, caller_with, done
 from tests.integration.conftest import Spawn
@@ -40,14 +38,6 @@ from tests.integration.conftest import Spawn
 pytestmark = pytest.mark.integration
 
 SHARE = 8
-
-
-@pytest.fixture
-async def ledger(database_url: str) -> AsyncIterator[Ledger]:
-    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=20)
-    await apply_migrations(pool)
-    yield Ledger(pool)
-    await pool.close()
 
 
 def asked(caller: Caller, amount: int, minimum: int = 1, lease_id: str | None = None) -> LeaseCredits:

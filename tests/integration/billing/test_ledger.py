@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -14,20 +13,12 @@ from libs.contracts.billing import BilledAttempt, Caller, RequestFinished, Reser
 from libs.contracts.common import Usage
 from services.billing.accounts import Accounts
 from services.billing.ledger import Ledger
-from services.billing.repository import UsageRepository, apply_migrations
+from services.billing.repository import UsageRepository
 from tests.integration.billing.test_usage_repository import finished
 
 pytestmark = pytest.mark.integration
 
 HOSTER = "5f0c6f3e-2d7a-4c55-9a51-0d3c2b6f7a01"
-
-
-@pytest.fixture
-async def ledger(database_url: str) -> AsyncIterator[Ledger]:
-    pool = await asyncpg.create_pool(database_url, min_size=2, max_size=20)
-    await apply_migrations(pool)
-    yield Ledger(pool)
-    await pool.close()
 
 
 async def caller_with(ledger: Ledger, credits: int, rpm: int | None = None) -> Caller:
