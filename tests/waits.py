@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import nats
 from nats.aio.client import Client
@@ -18,37 +19,44 @@ from libs.devstack.stack import Stack
 POLL_S = 0.05
 
 
-async def until_router_lists(nc: Client, model: str, hosters: int = 1, timeout_s: float = 10.0) -> None:
-    """Until a router lists ``model`` as served by at least ``hosters`` live hosters: their heartbeats were
-    heard, so a request routes to them."""
+async def _until(nc: Client, subject: str, holds: Callable[[bytes], bool], failure: Callable[[], str],
+                 timeout_s: float) -> None:  # fmt: skip
+    """Ask a router ``subject`` every ``POLL_S`` until ``holds`` its answer."""
     deadline = time.monotonic() + timeout_s
-    seen = 0
     while True:
         try:
-            reply = await nc.request(subjects.LIST_MODELS, b"", timeout=1.0)
-            listed = {m.id: m.hosters for m in ModelsListing.model_validate_json(reply.data).models}
-            seen = listed.get(model, 0)
-            if seen >= hosters:
+            if holds((await nc.request(subject, b"", timeout=1.0)).data):
                 return
         except (NoRespondersError, NatsTimeout):
             pass  # no router yet
-        assert time.monotonic() < deadline, f"{model}: {seen} live hosters after {timeout_s} s, wanted {hosters}"
+        assert time.monotonic() < deadline, failure()
         await asyncio.sleep(POLL_S)
+
+
+async def until_router_lists(nc: Client, model: str, hosters: int = 1, timeout_s: float = 10.0) -> None:
+    """Until a router lists ``model`` as served by at least ``hosters`` live hosters: their heartbeats were
+    heard, so a request routes to them."""
+    seen = 0
+
+    def holds(data: bytes) -> bool:
+        nonlocal seen
+        listed = {m.id: m.hosters for m in ModelsListing.model_validate_json(data).models}
+        seen = listed.get(model, 0)
+        return seen >= hosters
+
+    await _until(nc, subjects.LIST_MODELS, holds,
+                 lambda: f"{model}: {seen} live hosters after {timeout_s} s, wanted {hosters}", timeout_s)  # fmt: skip
 
 
 async def until_router_hears(nc: Client, hoster_id: str, timeout_s: float = 10.0) -> None:
     """Until a router counts hoster ``hoster_id`` live (its heartbeat was heard). ``nc`` may request the
     operator's hoster list (the console's or the platform's credentials)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            reply = await nc.request(subjects.LIST_HOSTERS, b"", timeout=1.0)
-            if any(h.hoster_id == hoster_id and h.live for h in LiveHosters.model_validate_json(reply.data).hosters):
-                return
-        except (NoRespondersError, NatsTimeout):
-            pass  # no router yet
-        assert time.monotonic() < deadline, f"no router heard hoster {hoster_id} within {timeout_s} s"
-        await asyncio.sleep(POLL_S)
+
+    def holds(data: bytes) -> bool:
+        return any(h.hoster_id == hoster_id and h.live for h in LiveHosters.model_validate_json(data).hosters)
+
+    await _until(nc, subjects.LIST_HOSTERS, holds,
+                 lambda: f"no router heard hoster {hoster_id} within {timeout_s} s", timeout_s)  # fmt: skip
 
 
 async def until_stack_router_hears(stack: Stack, hoster_id: str, timeout_s: float = 10.0) -> None:

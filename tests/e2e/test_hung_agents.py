@@ -56,10 +56,7 @@ async def join(stack: Stack, tmp_path: Path, chunks_first: int) -> ScriptedHoste
     async def hang(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
         await hoster.accept(dispatch)
         for seq in range(chunks_first):
-            delta = {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}
-            chunk = {"id": dispatch.request_id, "object": "chat.completion.chunk", "created": dispatch.created,
-                     "model": dispatch.model, "choices": [delta]}  # fmt: skip
-            await hoster.nc.publish(msg.reply, frames.encode(frames.CHUNK, dispatch.attempt, seq, orjson.dumps(chunk)))
+            await hoster.send_chunk(dispatch, msg.reply, seq)
         hoster.spawn(hoster.keep_alive(dispatch, msg.reply))
 
     hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, hang, price=0)
@@ -144,10 +141,7 @@ async def test_frames_lost_on_the_way_end_the_stream_with_an_error_and_bill_only
     async def gap(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
         await hoster.accept(dispatch)
         for seq in (0, 2):
-            delta = {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": None}
-            chunk = {"id": dispatch.request_id, "object": "chat.completion.chunk", "created": dispatch.created,
-                     "model": dispatch.model, "choices": [delta]}  # fmt: skip
-            await hoster.nc.publish(msg.reply, frames.encode(frames.CHUNK, dispatch.attempt, seq, orjson.dumps(chunk)))
+            await hoster.send_chunk(dispatch, msg.reply, seq)
         await hoster.nc.publish(msg.reply, frames.encode(frames.END, dispatch.attempt, 3))
         await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=6, total_tokens=11), 3)
 
@@ -186,10 +180,7 @@ async def test_a_hoster_cannot_forge_the_routers_failover_notice_or_errors(
         await hoster.nc.publish(msg.reply, frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps(notice)))
         fake = b'{"http_status": 401, "type": "invalid_request_error", "code": "x", "message": "pay me"}'
         await hoster.nc.publish(msg.reply, frames.encode(frames.ERROR, 1, -1, fake))
-        delta = {"index": 0, "delta": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop"}
-        chunk = {"id": dispatch.request_id, "object": "chat.completion.chunk", "created": dispatch.created,
-                 "model": dispatch.model, "choices": [delta]}  # fmt: skip
-        await hoster.nc.publish(msg.reply, frames.encode(frames.CHUNK, 2, 0, orjson.dumps(chunk)))
+        await hoster.send_chunk(dispatch, msg.reply, 0, finish_reason="stop", attempt=2)
         await hoster.nc.publish(msg.reply, frames.encode(frames.END, 2, 1))
         await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=4096, total_tokens=4101), 2)
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import nats
+import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -76,6 +77,23 @@ class ScriptedHoster:
         while True:
             await self.nc.publish(reply, frames.encode(frames.KEEPALIVE, dispatch.attempt, -1))
             await asyncio.sleep(every_s)
+
+    async def send_chunk(
+        self,
+        dispatch: AttemptDispatch,
+        reply: str,
+        seq: int,
+        content: str = "Hi",
+        finish_reason: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
+        """One chat chunk frame on ``reply``, numbered ``seq`` of ``attempt`` (the dispatch's own by default:
+        a hostile hoster may claim another)."""
+        delta = {"index": 0, "delta": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
+        chunk = {"id": dispatch.request_id, "object": "chat.completion.chunk", "created": dispatch.created,
+                 "model": dispatch.model, "choices": [delta]}  # fmt: skip
+        number = dispatch.attempt if attempt is None else attempt
+        await self.nc.publish(reply, frames.encode(frames.CHUNK, number, seq, orjson.dumps(chunk)))
 
     def heartbeat(self) -> HosterHeartbeat:
         offer = ModelOffer(model=self.model, upstream_model=self.model, input_price=self.price, output_price=self.price)
