@@ -5,6 +5,8 @@ from __future__ import annotations
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from libs.platform.http import declared_length, limited
+
 # Scripts, styles and images from the console itself only (no inline script: chart data travels as JSON in
 # <script type="application/json">, which is not executed); no framing; forms post only to the console.
 CONTENT_SECURITY_POLICY = (
@@ -58,19 +60,12 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), b"")
-        declared_too_large = declared.isdigit() and int(declared) > limit
-        received = 0
+        declared = declared_length(scope)
+        if declared is not None and declared > limit:
+            receive = refuse_reading
+        await self.app(scope, limited(receive, limit, BodyTooLarge), send)
 
-        async def limited_receive() -> Message:
-            nonlocal received
-            if declared_too_large:
-                raise BodyTooLarge
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge
-            return message
 
-        await self.app(scope, limited_receive, send)
+async def refuse_reading() -> Message:
+    """A body declared past the limit: refused where it would be read, before a byte of it is."""
+    raise BodyTooLarge

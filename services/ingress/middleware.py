@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from libs.contracts import errors
+from libs.platform.http import declared_length, limited
 from libs.platform.metrics import HTTP_DURATION, HTTP_REQUESTS
 from services.ingress.gateway import GatewayError
 from services.ingress.handlers import authenticate, error_response, gateway_of, settings_of
@@ -43,14 +44,6 @@ class HttpMetricsMiddleware:
         await self.app(scope, receive, timed_send)
 
 
-def declared_length(scope: Scope) -> int | None:
-    """The request's ``Content-Length``, if it declares a valid one."""
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
-
-
 class BodyLimitMiddleware:
     """No route of the ingress buffers (or passes on) more than ``max_body_bytes`` of a request body, whatever
     it declares as its parameters: a declared ``Content-Length`` over the limit is a 413 before the app runs,
@@ -70,19 +63,9 @@ class BodyLimitMiddleware:
         if declared is not None and declared > limit:
             await send_too_large(send, limit)
             return
-        received = 0
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    # Raised inside the route that reads: the app's GatewayError handler answers the 413.
-                    raise GatewayError(errors.request_too_large(limit))
-            return message
-
-        await self.app(scope, limited_receive, send)
+        # Raised inside the route that reads: the app's GatewayError handler answers the 413.
+        too_large = lambda: GatewayError(errors.request_too_large(limit))  # noqa: E731
+        await self.app(scope, limited(receive, limit, too_large), send)
 
 
 async def send_too_large(send: Send, limit: int) -> None:
