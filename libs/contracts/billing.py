@@ -103,9 +103,10 @@ class LeasedAdmissions(BaseModel):
 
 
 class RecallLease(BaseModel):
-    """billing -> the router holding ``lease_id`` (request/reply, answered with ``LeaseReturned``): the
-    account's credit ran short; admit nothing more against the lease. Billing takes back what it did not admit
-    at once, so the account's remaining credit serves whichever router its next request reaches."""
+    """billing -> the router holding ``lease_id`` (request/reply, answered with ``LeaseRecalled``): the
+    account's credit ran short, or the lease looks stale; admit nothing more against the lease. Billing takes
+    back what it did not admit at once, so the account's remaining credit serves whichever router its next
+    request reaches."""
 
     lease_id: str
 

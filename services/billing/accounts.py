@@ -53,7 +53,7 @@ def days_back(days: int, today: dt.date | None = None) -> list[dt.date]:
 
 # Every column of a managed key, with its last use (its latest admitted request, by the reservations_key index).
 # What open credit leases hold beyond recorded requests: shown as balance (``free_in_leases``).
-_FREE, _FREE_TODAY = free_in_leases("a", "(now() AT TIME ZONE 'UTC')::date")
+_FREE, _FREE_TODAY = free_in_leases("a")
 _KEY_COLUMNS = """k.id, k.prefix, k.label, k.kind, k.rpm, k.tpm, k.created_at, k.revoked_at,
     (SELECT max(r.created_at) FROM reservations r WHERE r.key_id = k.id) AS last_used_at"""
 

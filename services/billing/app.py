@@ -16,8 +16,8 @@ from libs.platform.metrics import RESERVATIONS_OPEN
 from libs.platform.service import faststream_app, service_kit
 from services.billing.accounts import Accounts
 from services.billing.durable import Redelivery
-from services.billing.handlers import Recall, register_handlers, register_management_handlers
-from services.billing.ledger import Ledger
+from services.billing.handlers import register_handlers, register_management_handlers
+from services.billing.ledger import Ledger, Recall
 from services.billing.repository import HosterRepository, UsageRepository, apply_migrations
 from services.billing.settings import BillingSettings
 
@@ -32,10 +32,7 @@ async def sweep(ledger: Ledger, settings: BillingSettings, recall: Recall, logge
         await asyncio.sleep(settings.sweep_interval_s)
         try:
             closed = await ledger.expire_stale(settings.reservation_ttl_s)
-            stale = await ledger.stale_leases(settings.lease_ttl_s)
-            for lease_id, router_id in stale:
-                await ledger.expire_lease(lease_id, await recall(lease_id, router_id))
-            stranded = await ledger.release_stranded_leases(settings.lease_ttl_s)
+            stale, stranded = await ledger.expire_stale_leases(settings.lease_ttl_s, recall)
             RESERVATIONS_OPEN.set(await ledger.open_reservations())
         except (asyncpg.PostgresError, OSError) as exc:
             logger.warning("sweep failed", extra={"error": repr(exc)})
@@ -43,7 +40,7 @@ async def sweep(ledger: Ledger, settings: BillingSettings, recall: Recall, logge
         if closed:
             logger.info("stale reservations closed", extra={"count": closed})
         if stale or stranded:
-            logger.info("stale credit leases taken back", extra={"count": len(stale), "stranded": stranded})
+            logger.info("stale credit leases taken back", extra={"count": stale, "stranded": stranded})
 
 
 async def release_cheaply(conn: asyncpg.Connection) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 
 from faststream.nats import NatsBroker
 from nats.aio.msg import Msg
@@ -69,7 +68,7 @@ from libs.platform.broker import HotSubscriptions
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.accounts import Accounts
 from services.billing.durable import Batches, Redelivery, consume
-from services.billing.ledger import Ledger, NotFound
+from services.billing.ledger import Ledger, NotFound, Recall
 from services.billing.repository import HosterRepository, UsageRepository
 
 # Request ids one keep-alive note may name.
@@ -80,8 +79,6 @@ SHORT_OF_CREDIT = frozenset({"insufficient_credits", "daily_cap_reached"})
 LEASES_LATELY_S = 10.0
 # How long a router has to give a lease back when billing recalls it.
 RECALL_TIMEOUT_S = 0.5
-# Recall a lease from its router: what it admitted, or None (no answer, or no such lease there).
-Recall = Callable[[str, str], Awaitable[int | None]]
 
 
 def register_handlers(
@@ -94,7 +91,7 @@ def register_handlers(
     workers: int,
     redelivery: Redelivery,
     logger: logging.Logger,
-    lease_share: int = 8,
+    lease_share: int,
 ) -> Recall:
     """Request/reply subjects in the ``billing`` queue group; usage events from JetStream.
 

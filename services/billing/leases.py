@@ -19,17 +19,14 @@ from libs.contracts.billing import LeaseCredits, LeasedAdmission, LeaseGranted, 
 from services.billing.books import Conn, client_account, post, reserved_account
 
 
-def free_in_leases(accounts: str, today: str) -> tuple[str, str]:
+def free_in_leases(accounts: str) -> tuple[str, str]:
     """SQL for reports: what the open leases on the account (table alias ``accounts``) hold beyond the requests
-    billing recorded, in all and of the UTC day ``today`` (a parameter). The account may still spend it (a
-    request is admitted against it wherever it arrives: leases are recalled before a refusal), so reports show
-    it in the balance, not as held or spent."""
+    billing recorded, in all and of the day the account's spend counts (used where that day is today). The
+    account may still spend it (a request is admitted against it wherever it arrives: leases are recalled
+    before a refusal), so reports show it in the balance, not as held or spent."""
     where = f"FROM leases l WHERE l.account_id = {accounts}.id AND l.status = 'open'"
-    free = f"(SELECT coalesce(sum(l.granted - l.attached - l.released), 0)::bigint {where})"
-    today_free = (
-        f"(SELECT coalesce(sum(l.granted - l.attached - l.released), 0)::bigint {where} AND l.spend_day = {today})"
-    )
-    return free, today_free
+    free = f"(SELECT coalesce(sum(l.granted - l.attached - l.released), 0)::bigint {where}"
+    return f"{free})", f"{free} AND l.spend_day = {accounts}.spend_day)"
 
 
 class LeaseCannotBack(Exception):

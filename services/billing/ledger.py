@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,11 +122,14 @@ _CLOSE = """WITH claimed AS (
 
 
 # What open credit leases hold beyond recorded requests: the account's to spend, shown as balance in reports.
-_FREE, _FREE_TODAY = leases.free_in_leases("a", "$2")
-_FREE_TODAY3 = leases.free_in_leases("a", "$3")[1]
+_FREE, _FREE_TODAY = leases.free_in_leases("a")
 _HELD = "SELECT request_id, account_id, amount, spend_day, status FROM reservations WHERE request_id = $1"
 _HELD_MANY = """SELECT request_id, account_id, amount, spend_day, status FROM reservations
                 WHERE request_id = ANY($1::text[])"""
+
+
+# Recall a lease from its router: what it admitted, or None (no answer, or no such lease there).
+Recall = Callable[[str, str], Awaitable[int | None]]
 
 
 class Unbacked(Exception):
@@ -280,7 +284,7 @@ class Ledger(PoolBound):
         day = today()
         row = await self._pool.fetchrow(
             f"""SELECT k.prefix, k.rpm, k.tpm, a.balance + {_FREE} AS balance, a.daily_cap,
-                       CASE WHEN a.spend_day = $3 THEN a.day_spend - {_FREE_TODAY3} ELSE 0 END AS spent_today,
+                       CASE WHEN a.spend_day = $3 THEN a.day_spend - {_FREE_TODAY} ELSE 0 END AS spent_today,
                       coalesce(sum(r.charged), 0)::bigint AS usage,
                       coalesce(sum(r.charged) FILTER (WHERE r.spend_day = $3), 0)::bigint AS usage_daily,
                       coalesce(sum(r.charged) FILTER (WHERE r.spend_day >= $4), 0)::bigint AS usage_weekly,
@@ -518,17 +522,21 @@ class Ledger(PoolBound):
             if exists is None and not await leases.reserve_unbacked(conn, account_id, admission):
                 raise Unbacked(f"request {admission.request_id}: lease {lease_id} taken back, balance too low")
 
-    async def stale_leases(self, older_than_s: float) -> list[tuple[str, str]]:
-        """Open leases to take back, as (lease id, router id): not kept alive for ``older_than_s`` (their router
-        died, or billing did not hear it), or counted in a UTC day that is over (its router gives those back
-        itself, shortly before midnight)."""
+    async def expire_stale_leases(self, older_than_s: float, recall: Recall) -> tuple[int, int]:
+        """Take back open leases not kept alive for ``older_than_s`` (their router died, or billing did not hear
+        it), or counted in a UTC day that is over (their router gives those back itself, shortly before
+        midnight): each is recalled from its router first, whose word on what it admitted stands if it
+        answers. Then release what given-back leases kept for admissions that never arrived. How many leases
+        were taken back, and how much the given-back ones released."""
         rows = await self._pool.fetch(
             """SELECT lease_id::text, router_id FROM leases
                WHERE status = 'open' AND (touched_at < now() - make_interval(secs => $1)
                                           OR spend_day < ((now() AT TIME ZONE 'UTC') - interval '2 minutes')::date)""",
             older_than_s,
         )
-        return [(row["lease_id"], row["router_id"]) for row in rows]
+        for row in rows:
+            await self.expire_lease(row["lease_id"], await recall(row["lease_id"], row["router_id"]))
+        return len(rows), await self.release_stranded_leases(older_than_s)
 
     async def expire_lease(self, lease_id: str, admitted: int | None) -> int:
         """Take a stale lease back: ``admitted`` is its router's word when it answered the recall, else only
@@ -555,10 +563,11 @@ class Ledger(PoolBound):
         """The requests ``request_ids`` are still running, and the leases ``lease_ids`` still held: their open
         reservations and leases are not stale."""
         async with self._pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE reservations SET touched_at = now() WHERE request_id = ANY($1::text[]) AND status = 'open'",
-                request_ids,
-            )
+            if request_ids:
+                await conn.execute(
+                    "UPDATE reservations SET touched_at = now() WHERE request_id = ANY($1::text[]) AND status = 'open'",
+                    request_ids,
+                )
             if lease_ids:
                 await conn.execute(
                     "UPDATE leases SET touched_at = now() WHERE lease_id = ANY($1::uuid[]) AND status = 'open'",

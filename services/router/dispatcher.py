@@ -397,7 +397,7 @@ class Dispatcher:
             answer = _LEASE_ANSWER.validate_json(reply.data)
             now = time.monotonic()
             if isinstance(answer, LeaseGranted) and answer.lease_id == lease_id:
-                lease = Lease(lease_id, account_id, answer.amount, since=now, last_used=now, until=answer.until)
+                lease = Lease(lease_id, account_id, answer.amount, last_used=now, until=answer.until)
                 self._leases.add(lease, now)
             else:
                 self._leases.refused(account_id, now + s.lease_retry_s)
@@ -405,7 +405,7 @@ class Dispatcher:
             # Billing may have granted it and its answer be lost: give it back (admitted nothing), durably; a
             # grant arriving after that is refused.
             self._leases.refused(account_id, time.monotonic() + s.lease_retry_s)
-            self._give_back(Lease(lease_id, account_id, 0, since=time.monotonic()))
+            self._give_back(Lease(lease_id, account_id, 0))
         finally:
             del self._granting[account_id]
             answered.set_result(None)
@@ -752,26 +752,23 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self._settings.reservation_keepalive_s)
             running = [r for r, f in self._in_flight.items() if f.route.caller is not None]
-            running += list(self._undelivered)
-            for start in range(0, len(running), 2000):
-                note = ReservationsAlive(request_ids=running[start : start + 2000])
-                try:
-                    await self._broker.connection.publish(subjects.RESERVATIONS_ALIVE, note.model_dump_json().encode())
-                except Exception:
-                    self._log.exception("reservations not kept alive")
+            await self._keep_alive(running + list(self._undelivered), "request_ids")
 
     async def keep_leases_alive(self) -> None:
         """Tell billing, every ``lease_keepalive_s``, which credit leases this router holds, so they outlive
         billing's lease TTL (a lease not kept alive is recalled, or taken back); an error is logged."""
         while True:
             await asyncio.sleep(self._settings.lease_keepalive_s)
-            held = self._leases.held_ids()
-            for start in range(0, len(held), 2000):
-                note = ReservationsAlive(request_ids=[], lease_ids=held[start : start + 2000])
-                try:
-                    await self._broker.connection.publish(subjects.RESERVATIONS_ALIVE, note.model_dump_json().encode())
-                except Exception:
-                    self._log.exception("leases not kept alive")
+            await self._keep_alive(self._leases.held_ids(), "lease_ids")
+
+    async def _keep_alive(self, ids: list[str], field: str) -> None:
+        """``ReservationsAlive`` notes naming ``ids`` in ``field``, 2,000 a note."""
+        for start in range(0, len(ids), 2000):
+            note = ReservationsAlive.model_validate({"request_ids": [], field: ids[start : start + 2000]})
+            try:
+                await self._broker.connection.publish(subjects.RESERVATIONS_ALIVE, note.model_dump_json().encode())
+            except Exception:
+                self._log.exception("not kept alive", extra={"what": field})
 
     async def watch(self, interval_s: float = 0.5) -> None:
         """Fail over (or fail) requests whose adapter stopped heartbeating, settle those in flight for longer

@@ -25,7 +25,6 @@ class Lease:
     lease_id: str
     account_id: str
     granted: int
-    since: float
     # Unix time after which it admits nothing (its UTC day is ending: billing's ``LeaseGranted.until``).
     until: float = float("inf")
     admitted: int = 0
@@ -143,7 +142,7 @@ class LeaseBook:
         return list(self._held)
 
     def with_pending(self) -> list[Lease]:
-        """Leases (held or just given back by ``due``'s caller) whose admissions billing was not told of."""
+        """Leases held whose admissions billing was not told of (one given back is told by ``_give_back``)."""
         return [lease for lease in self._held.values() if lease.pending]
 
     @staticmethod

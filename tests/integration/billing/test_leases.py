@@ -60,12 +60,13 @@ def returned(caller: Caller, lease_id: str, admitted: int) -> LeaseReturned:
     return LeaseReturned(lease_id=lease_id, account_id=caller.account_id, admitted=admitted)
 
 
+async def no_router(lease_id: str, router_id: str) -> None:
+    """A recall nobody answers."""
+
+
 async def sweep(ledger: Ledger, ttl_s: float) -> int:
-    """Billing's lease sweep with no router answering its recalls."""
-    stale = await ledger.stale_leases(ttl_s)
-    for lease_id, _ in stale:
-        await ledger.expire_lease(lease_id, None)
-    return len(stale)
+    """Billing's lease sweep with no router answering its recalls: how many leases it took back."""
+    return (await ledger.expire_stale_leases(ttl_s, no_router))[0]
 
 
 def admitted(caller: Caller, request_id: str, amount: int) -> LeasedAdmission:
@@ -220,8 +221,14 @@ async def test_a_lease_admits_nothing_past_its_day_and_the_sweep_takes_back_yest
             conn, asked(caller, 1000), SHARE, dt.datetime.combine(yesterday, dt.time(12), tzinfo=dt.UTC)
         )
     assert isinstance(old, LeaseGranted)
+    recalled: list[str] = []
+
+    async def recall(lease_id: str, router_id: str) -> None:
+        recalled.append(lease_id)
+
     if dt.datetime.now(dt.UTC).time() >= dt.time(0, 3):  # the sweep waits two minutes past midnight
-        assert [lease_id for lease_id, _ in await ledger.stale_leases(3600)] == [old.lease_id]
+        assert await ledger.expire_stale_leases(3600, recall) == (1, 0)
+        assert recalled == [old.lease_id]
     assert await ledger.check() == []
 
 

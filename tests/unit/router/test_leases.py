@@ -24,7 +24,7 @@ def admission(request_id: str, amount: int) -> LeasedAdmission:
 
 def book_with(granted: int, now: float = 0.0) -> tuple[LeaseBook, Lease]:
     book = LeaseBook()
-    lease = Lease("L1", "acct", granted, since=now, last_used=now)
+    lease = Lease("L1", "acct", granted, last_used=now)
     book.add(lease, now)
     return book, lease
 
@@ -45,7 +45,7 @@ def test_a_lease_admits_only_what_it_still_covers() -> None:
 def test_a_replaced_lease_is_given_back_once_its_requests_are_over() -> None:
     book, first = book_with(1000)
     book.admit("acct", admission("a", 900), 1.0, 0.0)
-    second = Lease("L2", "acct", 1000, since=2.0, last_used=2.0)
+    second = Lease("L2", "acct", 1000, last_used=2.0)
     book.add(second, 2.0)
     assert book.admit("acct", admission("b", 50), 2.0, 0.0) is second  # the old one admits nothing more
     assert book.due(3.0, idle_s=60, stuck_s=3600, wall=0.0) == []  # "a" still runs
@@ -68,7 +68,7 @@ def test_an_idle_lease_goes_back_and_a_stuck_one_after_the_longest_request() -> 
 
     book, lease = book_with(1000)
     book.admit("acct", admission("a", 100), 1.0, 0.0)
-    book.add(Lease("L2", "acct", 1000, since=2.0, last_used=2.0), 2.0)
+    book.add(Lease("L2", "acct", 1000, last_used=2.0), 2.0)
     assert [held.lease_id for held in book.due(100.0, idle_s=2, stuck_s=3600, wall=0.0)] == ["L2"]  # idle, unlike L1
     assert book.due(3601.0, idle_s=2, stuck_s=3600, wall=0.0) == []
     assert book.due(3602.0, idle_s=2, stuck_s=3600, wall=0.0) == [lease]  # "a" never finished: given back anyway
@@ -91,7 +91,7 @@ def test_a_recalled_lease_admits_nothing_more_and_says_what_it_admitted() -> Non
 
 def test_a_lease_admits_nothing_past_its_until_and_is_then_given_back() -> None:
     book = LeaseBook()
-    lease = Lease("L1", "acct", 1000, since=0.0, last_used=0.0, until=1000.0)
+    lease = Lease("L1", "acct", 1000, last_used=0.0, until=1000.0)
     book.add(lease, 0.0)
     assert book.admit("acct", admission("a", 1), 1.0, wall=999.0) is lease
     assert book.admit("acct", admission("b", 1), 1.0, wall=1000.0) is None
@@ -122,7 +122,7 @@ async def test_a_recalled_lease_is_given_back_durably_too() -> None:
     js = FakeJetStream()
     broker = SimpleNamespace(connection=SimpleNamespace(jetstream=lambda: js))
     dispatcher = Dispatcher(RouterSettings(), "r1", broker, logging.getLogger("test"))  # type: ignore[arg-type]
-    dispatcher._leases.add(Lease("L1", "acct", 1000, since=0.0, last_used=0.0), 0.0)
+    dispatcher._leases.add(Lease("L1", "acct", 1000, last_used=0.0), 0.0)
     dispatcher._leases.admit("acct", admission("a", 100), 0.0, 0.0)
     assert dispatcher.recall_lease(RecallLease(lease_id="L1")).admitted == 100
     await dispatcher.drain()
@@ -138,7 +138,7 @@ async def test_a_request_whose_start_fails_does_not_keep_its_lease() -> None:
     js = FakeJetStream()
     broker = SimpleNamespace(connection=SimpleNamespace(jetstream=lambda: js))
     dispatcher = Dispatcher(RouterSettings(), "r1", broker, logging.getLogger("test"))  # type: ignore[arg-type]
-    lease = Lease("L1", "acct", 1000, since=0.0, last_used=0.0)
+    lease = Lease("L1", "acct", 1000, last_used=0.0)
     dispatcher._leases.add(lease, 0.0)
 
     async def admitted(request: object, amount: int) -> bool:
