@@ -550,7 +550,7 @@ class Ledger(PoolBound):
         async with self._pool.acquire() as conn:
             ids = await conn.fetch(
                 """SELECT lease_id::text FROM leases
-                   WHERE status <> 'open' AND granted - attached - released > 0
+                   WHERE status <> 'open' AND granted > attached + released
                      AND touched_at < now() - make_interval(secs => $1)""",
                 older_than_s,
             )
@@ -676,9 +676,10 @@ class Ledger(PoolBound):
         problems += [
             f"lease {r['lease_id']}: attached {r['attached']} but its reservations hold {r['held']}"
             for r in await self._pool.fetch(
-                """SELECT l.lease_id::text, l.attached,
-                          coalesce((SELECT sum(amount) FROM reservations r WHERE r.lease_id = l.lease_id), 0) AS held
-                   FROM leases l"""
+                """SELECT l.lease_id::text, l.attached, coalesce(r.held, 0) AS held
+                   FROM leases l
+                   LEFT JOIN (SELECT lease_id, sum(amount) AS held FROM reservations
+                              WHERE lease_id IS NOT NULL GROUP BY lease_id) r USING (lease_id)"""
             )
             if r["attached"] != r["held"]
         ]
