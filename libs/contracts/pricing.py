@@ -99,9 +99,7 @@ def generated_choices(body: dict[str, Any], endpoint: Endpoint = CHAT) -> int:
     best_of = body.get("best_of")
     if isinstance(best_of, int) and best_of > choices:
         choices = best_of
-    prompt = body.get("prompt")
-    prompts = len(prompt) if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)) else 1
-    return choices * prompts
+    return choices * input_count(body.get("prompt"))
 
 
 def to_credits(micro: int) -> float:

@@ -182,7 +182,7 @@ class _Assembler:
     """What both assemblers share: the choices so far, each index at most once and within ``max_choices``,
     a byte budget for everything a hoster sends, and the body around the assembled choices."""
 
-    def __init__(self, max_choices: int, max_bytes: int) -> None:
+    def __init__(self, max_choices: int = 128, max_bytes: int = 900_000) -> None:
         self._choices: dict[int, dict[str, Any]] = {}
         self._max_choices = max_choices
         self._budget = self._max_bytes = max_bytes
@@ -327,9 +327,6 @@ def _new_text_choice() -> dict[str, Any]:
 class TextAssembler(_Assembler):
     """Gathers the chunks of a text completion's stream into one ``text_completion``, bounded like
     ``CompletionAssembler``: at most ``max_choices`` choices and ``max_bytes`` of text and logprobs."""
-
-    def __init__(self, max_choices: int = 128, max_bytes: int = 900_000) -> None:
-        super().__init__(max_choices, max_bytes)
 
     def add(self, chunk: dict[str, Any]) -> None:
         """Merge one upstream chunk."""

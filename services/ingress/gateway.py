@@ -8,7 +8,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import orjson
 from nats.aio.client import Client
@@ -118,7 +118,7 @@ class UsageGuard:
         or ``None`` when it is not JSON objects: a hoster's garbage never reaches the client."""
         if b"\n" in body:
             taken = [self._take_one(line) for line in frames.chunks(body)]
-            return None if not taken or None in taken else b"\n".join(t for t in taken if t is not None)
+            return None if not taken or None in taken else b"\n".join(cast(list[bytes], taken))
         return self._take_one(body)
 
     def _take_one(self, body: bytes) -> bytes | None:
