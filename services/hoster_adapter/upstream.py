@@ -262,7 +262,6 @@ class HosterAdapter:
         status: int | None = None
         client_error = False
         ttft: list[float] = []
-        sent = 0
         span = TRACER.start_span(
             f"upstream {dispatch.endpoint}",
             kind=SpanKind.CLIENT,
@@ -271,20 +270,19 @@ class HosterAdapter:
         try:
             with trace.use_span(span, end_on_exit=True):
                 if dispatch.endpoint == EMBEDDINGS:
-                    sent = await self._embed(hoster, active, tally, ttft)
+                    await self._embed(hoster, active, tally, ttft)
                 else:
-                    sent = await self._stream(hoster, active, tally, ttft)
+                    await self._stream(hoster, active, tally, ttft)
             outcome = "succeeded"
         except asyncio.CancelledError:
             outcome = "cancelled"
-            sent = active.seq
         except UpstreamFailure as exc:
-            error, status, sent, client_error = str(exc), exc.status, active.seq, exc.client_error
+            error, status, client_error = str(exc), exc.status, exc.client_error
         except aiohttp.ClientError as exc:
-            error, sent = f"upstream {type(exc).__name__}: {exc}", active.seq
+            error = f"upstream {type(exc).__name__}: {exc}"
         except Exception as exc:
             self._log.exception("attempt crashed", extra={"request_id": dispatch.request_id})
-            error, sent = f"adapter error: {type(exc).__name__}", active.seq
+            error = f"adapter error: {type(exc).__name__}"
         finally:
             self._active.pop(dispatch.request_id, None)
             self._in_flight[hoster.id] -= 1
@@ -292,7 +290,8 @@ class HosterAdapter:
             dispatch,
             hoster.id,
             self.adapter_id,
-            AttemptEnd(outcome, error, status, client_error, sent),
+            # Every frame goes through _send_frame, which numbers it: how many the client was sent.
+            AttemptEnd(outcome, error, status, client_error, active.seq),
             tally,
             ttft[0] if ttft else None,
             (time.monotonic() - started) * 1000,
@@ -308,8 +307,8 @@ class HosterAdapter:
             self._log.warning("attempt failed", extra={"request_id": dispatch.request_id, "error": error})
         await self._publish_finished(dispatch.router_id, event)
 
-    async def _stream(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> int:
-        """Call the upstream streaming, forward or assemble its chunks; return how many frames were sent.
+    async def _stream(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> None:
+        """Call the upstream streaming, forward or assemble its chunks (``active.seq`` counts the frames sent).
 
         Everything the upstream sends is held to the settings' bounds, and the whole exchange runs under one
         deadline: the first chunk's, then moved on with each chunk by the stall limit, never past the
@@ -418,11 +417,10 @@ class HosterAdapter:
             if rewriter is not None and dispatch.include_usage and not rewriter.usage_sent:
                 await self._send_frame(active, frames.CHUNK, rewriter.usage_chunk(tally.usage(dispatch.body)))
             await self._send_frame(active, frames.END)
-        return active.seq
 
-    async def _embed(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> int:
-        """Ask the upstream for embeddings (one answer, no stream) and send the client's body as one frame;
-        return how many frames were sent. The answer is due within the first-byte deadline and read up to the
+    async def _embed(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> None:
+        """Ask the upstream for embeddings (one answer, no stream) and send the client's body as one frame. The
+        answer is due within the first-byte deadline and read up to the
         largest message NATS carries; it is checked before anything reaches the client (``embeddings_body``)."""
         assert self._http is not None
         assert self._nc is not None
@@ -465,7 +463,6 @@ class HosterAdapter:
         if len(answer) > self._max_payload():
             raise UpstreamFailure("response_too_large: the embeddings do not fit one message; send fewer inputs")
         await self._send_frame(active, frames.COMPLETION, answer)
-        return active.seq
 
     def _headers(self, hoster: HosterConfig, accept: str = "application/json") -> dict[str, str]:
         """Headers of a request to ``hoster``: JSON, uncompressed, trace context, its API key if it has one."""
