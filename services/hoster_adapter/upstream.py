@@ -420,8 +420,8 @@ class HosterAdapter:
 
     async def _embed(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> None:
         """Ask the upstream for embeddings (one answer, no stream) and send the client's body as one frame. The
-        answer is due within the first-byte deadline and read up to the
-        largest message NATS carries; it is checked before anything reaches the client (``embeddings_body``)."""
+        answer is due within the first-byte deadline and read up to the largest message NATS carries; it is
+        checked before anything reaches the client (``embeddings_body``)."""
         assert self._http is not None
         assert self._nc is not None
         s = self._settings
