@@ -183,17 +183,9 @@ class Refused(BaseModel):
 Admission = Annotated[Reserved | Refused, Field(discriminator="status")]
 
 
-def attempt_billable(outcome: str, stream: bool, chunks_sent: int) -> bool:
-    """The one rule for whether a client pays for an attempt, for the router settling a request and billing
-    sweeping one whose end it never heard: it pays for what reached it. A success, or a cancelled attempt (the
-    client left: what was made is billed), is billed; a failure is billed only when it was a stream that had
-    already sent the client something. What it pays is the attempt's usage held to the request's bounds, at
-    most the reservation (``services.billing.ledger``)."""
-    return outcome != "failed" or (stream and chunks_sent > 0)
-
-
 class BilledAttempt(BaseModel):
-    """One attempt as billing charges it; only attempts that produced something the client got are billed."""
+    """One attempt as billing charges it; only attempts the client received something from are billed, at the
+    prices of their dispatch (``services.router.service.charge``)."""
 
     attempt: int
     hoster_id: str
@@ -205,8 +197,36 @@ class BilledAttempt(BaseModel):
     usage_discrepancy: str | None = None
 
 
+class DispatchRecord(BaseModel):
+    """One attempt a router dispatched and a hoster took, as the router recorded it: the dispatch's prices,
+    the router's verdict, the time on the router's clock and the ingress's, what the client received
+    (``chunks_sent``: frames of content), and the hoster's claimed usage beside it. Billing keeps these as the
+    request's routing record; nothing of it is the hoster's word alone."""
+
+    attempt: int = Field(ge=1)
+    hoster_id: str
+    adapter_id: str
+    model: str
+    stream: bool
+    outcome: Literal["succeeded", "failed", "cancelled"]
+    # The usage the hoster claimed (0 when it reported none), held to what a record can hold.
+    prompt_tokens: int = Field(ge=0)
+    completion_tokens: int = Field(ge=0)
+    usage_estimated: bool = False
+    input_price: Price
+    output_price: Price
+    chunks_sent: int = Field(ge=0)
+    finish_reason: str | None = None
+    error: str | None = None
+    ttft_ms: float | None = Field(None, ge=0)
+    duration_ms: float = Field(ge=0)
+    finished_at: float
+    dropped_parameters: list[str] = Field(default_factory=list)
+
+
 class RequestFinished(BaseModel):
-    """router -> JetStream -> billing: the request is over; charge its billed attempts, release the rest."""
+    """router -> JetStream -> billing: the request is over; charge its billed attempts, release the rest,
+    and keep ``records`` (every attempt it dispatched that a hoster took) as its routing record."""
 
     request_id: str
     account_id: str
@@ -219,6 +239,7 @@ class RequestFinished(BaseModel):
     # recorded it yet (``LeasedAdmissions`` travel in batches).
     leased: LeasedAdmission | None = None
     lease_id: str | None = None
+    records: list[DispatchRecord] = Field(default_factory=list)
 
 
 class CreditsQuery(BaseModel):

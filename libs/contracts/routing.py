@@ -89,6 +89,8 @@ class RouteAccepted(BaseModel):
     fee_bps: int = 0
     # The router that owns the request: the ingress tells it what reached the client (``RequestDelivered``).
     router_id: str = ""
+    # The serving offer's reply subject (``subjects.offer_subject``): the ingress reads frames from it alone.
+    reply_subject: str = ""
 
 
 class RouteRejected(BaseModel):
@@ -103,7 +105,8 @@ RouteDecision = Annotated[RouteAccepted | RouteRejected, Field(discriminator="st
 
 
 class AttemptDispatch(BaseModel):
-    """router -> hoster_adapter: run attempt ``attempt`` of a request on one hoster."""
+    """router -> hoster_adapter: run attempt ``attempt`` of a request on one hoster. Every offer is a new
+    attempt number with a reply subject of its own (``subjects.offer_subject``)."""
 
     request_id: str
     attempt: int
@@ -143,10 +146,11 @@ AttemptOutcome = Literal["succeeded", "failed", "cancelled"]
 
 
 class AttemptFinished(BaseModel):
-    """hoster_adapter -> JetStream: one attempt is over. Billing records it; the owning router learns of it.
+    """hoster_adapter -> the router that dispatched (core): one attempt is over, as the hoster claims it.
 
-    ``chunks_sent`` counts chunks already published to the client's reply subject: an attempt that sent
-    any cannot be retried elsewhere without the client seeing two answers.
+    A claim, never a record: the router believes its usage only up to what the client received, prices only
+    from its own dispatch, and its outcome only as far as the ingress confirms it (``services.router.service``).
+    ``chunks_sent`` counts chunks the hoster says it published to the client's reply subject.
     """
 
     request_id: str
@@ -175,14 +179,40 @@ class AttemptFinished(BaseModel):
 
 
 class RequestDelivered(BaseModel):
-    """ingress -> the owning router, when a request ended: the UTF-8 bytes of text the client received from
-    attempt ``attempt`` (content, reasoning, refusal, tool call names and arguments) over ``choices``
-    choices. The router bills no more completion tokens than that text can hold."""
+    """ingress -> the owning router, once, when the client's response ended (whatever ended it): what of
+    attempt ``attempt`` reached the client: ``frames`` frames of content (0: nothing), the UTF-8 bytes of
+    text in them (content, reasoning, refusal, tool call names and arguments) over ``choices`` choices, and
+    the time from the attempt's start to its first content on the ingress's clock. The network's own record
+    of what the client received: the router bills an attempt only on it, and no more completion tokens than
+    that text can hold; no note (within the router's wait) is nothing delivered."""
 
     request_id: str
     attempt: int = Field(ge=1)
     text_bytes: int = Field(ge=0)
     choices: int = Field(ge=1)
+    frames: int = Field(0, ge=0)
+    ttft_ms: float | None = Field(None, ge=0)
+
+
+class AttemptObserved(BaseModel):
+    """One attempt as the router that dispatched it judged it, for every replica's stats and trust."""
+
+    hoster_id: str
+    model: str
+    outcome: AttemptOutcome
+    chunks_sent: int = Field(ge=0)
+    ttft_ms: float | None = Field(None, ge=0)
+    completion_tokens: int = Field(ge=0)
+    duration_ms: float = Field(ge=0)
+    client_error: bool = False
+    discrepancy: bool = False
+
+
+class AttemptsObserved(BaseModel):
+    """router -> every router (``ATTEMPTS_OBSERVED``): outcomes of attempts ``router_id`` dispatched."""
+
+    router_id: str
+    observations: list[AttemptObserved]
 
 
 # Why the ingress gives up on an attempt: the client left, or the hoster missed a deadline the ingress

@@ -26,15 +26,20 @@ _ATTEMPT_CANCEL = "adapter.attempt.cancel"
 # hoster_adapter -> routers (broadcast): one hoster is alive, with its models and prices.
 _HOSTER_HEARTBEAT = "adapter.hoster.heartbeated"
 HOSTER_HEARTBEAT_ALL = _HOSTER_HEARTBEAT + ".*"
-# hoster_adapter -> JetStream (billing, durable) and the routers (core): one attempt is over.
-# ``adapter.attempt.finished.<hoster>.<router>``.
+# hoster_adapter -> the router that dispatched (core, never stored): one attempt is over, as the hoster claims
+# it; ``adapter.attempt.finished.<hoster>.<router>``. The router checks the claim against its own record of the
+# dispatch; billing never reads a hoster's report (it settles from the router's records).
 _ATTEMPT_FINISHED = "adapter.attempt.finished"
 ATTEMPT_FINISHED_ALL = _ATTEMPT_FINISHED + ".>"
+# router -> every router (broadcast, core): the outcomes of attempts it dispatched, as it judged them, in
+# batches: the one source of every replica's stats and trust (no hoster may publish here).
+ATTEMPTS_OBSERVED = "router.attempts.observed"
 # router -> JetStream (billing, durable): the request is over; settle its reservation.
 REQUEST_FINISHED = "router.request.finished"
 # ingress -> the router that owns a request: what reached the client (``router.request.delivered.<router>``).
 _REQUEST_DELIVERED = "router.request.delivered"
-# The JetStream stream holding both usage events; billing reads each through its own durable consumer.
+# The JetStream stream holding the platform's usage events (settlements, lease events; nothing a hoster
+# sends); billing reads each through its own durable consumer.
 USAGE_STREAM = "USAGE"
 # billing -> JetStream: a usage event billing could not handle by its last delivery (or could not read at all),
 # kept with why, for an operator (``computeshare deadletter list|replay``): ``billing.deadletter.<consumer>``.
@@ -105,7 +110,6 @@ QUEUE_ROUTER = "router"
 QUEUE_HOSTER_ADAPTER = "hoster_adapter"
 QUEUE_BILLING = "billing"
 # JetStream binds a push consumer's durable name to its deliver group, so each durable has its own group.
-BILLING_ATTEMPTS_DURABLE = "billing_attempts"
 BILLING_REQUESTS_DURABLE = "billing_requests"
 BILLING_LEASES_DURABLE = "billing_leases"
 
@@ -142,6 +146,11 @@ def request_delivered(router_id: str) -> str:
 def lease_recall(router_id: str) -> str:
     """Where billing recalls router ``router_id``'s credit leases."""
     return f"{_LEASE_RECALL}.{router_id}"
+
+
+def attempts_finished_for_router(router_id: str) -> str:
+    """Wildcard a router subscribes for the outcome reports of its own dispatches."""
+    return f"{_ATTEMPT_FINISHED}.*.{router_id}"
 
 
 def attempts_accepted_by_router(router_id: str) -> str:
@@ -234,12 +243,29 @@ def control_subject(reply_subject: str) -> str:
 
 def reply_inbox(ingress_id: str) -> str:
     """Wildcard an ingress instance subscribes once, before it publishes any request."""
-    return f"{_REPLY}.{ingress_id}.*"
+    return f"{_REPLY}.{ingress_id}.>"
 
 
 def reply_subject(ingress_id: str, request_id: str) -> str:
-    """The per-request reply subject where chunks of ``request_id`` arrive."""
+    """A request's reply subject, ``ingress.reply.<ingress>.<request>``: the base of its offers' subjects
+    (``offer_subject``); nobody publishes to it as it is."""
     return f"{_REPLY}.{ingress_id}.{request_id}"
+
+
+def offer_subject(reply: str, attempt: int, token: str) -> str:
+    """The reply subject of one offer of a request (``<reply>.<attempt>.<token>``): the router makes one per
+    offer, with an unguessable ``token``, and names it to the ingress when that offer serves; the hoster
+    offered it may publish only there (its response permission), and the ingress reads only the subject of
+    the attempt it is serving, so no other hoster's frames (one that declined, one that was abandoned) reach
+    the client."""
+    return f"{reply}.{attempt}.{token}"
+
+
+def offer_of(reply: str, subject: str) -> str | None:
+    """The offer part (``<attempt>.<token>``) of ``subject`` under request reply subject ``reply``."""
+    if not subject.startswith(reply) or subject[len(reply) : len(reply) + 1] != ".":
+        return None
+    return subject[len(reply) + 1 :]
 
 
 def deadletter(consumer: str) -> str:

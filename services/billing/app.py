@@ -18,7 +18,7 @@ from services.billing.accounts import Accounts
 from services.billing.durable import Redelivery
 from services.billing.handlers import register_handlers, register_management_handlers
 from services.billing.ledger import Ledger, Recall
-from services.billing.repository import HosterRepository, UsageRepository, apply_migrations
+from services.billing.repository import HosterRepository, apply_migrations
 from services.billing.settings import BillingSettings
 
 SERVICE = "billing"
@@ -55,14 +55,13 @@ def build_app(settings: BillingSettings) -> FastStream:
     """The billing app for ``settings``; nothing connects until it runs."""
     kit = service_kit(SERVICE, settings)
     broker, logger = kit.broker, kit.logger
-    usage = UsageRepository()
     ledger = Ledger()
     hosters = HosterRepository()
     accounts = Accounts()
     redelivery = Redelivery(settings.max_deliver, settings.retry_backoff_s, settings.retry_backoff_max_s)
     hot = HotSubscriptions(logger, kit.tracer_provider)
     recall = register_handlers(
-        broker, hot, ledger, accounts, usage, hosters, settings.workers, redelivery, kit.logger, settings.lease_share
+        broker, hot, ledger, accounts, hosters, settings.workers, redelivery, kit.logger, settings.lease_share
     )
     register_management_handlers(broker, accounts, hosters, settings.workers)
 
@@ -78,7 +77,6 @@ def build_app(settings: BillingSettings) -> FastStream:
         try:
             applied = await apply_migrations(pool)
             logger.info("migrations applied", extra={"applied": applied})
-            usage.attach(pool)
             ledger.attach(pool)
             hosters.attach(pool)
             accounts.attach(pool)

@@ -63,13 +63,12 @@ from libs.contracts.management import (
     VerifyHosterToken,
     VerifyManagementKey,
 )
-from libs.contracts.routing import AttemptFinished
 from libs.platform.broker import HotSubscriptions
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.accounts import Accounts
 from services.billing.durable import Batches, Redelivery, consume
 from services.billing.ledger import Ledger, NotFound, Recall
-from services.billing.repository import HosterRepository, UsageRepository
+from services.billing.repository import HosterRepository
 
 # Request ids one keep-alive note may name.
 MAX_ALIVE = 5000
@@ -86,7 +85,6 @@ def register_handlers(
     hot: HotSubscriptions,
     ledger: Ledger,
     accounts: Accounts,
-    usage: UsageRepository,
     hosters: HosterRepository,
     workers: int,
     redelivery: Redelivery,
@@ -198,34 +196,7 @@ def register_handlers(
         """Every registered hoster, for routing."""
         return await hosters.registrations()
 
-    # The usage events, from JetStream, on ``hot`` too: every request brings two.
-    def reported_by_its_hoster(message: Msg) -> AttemptFinished | None:
-        """The attempt, unless a hoster reports on another's (the subject names the reporter: the server lets
-        a hoster publish under its own id alone)."""
-        event = AttemptFinished.model_validate_json(message.data)
-        return event if event.hoster_id == subjects.hoster_of(message.subject) else None
-
-    async def record_alone(message: Msg) -> None:
-        async def work(_: bytes) -> None:
-            event = reported_by_its_hoster(message)
-            if event is not None:
-                await usage.record_attempt(event)
-
-        await consume(message, work, redelivery, js(), subjects.BILLING_ATTEMPTS_DURABLE, logger)
-
-    async def record_together(messages: list[Msg]) -> None:
-        events = [e for e in (reported_by_its_hoster(m) for m in messages) if e is not None]
-        await usage.record_attempts(events)
-
-    attempts = Batches(record_together, record_alone)
-
-    async def record_attempt(message: Msg) -> None:
-        """Record one finished attempt, written together with those arriving meanwhile."""
-        await attempts.add(message)
-
-    hot.add_durable(subjects.ATTEMPT_FINISHED_ALL, subjects.USAGE_STREAM, subjects.BILLING_ATTEMPTS_DURABLE,
-                    record_attempt, workers)  # fmt: skip
-
+    # The usage events, from JetStream, on ``hot`` too: every request brings one settlement.
     async def settle_alone(message: Msg) -> None:
         async def work(body: bytes) -> None:
             settled = await ledger.settle(RequestFinished.model_validate_json(body))

@@ -30,7 +30,6 @@ from libs.contracts.billing import (
     ReserveCredits,
     Reserved,
     UsageItem,
-    attempt_billable,
 )
 from libs.contracts.common import ErrorReport
 from libs.contracts.pricing import Cost, cost_of
@@ -45,7 +44,7 @@ from services.billing.books import (
     post,
     reserved_account,
 )
-from services.billing.repository import PoolBound
+from services.billing.repository import RECORD, PoolBound, records_of
 
 
 class NotFound(Exception):
@@ -422,11 +421,13 @@ class Ledger(PoolBound):
     async def settle(self, event: RequestFinished) -> bool:
         """Charge a finished request's billed attempts and release the rest; ``False`` if already settled.
         A request admitted against a credit lease whose reservation billing has not recorded yet gets it
-        recorded first, in the same transaction.
+        recorded first, in the same transaction. Its attempts' records are kept (once).
 
         Counts below zero count as zero (the router already held them to the request's bounds)."""
         lines, prompt, completion, discrepancy = _charge_of(event)
         async with self._pool.acquire() as conn:
+            if event.records:
+                await conn.executemany(RECORD, records_of([event]))
             # What a reservation holds never changes once made: read without a lock; the close claims it only
             # while still open, atomically, so a concurrent settle or sweep of the same request changes nothing.
             held = await conn.fetchrow(_HELD, event.request_id)
@@ -472,6 +473,9 @@ class Ledger(PoolBound):
             closes.sort(key=lambda args: str(args[0]))
             if closes:
                 await conn.executemany(_CLOSE, closes)
+            records = records_of(events)
+            if records:
+                await conn.executemany(RECORD, records)
         return len({args[6] for args in closes})
 
     # Credit leases (``services.billing.leases``) ---------------------------------------------------------
@@ -575,8 +579,10 @@ class Ledger(PoolBound):
                 )
 
     async def expire_stale(self, older_than_s: float) -> int:
-        """Close reservations whose request never reported its end, charging the attempts billing recorded
-        for it. Replicas may sweep together: rows another one holds are skipped."""
+        """Close reservations whose request never reported its end (its router died before settling it),
+        charging nothing: the network's record of what the client received died with that router, and a
+        hoster's report alone is never billed. Replicas may sweep together: rows another one holds are
+        skipped."""
         closed = 0
         async with self._pool.acquire() as conn:
             while True:
@@ -589,35 +595,7 @@ class Ledger(PoolBound):
                     )
                     if held is None:
                         return closed
-                    recorded = await conn.fetch(
-                        """SELECT hoster_id::text, model, prompt_tokens, completion_tokens, input_price, output_price,
-                                  outcome, stream, chunks_sent
-                           FROM usage_records WHERE request_id = $1""",
-                        held["request_id"],
-                    )
-                    attempts = [a for a in recorded if attempt_billable(a["outcome"], a["stream"], a["chunks_sent"])]
-                    lines = [
-                        (
-                            a["hoster_id"],
-                            cost_of(
-                                max(0, a["prompt_tokens"]),
-                                max(0, a["completion_tokens"]),
-                                a["input_price"],
-                                a["output_price"],
-                                held["fee_bps"],
-                            ),
-                        )
-                        for a in attempts
-                    ]
-                    closed += await self._close(
-                        conn,
-                        held,
-                        lines,
-                        sum(max(0, a["prompt_tokens"]) for a in attempts),
-                        sum(max(0, a["completion_tokens"]) for a in attempts),
-                        attempts[0]["model"] if attempts else None,
-                        "expired",
-                    )
+                    closed += await self._close(conn, held, [], 0, 0, None, "expired")
 
     async def _close(
         self,

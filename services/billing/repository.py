@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 
+from libs.contracts.billing import DispatchRecord, RequestFinished
 from libs.contracts.hosters import HosterRegistrations, RegisteredHoster, hoster_uuid
 from libs.contracts.management import (
     HosterAttempt,
@@ -16,7 +17,6 @@ from libs.contracts.management import (
     HosterDay,
     HosterTokenInfo,
 )
-from libs.contracts.routing import AttemptFinished
 
 # Any fixed number: every billing replica takes this advisory lock while migrating, so one migrates at a time.
 _MIGRATION_LOCK = 0x6353_6269_6C6C
@@ -95,60 +95,42 @@ class PoolBound:
         return self._pool_ref
 
 
-_RECORD = """INSERT INTO usage_records (
+RECORD = """INSERT INTO usage_records (
         request_id, attempt, hoster_id, adapter_id, model, stream, outcome,
         prompt_tokens, completion_tokens, usage_estimated, input_price, output_price,
         finish_reason, error, ttft_ms, duration_ms, finished_at, dropped_parameters, chunks_sent)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-    ON CONFLICT (request_id, attempt) DO NOTHING"""
+    ON CONFLICT (request_id, attempt, hoster_id) DO NOTHING"""
 
 
-def _record_args(event: AttemptFinished) -> tuple[Any, ...]:
-    usage = event.usage
+def record_args(request_id: str, record: DispatchRecord) -> tuple[Any, ...]:
+    """``RECORD``'s arguments for one attempt of a settled request, as its router recorded it."""
     return (
-        event.request_id,
-        event.attempt,
-        event.hoster_id,
-        event.adapter_id,
-        event.model,
-        event.stream,
-        event.outcome,
-        _count(usage.prompt_tokens),
-        _count(usage.completion_tokens),
-        usage.estimated,
-        event.input_price,
-        event.output_price,
-        event.finish_reason,
-        event.error,
-        event.ttft_ms,
-        event.duration_ms,
-        dt.datetime.fromtimestamp(event.finished_at, tz=dt.UTC),
-        event.dropped_parameters,
-        max(0, event.chunks_sent),
+        request_id,
+        record.attempt,
+        record.hoster_id,
+        record.adapter_id,
+        record.model,
+        record.stream,
+        record.outcome,
+        _count(record.prompt_tokens),
+        _count(record.completion_tokens),
+        record.usage_estimated,
+        record.input_price,
+        record.output_price,
+        record.finish_reason,
+        record.error,
+        record.ttft_ms,
+        record.duration_ms,
+        dt.datetime.fromtimestamp(record.finished_at, tz=dt.UTC),
+        record.dropped_parameters,
+        record.chunks_sent,
     )
 
 
-class UsageRepository(PoolBound):
-    """Usage records; recording the same attempt twice is a no-op (JetStream may redeliver)."""
-
-    async def record_attempt(self, event: AttemptFinished) -> bool:
-        """Store one finished attempt; ``False`` when it was already recorded."""
-        status = await self._pool.execute(_RECORD, *_record_args(event))
-        return bool(status.endswith(" 1"))
-
-    async def record_attempts(self, events: list[AttemptFinished]) -> None:
-        """Store finished attempts in one pipelined round trip, all or none (those already recorded are
-        skipped); one alone without a transaction."""
-        if len(events) <= 1:
-            for event in events:
-                await self.record_attempt(event)
-            return
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.executemany(_RECORD, [_record_args(event) for event in events])
-
-    async def usage_of(self, request_id: str) -> list[asyncpg.Record]:
-        """Every recorded attempt of ``request_id``."""
-        return await self._pool.fetch("SELECT * FROM usage_records WHERE request_id = $1 ORDER BY attempt", request_id)
+def records_of(events: list[RequestFinished]) -> list[tuple[Any, ...]]:
+    """``RECORD``'s arguments for every attempt record of ``events``."""
+    return [record_args(event.request_id, record) for event in events for record in event.records]
 
 
 class HosterNameTaken(ValueError):

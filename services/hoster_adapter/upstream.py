@@ -14,7 +14,6 @@ import httpx
 import orjson
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.client import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 from yarl import URL
@@ -24,7 +23,6 @@ from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus
 from libs.contracts.pricing import generated_choices
 from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
-from libs.platform.broker import publish_durably
 from libs.platform.metrics import IN_FLIGHT, TIME_TO_FIRST_TOKEN, TOKENS
 from libs.platform.telemetry import REQUEST_ID, inject_headers, span_attributes
 from services.hoster_adapter.profiles import PROFILES
@@ -101,7 +99,6 @@ class HosterAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
         self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
         self._http: aiohttp.ClientSession | None = None
         # Each hoster's endpoint URLs, parsed once.
         self._urls: dict[str, dict[str, URL]] = {
@@ -114,7 +111,6 @@ class HosterAdapter:
         """Take the NATS connection, open the HTTP client, start heartbeats and keepalives."""
         s = self._settings
         self._nc = nc
-        self._js = nc.jetstream()
         # aiohttp directly: httpx's layers over it (request building, URL merging, auth and redirect handling,
         # its cookie jar) cost more CPU per call than aiohttp's own work, and the adapter's CPU is the
         # gateway's bottleneck. Hosters are strangers: nothing they send persists here (no cookie jar), no
@@ -530,15 +526,15 @@ class HosterAdapter:
             return await self._http.post(url, data=content, headers=headers, allow_redirects=False)
 
     async def _publish_finished(self, router_id: str, event: AttemptFinished) -> None:
-        """Publish the outcome to JetStream, deduplicated per attempt and hoster."""
-        assert self._js is not None
-        await publish_durably(
-            self._js,
-            subjects.attempt_finished(event.hoster_id, router_id),
-            event.model_dump_json().encode(),
-            f"{event.request_id}:{event.attempt}:{event.hoster_id}",
-            self._log,
-        )
+        """Report the outcome to the router that dispatched the attempt (a core message: the router holds the
+        request's record and settles it; a lost report bills nothing for the attempt)."""
+        assert self._nc is not None
+        try:
+            await self._nc.publish(
+                subjects.attempt_finished(event.hoster_id, router_id), event.model_dump_json().encode()
+            )
+        except Exception as exc:  # a reconnect: the router settles without it
+            self._log.warning("attempt report not sent", extra={"request_id": event.request_id, "error": repr(exc)})
 
     async def _heartbeat_loop(self) -> None:
         assert self._nc is not None

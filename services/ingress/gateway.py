@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from typing import TypeVar, cast
 
@@ -89,7 +89,17 @@ class UsageGuard:
     ``client_usage`` of the bounded counts, so its details never exceed their counts, its cost is the
     gateway's, and nothing else a hoster put in it passes."""
 
-    __slots__ = ("bounds", "choices", "fee_bps", "input_price", "output_price", "text", "text_bytes", "vectors")
+    __slots__ = (
+        "bounds",
+        "choices",
+        "fee_bps",
+        "input_price",
+        "output_price",
+        "progress",
+        "text",
+        "text_bytes",
+        "vectors",
+    )
 
     def __init__(
         self,
@@ -111,6 +121,9 @@ class UsageGuard:
         self.fee_bps = fee_bps
         self.text_bytes = 0
         self.choices = 1
+        # Objects taken that carried something for the client (text, a tool call, a finish reason, usage, an
+        # embedding): a hoster's empty chunks (``{"choices": []}``, a bare role) are no sign of progress.
+        self.progress = 0
 
     def take(self, body: bytes) -> bytes | None:
         """Count the text of ``body`` (a completion, or a chunk frame's chunks, one per line); return it with
@@ -134,12 +147,15 @@ class UsageGuard:
             return None
         if self.vectors is not None and not _vectors_fit(doc.get("data"), self.vectors):
             return None
+        text_before = self.text_bytes
         if b"\r" in body:
             # JSON may carry a carriage return as whitespace, and SSE readers end a line at one: written again
             # without it, no hoster can slip a field or an event boundary into the client's stream.
             body = orjson.dumps(doc)
-        self._count(doc.get("choices"))
+        finished = self._count(doc.get("choices"))
         usage = doc.get("usage")
+        if finished or self.text_bytes > text_before or isinstance(usage, dict) or self.vectors is not None:
+            self.progress += 1
         if not isinstance(usage, dict):
             return body
         bounds = self.bounds.with_text(self.text_bytes, self.choices)
@@ -162,15 +178,19 @@ class UsageGuard:
         doc["usage"] = held
         return orjson.dumps(doc)
 
-    def _count(self, choices: object) -> None:
+    def _count(self, choices: object) -> bool:
+        """Count the text of ``choices``; whether any of them carried a finish reason or a tool call."""
         if not isinstance(choices, list):
-            return
+            return False
+        marked = False
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index")
             if isinstance(index, int) and 0 <= index < MAX_CHOICES:
                 self.choices = max(self.choices, index + 1)
+            if isinstance(choice.get("finish_reason"), str):
+                marked = True
             if self.text:
                 text = choice.get("text")
                 if isinstance(text, str):
@@ -186,10 +206,12 @@ class UsageGuard:
             for call in part.get("tool_calls") or ():
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
+                    marked = True
                     for key in ("name", "arguments"):
                         text = function.get(key)
                         if isinstance(text, str):
                             self.text_bytes += len(text.encode())
+        return marked
 
 
 def _vectors_fit(data: object, count: int) -> bool:
@@ -211,6 +233,11 @@ def _count_of(value: object) -> int:
 MAX_CHOICES = 128
 
 
+# What a request holds, at most, of frames of attempts the router has not named yet (``ReplyStream._hold``):
+# normally the first frames of the hoster that just took a failover, which may overtake the router's notice.
+EARLY_BYTES = 1 << 20
+EARLY_OFFERS = 4
+
 # Frame kinds only the router sends, on the request's control subject.
 _ROUTER_KINDS = (bytes([frames.ATTEMPT]), bytes([frames.ERROR]))
 
@@ -218,35 +245,52 @@ _ROUTER_KINDS = (bytes([frames.ATTEMPT]), bytes([frames.ERROR]))
 class ReplyStream:
     """The frames of one request, in arrival order, with an idle timeout and the serving attempt's deadlines.
 
+    Each attempt answers on a reply subject of its own (``subjects.offer_subject``), which the router names
+    when the attempt serves (the route's answer, then a failover notice on the control subject): only frames
+    on the serving attempt's subject are read. A frame for an attempt not yet named is held (a little, in
+    bounded memory) until its notice arrives; one for an attempt older than the serving one is dropped. So a
+    hoster that declined an offer, or whose attempt was abandoned, never reaches the client.
+
     The idle timeout covers silence of the whole reply subject. On top of it the serving attempt must send its
-    first chunk by its first-byte deadline (plus grace) and then never go ``stall_s`` without a chunk;
-    keepalives do not count. A miss is reported to the router once, and from then on that attempt's frames are
-    dropped (a late answer from an abandoned hoster must not mix with its successor's), as are frames of any
-    attempt older than the serving one.
+    first content by its first-byte deadline (plus grace) and then never go ``stall_s`` without content;
+    keepalives and frames that carry nothing (``{"choices": []}``, a bare role) do not count. A miss is
+    reported to the router once, and from then on that attempt's frames are dropped.
 
     The serving attempt's chunks, completion and end are numbered from 0: a number skipped means frames were
     lost (a NATS reconnect), and the answer is cut there with an error (``incomplete_response``) rather than
-    passed off as whole; ``on_lost`` stops the request. A number seen twice is dropped.
+    passed off as whole; ``on_lost`` stops the request. A number seen twice is dropped. A failover notice
+    after content reached the client ends the answer with an error: two hosters' answers never mix.
 
     At most ``max_pending_bytes`` of frames wait for a client that does not read: past it they are dropped,
     the request is stopped (``on_lost``) and the client, if it ever reads again, gets the error
     ``client_too_slow``.
+
+    What reached the client (``delivered``: the attempt, its frames of content, its time to first content on
+    this clock) is the network's record the router bills on.
     """
 
     __slots__ = (
         "_abandoned",
+        "_armed",
         "_content",
         "_deadlines",
         "_due",
+        "_early",
+        "_early_bytes",
         "_heard",
         "_idle_s",
         "_max_pending",
+        "_offer",
         "_on_lost",
         "_overflowed",
         "_pending",
         "_queue",
+        "_ready",
         "_seq",
         "attempt",
+        "delivered_attempt",
+        "delivered_frames",
+        "first_content_ms",
         "guard",
         "request_id",
     )
@@ -260,7 +304,9 @@ class ReplyStream:
         max_pending_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         self.request_id = request_id
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str | None, bytes]] = asyncio.Queue()
+        # Frames to read before the queue's: those of an attempt held until the router named it.
+        self._ready: deque[tuple[str | None, bytes]] = deque()
         self._pending = 0
         self._max_pending = max_pending_bytes
         self._overflowed = False
@@ -268,31 +314,41 @@ class ReplyStream:
         self._deadlines = deadlines
         self._on_lost = on_lost
         self.attempt = 1
+        self._offer: str | None = None
         self._seq = 0
         self._abandoned = 0
         self._content = False
         self._due: float | None = None
-        self._heard = time.monotonic()
+        self._heard = self._armed = time.monotonic()
+        # Frames of attempts not yet named, by offer (``<attempt>.<token>``), and their bytes.
+        self._early: dict[str, list[bytes]] = {}
+        self._early_bytes = 0
         self.guard: UsageGuard | None = None
+        self.delivered_attempt = 0
+        self.delivered_frames = 0
+        self.first_content_ms: float | None = None
 
-    def put(self, data: bytes) -> None:
-        """Called by the reply subscription for each frame of this request: the hosters' frames. A failover
-        notice or an error there did not come from the router (it sends them on the control subject): a
-        hoster cannot re-arm deadlines, reprice the usage, name another hoster or end the request with an
-        error of its choosing, so they are dropped."""
+    def put(self, offer: str, data: bytes) -> None:
+        """Called by the reply subscription for each frame of this request on the subject of offer ``offer``:
+        the hosters' frames. A failover notice or an error there did not come from the router (it sends them
+        on the control subject): a hoster cannot re-arm deadlines, reprice the usage, name another hoster or
+        end the request with an error of its choosing, so they are dropped."""
         if data[:1] in _ROUTER_KINDS:
             return
-        self.put_control(data)
+        self._enqueue(offer, data)
 
     def put_control(self, data: bytes) -> None:
-        """Called by the control subscription (the router's frames), and by ``put`` for the hosters'."""
+        """Called by the control subscription: the router's frames."""
+        self._enqueue(None, data)
+
+    def _enqueue(self, offer: str | None, data: bytes) -> None:
         if self._overflowed:
             return
         self._pending += len(data)
         if self._pending > self._max_pending:
             self._overflow()
             return
-        self._queue.put_nowait(data)
+        self._queue.put_nowait((offer, data))
 
     def _overflow(self) -> None:
         """The client stopped reading: drop what waits for it, stop the request, leave it the error."""
@@ -305,56 +361,93 @@ class ReplyStream:
         report = errors.client_too_slow()
         error = frames.encode(frames.ERROR, self.attempt, -1, report.model_dump_json().encode())
         self._pending = len(error)
-        self._queue.put_nowait(error)
+        self._queue.put_nowait((None, error))
 
-    def _get(self) -> bytes:
-        data = self._queue.get_nowait()
-        self._pending -= len(data)
-        return data
+    def _get(self) -> tuple[str | None, bytes]:
+        item = self._queue.get_nowait()
+        self._pending -= len(item[1])
+        return item
 
-    def arm(self, attempt: int, first_byte_deadline_ms: float | None) -> None:
-        """Attempt ``attempt`` serves now; its first chunk is due within ``first_byte_deadline_ms`` (plus grace),
-        and never later than the ingress's own ceiling (the number may come from a frame a hoster forged)."""
+    def arm(self, attempt: int, first_byte_deadline_ms: float | None, reply_subject: str = "") -> None:
+        """Attempt ``attempt`` serves now, on ``reply_subject``; its first content is due within
+        ``first_byte_deadline_ms`` (plus grace), and never later than the ingress's own ceiling."""
         self.attempt = attempt
+        self._offer = reply_subject.partition(f".{self.request_id}.")[2] or None
         self._seq = 0
         self._content = False
-        self._heard = time.monotonic()
+        self._heard = self._armed = time.monotonic()
         if self._deadlines is not None:
             d = self._deadlines
             wait_s = d.ceiling_s if first_byte_deadline_ms is None else min(d.ceiling_s, first_byte_deadline_ms / 1000)
             self._due = self._heard + wait_s + d.grace_s
+        held = self._early.pop(self._offer, None) if self._offer is not None else None
+        self._early.clear()
+        self._early_bytes = 0
+        self._ready.extend((self._offer, data) for data in held or ())
 
-    def _take(self, data: bytes) -> frames.Frame | None:
-        """Decode a frame; ``None`` for one that means nothing to the client (a keepalive, a stale attempt's)."""
+    def _hold(self, offer: str, data: bytes) -> None:
+        """Keep a frame of an attempt the router has not named yet (it may be the next to serve)."""
+        attempt = offer.partition(".")[0]
+        if not attempt.isdigit() or int(attempt) <= self.attempt:
+            return  # an older attempt's, or garbage: never read
+        if self._early_bytes + len(data) > EARLY_BYTES or len(self._early) >= EARLY_OFFERS:
+            return
+        self._early.setdefault(offer, []).append(data)
+        self._early_bytes += len(data)
+
+    def _take(self, item: tuple[str | None, bytes]) -> frames.Frame | None:
+        """Decode a frame; ``None`` for one that means nothing to the client (a keepalive, another attempt's)."""
+        offer, data = item
+        if offer is not None and offer != self._offer:
+            self._hold(offer, data)
+            return None
         try:
             frame = frames.decode(data)
         except ValueError:
             return None  # a hoster's garbage: nothing for the client, not even a sign of life
         if frame.kind == frames.ERROR:
             return frame  # the router's word that the request is over, whichever attempt it names
-        if frame.attempt <= self._abandoned or frame.attempt < self.attempt:
+        if frame.kind == frames.ATTEMPT:
+            return self._fail_over(frame) if offer is None and frame.attempt > self.attempt else None
+        if frame.attempt != self.attempt or frame.attempt <= self._abandoned:
             return None  # does not even count as a sign of life
         self._heard = time.monotonic()
-        if frame.kind == frames.ATTEMPT:
-            if frame.attempt > self.attempt:
-                self.arm(frame.attempt, _deadline_of(frame.body))
-                if self.guard is not None:
-                    self.guard = _repriced(self.guard, frame.body)
-            return frame
         if frame.kind == frames.KEEPALIVE:
             return None
         if frame.seq != self._seq and frame.kind in (frames.CHUNK, frames.COMPLETION, frames.END):
             return None if frame.seq < self._seq else self._lost(frame)
         self._seq += 1
         if frame.kind in (frames.CHUNK, frames.COMPLETION):
-            if self._deadlines is not None:
-                self._content = True
-                self._due = self._heard + self._deadlines.stall_s
-            if self.guard is not None:
-                body = self.guard.take(frame.body)
+            guard = self.guard
+            before = guard.progress if guard is not None else 0
+            if guard is not None:
+                body = guard.take(frame.body)
                 if body is None:
                     return self._malformed(frame)
                 frame = frame._replace(body=body)
+            if guard is None or guard.progress > before:
+                self._progressed()
+        return frame
+
+    def _progressed(self) -> None:
+        """The serving attempt sent the client something: its stall deadline starts again."""
+        if self.delivered_frames == 0 or self.delivered_attempt != self.attempt:
+            self.delivered_attempt, self.delivered_frames = self.attempt, 0
+            self.first_content_ms = (self._heard - self._armed) * 1000
+        self.delivered_frames += 1
+        if self._deadlines is not None:
+            self._content = True
+            self._due = self._heard + self._deadlines.stall_s
+
+    def _fail_over(self, frame: frames.Frame) -> frames.Frame:
+        """The router's notice that another attempt serves now: armed, unless the client already has part of
+        an answer (then it ends: two hosters' answers never mix)."""
+        if self.delivered_frames:
+            return self._end_attempt(frame, errors.upstream_broke_off())
+        self._heard = time.monotonic()
+        self.arm(frame.attempt, _deadline_of(frame.body), _reply_of(frame.body))
+        if self.guard is not None:
+            self.guard = _repriced(self.guard, frame.body)
         return frame
 
     def _malformed(self, frame: frames.Frame) -> frames.Frame:
@@ -377,25 +470,28 @@ class ReplyStream:
         """The next frame that means something to the client; raises ``TimeoutError`` when the request heard
         nothing alive for the idle timeout."""
         while True:
-            if self._queue.empty():
-                data = await self._wait()
-                if data is None:
+            if self._ready:
+                item = self._ready.popleft()
+            elif self._queue.empty():
+                waited = await self._wait()
+                if waited is None:
                     continue
+                item = waited
             else:
-                data = self._get()
-            frame = self._take(data)
+                item = self._get()
+            frame = self._take(item)
             if frame is not None:
                 return frame
 
-    async def _wait(self) -> bytes | None:
+    async def _wait(self) -> tuple[str | None, bytes] | None:
         """The next frame off the wire; ``None`` when the serving attempt just missed a deadline."""
         idle_due = self._heard + self._idle_s
         due = self._due if self._due is not None and self._due < idle_due else idle_due
         try:
             async with asyncio.timeout(max(0.0, due - time.monotonic())):
-                data = await self._queue.get()
-                self._pending -= len(data)
-                return data
+                item = await self._queue.get()
+                self._pending -= len(item[1])
+                return item
         except TimeoutError:
             if due == idle_due:
                 raise
@@ -409,8 +505,8 @@ class ReplyStream:
     def ready_frames(self) -> list[frames.Frame]:
         """Frames already queued, without waiting: lets a stream write several at once."""
         ready = []
-        while not self._queue.empty():
-            frame = self._take(self._get())
+        while self._ready or not self._queue.empty():
+            frame = self._take(self._ready.popleft() if self._ready else self._get())
             if frame is not None:
                 ready.append(frame)
         return ready
@@ -424,6 +520,15 @@ def _repriced(guard: UsageGuard, body: bytes) -> UsageGuard:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return guard
     return UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps, guard.vectors, guard.text)
+
+
+def _reply_of(body: bytes) -> str:
+    """The reply subject an ATTEMPT frame names (the router's notice of the attempt that serves now)."""
+    try:
+        value = orjson.loads(body).get("reply_subject")
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def _deadline_of(body: bytes) -> float | None:
@@ -562,9 +667,11 @@ class Gateway:
             await asyncio.wait(set(self._background), timeout=2.0)
 
     async def _on_reply(self, msg: Msg) -> None:
-        stream = self._streams.get(msg.subject[self._prefix_len :])
-        if stream is not None:
-            stream.put(msg.data)
+        # ``ingress.reply.<ingress>.<request>.<attempt>.<token>``: the request, then its offer.
+        request_id, _, offer = msg.subject[self._prefix_len :].partition(".")
+        stream = self._streams.get(request_id)
+        if stream is not None and offer:
+            stream.put(offer, msg.data)
 
     async def _on_control(self, msg: Msg) -> None:
         stream = self._streams.get(msg.subject.rpartition(".")[2])
@@ -708,14 +815,19 @@ class Gateway:
         self._cancel(RequestCancelled(request_id=request_id))
 
     def delivered(self, router_id: str, replies: ReplyStream) -> None:
-        """Tell the router that owns the request what reached the client (it bills no more than that)."""
-        if self._nc is None or not router_id or replies.guard is None:
+        """Tell the router that owns the request, once its response to the client ended, what reached the
+        client: the network's record it bills on (nothing, if nothing did)."""
+        if self._nc is None or not router_id:
             return
+        guard = replies.guard
+        delivered = replies.delivered_frames > 0
         note = RequestDelivered(
             request_id=replies.request_id,
-            attempt=replies.attempt,
-            text_bytes=replies.guard.text_bytes,
-            choices=replies.guard.choices,
+            attempt=replies.delivered_attempt if delivered else max(1, replies.attempt),
+            text_bytes=guard.text_bytes if guard is not None and delivered else 0,
+            choices=guard.choices if guard is not None else 1,
+            frames=replies.delivered_frames,
+            ttft_ms=replies.first_content_ms if delivered else None,
         )
         self._publish(subjects.request_delivered(router_id), note.model_dump_json().encode())
 

@@ -26,7 +26,7 @@ from libs.contracts.openai import (
     validation_failure,
 )
 from libs.contracts.pricing import UsageBounds, input_count, to_credits
-from libs.contracts.routing import RouteRequest
+from libs.contracts.routing import RouteAccepted, RouteRequest
 from libs.platform import apikeys
 from libs.platform.ids import new_request_id
 from libs.platform.metrics import TIME_TO_FIRST_TOKEN
@@ -309,9 +309,10 @@ async def _complete(
     )
     replies = gateway.open_stream(request_id)
     handed_to_stream = False
+    accepted: RouteAccepted | None = None
     try:
         accepted = await gateway.route(route, settings.retry_after_s)
-        replies.arm(accepted.attempt, accepted.first_byte_deadline_ms)
+        replies.arm(accepted.attempt, accepted.first_byte_deadline_ms, accepted.reply_subject)
         if accepted.prompt_bound is not None and accepted.completion_bound is not None:
             bounds = UsageBounds(accepted.prompt_bound, accepted.completion_bound)
             vectors = input_count(payload.get("input")) if endpoint == EMBEDDINGS else None
@@ -339,13 +340,15 @@ async def _complete(
                 media_type="text/event-stream",
                 headers=headers | SSE_HEADERS,
             )
-        gateway.delivered(accepted.router_id, replies)
         return Response(first.body, media_type="application/json", headers=headers)
     except GatewayError as exc:
         return error_response(exc.report, {"x-request-id": request_id, **exc.headers})
     finally:
         if not handed_to_stream:
             gateway.close_stream(request_id)
+            if accepted is not None:
+                # Whatever ended it: the router bills on what reached the client, and nothing without this.
+                gateway.delivered(accepted.router_id, replies)
 
 
 async def _stream(

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import secrets
 import time
 import uuid
+from collections.abc import Callable
 
 import orjson
 from faststream.nats import NatsBroker
@@ -17,6 +20,7 @@ from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import (
     Admission,
     BilledAttempt,
+    DispatchRecord,
     LeaseAnswer,
     LeaseCredits,
     LeasedAdmission,
@@ -31,14 +35,16 @@ from libs.contracts.billing import (
     ReserveCredits,
     Reserved,
 )
-from libs.contracts.common import ErrorReport, Usage
+from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
 from libs.contracts.pricing import UsageBounds, requested_max_tokens
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptDispatch,
     AttemptFinished,
+    AttemptObserved,
     AttemptOutcome,
+    AttemptsObserved,
     RequestCancelled,
     RequestDelivered,
     RouteAccepted,
@@ -57,14 +63,16 @@ from services.router.service import (
     InFlight,
     NoEligibleHoster,
     RequestProfile,
-    bill_attempt,
-    billable,
+    Run,
     can_fail_over,
+    charge,
+    claimed_outcome,
+    delivery_due,
     first_byte_deadline_ms,
-    hold_to_text,
     max_cost,
     order_candidates,
     prefer_healthy,
+    record_of,
 )
 from services.router.settings import RouterSettings
 from services.router.stats import NetworkStats
@@ -75,6 +83,10 @@ _LEASE_ANSWER: TypeAdapter[LeaseAnswer] = TypeAdapter(LeaseAnswer)
 LEASE_ASKS = 3
 # How long a route_timeout is remembered for a request this router may still be routing.
 ABANDONED_TTL_S = 60.0
+# How often a router tells the others what it observed of its attempts (``AttemptsObserved``), at most.
+OBSERVED_FLUSH_S = 0.05
+# Observations one broadcast carries at most.
+OBSERVED_BATCH = 500
 
 
 class Dispatcher:
@@ -98,10 +110,13 @@ class Dispatcher:
         self._early: dict[tuple[str, int], AttemptFinished] = {}
         # Probe requests waiting for their attempt's report (see ``services.router.probes``).
         self._probe_reports: dict[str, asyncio.Future[AttemptFinished]] = {}
-        # Requests over, waiting for the ingress's word on what reached the client (``RequestDelivered``), and
-        # words that came before their request was over.
-        self._undelivered: dict[str, tuple[InFlight, str, AttemptOutcome]] = {}
-        self._deliveries: dict[str, RequestDelivered] = {}
+        # When each request waiting for the ingress's note, or for its serving attempt's report, stops waiting.
+        self._waits: dict[str, asyncio.TimerHandle] = {}
+        # Observations of this router's attempts not yet told to the other routers.
+        self._observed: list[AttemptObserved] = []
+        self._observed_flush: asyncio.TimerHandle | None = None
+        # Set whenever the last request in flight settles (what ``drain`` waits for).
+        self._none_in_flight = asyncio.Event()
         # Requests the ingress gave up on while this router was still routing them (``route_timeout``).
         self._abandoned: set[str] = set()
         self._publishing: set[asyncio.Task[bool]] = set()
@@ -171,22 +186,49 @@ class Dispatcher:
             )
         return LiveHosters(hosters=report)
 
-    def observe_attempt(self, event: AttemptFinished) -> None:
-        """Fold any router's attempt outcome into the stats, so every replica sees the same network."""
-        ATTEMPTS.labels(event.outcome).inc()
-        if event.outcome == "failed" and not event.client_error:
-            HOSTER_FAILURES.labels(event.hoster_id).inc()
+    def observe_attempt(self, observation: AttemptObserved) -> None:
+        """Fold one attempt as a router judged it into the stats (this router's own, or another's broadcast)."""
+        ATTEMPTS.labels(observation.outcome).inc()
+        if observation.outcome == "failed" and not observation.client_error:
+            HOSTER_FAILURES.labels(observation.hoster_id).inc()
+        now = time.time()
         self.stats.observe(
-            event.hoster_id,
-            time.time(),
-            model=event.model,
-            outcome=event.outcome,
-            chunks_sent=event.chunks_sent,
-            ttft_ms=event.ttft_ms,
-            completion_tokens=event.usage.completion_tokens,
-            duration_ms=event.duration_ms,
-            client_error=event.client_error,
+            observation.hoster_id,
+            now,
+            model=observation.model,
+            outcome=observation.outcome,
+            chunks_sent=observation.chunks_sent,
+            ttft_ms=observation.ttft_ms,
+            completion_tokens=observation.completion_tokens,
+            duration_ms=observation.duration_ms,
+            client_error=observation.client_error,
         )
+        if observation.discrepancy:
+            self._observe_discrepancy(observation.hoster_id)
+
+    def observed_elsewhere(self, batch: AttemptsObserved) -> None:
+        """Another router's observations of the attempts it dispatched (its own were folded already)."""
+        if batch.router_id == self.router_id:
+            return
+        for observation in batch.observations:
+            self.observe_attempt(observation)
+
+    def _observed_here(self, observation: AttemptObserved) -> None:
+        """Fold an observation of this router's and tell the others, in batches off the request's path."""
+        self.observe_attempt(observation)
+        self._observed.append(observation)
+        if self._observed_flush is None:
+            self._observed_flush = asyncio.get_running_loop().call_later(OBSERVED_FLUSH_S, self._flush_observed)
+
+    def _flush_observed(self) -> None:
+        self._observed_flush = None
+        pending, self._observed = self._observed, []
+        for start in range(0, len(pending), OBSERVED_BATCH):
+            batch = AttemptsObserved(router_id=self.router_id, observations=pending[start : start + OBSERVED_BATCH])
+            task = asyncio.create_task(
+                self._broker.connection.publish(subjects.ATTEMPTS_OBSERVED, batch.model_dump_json().encode())
+            )
+            task.add_done_callback(_log_failure(self._log, "observations not told"))
 
     async def route(self, request: RouteRequest) -> RouteAccepted | RouteRejected:
         """Order the eligible hosters, have billing admit the request, then start its first attempt."""
@@ -225,7 +267,7 @@ class Dispatcher:
             self._finish(request, request.model, "cancelled", [])  # nobody waits for it: release the hold
             return RouteRejected(error=errors.route_timeout(self._settings.retry_after_s))
         try:
-            flight = await self._start(request, candidates, 1, profile.prompt_tokens, bounds)
+            flight = await self._start(request, candidates, profile.prompt_tokens, bounds)
         except BaseException:
             # Its lease must not wait on it: billing records its reservation from the lease's batch and
             # settles or sweeps it as any other.
@@ -242,9 +284,10 @@ class Dispatcher:
         return RouteAccepted(
             hoster_id=flight.candidate.hoster.hoster_id,
             model=flight.candidate.offer.model,
-            attempt=1,
+            attempt=flight.attempt,
+            reply_subject=flight.current.reply_subject,
             headers=headers,
-            first_byte_deadline_ms=flight.first_byte_deadline_ms,
+            first_byte_deadline_ms=flight.current.first_byte_deadline_ms,
             prompt_bound=flight.bounds.prompt,
             completion_bound=flight.bounds.completion,
             input_price=flight.candidate.offer.input_price,
@@ -257,62 +300,58 @@ class Dispatcher:
         self,
         request: RouteRequest,
         queue: list[Candidate],
-        attempt: int,
         prompt_tokens: int,
         bounds: UsageBounds,
-        before: InFlight | None = None,
+        flight: InFlight | None = None,
     ) -> InFlight | None:
-        """Hand attempt ``attempt`` to the first candidate in ``queue`` whose adapter takes it. A failover
-        carries over what the attempts ``before`` it billed before anything can report on the new one (an
-        outcome heard before its acceptance is replayed at once)."""
-        if attempt > 1:
+        """Offer the request to the first candidate in ``queue`` whose adapter takes it, each offer a new attempt
+        number with a reply subject of its own. A failover (``flight`` given) names the attempt that serves to
+        the ingress once its hoster took it, never before: a hoster that declines is never read (an outcome
+        heard before the acceptance is replayed at once)."""
+        if flight is not None:
             prefer_healthy(queue, self.stats, time.time())
+        offers = flight.offers if flight is not None else 0
         while queue:
             candidate = queue.pop(0)
-            dispatch = self._attempt(request, candidate, attempt, prompt_tokens)
-            if attempt > 1:
-                # Before the attempt starts, so the ingress learns who serves (and the attempt's first-byte
-                # deadline) before the answer arrives.
-                body = orjson.dumps(
-                    {
-                        "hoster_id": candidate.hoster.hoster_id,
-                        "model": candidate.offer.model,
-                        "first_byte_deadline_ms": dispatch.first_byte_deadline_ms,
-                        "input_price": candidate.offer.input_price,
-                        "output_price": candidate.offer.output_price,
-                    }
-                )
-                await self._broker.connection.publish(
-                    subjects.control_subject(request.reply_subject), frames.encode(frames.ATTEMPT, attempt, -1, body)
-                )
+            offers += 1
+            reply = subjects.offer_subject(request.reply_subject, offers, secrets.token_hex(12))
+            dispatch = self._attempt(request, candidate, offers, prompt_tokens, reply)
             accepted = await self._dispatch(dispatch)
             if accepted is None:
                 continue
             hoster_id = candidate.hoster.hoster_id
             if self.stats.of(hoster_id, time.time()).probing(time.time()):
                 self._probes.add(hoster_id)
-            flight = InFlight(
-                request,
-                queue,
-                candidate,
-                accepted.adapter_id,
-                attempt,
-                prompt_tokens,
-                dispatch.first_byte_deadline_ms,
-                time.monotonic(),
-                bounds,
-            )
-            if before is not None:
-                flight.billed, flight.reported, flight.cancelled = before.billed, before.reported, before.cancelled
+            run = Run(offers, candidate, accepted.adapter_id, reply, time.monotonic(), dispatch.first_byte_deadline_ms)
+            if flight is None:
+                flight = InFlight(request, queue, prompt_tokens, bounds, [run], offers)
+            else:
+                flight.runs.append(run)
+                flight.offers = offers
+                body = orjson.dumps(
+                    {
+                        "hoster_id": hoster_id,
+                        "model": candidate.offer.model,
+                        "first_byte_deadline_ms": dispatch.first_byte_deadline_ms,
+                        "input_price": candidate.offer.input_price,
+                        "output_price": candidate.offer.output_price,
+                        "reply_subject": reply,
+                    }
+                )
+                await self._broker.connection.publish(
+                    subjects.control_subject(request.reply_subject), frames.encode(frames.ATTEMPT, offers, -1, body)
+                )
             self._in_flight[request.request_id] = flight
-            early = self._early.pop((request.request_id, attempt), None)
+            early = self._early.pop((request.request_id, offers), None)
             if early is not None:
                 await self.attempt_finished(early)
             return flight
+        if flight is not None:
+            flight.offers = offers
         return None
 
     def _attempt(
-        self, request: RouteRequest, candidate: Candidate, attempt: int, prompt_tokens: int
+        self, request: RouteRequest, candidate: Candidate, attempt: int, prompt_tokens: int, reply_subject: str
     ) -> AttemptDispatch:
         hoster = self.stats.of(candidate.hoster.hoster_id, time.time())
         speed = hoster.speed.get(candidate.offer.model)
@@ -327,7 +366,7 @@ class Dispatcher:
             request_id=request.request_id,
             attempt=attempt,
             router_id=self.router_id,
-            reply_subject=request.reply_subject,
+            reply_subject=reply_subject,
             hoster_id=candidate.hoster.hoster_id,
             model=candidate.offer.model,
             upstream_model=candidate.offer.upstream_model,
@@ -507,14 +546,29 @@ class Dispatcher:
         self._probe_reports.pop(request_id, None)
 
     def attempt_for(
-        self, request: RouteRequest, candidate: Candidate, attempt: int, prompt_tokens: int
+        self, request: RouteRequest, candidate: Candidate, attempt: int, prompt_tokens: int, reply_subject: str
     ) -> AttemptDispatch:
-        """The dispatch of ``attempt`` of ``request`` to ``candidate``, its first-byte deadline set."""
-        return self._attempt(request, candidate, attempt, prompt_tokens)
+        """The dispatch of ``attempt`` of ``request`` to ``candidate`` answering on ``reply_subject``, its
+        first-byte deadline set."""
+        return self._attempt(request, candidate, attempt, prompt_tokens, reply_subject)
 
     async def offer(self, dispatch: AttemptDispatch) -> AttemptAccepted | None:
         """Offer ``dispatch`` to its hoster; its answer, or ``None`` when it did not take it."""
         return await self._dispatch(dispatch)
+
+    def observe_probe(self, candidate: Candidate, outcome: AttemptOutcome, duration_ms: float, tokens: int) -> None:
+        """A probe's outcome as the router judged it (its clock, the answer it read), in every router's stats."""
+        self._observed_here(
+            AttemptObserved(
+                hoster_id=candidate.hoster.hoster_id,
+                model=candidate.offer.model,
+                outcome=outcome,
+                chunks_sent=1 if outcome == "succeeded" else 0,
+                ttft_ms=duration_ms if outcome == "succeeded" else None,
+                completion_tokens=tokens,
+                duration_ms=duration_ms,
+            )
+        )
 
     def observe_probe_failure(self, candidate: Candidate, problem: str) -> None:
         """A probe's answer was wrong (or never came): a failure of the hoster, in this router's stats, and a
@@ -572,44 +626,48 @@ class Dispatcher:
             offer[1].set_result(answer)
 
     async def attempt_finished(self, event: AttemptFinished) -> None:
-        """An attempt of a request this router owns ended: fail over, or settle and end the request."""
+        """A hoster's report on an attempt this router dispatched: a claim, checked against the router's own
+        record of the attempt (its number, its hoster). A failure fails over or ends the request; a success
+        or a cancel waits for the ingress's word on what reached the client before anything is settled."""
         probe = self._probe_reports.get(event.request_id)
         if probe is not None:
             if not probe.done():
                 probe.set_result(event)
             return
         flight = self._in_flight.get(event.request_id)
-        if flight is None or flight.attempt != event.attempt or flight.candidate.hoster.hoster_id != event.hoster_id:
+        if flight is None or flight.attempt != event.attempt or flight.current.hoster_id != event.hoster_id:
             key = (event.request_id, event.attempt)
             offer = self._offers.get(key)
             if offer is not None and offer[0] == event.hoster_id:
                 self._early[key] = event
             return
+        run = flight.current
+        if run.report is not None:
+            return  # a second report of the same attempt changes nothing
+        run.report = event
         self._probes.discard(event.hoster_id)
-        if billable(event) and not flight.unbilled:
-            flight.billed.append(self._billed(flight, event))
-        if can_fail_over(event, flight) and await self._fail_over(flight):
+        outcome, error = claimed_outcome(event, flight)
+        if outcome != "failed":
+            if run.outcome is None:
+                run.ended = time.monotonic()
+            self._wait_for_delivery(flight)
             return
-        del self._in_flight[event.request_id]
-        self._settle(flight, event.model, event.outcome)
-        if event.outcome == "failed" and event.client_error:
-            await self._fail(flight, errors.rejected_by_hoster(event.upstream_status, event.error))
-        elif event.outcome == "failed":
-            await self._fail(
-                flight, errors.all_hosters_failed() if event.chunks_sent == 0 else errors.upstream_broke_off()
-            )
+        run.end("failed", time.monotonic(), error, event.client_error)
+        await self._after_failure(flight, event.upstream_status)
 
-    def _billed(self, flight: InFlight, event: AttemptFinished) -> BilledAttempt:
-        """The attempt as billing charges it (``bill_attempt``); a report past the bounds lowers the hoster's
-        trust."""
-        flight.reported[event.attempt] = event.usage
-        billed = bill_attempt(flight.bounds, event)
-        if billed.usage_discrepancy is not None:
-            self._log.warning(
-                "usage past its bounds", extra={"hoster_id": event.hoster_id, "why": billed.usage_discrepancy}
-            )
-            self._observe_discrepancy(event.hoster_id)
-        return billed
+    async def _after_failure(self, flight: InFlight, upstream_status: int | None = None) -> None:
+        """The serving attempt failed: the next hoster takes the request, or the client is told it failed (and
+        the request settles once the ingress's note is in)."""
+        run = flight.current
+        if can_fail_over(flight) and await self._fail_over(flight):
+            return
+        flight.over = True
+        if run.client_error:
+            await self._fail(flight, errors.rejected_by_hoster(upstream_status, run.error))
+        else:
+            sent = run.report is not None and run.report.chunks_sent > 0
+            await self._fail(flight, errors.upstream_broke_off() if sent else errors.all_hosters_failed())
+        self._wait_for_delivery(flight)
 
     def _observe_discrepancy(self, hoster_id: str) -> None:
         self.stats.of(hoster_id, time.time()).observe_discrepancy()
@@ -617,18 +675,15 @@ class Dispatcher:
 
     async def _fail_over(self, flight: InFlight) -> bool:
         """Start the next attempt on another hoster."""
-        nxt = await self._start(
-            flight.route, flight.queue, flight.attempt + 1, flight.prompt_tokens, flight.bounds, before=flight
-        )
-        return nxt is not None
+        return await self._start(flight.route, flight.queue, flight.prompt_tokens, flight.bounds, flight) is not None
 
     async def cancelled(self, event: RequestCancelled) -> None:
         """The client left, or the ingress saw the serving attempt miss its first-byte deadline or stall.
 
         Either way the serving hoster's adapters are told to stop. A client that left gets what was made
-        settled when the attempt reports. A missed deadline is the hoster's failure, reported by the router
-        itself under the attempt's own message id (so the hoster's own late report is a duplicate JetStream
-        drops): every router counts it, and this one fails over, or ends the request, on it.
+        billed once the ingress says what reached it. A missed deadline is the hoster's failure, whatever the
+        hoster reports (the ingress received nothing, or stopped receiving): this router fails over, or ends
+        the request, on it, and its late report changes nothing.
         """
         flight = self._in_flight.get(event.request_id)
         if event.reason == "route_timeout":
@@ -643,80 +698,90 @@ class Dispatcher:
             return
         if event.reason != "client_gone" and event.attempt != flight.attempt:
             return  # an attempt already over
-        hoster_id = flight.candidate.hoster.hoster_id
+        run = flight.current
         stop = RequestCancelled(request_id=event.request_id).model_dump_json().encode()
-        await self._broker.connection.publish(subjects.attempt_cancel(hoster_id), stop)
+        await self._broker.connection.publish(subjects.attempt_cancel(run.hoster_id), stop)
         if event.reason == "client_gone":
             flight.cancelled = True
             return
-        self._log.warning("attempt abandoned at the ingress", extra={"hoster_id": hoster_id, "reason": event.reason})
-        abandoned = AttemptFinished(
-            request_id=event.request_id,
-            attempt=flight.attempt,
-            router_id=self.router_id,
-            hoster_id=hoster_id,
-            adapter_id=flight.adapter_id,
-            model=flight.candidate.offer.model,
-            stream=flight.route.stream,
-            outcome="failed",
-            usage=Usage(),
-            # A stall came after the first chunk: the client has part of an answer and may not get another.
-            chunks_sent=0 if event.reason == "first_byte_timeout" else 1,
-            input_price=flight.candidate.offer.input_price,
-            output_price=flight.candidate.offer.output_price,
-            error=f"{event.reason}: the ingress gave up on the hoster",
-            duration_ms=(time.monotonic() - flight.started) * 1000,
-            finished_at=time.time(),
+        self._log.warning(
+            "attempt abandoned at the ingress", extra={"hoster_id": run.hoster_id, "reason": event.reason}
         )
-        await publish_durably(
-            self._broker.connection.jetstream(),
-            subjects.attempt_finished(hoster_id, self.router_id),
-            abandoned.model_dump_json().encode(),
-            f"{event.request_id}:{flight.attempt}:{hoster_id}",
-            self._log,
-        )
-
-    def _settle(self, flight: InFlight, model: str, outcome: AttemptOutcome) -> None:
-        """End a request that billed something once the ingress said what reached the client (or, after
-        ``delivery_wait_s``, without it: then only the request's own bounds apply)."""
-        request_id = flight.route.request_id
-        if flight.route.caller is None or not flight.billed:
-            self._finish(flight.route, model, outcome, flight.billed)
-            return
-        delivered = self._deliveries.pop(request_id, None)
-        if delivered is not None:
-            self._finish(flight.route, model, outcome, self._held_to_text(flight, delivered))
-            return
-        self._undelivered[request_id] = (flight, model, outcome)
-        asyncio.get_running_loop().call_later(self._settings.delivery_wait_s, self._settle_undelivered, request_id)
-
-    def _settle_undelivered(self, request_id: str) -> None:
-        waiting = self._undelivered.pop(request_id, None)
-        if waiting is not None:
-            flight, model, outcome = waiting
-            self._log.warning("no delivery report", extra={"request_id": request_id})
-            self._finish(flight.route, model, outcome, flight.billed)
+        run.outcome = None  # whatever the hoster claimed: the ingress received nothing (more)
+        run.end("failed", time.monotonic(), f"{event.reason}: the ingress gave up on the hoster")
+        if event.reason == "stalled":
+            flight.over = True  # the client has part of an answer and may not get another
+        await self._after_failure(flight)
 
     def delivered(self, note: RequestDelivered) -> None:
-        """The ingress says what of a request reached the client."""
-        waiting = self._undelivered.pop(note.request_id, None)
-        if waiting is None:
-            # Before its outcome (or for a request of another router's past): kept a little while.
-            self._deliveries[note.request_id] = note
-            asyncio.get_running_loop().call_later(60.0, self._deliveries.pop, note.request_id, None)
+        """The ingress's word on what of a request reached the client, sent once when the client's response
+        ended: nothing more can reach it, so the request settles as soon as the serving attempt's report is in
+        (or the wait for it is over)."""
+        flight = self._in_flight.get(note.request_id)
+        if flight is None or flight.note is not None:
             return
-        flight, model, outcome = waiting
-        self._finish(flight.route, model, outcome, self._held_to_text(flight, note))
+        flight.note = note
+        flight.over = True
+        run = flight.current
+        if run.report is not None or run.outcome is not None:
+            self._settle(note.request_id)
+            return
+        self._wait(flight, time.monotonic() + self._settings.delivery_wait_s)
 
-    def _held_to_text(self, flight: InFlight, note: RequestDelivered) -> list[BilledAttempt]:
-        """The billed attempts held to the text the client received (``hold_to_text``); a hoster caught by
-        that bound alone loses trust as for any other discrepancy."""
-        billed, caught = hold_to_text(flight, note)
-        if caught is not None:
-            self._observe_discrepancy(caught)
-        return billed
+    def _wait_for_delivery(self, flight: InFlight) -> None:
+        """The serving attempt is over: settle now if the ingress's note is in, else when it comes or when the
+        wait for it ends (``delivery_due``; then nothing reached the client that the network knows of)."""
+        if flight.note is not None:
+            self._settle(flight.route.request_id)
+            return
+        self._wait(flight, delivery_due(flight.current, time.monotonic(), self._settings.delivery_wait_s))
 
-    def _finish(self, route: RouteRequest, model: str, outcome: AttemptOutcome, attempts: list[BilledAttempt]) -> None:
+    def _wait(self, flight: InFlight, due: float) -> None:
+        request_id = flight.route.request_id
+        previous = self._waits.pop(request_id, None)
+        if previous is not None:
+            previous.cancel()
+        delay = max(0.0, due - time.monotonic())
+        self._waits[request_id] = asyncio.get_running_loop().call_later(delay, self._settle, request_id)
+
+    def _settle(self, request_id: str) -> None:
+        """End a request on the network's records: each attempt's verdict, what was billed for the one whose
+        content reached the client (``charge``); told to billing, durably, and to every router's stats."""
+        wait = self._waits.pop(request_id, None)
+        if wait is not None:
+            wait.cancel()
+        flight = self._in_flight.pop(request_id, None)
+        if flight is None:
+            return
+        if not self._in_flight:
+            self._none_in_flight.set()
+        now, wall = time.monotonic(), time.time()
+        note = flight.note
+        if note is None:
+            self._log.warning("no delivery note: nothing billed", extra={"request_id": request_id})
+        billed: list[BilledAttempt] = []
+        records: list[DispatchRecord] = []
+        for run in flight.runs:
+            cost = None if flight.unbilled else charge(run, flight.bounds, note)
+            if cost is not None:
+                billed.append(cost)
+                if cost.usage_discrepancy is not None:
+                    self._log.warning("usage past its bounds", extra={"hoster_id": run.hoster_id,
+                                                                      "why": cost.usage_discrepancy})  # fmt: skip
+            record, observation = record_of(run, flight.route, note, cost, now, wall)
+            records.append(record)
+            self._observed_here(observation)
+        last = records[-1]
+        self._finish(flight.route, last.model, last.outcome, billed, records)
+
+    def _finish(
+        self,
+        route: RouteRequest,
+        model: str,
+        outcome: AttemptOutcome,
+        attempts: list[BilledAttempt],
+        records: list[DispatchRecord] | None = None,
+    ) -> None:
         """Tell billing (durably, in the background) that the request is over."""
         if route.caller is None:
             return
@@ -731,16 +796,26 @@ class Dispatcher:
             finished_at=time.time(),
             leased=leased[1] if leased is not None else None,
             lease_id=leased[0].lease_id if leased is not None else None,
+            records=records or [],
         )
         self._publish(subjects.REQUEST_FINISHED, event.model_dump_json().encode(), f"{route.request_id}:finished")
         if leased is not None and leased[0].retired_at is not None and leased[0].running == 0:
             self._give_back_due(time.monotonic())
 
-    async def drain(self) -> None:
-        """Settle the requests still waiting for their delivery report, and wait for settlement events still
-        being published."""
-        for request_id in list(self._undelivered):
-            self._settle_undelivered(request_id)
+    async def drain(self, wait_s: float = 10.0) -> None:
+        """Before the router stops (its routes are no longer taken): wait up to ``wait_s`` for its requests
+        to end as usual (their reports and the ingress's notes still arrive), settle those still open on what
+        it knows, give its leases back, and wait for the settlement events still being published."""
+        if self._in_flight:
+            self._none_in_flight.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._none_in_flight.wait(), wait_s)
+        for request_id in list(self._in_flight):
+            self._log.warning("settled at shutdown on what it billed", extra={"request_id": request_id})
+            self._settle(request_id)
+        if self._observed_flush is not None:
+            self._observed_flush.cancel()
+            self._flush_observed()
         for lease in self._leases.all(time.monotonic()):
             self._give_back(lease)
         if self._publishing:
@@ -752,7 +827,7 @@ class Dispatcher:
         while True:
             await asyncio.sleep(self._settings.reservation_keepalive_s)
             running = [r for r, f in self._in_flight.items() if f.route.caller is not None]
-            await self._keep_alive(running + list(self._undelivered), "request_ids")
+            await self._keep_alive(running, "request_ids")
 
     async def keep_leases_alive(self) -> None:
         """Tell billing, every ``lease_keepalive_s``, which credit leases this router holds, so they outlive
@@ -786,33 +861,40 @@ class Dispatcher:
         self._give_back_due(now)
         for request_id, flight in list(self._in_flight.items()):
             if now - flight.started > self._settings.in_flight_max_s:
-                self._log.warning(
-                    "request in flight too long: settled on what it billed", extra={"request_id": request_id}
-                )
-                self._in_flight.pop(request_id, None)
-                self._finish(flight.route, flight.candidate.offer.model, "failed", flight.billed)
+                self._log.warning("request in flight too long: settled on what it billed",
+                                  extra={"request_id": request_id})  # fmt: skip
+                flight.current.end("failed", now, "in flight longer than any attempt may last")
+                self._settle(request_id)
                 continue
-            if self.registry.adapter_alive(flight.adapter_id, now):
+            run = flight.current
+            if run.outcome is not None or run.report is not None or self.registry.adapter_alive(run.adapter_id, now):
                 continue
             self._log.warning("adapter vanished mid-request", extra={"request_id": request_id})
-            self._probes.discard(flight.candidate.hoster.hoster_id)
+            self._probes.discard(run.hoster_id)
+            run.end("failed", now, "the hoster's adapter went away")
             # Whether a stream's chunks reached the client is unknown: only a non-stream fails over.
-            if not flight.route.stream and flight.attempt < MAX_ATTEMPTS and await self._fail_over(flight):
+            if not flight.route.stream and can_fail_over(flight) and await self._fail_over(flight):
                 continue
-            self._in_flight.pop(request_id, None)
-            self._finish(flight.route, flight.candidate.offer.model, "failed", flight.billed)
-            await self._fail(
-                flight,
-                errors.hoster_went_away(self._settings.retry_after_s),
-            )
+            flight.over = True
+            await self._fail(flight, errors.hoster_went_away(self._settings.retry_after_s))
+            self._wait_for_delivery(flight)
 
     async def _abandon(self, flight: InFlight) -> None:
         """Stop a request nobody waits for: its hoster is told to stop, no failover, nothing charged."""
-        flight.cancelled = flight.unbilled = True
-        flight.billed.clear()
+        flight.cancelled = flight.unbilled = flight.over = True
         stop = RequestCancelled(request_id=flight.route.request_id).model_dump_json().encode()
-        await self._broker.connection.publish(subjects.attempt_cancel(flight.candidate.hoster.hoster_id), stop)
+        await self._broker.connection.publish(subjects.attempt_cancel(flight.current.hoster_id), stop)
 
     async def _fail(self, flight: InFlight, report: ErrorReport) -> None:
         frame = frames.encode(frames.ERROR, flight.attempt, -1, report.model_dump_json().encode())
         await self._broker.connection.publish(subjects.control_subject(flight.route.reply_subject), frame)
+
+
+def _log_failure(logger: logging.Logger, what: str) -> Callable[[asyncio.Task[None]], None]:
+    """A done-callback that logs a background publish's failure."""
+
+    def done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning(what, extra={"error": repr(task.exception())})
+
+    return done

@@ -15,6 +15,7 @@ from libs.contracts.management import HosterDetailQuery, HosterDetailReply
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptFinished,
+    AttemptsObserved,
     RequestCancelled,
     RequestDelivered,
     RouteAccepted,
@@ -76,19 +77,22 @@ def register_handlers(
     # One at a time, in order: a hoster's heartbeats must not overtake each other.
     hot.add(subjects.HOSTER_HEARTBEAT_ALL, HosterHeartbeat, hoster_heartbeat, max_concurrency=1)
 
-    # These subjects are JetStream's: a publish there is a request whose reply must come from the stream
-    # (its ack), so the routers listen without answering.
-    # One subscription for every attempt's outcome: all of them feed the stats (so replicas see the same
-    # network); the ones addressed to this router also move its requests on. The subjects are JetStream's: a
-    # publish there is a request whose reply must be the stream's ack, so the router never answers.
+    # The outcome reports of this router's own dispatches (core messages, addressed to it): claims it checks
+    # against its records of the dispatches.
     async def attempt_finished(event: AttemptFinished, msg: Msg) -> None:
-        if event.hoster_id != subjects.hoster_of(msg.subject):
-            return  # a hoster reporting on another's attempt
-        dispatcher.observe_attempt(event)
-        if event.router_id == dispatcher.router_id:
-            await dispatcher.attempt_finished(event)
+        if event.hoster_id != subjects.hoster_of(msg.subject) or event.router_id != dispatcher.router_id:
+            return  # a hoster reporting on another's attempt, or on another router's
+        await dispatcher.attempt_finished(event)
 
-    hot.add(subjects.ATTEMPT_FINISHED_ALL, AttemptFinished, attempt_finished, max_concurrency=workers)
+    hot.add(subjects.attempts_finished_for_router(dispatcher.router_id), AttemptFinished, attempt_finished,
+            max_concurrency=workers)  # fmt: skip
+
+    # Every router's judgement of the attempts it dispatched: the stats of every replica (hosters cannot
+    # publish here).
+    async def attempts_observed(batch: AttemptsObserved, _: Msg) -> None:
+        dispatcher.observed_elsewhere(batch)
+
+    hot.add(subjects.ATTEMPTS_OBSERVED, AttemptsObserved, attempts_observed, max_concurrency=1)
 
     async def attempt_accepted(answer: AttemptAccepted, msg: Msg) -> None:
         dispatcher.offer_answered(subjects.hoster_of(msg.subject), answer)

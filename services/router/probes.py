@@ -16,6 +16,7 @@ import contextlib
 import functools
 import logging
 import random
+import secrets
 import time
 from typing import Any
 
@@ -76,6 +77,12 @@ def check_answer(body: bytes, prompt_bytes: int) -> str | None:
     if prompt > prompt_bytes + TEMPLATE_TOKENS:
         return f"usage claims {prompt} prompt tokens for a {prompt_bytes}-byte prompt"
     return None
+
+
+def answered_tokens(body: bytes) -> int:
+    """The completion tokens of a probe's answer that ``check_answer`` passed (held to its text)."""
+    usage = orjson.loads(body)["usage"]
+    return int(usage["completion_tokens"])
 
 
 class Prober:
@@ -144,16 +151,20 @@ class Prober:
             with contextlib.suppress(asyncio.QueueFull, ValueError):
                 answers.put_nowait(frames.decode(msg.data))
 
-        subscription = await nc.subscribe(route.reply_subject, cb=on_frame)
+        reply = subjects.offer_subject(route.reply_subject, 1, secrets.token_hex(12))
+        subscription = await nc.subscribe(reply, cb=on_frame)
         reported = d.expect_probe(request_id)
         try:
-            dispatch = d.attempt_for(route, candidate, 1, len(PROBE_PROMPT))
+            dispatch = d.attempt_for(route, candidate, 1, len(PROBE_PROMPT), reply)
+            started = time.monotonic()
             if await d.offer(dispatch) is None:
                 return  # busy or away: it is due again next round
             wait_s = (dispatch.first_byte_deadline_ms or self._settings.first_byte_ceiling_ms) / 1000 + 30
             verdict, answer = await self._answer(answers, reported, wait_s)
+            duration_ms = (time.monotonic() - started) * 1000
             if verdict == "failed":
-                return  # the adapter's report of the failed attempt counted against the hoster already
+                d.observe_probe(candidate, "failed", duration_ms, 0)
+                return
             if verdict == "answered":
                 problem = check_answer(answer, len(PROBE_PROMPT.encode()))
             elif reported.done():
@@ -163,6 +174,8 @@ class Prober:
             if problem is not None:
                 self._log.warning("probe failed", extra={"hoster_id": candidate.hoster.hoster_id, "problem": problem})
                 d.observe_probe_failure(candidate, problem)
+            else:
+                d.observe_probe(candidate, "succeeded", duration_ms, answered_tokens(answer))
         finally:
             d.forget_probe(request_id)
             with contextlib.suppress(Exception):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from libs.contracts import errors
-from libs.contracts.billing import BilledAttempt, attempt_billable
+from libs.contracts.billing import BilledAttempt, DispatchRecord
 from libs.contracts.common import CHAT, Endpoint, ErrorReport, Usage, endpoint_path
 from libs.contracts.hosters import (
     HosterHeartbeat,
@@ -28,7 +28,15 @@ from libs.contracts.pricing import (
     estimate_prompt_tokens,
     requested_max_tokens,
 )
-from libs.contracts.routing import AttemptFinished, RankBy, RequestDelivered, RouteRequest, RoutingPreferences
+from libs.contracts.routing import (
+    AttemptFinished,
+    AttemptObserved,
+    AttemptOutcome,
+    RankBy,
+    RequestDelivered,
+    RouteRequest,
+    RoutingPreferences,
+)
 from services.router.stats import TRUSTED, NetworkStats
 
 AUTO_MODEL = "auto"
@@ -587,78 +595,213 @@ def max_cost(candidates: list[Candidate], bounds: UsageBounds, fee_bps: int) -> 
 
 
 @dataclass(slots=True)
+class Run:
+    """One attempt the router dispatched and a hoster took: the network's own record of it. ``report`` is the
+    hoster's claim about it (``None`` until it came); ``outcome`` the router's verdict once it is over."""
+
+    attempt: int
+    candidate: Candidate
+    adapter_id: str
+    reply_subject: str
+    started: float
+    first_byte_deadline_ms: float | None
+    report: AttemptFinished | None = None
+    outcome: AttemptOutcome | None = None
+    error: str | None = None
+    client_error: bool = False
+    ended: float | None = None
+
+    @property
+    def hoster_id(self) -> str:
+        return self.candidate.hoster.hoster_id
+
+    def end(self, outcome: AttemptOutcome, now: float, error: str | None = None, client_error: bool = False) -> None:
+        """The router's verdict on the attempt (the first one stands)."""
+        if self.outcome is None:
+            self.outcome, self.error, self.client_error, self.ended = outcome, error, client_error, now
+
+
+@dataclass(slots=True)
 class InFlight:
-    """A request this router dispatched and has not yet heard the end of."""
+    """A request this router admitted and has not settled: its attempts (``runs``, the serving one last), the
+    offers made so far (each a new attempt number), and the ingress's word on what reached the client."""
 
     route: RouteRequest
     queue: list[Candidate]
-    candidate: Candidate
-    adapter_id: str
-    attempt: int
     prompt_tokens: int
-    first_byte_deadline_ms: float | None
-    started: float
     bounds: UsageBounds
-    billed: list[BilledAttempt] = field(default_factory=list)
-    # Each billed attempt's usage as its hoster reported it, for the relayed-text bound applied at the end.
-    reported: dict[int, Usage] = field(default_factory=dict)
+    runs: list[Run]
+    offers: int
     cancelled: bool = False
     # The ingress answered the client before it heard the route (``route_timeout``): nothing is charged.
     unbilled: bool = False
+    # No attempt follows: the request ends once the ingress's note (or the wait for it) and the serving
+    # attempt's report (or the wait for it) are in.
+    over: bool = False
+    note: RequestDelivered | None = None
+
+    @property
+    def current(self) -> Run:
+        return self.runs[-1]
+
+    @property
+    def attempt(self) -> int:
+        return self.runs[-1].attempt
+
+    @property
+    def candidate(self) -> Candidate:
+        return self.runs[-1].candidate
+
+    @property
+    def adapter_id(self) -> str:
+        return self.runs[-1].adapter_id
+
+    @property
+    def started(self) -> float:
+        return self.runs[0].started
 
 
-def billable(event: AttemptFinished) -> bool:
-    """Whether the client pays for an attempt (``attempt_billable``, billing's rule)."""
-    return attempt_billable(event.outcome, event.stream, event.chunks_sent)
+# What a hoster's own report of ``cancelled`` is when the network cancelled nothing: its failure.
+UNASKED_CANCEL = "the hoster cancelled an attempt the network did not"
 
 
-def can_fail_over(event: AttemptFinished, flight: InFlight) -> bool:
-    """A failed attempt is retried elsewhere unless the client left, a stream already sent it something, or
-    the request used its attempts."""
+def claimed_outcome(event: AttemptFinished, flight: InFlight) -> tuple[AttemptOutcome, str | None]:
+    """The outcome a hoster's report claims, as the router takes it: ``cancelled`` only when the network
+    cancelled (the client left), else it is the hoster's failure."""
+    if event.outcome == "cancelled" and not flight.cancelled:
+        return "failed", UNASKED_CANCEL
+    return event.outcome, event.error
+
+
+def can_fail_over(flight: InFlight) -> bool:
+    """A failed attempt is retried elsewhere unless the client left, the failure was the client's own, a
+    stream may already have sent it something (the hoster says so, or the ingress's note came), or the
+    request used its attempts."""
+    run = flight.current
+    report = run.report
+    sent = report is not None and report.stream and report.chunks_sent > 0
     return (
-        event.outcome == "failed"
-        and not event.client_error
+        run.outcome == "failed"
+        and not run.client_error
         and not flight.cancelled
-        and (not event.stream or event.chunks_sent == 0)
-        and flight.attempt < MAX_ATTEMPTS
+        and not flight.over
+        and not sent
+        and len(flight.runs) < MAX_ATTEMPTS
     )
 
 
-def bill_attempt(bounds: UsageBounds, event: AttemptFinished) -> BilledAttempt:
-    """The attempt as billing charges it: the hoster's reported usage held to the request's bounds, with what
-    was wrong with the report (``usage_discrepancy``) when it broke them."""
-    reported = event.usage
-    prompt, completion, discrepancy = bounds.bound(reported.prompt_tokens, reported.completion_tokens)
+def delivery_due(run: Run, now: float, wait_s: float) -> float:
+    """When the router stops waiting for the ingress's note once the serving attempt reported its end:
+    ``wait_s`` after the later of now and the attempt's first-byte deadline, so an ingress that got nothing
+    has told the router first (and the request fails over instead of ending as a hoster's claimed success)."""
+    deadline = run.started + (run.first_byte_deadline_ms or 0.0) / 1000
+    return max(now, deadline) + wait_s
+
+
+def delivered_frames(run: Run, note: RequestDelivered | None) -> int:
+    """The frames of content the client received from ``run`` (the ingress's count)."""
+    return note.frames if note is not None and note.attempt == run.attempt else 0
+
+
+def charge(run: Run, bounds: UsageBounds, note: RequestDelivered | None) -> BilledAttempt | None:
+    """The one rule for what a client pays for an attempt: only for what it received, on the network's own
+    records. Nothing unless the ingress's note says content of this attempt reached the client and the hoster
+    claimed usage; then the claim held to the request's bounds and to the text received (a token is at least
+    a byte, plus one end token per choice), at the prices of the dispatch. A claim past a bound, or a report
+    naming other prices, is a discrepancy (billed at the bound and the dispatch's prices)."""
+    report = run.report
+    if report is None or note is None or delivered_frames(run, note) == 0:
+        return None
+    offer = run.candidate.offer
+    held = bounds.with_text(note.text_bytes, note.choices)
+    prompt, completion, why = held.bound(report.usage.prompt_tokens, report.usage.completion_tokens)
+    if (report.input_price, report.output_price) != (offer.input_price, offer.output_price):
+        priced = (
+            f"reported prices {report.input_price}/{report.output_price}; billed at the dispatch's "
+            f"{offer.input_price}/{offer.output_price}"
+        )
+        why = priced if why is None else f"{why}; {priced}"
+    if why is not None and held.completion < bounds.completion and completion < report.usage.completion_tokens:
+        why += f" ({note.text_bytes} bytes of text reached the client)"
     return BilledAttempt(
-        attempt=event.attempt,
-        hoster_id=event.hoster_id,
+        attempt=run.attempt,
+        hoster_id=run.hoster_id,
         usage=Usage(
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
-            estimated=reported.estimated,
+            estimated=report.usage.estimated,
         ),
-        input_price=event.input_price,
-        output_price=event.output_price,
-        usage_discrepancy=discrepancy,
+        input_price=offer.input_price,
+        output_price=offer.output_price,
+        usage_discrepancy=why,
     )
 
 
-def hold_to_text(flight: InFlight, note: RequestDelivered) -> tuple[list[BilledAttempt], str | None]:
-    """The billed attempts, the one that delivered held also to the text the client received; and the hoster
-    this bound caught when nothing else had (``None`` otherwise)."""
-    billed = list(flight.billed)
-    last = billed[-1] if billed else None
-    reported = flight.reported.get(last.attempt) if last is not None else None
-    if last is None or last.attempt != note.attempt or reported is None:
-        return billed, None
-    bounds = flight.bounds.with_text(note.text_bytes, note.choices)
-    prompt, completion, discrepancy = bounds.bound(reported.prompt_tokens, reported.completion_tokens)
-    if (prompt, completion) == (last.usage.prompt_tokens, last.usage.completion_tokens):
-        return billed, None
-    caught = last.hoster_id if last.usage_discrepancy is None else None
-    why = f"{discrepancy}; {note.text_bytes} bytes of text reached the client"
-    usage = Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                  estimated=last.usage.estimated)  # fmt: skip
-    billed[-1] = last.model_copy(update={"usage": usage, "usage_discrepancy": why})
-    return billed, caught
+def verdict(run: Run, note: RequestDelivered | None, now: float) -> tuple[AttemptOutcome, str | None, bool]:
+    """The router's final word on an attempt when its request settles: its verdict, else the hoster's claim;
+    a hoster that never reported failed, and a success the client received nothing of (the ingress's note
+    says so) is a failure."""
+    if run.outcome is not None:
+        outcome, error, client_error = run.outcome, run.error, run.client_error
+    elif run.report is None:
+        outcome, error, client_error = "failed", "the hoster never reported the attempt's end", False
+    else:
+        outcome, error, client_error = run.report.outcome, run.report.error, run.report.client_error
+    if outcome == "succeeded" and note is not None and delivered_frames(run, note) == 0:
+        outcome, error = "failed", "reported a success the client received nothing of"
+    return outcome, error, client_error
+
+
+def record_of(
+    run: Run, route: RouteRequest, note: RequestDelivered | None, billed: BilledAttempt | None, now: float, wall: float
+) -> tuple[DispatchRecord, AttemptObserved]:
+    """The network's record of one attempt for billing, and the observation every router's stats fold: the
+    router's verdict and clock, the ingress's count and time to first content, the tokens billed (``charge``),
+    the hoster's claim beside."""
+    outcome, error, client_error = verdict(run, note, now)
+    report = run.report
+    ended = run.ended if run.ended is not None else now
+    duration_ms = max(0.0, (ended - run.started) * 1000)
+    frames = delivered_frames(run, note)
+    ttft_ms = note.ttft_ms if note is not None and frames and note.ttft_ms is not None else None
+    if ttft_ms is not None:
+        ttft_ms = min(ttft_ms, duration_ms)
+    claimed = report.usage if report is not None else Usage()
+    offer = run.candidate.offer
+    record = DispatchRecord(
+        attempt=run.attempt,
+        hoster_id=run.hoster_id,
+        adapter_id=run.adapter_id,
+        model=offer.model,
+        stream=route.stream,
+        outcome=outcome,
+        prompt_tokens=min(max(claimed.prompt_tokens, 0), MAX_RECORDED),
+        completion_tokens=min(max(claimed.completion_tokens, 0), MAX_RECORDED),
+        usage_estimated=claimed.estimated,
+        input_price=offer.input_price,
+        output_price=offer.output_price,
+        chunks_sent=frames,
+        finish_reason=report.finish_reason if report is not None else None,
+        error=error,
+        ttft_ms=ttft_ms,
+        duration_ms=duration_ms,
+        finished_at=wall - (now - ended),
+        dropped_parameters=report.dropped_parameters if report is not None else [],
+    )
+    observed = AttemptObserved(
+        hoster_id=run.hoster_id,
+        model=offer.model,
+        outcome=outcome,
+        chunks_sent=frames,
+        ttft_ms=ttft_ms,
+        completion_tokens=billed.usage.completion_tokens if billed is not None else 0,
+        duration_ms=duration_ms,
+        client_error=client_error,
+        discrepancy=billed is not None and billed.usage_discrepancy is not None,
+    )
+    return record, observed
+
+
+# The largest count a record holds (an integer column).
+MAX_RECORDED = 2**31 - 1

@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from libs.contracts.billing import BilledAttempt, Caller, RequestFinished, ReserveCredits, Reserved
+from libs.contracts.billing import BilledAttempt, Caller, DispatchRecord, RequestFinished, ReserveCredits, Reserved
 from libs.contracts.common import Usage
 from libs.contracts.management import AccountRequestsQuery, HosterAttemptsQuery, SetKeyLimits
-from libs.contracts.routing import AttemptFinished
 from libs.platform.apikeys import hash_key
 from services.billing.accounts import Accounts
 from services.billing.ledger import Ledger
-from services.billing.repository import HosterRepository, UsageRepository, apply_migrations
+from services.billing.repository import HosterRepository, apply_migrations
 
 pytestmark = pytest.mark.integration
 
@@ -47,24 +46,6 @@ async def served(pool: asyncpg.Pool, caller: Caller, request_id: str, hoster: st
     )
     assert isinstance(admitted, Reserved)
     usage = Usage(prompt_tokens=100, completion_tokens=100, total_tokens=200)
-    await UsageRepository(pool).record_attempt(
-        AttemptFinished(
-            request_id=request_id,
-            attempt=1,
-            hoster_id=hoster,
-            adapter_id="a",
-            model="m",
-            stream=False,
-            outcome="succeeded",
-            usage=usage,
-            input_price=1_000_000,
-            output_price=1_000_000,
-            chunks_sent=0,
-            ttft_ms=42.0,
-            duration_ms=300.0,
-            finished_at=time.time(),
-        )
-    )
     billed = BilledAttempt(attempt=1, hoster_id=hoster, usage=usage, input_price=1_000_000, output_price=1_000_000)
     await ledger.settle(
         RequestFinished(
@@ -75,6 +56,24 @@ async def served(pool: asyncpg.Pool, caller: Caller, request_id: str, hoster: st
             fee_bps=1000,
             attempts=[billed],
             finished_at=time.time(),
+            records=[
+                DispatchRecord(
+                    attempt=1,
+                    hoster_id=hoster,
+                    adapter_id="a",
+                    model="m",
+                    stream=False,
+                    outcome="succeeded",
+                    prompt_tokens=100,
+                    completion_tokens=100,
+                    input_price=1_000_000,
+                    output_price=1_000_000,
+                    chunks_sent=1,
+                    ttft_ms=42.0,
+                    duration_ms=300.0,
+                    finished_at=time.time(),
+                )
+            ],
         )
     )
 

@@ -82,10 +82,12 @@ class Bus:
         if self.reject is not None:
             return Msg(subject, self.reject.model_dump_json().encode())
         request = orjson.loads(data)
-        on_reply = self.callbacks[request["reply_subject"].rpartition(".")[0] + ".*"]  # the ingress's inbox
-        frame = Msg(request["reply_subject"], frames.encode(frames.COMPLETION, 1, 0, ANSWER))
+        on_reply = self.callbacks[request["reply_subject"].rpartition(".")[0] + ".>"]  # the ingress's inbox
+        offer = subjects.offer_subject(request["reply_subject"], 1, "t")
+        frame = Msg(offer, frames.encode(frames.COMPLETION, 1, 0, ANSWER))
         asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(on_reply(frame)))
-        return Msg(subject, RouteAccepted(hoster_id="h1", model="m", attempt=1).model_dump_json().encode())
+        accepted = RouteAccepted(hoster_id="h1", model="m", attempt=1, reply_subject=offer)
+        return Msg(subject, accepted.model_dump_json().encode())
 
     @staticmethod
     def key_info(key_hash: str) -> KeyInfo:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import orjson
 import pytest
 
 from libs.contracts import frames
 from libs.contracts.routing import CancelReason
 from services.ingress.gateway import Deadlines, ReplyStream
+from tests.unit.ingress.offers import announce, offer, reply
 
 
 class Overdue(list[tuple[str, int, CancelReason]]):
@@ -34,13 +34,13 @@ def stream(idle_s: float = 5.0, ceiling_s: float = 5.0, stall_s: float = 0.3) ->
 
 async def keep_alive(replies: ReplyStream, attempt: int, every_s: float = 0.05) -> None:
     while True:
-        replies.put(frames.encode(frames.KEEPALIVE, attempt, -1))
+        replies.put(offer(attempt), frames.encode(frames.KEEPALIVE, attempt, -1))
         await asyncio.sleep(every_s)
 
 
 async def test_keepalives_do_not_stretch_the_first_byte_deadline() -> None:
     replies, missed = stream()
-    replies.arm(1, 200)
+    replies.arm(1, 200, reply(1))
     beating = asyncio.create_task(keep_alive(replies, 1))
     started = time.monotonic()
     try:
@@ -49,9 +49,9 @@ async def test_keepalives_do_not_stretch_the_first_byte_deadline() -> None:
         assert missed == [("r", 1, "first_byte_timeout")]
         assert 0.2 <= time.monotonic() - started < 0.5
         # The router fails over: attempt 2 is announced and answers; attempt 1's late chunk is dropped.
-        replies.put(frames.encode(frames.CHUNK, 1, 0, b"late"))
-        replies.put_control(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"hoster_id": "h2", "model": "m"})))
-        replies.put(frames.encode(frames.CHUNK, 2, 0, b"fresh"))
+        replies.put(offer(1), frames.encode(frames.CHUNK, 1, 0, b"late"))
+        replies.put_control(announce(2, hoster_id="h2", model="m"))
+        replies.put(offer(2), frames.encode(frames.CHUNK, 2, 0, b"fresh"))
         assert (await waiting).kind == frames.ATTEMPT
         assert (await replies.next()).body == b"fresh"
     finally:
@@ -60,7 +60,7 @@ async def test_keepalives_do_not_stretch_the_first_byte_deadline() -> None:
 
 async def test_the_abandoned_attempt_cannot_keep_the_request_alive() -> None:
     replies, missed = stream(idle_s=0.4)
-    replies.arm(1, 100)
+    replies.arm(1, 100, reply(1))
     beating = asyncio.create_task(keep_alive(replies, 1))
     started = time.monotonic()
     try:
@@ -74,8 +74,8 @@ async def test_the_abandoned_attempt_cannot_keep_the_request_alive() -> None:
 
 async def test_a_stream_that_stalls_between_chunks_is_reported_stalled() -> None:
     replies, missed = stream(stall_s=0.2)
-    replies.arm(1, 1000)
-    replies.put(frames.encode(frames.CHUNK, 1, 0, b"one"))
+    replies.arm(1, 1000, reply(1))
+    replies.put(offer(1), frames.encode(frames.CHUNK, 1, 0, b"one"))
     assert (await replies.next()).body == b"one"
     beating = asyncio.create_task(keep_alive(replies, 1))
     try:
@@ -91,8 +91,8 @@ async def test_a_stream_that_stalls_between_chunks_is_reported_stalled() -> None
 
 async def test_a_forged_attempt_frame_cannot_lift_the_deadline_past_the_ceiling() -> None:
     replies, missed = stream(ceiling_s=0.2)
-    replies.arm(1, 100)
-    replies.put_control(frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps({"first_byte_deadline_ms": 1e9})))
+    replies.arm(1, 100, reply(1))
+    replies.put_control(announce(2, first_byte_deadline_ms=1e9))
     assert (await replies.next()).kind == frames.ATTEMPT
     started = time.monotonic()
     waiting = asyncio.create_task(replies.next())
@@ -104,11 +104,11 @@ async def test_a_forged_attempt_frame_cannot_lift_the_deadline_past_the_ceiling(
 
 async def test_an_attempt_that_answers_in_time_is_never_reported() -> None:
     replies, missed = stream(stall_s=0.2)
-    replies.arm(1, 200)
+    replies.arm(1, 200, reply(1))
     for i in range(5):
         await asyncio.sleep(0.1)
-        replies.put(frames.encode(frames.CHUNK, 1, i, b"x"))
+        replies.put(offer(1), frames.encode(frames.CHUNK, 1, i, b"x"))
         assert (await replies.next()).kind == frames.CHUNK
-    replies.put(frames.encode(frames.END, 1, 5))
+    replies.put(offer(1), frames.encode(frames.END, 1, 5))
     assert (await replies.next()).kind == frames.END
     assert missed == []

@@ -7,6 +7,7 @@ from libs.contracts import frames
 from libs.contracts.common import ErrorReport
 from services.ingress.gateway import ReplyStream
 from services.ingress.service import StreamOutcome, sse_events
+from tests.unit.ingress.offers import armed, offer
 
 
 async def collect(replies: ReplyStream, outcome: StreamOutcome) -> bytes:
@@ -20,11 +21,11 @@ def chunk_frame(seq: int, text: str) -> bytes:
 
 
 async def test_chunks_become_data_events_and_the_stream_ends_with_done() -> None:
-    replies = ReplyStream("r", idle_s=1)
+    replies = armed(ReplyStream("r", idle_s=1))
     for i, text in enumerate(["a", "b"]):
-        replies.put(chunk_frame(i, text))
-    replies.put(frames.encode(frames.KEEPALIVE, 1, -1))
-    replies.put(frames.encode(frames.END, 1, 2))
+        replies.put(offer(1), chunk_frame(i, text))
+    replies.put(offer(1), frames.encode(frames.KEEPALIVE, 1, -1))
+    replies.put(offer(1), frames.encode(frames.END, 1, 2))
     outcome = StreamOutcome()
     out = await collect(replies, outcome)
     events = out.split(b"\n\n")
@@ -35,8 +36,8 @@ async def test_chunks_become_data_events_and_the_stream_ends_with_done() -> None
 
 
 async def test_a_failure_midway_sends_an_error_event_then_done() -> None:
-    replies = ReplyStream("r", idle_s=1)
-    replies.put(chunk_frame(0, "a"))
+    replies = armed(ReplyStream("r", idle_s=1))
+    replies.put(offer(1), chunk_frame(0, "a"))
     report = ErrorReport(http_status=500, type="server_error", code="upstream_error", message="boom")
     replies.put_control(frames.encode(frames.ERROR, 1, -1, report.model_dump_json().encode()))
     outcome = StreamOutcome()
@@ -49,8 +50,8 @@ async def test_a_failure_midway_sends_an_error_event_then_done() -> None:
 
 
 async def test_silence_longer_than_the_idle_timeout_ends_the_stream_with_an_error() -> None:
-    replies = ReplyStream("r", idle_s=0.2)
-    replies.put(chunk_frame(0, "a"))
+    replies = armed(ReplyStream("r", idle_s=0.2))
+    replies.put(offer(1), chunk_frame(0, "a"))
     outcome = StreamOutcome()
     events = (await collect(replies, outcome)).split(b"\n\n")
     assert orjson.loads(events[1][6:])["error"]["code"] == "hoster_unavailable"
@@ -59,16 +60,16 @@ async def test_silence_longer_than_the_idle_timeout_ends_the_stream_with_an_erro
 
 
 async def test_next_times_out_on_keepalives_only_after_silence() -> None:
-    replies = ReplyStream("r", idle_s=0.2)
-    replies.put(frames.encode(frames.KEEPALIVE, 1, -1))
+    replies = armed(ReplyStream("r", idle_s=0.2))
+    replies.put(offer(1), frames.encode(frames.KEEPALIVE, 1, -1))
     with pytest.raises(TimeoutError):
         await replies.next()
 
 
 async def test_a_frame_of_several_chunks_becomes_one_event_each() -> None:
-    replies = ReplyStream("r", idle_s=1)
+    replies = armed(ReplyStream("r", idle_s=1))
     bodies = [orjson.dumps({"choices": [{"delta": {"content": text}}]}) for text in ("a", "b", "c")]
-    replies.put(frames.encode(frames.CHUNK, 1, 0, b"\n".join(bodies)))
-    replies.put(frames.encode(frames.END, 1, 1))
+    replies.put(offer(1), frames.encode(frames.CHUNK, 1, 0, b"\n".join(bodies)))
+    replies.put(offer(1), frames.encode(frames.END, 1, 1))
     events = (await collect(replies, StreamOutcome())).split(b"\n\n")
     assert events == [b"data: " + body for body in bodies] + [b"data: [DONE]", b""]

@@ -11,6 +11,7 @@ import pytest
 from libs.contracts import frames
 from libs.contracts.pricing import UsageBounds, client_usage
 from services.ingress.gateway import ReplyStream, UsageGuard
+from tests.unit.ingress.offers import armed, offer
 
 
 def chunk(index: int = 0, usage: dict[str, Any] | None = None, **delta: object) -> bytes:
@@ -181,10 +182,10 @@ def test_a_carriage_return_cannot_slip_into_the_clients_stream() -> None:
 
 async def test_a_malformed_answer_ends_the_stream_with_an_error_and_stops_the_request() -> None:
     stopped: list[str] = []
-    stream = ReplyStream("r", idle_s=1, on_lost=stopped.append)
+    stream = armed(ReplyStream("r", idle_s=1, on_lost=stopped.append))
     stream.guard = UsageGuard(UsageBounds(prompt=100, completion=50), 0, 0, 0)
-    stream.put(frames.encode(frames.CHUNK, 1, 0, chunk(content="ok")))
-    stream.put(frames.encode(frames.CHUNK, 1, 1, b"<html>oops</html>"))
+    stream.put(offer(1), frames.encode(frames.CHUNK, 1, 0, chunk(content="ok")))
+    stream.put(offer(1), frames.encode(frames.CHUNK, 1, 1, b"<html>oops</html>"))
     assert (await stream.next()).kind == frames.CHUNK
     error = await stream.next()
     assert error.kind == frames.ERROR

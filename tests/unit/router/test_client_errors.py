@@ -6,7 +6,7 @@ from __future__ import annotations
 from libs.contracts.common import Usage
 from libs.contracts.pricing import UsageBounds
 from libs.contracts.routing import AttemptFinished, RouteRequest, RoutingPreferences
-from services.router.service import InFlight, can_fail_over
+from services.router.service import InFlight, Run, can_fail_over
 from services.router.stats import NetworkStats
 from tests.unit.router.test_marketplace import CHEAP, WALL, fail, hoster, order, registry
 
@@ -43,8 +43,9 @@ def test_a_client_error_is_not_retried_on_another_hoster() -> None:
         routing=RoutingPreferences(), body={},
     )  # fmt: skip
     candidates = order(registry(hoster(CHEAP, 1)), RoutingPreferences(), NetworkStats())
-    flight = InFlight(route=route, queue=candidates, candidate=candidates[0], adapter_id="a", attempt=1,
-                      prompt_tokens=1, first_byte_deadline_ms=None, started=0.0,
-                      bounds=UsageBounds(100, 100))  # fmt: skip
-    assert can_fail_over(finished(client_error=False), flight)
-    assert not can_fail_over(finished(client_error=True), flight)
+    for client_error, retried in ((False, True), (True, False)):
+        report = finished(client_error)
+        run = Run(1, candidates[0], "a", "x.1.t", 0.0, None, report=report)
+        run.end("failed", 1.0, report.error, report.client_error)
+        flight = InFlight(route, list(candidates), 1, UsageBounds(100, 100), [run], 1)
+        assert can_fail_over(flight) is retried

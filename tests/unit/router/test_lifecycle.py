@@ -1,5 +1,6 @@
 """The rules of a request's lifecycle, in memory: what it reserves, when an attempt fails over, what each
-attempt is billed (held to the request's bounds, then to the text the client received)."""
+attempt is billed (only what reached the client, on the network's records: the dispatch's prices, the
+request's bounds, the text the ingress counted) and how a hoster's claims are taken."""
 
 from __future__ import annotations
 
@@ -8,17 +9,25 @@ from libs.contracts.pricing import UsageBounds, cost_of
 from libs.contracts.routing import AttemptFinished, RequestDelivered, RouteRequest, RoutingPreferences
 from services.router.service import (
     MAX_ATTEMPTS,
+    UNASKED_CANCEL,
     InFlight,
-    bill_attempt,
-    billable,
+    Run,
     can_fail_over,
-    hold_to_text,
+    charge,
+    claimed_outcome,
+    delivery_due,
     max_cost,
+    record_of,
+    verdict,
 )
 from services.router.stats import NetworkStats
 from tests.unit.router.test_marketplace import CHEAP, FAST, WALL, hoster, order, registry
 
 BOUNDS = UsageBounds(prompt=100, completion=50)
+ROUTE = RouteRequest(
+    request_id="r", reply_subject="x", model="m", stream=True, include_usage=False, created=0,
+    routing=RoutingPreferences(), body={},
+)  # fmt: skip
 
 
 def outcome(prompt: int, completion: int, attempt: int = 1, **fields: object) -> AttemptFinished:
@@ -31,14 +40,19 @@ def outcome(prompt: int, completion: int, attempt: int = 1, **fields: object) ->
     return AttemptFinished.model_validate(values | fields)
 
 
-def flight(attempt: int = 1) -> InFlight:
-    route = RouteRequest(
-        request_id="r", reply_subject="x", model="m", stream=True, include_usage=False, created=0,
-        routing=RoutingPreferences(), body={},
-    )  # fmt: skip
-    candidates = order(registry(hoster(CHEAP, 1)), RoutingPreferences(), NetworkStats())
-    return InFlight(route=route, queue=[], candidate=candidates[0], adapter_id="a", attempt=attempt,
-                    prompt_tokens=1, first_byte_deadline_ms=None, started=0.0, bounds=BOUNDS)  # fmt: skip
+def run(attempt: int = 1, report: AttemptFinished | None = None, deadline_ms: float | None = None) -> Run:
+    candidate = order(registry(hoster(CHEAP, 1)), RoutingPreferences(), NetworkStats())[0]
+    # The dispatch's prices are the offer's: 1 and 2 credits per million tokens (``hoster(CHEAP, 1)``).
+    return Run(attempt, candidate, "a", f"x.{attempt}.t", 100.0, deadline_ms, report=report)
+
+
+def flight(*runs: Run) -> InFlight:
+    return InFlight(ROUTE, [], 1, BOUNDS, list(runs or [run()]), offers=len(runs or [None]))
+
+
+def note(attempt: int = 1, text_bytes: int = 400, frames: int = 3, ttft_ms: float | None = 12.0) -> RequestDelivered:
+    return RequestDelivered(request_id="r", attempt=attempt, text_bytes=text_bytes, choices=1, frames=frames,
+                            ttft_ms=ttft_ms)  # fmt: skip
 
 
 def test_the_reservation_covers_every_bounded_token_at_the_dearest_candidate() -> None:
@@ -49,52 +63,92 @@ def test_the_reservation_covers_every_bounded_token_at_the_dearest_candidate() -
     assert max_cost(candidates, BOUNDS, 1000) == expected
 
 
-def test_an_honest_report_is_billed_as_reported() -> None:
-    billed = bill_attempt(BOUNDS, outcome(10, 5))
+def test_an_honest_report_of_a_delivered_attempt_is_billed_as_reported_at_the_dispatchs_prices() -> None:
+    r = run()
+    r.report = outcome(10, 5, input_price=r.candidate.offer.input_price, output_price=r.candidate.offer.output_price)
+    billed = charge(r, BOUNDS, note())
+    assert billed is not None
     assert (billed.usage.prompt_tokens, billed.usage.completion_tokens, billed.usage_discrepancy) == (10, 5, None)
+    assert (billed.input_price, billed.output_price) == (r.candidate.offer.input_price, r.candidate.offer.output_price)
+
+
+def test_a_report_naming_its_own_prices_is_billed_at_the_dispatchs_and_flagged() -> None:
+    r = run()
+    r.report = outcome(10, 5, input_price=2**40, output_price=2**40)
+    billed = charge(r, BOUNDS, note())
+    assert billed is not None
+    assert (billed.input_price, billed.output_price) == (r.candidate.offer.input_price, r.candidate.offer.output_price)
+    assert billed.usage_discrepancy is not None
+    assert "reported prices" in billed.usage_discrepancy
 
 
 def test_a_report_past_the_bounds_is_billed_at_them_and_says_why() -> None:
-    billed = bill_attempt(BOUNDS, outcome(10_000, -3))
+    r = run(report=outcome(10_000, -3))
+    billed = charge(r, BOUNDS, note())
+    assert billed is not None
     assert (billed.usage.prompt_tokens, billed.usage.completion_tokens) == (100, 0)
-    assert billed.usage_discrepancy is not None
-    assert "reported 10000 prompt" in billed.usage_discrepancy
+    assert "reported 10000 prompt" in (billed.usage_discrepancy or "")
 
 
-def test_the_serving_attempt_is_held_to_the_text_the_client_received() -> None:
-    f = flight()
-    event = outcome(10, 40)
-    f.reported[1] = event.usage
-    f.billed.append(bill_attempt(f.bounds, event))
-    billed, caught = hold_to_text(f, RequestDelivered(request_id="r", attempt=1, text_bytes=6, choices=1))
-    assert billed[-1].usage.completion_tokens == 7  # 6 bytes of text and one end-of-sequence token
-    assert caught == CHEAP
-    assert "6 bytes of text reached the client" in (billed[-1].usage_discrepancy or "")
-    # Within the text: unchanged, nobody caught.
-    same, none = hold_to_text(f, RequestDelivered(request_id="r", attempt=1, text_bytes=400, choices=1))
-    assert same == f.billed
-    assert none is None
+def test_the_billed_completion_is_held_to_the_text_the_client_received() -> None:
+    r = run(report=outcome(10, 40))
+    billed = charge(r, BOUNDS, note(text_bytes=6))
+    assert billed is not None
+    assert billed.usage.completion_tokens == 7  # 6 bytes of text and one end-of-sequence token
+    assert "6 bytes of text reached the client" in (billed.usage_discrepancy or "")
 
 
-def test_a_delivery_note_of_another_attempt_changes_nothing() -> None:
-    f = flight(attempt=2)
-    for attempt in (1, 2):
-        event = outcome(10, 40, attempt=attempt)
-        f.reported[attempt] = event.usage
-        f.billed.append(bill_attempt(f.bounds, event))
-    billed, caught = hold_to_text(f, RequestDelivered(request_id="r", attempt=1, text_bytes=0, choices=1))
-    assert billed == f.billed
-    assert caught is None
+def test_nothing_is_billed_for_an_attempt_the_client_received_nothing_from() -> None:
+    r = run(report=outcome(10, 40))
+    assert charge(r, BOUNDS, None) is None  # no word from the ingress: nothing delivered
+    assert charge(r, BOUNDS, note(frames=0, text_bytes=0)) is None
+    assert charge(r, BOUNDS, note(attempt=2)) is None  # another attempt's content
+    assert charge(run(), BOUNDS, note()) is None  # delivered, but the hoster claimed nothing
+
+
+def test_a_cancel_the_network_did_not_ask_for_is_the_hosters_failure() -> None:
+    cancelled = outcome(10, 5, outcome="cancelled")
+    assert claimed_outcome(cancelled, flight()) == ("failed", UNASKED_CANCEL)
+    asked = flight()
+    asked.cancelled = True
+    assert claimed_outcome(cancelled, asked) == ("cancelled", None)
+
+
+def test_a_claimed_success_the_client_received_nothing_of_is_a_failure() -> None:
+    r = run(report=outcome(10, 5))
+    assert verdict(r, note(frames=0, text_bytes=0), 0.0)[0] == "failed"
+    assert verdict(r, note(), 0.0)[0] == "succeeded"
+    assert verdict(run(), note(), 0.0)[:2] == ("failed", "the hoster never reported the attempt's end")
 
 
 def test_failover_only_before_the_client_got_anything_and_within_the_attempts() -> None:
-    failed = outcome(1, 0, outcome="failed", chunks_sent=0)
-    assert can_fail_over(failed, flight())
-    assert not can_fail_over(failed.model_copy(update={"chunks_sent": 2}), flight())
-    assert can_fail_over(failed.model_copy(update={"chunks_sent": 2, "stream": False}), flight())
-    assert not can_fail_over(failed, flight(attempt=MAX_ATTEMPTS))
-    cancelled = flight()
+    failed = run(report=outcome(1, 0, outcome="failed", chunks_sent=0))
+    failed.end("failed", 1.0)
+    assert can_fail_over(flight(failed))
+    sent = run(report=outcome(1, 0, outcome="failed", chunks_sent=2))
+    sent.end("failed", 1.0)
+    assert not can_fail_over(flight(sent))
+    assert not can_fail_over(flight(*[failed] * MAX_ATTEMPTS))
+    cancelled = flight(failed)
     cancelled.cancelled = True
-    assert not can_fail_over(failed, cancelled)
-    assert billable(outcome(1, 1))
-    assert not billable(failed)
+    assert not can_fail_over(cancelled)
+    over = flight(failed)
+    over.over = True  # the ingress said the client's response ended
+    assert not can_fail_over(over)
+
+
+def test_the_wait_for_the_ingress_outlasts_the_attempts_first_byte_deadline() -> None:
+    r = run(deadline_ms=5000.0)  # started at 100.0
+    assert delivery_due(r, 101.0, 2.0) == 107.0
+    assert delivery_due(r, 110.0, 2.0) == 112.0
+
+
+def test_the_record_is_the_networks_own_prices_clock_and_count() -> None:
+    r = run(report=outcome(10, 5, input_price=7, output_price=7, ttft_ms=0.001, duration_ms=0.001))
+    r.end("succeeded", 100.5)
+    record, observed = record_of(r, ROUTE, note(ttft_ms=900.0), None, 101.0, WALL)
+    assert (record.input_price, record.output_price) == (r.candidate.offer.input_price, r.candidate.offer.output_price)
+    assert record.duration_ms == 500.0  # the router's clock, not the hoster's
+    assert record.ttft_ms == 500.0  # the ingress's, never past the attempt's duration
+    assert (record.prompt_tokens, record.completion_tokens, record.chunks_sent) == (10, 5, 3)
+    assert (observed.ttft_ms, observed.duration_ms, observed.completion_tokens) == (500.0, 500.0, 0)
