@@ -281,17 +281,20 @@ class Dispatcher:
                 error=errors.hosters_busy(s.retry_after_s),
                 headers=headers,
             )
+        # The attempt this routing started: should it have failed over already, the ingress hears of the next
+        # from its notice, after this.
+        first = flight.runs[0]
         return RouteAccepted(
-            hoster_id=flight.candidate.hoster.hoster_id,
-            model=flight.candidate.offer.model,
-            attempt=flight.attempt,
-            reply_subject=flight.current.reply_subject,
+            hoster_id=first.hoster_id,
+            model=first.candidate.offer.model,
+            attempt=first.attempt,
+            reply_subject=first.reply_subject,
             headers=headers,
-            first_byte_deadline_ms=flight.current.first_byte_deadline_ms,
+            first_byte_deadline_ms=first.first_byte_deadline_ms,
             prompt_bound=flight.bounds.prompt,
             completion_bound=flight.bounds.completion,
-            input_price=flight.candidate.offer.input_price,
-            output_price=flight.candidate.offer.output_price,
+            input_price=first.candidate.offer.input_price,
+            output_price=first.candidate.offer.output_price,
             fee_bps=s.platform_fee_bps,
             router_id=self.router_id,
         )
@@ -880,10 +883,13 @@ class Dispatcher:
             self._wait_for_delivery(flight)
 
     async def _abandon(self, flight: InFlight) -> None:
-        """Stop a request nobody waits for: its hoster is told to stop, no failover, nothing charged."""
+        """Stop a request nobody waits for (no ingress will send a note): its hoster is told to stop, and it
+        settles at once with nothing charged."""
         flight.cancelled = flight.unbilled = flight.over = True
         stop = RequestCancelled(request_id=flight.route.request_id).model_dump_json().encode()
         await self._broker.connection.publish(subjects.attempt_cancel(flight.current.hoster_id), stop)
+        flight.current.end("cancelled", time.monotonic(), "the ingress stopped waiting for the route")
+        self._settle(flight.route.request_id)
 
     async def _fail(self, flight: InFlight, report: ErrorReport) -> None:
         frame = frames.encode(frames.ERROR, flight.attempt, -1, report.model_dump_json().encode())

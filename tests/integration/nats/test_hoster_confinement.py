@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.client import Client as NATS
@@ -198,15 +199,27 @@ async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Host
     assert frames_control == []
 
 
-async def test_a_hoster_announces_and_reports_under_its_own_id(hostile: Hostile, platform: Client) -> None:
+async def test_a_hoster_announces_and_reports_under_its_own_id_and_stores_nothing(
+    hostile: Hostile, platform: Client
+) -> None:
+    """Its heartbeats and its outcome reports are core messages (a report goes to the router that dispatched):
+    no stream holds a subject a hoster may publish on, so nothing it sends is stored, and no message id of its
+    shares a JetStream namespace with the platform's."""
     heartbeats = await collect(platform, subjects.HOSTER_HEARTBEAT_ALL)
+    reports = await collect(platform, subjects.attempts_finished_for_router("router-1"))
     await hostile.nc.publish(subjects.hoster_heartbeat(H1), b"{}")
+    await hostile.nc.publish(subjects.attempt_finished(H1, "router-1"), b"{}")
     await hostile.nc.flush()
-    # The outcome report goes to JetStream; the ack comes back on the hoster's own inbox.
-    ack = await hostile.nc.jetstream().publish(subjects.attempt_finished(H1, "router-1"), b"{}")
-    assert ack.stream == subjects.USAGE_STREAM
+    # As a JetStream publish (a request no stream answers: only the router's core subscription hears it).
+    with pytest.raises((nats.js.errors.NoStreamResponseError, nats.errors.TimeoutError)):
+        await hostile.nc.jetstream(timeout=0.5).publish(
+            subjects.attempt_finished(H1, "router-1"), b"{}", headers={"Nats-Msg-Id": "chatcmpl-x:finished"}
+        )
     await asyncio.sleep(0.2)
     assert [m.subject for m in heartbeats] == [subjects.hoster_heartbeat(H1)]
+    assert [m.subject for m in reports] == [subjects.attempt_finished(H1, "router-1")] * 2
+    for stream in (subjects.USAGE_STREAM, subjects.DEADLETTER_STREAM):
+        assert (await platform.jetstream().stream_info(stream)).state.messages == 0
     assert hostile.errors == []
 
 

@@ -83,7 +83,7 @@ async def send(
     async def on_frame(msg: Msg) -> None:
         await queue.put(frames.decode(msg.data))
 
-    await nc.subscribe(reply, cb=on_frame)
+    await nc.subscribe(reply + ".>", cb=on_frame)  # every offer's subject
     await nc.subscribe(subjects.control_subject(reply), cb=on_frame)  # the router's notices and errors
     route = RouteRequest(
         request_id=request_id, reply_subject=reply, model=model, stream=stream, include_usage=False,

@@ -17,7 +17,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from libs.contracts import frames, subjects
 from libs.contracts.billing import Caller, RateLimitState, RequestFinished, Reserved
 from libs.contracts.common import ErrorReport, Usage
-from libs.contracts.routing import AttemptDispatch, RequestCancelled, RouteRequest, RoutingPreferences
+from libs.contracts.routing import AttemptDispatch, RequestCancelled, RequestDelivered, RouteRequest, RoutingPreferences
 from libs.platform.broker import ensure_streams
 from libs.platform.ids import new_request_id
 from tests.conftest import NatsTestServer
@@ -53,7 +53,7 @@ async def paid_route(nc: Client, stream: bool = False, tier: str = "balanced") -
     """A route request with a caller (so billing admits and settles it), its reply subject subscribed."""
     request_id = new_request_id()
     reply = subjects.reply_subject("test-ingress", request_id)
-    await nc.subscribe(reply)
+    await nc.subscribe(reply + ".>")
     return RouteRequest(
         request_id=request_id, reply_subject=reply, model=MODEL, stream=stream, include_usage=False,
         created=int(time.time()), routing=RoutingPreferences.model_validate({"tier": tier}),
@@ -86,7 +86,7 @@ async def test_an_outcome_that_overtakes_its_accept_still_ends_the_request(
     try:
         await until_router_lists(platform, MODEL)
         _, decision, queue = await send(platform, model=MODEL, stream=False)
-        assert decision["hoster_id"] == hoster.hoster_id
+        assert decision.get("hoster_id") == hoster.hoster_id, decision
         got = await until_terminal(queue, timeout_s=5)
         assert got[-1].kind == frames.ERROR
         assert ErrorReport.model_validate(orjson.loads(got[-1].body)).code == "all_hosters_failed"
@@ -118,9 +118,15 @@ async def test_a_failovers_outcome_heard_before_its_accept_is_billed_with_the_re
         await until_router_lists(platform, MODEL, hosters=2)
         route = await paid_route(platform, tier="cheapest")
         request_id = route.request_id
+        notices = await platform.subscribe(subjects.control_subject(route.reply_subject))
         decision = await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)
-        assert orjson.loads(decision.data)["hoster_id"] == cheap.hoster_id
-        # No word from an ingress comes: the request settles on its own bounds after the delivery wait.
+        accepted = orjson.loads(decision.data)
+        assert accepted["hoster_id"] == cheap.hoster_id
+        notice = frames.decode((await notices.next_msg(timeout=5)).data)
+        assert (notice.kind, notice.attempt) == (frames.ATTEMPT, 2)  # the failover, named once it was taken
+        # The ingress's word, at the end: attempt 2's content reached the client (its 40 bytes of text).
+        note = RequestDelivered(request_id=request_id, attempt=2, text_bytes=40, choices=1, frames=1)
+        await platform.publish(subjects.request_delivered(accepted["router_id"]), note.model_dump_json().encode())
         event = await asyncio.wait_for(finished.get(), 10)
         assert event.request_id == request_id
         assert event.outcome == "succeeded"
