@@ -56,9 +56,12 @@ class RouterSettings(ServiceSettings):
     probe_interval_s: float = Field(30.0, ge=0)
     probe_new_attempts: int = Field(20, ge=0)
     probe_idle_s: float = Field(600.0, gt=0)
-    # How long a finished request waits for the ingress to say what reached the client (its text bounds
-    # the completion tokens billed) before it settles on the request's own bounds alone.
-    delivery_wait_s: float = Field(2.0, gt=0)
+    # How long a request whose serving attempt reported its end waits for the ingress's note on what reached
+    # the client (counted from the attempt's first-byte deadline, when that is later), and how long a note
+    # waits for the serving attempt's report; past it the request settles on what it has (no note: nothing
+    # delivered, nothing billed). Above the ingress's CS_INGRESS_DEADLINE_GRACE_S (2 s), so an ingress that
+    # got nothing by the deadline says so first and the request fails over.
+    delivery_wait_s: float = Field(5.0, gt=0)
     # How often billing hears which of this router's requests are still running (their reservations must
     # outlive CS_BILLING_RESERVATION_TTL_S however long they stream): well under that TTL.
     reservation_keepalive_s: float = Field(60.0, gt=0)

@@ -121,8 +121,34 @@ class ScriptedHoster:
             subjects.attempt_accepted(self.hoster_id, dispatch.router_id), answer.model_dump_json().encode()
         )
 
+    async def decline(self, dispatch: AttemptDispatch) -> None:
+        """Say no to the offer (as an agent at capacity does)."""
+        answer = AttemptAccepted(
+            request_id=dispatch.request_id, attempt=dispatch.attempt, accepted=False, adapter_id=self.adapter_id
+        )
+        await self.nc.publish(
+            subjects.attempt_accepted(self.hoster_id, dispatch.router_id), answer.model_dump_json().encode()
+        )
+
+    async def answer(
+        self, dispatch: AttemptDispatch, reply: str, content: str, usage: Usage, attempt: int | None = None
+    ) -> None:
+        """A whole chat completion (a non-stream answer) on ``reply``, claiming ``usage``."""
+        completion = {
+            "id": dispatch.request_id, "object": "chat.completion", "created": dispatch.created,
+            "model": dispatch.model, "usage": usage.model_dump(exclude={"estimated"}),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        }  # fmt: skip
+        number = dispatch.attempt if attempt is None else attempt
+        await self.nc.publish(reply, frames.encode(frames.COMPLETION, number, 0, orjson.dumps(completion)))
+
     async def report(
-        self, dispatch: AttemptDispatch, outcome: AttemptOutcome, usage: Usage | None = None, chunks_sent: int = 0
+        self,
+        dispatch: AttemptDispatch,
+        outcome: AttemptOutcome,
+        usage: Usage | None = None,
+        chunks_sent: int = 0,
+        **claims: object,
     ) -> None:
         """Report the attempt's outcome to the router that dispatched it, as the adapter does (core NATS)."""
         event = AttemptFinished(
@@ -141,7 +167,7 @@ class ScriptedHoster:
             error="scripted" if outcome == "failed" else None,
             duration_ms=1.0,
             finished_at=time.time(),
-        )
+        ).model_copy(update=claims)
         await self.nc.publish(
             subjects.attempt_finished(self.hoster_id, dispatch.router_id), event.model_dump_json().encode()
         )

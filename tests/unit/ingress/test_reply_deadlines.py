@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import orjson
 import pytest
 
 from libs.contracts import frames
+from libs.contracts.pricing import UsageBounds
 from libs.contracts.routing import CancelReason
-from services.ingress.gateway import Deadlines, ReplyStream
+from services.ingress.gateway import Deadlines, ReplyStream, UsageGuard
 from tests.unit.ingress.offers import announce, offer, reply
 
 
@@ -112,3 +114,36 @@ async def test_an_attempt_that_answers_in_time_is_never_reported() -> None:
     replies.put(offer(1), frames.encode(frames.END, 1, 5))
     assert (await replies.next()).kind == frames.END
     assert missed == []
+
+
+async def test_frames_that_carry_nothing_do_not_stretch_the_stall_deadline() -> None:
+    """A hoster streaming empty chunks (``{"choices": []}``, a bare role) forever holds the client no longer
+    than one that went silent: only content counts as progress, and only content counts as delivered."""
+    replies, missed = stream(stall_s=0.2)
+    replies.guard = UsageGuard(UsageBounds(100, 100), 0, 0, 0)
+    replies.arm(1, 1000, reply(1))
+    content = orjson.dumps({"choices": [{"index": 0, "delta": {"content": "one"}}]})
+    replies.put(offer(1), frames.encode(frames.CHUNK, 1, 0, content))
+    assert (await replies.next()).kind == frames.CHUNK
+
+    async def empty_chunks() -> None:
+        empty = (b'{"choices": []}', b'{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}')
+        for seq in range(1, 1000):
+            replies.put(offer(1), frames.encode(frames.CHUNK, 1, seq, empty[seq % 2]))
+            await asyncio.sleep(0.02)
+
+    filling = asyncio.create_task(empty_chunks())
+    try:
+
+        async def drain() -> None:
+            while True:
+                await replies.next()
+
+        reading = asyncio.create_task(drain())
+        await asyncio.wait_for(missed.first.wait(), 5)
+        reading.cancel()
+    finally:
+        filling.cancel()
+    assert missed == [("r", 1, "stalled")]
+    assert (replies.delivered_attempt, replies.delivered_frames) == (1, 1)
+    assert replies.guard.text_bytes == 3
