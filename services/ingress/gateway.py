@@ -288,6 +288,7 @@ class ReplyStream:
         "_ready",
         "_seq",
         "attempt",
+        "attempts",
         "delivered_attempt",
         "delivered_frames",
         "first_content_ms",
@@ -314,6 +315,8 @@ class ReplyStream:
         self._deadlines = deadlines
         self._on_lost = on_lost
         self.attempt = 1
+        # How many attempts served this request so far (each armed once; declined offers are never armed).
+        self.attempts = 0
         self._offer: str | None = None
         self._seq = 0
         self._abandoned = 0
@@ -372,6 +375,7 @@ class ReplyStream:
         """Attempt ``attempt`` serves now, on ``reply_subject``; its first content is due within
         ``first_byte_deadline_ms`` (plus grace), and never later than the ingress's own ceiling."""
         self.attempt = attempt
+        self.attempts += 1
         self._offer = reply_subject.partition(f".{self.request_id}.")[2] or None
         self._seq = 0
         self._content = False

@@ -44,9 +44,9 @@ async def first_answer(replies: ReplyStream, headers: dict[str, str]) -> frames.
     while frame.kind == frames.ATTEMPT:
         headers["x-computeshare-hoster"] = orjson.loads(frame.body)["hoster_id"]
         frame = await replies.next()
-    # The attempt the router announced (its notices come on the control subject), not the number a hoster's
-    # frame carries.
-    headers["x-computeshare-attempts"] = str(max(replies.attempt, 1))
+    # The attempts the router named (its notices come on the control subject): offers a hoster declined
+    # have numbers too, but never served.
+    headers["x-computeshare-attempts"] = str(max(replies.attempts, 1))
     return frame
 
 

@@ -714,6 +714,8 @@ class Dispatcher:
         run.end("failed", time.monotonic(), f"{event.reason}: the ingress gave up on the hoster")
         if event.reason == "stalled":
             flight.over = True  # the client has part of an answer and may not get another
+        else:
+            run.silent = True
         await self._after_failure(flight)
 
     def delivered(self, note: RequestDelivered) -> None:

@@ -610,6 +610,9 @@ class Run:
     error: str | None = None
     client_error: bool = False
     ended: float | None = None
+    # The ingress said it received nothing of this attempt by its first-byte deadline: whatever the hoster
+    # claims it sent, the client has nothing of it.
+    silent: bool = False
 
     @property
     def hoster_id(self) -> str:
@@ -675,11 +678,11 @@ def claimed_outcome(event: AttemptFinished, flight: InFlight) -> tuple[AttemptOu
 
 def can_fail_over(flight: InFlight) -> bool:
     """A failed attempt is retried elsewhere unless the client left, the failure was the client's own, a
-    stream may already have sent it something (the hoster says so, or the ingress's note came), or the
-    request used its attempts."""
+    stream may already have sent it something (the hoster says so and the ingress did not say otherwise, or
+    the ingress's note came), or the request used its attempts."""
     run = flight.current
     report = run.report
-    sent = report is not None and report.stream and report.chunks_sent > 0
+    sent = not run.silent and report is not None and report.stream and report.chunks_sent > 0
     return (
         run.outcome == "failed"
         and not run.client_error

@@ -20,7 +20,15 @@ from libs.contracts import frames
 from libs.contracts.common import Usage
 from libs.contracts.routing import AttemptDispatch
 from libs.devstack.processes import free_port
-from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
+from libs.devstack.stack import (
+    DEMO_HOSTER_ID,
+    DEMO_MODEL,
+    AdapterSpec,
+    SimulatorSpec,
+    Stack,
+    demo_hoster,
+    throwaway_config,
+)
 from tests.e2e.records import routing_record
 from tests.e2e.test_money import settled
 from tests.integration.request_path.scripted_hoster import ScriptedHoster
@@ -166,38 +174,40 @@ async def test_frames_lost_on_the_way_end_the_stream_with_an_error_and_bill_only
 async def test_a_hoster_cannot_forge_the_routers_failover_notice_or_errors(
     stack: Stack, client: tuple[httpx.AsyncClient, str, str], tmp_path: Path
 ) -> None:
-    """A hoster's agent sends, on its attempt's reply subject, a failover notice naming attempt 2 (another
-    hoster, absurd prices), then its chunks numbered as attempt 2, and reports attempt 1 with 4,096
-    completion tokens: had the notice been believed, the text bound (which applies to the attempt that
-    delivered) would have been skipped. It also tries an error of its own. The router's notices and errors
-    travel on a subject hosters cannot publish to: the client sees the serving hoster, the honest usage, and
-    pays for the text it got."""
+    """A hoster's agent sends, on its attempt's reply subject, a failover notice naming the next attempt
+    (another hoster, absurd prices), an error of its own, then its chunks numbered as that next attempt, and
+    reports its attempt with 4,096 completion tokens. The router's notices and errors travel on a subject
+    hosters cannot publish to, and the ingress reads only frames of the attempt serving: none of it reaches
+    the client, its attempt delivers nothing by its first-byte deadline, the request fails over, and the
+    client pays for the other hoster's answer alone."""
     http, key, account_id = client
 
     async def forge(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
         await hoster.accept(dispatch)
+        nxt = dispatch.attempt + 1
         notice = {"hoster_id": "impostor", "model": dispatch.model, "input_price": 10**12, "output_price": 10**12}
-        await hoster.nc.publish(msg.reply, frames.encode(frames.ATTEMPT, 2, -1, orjson.dumps(notice)))
+        await hoster.nc.publish(msg.reply, frames.encode(frames.ATTEMPT, nxt, -1, orjson.dumps(notice)))
         fake = b'{"http_status": 401, "type": "invalid_request_error", "code": "x", "message": "pay me"}'
-        await hoster.nc.publish(msg.reply, frames.encode(frames.ERROR, 1, -1, fake))
-        await hoster.send_chunk(dispatch, msg.reply, 0, finish_reason="stop", attempt=2)
-        await hoster.nc.publish(msg.reply, frames.encode(frames.END, 2, 1))
+        await hoster.nc.publish(msg.reply, frames.encode(frames.ERROR, dispatch.attempt, -1, fake))
+        await hoster.send_chunk(dispatch, msg.reply, 0, content="FORGED", finish_reason="stop", attempt=nxt)
+        await hoster.nc.publish(msg.reply, frames.encode(frames.END, nxt, 1))
         await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=4096, total_tokens=4101), 2)
 
-    hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, forge, price=10**6)
+    hoster = await ScriptedHoster.connect(stack.nats_url, stack.auth, tmp_path, DEMO_MODEL, forge, price=0)
     await until_stack_router_hears(stack, hoster.hoster_id)
     try:
         async with http.stream("POST", "/chat/completions", json={**BODY, "stream": True}) as response:
             lines = [line async for line in response.aiter_lines() if line]
         assert response.status_code == 200
-        assert response.headers["x-computeshare-hoster"] == hoster.hoster_id
-        assert response.headers["x-computeshare-attempts"] == "1"
-        assert orjson.loads(lines[0][6:])["choices"][0]["delta"]["content"] == "Hi"
+        assert response.headers["x-computeshare-hoster"] == DEMO_HOSTER_ID
+        assert response.headers["x-computeshare-attempts"] == "2"
         assert lines[-1] == "data: [DONE]"
-        assert not any("pay me" in line for line in lines)
+        assert not any("pay me" in line or "FORGED" in line or "impostor" in line for line in lines)
         await settled(stack, account_id)
         record = await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"])
-        assert record["completion_tokens"] <= len(b"Hi") + 1, record  # the text that arrived, not 4,096
-        assert record["usage_discrepancy"] is not None
+        forged, served = record["attempts"]
+        assert (forged["hoster_id"], forged["outcome"]) == (hoster.hoster_id, "failed")
+        assert served["hoster_id"] == DEMO_HOSTER_ID
+        assert record["completion_tokens"] == served["completion_tokens"] <= 6  # the demo's answer, not 4,096
     finally:
         await hoster.close()
