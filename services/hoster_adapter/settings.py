@@ -12,8 +12,17 @@ import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.contracts.common import CHAT, Endpoint
-from libs.contracts.hosters import HOSTER_TAG, ModelOffer, Quantization
+from libs.contracts.common import CHAT, MAX_DURATION_MS, Endpoint
+from libs.contracts.hosters import (
+    HOSTER_TAG,
+    MAX_HEARTBEAT_INTERVAL_S,
+    MAX_MODELS_PER_HOSTER,
+    MAX_UPSTREAM_MODEL_LENGTH,
+    ModelId,
+    ModelOffer,
+    Name,
+    Quantization,
+)
 from libs.platform.natsauth import creds_jwt, decode_jwt
 from libs.platform.settings import ServiceSettings
 from services.hoster_adapter.profiles import ProfileName
@@ -27,8 +36,8 @@ DEFAULT_CAPABILITIES: tuple[Capability, ...] = ("tools", "json")
 class HostedModel(BaseModel):
     """A model one hoster serves. Prices are in credits per million tokens (converted to micro-credits)."""
 
-    name: str = Field(min_length=1)
-    upstream_model: str | None = None
+    name: ModelId
+    upstream_model: str | None = Field(None, min_length=1, max_length=MAX_UPSTREAM_MODEL_LENGTH)
     input_price: Decimal = Field(ge=0)
     output_price: Decimal = Field(ge=0)
     context_length: int | None = Field(None, ge=1)
@@ -60,15 +69,17 @@ class HosterConfig(BaseModel):
     """One hoster: an OpenAI-compatible server (vLLM, llama.cpp, Ollama, a cloud provider) and its models."""
 
     id: str
-    name: str
+    name: Name
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://gpu-box:8000/v1")
     api_key: SecretStr | None = None
     cloud: bool = False
-    region: str | None = None
+    region: Name | None = None
     capacity: int = Field(64, ge=1, description="requests this hoster serves at once")
-    advertised_ttft_ms: float | None = Field(None, gt=0, description="the time to first token it promises")
+    advertised_ttft_ms: float | None = Field(
+        None, gt=0, le=MAX_DURATION_MS, description="the time to first token it promises"
+    )
     profile: ProfileName = Field("openai", description="the kind of server: which parameters it takes, as what")
-    models: list[HostedModel] = Field(min_length=1)
+    models: list[HostedModel] = Field(min_length=1, max_length=MAX_MODELS_PER_HOSTER)
 
     @field_validator("id")
     @classmethod
@@ -88,7 +99,7 @@ class AdapterSettings(ServiceSettings):
 
     hosters: list[HosterConfig] = Field(default_factory=list)
     hosters_file: Path | None = None
-    heartbeat_interval_s: float = Field(1.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0, le=MAX_HEARTBEAT_INTERVAL_S)
     keepalive_interval_s: float = Field(5.0, gt=0)
     connect_timeout_s: float = Field(5.0, gt=0)
     # Longest wait for the upstream's next byte (its first token included) before the attempt fails.
@@ -154,10 +165,10 @@ class AgentConfig(BaseModel):
     Who the hoster is (its id, name, region, cloud) comes from its registration, not from this file.
     """
 
-    models: list[HostedModel] = Field(min_length=1)
+    models: list[HostedModel] = Field(min_length=1, max_length=MAX_MODELS_PER_HOSTER)
     capacity: int = Field(16, ge=1)
     profile: ProfileName = "openai"
-    advertised_ttft_ms: float | None = Field(None, gt=0)
+    advertised_ttft_ms: float | None = Field(None, gt=0, le=MAX_DURATION_MS)
     upstream_api_key: SecretStr | None = None
 
     @classmethod
