@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from libs.contracts.common import CHAT, MAX_DURATION_MS, Endpoint
+from libs.contracts.frames import MAX_ATTEMPT_BYTES, MAX_ATTEMPT_DURATION_S, MIN_KEEPALIVE_INTERVAL_S
 from libs.contracts.hosters import (
     HOSTER_TAG,
     MAX_HEARTBEAT_INTERVAL_S,
@@ -100,7 +101,7 @@ class AdapterSettings(ServiceSettings):
     hosters: list[HosterConfig] = Field(default_factory=list)
     hosters_file: Path | None = None
     heartbeat_interval_s: float = Field(1.0, gt=0, le=MAX_HEARTBEAT_INTERVAL_S)
-    keepalive_interval_s: float = Field(5.0, gt=0)
+    keepalive_interval_s: float = Field(5.0, ge=MIN_KEEPALIVE_INTERVAL_S)
     connect_timeout_s: float = Field(5.0, gt=0)
     # Longest wait for the upstream's next byte (its first token included) before the attempt fails.
     read_timeout_s: float = Field(120.0, gt=0)
@@ -114,9 +115,10 @@ class AdapterSettings(ServiceSettings):
     max_line_bytes: int = Field(1 << 20, ge=1024)
     # How much of an error answer's body is read (for the routing record's error); the rest is never read.
     max_error_body_bytes: int = Field(4096, ge=0)
-    # Bytes of one attempt's whole response body, and the longest it may last (from sending the request).
-    max_attempt_bytes: int = Field(256 << 20, ge=1024)
-    max_attempt_duration_s: float = Field(1800.0, gt=0)
+    # Bytes of one attempt's whole response body, and the longest it may last (from sending the request); at
+    # most the bounds a hoster's NATS response permission is derived from (``libs/contracts/frames.py``).
+    max_attempt_bytes: int = Field(MAX_ATTEMPT_BYTES, ge=1024, le=MAX_ATTEMPT_BYTES)
+    max_attempt_duration_s: float = Field(MAX_ATTEMPT_DURATION_S, gt=0, le=MAX_ATTEMPT_DURATION_S)
     # A non-streaming client's assembled completion: its bytes of content (text, reasoning, tool calls,
     # logprobs) and its choices beyond the request's ``n``. One NATS message carries it, so the effective
     # budget is also kept under the server's max_payload.
