@@ -63,7 +63,8 @@ def make_broker(
     )
 
 
-# The JetStream streams' caps (README, "Usage events and dead letters"). Neither ever drops what it holds to make room
+# The JetStream streams' caps (README, "Usage events and dead letters"). Only platform services write to them
+# (hosters' outcome reports go to the router, in no stream). Neither ever drops what it holds to make room
 # (``DiscardPolicy.NEW``): a full stream refuses the next event, whose publisher retries and then logs it
 # lost, rather than silently losing an older one no consumer has read yet.
 # USAGE keeps an event until billing's consumer of its subject acked it (interest retention), so its cap
@@ -82,7 +83,7 @@ async def ensure_streams(nc: Client, replicas: int = 1) -> None:
     js = nc.jetstream()
     usage = StreamConfig(
         name=subjects.USAGE_STREAM,
-        subjects=[subjects.ATTEMPT_FINISHED_ALL, subjects.REQUEST_FINISHED, subjects.LEASE_EVENTS_ALL],
+        subjects=[subjects.REQUEST_FINISHED, subjects.LEASE_EVENTS_ALL],
         retention=RetentionPolicy.INTEREST,
         discard=DiscardPolicy.NEW,
         storage=StorageType.FILE,

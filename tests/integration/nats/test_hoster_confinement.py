@@ -207,14 +207,17 @@ async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Host
 
 async def test_a_hoster_announces_and_reports_under_its_own_id(hostile: Hostile, platform: Client) -> None:
     heartbeats = await collect(platform, subjects.HOSTER_HEARTBEAT_ALL)
+    reports = await collect(platform, subjects.ATTEMPT_FINISHED_ALL)
     await hostile.nc.publish(subjects.hoster_heartbeat(H1), b"{}")
+    # The outcome report goes to the router that owns the request; no stream holds it.
+    await hostile.nc.publish(subjects.attempt_finished(H1, "router-1"), b"{}")
     await hostile.nc.flush()
-    # The outcome report goes to JetStream; the ack comes back on the hoster's own inbox.
-    ack = await hostile.nc.jetstream().publish(subjects.attempt_finished(H1, "router-1"), b"{}")
-    assert ack.stream == subjects.USAGE_STREAM
     await asyncio.sleep(0.2)
     assert [m.subject for m in heartbeats] == [subjects.hoster_heartbeat(H1)]
+    assert [m.subject for m in reports] == [subjects.attempt_finished(H1, "router-1")]
     assert hostile.errors == []
+    stream = await platform.jetstream().stream_info(subjects.USAGE_STREAM)
+    assert stream.state.messages == 0
 
 
 async def test_a_hoster_cannot_use_the_jetstream_api(hostile: Hostile) -> None:

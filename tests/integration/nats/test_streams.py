@@ -1,5 +1,5 @@
-"""The JetStream streams as ``ensure_streams`` makes them on a real nats-server: capped, and never dropping an
-event to make room."""
+"""The JetStream streams as ``ensure_streams`` makes them on a real nats-server: capped, never dropping an
+event to make room, and with no hoster's subject in them (hosters write to no stream)."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ async def test_the_streams_are_capped_as_stated(nats_server: NatsTestServer) -> 
         await ensure_streams(nc)
         await ensure_streams(nc)  # every replica calls it: a second time changes nothing
         usage = (await js.stream_info(subjects.USAGE_STREAM)).config
+        assert sorted(usage.subjects or []) == sorted([subjects.REQUEST_FINISHED, subjects.LEASE_EVENTS_ALL])
         assert (usage.retention, usage.discard, usage.storage) == (
             RetentionPolicy.INTEREST, DiscardPolicy.NEW, StorageType.FILE
         )  # fmt: skip

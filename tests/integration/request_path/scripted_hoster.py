@@ -124,7 +124,8 @@ class ScriptedHoster:
     async def report(
         self, dispatch: AttemptDispatch, outcome: AttemptOutcome, usage: Usage | None = None, chunks_sent: int = 0
     ) -> None:
-        """Publish the attempt's outcome to JetStream, as the adapter does."""
+        """Publish the attempt's outcome to the router that owns the request (no stream holds a hoster's
+        subject)."""
         event = AttemptFinished(
             request_id=dispatch.request_id,
             attempt=dispatch.attempt,
@@ -142,6 +143,6 @@ class ScriptedHoster:
             duration_ms=1.0,
             finished_at=time.time(),
         )
-        await self.nc.jetstream().publish(
+        await self.nc.publish(
             subjects.attempt_finished(self.hoster_id, dispatch.router_id), event.model_dump_json().encode()
         )
