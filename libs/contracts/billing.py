@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from libs.contracts.common import CHAT, Endpoint, ErrorReport, Price, Usage
+from libs.contracts.common import CHAT, Contract, Endpoint, ErrorReport, Price, Usage
 
 
-class VerifyKey(BaseModel):
+class VerifyKey(Contract):
     """ingress -> billing: who holds the key with this SHA-256 (hex)?"""
 
     key_hash: str
@@ -22,7 +22,7 @@ INFERENCE: KeyKind = "inference"
 MANAGEMENT: KeyKind = "management"
 
 
-class KeyInfo(BaseModel):
+class KeyInfo(Contract):
     """billing -> ingress: the key's account, kind and limits, or why it is not valid."""
 
     status: Literal["valid", "unknown", "revoked"]
@@ -33,7 +33,7 @@ class KeyInfo(BaseModel):
     kind: KeyKind = INFERENCE
 
 
-class Caller(BaseModel):
+class Caller(Contract):
     """The authenticated caller of a request, carried from ingress to router and billing."""
 
     account_id: str
@@ -42,7 +42,7 @@ class Caller(BaseModel):
     tpm: int | None = None
 
 
-class ReservationsAlive(BaseModel):
+class ReservationsAlive(Contract):
     """router -> billing: requests still running on this router; their reservations are not stale. And the
     credit leases it holds (``LeaseCredits``): they are not stale either."""
 
@@ -50,7 +50,7 @@ class ReservationsAlive(BaseModel):
     lease_ids: list[str] = Field(default_factory=list)
 
 
-class LeaseCredits(BaseModel):
+class LeaseCredits(Contract):
     """router -> billing (request/reply): hold up to ``amount`` of the account's credit for this router, which
     admits the account's requests against it without asking billing each time. Billing grants at most a
     fraction of what the account can spend (balance and daily cap), and nothing below ``minimum``. The router
@@ -63,7 +63,7 @@ class LeaseCredits(BaseModel):
     minimum: int = Field(gt=0, description="less than this is refused, micro-credits")
 
 
-class LeaseGranted(BaseModel):
+class LeaseGranted(Contract):
     """billing -> router: the lease (``amount`` is held from the account's balance and counted in its day)."""
 
     status: Literal["granted"] = "granted"
@@ -74,7 +74,7 @@ class LeaseGranted(BaseModel):
     until: float
 
 
-class LeaseRefused(BaseModel):
+class LeaseRefused(Contract):
     """billing -> router: no lease (too little to spend, or an unknown account): admit request by request."""
 
     status: Literal["refused"] = "refused"
@@ -83,7 +83,7 @@ class LeaseRefused(BaseModel):
 LeaseAnswer = Annotated[LeaseGranted | LeaseRefused, Field(discriminator="status")]
 
 
-class LeasedAdmission(BaseModel):
+class LeasedAdmission(Contract):
     """One request a router admitted against a lease: ``amount`` of the lease is now its reservation."""
 
     request_id: str
@@ -93,7 +93,7 @@ class LeasedAdmission(BaseModel):
     endpoint: Endpoint = CHAT
 
 
-class LeasedAdmissions(BaseModel):
+class LeasedAdmissions(Contract):
     """router -> JetStream -> billing: requests admitted against ``lease_id`` since the last such event (sent in
     batches, off the request's path): billing records their reservations, so a request whose router dies is
     still charged for what its hosters reported, as any other."""
@@ -102,7 +102,7 @@ class LeasedAdmissions(BaseModel):
     admissions: list[LeasedAdmission]
 
 
-class RecallLease(BaseModel):
+class RecallLease(Contract):
     """billing -> the router holding ``lease_id`` (request/reply, answered with ``LeaseRecalled``): the
     account's credit ran short, or the lease looks stale; admit nothing more against the lease. Billing takes
     back what it did not admit at once, so the account's remaining credit serves whichever router its next
@@ -111,7 +111,7 @@ class RecallLease(BaseModel):
     lease_id: str
 
 
-class LeaseRecalled(BaseModel):
+class LeaseRecalled(Contract):
     """router -> billing: the answer to ``RecallLease``: what the lease admitted in all (``None``: this router
     holds no such lease, e.g. it gave it back already; billing then leaves it to that event)."""
 
@@ -119,7 +119,7 @@ class LeaseRecalled(BaseModel):
     admitted: int | None = None
 
 
-class LeaseReturned(BaseModel):
+class LeaseReturned(Contract):
     """router -> JetStream -> billing: the router admits nothing more against ``lease_id``; its requests took
     ``admitted`` of it in all (their reservations, recorded or still on the way). The rest goes back to the
     balance."""
@@ -129,7 +129,7 @@ class LeaseReturned(BaseModel):
     admitted: int = Field(ge=0)
 
 
-class ReserveCredits(BaseModel):
+class ReserveCredits(Contract):
     """router -> billing: admit a request, atomically: rate limits, then its maximum cost against the
     balance and the daily cap."""
 
@@ -141,7 +141,7 @@ class ReserveCredits(BaseModel):
     endpoint: Endpoint = CHAT
 
 
-class RateLimitState(BaseModel):
+class RateLimitState(Contract):
     """Where the key stands in its current window, for the ``x-ratelimit-*`` headers."""
 
     limit_requests: int | None = None
@@ -165,14 +165,14 @@ class RateLimitState(BaseModel):
         return out
 
 
-class Reserved(BaseModel):
+class Reserved(Contract):
     """billing -> router: the request is admitted; its maximum cost is held."""
 
     status: Literal["reserved"] = "reserved"
     rate: RateLimitState
 
 
-class Refused(BaseModel):
+class Refused(Contract):
     """billing -> router: not admitted (402 credits or cap, 429 rate limit)."""
 
     status: Literal["refused"] = "refused"
@@ -183,7 +183,7 @@ class Refused(BaseModel):
 Admission = Annotated[Reserved | Refused, Field(discriminator="status")]
 
 
-class BilledAttempt(BaseModel):
+class BilledAttempt(Contract):
     """One attempt as billing charges it; only attempts the client received something from are billed, at the
     prices of their dispatch (``services.router.service.charge``)."""
 
@@ -197,7 +197,7 @@ class BilledAttempt(BaseModel):
     usage_discrepancy: str | None = None
 
 
-class DispatchRecord(BaseModel):
+class DispatchRecord(Contract):
     """One attempt a router dispatched and a hoster took, as the router recorded it: the dispatch's prices,
     the router's verdict, the time on the router's clock and the ingress's, what the client received
     (``chunks_sent``: frames of content), and the hoster's claimed usage beside it. Billing keeps these as the
@@ -224,7 +224,7 @@ class DispatchRecord(BaseModel):
     dropped_parameters: list[str] = Field(default_factory=list)
 
 
-class RequestFinished(BaseModel):
+class RequestFinished(Contract):
     """router -> JetStream -> billing: the request is over; charge its billed attempts, release the rest,
     and keep ``records`` (every attempt it dispatched that a hoster took) as its routing record."""
 
@@ -242,13 +242,13 @@ class RequestFinished(BaseModel):
     records: list[DispatchRecord] = Field(default_factory=list)
 
 
-class CreditsQuery(BaseModel):
+class CreditsQuery(Contract):
     """ingress -> billing: an account's balance."""
 
     account_id: str
 
 
-class CreditsReport(BaseModel):
+class CreditsReport(Contract):
     """billing -> ingress: balance, open reservations, today's spend and the daily cap (micro-credits)."""
 
     account_id: str
@@ -258,14 +258,14 @@ class CreditsReport(BaseModel):
     daily_cap: int | None
 
 
-class KeyQuery(BaseModel):
+class KeyQuery(Contract):
     """ingress -> billing: the caller's own key and its account's money, for ``GET /v1/key``."""
 
     key_id: str
     account_id: str
 
 
-class KeyReport(BaseModel):
+class KeyReport(Contract):
     """billing -> ingress: one key (its shown prefix, its limits) and what it and its account spent and can
     still spend (micro-credits). The key's spend counts its settled charges by the UTC day its requests were
     admitted on; the account's ``spent_today`` counts charges and open holds, as the daily cap does."""
@@ -283,14 +283,14 @@ class KeyReport(BaseModel):
     usage_monthly: int
 
 
-class UsageQuery(BaseModel):
+class UsageQuery(Contract):
     """ingress -> billing: an account's recent requests."""
 
     account_id: str
     limit: int = Field(50, ge=1, le=500)
 
 
-class UsageItem(BaseModel):
+class UsageItem(Contract):
     """One settled request of an account."""
 
     request_id: str
@@ -303,20 +303,20 @@ class UsageItem(BaseModel):
     settled_at: float | None
 
 
-class UsageReport(BaseModel):
+class UsageReport(Contract):
     """billing -> ingress: recent requests, newest first."""
 
     items: list[UsageItem]
 
 
-class GenerationQuery(BaseModel):
+class GenerationQuery(Contract):
     """ingress -> billing: the routing record of a request, for the key that made it."""
 
     request_id: str
     key_id: str
 
 
-class AttemptRecord(BaseModel):
+class AttemptRecord(Contract):
     """One attempt of a request as billing recorded it."""
 
     attempt: int
@@ -331,7 +331,7 @@ class AttemptRecord(BaseModel):
     dropped_parameters: list[str] = Field(default_factory=list)
 
 
-class GenerationRecord(BaseModel):
+class GenerationRecord(Contract):
     """billing -> ingress: who served a request, how each attempt went, what it cost (credits)."""
 
     id: str

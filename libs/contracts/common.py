@@ -6,7 +6,23 @@ import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+class Contract(BaseModel):
+    """The base of every model in ``libs.contracts``: no float in any message is NaN or infinite. pydantic
+    reads ``NaN`` and ``Infinity`` from JSON by default; a hoster's ``NaN`` time to first token would reach
+    the router's stats, be stored as null and break its trust after a restart."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+# The longest duration a message may report (a time to first token, an attempt's): a day, far past any
+# attempt (the adapter ends one at 30 minutes), so only a lie or a broken clock is refused.
+MAX_DURATION_MS = 24 * 3600 * 1000.0
+DurationMs = Annotated[float, Field(ge=0, le=MAX_DURATION_MS)]
+# A wall-clock time (unix seconds) a message may carry: not before 1970, not after 2100.
+UnixTime = Annotated[float, Field(ge=0, le=4_102_444_800)]
 
 # The largest token count and price any message may carry: what a hoster reports is held to them as it is
 # read, so no count or cost overflows PostgreSQL's integers (a count fits ``integer``, a cost ``bigint``).
@@ -42,7 +58,7 @@ def endpoint_path(endpoint: Endpoint) -> str:
     return "/v1/" + endpoint.replace(".", "/")
 
 
-class ErrorReport(BaseModel):
+class ErrorReport(Contract):
     """An error meant for the client: the OpenAI error envelope's fields plus the HTTP status."""
 
     http_status: int
@@ -63,7 +79,7 @@ class ParamError(ValueError):
         self.code = code
 
 
-class Usage(BaseModel):
+class Usage(Contract):
     """Token counts of an attempt; ``estimated`` when the upstream reported none and we counted."""
 
     prompt_tokens: Count = 0

@@ -11,6 +11,23 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+# The bounds of one attempt's reply stream, in one place: the adapter holds every attempt to them (its
+# ``CS_ADAPTER_MAX_ATTEMPT_*`` may be set lower, never higher), and a hoster's NATS response permission is
+# derived from them (``libs/platform/natsauth.py``), so the server holds an agent that ignores them too.
+MAX_ATTEMPT_DURATION_S = 1800.0
+MAX_ATTEMPT_BYTES = 256 << 20
+# The shortest upstream line the adapter turns into a chunk frame: ``data:{}`` and its newline. Every chunk
+# frame carries at least one (the chunks of one read share a frame), so an attempt's upstream bytes bound its
+# chunk frames.
+MIN_CHUNK_LINE_BYTES = 8
+# Keepalives go out at most once per ``CS_ADAPTER_KEEPALIVE_INTERVAL_S``, which is at least this.
+MIN_KEEPALIVE_INTERVAL_S = 1.0
+# The most frames one attempt sends: its chunk frames, its keepalives, then a usage chunk and the frame that
+# ends it (end, error or completion). About 33.6 million: a fast upstream for half an hour stays well inside.
+MAX_ATTEMPT_FRAMES = (
+    MAX_ATTEMPT_BYTES // MIN_CHUNK_LINE_BYTES + int(MAX_ATTEMPT_DURATION_S / MIN_KEEPALIVE_INTERVAL_S) + 2
+)
+
 CHUNK = ord("c")  # body: chat.completion.chunk objects, one per line, each ready to follow "data: "
 COMPLETION = ord("r")  # body: one chat.completion (non-streaming requests), usage included
 END = ord("e")  # body: empty; the stream is complete, write "data: [DONE]"

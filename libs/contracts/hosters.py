@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
-from libs.contracts.common import CHAT, MAX_PRICE, Endpoint
+from libs.contracts.common import CHAT, MAX_COUNT, MAX_PRICE, Contract, DurationMs, Endpoint
 
 # The tag a hoster's NATS credentials carry: ``hoster:<hoster id>``.
 HOSTER_TAG = "hoster:"
@@ -15,6 +15,30 @@ HOSTER_TAG = "hoster:"
 # How a model's weights are stored, in OpenRouter's names. ``unknown``: the hoster did not say (a request's
 # ``provider.quantizations: ["unknown"]`` matches hosters that declared none).
 Quantization = Literal["int4", "int8", "fp4", "fp6", "fp8", "fp16", "bf16", "fp32", "unknown"]
+
+# What one heartbeat may hold: a hoster is untrusted input, and every router holds each of its heartbeats
+# (and persists the names of its models), so each list and string is bounded as it is read.
+# The longest name, region or model id; upstream model names may be file paths, so they get more.
+MAX_NAME_LENGTH = 128
+MAX_UPSTREAM_MODEL_LENGTH = 256
+# Models per hoster: far more than one GPU box serves, few enough for a router to hold every hoster's.
+MAX_MODELS_PER_HOSTER = 64
+# Capabilities, endpoints and supported parameters of one offer (OpenAI's whole chat API has under 40
+# parameters).
+MAX_CAPABILITIES = 16
+MAX_SUPPORTED_PARAMETERS = 128
+# Hosters per heartbeat: adapters send one per hoster, on that hoster's own subject, and routers drop any
+# heartbeat naming another; the registry itself takes a few at once.
+MAX_HOSTERS_PER_HEARTBEAT = 16
+# A heartbeat interval a router believes: adapters beat every second by default.
+MAX_HEARTBEAT_INTERVAL_S = 60.0
+
+# A model id as the network names it: what Hugging Face, Ollama and OpenRouter ids use (``org/name``,
+# ``name:tag``, ``name@rev``), no spaces or control characters.
+ModelId = Annotated[str, Field(min_length=1, max_length=MAX_NAME_LENGTH, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")]
+Name = Annotated[str, Field(max_length=MAX_NAME_LENGTH)]
+# A capability or parameter name.
+Token = Annotated[str, Field(min_length=1, max_length=64)]
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -35,51 +59,51 @@ def name_key(name: str) -> str:
     return name.translate(_ASCII_LOWER)
 
 
-class ModelOffer(BaseModel):
+class ModelOffer(Contract):
     """One model a hoster serves, under the network's name, with its price.
 
     Prices are integers: micro-credits per million tokens (1 credit = 1,000,000 micro-credits).
     """
 
-    model: str
-    upstream_model: str
+    model: ModelId
+    upstream_model: str = Field(min_length=1, max_length=MAX_UPSTREAM_MODEL_LENGTH)
     input_price: int = Field(ge=0, le=MAX_PRICE)
     output_price: int = Field(ge=0, le=MAX_PRICE)
     context_length: int | None = None
     # What the model can take beyond plain text: "tools", "json" (response_format), "vision" (image parts).
-    capabilities: list[str] = Field(default_factory=list)
+    capabilities: list[Token] = Field(default_factory=list, max_length=MAX_CAPABILITIES)
     # The OpenAI endpoints it serves (a chat model usually also serves text completions; an embedding model
     # only embeddings).
-    endpoints: list[Endpoint] = Field(default_factory=lambda: [CHAT])
+    endpoints: list[Endpoint] = Field(default_factory=lambda: [CHAT], max_length=3)
     # The quantization of the weights it serves, as the hoster declares it (``None``: not declared).
     quantization: Quantization | None = None
 
 
-class HosterStatus(BaseModel):
+class HosterStatus(Contract):
     """The live state of one hoster as its adapter sees it."""
 
-    hoster_id: str
-    name: str
+    hoster_id: str = Field(max_length=64)
+    name: Name
     cloud: bool
-    region: str | None = None
-    capacity: int
-    in_flight: int
-    models: list[ModelOffer]
+    region: Name | None = None
+    capacity: int = Field(ge=0, le=MAX_COUNT)
+    in_flight: int = Field(ge=0, le=MAX_COUNT)
+    models: list[ModelOffer] = Field(max_length=MAX_MODELS_PER_HOSTER)
     # The time to first token the hoster promises; trust drops when the observed p95 is worse.
-    advertised_ttft_ms: float | None = None
+    advertised_ttft_ms: DurationMs | None = None
     # Request parameters it takes beyond model, messages and stream; ``None``: every parameter.
-    supported_parameters: list[str] | None = None
+    supported_parameters: list[Token] | None = Field(None, max_length=MAX_SUPPORTED_PARAMETERS)
 
 
-class HosterHeartbeat(BaseModel):
+class HosterHeartbeat(Contract):
     """Sent by every adapter every ``interval_s``; a hoster missing for a few beats is gone."""
 
-    adapter_id: str
-    interval_s: float
-    hosters: list[HosterStatus]
+    adapter_id: str = Field(max_length=MAX_NAME_LENGTH)
+    interval_s: float = Field(gt=0, le=MAX_HEARTBEAT_INTERVAL_S)
+    hosters: list[HosterStatus] = Field(max_length=MAX_HOSTERS_PER_HEARTBEAT)
 
 
-class LiveModel(BaseModel):
+class LiveModel(Contract):
     """A model live on the network now, summarised over its hosters."""
 
     id: str
@@ -94,13 +118,13 @@ class LiveModel(BaseModel):
     endpoints: list[Endpoint] = Field(default_factory=lambda: [CHAT])
 
 
-class ModelsListing(BaseModel):
+class ModelsListing(Contract):
     """Reply to ``router.models.list``."""
 
     models: list[LiveModel]
 
 
-class RegisteredHoster(BaseModel):
+class RegisteredHoster(Contract):
     """A hoster as it registered: routing believes these facts, not the hoster's own heartbeat."""
 
     hoster_id: str
@@ -110,13 +134,13 @@ class RegisteredHoster(BaseModel):
     revoked: bool = False
 
 
-class HosterRegistrations(BaseModel):
+class HosterRegistrations(Contract):
     """billing -> router: every registered hoster (reply to ``billing.hosters.list``)."""
 
     hosters: list[RegisteredHoster]
 
 
-class LiveHoster(BaseModel):
+class LiveHoster(Contract):
     """router -> operator: one hoster as the router sees it now."""
 
     hoster_id: str
@@ -138,7 +162,7 @@ class LiveHoster(BaseModel):
     tokens_per_s: float | None = None
 
 
-class LiveHosters(BaseModel):
+class LiveHosters(Contract):
     """Reply to ``router.hosters.list``."""
 
     hosters: list[LiveHoster]

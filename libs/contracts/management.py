@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from libs.contracts.billing import GenerationRecord, KeyKind
-from libs.contracts.common import CHAT, Endpoint
+from libs.contracts.common import CHAT, Contract, Endpoint
 from libs.contracts.hosters import ModelOffer
 
 # The most days a per-day report covers.
@@ -32,13 +32,13 @@ Label = Annotated[str, Field(max_length=MAX_LABEL, pattern=r"^[^\x00-\x1f\x7f]*$
 # --- Management keys -------------------------------------------------------------------------------------
 
 
-class VerifyManagementKey(BaseModel):
+class VerifyManagementKey(Contract):
     """console -> billing (``billing.management.verify``): whose management key has this SHA-256 (hex)?"""
 
     key_hash: str
 
 
-class ManagementKeyInfo(BaseModel):
+class ManagementKeyInfo(Contract):
     """billing -> console: the management key's account, or why it may not manage. ``not_management``: a
     valid inference key (it can call models, never manage)."""
 
@@ -47,13 +47,13 @@ class ManagementKeyInfo(BaseModel):
     account_id: str | None = None
 
 
-class AccountQuery(BaseModel):
+class AccountQuery(Contract):
     """-> billing: about the whole account (``billing.account.show``, ``billing.keys.list``)."""
 
     account_id: str
 
 
-class ManagedKey(BaseModel):
+class ManagedKey(Contract):
     """One key of an account as its management key sees it (never the key itself, only its first
     characters). ``last_used_at``: when a request made with it was last admitted (``None``: never)."""
 
@@ -68,26 +68,26 @@ class ManagedKey(BaseModel):
     last_used_at: float | None = None
 
 
-class KeyListing(BaseModel):
+class KeyListing(Contract):
     """billing -> asker: every key of the account, newest first, revoked ones included."""
 
     keys: list[ManagedKey]
 
 
-class AccountKeyQuery(BaseModel):
+class AccountKeyQuery(Contract):
     """-> billing (``billing.keys.show``): one key of the account."""
 
     account_id: str
     key_id: str
 
 
-class KeyResult(BaseModel):
+class KeyResult(Contract):
     """billing -> asker: the key after the query or change; ``None`` when the account has no such key."""
 
     key: ManagedKey | None = None
 
 
-class CreateKey(BaseModel):
+class CreateKey(Contract):
     """-> billing (``billing.keys.create``): a new inference key for the account (management keys are made
     by the operator only, ``computeshare key create ACCOUNT --management``)."""
 
@@ -97,14 +97,14 @@ class CreateKey(BaseModel):
     tpm: int | None = Field(None, ge=1, le=2**31 - 1)
 
 
-class CreatedKey(BaseModel):
+class CreatedKey(Contract):
     """billing -> asker: the new key, shown this once (only its SHA-256 is stored), and its record."""
 
     key: str
     info: ManagedKey
 
 
-class RevokeKey(BaseModel):
+class RevokeKey(Contract):
     """-> billing (``billing.keys.revoke``): revoke one key of the account (answered with ``KeyResult``).
     Revoking twice is not an error; the first revocation time stays."""
 
@@ -112,7 +112,7 @@ class RevokeKey(BaseModel):
     key_id: str
 
 
-class SetKeyLimits(BaseModel):
+class SetKeyLimits(Contract):
     """-> billing (``billing.keys.update``): change a key's limits or label (answered with ``KeyResult``).
     Only the fields named in ``update`` change; a named field set to ``None`` clears it (no limit, no
     label)."""
@@ -128,7 +128,7 @@ class SetKeyLimits(BaseModel):
 # --- Account ---------------------------------------------------------------------------------------------
 
 
-class AccountSummary(BaseModel):
+class AccountSummary(Contract):
     """billing -> asker: the account's money now. ``spent_today`` counts charges and open holds of this UTC
     day, as the daily cap does."""
 
@@ -141,7 +141,7 @@ class AccountSummary(BaseModel):
     created_at: float
 
 
-class DailyUsageQuery(BaseModel):
+class DailyUsageQuery(Contract):
     """-> billing (``billing.account.daily``): the account's usage per UTC day over the last ``days`` days
     (today included)."""
 
@@ -149,7 +149,7 @@ class DailyUsageQuery(BaseModel):
     days: int = Field(30, ge=1, le=MAX_DAYS)
 
 
-class DailyUsage(BaseModel):
+class DailyUsage(Contract):
     """One UTC day of an account's requests (by the day each was admitted). ``spend``: settled charges."""
 
     day: str
@@ -159,13 +159,13 @@ class DailyUsage(BaseModel):
     spend: int
 
 
-class DailyUsageReport(BaseModel):
+class DailyUsageReport(Contract):
     """billing -> asker: every day of the window, oldest first, days without requests included as zeros."""
 
     days: list[DailyUsage]
 
 
-class AccountRequestsQuery(BaseModel):
+class AccountRequestsQuery(Contract):
     """-> billing (``billing.account.requests``): the account's recent requests, newest first; ``before``
     (Unix seconds) pages back; ``key_id`` keeps one key's."""
 
@@ -175,7 +175,7 @@ class AccountRequestsQuery(BaseModel):
     key_id: str | None = None
 
 
-class AccountRequest(BaseModel):
+class AccountRequest(Contract):
     """One request of the account: who served it (the last attempt's hoster), how it went and what it cost.
 
     ``status`` is the money's (``open``, ``settled``, ``expired``); ``outcome`` the last attempt's
@@ -199,13 +199,13 @@ class AccountRequest(BaseModel):
     settled_at: float | None = None
 
 
-class AccountRequests(BaseModel):
+class AccountRequests(Contract):
     """billing -> asker: requests, newest first."""
 
     items: list[AccountRequest]
 
 
-class AccountGenerationQuery(BaseModel):
+class AccountGenerationQuery(Contract):
     """-> billing (``billing.account.generation``): the routing record of a request of the account, whichever
     of its keys made it."""
 
@@ -213,7 +213,7 @@ class AccountGenerationQuery(BaseModel):
     request_id: str
 
 
-class AccountGenerationReply(BaseModel):
+class AccountGenerationReply(Contract):
     """billing -> asker: the record; ``None`` when the account made no such request."""
 
     generation: GenerationRecord | None = None
@@ -222,14 +222,14 @@ class AccountGenerationReply(BaseModel):
 # --- Hosters ---------------------------------------------------------------------------------------------
 
 
-class VerifyHosterToken(BaseModel):
+class VerifyHosterToken(Contract):
     """console -> billing (``billing.hoster.verify``): whose hoster console token (``ngh_...``) has this
     SHA-256 (hex)?"""
 
     token_hash: str
 
 
-class HosterTokenInfo(BaseModel):
+class HosterTokenInfo(Contract):
     """billing -> console: the hoster the token belongs to, or why not (``revoked``: the hoster is)."""
 
     status: Literal["valid", "unknown", "revoked"]
@@ -237,14 +237,14 @@ class HosterTokenInfo(BaseModel):
     name: str | None = None
 
 
-class HosterDailyQuery(BaseModel):
+class HosterDailyQuery(Contract):
     """-> billing (``billing.hoster.daily``): a hoster's attempts and earnings per UTC day."""
 
     hoster_id: str
     days: int = Field(30, ge=1, le=MAX_DAYS)
 
 
-class HosterDay(BaseModel):
+class HosterDay(Contract):
     """One UTC day of a hoster: attempts it finished (by outcome), the tokens it reported, and what it earned
     (its ledger entries, ``hoster:<id>``, of that day)."""
 
@@ -257,14 +257,14 @@ class HosterDay(BaseModel):
     earned: int
 
 
-class HosterDailyReport(BaseModel):
+class HosterDailyReport(Contract):
     """billing -> asker: every day of the window, oldest first, with zeros; ``earned_total`` all time."""
 
     days: list[HosterDay]
     earned_total: int
 
 
-class HosterAttemptsQuery(BaseModel):
+class HosterAttemptsQuery(Contract):
     """-> billing (``billing.hoster.attempts``): the hoster's recent attempts, newest first."""
 
     hoster_id: str
@@ -272,7 +272,7 @@ class HosterAttemptsQuery(BaseModel):
     before: float | None = None
 
 
-class HosterAttempt(BaseModel):
+class HosterAttempt(Contract):
     """One attempt a hoster served: its outcome, what it reported (usage, time to first token, duration),
     and, when its request's reported usage broke the request's bounds, the discrepancy (what was reported
     and what was billed instead)."""
@@ -292,7 +292,7 @@ class HosterAttempt(BaseModel):
     usage_discrepancy: str | None = None
 
 
-class HosterAttempts(BaseModel):
+class HosterAttempts(Contract):
     """billing -> asker: attempts, newest first."""
 
     items: list[HosterAttempt]
@@ -301,13 +301,13 @@ class HosterAttempts(BaseModel):
 # --- Router: one hoster's live state -------------------------------------------------------------------
 
 
-class HosterDetailQuery(BaseModel):
+class HosterDetailQuery(Contract):
     """-> router (``router.hoster.show``): one hoster as the router sees it now."""
 
     hoster_id: str
 
 
-class TrustTerms(BaseModel):
+class TrustTerms(Contract):
     """The trust score and each of its terms (``services/router/stats.py``; README "Routing, trust and
     failover"), with the counts they come from:
 
@@ -331,7 +331,7 @@ class TrustTerms(BaseModel):
     observed_p95_ttft_ms: float | None = None
 
 
-class ModelSpeed(BaseModel):
+class ModelSpeed(Contract):
     """How fast a hoster serves one model: the median of its recent times to first token (what routing uses,
     once there are 5 samples), the p95, and tokens per second (moving average)."""
 
@@ -342,7 +342,7 @@ class ModelSpeed(BaseModel):
     samples: int = 0
 
 
-class HosterDetail(BaseModel):
+class HosterDetail(Contract):
     """router -> asker: one hoster's live status, models and prices (micro-credits per million tokens), speed
     per model and trust with its terms."""
 
@@ -361,13 +361,13 @@ class HosterDetail(BaseModel):
     usage_discrepancies: int = 0
 
 
-class HosterDetailReply(BaseModel):
+class HosterDetailReply(Contract):
     """router -> asker: the hoster, or ``None`` when the router never heard of it."""
 
     hoster: HosterDetail | None = None
 
 
-class KeyChanged(BaseModel):
+class KeyChanged(Contract):
     """billing -> every ingress (``billing.key.changed``, broadcast): a key was revoked or its limits changed;
     forget what the key cache holds for it (the cache's TTL bounds the delay when this is lost)."""
 

@@ -14,7 +14,6 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 import orjson
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -24,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from libs.contracts.common import ParamError
+from libs.contracts.common import Contract, ParamError
 from libs.contracts.openrouter import (
     CONFLICT_SCHEMAS,
     OPENROUTER_FIELDS,
@@ -57,7 +56,7 @@ Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), _Whole]
 TopK = Annotated[int, Field(ge=-1, le=100_000), _Whole]
 
 
-class _Open(BaseModel):
+class _Open(Contract):
     """OpenAI adds fields often; unknown ones are kept, not refused."""
 
     model_config = ConfigDict(extra="allow", strict=True)

@@ -25,9 +25,9 @@ import uuid
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, JsonValue, WithJsonSchema
 
-from libs.contracts.common import ParamError
+from libs.contracts.common import Contract, ParamError
 from libs.contracts.hosters import Quantization
 from libs.contracts.pricing import MICRO
 from libs.contracts.routing import RankBy, RoutingPreferences
@@ -122,7 +122,7 @@ def _cannot_honour(param: str, why: str) -> AfterValidator:
 _ONLY_FALSE: dict[str, JsonValue] = {"not": {"const": True}}
 
 
-class MaxPrice(BaseModel):
+class MaxPrice(Contract):
     """``provider.max_price``: the most the client will pay, per million tokens (OpenRouter's USD, taken as
     credits), the platform fee included. ``request`` is always met: no hoster here charges per request.
     ``image`` and ``audio`` are refused (images and audio are billed as prompt tokens, not priced apart)."""
@@ -134,7 +134,7 @@ class MaxPrice(BaseModel):
     request: PriceCap | None = None
 
 
-class ProviderPreferences(BaseModel):
+class ProviderPreferences(Contract):
     """OpenRouter's ``provider`` object. Unlike the rest of the body, an unknown field is refused (a 400 naming
     it): a routing wish the gateway cannot honour must not be dropped silently. Hosters are named by UUID or
     by registered name (case-insensitive)."""

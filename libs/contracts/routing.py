@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from libs.contracts.billing import Caller
-from libs.contracts.common import CHAT, Count, Endpoint, ErrorReport, Price, Usage
+from libs.contracts.common import CHAT, Contract, Count, DurationMs, Endpoint, ErrorReport, Price, UnixTime, Usage
 
 Tier = Literal["cheapest", "balanced", "fastest"]
 # How the router orders the eligible hosters: a tier, or ``throughput`` (the highest observed tokens per second
@@ -15,7 +15,7 @@ Tier = Literal["cheapest", "balanced", "fastest"]
 RankBy = Literal["cheapest", "balanced", "fastest", "throughput"]
 
 
-class RoutingPreferences(BaseModel):
+class RoutingPreferences(Contract):
     """The client's routing parameters, in either dialect (ours: API reference; OpenRouter's: ``provider``,
     ``models`` and the model suffixes, mapped by ``libs.contracts.openrouter``).
 
@@ -55,7 +55,7 @@ class RoutingPreferences(BaseModel):
         return self.named_as.get(field, field)
 
 
-class RouteRequest(BaseModel):
+class RouteRequest(Contract):
     """ingress -> router: route one chat completion. ``body`` is the client's body minus routing fields."""
 
     request_id: str
@@ -70,7 +70,7 @@ class RouteRequest(BaseModel):
     endpoint: Endpoint = CHAT
 
 
-class RouteAccepted(BaseModel):
+class RouteAccepted(Contract):
     """router -> ingress: an adapter took the first attempt; chunks will arrive on the reply subject."""
 
     status: Literal["accepted"] = "accepted"
@@ -93,7 +93,7 @@ class RouteAccepted(BaseModel):
     reply_subject: str = ""
 
 
-class RouteRejected(BaseModel):
+class RouteRejected(Contract):
     """router -> ingress: the request cannot be served."""
 
     status: Literal["rejected"] = "rejected"
@@ -104,7 +104,7 @@ class RouteRejected(BaseModel):
 RouteDecision = Annotated[RouteAccepted | RouteRejected, Field(discriminator="status")]
 
 
-class AttemptDispatch(BaseModel):
+class AttemptDispatch(Contract):
     """router -> hoster_adapter: run attempt ``attempt`` of a request on one hoster. Every offer is a new
     attempt number with a reply subject of its own (``subjects.offer_subject``)."""
 
@@ -132,7 +132,7 @@ class AttemptDispatch(BaseModel):
     endpoint: Endpoint = CHAT
 
 
-class AttemptAccepted(BaseModel):
+class AttemptAccepted(Contract):
     """hoster_adapter -> router: whether the adapter took the attempt (it refuses when at capacity)."""
 
     request_id: str
@@ -145,7 +145,7 @@ class AttemptAccepted(BaseModel):
 AttemptOutcome = Literal["succeeded", "failed", "cancelled"]
 
 
-class AttemptFinished(BaseModel):
+class AttemptFinished(Contract):
     """hoster_adapter -> the router that dispatched (core): one attempt is over, as the hoster claims it.
 
     A claim, never a record: the router believes its usage only up to what the client received, prices only
@@ -171,14 +171,14 @@ class AttemptFinished(BaseModel):
     # The upstream refused the client's own parameters (400, 413, 422): the client's fault, not the hoster's,
     # so it is neither retried elsewhere nor counted against the hoster.
     client_error: bool = False
-    ttft_ms: float | None = None
-    duration_ms: float
-    finished_at: float
+    ttft_ms: DurationMs | None = None
+    duration_ms: DurationMs
+    finished_at: UnixTime
     # Parameters the client sent that this hoster does not take, dropped on the way.
     dropped_parameters: list[str] = Field(default_factory=list)
 
 
-class RequestDelivered(BaseModel):
+class RequestDelivered(Contract):
     """ingress -> the owning router, once, when the client's response ended (whatever ended it): what of
     attempt ``attempt`` reached the client: ``frames`` frames of content (0: nothing), the UTF-8 bytes of
     text in them (content, reasoning, refusal, tool call names and arguments) over ``choices`` choices, and
@@ -194,7 +194,7 @@ class RequestDelivered(BaseModel):
     ttft_ms: float | None = Field(None, ge=0)
 
 
-class AttemptObserved(BaseModel):
+class AttemptObserved(Contract):
     """One attempt as the router that dispatched it judged it, for every replica's stats and trust."""
 
     hoster_id: str
@@ -208,7 +208,7 @@ class AttemptObserved(BaseModel):
     discrepancy: bool = False
 
 
-class AttemptsObserved(BaseModel):
+class AttemptsObserved(Contract):
     """router -> every router (``ATTEMPTS_OBSERVED``): outcomes of attempts ``router_id`` dispatched."""
 
     router_id: str
@@ -222,7 +222,7 @@ class AttemptsObserved(BaseModel):
 CancelReason = Literal["client_gone", "first_byte_timeout", "stalled", "route_timeout"]
 
 
-class RequestCancelled(BaseModel):
+class RequestCancelled(Contract):
     """ingress -> routers (router -> the serving hoster): stop the request. The client disconnected (bill what
     was made), or the serving attempt missed its first-byte deadline or stalled at the ingress (the router
     fails it as the hoster's failure and fails over when it may), or the ingress gave up waiting for the route

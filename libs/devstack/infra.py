@@ -40,6 +40,7 @@ def start_nats(
     cluster: tuple[int, list[int]] | None = None,
     server_name: str | None = None,
     monitor_port: int | None = None,
+    max_payload: str = "1MB",
 ) -> ManagedProcess:
     """Start nats-server with JetStream on loopback, in operator mode with ``auth``'s accounts (no anonymous
     client is accepted); ``cluster`` is (own route port, peers' route ports), ``monitor_port`` serves the
@@ -49,7 +50,7 @@ def start_nats(
         f"listen: 127.0.0.1:{port}",
         f'jetstream {{ store_dir: "{store_dir}" }}',
         # The largest message: a request body (the ingress keeps bodies below it) plus its envelope.
-        "max_payload: 1MB",
+        f"max_payload: {max_payload}",
     ]
     if server_name:
         lines.append(f"server_name: {server_name}")

@@ -16,7 +16,7 @@ from faststream.nats.prometheus import NatsPrometheusMiddleware
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.errors import BadRequestError, ServiceUnavailableError
 from opentelemetry.sdk.trace import TracerProvider
@@ -63,15 +63,34 @@ def make_broker(
     )
 
 
+# The JetStream streams' caps (README, "Usage events and dead letters"). Only platform services write to them
+# (hosters' outcome reports go to the router, in no stream). Neither ever drops what it holds to make room
+# (``DiscardPolicy.NEW``): a full stream refuses the next event, whose publisher retries and then logs it
+# lost, rather than silently losing an older one no consumer has read yet.
+# USAGE keeps an event until billing's consumer of its subject acked it (interest retention), so its cap
+# bounds the backlog billing has not read (about a million settlements), not history.
+USAGE_MAX_BYTES = 1 << 30
+# DEADLETTER keeps what billing gave up on for an operator, for 30 days or until replayed.
+DEADLETTER_MAX_BYTES = 256 << 20
+DEADLETTER_MAX_AGE_S = 30 * 24 * 3600
+# The largest event either holds: NATS's default max_payload, the largest message a deployment of ours carries.
+EVENT_MAX_BYTES = 1 << 20
+
+
 async def ensure_streams(nc: Client, replicas: int = 1) -> None:
-    """Create (or update) the JetStream streams the services share; safe to call from every replica."""
+    """Create (or update) the JetStream streams the services share, capped; safe to call from every replica.
+    One subject per consumer in each, so ``max_msgs_per_subject`` would be just another total: not set."""
     js = nc.jetstream()
     usage = StreamConfig(
         name=subjects.USAGE_STREAM,
         subjects=[subjects.REQUEST_FINISHED, subjects.LEASE_EVENTS_ALL],
-        retention=RetentionPolicy.LIMITS,
+        retention=RetentionPolicy.INTEREST,
+        discard=DiscardPolicy.NEW,
         storage=StorageType.FILE,
-        max_age=7 * 24 * 3600,
+        max_bytes=USAGE_MAX_BYTES,
+        max_msg_size=EVENT_MAX_BYTES,
+        # No age limit: an event billing has not read yet is never dropped for being old.
+        max_age=0,
         # Re-publishing the same event id within this window is dropped by the server (exactly-once publish).
         duplicate_window=120,
         num_replicas=replicas,
@@ -80,8 +99,11 @@ async def ensure_streams(nc: Client, replicas: int = 1) -> None:
         name=subjects.DEADLETTER_STREAM,
         subjects=[subjects.DEADLETTER_ALL],
         retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.NEW,
         storage=StorageType.FILE,
-        max_age=30 * 24 * 3600,
+        max_bytes=DEADLETTER_MAX_BYTES,
+        max_msg_size=EVENT_MAX_BYTES,
+        max_age=DEADLETTER_MAX_AGE_S,
         duplicate_window=120,
         num_replicas=replicas,
     )

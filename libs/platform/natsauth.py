@@ -28,13 +28,28 @@ from typing import Any
 import nkeys
 import orjson
 
-from libs.contracts import subjects
+from libs.contracts import frames, subjects
 from libs.contracts.hosters import HOSTER_TAG
 
-# How long a hoster may answer one attempt: its response permission (publishing to the attempt's reply
-# subject) expires after this, and it may publish at most this many frames to it.
-RESPONSE_TTL_S = 15 * 60
-RESPONSE_MAX_MSGS = 1_000_000
+# How long a hoster may answer one attempt, and with how many frames: its response permission (publishing to
+# the reply subject of an attempt it received) ends after either. The attempt's own bounds, which the adapter
+# keeps: as long as its longest (plus a minute: that deadline runs from the adapter's upstream request, a
+# moment after the dispatch arrived, and the frame saying it ran out follows it), and its most frames.
+RESPONSE_TTL_S = int(frames.MAX_ATTEMPT_DURATION_S) + 60
+RESPONSE_MAX_MSGS = frames.MAX_ATTEMPT_FRAMES
+
+# Per-connection limits in a hoster's user JWT, enforced by nats-server (2.15.1 applies a user JWT's "subs"
+# and "payload"; tests/integration/nats/test_hoster_confinement.py holds it to them). It applies no "data"
+# limit, and a user JWT has no connection limit (an account's "conn" counts the whole account's
+# connections, every service's included): those stay unlimited, -1.
+# A hoster's agent holds four subscriptions: its attempts, its cancels, its own heartbeats (its replicas share
+# its capacity) and its inbox (replies to its requests); the rest is room for a client library's own.
+# Past it the server refuses the subscription ("maximum subscriptions exceeded").
+HOSTER_MAX_SUBS = 16
+# The largest message a hoster may publish: nats-server's default max_payload, which every deployment of ours
+# runs with and the adapter builds its frames up to. A server configured for more gives hosters no more; past
+# it the server closes the connection ("maximum payload violation").
+HOSTER_MAX_PAYLOAD = 1 << 20
 
 SYSTEM_ACCOUNT = "SYS"
 APP_ACCOUNT = "COMPUTESHARE"
@@ -125,15 +140,19 @@ def account_jwt(
 @dataclass(frozen=True)
 class Permissions:
     """What a user may publish and subscribe to; ``respond`` lets it publish to the reply subject of a
-    message it received (a bounded number of times, for a bounded time)."""
+    message it received (a bounded number of times, for a bounded time). ``max_subs`` and ``max_payload``
+    bound each of its connections (-1: no limit)."""
 
     publish: tuple[str, ...] = ()
     subscribe: tuple[str, ...] = ()
     respond: bool = False
+    max_subs: int = -1
+    max_payload: int = -1
 
     def claims(self) -> dict[str, Any]:
-        """The permission part of a user JWT's ``nats`` claims."""
-        out: dict[str, Any] = {"pub": {"allow": list(self.publish)}, "sub": {"allow": list(self.subscribe)}}
+        """The permission and limit part of a user JWT's ``nats`` claims."""
+        out: dict[str, Any] = {"pub": {"allow": list(self.publish)}, "sub": {"allow": list(self.subscribe)},
+                               "subs": self.max_subs, "payload": self.max_payload}  # fmt: skip
         if self.respond:
             out["resp"] = {"max": RESPONSE_MAX_MSGS, "ttl": RESPONSE_TTL_S * 1_000_000_000}
         return out
@@ -141,9 +160,11 @@ class Permissions:
 
 def hoster_permissions(hoster_id: str) -> Permissions:
     """A hoster's confinement: its own attempts and cancels in, its own heartbeats, answers and outcome reports
-    out, frames only to the reply subjects of attempts it received. ``*``: a platform adapter fronting many."""
+    out, frames only to the reply subjects of attempts it received; few subscriptions and bounded messages
+    per connection (``HOSTER_MAX_SUBS``, ``HOSTER_MAX_PAYLOAD``)."""
     publish, subscribe = subjects.hoster_permissions(hoster_id)
-    return Permissions(tuple(publish), tuple(subscribe), respond=True)
+    return Permissions(tuple(publish), tuple(subscribe), respond=True, max_subs=HOSTER_MAX_SUBS,
+                       max_payload=HOSTER_MAX_PAYLOAD)  # fmt: skip
 
 
 def platform_adapter_permissions() -> Permissions:

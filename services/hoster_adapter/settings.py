@@ -12,8 +12,18 @@ import orjson
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.contracts.common import CHAT, Endpoint
-from libs.contracts.hosters import HOSTER_TAG, ModelOffer, Quantization
+from libs.contracts.common import CHAT, MAX_DURATION_MS, Endpoint
+from libs.contracts.frames import MAX_ATTEMPT_BYTES, MAX_ATTEMPT_DURATION_S, MIN_KEEPALIVE_INTERVAL_S
+from libs.contracts.hosters import (
+    HOSTER_TAG,
+    MAX_HEARTBEAT_INTERVAL_S,
+    MAX_MODELS_PER_HOSTER,
+    MAX_UPSTREAM_MODEL_LENGTH,
+    ModelId,
+    ModelOffer,
+    Name,
+    Quantization,
+)
 from libs.platform.natsauth import creds_jwt, decode_jwt
 from libs.platform.settings import ServiceSettings
 from services.hoster_adapter.profiles import ProfileName
@@ -27,8 +37,8 @@ DEFAULT_CAPABILITIES: tuple[Capability, ...] = ("tools", "json")
 class HostedModel(BaseModel):
     """A model one hoster serves. Prices are in credits per million tokens (converted to micro-credits)."""
 
-    name: str = Field(min_length=1)
-    upstream_model: str | None = None
+    name: ModelId
+    upstream_model: str | None = Field(None, min_length=1, max_length=MAX_UPSTREAM_MODEL_LENGTH)
     input_price: Decimal = Field(ge=0)
     output_price: Decimal = Field(ge=0)
     context_length: int | None = Field(None, ge=1)
@@ -60,15 +70,17 @@ class HosterConfig(BaseModel):
     """One hoster: an OpenAI-compatible server (vLLM, llama.cpp, Ollama, a cloud provider) and its models."""
 
     id: str
-    name: str
+    name: Name
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://gpu-box:8000/v1")
     api_key: SecretStr | None = None
     cloud: bool = False
-    region: str | None = None
+    region: Name | None = None
     capacity: int = Field(64, ge=1, description="requests this hoster serves at once")
-    advertised_ttft_ms: float | None = Field(None, gt=0, description="the time to first token it promises")
+    advertised_ttft_ms: float | None = Field(
+        None, gt=0, le=MAX_DURATION_MS, description="the time to first token it promises"
+    )
     profile: ProfileName = Field("openai", description="the kind of server: which parameters it takes, as what")
-    models: list[HostedModel] = Field(min_length=1)
+    models: list[HostedModel] = Field(min_length=1, max_length=MAX_MODELS_PER_HOSTER)
 
     @field_validator("id")
     @classmethod
@@ -88,8 +100,8 @@ class AdapterSettings(ServiceSettings):
 
     hosters: list[HosterConfig] = Field(default_factory=list)
     hosters_file: Path | None = None
-    heartbeat_interval_s: float = Field(1.0, gt=0)
-    keepalive_interval_s: float = Field(5.0, gt=0)
+    heartbeat_interval_s: float = Field(1.0, gt=0, le=MAX_HEARTBEAT_INTERVAL_S)
+    keepalive_interval_s: float = Field(5.0, ge=MIN_KEEPALIVE_INTERVAL_S)
     connect_timeout_s: float = Field(5.0, gt=0)
     # Longest wait for the upstream's next byte (its first token included) before the attempt fails.
     read_timeout_s: float = Field(120.0, gt=0)
@@ -103,9 +115,10 @@ class AdapterSettings(ServiceSettings):
     max_line_bytes: int = Field(1 << 20, ge=1024)
     # How much of an error answer's body is read (for the routing record's error); the rest is never read.
     max_error_body_bytes: int = Field(4096, ge=0)
-    # Bytes of one attempt's whole response body, and the longest it may last (from sending the request).
-    max_attempt_bytes: int = Field(256 << 20, ge=1024)
-    max_attempt_duration_s: float = Field(1800.0, gt=0)
+    # Bytes of one attempt's whole response body, and the longest it may last (from sending the request); at
+    # most the bounds a hoster's NATS response permission is derived from (``libs/contracts/frames.py``).
+    max_attempt_bytes: int = Field(MAX_ATTEMPT_BYTES, ge=1024, le=MAX_ATTEMPT_BYTES)
+    max_attempt_duration_s: float = Field(MAX_ATTEMPT_DURATION_S, gt=0, le=MAX_ATTEMPT_DURATION_S)
     # A non-streaming client's assembled completion: its bytes of content (text, reasoning, tool calls,
     # logprobs) and its choices beyond the request's ``n``. One NATS message carries it, so the effective
     # budget is also kept under the server's max_payload.
@@ -154,10 +167,10 @@ class AgentConfig(BaseModel):
     Who the hoster is (its id, name, region, cloud) comes from its registration, not from this file.
     """
 
-    models: list[HostedModel] = Field(min_length=1)
+    models: list[HostedModel] = Field(min_length=1, max_length=MAX_MODELS_PER_HOSTER)
     capacity: int = Field(16, ge=1)
     profile: ProfileName = "openai"
-    advertised_ttft_ms: float | None = Field(None, gt=0)
+    advertised_ttft_ms: float | None = Field(None, gt=0, le=MAX_DURATION_MS)
     upstream_api_key: SecretStr | None = None
 
     @classmethod

@@ -24,6 +24,7 @@ from libs.contracts.hosters import HosterHeartbeat, HosterStatus
 from libs.contracts.pricing import generated_choices
 from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
 from libs.platform.metrics import IN_FLIGHT, TIME_TO_FIRST_TOKEN, TOKENS
+from libs.platform.natsauth import HOSTER_MAX_PAYLOAD
 from libs.platform.telemetry import REQUEST_ID, inject_headers, span_attributes
 from services.hoster_adapter.profiles import PROFILES
 from services.hoster_adapter.service import (
@@ -487,9 +488,10 @@ class HosterAdapter:
         active.last_sent = time.monotonic()
 
     def _max_payload(self) -> int:
-        """The largest frame body NATS carries: the server's max_payload less the frame's header."""
+        """The largest frame body NATS carries: the server's max_payload (a hoster's credentials allow no more
+        than ``HOSTER_MAX_PAYLOAD``, whatever the server's) less the frame's header."""
         assert self._nc is not None
-        max_payload = int(self._nc.max_payload or 0)
+        max_payload = min(int(self._nc.max_payload or 0), HOSTER_MAX_PAYLOAD)
         return max_payload - FRAME_ROOM if max_payload > FRAME_ROOM else 1 << 20
 
     def _deadline_error(self, ttft: list[float], too_long: bool, first_byte_s: float) -> str:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import orjson
 from faststream import FastStream
@@ -21,6 +24,37 @@ from services.router.stats import HosterStats
 from services.router.store import KvStore
 
 SERVICE = "router"
+
+
+def _record(raw: bytes) -> dict[str, Any]:
+    """A stored JSON object, ``{}`` when the value is not one."""
+    try:
+        record = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def restore(
+    dispatcher: Dispatcher, models: list[bytes], stats: list[bytes], wall: float, logger: logging.Logger
+) -> None:
+    """Take back what the buckets hold: the models ever served and every hoster's stats. A record unlike
+    what this router writes (another version's, a broken one) is skipped, and a stored number that is not
+    usable takes its default (``HosterStats.load``): the router starts and routes whatever the store holds."""
+    for raw in models:
+        record = _record(raw)
+        model, first_seen, hoster_id = record.get("model"), record.get("first_seen"), record.get("hoster_id", "")
+        if isinstance(model, str) and type(first_seen) is int and isinstance(hoster_id, str):
+            dispatcher.registry.remember(model, first_seen, hoster_id)
+        else:
+            logger.warning("stored model skipped", extra={"bucket": subjects.MODELS_SEEN_BUCKET})
+    for raw in stats:
+        record = _record(raw)
+        hoster_id = record.get("hoster_id")
+        if isinstance(hoster_id, str):
+            dispatcher.stats.hosters[hoster_id] = HosterStats.load(record, wall)
+        else:
+            logger.warning("stored hoster stats skipped", extra={"bucket": subjects.HOSTER_STATS_BUCKET})
 
 
 def persist_stats(dispatcher: Dispatcher, store: KvStore) -> None:
@@ -52,18 +86,13 @@ def build_app(settings: RouterSettings) -> FastStream:
     hoster_stats = KvStore(subjects.HOSTER_STATS_BUCKET, logger, settings.nats_stream_replicas)
     hot = HotSubscriptions(logger, kit.tracer_provider)
     routes = HotSubscriptions(logger, kit.tracer_provider)
-    register_handlers(broker, hot, routes, dispatcher, models_seen, settings.max_concurrent_routes)
+    register_handlers(broker, hot, routes, dispatcher, models_seen, settings.max_concurrent_routes, logger)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
         await broker.connect()
         js = broker.connection.jetstream()
-        for raw in await models_seen.open(js):
-            record = orjson.loads(raw)
-            dispatcher.registry.models_seen[record["model"]] = int(record["first_seen"])
-        for raw in await hoster_stats.open(js):
-            record = orjson.loads(raw)
-            dispatcher.stats.hosters[record["hoster_id"]] = HosterStats.load(record)
+        restore(dispatcher, await models_seen.open(js), await hoster_stats.open(js), time.time(), logger)
         tasks = [
             asyncio.create_task(dispatcher.keep_registrations(settings.registrations_refresh_s)),
             asyncio.create_task(dispatcher.watch()),

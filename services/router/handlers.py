@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import orjson
@@ -35,6 +36,7 @@ def register_handlers(
     dispatcher: Dispatcher,
     models_seen: KvStore,
     workers: int,
+    logger: logging.Logger,
 ) -> None:
     """Wire the router's subjects to ``dispatcher``: route requests on ``routes`` (subscribed once the router
     has heard the network), what else every request crosses and the heartbeats on ``hot``, the rest as
@@ -72,7 +74,13 @@ def register_handlers(
             return
         for model in dispatcher.observe(heartbeat):
             first_seen = dispatcher.registry.models_seen[model]
-            models_seen.put(model, orjson.dumps({"model": model, "first_seen": first_seen}))
+            record = {"model": model, "first_seen": first_seen, "hoster_id": hoster_id}
+            models_seen.put(model, orjson.dumps(record))
+        for hoster, model in dispatcher.registry.take_unremembered():
+            logger.warning(
+                "model not remembered: the hoster or the network introduced as many models as it may",
+                extra={"hoster_id": hoster, "model": model},
+            )
 
     # One at a time, in order: a hoster's heartbeats must not overtake each other.
     hot.add(subjects.HOSTER_HEARTBEAT_ALL, HosterHeartbeat, hoster_heartbeat, max_concurrency=1)

@@ -40,6 +40,12 @@ from libs.contracts.routing import (
 from services.router.stats import TRUSTED, NetworkStats
 
 AUTO_MODEL = "auto"
+# Every model the network ever served is remembered (in memory and in the router's bucket, for ever), so
+# that a model with no live hoster now is a 503, not a 404. Hosters name those models, so how many are
+# remembered is bounded: each hoster may introduce this many, the network this many in all. Past either, a
+# new name is still routed while it is live, but not remembered (the router logs it).
+MODELS_INTRODUCED_PER_HOSTER = 256
+MAX_MODELS_SEEN = 10_000
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,9 +88,34 @@ class HosterRegistry:
     _adapters: dict[str, float] = field(default_factory=dict)
     models_seen: dict[str, int] = field(default_factory=dict)
     registrations: dict[str, RegisteredHoster] = field(default_factory=dict)
+    # How many of ``models_seen`` each hoster introduced; the hosters a name was refused of (see
+    # ``MODELS_INTRODUCED_PER_HOSTER``), and those of them not yet told by ``take_unremembered``.
+    _introduced: dict[str, int] = field(default_factory=dict)
+    _capped: set[str] = field(default_factory=set)
+    _unremembered: list[tuple[str, str]] = field(default_factory=list)
+
+    def remember(self, model: str, first_seen: int, hoster_id: str) -> bool:
+        """Remember ``model`` as served since ``first_seen``, introduced by ``hoster_id`` (``""``: unknown, as
+        in records stored before introducers were), unless that hoster or the network has introduced as many
+        as it may; whether it was remembered."""
+        if model in self.models_seen:
+            return True
+        introduced = self._introduced.get(hoster_id, 0)
+        if (hoster_id and introduced >= MODELS_INTRODUCED_PER_HOSTER) or len(self.models_seen) >= MAX_MODELS_SEEN:
+            return False
+        self.models_seen[model] = first_seen
+        self._introduced[hoster_id] = introduced + 1
+        return True
+
+    def take_unremembered(self) -> list[tuple[str, str]]:
+        """Each hoster a new model name was refused of for the first time since the router started, with
+        that name (one log line per hoster, however many names it keeps announcing)."""
+        names, self._unremembered = self._unremembered, []
+        return names
 
     def observe(self, heartbeat: HosterHeartbeat, now: float, wall: int) -> list[str]:
-        """Record a heartbeat at monotonic ``now``; return models never seen before (to be persisted)."""
+        """Record a heartbeat at monotonic ``now``; return models never seen before (to be persisted; see
+        ``remember`` for those that are not)."""
         self._adapters[heartbeat.adapter_id] = now
         new_models = []
         for status in heartbeat.hosters:
@@ -99,9 +130,13 @@ class HosterRegistry:
                 status, heartbeat.adapter_id, now
             )
             for offer in status.models:
-                if offer.model not in self.models_seen:
-                    self.models_seen[offer.model] = wall
+                if offer.model in self.models_seen:
+                    continue
+                if self.remember(offer.model, wall, status.hoster_id):
                     new_models.append(offer.model)
+                elif status.hoster_id not in self._capped:
+                    self._capped.add(status.hoster_id)
+                    self._unremembered.append((status.hoster_id, offer.model))
         return new_models
 
     def register(self, registrations: list[RegisteredHoster]) -> None:

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from libs.contracts.common import MAX_COUNT, MAX_DURATION_MS
 from libs.contracts.management import TrustTerms
 
 WINDOW = 200
@@ -29,6 +30,28 @@ COOLDOWN_BASE_S = 10.0
 COOLDOWN_MAX_S = 300.0
 TRUSTED = 0.8
 MIN_SAMPLES = 5
+
+
+def _stored(value: Any, default: float, high: float = math.inf) -> float:
+    """A number read back from the store: a finite one in [0, ``high``], else ``default``. What is stored was
+    written by some router (an older one, a broken one, one fed a hoster's lie), so a null, a string or a
+    number out of range counts as absent: it never stops a router from starting or from routing."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    number = float(value)
+    return number if math.isfinite(number) and 0 <= number <= high else default
+
+
+def _stored_count(value: Any) -> int:
+    """A count read back from the store (see ``_stored``): 0 when it is not a whole number in range."""
+    number = _stored(value, 0.0, MAX_COUNT)
+    return int(number) if number.is_integer() else 0
+
+
+def _stored_ms(value: Any) -> float | None:
+    """A duration in milliseconds read back from the store, ``None`` when absent or unusable."""
+    number = _stored(value, -1.0, MAX_DURATION_MS)
+    return None if number < 0 else number
 
 
 def _p95(samples: deque[float]) -> float | None:
@@ -77,9 +100,17 @@ class SpeedStats:
         return {"ttft": self.ttft_ewma_ms, "tps": self.tps_ewma, "samples": list(self.ttft_samples)}
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> SpeedStats:
-        """State from ``dump``."""
-        return cls(data.get("ttft"), data.get("tps"), deque(data.get("samples") or (), maxlen=WINDOW))
+    def load(cls, data: Any) -> SpeedStats:
+        """State from ``dump``; what is unusable in it (see ``_stored``) is left out."""
+        data = data if isinstance(data, dict) else {}
+        samples = data.get("samples")
+        kept = (_stored_ms(t) for t in (samples if isinstance(samples, list) else ()))
+        tps = _stored(data.get("tps"), -1.0)
+        return cls(
+            _stored_ms(data.get("ttft")),
+            None if tps < 0 else tps,
+            deque((t for t in kept if t is not None), maxlen=WINDOW),
+        )
 
 
 def trust_score(reliability: float, midstream: float, latency: float, history: float, dishonesty: float) -> float:
@@ -234,21 +265,33 @@ class HosterStats:
         }
 
     @classmethod
-    def load(cls, data: dict[str, Any]) -> HosterStats:
-        """State from ``dump``."""
+    def load(cls, data: Any, now: float) -> HosterStats:
+        """State from ``dump``, read defensively (see ``_stored``): what is missing or unusable takes its
+        default, a newcomer's (first seen ``now``); it never raises."""
+        data = data if isinstance(data, dict) else {}
         names = {"o": "ok", "e": "early", "m": "midstream"}
+        outcomes, discrepant, speed = data.get("outcomes"), data.get("discrepant"), data.get("speed")
         return cls(
-            first_seen=float(data["first_seen"]),
-            lifetime=int(data["lifetime"]),
-            outcomes=deque((names[c] for c in data.get("outcomes", "")), maxlen=WINDOW),
-            consecutive_failures=int(data.get("consecutive_failures", 0)),
-            cooldown_until=float(data.get("cooldown_until", 0.0)),
-            cooldown_s=float(data.get("cooldown_s", 0.0)),
-            last_attempt=float(data.get("last_attempt", 0.0)),
-            discrepancies=int(data.get("discrepancies", 0)),
-            discrepant=deque((c == "d" for c in data.get("discrepant", "")), maxlen=WINDOW),
-            speed={model: SpeedStats.load(s) for model, s in (data.get("speed") or {}).items()},
+            first_seen=_stored(data.get("first_seen"), now),
+            lifetime=_stored_count(data.get("lifetime")),
+            outcomes=deque((names[c] for c in _text(outcomes) if c in names), maxlen=WINDOW),
+            consecutive_failures=_stored_count(data.get("consecutive_failures")),
+            cooldown_until=_stored(data.get("cooldown_until"), 0.0, now + COOLDOWN_MAX_S),
+            cooldown_s=_stored(data.get("cooldown_s"), 0.0, COOLDOWN_MAX_S),
+            last_attempt=_stored(data.get("last_attempt"), 0.0),
+            discrepancies=_stored_count(data.get("discrepancies")),
+            discrepant=deque((c == "d" for c in _text(discrepant)), maxlen=WINDOW),
+            speed={
+                model: SpeedStats.load(state)
+                for model, state in (speed.items() if isinstance(speed, dict) else ())
+                if isinstance(model, str)
+            },
         )
+
+
+def _text(value: Any) -> str:
+    """A stored string, ``""`` when it is not one."""
+    return value if isinstance(value, str) else ""
 
 
 @dataclass

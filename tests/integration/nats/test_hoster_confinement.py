@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,10 @@ from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
 from libs.contracts import subjects
+from libs.devstack.infra import start_nats
+from libs.devstack.processes import free_port
 from libs.platform.broker import ensure_streams
-from libs.platform.natsauth import push_account_update
+from libs.platform.natsauth import HOSTER_MAX_PAYLOAD, HOSTER_MAX_SUBS, AuthStore, push_account_update
 from tests.conftest import NatsTestServer
 
 pytestmark = pytest.mark.integration
@@ -35,6 +37,7 @@ class Hostile:
 
     nc: Client
     errors: list[str] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def refused(self, substring: str, timeout_s: float = 2.0) -> bool:
         """Whether the server sent a permissions violation mentioning ``substring`` (nats-py lower-cases it)."""
@@ -62,11 +65,15 @@ async def connect_hoster(nats_server: NatsTestServer, tmp_path: Path, hoster_id:
     async def on_error(exc: Exception) -> None:
         hostile.errors.append(str(exc))
 
+    async def on_closed() -> None:
+        hostile.closed.set()
+
     hostile.nc = await nats.connect(
         nats_server.url,
         user_credentials=str(path),
         inbox_prefix=subjects.hoster_inbox_prefix(hoster_id),
         error_cb=on_error,
+        closed_cb=on_closed,
         max_reconnect_attempts=0,
     )
     return hostile
@@ -284,3 +291,75 @@ async def test_a_platform_adapter_answers_on_reply_subjects_without_a_response_p
         assert any("permissions violation" in e and "ingress.control" in e for e in errors), errors
     finally:
         await adapter.close()
+
+
+async def test_a_hoster_past_its_subscription_limit_is_refused_and_another_is_not(
+    nats_server: NatsTestServer, platform: Client, tmp_path: Path
+) -> None:
+    """The server holds each hoster's connection to ``HOSTER_MAX_SUBS`` subscriptions (its own inbox alone
+    would otherwise take any number); another hoster, with its own credentials, subscribes as before."""
+    greedy = await connect_hoster(nats_server, tmp_path, H1)
+    other = await connect_hoster(nats_server, tmp_path, H2)
+    try:
+        inbox = subjects.hoster_inbox_prefix(H1)
+        for i in range(HOSTER_MAX_SUBS):
+            await greedy.nc.subscribe(f"{inbox}.{i}")
+        await greedy.nc.flush()
+        assert not greedy.closed.is_set()
+        await greedy.nc.subscribe(f"{inbox}.one-too-many")
+        await asyncio.wait_for(greedy.closed.wait(), 5)
+        assert "maximum subscriptions exceeded" in str(greedy.nc.last_error)
+        # The other hoster subscribes its own subjects and hears what is published there.
+        attempts = await collect(other.nc, subjects.attempt_start(H2))
+        cancels = await collect(other.nc, subjects.attempt_cancel(H2))
+        await platform.publish(subjects.attempt_start(H2), b"attempt")
+        await platform.publish(subjects.attempt_cancel(H2), b"cancel")
+        await platform.flush()
+        await asyncio.sleep(0.2)
+        assert ([m.data for m in attempts], [m.data for m in cancels]) == ([b"attempt"], [b"cancel"])
+        assert other.errors == []
+        assert other.nc.is_connected
+    finally:
+        await greedy.nc.close()
+        await other.nc.close()
+
+
+@pytest.fixture
+def roomy_nats_server(tmp_path: Path) -> Iterator[NatsTestServer]:
+    """A nats-server whose own max_payload is past a hoster's: what refuses a hoster there is its own limit."""
+    port = free_port()
+    auth = AuthStore(tmp_path / "roomy-auth").init()
+    process = start_nats(port, tmp_path / "roomy-js", auth, tmp_path / "roomy.log", max_payload="8MB")
+    yield NatsTestServer(f"nats://127.0.0.1:{port}", auth, tmp_path / "roomy-creds", process)
+    process.stop()
+
+
+async def test_a_hoster_past_its_payload_limit_is_cut_off_and_another_is_not(
+    roomy_nats_server: NatsTestServer, tmp_path: Path
+) -> None:
+    server = roomy_nats_server
+    platform = await server.connect("platform")
+    bulky = await connect_hoster(server, tmp_path, H1)
+    other = await connect_hoster(server, tmp_path, H2)
+    try:
+        assert bulky.nc.max_payload > HOSTER_MAX_PAYLOAD  # the server's own limit lets it through
+        got = await collect(platform, subjects.HOSTER_HEARTBEAT_ALL)
+        await platform.publish(subjects.hoster_heartbeat(H1), b"p" * (2 * HOSTER_MAX_PAYLOAD))  # the platform may
+        await platform.flush()
+        await bulky.nc.publish(subjects.hoster_heartbeat(H1), b"h" * (HOSTER_MAX_PAYLOAD + 1))
+        await asyncio.wait_for(bulky.closed.wait(), 5)
+        assert "maximum payload violation" in str(bulky.nc.last_error)
+        # The other hoster publishes a message at its limit, and stays connected.
+        await other.nc.publish(subjects.hoster_heartbeat(H2), b"o" * HOSTER_MAX_PAYLOAD)
+        await other.nc.flush()
+        await asyncio.sleep(0.2)
+        assert [(m.subject, len(m.data)) for m in got] == [
+            (subjects.hoster_heartbeat(H1), 2 * HOSTER_MAX_PAYLOAD),
+            (subjects.hoster_heartbeat(H2), HOSTER_MAX_PAYLOAD),
+        ]
+        assert other.errors == []
+        assert other.nc.is_connected
+    finally:
+        await bulky.nc.close()
+        await other.nc.close()
+        await platform.close()

@@ -173,7 +173,7 @@ def test_stats_survive_a_dump_and_load() -> None:
     succeed(stats, CHEAP, 130, ttft_ms=80)
     fail(stats, CHEAP, 3)
     before = stats.of(CHEAP, WALL)
-    after = HosterStats.load(before.dump())
+    after = HosterStats.load(before.dump(), WALL)
     assert after.trust(WALL) == pytest.approx(before.trust(WALL))
     assert after.cooling(WALL) == before.cooling(WALL)
     assert after.speed["m"].ttft_p95_ms == before.speed["m"].ttft_p95_ms
