@@ -31,7 +31,7 @@ from libs.platform import apikeys
 from libs.platform.ids import new_request_id
 from libs.platform.metrics import TIME_TO_FIRST_TOKEN
 from libs.platform.telemetry import REQUEST_ID, span_attributes
-from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGuard
+from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGuard, VectorsAsked
 from services.ingress.openapi import (
     CHAT_RESPONSES,
     EMBEDDING_RESPONSES,
@@ -314,7 +314,9 @@ async def _complete(
         replies.arm(accepted.attempt, accepted.first_byte_deadline_ms)
         if accepted.prompt_bound is not None and accepted.completion_bound is not None:
             bounds = UsageBounds(accepted.prompt_bound, accepted.completion_bound)
-            vectors = input_count(payload.get("input")) if endpoint == EMBEDDINGS else None
+            vectors = None
+            if isinstance(body, EmbeddingRequest):
+                vectors = VectorsAsked(input_count(payload.get("input")), body.dimensions, body.encoding_format)
             replies.guard = UsageGuard(
                 bounds,
                 accepted.input_price,
