@@ -33,7 +33,7 @@ from libs.contracts.billing import (
 )
 from libs.contracts.common import ErrorReport, Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
-from libs.contracts.pricing import UsageBounds, requested_max_tokens
+from libs.contracts.pricing import UsageBounds, rate_limited_tokens, requested_max_tokens
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptDispatch,
@@ -478,7 +478,7 @@ class Dispatcher:
             request_id=request.request_id,
             caller=request.caller,
             amount=amount,
-            tokens=profile.prompt_tokens + profile.max_tokens,
+            tokens=rate_limited_tokens(request.body, profile.max_tokens, request.endpoint),
             fee_bps=s.platform_fee_bps,
             endpoint=request.endpoint,
         )

@@ -22,6 +22,7 @@ from libs.contracts.hosters import (
     name_key,
 )
 from libs.contracts.pricing import (
+    IMAGE_PARTS,
     UsageBounds,
     client_price,
     cost_of,
@@ -193,9 +194,7 @@ class RequestProfile:
             needs.add("json")
         for message in body.get("messages") or ():
             content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list) and any(
-                isinstance(p, dict) and p.get("type") in ("image_url", "input_image") for p in content
-            ):
+            if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in IMAGE_PARTS for p in content):
                 needs.add("vision")
         parameters = frozenset(body) - {"model", "messages", "prompt", "input", "stream"}
         return cls(
