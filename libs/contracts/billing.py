@@ -263,10 +263,11 @@ class KeyReport(BaseModel):
 
 
 class UsageQuery(BaseModel):
-    """ingress -> billing: an account's recent requests."""
+    """ingress -> billing: an account's recent requests; with ``key_id``, only those that key made."""
 
     account_id: str
     limit: int = Field(50, ge=1, le=500)
+    key_id: str | None = None
 
 
 class UsageItem(BaseModel):

@@ -683,9 +683,9 @@ class Gateway:
         reply = await self._ask(subjects.SHOW_KEY, query, "show the key", retry_after)
         return KeyReport.model_validate_json(reply) if reply.strip() not in (b"", b"null") else None
 
-    async def usage(self, account_id: str, limit: int, retry_after: int) -> UsageReport:
-        """An account's recent requests."""
-        query = UsageQuery(account_id=account_id, limit=limit)
+    async def usage(self, account_id: str, key_id: str | None, limit: int, retry_after: int) -> UsageReport:
+        """An account's recent requests; with ``key_id``, only that key's."""
+        query = UsageQuery(account_id=account_id, key_id=key_id, limit=limit)
         return UsageReport.model_validate_json(await self._ask(subjects.LIST_USAGE, query, "list usage", retry_after))
 
     async def generation(self, request_id: str, key_id: str, retry_after: int) -> GenerationRecord | None:

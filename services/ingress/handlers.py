@@ -420,9 +420,12 @@ async def show_key(info: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep) 
 async def list_usage(
     caller: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Response:
-    """The account's most recent requests, newest first, with tokens and cost (credits)."""
+    """This key's most recent requests (a management key: its account's), newest first, with tokens and cost
+    (credits)."""
     assert caller.account_id is not None
-    report = await gateway.usage(caller.account_id, limit, settings.retry_after_s)
+    # An inference key sees what it made, as with /v1/generation; the account's whole history is the manager's.
+    key_id = None if caller.kind == MANAGEMENT else caller.key_id
+    report = await gateway.usage(caller.account_id, key_id, limit, settings.retry_after_s)
     items = [
         {
             "id": item.request_id,
