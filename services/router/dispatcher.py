@@ -322,6 +322,7 @@ class Dispatcher:
             candidate.hoster.advertised_ttft_ms,
             prompt_tokens,
             request.routing.max_latency_ms,
+            self.stats.measured_ttft_p95s_ms(candidate.offer.model),
         )
         return AttemptDispatch(
             request_id=request.request_id,
