@@ -284,10 +284,11 @@ class KeyReport(Contract):
 
 
 class UsageQuery(Contract):
-    """ingress -> billing: an account's recent requests."""
+    """ingress -> billing: an account's recent requests; with ``key_id``, only those that key made."""
 
     account_id: str
     limit: int = Field(50, ge=1, le=500)
+    key_id: str | None = None
 
 
 class UsageItem(Contract):

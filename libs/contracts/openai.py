@@ -8,7 +8,10 @@ through untouched.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
+import struct
 import uuid
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -515,11 +518,14 @@ def error_body(message: str, type_: str, code: str | None = None, param: str | N
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
 
-def embedding_vectors(data: Any, count: int, width: int | None = None, encoded: bool = False) -> list[Any]:
+def embedding_vectors(
+    data: Any, count: int, width: int | None = None, encoding: Literal["float", "base64"] = "float"
+) -> list[Any]:
     """The vectors of an embeddings answer's ``data``, in input order, checked: one per input, each index once,
-    each a non-empty list of finite numbers, all of one length (``width`` when the request set
-    ``dimensions``); with ``encoded``, base64 text passes too (what the gateway itself writes for
-    ``encoding_format: base64``). Raises ``ValueError`` saying what is wrong."""
+    each non-empty, of finite numbers, all of one length (``width`` when the request set ``dimensions``), and
+    in the ``encoding`` asked for: a list of numbers for ``float``, for ``base64`` the base64 text of
+    little-endian float32s (as OpenAI sends it), decoded to be checked. Raises ``ValueError`` saying what is
+    wrong."""
     if not isinstance(data, list) or len(data) != count:
         raise ValueError(f"{len(data) if isinstance(data, list) else 'no'} vectors for {count} inputs")
     vectors: dict[int, Any] = {}
@@ -528,15 +534,26 @@ def embedding_vectors(data: Any, count: int, width: int | None = None, encoded: 
         vector = item.get("embedding") if isinstance(item, dict) else None
         if type(index) is not int or not 0 <= index < count or index in vectors:
             raise ValueError(f"index {str(index)[:20]} is not one of the {count} inputs")
-        if encoded and isinstance(vector, str) and vector:
-            vectors[index] = vector
-            continue
-        if not isinstance(vector, list) or not vector:
+        numbers = _base64_floats(vector) if encoding == "base64" else vector
+        if not isinstance(numbers, list | tuple) or not numbers:
             raise ValueError("a vector is not a list of numbers")
-        if not all(type(x) in (float, int) and math.isfinite(x) for x in vector):
+        if not all(type(x) in (float, int) and math.isfinite(x) for x in numbers):
             raise ValueError("a vector holds something other than finite numbers")
-        width = width or len(vector)
-        if len(vector) != width:
-            raise ValueError(f"vectors of {len(vector)} numbers, expected {width}")
+        width = width or len(numbers)
+        if len(numbers) != width:
+            raise ValueError(f"vectors of {len(numbers)} numbers, expected {width}")
         vectors[index] = vector
     return [vectors[i] for i in range(count)]
+
+
+def _base64_floats(vector: Any) -> tuple[float, ...]:
+    """The float32s a base64 vector holds; ``ValueError`` when it is not base64 of whole little-endian float32s."""
+    if not isinstance(vector, str):
+        raise ValueError("a vector is not base64 text")
+    try:
+        packed = base64.b64decode(vector, validate=True)
+    except binascii.Error as exc:
+        raise ValueError("a vector is not base64 text") from exc
+    if len(packed) % 4:
+        raise ValueError("a base64 vector is not whole float32s")
+    return struct.unpack(f"<{len(packed) // 4}f", packed)

@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import orjson
+
 from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint
 
 MICRO = 1_000_000
@@ -100,6 +102,46 @@ def generated_choices(body: dict[str, Any], endpoint: Endpoint = CHAT) -> int:
     if isinstance(best_of, int) and best_of > choices:
         choices = best_of
     return choices * input_count(body.get("prompt"))
+
+
+# Tokens an image part counts for in a rate limit (OpenAI's count of a high-detail 1024x1024 image: four 512-pixel
+# tiles at 170 tokens and 85 for the whole); the gateway does not fetch or measure the image to know better.
+IMAGE_TOKENS = 765
+
+
+def rate_limited_tokens(body: dict[str, Any], max_tokens: int, endpoint: Endpoint = CHAT) -> int:
+    """What a request counts for against a key's tokens per minute: its prompt estimate over every input
+    (``estimate_prompt_tokens``'s text and prompts, plus the tool and function definitions and the calls in
+    its messages at ~4 characters a token, and ``IMAGE_TOKENS`` an image part) and ``max_tokens`` for each
+    choice it generates (``generated_choices``: ``n``, ``best_of``, a list of prompts)."""
+    size = 0
+    images = 0
+    for field in ("tools", "functions"):
+        if isinstance(body.get(field), list):
+            size += _json_size(body[field])
+    for message in body.get("messages") or ():
+        if not isinstance(message, dict):
+            continue
+        for field in ("tool_calls", "function_call"):
+            if message.get(field):
+                size += _json_size(message[field])
+        content = message.get("content")
+        if isinstance(content, list):
+            images += sum(1 for part in content if isinstance(part, dict) and part.get("type") in IMAGE_PARTS)
+    prompt = estimate_prompt_tokens(body) + size // 4 + images * IMAGE_TOKENS
+    return prompt + max_tokens * generated_choices(body, endpoint)
+
+
+# The content part types that carry an image (OpenAI's chat and responses shapes).
+IMAGE_PARTS = ("image_url", "input_image")
+
+
+def _json_size(value: Any) -> int:
+    """Bytes of ``value`` as JSON (its ``repr``'s when orjson cannot write it: an integer past 64 bits)."""
+    try:
+        return len(orjson.dumps(value))
+    except TypeError:
+        return len(repr(value))
 
 
 def to_credits(micro: int) -> float:

@@ -461,7 +461,10 @@ class Stack:
         if not secret.exists():
             secret.touch(mode=0o600)
             secret.write_text(secrets.token_urlsafe(48))
-        env = self.service_env({"CS_CONSOLE_PORT": str(port), "CS_CONSOLE_SESSION_SECRET": secret.read_text().strip()})
+        # Behind the ingress's /console pass-through, on loopback: its X-Forwarded-For names the browser.
+        own = {"CS_CONSOLE_PORT": str(port), "CS_CONSOLE_SESSION_SECRET": secret.read_text().strip(),
+               "CS_CONSOLE_TRUSTED_PROXIES": "127.0.0.1,::1"}  # fmt: skip
+        env = self.service_env(own)
         process = self._spawn("console", "console", env, None)
         self._starters["console"] = lambda: self.start_console(port)
         wait_for_http(f"http://127.0.0.1:{port}/readyz", 30, process)

@@ -2,10 +2,35 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BeforeValidator, Field
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _networks(value: object) -> object:
+    """The comma-separated addresses and networks of ``value``, each checked to be one."""
+    if not isinstance(value, str | list):
+        return value
+    entries = value if isinstance(value, list) else [e.strip() for e in value.split(",") if e.strip()]
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"{entry!r} is not an IP address or network: name the proxies' addresses or networks "
+                "(anyone could write X-Forwarded-For past a wildcard)"
+            ) from None
+    return entries
+
+
+# The proxies an HTTP service believes X-Forwarded-For and X-Forwarded-Proto from, as addresses or networks
+# separated by commas ("10.0.0.0/8,192.0.2.7"; empty: none, the peer's address is the client's). Behind one,
+# the client is the right-most address of X-Forwarded-For that is not a trusted proxy (uvicorn's
+# ProxyHeadersMiddleware); "*" is refused, as it would let every client choose its own address.
+TrustedProxies = Annotated[list[str], NoDecode, BeforeValidator(_networks)]
 
 
 class ServiceSettings(BaseSettings):

@@ -184,7 +184,7 @@ def register_handlers(
     @broker.subscriber(subjects.LIST_USAGE, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def list_usage(query: UsageQuery) -> UsageReport:
         """An account's recent requests."""
-        return UsageReport(items=await ledger.usage(query.account_id, query.limit))
+        return UsageReport(items=await ledger.usage(query.account_id, query.limit, query.key_id))
 
     @broker.subscriber(subjects.SHOW_GENERATION, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def show_generation(query: GenerationQuery) -> GenerationRecord | None:

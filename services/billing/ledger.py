@@ -677,14 +677,18 @@ class Ledger(PoolBound):
         )
         return [dict(r) for r in rows]
 
-    async def usage(self, account_id: str, limit: int) -> list[UsageItem]:
-        """An account's most recent requests."""
+    async def usage(self, account_id: str, limit: int, key_id: str | None = None) -> list[UsageItem]:
+        """An account's most recent requests; with ``key_id``, only those that key made."""
+        where, args = "account_id = $2", [account_id]
+        if key_id is not None:
+            # Its own statement rather than "$3 IS NULL OR ...", so each reads its own index (by key, by account).
+            where, args = "key_id = $3 AND account_id = $2", [account_id, key_id]
         rows = await self._pool.fetch(
-            """SELECT request_id, model, status, prompt_tokens, completion_tokens, charged,
-                      extract(epoch FROM created_at) AS created, extract(epoch FROM settled_at) AS settled
-               FROM reservations WHERE account_id = $1 ORDER BY created_at DESC LIMIT $2""",
-            account_id,
+            f"""SELECT request_id, model, status, prompt_tokens, completion_tokens, charged,
+                       extract(epoch FROM created_at) AS created, extract(epoch FROM settled_at) AS settled
+                FROM reservations WHERE {where} ORDER BY created_at DESC LIMIT $1""",
             limit,
+            *args,
         )
         return [
             UsageItem(

@@ -10,9 +10,7 @@ from services.console.settings import ConsoleSettings
 def main() -> None:
     """Serve the console until SIGINT/SIGTERM."""
     settings = ConsoleSettings()
-    # Behind the ingress or a load balancer: believe their X-Forwarded-* only from loopback by default
-    # (FORWARDED_ALLOW_IPS widens it).
-    serve(build_app(settings), settings.host, settings.port, proxy_headers=True)
+    serve(build_app(settings), settings.host, settings.port)
 
 
 if __name__ == "__main__":

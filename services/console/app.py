@@ -13,6 +13,7 @@ from fastapi.templating import Jinja2Templates
 
 from libs.contracts import subjects
 from libs.platform.broker import make_broker
+from libs.platform.http import behind_proxies
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from libs.platform.metrics import MetricsServer
@@ -69,6 +70,9 @@ def build_app(settings: ConsoleSettings) -> FastAPI:
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=MAX_FORM_BYTES)
     app.add_middleware(SecurityHeadersMiddleware)
+    # Behind the ingress or a load balancer: its X-Forwarded-* give the browser's address (the sign-in budget's)
+    # and scheme (Secure cookies), believed from the proxies the settings name only.
+    behind_proxies(app, settings.trusted_proxies)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:

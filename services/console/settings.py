@@ -8,7 +8,7 @@ from typing import Self
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from libs.platform.settings import ServiceSettings
+from libs.platform.settings import ServiceSettings, TrustedProxies
 
 # Session secrets published with the project (docker-compose.yml's fallback): anyone could sign sessions with
 # them.
@@ -43,6 +43,9 @@ class ConsoleSettings(ServiceSettings):
     # free). Keys and tokens are 256-bit random; this keeps billing's lookups from being spent freely.
     sign_in_burst: int = Field(10, ge=1)
     sign_ins_per_minute: float = Field(10.0, gt=0)
+    # The proxies in front (the Ingress controller, or the ingress's /console pass-through) whose
+    # X-Forwarded-For and X-Forwarded-Proto are believed (``TrustedProxies``); none by default.
+    trusted_proxies: TrustedProxies = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _refuse_a_published_secret(self) -> Self:

@@ -353,11 +353,10 @@ class HosterAdapter:
                     if response.status != 200:
                         raise await self._refusal(response)
                     splitter = SseDataLines(min(s.max_line_bytes, max_payload))
-                    # Read on to the end of the body even after [DONE] (nothing follows it): a half-read response
-                    # cannot go back to the connection pool, and a new connection per request costs more than a
-                    # hop.
+                    # The first [DONE] ends the stream: nothing after it is read, forwarded or counted, so an
+                    # upstream can neither add to a finished answer nor hold the attempt open.
                     read = response.content.readany
-                    while data := await read():
+                    while not done and (data := await read()):
                         received += len(data)
                         if received > max_bytes:
                             raise UpstreamFailure(f"response_too_large: the upstream sent over {max_bytes} bytes")
@@ -373,7 +372,7 @@ class HosterAdapter:
                             for payload in payloads:
                                 if payload == b"[DONE]":
                                     done = True
-                                    continue
+                                    break
                                 if not ttft:
                                     ttft.append(time.monotonic() - started)
                                 try:
@@ -394,14 +393,13 @@ class HosterAdapter:
                             if batch:
                                 await self._send_chunks(active, batch)
                 finally:
-                    # Back to the pool when the body was read to its end, else the connection is closed.
+                    # Back to the pool when the body was read to its end (an honest upstream's ends at [DONE]),
+                    # else the connection is closed: reading stopped at [DONE] whatever came after it.
                     response.release()
         except TimeoutError as exc:
             if not deadline.expired():
                 raise
-            # After [DONE] nothing is owed: an upstream that keeps the connection open only loses it.
-            if not done:
-                raise UpstreamFailure(self._deadline_error(ttft, loop.time() >= ends_at, first_byte_s)) from exc
+            raise UpstreamFailure(self._deadline_error(ttft, loop.time() >= ends_at, first_byte_s)) from exc
         if not done:
             raise UpstreamFailure("upstream closed the stream before [DONE]")
         if assembler is not None:

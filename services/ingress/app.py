@@ -14,6 +14,7 @@ from starlette.routing import BaseRoute
 
 from libs.contracts.openai import error_body
 from libs.platform.broker import make_broker
+from libs.platform.http import behind_proxies
 from libs.platform.ids import instance_id
 from libs.platform.logging import setup_logging
 from libs.platform.metrics import IN_FLIGHT, MetricsServer
@@ -112,6 +113,8 @@ def build_app(settings: IngressSettings) -> FastAPI:
     # Every route, the console's pass-through included: no body larger than this is ever buffered or sent on.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(HttpMetricsMiddleware)
+    # The client's address (its wrong-key budget's) from X-Forwarded-For, believed from the proxies named only.
+    behind_proxies(app, settings.trusted_proxies)
     install_openapi(app)
 
     @app.exception_handler(RequestValidationError)

@@ -8,7 +8,7 @@ import logging
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from typing import TypeVar, cast
+from typing import Literal, NamedTuple, TypeVar, cast
 
 import orjson
 from nats.aio.client import Client
@@ -82,6 +82,15 @@ class Deadlines:
         self.overdue = overdue
 
 
+class VectorsAsked(NamedTuple):
+    """What an embeddings request asked for: one vector per each of its ``inputs``, ``width`` numbers each (its
+    ``dimensions``, when set), in its ``encoding_format``."""
+
+    inputs: int
+    width: int | None
+    encoding: Literal["float", "base64"]
+
+
 class UsageGuard:
     """Counts the text one attempt relays to the client, and holds the usage the client sees to the request's
     bounds (``UsageBounds``, and the relayed text), priced at the serving hoster's prices as billing prices
@@ -107,10 +116,10 @@ class UsageGuard:
         input_price: int,
         output_price: int,
         fee_bps: int,
-        vectors: int | None = None,
+        vectors: VectorsAsked | None = None,
         text: bool = False,
     ) -> None:
-        # An embeddings request's number of inputs: its answer must hold one vector per input.
+        # An embeddings request's: its answer must hold the vectors it asked for.
         self.vectors = vectors
         # A text completion's: its choices carry ``text`` (a chat answer's carry deltas or messages, and a
         # ``text`` a hoster added to one must not count as text the client received).
@@ -214,11 +223,11 @@ class UsageGuard:
         return marked
 
 
-def _vectors_fit(data: object, count: int) -> bool:
-    """Whether an embeddings answer's ``data`` holds one good vector per input (``embedding_vectors``: the
-    adapter checks the same; a hoster's own agent may not)."""
+def _vectors_fit(data: object, asked: VectorsAsked) -> bool:
+    """Whether an embeddings answer's ``data`` holds the vectors asked for (``embedding_vectors``: the adapter
+    checks the same; a hoster's own agent may not)."""
     try:
-        embedding_vectors(data, count, encoded=True)
+        embedding_vectors(data, asked.inputs, asked.width, asked.encoding)
     except ValueError:
         return False
     return True
@@ -785,9 +794,9 @@ class Gateway:
         reply = await self._ask(subjects.SHOW_KEY, query, "show the key", retry_after)
         return KeyReport.model_validate_json(reply) if reply.strip() not in (b"", b"null") else None
 
-    async def usage(self, account_id: str, limit: int, retry_after: int) -> UsageReport:
-        """An account's recent requests."""
-        query = UsageQuery(account_id=account_id, limit=limit)
+    async def usage(self, account_id: str, key_id: str | None, limit: int, retry_after: int) -> UsageReport:
+        """An account's recent requests; with ``key_id``, only that key's."""
+        query = UsageQuery(account_id=account_id, key_id=key_id, limit=limit)
         return UsageReport.model_validate_json(await self._ask(subjects.LIST_USAGE, query, "list usage", retry_after))
 
     async def generation(self, request_id: str, key_id: str, retry_after: int) -> GenerationRecord | None:

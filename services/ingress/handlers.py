@@ -31,7 +31,7 @@ from libs.platform import apikeys
 from libs.platform.ids import new_request_id
 from libs.platform.metrics import TIME_TO_FIRST_TOKEN
 from libs.platform.telemetry import REQUEST_ID, span_attributes
-from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGuard
+from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGuard, VectorsAsked
 from services.ingress.openapi import (
     CHAT_RESPONSES,
     EMBEDDING_RESPONSES,
@@ -315,7 +315,9 @@ async def _complete(
         replies.arm(accepted.attempt, accepted.first_byte_deadline_ms, accepted.reply_subject)
         if accepted.prompt_bound is not None and accepted.completion_bound is not None:
             bounds = UsageBounds(accepted.prompt_bound, accepted.completion_bound)
-            vectors = input_count(payload.get("input")) if endpoint == EMBEDDINGS else None
+            vectors = None
+            if isinstance(body, EmbeddingRequest):
+                vectors = VectorsAsked(input_count(payload.get("input")), body.dimensions, body.encoding_format)
             replies.guard = UsageGuard(
                 bounds,
                 accepted.input_price,
@@ -421,9 +423,12 @@ async def show_key(info: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep) 
 async def list_usage(
     caller: AnyKeyDep, gateway: GatewayDep, settings: SettingsDep, limit: Annotated[int, Query(ge=1, le=500)] = 50
 ) -> Response:
-    """The account's most recent requests, newest first, with tokens and cost (credits)."""
+    """This key's most recent requests (a management key: its account's), newest first, with tokens and cost
+    (credits)."""
     assert caller.account_id is not None
-    report = await gateway.usage(caller.account_id, limit, settings.retry_after_s)
+    # An inference key sees what it made, as with /v1/generation; the account's whole history is the manager's.
+    key_id = None if caller.kind == MANAGEMENT else caller.key_id
+    report = await gateway.usage(caller.account_id, key_id, limit, settings.retry_after_s)
     items = [
         {
             "id": item.request_id,

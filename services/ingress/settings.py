@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from libs.platform.settings import ServiceSettings
+from libs.platform.settings import ServiceSettings, TrustedProxies
 
 
 class IngressSettings(ServiceSettings):
@@ -43,10 +43,13 @@ class IngressSettings(ServiceSettings):
     # What the reply subscription may hold for all requests together before NATS drops frames (the requests
     # that lose frames end with an error; see the sequence check): keep it well under the pod's memory.
     max_subscription_bytes: int = Field(128 * 1024 * 1024, ge=1024 * 1024)
-    # API keys that turn out wrong, per client address (the peer's; put the ingress behind a proxy that keeps
-    # it): a burst, then a rate per minute; past it, keys not in the cache get a 429 before billing is asked.
+    # API keys that turn out wrong, per client address (the peer's, or the one a trusted proxy forwards): a
+    # burst, then a rate per minute; past it, keys not in the cache get a 429 before billing is asked.
     invalid_keys_per_minute: float = Field(60.0, ge=0)
     invalid_keys_burst: int = Field(20, ge=1)
+    # The proxies in front (the Ingress controller, a load balancer) whose X-Forwarded-For is believed
+    # (``TrustedProxies``); none by default. Behind a proxy not named here every client shares its address.
+    trusted_proxies: TrustedProxies = Field(default_factory=list)
     # /v1/models answers from a listing at most this old (0: ask a router every time).
     models_cache_s: float = Field(1.0, ge=0)
     # The console service (``services/console``) this ingress passes ``/console/*`` to, e.g.

@@ -37,7 +37,7 @@ from libs.contracts.billing import (
 )
 from libs.contracts.common import ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
-from libs.contracts.pricing import UsageBounds, requested_max_tokens
+from libs.contracts.pricing import UsageBounds, rate_limited_tokens, requested_max_tokens
 from libs.contracts.routing import (
     AttemptAccepted,
     AttemptDispatch,
@@ -364,6 +364,7 @@ class Dispatcher:
             candidate.hoster.advertised_ttft_ms,
             prompt_tokens,
             request.routing.max_latency_ms,
+            self.stats.measured_ttft_p95s_ms(candidate.offer.model),
         )
         return AttemptDispatch(
             request_id=request.request_id,
@@ -392,8 +393,8 @@ class Dispatcher:
         caller = request.caller
         assert caller is not None
         s = self._settings
-        if not s.lease_requests or caller.rpm is not None or caller.tpm is not None:
-            return False
+        if not s.lease_requests or caller.rpm is not None or caller.tpm is not None or amount <= 0:
+            return False  # a free request (every hoster at price 0) holds nothing: billing admits it
         admission = LeasedAdmission(
             request_id=request.request_id,
             key_id=caller.key_id,
@@ -520,7 +521,7 @@ class Dispatcher:
             request_id=request.request_id,
             caller=request.caller,
             amount=amount,
-            tokens=profile.prompt_tokens + profile.max_tokens,
+            tokens=rate_limited_tokens(request.body, profile.max_tokens, request.endpoint),
             fee_bps=s.platform_fee_bps,
             endpoint=request.endpoint,
         )

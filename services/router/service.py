@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,7 @@ from libs.contracts.hosters import (
     name_key,
 )
 from libs.contracts.pricing import (
+    IMAGE_PARTS,
     UsageBounds,
     client_price,
     cost_of,
@@ -236,9 +237,7 @@ class RequestProfile:
             needs.add("json")
         for message in body.get("messages") or ():
             content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, list) and any(
-                isinstance(p, dict) and p.get("type") in ("image_url", "input_image") for p in content
-            ):
+            if isinstance(content, list) and any(isinstance(p, dict) and p.get("type") in IMAGE_PARTS for p in content):
                 needs.add("vision")
         parameters = frozenset(body) - {"model", "messages", "prompt", "input", "stream"}
         return cls(
@@ -583,12 +582,17 @@ def first_byte_deadline_ms(
     advertised_ms: float | None,
     prompt_tokens: int,
     max_latency_ms: int | None,
+    peer_p95s_ms: Sequence[float] = (),
 ) -> float:
     """The first-byte deadline of one attempt: ``multiple`` times what the hoster has shown (its observed p95
     time to first token, else what it advertised), plus prefill time for a long prompt, never under the floor
-    and never over the ceiling; an unknown hoster gets the ceiling. A request's ``max_latency_ms`` caps it at
-    twice that: the client said a slower answer is of no use, and twice leaves room for one slow draw."""
+    and never over the ceiling. A hoster that has shown nothing is held to what its measured peers on the
+    model show (the slowest of their p95s: a newcomer is not assumed faster than any of them); only a model
+    nobody was measured on gets the ceiling. A request's ``max_latency_ms`` caps it at twice that: the client
+    said a slower answer is of no use, and twice leaves room for one slow draw."""
     expected = observed_p95_ms if observed_p95_ms is not None else advertised_ms
+    if expected is None and peer_p95s_ms:
+        expected = max(peer_p95s_ms)
     if expected is None:
         deadline = budget.ceiling_ms
     else:

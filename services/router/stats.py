@@ -313,6 +313,16 @@ class NetworkStats:
         self.of(hoster_id, now).observe(now=now, **outcome)
         self.dirty.add(hoster_id)
 
+    def measured_ttft_p95s_ms(self, model: str) -> list[float]:
+        """The p95 time to first token of each hoster measured serving ``model`` (``MIN_SAMPLES`` attempts)."""
+        return [
+            speed.ttft_p95_ms
+            for stats in self.hosters.values()
+            if (speed := stats.speed.get(model)) is not None
+            and speed.expected_ttft_ms is not None
+            and speed.ttft_p95_ms is not None
+        ]
+
     def take_dirty(self) -> dict[str, dict[str, Any]]:
         """States changed since the last call, to persist."""
         changed = {h: self.hosters[h].dump() for h in self.dirty if h in self.hosters}

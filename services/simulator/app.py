@@ -323,9 +323,17 @@ async def _completion_events(
     if include_usage:
         due.append(sse_event(usage_chunk(meta, reply)))
     due.append(DONE_EVENT)
+    if behaviour.fault == "after_done":
+        # A hostile upstream: content after [DONE] (in the same write and in a later one, with [DONE] again),
+        # then silence with the connection open.
+        yield b"".join(due) + sse_event(completion_chunk(meta, {"content": AFTER_DONE}))
+        yield sse_event(completion_chunk(meta, {"content": AFTER_DONE})) + DONE_EVENT
+        await asyncio.Future()
     yield b"".join(due)
 
 
+# What the ``after_done`` fault sends after [DONE].
+AFTER_DONE = " and more after [DONE]"
 HOSTILE_PIECE_BYTES = 64 * 1024
 
 

@@ -12,8 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # ``hang`` accepts and never sends a byte; ``disconnect`` breaks off after ``fault_after_tokens``; ``stall`` goes
 # silent (connection open) after ``fault_after_tokens``. The hostile ones, for the adapter's bounds: an SSE line
-# that never ends, an error body of ``fault_bytes`` (0: for ever), a stream of ``fault_choices`` choices.
-Fault = Literal["none", "error", "hang", "disconnect", "stall", "endless_line", "huge_error", "many_choices"]
+# that never ends, an error body of ``fault_bytes`` (0: for ever), a stream of ``fault_choices`` choices, and
+# ``after_done``: the whole stream, then content after its ``[DONE]`` and silence with the connection open.
+Fault = Literal[
+    "none", "error", "hang", "disconnect", "stall", "endless_line", "huge_error", "many_choices", "after_done"
+]
 ReasoningEffort = Literal["none", "minimal", "low", "medium", "high", "xhigh", "max"]
 
 

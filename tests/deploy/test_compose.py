@@ -3,6 +3,7 @@ and shaped so that `docker compose up` starts everything in a working order and 
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +13,10 @@ from urllib.parse import urlsplit
 import orjson
 import pytest
 import yaml
+from pydantic import TypeAdapter
 
 from libs.devstack.infra import NATS_SERVER_VERSION, nats_server_binary
+from libs.platform.settings import TrustedProxies
 from services.console.settings import PUBLISHED_SECRETS
 from services.hoster_adapter.settings import HosterConfig
 from tests.deploy.settings_names import unknown_settings
@@ -131,6 +134,20 @@ def test_the_ingress_serves_the_console_and_its_secret_comes_from_the_environmen
     assert fallback in PUBLISHED_SECRETS
     assert console["CS_CONSOLE_ALLOW_DEV_SECRET"] == "${CS_CONSOLE_ALLOW_DEV_SECRET:-true}"
     assert "ports" not in services()["console"]
+
+
+def test_the_console_believes_forwarded_headers_from_the_compose_network_and_the_ingress_from_no_one() -> None:
+    """Clients reach the ingress straight through its published port: it believes no X-Forwarded-For, so no
+    client picks its own wrong-key budget. The console is reached only through the ingress, on the compose
+    network: it believes that network's X-Forwarded-* (the browser's address and scheme), not anyone's."""
+    for service in services().values():
+        assert "FORWARDED_ALLOW_IPS" not in service.get("environment", {})  # uvicorn's own, no longer read
+    proxies = TypeAdapter(TrustedProxies)
+    assert proxies.validate_python(services()["ingress"]["environment"]["CS_INGRESS_TRUSTED_PROXIES"]) == []
+    [network] = [entry["subnet"] for entry in compose()["networks"]["default"]["ipam"]["config"]]
+    console = proxies.validate_python(services()["console"]["environment"]["CS_CONSOLE_TRUSTED_PROXIES"])
+    assert console == [network]
+    assert ipaddress.ip_network(network).is_private
 
 
 def test_adapters_scale() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import copy
 import functools
+import ipaddress
 import os
 import re
 import subprocess
@@ -19,8 +20,10 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import orjson
 import pytest
 import yaml
+from pydantic import TypeAdapter
 
 from libs.devstack.infra import nats_server_binary
+from libs.platform.settings import TrustedProxies
 from services.hoster_adapter.settings import HosterConfig
 from tests.deploy.kustomize import KUSTOMIZATION, KustomizeError, Manifest, build, load_kustomization, patch_paths
 from tests.deploy.settings_names import unknown_settings
@@ -357,6 +360,22 @@ def test_environment_is_read_by_the_service(name: str, service: str) -> None:
     docs = built(name)
     env = environment(only_container(find(docs, "Deployment", service)), docs)
     assert unknown_settings(SERVICES[service].module, env) == []
+
+
+@pytest.mark.parametrize("name", BUILDS)
+@pytest.mark.parametrize(("service", "variable"), [("ingress", "CS_INGRESS_TRUSTED_PROXIES"),
+                                                   ("console", "CS_CONSOLE_TRUSTED_PROXIES")])  # fmt: skip
+def test_the_http_services_believe_forwarded_headers_from_the_controllers_network_only(
+    name: str, service: str, variable: str
+) -> None:
+    """The ingress and the console take a client's address (its budget of wrong keys or sign-ins) from
+    X-Forwarded-For only when the Ingress controller's pod network sent it, never from anyone ("*")."""
+    docs = built(name)
+    env = environment(only_container(find(docs, "Deployment", service)), docs)
+    assert "FORWARDED_ALLOW_IPS" not in env  # uvicorn's own, which the services no longer read
+    trusted = TypeAdapter(TrustedProxies).validate_python(env[variable])
+    assert trusted
+    assert all(ipaddress.ip_network(entry).is_private for entry in trusted), trusted
 
 
 @pytest.mark.parametrize("name", BUILDS)

@@ -10,15 +10,19 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from libs.devstack.processes import free_port
 from libs.devstack.stack import AdapterSpec, SimulatorSpec, Stack, throwaway_config
+from services.simulator.app import AFTER_DONE
 from tests.e2e.records import routing_record
 
 pytestmark = pytest.mark.e2e
 
-HEALTHY, HANG, LINES, HUGE, CHOICES, STALL, REFUSE = (f"bbbbbbbb-0000-4000-8000-00000000000{i}" for i in range(7))
+HEALTHY, HANG, LINES, HUGE, CHOICES, STALL, REFUSE, AFTER = (
+    f"bbbbbbbb-0000-4000-8000-00000000000{i}" for i in range(8)
+)
 # The adapter's limits in this stack: small, so that the tests are quick.
 FIRST_BYTE_S = STALL_S = 2.0
 MB = 1 << 20
@@ -52,6 +56,7 @@ def hostile() -> Iterator[Stack]:
         hoster(CHOICES, evil, ("hostile-choices", "1.00")),
         hoster(STALL, evil, ("hostile-stall", "1.00")),
         hoster(REFUSE, evil, ("hostile-refuse", "1.00")),
+        hoster(AFTER, evil, ("hostile-after-done", "1.00")),
     ]
     env = {
         "CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.5",
@@ -230,3 +235,37 @@ def test_an_upstream_400_reaches_the_client_as_a_400_and_does_not_cool_the_hoste
         model="hostile-refuse", messages=MESSAGES, extra_body={"allow_hosters": [REFUSE]}
     )
     assert answer.choices[0].message.content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_upstreams_answer_ends_at_its_first_done_whatever_it_sends_after(
+    hostile: Stack, key: str, stream: bool
+) -> None:
+    """The upstream sends its whole stream, then content after ``[DONE]`` (in the same write and a later one,
+    with ``[DONE]`` again) and then hangs with the connection open. The attempt is over at the first
+    ``[DONE]``: the client gets the answer without what came after, as soon as it is whole (not when the
+    adapter's stall limit ends a read that should not have gone on), and the upstream connection is closed."""
+    headers = {"authorization": f"Bearer {key}"}
+    fault = {"simulator": {"fault": "after_done"}}
+    async with httpx.AsyncClient(base_url=hostile.config.api_base, headers=headers, timeout=60) as client:
+        response = await client.post("/chat/completions", json=body("hostile-after-done", stream=stream, **fault))
+        assert response.status_code == 200, response.text
+        assert response.headers["x-computeshare-hoster"] == AFTER
+        if stream:
+            events = [line.removeprefix("data: ") for line in response.text.splitlines() if line]
+            assert events[-1] == "[DONE]"
+            assert events.count("[DONE]") == 1
+            chunks = [orjson.loads(event) for event in events[:-1]]
+            text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        else:
+            text = response.json()["choices"][0]["message"]["content"]
+        assert text
+        assert AFTER_DONE not in text
+        [attempt] = (await asyncio.to_thread(routing_record, hostile, key, response.headers["x-request-id"]))[
+            "attempts"
+        ]
+        assert attempt["outcome"] == "succeeded"
+        # The attempt ended at [DONE], not when the stall limit ran out on the silence after it.
+        assert attempt["duration_ms"] < STALL_S * 1000, attempt
+        # The adapter closed the upstream request: the hostile upstream is not still holding it open.
+        assert await open_streams(client, hostile.config.simulators[1]) == 0

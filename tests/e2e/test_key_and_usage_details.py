@@ -86,6 +86,21 @@ def test_the_key_shows_its_limits_spend_and_what_remains_as_requests_are_made(st
     assert other["limit_remaining"] == pytest.approx(1 - spent)
 
 
+def test_a_keys_tokens_per_minute_count_every_choice_and_prompt_a_request_asks_for(stack: Stack) -> None:
+    """A key with a limit of 1,000 tokens a minute: one choice of 100 tokens fits, sixteen (``n``) or four
+    prompts of 300 do not, however short the prompt; the refusal is OpenAI's 429 and nothing is generated."""
+    _, key = stack.create_account(credits="5", tpm=1000)
+    auth = {"authorization": f"Bearer {key}"}
+    base = stack.config.api_base
+    chat = {"model": DEMO_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}
+    assert httpx.post(f"{base}/chat/completions", json=chat, headers=auth, timeout=30).status_code == 200
+    prompts = {"model": DEMO_MODEL, "prompt": ["a", "b", "c", "d"], "max_tokens": 300}
+    for path, body in (("chat/completions", chat | {"n": 16}), ("completions", prompts)):
+        refused = httpx.post(f"{base}/{path}", json=body, headers=auth, timeout=30)
+        assert refused.status_code == 429, (path, refused.text)
+        assert "Request too large" in refused.json()["error"]["message"]
+
+
 def reasoned(**simulator: Any) -> dict[str, Any]:
     """A request whose simulated hoster thinks 3 tokens and reports the given usage details."""
     return {

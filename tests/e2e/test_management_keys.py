@@ -5,6 +5,7 @@ key never reaches another account."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import openai
 import pytest
 
 from libs.devstack.stack import DEMO_MODEL, Stack
+from tests.e2e.test_money import settled
 
 pytestmark = pytest.mark.e2e
 
@@ -122,6 +124,29 @@ def test_the_account_summary_and_usage_per_day(stack: Stack) -> None:
     assert days[-1]["completion_tokens"] > 0
     assert days[-1]["spend"] > 0
     assert call(stack, "GET", "/account/usage?days=0", manager).status_code == 400
+
+
+async def test_an_inference_key_lists_only_its_own_usage_and_the_management_key_the_accounts(stack: Stack) -> None:
+    """Two inference keys of one account each read only their own requests on ``/v1/usage`` (as on
+    ``/v1/generation``); the account's management key reads them all."""
+    account_id, first = stack.create_account(credits="10")
+    second = stack.computeshare("key", "create", account_id)["key"]
+    manager = stack.create_management_key(account_id)
+    made: dict[str, list[str]] = {first: [], second: []}
+    for key in (first, second, first):
+        response = await asyncio.to_thread(chat, stack, key)
+        assert response.status_code == 200, response.text
+        made[key].append(response.json()["id"])
+    await settled(stack, account_id)  # every request recorded, those admitted on a credit lease included
+
+    def listed(key: str) -> list[str]:
+        response = call(stack, "GET", "/usage", key)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["data"]]
+
+    assert listed(first) == made[first][::-1]  # newest first
+    assert listed(second) == made[second]
+    assert sorted(listed(manager)) == sorted(made[first] + made[second])
 
 
 def test_an_inference_key_never_manages_and_a_management_key_never_calls_models(

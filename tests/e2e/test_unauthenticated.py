@@ -8,7 +8,7 @@ import asyncio
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import nats
@@ -22,6 +22,7 @@ from tests.e2e.conftest import build_stack
 pytestmark = pytest.mark.e2e
 
 BURST, PER_MINUTE, KEYS, CONCURRENCY = 20, 60, 10_000, 16
+PROXY = "127.0.0.4"
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +31,8 @@ def stack() -> Iterator[Stack]:
         CS_INGRESS_INVALID_KEYS_BURST=str(BURST),
         CS_INGRESS_INVALID_KEYS_PER_MINUTE=str(PER_MINUTE),
         CS_INGRESS_KEY_CACHE_S="5",
+        # The load balancer in front, played by the tests from this address (any other peer is no proxy).
+        CS_INGRESS_TRUSTED_PROXIES=PROXY,
     )
     yield running
     running.stop()
@@ -86,3 +89,34 @@ async def test_random_keys_from_one_address_are_refused_before_they_reach_billin
             assert response.status_code == 401
     finally:
         await nc.close()
+
+
+async def spend_until_refused(client: httpx.AsyncClient, forwarded_for: Callable[[], str]) -> int:
+    """Wrong keys until the ingress refuses them (429), each sent with ``X-Forwarded-For: forwarded_for()``;
+    how many were looked up first (401)."""
+    body = {"model": DEMO_MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for looked_up in range(BURST * 3):
+        headers = {"authorization": f"Bearer ngk_{secrets.token_urlsafe(32)}", "x-forwarded-for": forwarded_for()}
+        response = await client.post("/chat/completions", json=body, headers=headers)
+        if response.status_code == 429:
+            return looked_up
+        assert response.status_code == 401, response.text
+    raise AssertionError(f"{BURST * 3} wrong keys and still no 429")
+
+
+async def test_behind_a_trusted_proxy_each_client_has_its_own_budget_and_no_client_picks_one(stack: Stack) -> None:
+    """Clients behind the load balancer (CS_INGRESS_TRUSTED_PROXIES) are budgeted by the address it forwards
+    (the right-most one of X-Forwarded-For that is not the proxy's own), not all by the proxy's; a peer that is
+    no trusted proxy is budgeted by its own address whatever X-Forwarded-For it writes."""
+    base = stack.config.api_base
+    proxy = httpx.AsyncHTTPTransport(local_address=PROXY)
+    async with httpx.AsyncClient(base_url=base, timeout=30, transport=proxy) as balancer:
+        # A client forwards a made-up address of its own; the proxy appends the one it saw.
+        assert await spend_until_refused(balancer, lambda: "198.51.100.1, 203.0.113.7") >= BURST
+        assert await spend_until_refused(balancer, lambda: "203.0.113.7") == 0  # that client's budget is spent
+        assert await spend_until_refused(balancer, lambda: "203.0.113.8") >= BURST  # another's is whole
+    # Loopback is no proxy here (uvicorn alone would believe it): a client there cannot get a fresh budget by
+    # naming another address each time. (Another test may have spent this address's budget already.)
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        assert await spend_until_refused(client, lambda: f"203.0.113.{secrets.randbelow(250)}") < BURST + 3
+        assert await spend_until_refused(client, lambda: "203.0.113.9") == 0

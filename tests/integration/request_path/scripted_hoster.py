@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Self
 
 import nats
 import orjson
@@ -49,7 +50,7 @@ class ScriptedHoster:
     @classmethod
     async def connect(
         cls, url: str, auth: AuthStore, tmp_path: Path, model: str, script: Script, price: int = 1000
-    ) -> ScriptedHoster:
+    ) -> Self:
         hoster_id = str(uuid.uuid4())
         _, creds = auth.mint_hoster(hoster_id, f"scripted-{hoster_id[:4]}")
         path = auth.write_creds(tmp_path / f"{hoster_id}.creds", creds)

@@ -1,7 +1,16 @@
 from __future__ import annotations
 
+import orjson
+
 from libs.contracts.billing import RateLimitState
-from libs.contracts.pricing import cost_of, estimate_prompt_tokens, requested_max_tokens
+from libs.contracts.common import COMPLETIONS, EMBEDDINGS
+from libs.contracts.pricing import (
+    IMAGE_TOKENS,
+    cost_of,
+    estimate_prompt_tokens,
+    rate_limited_tokens,
+    requested_max_tokens,
+)
 
 
 def test_cost_splits_into_hoster_earning_and_fee_and_rounds_up() -> None:
@@ -24,6 +33,34 @@ def test_prompt_estimate_counts_text_and_text_parts() -> None:
     }
     assert estimate_prompt_tokens(body) == 20
     assert estimate_prompt_tokens({"messages": []}) == 1
+
+
+def test_a_rate_limit_counts_the_completion_budget_of_every_choice() -> None:
+    chat = {"messages": [{"role": "user", "content": "x" * 40}]}
+    assert rate_limited_tokens(chat, 100) == 10 + 100
+    assert rate_limited_tokens(chat | {"n": 128}, 100) == 10 + 128 * 100
+    prompts = {"prompt": ["x" * 40, "y" * 40, "z" * 40]}
+    assert rate_limited_tokens(prompts, 16, COMPLETIONS) == 30 + 3 * 16  # every prompt, each completed
+    assert rate_limited_tokens(prompts | {"best_of": 5, "n": 2}, 16, COMPLETIONS) == 30 + 3 * 5 * 16
+    assert rate_limited_tokens({"input": ["x" * 40, "y" * 40]}, 0, EMBEDDINGS) == 20
+
+
+def test_a_rate_limit_counts_tools_calls_and_images_as_input() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "x": "y" * 400}}}]
+    call = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{" + "a" * 400 + "}"}}]
+    image = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    body = {
+        "tools": tools,
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "x" * 40}, image, image]},
+            {"role": "assistant", "content": None, "tool_calls": call},
+        ],
+    }
+    expected = 10 + (len(orjson.dumps(tools)) + len(orjson.dumps(call))) // 4 + 2 * IMAGE_TOKENS
+    assert rate_limited_tokens(body, 0) == expected
+    assert rate_limited_tokens({"functions": tools, "messages": []}, 0) == 1 + len(orjson.dumps(tools)) // 4
+    huge = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"maximum": 10**30}}}]}
+    assert rate_limited_tokens(huge, 0) > 1  # an integer orjson cannot write still counts
 
 
 def test_completion_budget_prefers_max_completion_tokens() -> None:

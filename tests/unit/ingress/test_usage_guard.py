@@ -10,7 +10,7 @@ import pytest
 
 from libs.contracts import frames
 from libs.contracts.pricing import UsageBounds, client_usage
-from services.ingress.gateway import ReplyStream, UsageGuard
+from services.ingress.gateway import ReplyStream, UsageGuard, VectorsAsked
 from tests.unit.ingress.offers import armed, offer
 
 
@@ -193,17 +193,31 @@ async def test_a_malformed_answer_ends_the_stream_with_an_error_and_stops_the_re
     assert stopped == ["r"]
 
 
-def test_an_embeddings_answer_must_hold_one_vector_per_input() -> None:
+def test_an_embeddings_answer_must_hold_the_vectors_asked_for() -> None:
     def answer(*vectors: object) -> bytes:
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         return orjson.dumps({"object": "list", "data": data, "model": "m"})
 
-    guard = UsageGuard(UsageBounds(prompt=100, completion=0), 0, 0, 0, vectors=2)
-    assert guard.take(answer([0.5, 0.5], "AAAAPw==")) is not None
-    assert guard.take(answer([0.5, 0.5])) is None  # one short
-    assert guard.take(answer([0.5], [0.5], [0.5])) is None  # one too many
-    assert guard.take(answer([0.5], ["x"])) is None  # not numbers
-    assert guard.take(answer([0.5], [])) is None
+    floats = UsageGuard(UsageBounds(prompt=100, completion=0), 0, 0, 0, vectors=VectorsAsked(2, None, "float"))
+    assert floats.take(answer([0.5, 0.5], [1, 2])) is not None
+    assert floats.take(answer([0.5, 0.5])) is None  # one short
+    assert floats.take(answer([0.5], [0.5], [0.5])) is None  # one too many
+    assert floats.take(answer([0.5], ["x"])) is None  # not numbers
+    assert floats.take(answer([0.5], [])) is None
+    assert floats.take(answer([0.5, 0.5], "AAAAPw==")) is None  # base64 where floats were asked for
+    assert floats.take(answer([0.5, 0.5], [0.5])) is None  # widths differ
+    # The ingress reads a body orjson cannot (an integer past 64 bits) with the json module, which takes NaN.
+    huge = b'{"object": "list", "n": 99999999999999999999, "data": '
+    assert floats.take(huge + b'[{"index": 0, "embedding": [NaN]}, {"index": 1, "embedding": [1.0]}]}') is None
+    sized = UsageGuard(UsageBounds(prompt=100, completion=0), 0, 0, 0, vectors=VectorsAsked(1, 2, "float"))
+    assert sized.take(answer([0.5, 0.5])) is not None
+    assert sized.take(answer([0.5, 0.5, 0.5])) is None  # not the dimensions asked for
+    packed = UsageGuard(UsageBounds(prompt=100, completion=0), 0, 0, 0, vectors=VectorsAsked(1, 1, "base64"))
+    assert packed.take(answer("AAAAPw==")) is not None  # 0.5 as a little-endian float32
+    assert packed.take(answer([0.5])) is None  # floats where base64 was asked for
+    assert packed.take(answer("not base64")) is None
+    assert packed.take(answer("AAAAPwAAAD8=")) is None  # two numbers, one asked for
+    assert packed.take(answer("AADAfw==")) is None  # NaN
 
 
 def test_text_counts_as_a_text_completions_and_a_text_field_padded_into_chat_counts_for_nothing() -> None:

@@ -35,6 +35,33 @@ def test_the_first_byte_deadline_follows_the_hoster_and_the_request(
     )
 
 
+@pytest.mark.parametrize(
+    ("observed", "advertised", "peers", "expected"),
+    [
+        (None, None, [500, 2_000], 8_000),  # a newcomer: four times its slowest measured peer's p95
+        (None, None, [100], 5_000),  # within the floor
+        (None, None, [9_000], 30_000),  # and the ceiling
+        (None, None, [], 30_000),  # a model nobody was measured on: the ceiling
+        (None, 1_500, [100], 6_000),  # what it advertised counts over its peers
+        (3_000, None, [100], 12_000),  # and what it showed over both
+    ],
+)
+def test_a_hoster_that_has_shown_nothing_is_held_to_what_its_peers_on_the_model_show(
+    observed: float | None, advertised: float | None, peers: list[float], expected: float
+) -> None:
+    assert first_byte_deadline_ms(BUDGET, observed, advertised, 0, None, peers) == pytest.approx(expected)
+
+
+def test_the_peers_are_the_hosters_measured_on_the_model() -> None:
+    stats = NetworkStats()
+    succeed(stats, FAST, 5, ttft_ms=300)  # measured on "m"
+    succeed(stats, CHEAP, 4, ttft_ms=9_000)  # too few attempts to say anything yet
+    succeed(stats, CLOUD, 5, ttft_ms=700, model="other")
+    assert stats.measured_ttft_p95s_ms("m") == [300]
+    assert stats.measured_ttft_p95s_ms("other") == [700]
+    assert stats.measured_ttft_p95s_ms("nobody's") == []
+
+
 def test_a_failover_tries_hosters_that_did_not_just_fail_first_and_keeps_the_rest_last() -> None:
     stats = NetworkStats()
     queue = order(registry(hoster(CHEAP, 1), hoster(FAST, 2), hoster(CLOUD, 3)), RoutingPreferences(tier="cheapest"),
