@@ -160,6 +160,16 @@ class ManagedProcess:
         """Whether the process still runs."""
         return self._proc is not None and self._proc.poll() is None
 
+    def wait_exited(self, timeout_s: float) -> bool:
+        """Block until the process exited (``False`` if it still runs after ``timeout_s``)."""
+        if self._proc is None:
+            return True
+        try:
+            self._proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
     def check_alive(self) -> None:
         """Raise ``ProcessDied`` (with the log's tail) if it exited."""
         if self._proc is not None and self._proc.poll() is not None:

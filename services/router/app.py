@@ -116,11 +116,12 @@ def build_app(settings: RouterSettings) -> FastStream:
                     await task
 
     async def flush() -> None:
-        # Before the broker stops: routes being decided get their answers, settlement events and the latest
-        # stats still reach JetStream.
+        # Before the broker stops: routes being decided get their answers; the requests in flight end as usual
+        # (their reports and the ingress's notes still arrive on ``hot``) and are settled; settlement events
+        # and the latest stats still reach JetStream.
         await routes.stop()
-        await hot.stop()
         await dispatcher.drain()
+        await hot.stop()
         persist_stats(dispatcher, hoster_stats)
         await models_seen.close()
         await hoster_stats.close()

@@ -659,9 +659,9 @@ class Dispatcher:
         run.end("failed", time.monotonic(), error, event.client_error)
         await self._after_failure(flight, event.upstream_status)
 
-    async def _after_failure(self, flight: InFlight, upstream_status: int | None = None) -> None:
+    async def _after_failure(self, flight: InFlight, upstream_status: int | None = None, sent: bool = False) -> None:
         """The serving attempt failed: the next hoster takes the request, or the client is told it failed (and
-        the request settles once the ingress's note is in)."""
+        the request settles once the ingress's note is in). ``sent``: the client has part of an answer."""
         run = flight.current
         if can_fail_over(flight) and await self._fail_over(flight):
             return
@@ -669,7 +669,7 @@ class Dispatcher:
         if run.client_error:
             await self._fail(flight, errors.rejected_by_hoster(upstream_status, run.error))
         else:
-            sent = run.report is not None and run.report.chunks_sent > 0
+            sent = sent or (not run.silent and run.report is not None and run.report.chunks_sent > 0)
             await self._fail(flight, errors.upstream_broke_off() if sent else errors.all_hosters_failed())
         self._wait_for_delivery(flight)
 
@@ -678,7 +678,10 @@ class Dispatcher:
         self.stats.dirty.add(hoster_id)
 
     async def _fail_over(self, flight: InFlight) -> bool:
-        """Start the next attempt on another hoster."""
+        """Start the next attempt on another hoster (the failed one's wait for a note ends: another serves)."""
+        wait = self._waits.pop(flight.route.request_id, None)
+        if wait is not None:
+            wait.cancel()
         return await self._start(flight.route, flight.queue, flight.prompt_tokens, flight.bounds, flight) is not None
 
     async def cancelled(self, event: RequestCancelled) -> None:
@@ -717,7 +720,7 @@ class Dispatcher:
             flight.over = True  # the client has part of an answer and may not get another
         else:
             run.silent = True
-        await self._after_failure(flight)
+        await self._after_failure(flight, sent=event.reason == "stalled")
 
     def delivered(self, note: RequestDelivered) -> None:
         """The ingress's word on what of a request reached the client, sent once when the client's response

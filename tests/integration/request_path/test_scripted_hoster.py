@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -207,6 +208,49 @@ async def test_a_request_whose_outcome_never_comes_is_settled_and_forgotten(
         event = await asyncio.wait_for(finished.get(), 10)
         assert (event.request_id, event.outcome, event.attempts) == (request_id, "failed", [])
         assert 1.0 <= time.monotonic() - started < 4.0
+    finally:
+        await hoster.close()
+        await nc.close()
+
+
+async def test_a_router_that_stops_settles_its_requests_first(
+    nats_server: NatsTestServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    """A router told to stop (a rolling restart) while a stream is running takes no new routes, waits for the
+    stream to end (the hoster's report and the ingress's note still reach it) and settles it, charged for what
+    the client received, before it exits: nothing is left to billing's sweep."""
+    nc = await nats_server.connect("test-ingress")
+    await ensure_streams(nc)
+    router = spawn("router", "router", nats_server.env("router", "router"), "router ready")
+    release = asyncio.Event()
+
+    async def slow(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
+        await hoster.send_chunk(dispatch, msg.reply, 0, content="Hello")
+        await release.wait()
+        await hoster.send_chunk(dispatch, msg.reply, 1, content=" there", finish_reason="stop")
+        await hoster.nc.publish(msg.reply, frames.encode(frames.END, dispatch.attempt, 2))
+        await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=2, total_tokens=7), 3)
+
+    finished = await play_billing(nc)
+    hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, slow)
+    try:
+        await until_router_lists(nc, MODEL)
+        route = await paid_route(nc, stream=True)
+        chunks = await nc.subscribe(route.reply_subject + ".>")
+        decision = orjson.loads((await nc.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), 5)).data)
+        assert frames.decode((await chunks.next_msg(timeout=5)).data).kind == frames.CHUNK
+        router.signal(signal.SIGTERM)
+        release.set()
+        assert frames.decode((await chunks.next_msg(timeout=5)).data).kind == frames.CHUNK
+        assert frames.decode((await chunks.next_msg(timeout=5)).data).kind == frames.END
+        note = RequestDelivered(request_id=route.request_id, attempt=1, text_bytes=11, choices=1, frames=2)
+        await nc.publish(subjects.request_delivered(decision["router_id"]), note.model_dump_json().encode())
+        event = await asyncio.wait_for(finished.get(), 15)
+        assert (event.request_id, event.outcome) == (route.request_id, "succeeded")
+        [billed] = event.attempts
+        assert (billed.usage.prompt_tokens, billed.usage.completion_tokens) == (5, 2)
+        assert await asyncio.to_thread(router.wait_exited, 15)  # and then it exits
     finally:
         await hoster.close()
         await nc.close()
