@@ -807,6 +807,10 @@ def record_of(
     duration_ms = max(0.0, (ended - run.started) * 1000)
     frames = delivered_frames(run, note)
     ttft_ms = note.ttft_ms if note is not None and frames and note.ttft_ms is not None else None
+    if not route.stream and ttft_ms is not None and report is not None and report.ttft_ms is not None:
+        # A whole answer reaches the ingress at once, so its clock bounds the time to first token from above
+        # only: the hoster's figure is taken within that bound.
+        ttft_ms = min(report.ttft_ms, ttft_ms)
     if ttft_ms is not None:
         ttft_ms = min(ttft_ms, duration_ms)
     claimed = report.usage if report is not None else Usage()

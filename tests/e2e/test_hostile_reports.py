@@ -281,3 +281,42 @@ async def test_fabricated_reports_leave_trust_and_speed_unchanged(
         assert after.trust <= max(before.trust, 0.8)
         assert after.trust < 0.8  # not past trusted_only's bar on two real attempts
         assert after.tokens_per_s is None or after.tokens_per_s < 1e6
+
+
+async def test_a_report_with_nan_is_refused_and_a_restarted_router_routes_as_before(
+    stack: Stack, client: tuple[httpx.AsyncClient, str, str], platform: Client, tmp_path: Path
+) -> None:
+    """A report whose floats are NaN (written as JSON by hand: a stranger's agent need not use our models) is
+    refused by validation: the attempt it claims is not billed (the claim never arrived), nothing of it
+    reaches the stats, and a router restarted from its stored stats routes to that hoster as before."""
+    http, key, account_id = client
+
+    async def nan_report(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
+        await hoster.answer(dispatch, msg.reply, CONTENT, CLAIM)
+        report = AttemptFinished(
+            request_id=dispatch.request_id, attempt=dispatch.attempt, router_id=dispatch.router_id,
+            hoster_id=hoster.hoster_id, adapter_id=hoster.adapter_id, model=dispatch.model, stream=False,
+            outcome="succeeded", usage=CLAIM, chunks_sent=1, input_price=PRICE, output_price=PRICE,
+            ttft_ms=1.0, duration_ms=1.0, finished_at=1.0,
+        ).model_dump_json()  # fmt: skip
+        poisoned = report.replace('"ttft_ms":1.0', '"ttft_ms":NaN').replace('"duration_ms":1.0', '"duration_ms":NaN')
+        assert poisoned != report
+        subject = subjects.attempt_finished(hoster.hoster_id, dispatch.router_id)
+        await hoster.nc.publish(subject, poisoned.encode())
+
+    async with hostile(stack, tmp_path, nan_report) as liar:
+        response = await http.post("/chat/completions", json=BODY)
+        assert response.status_code == 200, response.text
+        assert response.headers["x-computeshare-hoster"] == liar.hoster_id
+        await settled(stack, account_id)
+        record = await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"])
+        [attempt] = record["attempts"]
+        assert (attempt["outcome"], record["cost"]) == ("failed", 0)  # no valid claim: nothing billed
+        assert earned(stack, liar.hoster_id) == 0
+        await asyncio.to_thread(stack.restart, "router")
+        await until_stack_router_hears(stack, liar.hoster_id)
+        again = await http.post("/chat/completions", json=BODY)
+        assert again.status_code == 200, again.text
+        assert again.headers["x-computeshare-hoster"] == liar.hoster_id
+        assert (await seen(platform, liar.hoster_id)).trust >= 0

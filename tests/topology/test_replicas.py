@@ -1,6 +1,7 @@
 """The production topology on one machine: a 3-node NATS cluster and replicas of every service, under steady
 traffic while one replica of each service and one NATS node are killed in turn. Every request ends cleanly,
-every answered request is charged exactly once, and the network heals."""
+every answered request is charged at most once (exactly once, but for the few a killed router was running:
+those are released uncharged), and the network heals."""
 
 from __future__ import annotations
 
@@ -280,8 +281,14 @@ async def money_problems(conn: asyncpg.Connection, account_id: str, outcomes: li
         for request_id, r in reservations.items()
         if r["closings"] != 1 or r["holds"] != 1 or r["status"] not in ("settled", "expired")
     ]
+    # A request whose router was killed before settling it is released by the sweep, charged nothing: the
+    # network's record of what its client received died with the router (a hoster's report is never billed).
+    swept = {request_id for request_id, r in reservations.items() if r["status"] == "expired"}
+    problems += [f"{request_id}: swept, yet charged" for request_id in swept if reservations[request_id]["charged"]]
+    if len(swept) > 0.05 * len(outcomes):
+        problems.append(f"{len(swept)} of {len(outcomes)} requests swept: more than a killed router holds")
     for o in outcomes:
-        if o.status != 200 or o.request_id is None:
+        if o.status != 200 or o.request_id is None or o.request_id in swept:
             continue
         held = reservations.get(o.request_id)
         cost = round(o.body["usage"]["cost"] * MICRO)
@@ -290,7 +297,7 @@ async def money_problems(conn: asyncpg.Connection, account_id: str, outcomes: li
         elif held["charged"] <= 0 or held["charged"] != cost:
             problems.append(f"{o.request_id}: answered at cost {cost}, {held['status']} charging {held['charged']}")
     # Attempt records can arrive after the settlement (a billing replica died holding them): wait for them.
-    answered = {o.request_id for o in outcomes if o.status == 200}
+    answered = {o.request_id for o in outcomes if o.status == 200} - swept
     deadline = time.monotonic() + 40
     while True:
         recorded, succeeded = await recorded_attempts(conn, account_id)
