@@ -26,7 +26,7 @@ from opentelemetry import trace
 from libs.contracts import frames
 from libs.contracts.common import CHAT, Usage
 from libs.contracts.routing import AttemptFinished
-from services.router.covert import DEFAULT_PROMPTS, Answer, PromptPool, check_answer, covert_request
+from services.router.covert import DEFAULT_PROMPTS, Answer, Judgement, PromptPool, check_answer, covert_request
 from services.router.dispatcher import Dispatcher
 from services.router.service import Candidate
 from services.router.settings import RouterSettings
@@ -128,17 +128,16 @@ class Prober:
                 d.observe_probe(candidate, "failed", duration_ms, 0)
                 return
             if verdict == "answered":
-                judged = check_answer(
-                    request, answer, await self._reported_usage(reported, answer, route.include_usage)
-                )
-                problem = judged.problem
+                usage = await self._reported_usage(reported, answer, route.include_usage)
+                judged = check_answer(request, answer, usage)
             elif reported.done():
-                problem = "the attempt was reported a success but no answer came"
+                judged = Judgement("the attempt was reported a success but no answer came")
             else:
-                problem = "neither an answer nor a report by the probe's deadline"
-            if problem is not None:
-                self._log.warning("probe failed", extra={"hoster_id": candidate.hoster.hoster_id, "problem": problem})
-                d.observe_probe_failure(candidate, problem)
+                judged = Judgement("neither an answer nor a report by the probe's deadline")
+            if judged.problem is not None:
+                extra = {"hoster_id": candidate.hoster.hoster_id, "problem": judged.problem}
+                self._log.warning("probe failed", extra=extra)
+                d.observe_probe_failure(candidate, judged.problem)
             else:
                 first = judged.first_content
                 ttft_ms = (first - started) * 1000 if first is not None else duration_ms
