@@ -252,6 +252,14 @@ def reply_subject(ingress_id: str, request_id: str) -> str:
     return f"{_REPLY}.{ingress_id}.{request_id}"
 
 
+def ingress_of(reply: str) -> str | None:
+    """The ingress id of a request's reply subject (``ingress.reply.<ingress>.<request>``), or ``None``."""
+    parts = reply.split(".")
+    if len(parts) != 4 or f"{parts[0]}.{parts[1]}" != _REPLY or not parts[2]:
+        return None
+    return parts[2]
+
+
 def offer_subject(reply: str, attempt: int, token: str) -> str:
     """The reply subject of one offer of a request (``<reply>.<attempt>.<token>``): the router makes one per
     offer, with an unguessable ``token``, and names it to the ingress when that offer serves; the hoster

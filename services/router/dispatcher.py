@@ -54,6 +54,7 @@ from libs.contracts.routing import (
 from libs.platform.broker import publish_durably
 from libs.platform.metrics import ATTEMPTS, HOSTER_FAILURES, IN_FLIGHT
 from libs.platform.telemetry import REQUEST_ID, inject_headers
+from services.router.covert import RecentIngresses
 from services.router.leases import Lease, LeaseBook
 from services.router.service import (
     MAX_ATTEMPTS,
@@ -103,6 +104,8 @@ class Dispatcher:
         self._log = logger
         self._in_flight: dict[str, InFlight] = {}
         self._probes: set[str] = set()
+        # The ingresses of the last requests routed: a probe's reply subject names one (``covert``).
+        self.ingresses = RecentIngresses()
         # Dispatches waiting for their hoster's answer: (request, attempt) -> (hoster, answer).
         self._offers: dict[tuple[str, int], tuple[str, asyncio.Future[AttemptAccepted]]] = {}
         # Outcomes heard while their dispatch still waited for its answer (the accept and the outcome arrive on
@@ -233,6 +236,7 @@ class Dispatcher:
     async def route(self, request: RouteRequest) -> RouteAccepted | RouteRejected:
         """Order the eligible hosters, have billing admit the request, then start its first attempt."""
         REQUEST_ID.set(request.request_id)
+        self.ingresses.saw(request.reply_subject)
         s = self._settings
         profile = RequestProfile.of(request.body, s.default_max_tokens, request.endpoint)
         bounds = UsageBounds.of(request.body, len(orjson.dumps(request.body)), s.default_max_tokens, request.endpoint)
@@ -560,15 +564,18 @@ class Dispatcher:
         """Offer ``dispatch`` to its hoster; its answer, or ``None`` when it did not take it."""
         return await self._dispatch(dispatch)
 
-    def observe_probe(self, candidate: Candidate, outcome: AttemptOutcome, duration_ms: float, tokens: int) -> None:
-        """A probe's outcome as the router judged it (its clock, the answer it read), in every router's stats."""
+    def observe_probe(
+        self, candidate: Candidate, outcome: AttemptOutcome, duration_ms: float, tokens: int, ttft_ms: float = 0.0
+    ) -> None:
+        """A probe's outcome as the router judged it (its clock, the answer it read), in every router's stats;
+        ``ttft_ms``: when its first content came (a non-stream answer's is its duration)."""
         self._observed_here(
             AttemptObserved(
                 hoster_id=candidate.hoster.hoster_id,
                 model=candidate.offer.model,
                 outcome=outcome,
                 chunks_sent=1 if outcome == "succeeded" else 0,
-                ttft_ms=duration_ms if outcome == "succeeded" else None,
+                ttft_ms=(ttft_ms or duration_ms) if outcome == "succeeded" else None,
                 completion_tokens=tokens,
                 duration_ms=duration_ms,
             )

@@ -1,12 +1,13 @@
 """Probe requests: a new or idle hoster earns (or loses) trust from evidence before clients depend on it.
 
 While a hoster is new (fewer than ``probe_new_attempts`` attempts observed) or idle (no attempt for
-``probe_idle_s``), the router sends it one short, known, unbilled request about every ``probe_interval_s``
-(jittered, one at a time per hoster). The adapter reports the attempt like any other, so its outcome, time
-to first token and speed feed the stats and trust as real traffic does. The router also reads the answer: a
-malformed body, or usage that its text cannot hold, counts as a failure on top and cools the hoster down at
-once; so does a probe that gets neither an answer nor a report by its deadline. Nothing is reserved or
-settled: no client pays and the hoster earns nothing.
+``probe_idle_s``), the router sends it one unbilled request about every ``probe_interval_s`` (jittered, one
+at a time per hoster). A probe is a covert request (``services.router.covert``): its prompt, parameters,
+request id and reply subject are drawn as a client's, so a hoster cannot serve probes better than clients.
+The router judges it as real traffic is judged (the outcome, its own clock for the time to the first content
+and the duration) and also reads the answer: a malformed one, or usage that its text cannot hold, counts as
+a failure and cools the hoster down at once; so does a probe that gets neither an answer nor a report by
+its deadline. Nothing is reserved or settled: no client pays and the hoster earns nothing.
 """
 
 from __future__ import annotations
@@ -16,26 +17,24 @@ import contextlib
 import functools
 import logging
 import random
-import secrets
 import time
 from typing import Any
 
-import orjson
 from nats.aio.client import Client
+from opentelemetry import trace
 
-from libs.contracts import frames, subjects
-from libs.contracts.common import CHAT
-from libs.contracts.routing import AttemptFinished, RouteRequest, RoutingPreferences
-from libs.platform.ids import new_request_id
+from libs.contracts import frames
+from libs.contracts.common import CHAT, Usage
+from libs.contracts.routing import AttemptFinished
+from services.router.covert import DEFAULT_PROMPTS, Answer, Judgement, PromptPool, check_answer, covert_request
 from services.router.dispatcher import Dispatcher
 from services.router.service import Candidate
 from services.router.settings import RouterSettings
 from services.router.stats import HosterStats
 
-PROBE_PROMPT = "Reply with one short sentence about the sea."
-PROBE_MAX_TOKENS = 16
-# Tokens a chat template may add per message around its text, for the prompt bound below.
-TEMPLATE_TOKENS = 32
+# How long a probe whose stream carried no usage waits for the hoster's report, once the stream ended.
+REPORT_WAIT_S = 5.0
+TRACER = trace.get_tracer(__name__)
 
 
 def probe_due(stats: HosterStats, now: float, new_attempts: int, idle_s: float) -> bool:
@@ -46,53 +45,24 @@ def probe_due(stats: HosterStats, now: float, new_attempts: int, idle_s: float) 
     return stats.lifetime < new_attempts or now - stats.last_attempt > idle_s
 
 
-def check_answer(body: bytes, prompt_bytes: int) -> str | None:
-    """What is wrong with a probe's answer, or ``None``: it must be one well-formed chat completion whose usage
-    its text can hold (a token is at least one byte of text, plus the end token; the prompt cannot have more
-    tokens than bytes, plus the template's)."""
-    try:
-        doc: Any = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return "the answer is not JSON"
-    if not isinstance(doc, dict) or doc.get("object") != "chat.completion":
-        return "the answer is not a chat.completion"
-    choices = doc.get("choices")
-    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], dict):
-        return "the answer does not have exactly one choice"
-    message = choices[0].get("message")
-    content = message.get("content") if isinstance(message, dict) else None
-    if not isinstance(content, str) or not content:
-        return "the answer has no text"
-    usage = doc.get("usage")
-    if not isinstance(usage, dict):
-        return "the answer has no usage"
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(prompt, int) or not isinstance(completion, int) or prompt < 0 or completion < 0:
-        return f"the usage is not two counts: {prompt!r}, {completion!r}"
-    text_bytes = len(content.encode())
-    if completion > min(PROBE_MAX_TOKENS, text_bytes + 1):
-        return (
-            f"usage claims {completion} completion tokens for {text_bytes} bytes of text, max_tokens {PROBE_MAX_TOKENS}"
-        )
-    if prompt > prompt_bytes + TEMPLATE_TOKENS:
-        return f"usage claims {prompt} prompt tokens for a {prompt_bytes}-byte prompt"
-    return None
-
-
-def answered_tokens(body: bytes) -> int:
-    """The completion tokens of a probe's answer that ``check_answer`` passed (held to its text)."""
-    usage = orjson.loads(body)["usage"]
-    return int(usage["completion_tokens"])
-
-
 class Prober:
     """Sends the probes of one router replica (see the module's docstring)."""
 
-    def __init__(self, dispatcher: Dispatcher, settings: RouterSettings, logger: logging.Logger) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        settings: RouterSettings,
+        logger: logging.Logger,
+        rng: random.Random | None = None,
+    ) -> None:
         self._dispatcher = dispatcher
         self._settings = settings
         self._log = logger
         self._running: dict[str, asyncio.Task[None]] = {}
+        # Loaded once: a file that is no prompt pool stops the router at start.
+        self._prompts = PromptPool.load(settings.probe_prompts_file or DEFAULT_PROMPTS)
+        # Unpredictable draws: a hoster that saw enough of them could not tell the next.
+        self._rng = rng or random.SystemRandom()
 
     async def run(self, nc: Client) -> None:
         """Probe whoever is due, about every ``probe_interval_s``, for ever."""
@@ -129,77 +99,89 @@ class Prober:
     async def probe(self, nc: Client, candidate: Candidate) -> None:
         """Send one probe to ``candidate`` and judge what comes back."""
         d = self._dispatcher
-        request_id = new_request_id()
-        body = {
-            "model": candidate.offer.model,
-            "messages": [{"role": "user", "content": PROBE_PROMPT}],
-            "max_tokens": PROBE_MAX_TOKENS,
-        }
-        route = RouteRequest(
-            request_id=request_id,
-            reply_subject=subjects.reply_subject(f"probe-{d.router_id}", request_id),
-            model=candidate.offer.model,
-            stream=False,
-            include_usage=False,
-            created=int(time.time()),
-            routing=RoutingPreferences(),
-            body=body,
+        request = covert_request(
+            candidate.offer.model, self._prompts, d.ingresses, self._settings.default_max_tokens, self._rng
         )
-        answers: asyncio.Queue[frames.Frame] = asyncio.Queue(maxsize=64)
+        route = request.route
+        answer = Answer(route.stream)
+        over = asyncio.Event()
 
         async def on_frame(msg: Any) -> None:
-            with contextlib.suppress(asyncio.QueueFull, ValueError):
-                answers.put_nowait(frames.decode(msg.data))
+            with contextlib.suppress(ValueError):
+                if answer.take(frames.decode(msg.data), time.monotonic()):
+                    over.set()
 
-        reply = subjects.offer_subject(route.reply_subject, 1, secrets.token_hex(12))
-        subscription = await nc.subscribe(reply, cb=on_frame)
-        reported = d.expect_probe(request_id)
+        subscription = await nc.subscribe(request.reply, cb=on_frame)
+        reported = d.expect_probe(route.request_id)
         try:
-            dispatch = d.attempt_for(route, candidate, 1, len(PROBE_PROMPT), reply)
-            started = time.monotonic()
-            if await d.offer(dispatch) is None:
-                return  # busy or away: it is due again next round
+            # A client's dispatch is sent within the span of its route request: with tracing on, a probe's
+            # carries a trace context too.
+            with TRACER.start_as_current_span("router.probe"):
+                dispatch = d.attempt_for(route, candidate, 1, request.prompt_tokens, request.reply)
+                started = time.monotonic()
+                if await d.offer(dispatch) is None:
+                    return  # busy or away: it is due again next round
             wait_s = (dispatch.first_byte_deadline_ms or self._settings.first_byte_ceiling_ms) / 1000 + 30
-            verdict, answer = await self._answer(answers, reported, wait_s)
+            verdict = await self._answer(answer, over, reported, wait_s)
             duration_ms = (time.monotonic() - started) * 1000
             if verdict == "failed":
                 d.observe_probe(candidate, "failed", duration_ms, 0)
                 return
             if verdict == "answered":
-                problem = check_answer(answer, len(PROBE_PROMPT.encode()))
+                usage = await self._reported_usage(reported, answer, route.include_usage)
+                judged = check_answer(request, answer, usage)
             elif reported.done():
-                problem = "the attempt was reported a success but no answer came"
+                judged = Judgement("the attempt was reported a success but no answer came")
             else:
-                problem = "neither an answer nor a report by the probe's deadline"
-            if problem is not None:
-                self._log.warning("probe failed", extra={"hoster_id": candidate.hoster.hoster_id, "problem": problem})
-                d.observe_probe_failure(candidate, problem)
+                judged = Judgement("neither an answer nor a report by the probe's deadline")
+            if judged.problem is not None:
+                extra = {"hoster_id": candidate.hoster.hoster_id, "problem": judged.problem}
+                self._log.warning("probe failed", extra=extra)
+                d.observe_probe_failure(candidate, judged.problem)
             else:
-                d.observe_probe(candidate, "succeeded", duration_ms, answered_tokens(answer))
+                first = judged.first_content
+                ttft_ms = (first - started) * 1000 if first is not None else duration_ms
+                d.observe_probe(candidate, "succeeded", duration_ms, judged.completion_tokens, ttft_ms)
         finally:
-            d.forget_probe(request_id)
+            d.forget_probe(route.request_id)
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
     @staticmethod
     async def _answer(
-        answers: asyncio.Queue[frames.Frame], reported: asyncio.Future[AttemptFinished], wait_s: float
-    ) -> tuple[str, bytes]:
-        """``answered`` with the completion's body, ``failed`` when the attempt was reported failed with no
-        answer, or ``silent`` when nothing decided it within ``wait_s``."""
+        answer: Answer, over: asyncio.Event, reported: asyncio.Future[AttemptFinished], wait_s: float
+    ) -> str:
+        """``answered`` once the answer is over, ``failed`` when the hoster said the attempt failed (an error
+        frame, or a report of anything but a success before the answer was over), or ``silent`` when
+        nothing decided it within ``wait_s``."""
         try:
             async with asyncio.timeout(wait_s):
                 while True:
-                    if reported.done() and reported.result().outcome != "succeeded" and answers.empty():
-                        return "failed", b""
-                    getter: asyncio.Future[Any] = asyncio.ensure_future(answers.get())
-                    waiting: set[asyncio.Future[Any]] = {getter} if reported.done() else {getter, reported}
+                    if answer.failed:
+                        return "failed"
+                    if over.is_set():
+                        return "answered"
+                    if reported.done() and reported.result().outcome != "succeeded":
+                        return "failed"
+                    ended: asyncio.Future[Any] = asyncio.ensure_future(over.wait())
+                    waiting: set[asyncio.Future[Any]] = {ended} if reported.done() else {ended, reported}
                     try:
                         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                     finally:
-                        if not getter.done():
-                            getter.cancel()
-                    if getter.done() and not getter.cancelled() and getter.result().kind == frames.COMPLETION:
-                        return "answered", getter.result().body
+                        if not ended.done():
+                            ended.cancel()
         except TimeoutError:
-            return "silent", b""
+            return "silent"
+
+    @staticmethod
+    async def _reported_usage(
+        reported: asyncio.Future[AttemptFinished], answer: Answer, include_usage: bool
+    ) -> Usage | None:
+        """The usage the hoster reported, for a stream not asked for its usage (its report follows the end
+        of the stream: it is waited for, a little); ``None`` otherwise or without a report."""
+        if not answer.stream or include_usage:
+            return None
+        await asyncio.wait({reported}, timeout=REPORT_WAIT_S)
+        if not reported.done() or reported.result().outcome != "succeeded":
+            return None
+        return reported.result().usage

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -52,10 +54,13 @@ class RouterSettings(ServiceSettings):
     first_byte_multiple: float = Field(4.0, ge=1)
     first_byte_ms_per_prompt_token: float = Field(0.2, ge=0)
     # Probes (``services/router/probes.py``): a hoster with fewer than ``probe_new_attempts`` attempts, or none
-    # for ``probe_idle_s``, gets one short unbilled request about every ``probe_interval_s`` (0 turns them off).
+    # for ``probe_idle_s``, gets one unbilled request about every ``probe_interval_s`` (0 turns them off),
+    # its conversation drawn from ``probe_prompts_file`` (JSON Lines, see ``services.router.covert``; unset:
+    # the pool shipped beside it).
     probe_interval_s: float = Field(30.0, ge=0)
     probe_new_attempts: int = Field(20, ge=0)
     probe_idle_s: float = Field(600.0, gt=0)
+    probe_prompts_file: Path | None = None
     # How long a request whose serving attempt reported its end waits for the ingress's note on what reached
     # the client (counted from the attempt's first-byte deadline, when that is later), and how long a note
     # waits for the serving attempt's report; past it the request settles on what it has (no note: nothing
