@@ -109,13 +109,26 @@ def tokenizer_files_from_gguf(path: Path) -> TokenizerFiles:
         index = _field(reader, key)
         return tokens[index] if isinstance(index, int) and 0 <= index < len(tokens) else None
 
+    # llama.cpp's add_bos_token / add_eos_token (absent: neither, as for GPT-2's own models) go where
+    # transformers reads them beside a tokenizer.json: its post-processor.
+    add_bos = bool(_field(reader, "tokenizer.ggml.add_bos_token") or False)
+    add_eos = bool(_field(reader, "tokenizer.ggml.add_eos_token") or False)
+    bos, eos = token("tokenizer.ggml.bos_token_id"), token("tokenizer.ggml.eos_token_id")
+    if (add_bos and bos is not None) or (add_eos and eos is not None):
+        first = [bos] if add_bos and bos is not None else []
+        last = [eos] if add_eos and eos is not None else []
+        single = " ".join([*first, "$A:0", *last])
+        pair = " ".join([*first, "$A:0", *last, *first, "$B:1", *last])
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=single, pair=pair, special_tokens=[(t, vocab[t]) for t in dict.fromkeys(first + last)]
+        )
+
     config: dict[str, Any] = {"tokenizer_class": "PreTrainedTokenizerFast"}
     for name, key in (("bos_token", "bos_token_id"), ("eos_token", "eos_token_id"),
                       ("unk_token", "unknown_token_id"), ("pad_token", "padding_token_id")):  # fmt: skip
         if (text := token(f"tokenizer.ggml.{key}")) is not None:
             config[name] = text
-    config["add_bos_token"] = bool(_field(reader, "tokenizer.ggml.add_bos_token") or False)
-    config["add_eos_token"] = bool(_field(reader, "tokenizer.ggml.add_eos_token") or False)
+    config["add_bos_token"], config["add_eos_token"] = add_bos, add_eos
     templates = _chat_templates(reader)
     if templates is not None:
         config["chat_template"] = templates

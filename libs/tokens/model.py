@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from tokenizers import Tokenizer, processors
+from tokenizers import Tokenizer
 
 from libs.tokens.templates import (
     SPECIAL_TOKEN_NAMES,
@@ -135,39 +135,14 @@ def _parse_json(data: bytes, name: str, limit: int) -> Any:
         raise TokenizerFilesError(f"{name} is not JSON: {exc}") from None
 
 
-def _apply_bos_eos(tokenizer: Tokenizer, config: Mapping[str, Any], special: Mapping[str, str]) -> None:
-    """transformers' ``TokenizersBackend`` (its ``update_post_processor``): when the config says ``add_bos_token``
-    or ``add_eos_token``, or ``tokenizer.json`` has no post-processor, the post-processor becomes a template that
-    wraps a sequence in BOS and EOS as those flags say (a flag whose token is not set is off)."""
-    explicit = "add_bos_token" in config or "add_eos_token" in config
-    if not explicit and tokenizer.post_processor is not None:
-        return
-    bos, eos = special.get("bos_token"), special.get("eos_token")
-    bos_id = None if bos is None else tokenizer.token_to_id(bos)
-    eos_id = None if eos is None else tokenizer.token_to_id(eos)
-    add_bos = bool(config.get("add_bos_token", False)) and bos is not None
-    add_eos = bool(config.get("add_eos_token", False)) and eos is not None
-    single = f"{(bos + ':0 ') if add_bos and bos else ''}$A:0{(' ' + eos + ':0') if add_eos and eos else ''}"
-    pair = (
-        f"{single}{(' ' + bos + ':1') if add_bos and bos else ''} $B:1{(' ' + eos + ':1') if add_eos and eos else ''}"
-    )
-    special_tokens: list[tuple[str, int]] = []
-    if add_bos and bos is not None:
-        if bos_id is None:
-            raise TokenizerFilesError(f"add_bos_token is set but the BOS token {bos!r} is not in the vocabulary")
-        special_tokens.append((bos, bos_id))
-    if add_eos and eos is not None:
-        if eos_id is None:
-            raise TokenizerFilesError(f"add_eos_token is set but the EOS token {eos!r} is not in the vocabulary")
-        special_tokens.append((eos, eos_id))
-    tokenizer.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=special_tokens)
-
-
 def load_model_tokenizer(files: TokenizerFiles) -> ModelTokenizer:
     """The model tokenizer of ``files``: ``tokenizer.json`` through ``tokenizers.Tokenizer.from_str``, the
-    config's special tokens (strings or ``AddedToken`` dicts), ``add_bos_token``/``add_eos_token`` and chat
-    template(s). ``TokenizerFilesError`` when a file cannot be read, ``ChatTemplateError`` for a chat template
-    that is neither a string nor a list of named templates. No template is rendered here (see ``vet``)."""
+    config's special tokens (strings or ``AddedToken`` dicts) and chat template(s). The config's
+    ``add_bos_token``/``add_eos_token`` are not read: transformers 5 drops them when a ``tokenizer.json`` is
+    there (``PreTrainedTokenizerBase._from_pretrained``), whose post-processor alone says whether encoding
+    with special tokens adds a BOS or an EOS. ``TokenizerFilesError`` when a file cannot be read,
+    ``ChatTemplateError`` for a chat template that is neither a string nor a list of named templates.
+    No template is rendered here (see ``vet``)."""
     if len(files.tokenizer_json) > MAX_TOKENIZER_BYTES:
         raise TokenizerFilesError(f"tokenizer.json is larger than {MAX_TOKENIZER_BYTES} bytes")
     config = _parse_json(files.tokenizer_config_json, "tokenizer_config.json", MAX_CONFIG_BYTES)
@@ -181,7 +156,6 @@ def load_model_tokenizer(files: TokenizerFiles) -> ModelTokenizer:
     tokenizer.no_padding()
     tokenizer.no_truncation()
     special = {name: text for name in SPECIAL_TOKEN_NAMES if (text := _token_text(config.get(name))) is not None}
-    _apply_bos_eos(tokenizer, config, special)
     return ModelTokenizer(
         tokenizer=tokenizer,
         config=config,

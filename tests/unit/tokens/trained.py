@@ -43,19 +43,20 @@ CHATML = """{%- if tools %}
 {%- endfor %}
 {%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"""
 
-_WORDS = (
+_SENTENCES = (
     "the weather in paris is sunny today and tomorrow it will rain over london while berlin stays cold "
     "tell me a story about a tokenizer that counted every byte of every prompt before the model answered "
     "get_weather city temperature celsius fahrenheit json arguments function tool call result value name "
     "hello bonjour grüße 東京 café naïve émigré 123 4567 89 { } [ ] : , \" ' ! ? . - _ ( )"
-).split()
+)
+_WORDS = _SENTENCES.split(" ")
 
 
 def corpus(lines: int, seed: int = 7, syllables: bool = False) -> list[str]:
     """Text to train on: sentences of the words above (and, with ``syllables``, made-up words, so a large
     vocabulary has enough distinct pairs to merge)."""
     rng = random.Random(seed)
-    parts = "ka lo mi ne su ta ri po ve zu ba de fi go hu ja ke li mo nu pa qi ro si tu".split()
+    parts = [a + b for a in "kmnstrpvbdfgl" for b in "aeiou"]
     out = []
     for _ in range(lines):
         words = [rng.choice(_WORDS) for _ in range(rng.randint(4, 16))]
@@ -105,3 +106,15 @@ def write(directory: Path, tokenizer_files: TokenizerFiles) -> Path:
     (directory / "tokenizer.json").write_bytes(tokenizer_files.tokenizer_json)
     (directory / "tokenizer_config.json").write_bytes(tokenizer_files.tokenizer_config_json)
     return directory
+
+
+def files_in(directory: Path) -> TokenizerFiles:
+    """The two files of a model directory."""
+    return TokenizerFiles(
+        (directory / "tokenizer.json").read_bytes(), (directory / "tokenizer_config.json").read_bytes()
+    )
+
+
+def load_trained(directory: Path) -> Tokenizer:
+    """The tokenizer of a model directory written by ``write``."""
+    return Tokenizer.from_file(str(directory / "tokenizer.json"))
