@@ -12,7 +12,7 @@ import struct
 import zlib
 from typing import Annotated, Literal
 
-from pydantic import Base64Bytes, Field
+from pydantic import ConfigDict, Field
 
 from libs.contracts.common import Contract
 
@@ -40,7 +40,10 @@ class FetchTokenizer(Contract):
 
 class TokenizerPart(Contract):
     """billing -> service: one part of a model's current tokenizer bundle (``registered``), or no bundle:
-    ``unchanged`` (the asker's is current), ``not_registered`` (no such model, or no such version)."""
+    ``unchanged`` (the asker's is current), ``not_registered`` (no such model, or no such version). ``data``
+    is raw bytes here and base64 in JSON."""
+
+    model_config = ConfigDict(allow_inf_nan=False, ser_json_bytes="base64", val_json_bytes="base64")
 
     status: Literal["registered", "unchanged", "not_registered"]
     model: str
@@ -50,7 +53,7 @@ class TokenizerPart(Contract):
     bundle_sha256: Sha256 | None = None
     bundle_size: int = Field(0, ge=0)
     offset: int = Field(0, ge=0)
-    data: Base64Bytes = Field(b"", max_length=PART_BYTES)
+    data: bytes = Field(b"", max_length=PART_BYTES)
 
 
 def pack_tokenizer_bundle(tokenizer_json: bytes, tokenizer_config_json: bytes) -> bytes:
