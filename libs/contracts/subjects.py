@@ -79,6 +79,9 @@ SHOW_GENERATION = "billing.generation.show"
 SHOW_KEY = "billing.key.show"
 # router -> billing (request/reply): the registered hosters, whose registration routing believes.
 LIST_REGISTRATIONS = "billing.hosters.list"
+# any platform service -> billing (request/reply): a registered model's tokenizer, in parts
+# (``libs/contracts/models.py``); the asker counts tokens locally with it.
+FETCH_TOKENIZER = "billing.tokenizer.fetch"
 
 # Management (``libs/contracts/management.py``): ingress's management API and the console -> billing
 # (request/reply, queue group "billing"). Every query names the account or hoster it was authenticated for.

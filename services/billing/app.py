@@ -16,10 +16,11 @@ from libs.platform.metrics import RESERVATIONS_OPEN
 from libs.platform.service import faststream_app, service_kit
 from services.billing.accounts import Accounts
 from services.billing.durable import Redelivery
-from services.billing.handlers import register_handlers, register_management_handlers
+from services.billing.handlers import register_handlers, register_management_handlers, register_model_handlers
 from services.billing.ledger import Ledger, Recall
 from services.billing.repository import HosterRepository, apply_migrations
 from services.billing.settings import BillingSettings
+from services.billing.tokenizers import ModelRegistry
 
 SERVICE = "billing"
 
@@ -58,12 +59,14 @@ def build_app(settings: BillingSettings) -> FastStream:
     ledger = Ledger()
     hosters = HosterRepository()
     accounts = Accounts()
+    models = ModelRegistry()
     redelivery = Redelivery(settings.max_deliver, settings.retry_backoff_s, settings.retry_backoff_max_s)
     hot = HotSubscriptions(logger, kit.tracer_provider)
     recall = register_handlers(
         broker, hot, ledger, accounts, hosters, settings.workers, redelivery, kit.logger, settings.lease_share
     )
     register_management_handlers(broker, accounts, hosters, settings.workers)
+    register_model_handlers(broker, models, settings.workers)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
@@ -80,6 +83,7 @@ def build_app(settings: BillingSettings) -> FastStream:
             ledger.attach(pool)
             hosters.attach(pool)
             accounts.attach(pool)
+            models.attach(pool)
             await broker.connect()
             await ensure_streams(broker.connection, settings.nats_stream_replicas)
             await hot.start(broker.connection)

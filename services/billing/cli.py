@@ -33,11 +33,13 @@ from libs.contracts.hosters import LiveHoster, LiveHosters
 from libs.contracts.pricing import MICRO
 from libs.platform.apikeys import HOSTER_TOKEN_PREFIX, hash_key, new_key
 from libs.platform.natsauth import AuthStore, push_account_update, service_creds
+from libs.tokens.gguf_import import tokenizer_files_from_gguf
 from services.billing import durable
 from services.billing.accounts import Accounts, NoSuchAccount
 from services.billing.ledger import AccountState, Ledger, NotFound
 from services.billing.repository import HosterRepository, apply_migrations
 from services.billing.settings import BillingSettings
+from services.billing.tokenizers import ModelRegistry, Registration, read_tokenizer_files
 
 LOCAL_DATABASE_URL = "postgresql://postgres@127.0.0.1:55432/computeshare"
 
@@ -100,6 +102,8 @@ async def _run(args: argparse.Namespace, ledger: Ledger, settings: CliSettings) 
         return _account_json(state), _account_text(state), 0
     if args.command == "key":
         return await key_command(args, Accounts(ledger.pool))
+    if args.command == "model":
+        return await model_command(args, ModelRegistry(ledger.pool))
     if args.command == "ledger":
         problems = await ledger.check()
         text = "ledger balanced" if not problems else "\n".join(["ledger NOT balanced:", *problems])
@@ -141,6 +145,46 @@ async def key_command(args: argparse.Namespace, accounts: Accounts) -> tuple[Any
     if await accounts.revoke_key(args.key_id) is None:
         raise NotFound(f"no key {args.key_id}")
     return {"id": args.key_id, "revoked": True}, f"key {args.key_id} revoked", 0
+
+
+def _registration_json(r: Registration) -> dict[str, Any]:
+    return {"model": r.model, "version": r.version, "tokenizer_sha256": r.tokenizer_sha256,
+            "config_sha256": r.config_sha256, "vocab_size": r.vocab_size, "has_chat_template": r.has_chat_template,
+            "source": r.source, "registered_at": r.registered_at.timestamp()}  # fmt: skip
+
+
+async def model_command(args: argparse.Namespace, registry: ModelRegistry) -> tuple[Any, str, int]:
+    """``model register`` (from the two Hugging Face files or a GGUF) and ``model list``."""
+    if args.action == "register":
+        if args.from_gguf is not None:
+            if args.tokenizer is not None or args.tokenizer_config is not None:
+                raise ValueError("--from-gguf takes the tokenizer from the GGUF: give it alone")
+            files, source = await asyncio.to_thread(tokenizer_files_from_gguf, args.from_gguf), "gguf"
+        elif args.tokenizer is not None and args.tokenizer_config is not None:
+            files, source = read_tokenizer_files(args.tokenizer, args.tokenizer_config), "files"
+        else:
+            raise ValueError("give --tokenizer and --tokenizer-config, or --from-gguf")
+        registered = await registry.register(args.name, files, source)
+        data = {**_registration_json(registered), "previous_version": registered.previous_version,
+                "changed": registered.changed}  # fmt: skip
+        if not registered.changed:
+            text = f"model {registered.model} already has these files (version {registered.version}): unchanged"
+        else:
+            replaced = f", replacing version {registered.previous_version}" if registered.previous_version else ""
+            text = (f"model {registered.model} version {registered.version}{replaced}\n"
+                    f"  tokenizer.json        {registered.tokenizer_sha256}\n"
+                    f"  tokenizer_config.json {registered.config_sha256}\n"
+                    f"  vocabulary {registered.vocab_size}, chat template "
+                    f"{'yes' if registered.has_chat_template else 'none'}")  # fmt: skip
+        return data, text, 0
+    models = await registry.current()
+    lines = [
+        f"{m.model:<32} v{m.version:<3} tokenizer {m.tokenizer_sha256[:12]}  config {m.config_sha256[:12]}"
+        f"  vocab {m.vocab_size:<7} template {'yes' if m.has_chat_template else 'no ':<3}"
+        f"  {m.registered_at.isoformat(timespec='seconds')}"
+        for m in models
+    ]
+    return [_registration_json(m) for m in models], "\n".join(lines) or "no models registered", 0
 
 
 async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: CliSettings) -> tuple[Any, str, int]:
@@ -333,6 +377,16 @@ def parser() -> argparse.ArgumentParser:
     find.add_argument("key")
     revoke = command(key, "revoke", "revoke a key")
     revoke.add_argument("key_id")
+
+    model = group("model", "the model registry: each model's tokenizer, for counting tokens as the model does")
+    model_register = command(model, "register", "register (or replace) a model's tokenizer")
+    model_register.add_argument("name", help="the model's name on the network, as clients write it in `model`")
+    model_register.add_argument("--tokenizer", type=Path, help="its Hugging Face tokenizer.json")
+    model_register.add_argument("--tokenizer-config", type=Path, help="its tokenizer_config.json")
+    model_register.add_argument(
+        "--from-gguf", type=Path, help="take both from a GGUF's tokenizer (byte-level BPE) and chat template"
+    )
+    command(model, "list", "every registered model: SHA-256s, vocabulary size, chat template, when registered")
 
     ledger = group("ledger", "the double-entry ledger")
     command(ledger, "check", "prove every balance equals the sum of its entries")

@@ -63,12 +63,14 @@ from libs.contracts.management import (
     VerifyHosterToken,
     VerifyManagementKey,
 )
+from libs.contracts.models import FetchTokenizer, TokenizerPart
 from libs.platform.broker import HotSubscriptions
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.accounts import Accounts
 from services.billing.durable import Batches, Redelivery, consume
 from services.billing.ledger import Ledger, NotFound, Recall
 from services.billing.repository import HosterRepository
+from services.billing.tokenizers import ModelRegistry
 
 # Request ids one keep-alive note may name.
 MAX_ALIVE = 5000
@@ -318,3 +320,12 @@ def register_management_handlers(
     async def hoster_attempts(query: HosterAttemptsQuery) -> HosterAttempts:
         """A hoster's recent attempts."""
         return HosterAttempts(items=await hosters.attempts(query))
+
+
+def register_model_handlers(broker: NatsBroker, registry: ModelRegistry, workers: int) -> None:
+    """The model registry's one question, in the ``billing`` queue group: a registered model's tokenizer."""
+
+    @broker.subscriber(subjects.FETCH_TOKENIZER, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def fetch_tokenizer(query: FetchTokenizer) -> TokenizerPart:
+        """One part of a model's tokenizer bundle, or ``unchanged`` / ``not_registered``."""
+        return await registry.fetch(query)
