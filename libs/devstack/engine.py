@@ -73,5 +73,9 @@ def start_llamacpp(
         env={**env, **spec.env},
         log_path=log_path,
     ).start()
-    wait_for_http(f"{spec.base_url}/models", ENGINE_READY_TIMEOUT_S, process)
+    try:
+        wait_for_http(f"{spec.base_url}/models", ENGINE_READY_TIMEOUT_S, process)
+    except BaseException:
+        process.stop()  # never left running unowned: the caller gets no handle on a failed start
+        raise
     return process
