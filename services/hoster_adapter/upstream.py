@@ -35,6 +35,7 @@ from services.hoster_adapter.service import (
     StreamTally,
     TextAssembler,
     UpstreamFailure,
+    answer_as_chunk,
     attempt_report,
     deadline_error,
     embeddings_body,
@@ -316,7 +317,7 @@ class HosterAdapter:
         s = self._settings
         dispatch = active.dispatch
         body, active.dropped = PROFILES[hoster.profile].prepare(
-            dispatch.body, dispatch.upstream_model, dispatch.max_tokens, dispatch.endpoint
+            dispatch.body, dispatch.upstream_model, dispatch.max_tokens, dispatch.endpoint, dispatch.stream
         )
         headers = self._headers(hoster, "text/event-stream")
         started = time.monotonic()
@@ -346,6 +347,10 @@ class HosterAdapter:
         received = 0
         url = self._urls[hoster.id][dispatch.endpoint]
         content = orjson.dumps(body)
+        if not body["stream"]:
+            assert assembler is not None
+            await self._answer_whole(hoster, active, tally, ttft, url, content, assembler)
+            return
         try:
             async with asyncio.timeout_at(min(loop.time() + first_byte_s, ends_at)) as deadline:
                 response = await self._send(url, content, headers)
@@ -403,15 +408,68 @@ class HosterAdapter:
         if not done:
             raise UpstreamFailure("upstream closed the stream before [DONE]")
         if assembler is not None:
-            usage = tally.usage(dispatch.body)
-            completion = assembler.completion(dispatch, usage, tally.system_fingerprint, tally.reported_usage)
-            if len(completion) > max_payload:
-                raise UpstreamFailure(f"completion_too_large: the assembled answer is over {max_payload} bytes")
-            await self._send_frame(active, frames.COMPLETION, completion)
+            await self._send_completion(active, tally, assembler)
         else:
             if rewriter is not None and dispatch.include_usage and not rewriter.usage_sent:
                 await self._send_frame(active, frames.CHUNK, rewriter.usage_chunk(tally.usage(dispatch.body)))
             await self._send_frame(active, frames.END)
+
+    async def _send_completion(
+        self, active: ActiveAttempt, tally: StreamTally, assembler: CompletionAssembler | TextAssembler
+    ) -> None:
+        """The assembled answer as one frame, with the usage the upstream reported (else an estimate)."""
+        dispatch = active.dispatch
+        max_payload = self._max_payload()
+        usage = tally.usage(dispatch.body)
+        completion = assembler.completion(dispatch, usage, tally.system_fingerprint, tally.reported_usage)
+        if len(completion) > max_payload:
+            raise UpstreamFailure(f"completion_too_large: the assembled answer is over {max_payload} bytes")
+        await self._send_frame(active, frames.COMPLETION, completion)
+
+    async def _answer_whole(
+        self,
+        hoster: HosterConfig,
+        active: ActiveAttempt,
+        tally: StreamTally,
+        ttft: list[float],
+        url: URL,
+        content: bytes,
+        assembler: CompletionAssembler | TextAssembler,
+    ) -> None:
+        """Ask the upstream unstreamed (its profile ``answers_unstreamed``: only a whole answer carries its usage)
+        and send the client its answer, assembled from the upstream's as from a one-chunk stream, so it is held
+        to the same bounds. Nothing arrives before the whole answer is generated: the deadline is the attempt's
+        longest duration (and the HTTP client's read timeout), not the first byte's; the time to the answer is the
+        attempt's first token."""
+        s = self._settings
+        started = time.monotonic()
+        limit = min(s.max_attempt_bytes, self._max_payload())
+        raw = bytearray()
+        try:
+            async with asyncio.timeout(s.max_attempt_duration_s) as deadline:
+                response = await self._send(url, content, self._headers(hoster))
+                try:
+                    if response.status != 200:
+                        raise await self._refusal(response)
+                    read = response.content.readany
+                    while data := await read():
+                        raw += data
+                        if len(raw) > limit:
+                            raise UpstreamFailure(f"response_too_large: the upstream's answer is over {limit} bytes")
+                finally:
+                    response.release()  # back to the pool when read to its end, else closed
+        except TimeoutError as exc:
+            if not deadline.expired():
+                raise  # the HTTP client's own timeout (connecting, reading), not the deadline
+            raise UpstreamFailure(self._deadline_error([], True, self._first_byte_s(active.dispatch))) from exc
+        ttft.append(time.monotonic() - started)
+        try:
+            chunk = answer_as_chunk(orjson.loads(raw))
+            tally.observe(chunk)
+            assembler.add(chunk)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UpstreamFailure(f"invalid_answer: {type(exc).__name__}") from exc
+        await self._send_completion(active, tally, assembler)
 
     async def _embed(self, hoster: HosterConfig, active: ActiveAttempt, tally: StreamTally, ttft: list[float]) -> None:
         """Ask the upstream for embeddings (one answer, no stream) and send the client's body as one frame. The

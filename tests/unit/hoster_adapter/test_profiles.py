@@ -77,3 +77,36 @@ def test_every_profile_sends_the_reserved_limit_once_whatever_the_client_wrote(
     sent = {k: v for k, v in prepared.items() if k in ("max_tokens", "max_completion_tokens")}
     assert list(sent.values()) == [42], sent
     assert not {"max_tokens", "max_completion_tokens"} & set(dropped)
+
+
+def test_llamacpp_gets_an_unstreamed_request_unstreamed_and_a_streamed_one_streamed_with_usage_asked() -> None:
+    # llama-cpp-python's server reports usage only in a whole answer (its streams carry none, whatever
+    # stream_options says): an unstreamed request is sent as one, so the engine's own counts are billed.
+    whole, _ = PROFILES["llamacpp"].prepare(BODY, "m", 20, client_streams=False)
+    assert whole["stream"] is False
+    assert "stream_options" not in whole
+    streamed, _ = PROFILES["llamacpp"].prepare(BODY | {"stream": True}, "m", 20, client_streams=True)
+    assert streamed["stream"] is True
+    assert streamed["stream_options"] == {"include_usage": True}  # llama-server honours it
+    # Other servers still stream everything (the adapter assembles the answer).
+    assert PROFILES["vllm"].prepare(BODY, "m", 20, client_streams=False)[0]["stream"] is True
+
+
+def test_llamacpp_gets_plain_messages_and_parallel_tool_calls_is_reported_dropped() -> None:
+    messages: list[dict[str, Any]] = [
+        {"role": "developer", "content": "Be brief."},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    body, dropped = PROFILES["llamacpp"].prepare(BODY | {"messages": messages, "parallel_tool_calls": False}, "m", 9)
+    assert body["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+    ]
+    assert "parallel_tool_calls" in dropped
+    assert messages[2]["content"] is None  # the client's body is left as it was
+    # A server without a strict schema gets the messages as the client wrote them.
+    assert PROFILES["vllm"].prepare(BODY | {"messages": messages}, "m", 9)[0]["messages"] == messages
