@@ -151,6 +151,21 @@ def to_credits(micro: int) -> float:
 
 # Tokens a chat template may add around a prompt's own bytes (role markers, separators), for the prompt bound.
 TEMPLATE_TOKENS = 64
+# How far a hoster's claim may exceed the network's own count (the model's registered tokenizer) before it is
+# a discrepancy: a BOS token or another special token an engine adds on its own, a re-encoding that splits a
+# word otherwise. Measured against llama.cpp (tests/e2e/test_counted_usage.py): 0-1 per request.
+COUNT_TOLERANCE = 4
+
+
+def held_to_count(claimed: int, counted: int | None, estimated: bool) -> tuple[int, bool]:
+    """What is billed of a hoster's claimed token count when the network counted the same tokens: the lower
+    of the two (an estimated claim, the hoster's engine reported none, is no claim: the count); and whether
+    the claim exceeded the count beyond ``COUNT_TOLERANCE`` (a discrepancy)."""
+    if counted is None:
+        return claimed, False
+    if estimated:
+        return counted, False
+    return min(claimed, counted), claimed > counted + COUNT_TOLERANCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +184,11 @@ class UsageBounds:
     ) -> UsageBounds:
         limit = requested_max_tokens(body, default_max_tokens, endpoint)
         return cls(body_bytes + TEMPLATE_TOKENS, limit * generated_choices(body, endpoint))
+
+    def with_prompt_count(self, counted: int) -> UsageBounds:
+        """The bounds of a request whose prompt the network counted with the model's own tokenizer: that
+        count, plus ``COUNT_TOLERANCE`` (never past the byte bound)."""
+        return UsageBounds(min(self.prompt, counted + COUNT_TOLERANCE), self.completion)
 
     def with_text(self, text_bytes: int, choices: int) -> UsageBounds:
         """Also bounded by the text the client received: a token is at least one byte of text (byte-level

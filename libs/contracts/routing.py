@@ -91,6 +91,9 @@ class RouteAccepted(Contract):
     router_id: str = ""
     # The serving offer's reply subject (``subjects.offer_subject``): the ingress reads frames from it alone.
     reply_subject: str = ""
+    # The prompt's tokens as the network counted them with the model's registered tokenizer (``None``: the
+    # model is not registered, its usage is not verified): the client sees no more than this.
+    prompt_tokens: int | None = Field(None, ge=0)
 
 
 class RouteRejected(Contract):
@@ -191,7 +194,10 @@ class RequestDelivered(Contract):
     text_bytes: int = Field(ge=0)
     choices: int = Field(ge=1)
     frames: int = Field(0, ge=0)
-    ttft_ms: float | None = Field(None, ge=0)
+    ttft_ms: float | None = Field(None, ge=0, le=86_400_000)
+    # The completion tokens of that text (plus an end token per choice that ended) as the ingress counted
+    # them with the model's registered tokenizer; ``None`` for a model not registered.
+    completion_tokens: int | None = Field(None, ge=0)
 
 
 class AttemptObserved(Contract):

@@ -36,7 +36,7 @@ from libs.contracts.common import MAX_COUNT, ErrorReport
 from libs.contracts.hosters import ModelsListing
 from libs.contracts.management import KeyChanged
 from libs.contracts.openai import embedding_vectors
-from libs.contracts.pricing import UsageBounds, client_usage, detail_count
+from libs.contracts.pricing import UsageBounds, client_usage, detail_count, held_to_count
 from libs.contracts.routing import (
     CancelReason,
     RequestCancelled,
@@ -48,6 +48,7 @@ from libs.contracts.routing import (
 )
 from libs.platform.ratelimit import FailureBudget
 from libs.platform.telemetry import inject_headers
+from libs.tokens import ChoiceText, ModelTokenizer, RegisteredTokenizers, nats_requester
 
 _DECISION: TypeAdapter[RouteAccepted | RouteRejected] = TypeAdapter(RouteDecision)
 
@@ -99,14 +100,18 @@ class UsageGuard:
     gateway's, and nothing else a hoster put in it passes."""
 
     __slots__ = (
+        "_counted",
         "bounds",
         "choices",
+        "counter",
         "fee_bps",
         "input_price",
         "output_price",
         "progress",
+        "prompt_count",
         "text",
         "text_bytes",
+        "texts",
         "vectors",
     )
 
@@ -133,6 +138,28 @@ class UsageGuard:
         # Objects taken that carried something for the client (text, a tool call, a finish reason, usage, an
         # embedding): a hoster's empty chunks (``{"choices": []}``, a bare role) are no sign of progress.
         self.progress = 0
+        # For a model registered with its tokenizer (``count``): the completion counter, the router's prompt
+        # count, and the text relayed per choice; the usage the client sees is then also held to those counts.
+        self.counter: Callable[[list[ChoiceText]], int] | None = None
+        self.prompt_count: int | None = None
+        self.texts: dict[int, _ChoiceParts] = {}
+        self._counted: tuple[int, int] | None = None
+
+    def count(self, counter: Callable[[list[ChoiceText]], int], prompt_count: int | None) -> None:
+        """Count the completion with ``counter`` (the model's tokenizer) and hold usage to it and to
+        ``prompt_count``, from now on."""
+        self.counter, self.prompt_count = counter, prompt_count
+
+    def completion_count(self) -> int | None:
+        """The completion tokens of the text relayed so far, as the model's tokenizer counts them (``None``:
+        not counted); counted again only when more text came."""
+        if self.counter is None:
+            return None
+        if self._counted is not None and self._counted[0] == self.text_bytes + len(self.texts):
+            return self._counted[1]
+        counted = self.counter([parts.choice() for _, parts in sorted(self.texts.items())])
+        self._counted = (self.text_bytes + len(self.texts), counted)
+        return counted
 
     def take(self, body: bytes) -> bytes | None:
         """Count the text of ``body`` (a completion, or a chunk frame's chunks, one per line); return it with
@@ -171,14 +198,14 @@ class UsageGuard:
         prompt, completion, _ = bounds.bound(
             _count_of(usage.get("prompt_tokens")), _count_of(usage.get("completion_tokens"))
         )
+        estimated = usage.get("estimated") is True
+        if self.counter is not None:
+            # As the router bills it (``services.router.service.charge``): the lower of claim and count.
+            prompt = min(held_to_count(prompt, self.prompt_count, estimated)[0], bounds.prompt)
+            completion = min(held_to_count(completion, self.completion_count(), estimated)[0], bounds.completion)
+            estimated = False
         held = client_usage(
-            prompt,
-            completion,
-            usage,
-            self.input_price,
-            self.output_price,
-            self.fee_bps,
-            estimated=usage.get("estimated") is True,
+            prompt, completion, usage, self.input_price, self.output_price, self.fee_bps, estimated=estimated
         )
         if doc.get("object") == "list":
             del held["completion_tokens"]  # embeddings: nothing generated, and OpenAI writes no such count
@@ -198,12 +225,20 @@ class UsageGuard:
             index = choice.get("index")
             if isinstance(index, int) and 0 <= index < MAX_CHOICES:
                 self.choices = max(self.choices, index + 1)
-            if isinstance(choice.get("finish_reason"), str):
+            parts: _ChoiceParts | None = None
+            if self.counter is not None and isinstance(index, int) and 0 <= index < MAX_CHOICES:
+                parts = self.texts.setdefault(index, _ChoiceParts())
+            finish = choice.get("finish_reason")
+            if isinstance(finish, str):
                 marked = True
+                if parts is not None:
+                    parts.finish = finish
             if self.text:
                 text = choice.get("text")
                 if isinstance(text, str):
                     self.text_bytes += len(text.encode())
+                    if parts is not None:
+                        parts.pieces["content"].append(text)
                 continue
             part = choice.get("delta") or choice.get("message")
             if not isinstance(part, dict):
@@ -212,7 +247,9 @@ class UsageGuard:
                 text = part.get(key)
                 if isinstance(text, str):
                     self.text_bytes += len(text.encode())
-            for call in part.get("tool_calls") or ():
+                    if parts is not None:
+                        parts.pieces[key].append(text)
+            for position, call in enumerate(part.get("tool_calls") or ()):
                 function = call.get("function") if isinstance(call, dict) else None
                 if isinstance(function, dict):
                     marked = True
@@ -220,7 +257,35 @@ class UsageGuard:
                         text = function.get(key)
                         if isinstance(text, str):
                             self.text_bytes += len(text.encode())
+                            if parts is not None:
+                                slot = call.get("index", position) if isinstance(call.get("index"), int) else position
+                                parts.tool(slot)[key].append(text)
         return marked
+
+
+class _ChoiceParts:
+    """The text one choice relayed, piece by piece, for the model's tokenizer to count once it is whole."""
+
+    __slots__ = ("finish", "pieces", "tools")
+
+    def __init__(self) -> None:
+        self.pieces: dict[str, list[str]] = {"content": [], "reasoning_content": [], "refusal": []}
+        self.tools: dict[int, dict[str, list[str]]] = {}
+        self.finish: str | None = None
+
+    def tool(self, slot: int) -> dict[str, list[str]]:
+        return self.tools.setdefault(slot, {"name": [], "arguments": []})
+
+    def choice(self) -> ChoiceText:
+        calls = [("".join(t["name"]), "".join(t["arguments"])) for _, t in sorted(self.tools.items())]
+        return ChoiceText(
+            content="".join(self.pieces["content"]),
+            reasoning="".join(self.pieces["reasoning_content"]),
+            refusal="".join(self.pieces["refusal"]),
+            tool_calls=calls,
+            # The model's end token: emitted when it stopped on its own, not when cut at its limit.
+            ended=self.finish in ("stop", "tool_calls", "function_call"),
+        )
 
 
 def _vectors_fit(data: object, asked: VectorsAsked) -> bool:
@@ -619,6 +684,7 @@ class Gateway:
         self._idle_timeout_s = idle_timeout_s
         self._log = logger
         self._streams: dict[str, ReplyStream] = {}
+        self._tokenizers: RegisteredTokenizers | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._nc: Client | None = None
         self._sub: Subscription | None = None
@@ -646,6 +712,7 @@ class Gateway:
     async def open(self, nc: Client) -> None:
         """Subscribe this instance's reply wildcard; from then on requests can be published."""
         self._nc = nc
+        self._tokenizers = RegisteredTokenizers(nats_requester(nc))
         # Bounded: past it NATS drops frames, and the requests that lose some end with an error (never short).
         self._sub = await nc.subscribe(
             subjects.reply_inbox(self.ingress_id),
@@ -823,6 +890,17 @@ class Gateway:
             ) from None
         return bytes(reply.data)
 
+    async def tokenizer(self, model: str) -> ModelTokenizer | None:
+        """``model``'s registered tokenizer, to count what the client receives (``None``: not registered, or
+        billing cannot say now: the router's bounds hold then)."""
+        if self._tokenizers is None:
+            return None
+        try:
+            return await self._tokenizers.get(model)
+        except Exception as exc:
+            self._log.warning("tokenizer unavailable", extra={"model": model, "error": repr(exc)})
+            return None
+
     def cancel(self, request_id: str) -> None:
         """Tell the routers the client left; safe to call from a cancelled task."""
         self._cancel(RequestCancelled(request_id=request_id))
@@ -841,6 +919,7 @@ class Gateway:
             choices=guard.choices if guard is not None else 1,
             frames=replies.delivered_frames,
             ttft_ms=replies.first_content_ms if delivered else None,
+            completion_tokens=guard.completion_count() if guard is not None and delivered else None,
         )
         self._publish(subjects.request_delivered(router_id), note.model_dump_json().encode())
 

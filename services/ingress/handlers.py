@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from libs.platform import apikeys
 from libs.platform.ids import new_request_id
 from libs.platform.metrics import TIME_TO_FIRST_TOKEN
 from libs.platform.telemetry import REQUEST_ID, span_attributes
+from libs.tokens import count_completion
 from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGuard, VectorsAsked
 from services.ingress.openapi import (
     CHAT_RESPONSES,
@@ -326,6 +328,10 @@ async def _complete(
                 vectors,
                 text=endpoint == COMPLETIONS,
             )
+            if accepted.prompt_tokens is not None:
+                tokenizer = await gateway.tokenizer(accepted.model)
+                if tokenizer is not None:
+                    replies.guard.count(functools.partial(count_completion, tokenizer), accepted.prompt_tokens)
         headers = {"x-request-id": request_id, "x-computeshare-hoster": accepted.hoster_id, **accepted.headers}
         try:
             first = await first_answer(replies, headers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import secrets
 import time
@@ -35,7 +36,7 @@ from libs.contracts.billing import (
     ReserveCredits,
     Reserved,
 )
-from libs.contracts.common import ErrorReport
+from libs.contracts.common import COMPLETIONS, EMBEDDINGS, ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
 from libs.contracts.pricing import UsageBounds, rate_limited_tokens, requested_max_tokens
 from libs.contracts.routing import (
@@ -54,9 +55,17 @@ from libs.contracts.routing import (
 from libs.platform.broker import publish_durably
 from libs.platform.metrics import ATTEMPTS, HOSTER_FAILURES, IN_FLIGHT
 from libs.platform.telemetry import REQUEST_ID, inject_headers
+from libs.tokens import (
+    ChatTemplateError,
+    RegisteredTokenizers,
+    count_chat_prompt,
+    count_embedding_input,
+    count_text_prompt,
+)
 from services.router.covert import RecentIngresses
 from services.router.leases import Lease, LeaseBook
 from services.router.service import (
+    AUTO_MODEL,
     MAX_ATTEMPTS,
     Candidate,
     FirstByteBudget,
@@ -118,6 +127,8 @@ class Dispatcher:
         # Observations of this router's attempts not yet told to the other routers.
         self._observed: list[AttemptObserved] = []
         self._observed_flush: asyncio.TimerHandle | None = None
+        # The registered models' tokenizers (billing's registry), loaded on first use.
+        self._tokenizers = RegisteredTokenizers(self._request_bytes)
         # Set whenever the last request in flight settles (what ``drain`` waits for).
         self._none_in_flight = asyncio.Event()
         # Requests the ingress gave up on while this router was still routing them (``route_timeout``).
@@ -134,6 +145,11 @@ class Dispatcher:
             settings.first_byte_ms_per_prompt_token,
         )
         IN_FLIGHT.labels("router").set_function(lambda: len(self._in_flight))
+
+    async def _request_bytes(self, subject: str, data: bytes, timeout_s: float) -> bytes:
+        reply = await self._broker.connection.request(subject, data, timeout=timeout_s)
+        payload: bytes = reply.data
+        return payload
 
     def observe(self, heartbeat: HosterHeartbeat) -> list[str]:
         """Feed one heartbeat to the registry; return models the network never served before."""
@@ -240,6 +256,11 @@ class Dispatcher:
         s = self._settings
         profile = RequestProfile.of(request.body, s.default_max_tokens, request.endpoint)
         bounds = UsageBounds.of(request.body, len(orjson.dumps(request.body)), s.default_max_tokens, request.endpoint)
+        counted = await self._count_prompt(request)
+        if counted is not None:
+            # Reserved, bounded and billed on the network's own count, not on the body's bytes.
+            profile = dataclasses.replace(profile, prompt_tokens=counted)
+            bounds = bounds.with_prompt_count(counted)
         try:
             candidates = order_candidates(
                 self.registry,
@@ -271,7 +292,7 @@ class Dispatcher:
             self._finish(request, request.model, "cancelled", [])  # nobody waits for it: release the hold
             return RouteRejected(error=errors.route_timeout(self._settings.retry_after_s))
         try:
-            flight = await self._start(request, candidates, profile.prompt_tokens, bounds)
+            flight = await self._start(request, candidates, profile.prompt_tokens, bounds, counted=counted)
         except BaseException:
             # Its lease must not wait on it: billing records its reservation from the lease's batch and
             # settles or sweeps it as any other.
@@ -296,6 +317,7 @@ class Dispatcher:
             headers=headers,
             first_byte_deadline_ms=first.first_byte_deadline_ms,
             prompt_bound=flight.bounds.prompt,
+            prompt_tokens=flight.counted_prompt,
             completion_bound=flight.bounds.completion,
             input_price=first.candidate.offer.input_price,
             output_price=first.candidate.offer.output_price,
@@ -310,6 +332,7 @@ class Dispatcher:
         prompt_tokens: int,
         bounds: UsageBounds,
         flight: InFlight | None = None,
+        counted: int | None = None,
     ) -> InFlight | None:
         """Offer the request to the first candidate in ``queue`` whose adapter takes it, each offer a new attempt
         number with a reply subject of its own. A failover (``flight`` given) names the attempt that serves to
@@ -331,7 +354,7 @@ class Dispatcher:
                 self._probes.add(hoster_id)
             run = Run(offers, candidate, accepted.adapter_id, reply, time.monotonic(), dispatch.first_byte_deadline_ms)
             if flight is None:
-                flight = InFlight(request, queue, prompt_tokens, bounds, [run], offers)
+                flight = InFlight(request, queue, prompt_tokens, bounds, [run], offers, counted_prompt=counted)
             else:
                 flight.runs.append(run)
                 flight.offers = offers
@@ -389,6 +412,30 @@ class Dispatcher:
             first_byte_deadline_ms=deadline_ms,
             endpoint=request.endpoint,
         )
+
+    async def _count_prompt(self, request: RouteRequest) -> int | None:
+        """The request's prompt tokens counted with its model's registered tokenizer (``libs.tokens``), or
+        ``None``: the model is not registered (its usage is held to the byte bounds alone, "not verified"),
+        the request may be served by other models (``auto``, fallbacks: their tokenizers may differ), billing
+        cannot say, or the body cannot be rendered (the hoster will say why)."""
+        if request.model == AUTO_MODEL or request.routing.fallback_models:
+            return None
+        try:
+            tokenizer = await self._tokenizers.get(request.model)
+        except Exception as exc:  # billing away or a broken registration: counted by the bounds meanwhile
+            self._log.warning("tokenizer unavailable", extra={"model": request.model, "error": repr(exc)})
+            return None
+        if tokenizer is None:
+            return None
+        try:
+            if request.endpoint == EMBEDDINGS:
+                return count_embedding_input(tokenizer, request.body.get("input"))
+            if request.endpoint == COMPLETIONS:
+                return count_text_prompt(tokenizer, request.body.get("prompt"))
+            return count_chat_prompt(tokenizer, request.body)
+        except (ValueError, ChatTemplateError) as exc:
+            self._log.info("prompt not counted", extra={"model": request.model, "error": str(exc)})
+            return None
 
     async def _admit_leased(self, request: RouteRequest, amount: int) -> bool:
         """Admit the request against a credit lease on its account (asking billing for one when none covers
@@ -778,7 +825,7 @@ class Dispatcher:
         billed: list[BilledAttempt] = []
         records: list[DispatchRecord] = []
         for run in flight.runs:
-            cost = None if flight.unbilled else charge(run, flight.bounds, note)
+            cost = None if flight.unbilled else charge(run, flight.bounds, note, flight.counted_prompt)
             if cost is not None:
                 billed.append(cost)
                 if cost.usage_discrepancy is not None:

@@ -27,6 +27,7 @@ from libs.contracts.pricing import (
     client_price,
     cost_of,
     estimate_prompt_tokens,
+    held_to_count,
     requested_max_tokens,
 )
 from libs.contracts.routing import (
@@ -681,6 +682,8 @@ class InFlight:
     # attempt's report (or the wait for it) are in.
     over: bool = False
     note: RequestDelivered | None = None
+    # The prompt's tokens as counted with the model's registered tokenizer (``None``: not registered).
+    counted_prompt: int | None = None
 
     @property
     def current(self) -> Run:
@@ -745,18 +748,32 @@ def delivered_frames(run: Run, note: RequestDelivered | None) -> int:
     return note.frames if note is not None and note.attempt == run.attempt else 0
 
 
-def charge(run: Run, bounds: UsageBounds, note: RequestDelivered | None) -> BilledAttempt | None:
+def charge(
+    run: Run, bounds: UsageBounds, note: RequestDelivered | None, counted_prompt: int | None = None
+) -> BilledAttempt | None:
     """The one rule for what a client pays for an attempt: only for what it received, on the network's own
     records. Nothing unless the ingress's note says content of this attempt reached the client and the hoster
     claimed usage; then the claim held to the request's bounds and to the text received (a token is at least
-    a byte, plus one end token per choice), at the prices of the dispatch. A claim past a bound, or a report
-    naming other prices, is a discrepancy (billed at the bound and the dispatch's prices)."""
+    a byte, plus one end token per choice), at the prices of the dispatch. For a registered model, the lower
+    of the claim and the network's own count (``counted_prompt``, the router's; the note's completion count,
+    the ingress's: ``held_to_count``). A claim past a bound or past a count, or a report naming other prices,
+    is a discrepancy (billed at the bound, the count and the dispatch's prices)."""
     report = run.report
     if report is None or note is None or delivered_frames(run, note) == 0:
         return None
     offer = run.candidate.offer
     held = bounds.with_text(note.text_bytes, note.choices)
-    prompt, completion, why = held.bound(report.usage.prompt_tokens, report.usage.completion_tokens)
+    claimed = report.usage
+    prompt, completion, why = held.bound(claimed.prompt_tokens, claimed.completion_tokens)
+    prompt, over_prompt = held_to_count(prompt, counted_prompt, claimed.estimated)
+    completion, over_completion = held_to_count(completion, note.completion_tokens, claimed.estimated)
+    prompt, completion = min(prompt, held.prompt), min(completion, held.completion)
+    if over_prompt or over_completion:
+        counted = (
+            f"reported {claimed.prompt_tokens} prompt and {claimed.completion_tokens} completion tokens; the "
+            f"network counted {counted_prompt} and {note.completion_tokens}"
+        )
+        why = counted if why is None else f"{why}; {counted}"
     if (report.input_price, report.output_price) != (offer.input_price, offer.output_price):
         priced = (
             f"reported prices {report.input_price}/{report.output_price}; billed at the dispatch's "
@@ -772,7 +789,7 @@ def charge(run: Run, bounds: UsageBounds, note: RequestDelivered | None) -> Bill
             prompt_tokens=prompt,
             completion_tokens=completion,
             total_tokens=prompt + completion,
-            estimated=report.usage.estimated,
+            estimated=claimed.estimated and counted_prompt is None,
         ),
         input_price=offer.input_price,
         output_price=offer.output_price,

@@ -145,11 +145,11 @@ async def test_a_request_whose_start_fails_does_not_keep_its_lease() -> None:
         dispatcher._leases.admit("acct", admission("q1", 100), 0.0, 0.0)
         return True
 
-    async def broken_start(*_: object) -> None:
+    async def broken_start(*_: object, **__: object) -> None:
         raise RuntimeError("NATS went away")
 
     dispatcher._admit_leased = admitted  # type: ignore[method-assign]
-    dispatcher._start = broken_start  # type: ignore[method-assign,assignment]
+    dispatcher._start = broken_start  # type: ignore[method-assign]
     heartbeat = HosterHeartbeat(adapter_id="a", interval_s=1, hosters=[hoster(CHEAP, 1)])
     dispatcher.registry.observe(heartbeat, time.monotonic(), int(time.time()))
     caller = Caller(account_id="acct", key_id="k")

@@ -152,3 +152,24 @@ def test_the_record_is_the_networks_own_prices_clock_and_count() -> None:
     assert record.ttft_ms == 500.0  # the ingress's, never past the attempt's duration
     assert (record.prompt_tokens, record.completion_tokens, record.chunks_sent) == (10, 5, 3)
     assert (observed.ttft_ms, observed.duration_ms, observed.completion_tokens) == (500.0, 500.0, 0)
+
+
+def test_a_registered_models_usage_is_the_lower_of_the_claim_and_our_count() -> None:
+    r = run(report=outcome(40, 30))
+    counted = note(text_bytes=400)
+    counted = counted.model_copy(update={"completion_tokens": 12})
+    billed = charge(r, BOUNDS, counted, counted_prompt=20)
+    assert billed is not None
+    assert (billed.usage.prompt_tokens, billed.usage.completion_tokens) == (20, 12)
+    assert "the network counted 20 and 12" in (billed.usage_discrepancy or "")
+    # Within the tolerance of our count: billed the claim, nothing flagged.
+    honest = charge(run(report=outcome(21, 13)), BOUNDS, counted, counted_prompt=20)
+    assert honest is not None
+    assert (honest.usage.prompt_tokens, honest.usage.completion_tokens) == (20, 12)
+    assert "the network counted" not in (honest.usage_discrepancy or "")
+    # An engine that reported no usage (the adapter estimated it): billed our count, not the estimate.
+    estimated = run(report=outcome(3, 2).model_copy(update={"usage": Usage(prompt_tokens=3, completion_tokens=2,
+                                                                           estimated=True)}))  # fmt: skip
+    paid = charge(estimated, BOUNDS, counted, counted_prompt=20)
+    assert paid is not None
+    assert (paid.usage.prompt_tokens, paid.usage.completion_tokens, paid.usage.estimated) == (20, 12, False)
