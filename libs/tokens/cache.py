@@ -20,6 +20,8 @@ DEFAULT_CAPACITY = 8
 # How long a process counts with a tokenizer before asking billing whether it is still the registered one (an
 # ``unchanged`` answer carries no files); as long, it believes a model is not registered.
 DEFAULT_REFRESH_S = 60.0
+# How long a model whose tokenizer could not be fetched (billing unreachable) counts as not registered.
+RETRY_AFTER_FAILURE_S = 5.0
 # Models remembered as not registered, at most.
 MAX_UNREGISTERED = 1024
 # The largest bundle a process takes from billing (both files, compressed).
@@ -134,6 +136,9 @@ class RegisteredTokenizers:
             raise
         except Exception:
             if entry is None:
+                # billing unreachable and nothing held: the model counts as not registered for a few seconds,
+                # so requests meanwhile are not each held up by a fetch that times out.
+                self._unregistered[model] = self._clock() - self._refresh_s + RETRY_AFTER_FAILURE_S
                 raise
             # billing unreachable: keep counting with the tokenizer held, and ask again after refresh_s.
             entry.checked_at = self._clock()

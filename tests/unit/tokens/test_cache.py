@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 
 from libs.contracts.models import PART_BYTES, FetchTokenizer, TokenizerPart, pack_tokenizer_bundle
 from libs.tokens import RegisteredTokenizers, TokenizerFetchError, TokenizerLru
+from libs.tokens.cache import RETRY_AFTER_FAILURE_S
 from libs.tokens.model import TokenizerFiles, sha256_hex
 from tests.unit.tokens import trained
 
@@ -115,3 +116,24 @@ def test_the_lru_drops_the_least_recently_used() -> None:
     assert (lru.get("b"), len(lru)) == (None, 2)
     with pytest.raises(ValueError, match="at least one"):
         TokenizerLru(0)
+
+
+async def test_an_unreachable_billing_holds_up_one_request_not_every_one() -> None:
+    """A fetch that fails (billing away) raises once; for a few seconds after, the model counts as not
+    registered at once (requests are held to the byte bounds meanwhile), then billing is asked again."""
+    now = [0.0]
+    asked: list[str] = []
+
+    async def away(subject: str, data: bytes, timeout_s: float) -> bytes:
+        asked.append(subject)
+        raise TimeoutError
+
+    cache = RegisteredTokenizers(away, clock=lambda: now[0])
+    with pytest.raises(TimeoutError):
+        await cache.get("m")
+    assert await cache.get("m") is None
+    assert len(asked) == 1
+    now[0] += RETRY_AFTER_FAILURE_S + 0.1
+    with pytest.raises(TimeoutError):
+        await cache.get("m")
+    assert len(asked) == 2
