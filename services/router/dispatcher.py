@@ -728,7 +728,8 @@ class Dispatcher:
         self._wait_for_delivery(flight)
 
     def _observe_discrepancy(self, hoster_id: str) -> None:
-        self.stats.of(hoster_id, time.time()).observe_discrepancy()
+        now = time.time()
+        self.stats.of(hoster_id, now).observe_discrepancy(now)
         self.stats.dirty.add(hoster_id)
 
     async def _fail_over(self, flight: InFlight) -> bool:

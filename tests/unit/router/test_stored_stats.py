@@ -12,7 +12,7 @@ import pytest
 
 from libs.contracts.routing import RoutingPreferences
 from services.router.service import RequestProfile, order_candidates
-from services.router.stats import COOLDOWN_MAX_S, HosterStats, NetworkStats
+from services.router.stats import COOLDOWN_MAX_S, DISCREPANCIES_TO_COOL, HosterStats, NetworkStats
 from tests.unit.router.test_registry import H1, registry_with, status
 
 NOW = 1_700_000_000.0
@@ -74,3 +74,18 @@ def test_a_record_that_is_not_stats_loads_as_a_newcomer(record: Any) -> None:
 def test_a_stored_cooldown_never_outlasts_the_longest_one() -> None:
     loaded = HosterStats.load(stored(healthy(), cooldown_until=NOW + 10**9, cooldown_s=10**9), NOW)
     assert not loaded.cooling(NOW + COOLDOWN_MAX_S)
+
+
+def test_repeated_discrepancies_cool_a_hoster_down() -> None:
+    stats = HosterStats(first_seen=100.0)
+    for i in range(DISCREPANCIES_TO_COOL):
+        assert not stats.cooling(100.0 + i)
+        stats.observe("m", "succeeded", 1, 10.0, 5, 20.0, 100.0 + i)
+        stats.observe_discrepancy(100.0 + i)
+    assert stats.cooling(100.0 + DISCREPANCIES_TO_COOL)
+    honest = HosterStats(first_seen=100.0)
+    for i in range(10):  # one in two: the dishonesty term lowers trust, but no cooldown
+        honest.observe("m", "succeeded", 1, 10.0, 5, 20.0, 100.0 + i)
+        if i % 2:
+            honest.observe_discrepancy(100.0 + i)
+    assert not honest.cooling(110.0)
