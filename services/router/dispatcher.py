@@ -729,7 +729,7 @@ class Dispatcher:
 
     def _observe_discrepancy(self, hoster_id: str) -> None:
         now = time.time()
-        self.stats.of(hoster_id, now).observe_discrepancy(now)
+        self.stats.of(hoster_id, now).observe_discrepancy(now, self._settings.discrepancies_to_cool)
         self.stats.dirty.add(hoster_id)
 
     async def _fail_over(self, flight: InFlight) -> bool:

@@ -67,6 +67,9 @@ class RouterSettings(ServiceSettings):
     # delivered, nothing billed). Above the ingress's CS_INGRESS_DEADLINE_GRACE_S (2 s), so an ingress that
     # got nothing by the deadline says so first and the request fails over.
     delivery_wait_s: float = Field(5.0, gt=0)
+    # Attempts in a row whose usage claim broke a bound or the network's own count that cool the hoster down
+    # (as three failures in a row do); 0 never.
+    discrepancies_to_cool: int = Field(3, ge=0)
     # How often billing hears which of this router's requests are still running (their reservations must
     # outlive CS_BILLING_RESERVATION_TTL_S however long they stream): well under that TTL.
     reservation_keepalive_s: float = Field(60.0, gt=0)

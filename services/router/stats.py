@@ -26,8 +26,6 @@ from libs.contracts.management import TrustTerms
 WINDOW = 200
 EWMA_ALPHA = 0.2
 FAILURES_TO_COOL = 3
-# Attempts in a row whose usage claim broke a bound or the network's count that cool a hoster down.
-DISCREPANCIES_TO_COOL = 3
 COOLDOWN_BASE_S = 10.0
 COOLDOWN_MAX_S = 300.0
 TRUSTED = 0.8
@@ -168,17 +166,17 @@ class HosterStats:
             self.cooldown_s = min(COOLDOWN_MAX_S, self.cooldown_s * 2 if self.cooldown_s else COOLDOWN_BASE_S)
             self.cooldown_until = now + self.cooldown_s
 
-    def observe_discrepancy(self, now: float | None = None) -> None:
+    def observe_discrepancy(self, now: float | None = None, to_cool: int = 0) -> None:
         """The hoster reported usage past the request's bounds or the network's count (billed at them
-        instead): mark its latest attempt; ``DISCREPANCIES_TO_COOL`` such attempts in a row cool it down (at
-        wall time ``now``), as repeated failures do."""
+        instead): mark its latest attempt; ``to_cool`` such attempts in a row (0: never) cool it down at wall
+        time ``now``, as repeated failures do."""
         self.discrepancies += 1
         if self.discrepant:
             self.discrepant[-1] = True
         else:
             self.discrepant.append(True)
-        recent = list(self.discrepant)[-DISCREPANCIES_TO_COOL:]
-        if now is not None and len(recent) == DISCREPANCIES_TO_COOL and all(recent):
+        recent = list(self.discrepant)[-to_cool:] if to_cool > 0 else []
+        if now is not None and recent and len(recent) == to_cool and all(recent):
             self.cool_down(now)
 
     @property

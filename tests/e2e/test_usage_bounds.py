@@ -37,7 +37,12 @@ MAX_TOKENS = 16
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     sim = SimulatorSpec("sim", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "12"})
-    config = throwaway_config(simulators=[sim], adapters=[AdapterSpec("hoster_adapter", [demo_hoster(sim.base_url)])])
+    # The one hoster lies on purpose, request after request: it must keep serving (no cooldown for it here).
+    config = throwaway_config(
+        simulators=[sim],
+        adapters=[AdapterSpec("hoster_adapter", [demo_hoster(sim.base_url)])],
+        service_env={"CS_ROUTER_DISCREPANCIES_TO_COOL": "0"},
+    )
     stack = Stack(config).start()
     yield stack
     stack.stop()

@@ -12,7 +12,8 @@ import pytest
 
 from libs.contracts.routing import RoutingPreferences
 from services.router.service import RequestProfile, order_candidates
-from services.router.stats import COOLDOWN_MAX_S, DISCREPANCIES_TO_COOL, HosterStats, NetworkStats
+from services.router.settings import RouterSettings
+from services.router.stats import COOLDOWN_MAX_S, HosterStats, NetworkStats
 from tests.unit.router.test_registry import H1, registry_with, status
 
 NOW = 1_700_000_000.0
@@ -76,16 +77,19 @@ def test_a_stored_cooldown_never_outlasts_the_longest_one() -> None:
     assert not loaded.cooling(NOW + COOLDOWN_MAX_S)
 
 
+DISCREPANCIES_TO_COOL = RouterSettings().discrepancies_to_cool
+
+
 def test_repeated_discrepancies_cool_a_hoster_down() -> None:
     stats = HosterStats(first_seen=100.0)
     for i in range(DISCREPANCIES_TO_COOL):
         assert not stats.cooling(100.0 + i)
         stats.observe("m", "succeeded", 1, 10.0, 5, 20.0, 100.0 + i)
-        stats.observe_discrepancy(100.0 + i)
+        stats.observe_discrepancy(100.0 + i, DISCREPANCIES_TO_COOL)
     assert stats.cooling(100.0 + DISCREPANCIES_TO_COOL)
     honest = HosterStats(first_seen=100.0)
     for i in range(10):  # one in two: the dishonesty term lowers trust, but no cooldown
         honest.observe("m", "succeeded", 1, 10.0, 5, 20.0, 100.0 + i)
         if i % 2:
-            honest.observe_discrepancy(100.0 + i)
+            honest.observe_discrepancy(100.0 + i, DISCREPANCIES_TO_COOL)
     assert not honest.cooling(110.0)
