@@ -116,6 +116,8 @@ class LiveModel(Contract):
     first_seen: int
     # Every endpoint at least one of its live hosters serves it on.
     endpoints: list[Endpoint] = Field(default_factory=lambda: [CHAT])
+    # Registered with its tokenizer: the network counts its tokens (else its usage is held to byte bounds).
+    usage_verified: bool = False
 
 
 class ModelsListing(Contract):

@@ -38,6 +38,12 @@ class FetchTokenizer(Contract):
     offset: int = Field(0, ge=0)
 
 
+class RegisteredModels(Contract):
+    """billing -> router (``billing.tokenizers.list``): every model registered with its tokenizer, by name."""
+
+    models: list[str]
+
+
 class TokenizerPart(Contract):
     """billing -> service: one part of a model's current tokenizer bundle (``registered``), or no bundle:
     ``unchanged`` (the asker's is current), ``not_registered`` (no such model, or no such version). ``data``

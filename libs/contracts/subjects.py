@@ -82,6 +82,8 @@ LIST_REGISTRATIONS = "billing.hosters.list"
 # any platform service -> billing (request/reply): a registered model's tokenizer, in parts
 # (``libs/contracts/models.py``); the asker counts tokens locally with it.
 FETCH_TOKENIZER = "billing.tokenizer.fetch"
+# router -> billing (request/reply): the models registered with their tokenizers (whose usage is verified).
+LIST_TOKENIZERS = "billing.tokenizers.list"
 
 # Management (``libs/contracts/management.py``): ingress's management API and the console -> billing
 # (request/reply, queue group "billing"). Every query names the account or hoster it was authenticated for.

@@ -63,7 +63,7 @@ from libs.contracts.management import (
     VerifyHosterToken,
     VerifyManagementKey,
 )
-from libs.contracts.models import FetchTokenizer, TokenizerPart
+from libs.contracts.models import FetchTokenizer, RegisteredModels, TokenizerPart
 from libs.platform.broker import HotSubscriptions
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.accounts import Accounts
@@ -329,3 +329,8 @@ def register_model_handlers(broker: NatsBroker, registry: ModelRegistry, workers
     async def fetch_tokenizer(query: FetchTokenizer) -> TokenizerPart:
         """One part of a model's tokenizer bundle, or ``unchanged`` / ``not_registered``."""
         return await registry.fetch(query)
+
+    @broker.subscriber(subjects.LIST_TOKENIZERS, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def list_tokenizers() -> RegisteredModels:
+        """Every model registered with its tokenizer."""
+        return RegisteredModels(models=[r.model for r in await registry.current()])

@@ -383,6 +383,8 @@ def _model_entry(model: Any) -> dict[str, Any]:
         "hosters": model.hosters,
         "context_length": model.context_length,
         "endpoints": [endpoint_path(endpoint) for endpoint in model.endpoints],
+        # Registered with its tokenizer: usage is counted by the network, not taken from the hoster.
+        "usage_verified": model.usage_verified,
         "pricing": {
             "unit": "credits per million tokens",
             "input": {"min": model.min_input_price / 1e6, "max": model.max_input_price / 1e6},

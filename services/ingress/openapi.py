@@ -163,6 +163,10 @@ class ModelEntry(_Doc):
     context_length: int | None
     endpoints: list[str] = Field(description="the API paths it is served on", examples=[["/v1/chat/completions"]])
     pricing: Pricing
+    usage_verified: bool = Field(
+        description="registered with its tokenizer: the network counts its tokens (else 'usage not verified': "
+        "a hoster's report is held to byte bounds only)"
+    )
 
 
 class ModelList(_Doc):

@@ -38,6 +38,7 @@ from libs.contracts.billing import (
 )
 from libs.contracts.common import COMPLETIONS, EMBEDDINGS, ErrorReport
 from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHoster, LiveHosters
+from libs.contracts.models import RegisteredModels
 from libs.contracts.pricing import UsageBounds, rate_limited_tokens, requested_max_tokens
 from libs.contracts.routing import (
     AttemptAccepted,
@@ -93,6 +94,8 @@ _LEASE_ANSWER: TypeAdapter[LeaseAnswer] = TypeAdapter(LeaseAnswer)
 LEASE_ASKS = 3
 # How long a route_timeout is remembered for a request this router may still be routing.
 ABANDONED_TTL_S = 60.0
+# How long the router believes billing's list of registered models (``registered_models``).
+REGISTERED_CACHE_S = 5.0
 # How often a router tells the others what it observed of its attempts (``AttemptsObserved``), at most.
 OBSERVED_FLUSH_S = 0.05
 # Observations one broadcast carries at most.
@@ -129,6 +132,7 @@ class Dispatcher:
         self._observed_flush: asyncio.TimerHandle | None = None
         # The registered models' tokenizers (billing's registry), loaded on first use.
         self._tokenizers = RegisteredTokenizers(self._request_bytes)
+        self._registered: tuple[float, frozenset[str]] = (-REGISTERED_CACHE_S, frozenset())
         # Set whenever the last request in flight settles (what ``drain`` waits for).
         self._none_in_flight = asyncio.Event()
         # Requests the ingress gave up on while this router was still routing them (``route_timeout``).
@@ -412,6 +416,19 @@ class Dispatcher:
             first_byte_deadline_ms=deadline_ms,
             endpoint=request.endpoint,
         )
+
+    async def registered_models(self) -> frozenset[str]:
+        """The models registered with their tokenizers, as billing said at most ``REGISTERED_CACHE_S`` ago
+        (what it said last while it does not answer)."""
+        now = time.monotonic()
+        if now - self._registered[0] >= REGISTERED_CACHE_S:
+            try:
+                reply = await self._request_bytes(subjects.LIST_TOKENIZERS, b"", self._settings.billing_timeout_s)
+                self._registered = (now, frozenset(RegisteredModels.model_validate_json(reply).models))
+            except Exception as exc:
+                self._log.warning("registered models unknown", extra={"error": repr(exc)})
+                self._registered = (now, self._registered[1])
+        return self._registered[1]
 
     async def _count_prompt(self, request: RouteRequest) -> int | None:
         """The request's prompt tokens counted with its model's registered tokenizer (``libs.tokens``), or

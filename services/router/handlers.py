@@ -52,7 +52,9 @@ def register_handlers(
     @broker.subscriber(subjects.LIST_MODELS, queue=subjects.QUEUE_ROUTER)
     async def list_models() -> ModelsListing:
         """The models live on the network now."""
-        return ModelsListing(models=dispatcher.registry.live_models(time.monotonic()))
+        verified = await dispatcher.registered_models()
+        models = dispatcher.registry.live_models(time.monotonic())
+        return ModelsListing(models=[m.model_copy(update={"usage_verified": m.id in verified}) for m in models])
 
     @broker.subscriber(subjects.SHOW_HOSTER, queue=subjects.QUEUE_ROUTER)
     async def show_hoster(query: HosterDetailQuery) -> HosterDetailReply:

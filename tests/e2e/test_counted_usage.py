@@ -23,7 +23,7 @@ from libs.contracts.common import Usage
 from libs.contracts.hosters import LiveHosters
 from libs.contracts.pricing import COUNT_TOLERANCE
 from libs.contracts.routing import AttemptDispatch
-from libs.devstack.stack import DEMO_MODEL, AdapterSpec, Stack, llamacpp_hoster, throwaway_config
+from libs.devstack.stack import DEMO_HOSTER_ID, DEMO_MODEL, AdapterSpec, Stack, llamacpp_hoster, throwaway_config
 from libs.devstack.tinymodel import TinyModel, tiny_model
 from libs.tokens import TokenizerFiles, count_chat_prompt, count_completion, load_model_tokenizer
 from tests.e2e.records import routing_record
@@ -169,6 +169,18 @@ async def test_credit_for_the_real_maximum_admits_the_request(stack: Stack, mode
     credits = (counted_max * 1.1 + 2) / 1e6
     assert credits < byte_max * 1.1 / 1e6
     account_id, key = stack.create_account(credits=f"{credits:.6f}")
-    response = await post(stack, key, model=DEMO_MODEL, messages=messages, max_tokens=16)
+    # The llama.cpp hoster alone (a scripted hoster of an earlier test may still be listed for a moment).
+    response = await post(
+        stack, key, model=DEMO_MODEL, messages=messages, max_tokens=16, allow_hosters=[DEMO_HOSTER_ID]
+    )
     assert response.status_code == 200, response.text
     await settled(stack, account_id)
+
+
+async def test_the_models_list_says_whose_usage_is_verified(stack: Stack) -> None:
+    """A registered model is listed ``usage_verified``; the registry's answer is believed for a few seconds."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        listing = (await http.get(f"{stack.config.api_base}/models")).json()
+        one = (await http.get(f"{stack.config.api_base}/models/{DEMO_MODEL}")).json()
+    assert [m["usage_verified"] for m in listing["data"] if m["id"] == DEMO_MODEL] == [True]
+    assert one["usage_verified"] is True
