@@ -143,7 +143,7 @@ class UsageGuard:
         self.counter: Callable[[list[ChoiceText]], int] | None = None
         self.prompt_count: int | None = None
         self.texts: dict[int, _ChoiceParts] = {}
-        self._counted: tuple[int, int] | None = None
+        self._counted: tuple[tuple[int, int, int], int] | None = None
 
     def count(self, counter: Callable[[list[ChoiceText]], int], prompt_count: int | None) -> None:
         """Count the completion with ``counter`` (the model's tokenizer) and hold usage to it and to
@@ -155,22 +155,24 @@ class UsageGuard:
         not counted); counted again only when more text came."""
         if self.counter is None:
             return None
-        if self._counted is not None and self._counted[0] == self.text_bytes + len(self.texts):
+        choices = [parts.choice() for _, parts in sorted(self.texts.items())]
+        seen = (self.text_bytes, len(choices), sum(c.ended for c in choices))
+        if self._counted is not None and self._counted[0] == seen:
             return self._counted[1]
-        counted = self.counter([parts.choice() for _, parts in sorted(self.texts.items())])
-        self._counted = (self.text_bytes + len(self.texts), counted)
+        counted = self.counter(choices)
+        self._counted = (seen, counted)
         return counted
 
-    def take(self, body: bytes) -> bytes | None:
+    def take(self, body: bytes, chunk: bool = True) -> bytes | None:
         """Count the text of ``body`` (a completion, or a chunk frame's chunks, one per line); return it with
         any usage it carries held to the bounds (unchanged when it already was what the gateway would write),
         or ``None`` when it is not JSON objects: a hoster's garbage never reaches the client."""
         if b"\n" in body:
-            taken = [self._take_one(line) for line in frames.chunks(body)]
+            taken = [self._take_one(line, chunk) for line in frames.chunks(body)]
             return None if not taken or None in taken else b"\n".join(cast(list[bytes], taken))
-        return self._take_one(body)
+        return self._take_one(body, chunk)
 
-    def _take_one(self, body: bytes) -> bytes | None:
+    def _take_one(self, body: bytes, chunk: bool = True) -> bytes | None:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -188,7 +190,7 @@ class UsageGuard:
             # JSON may carry a carriage return as whitespace, and SSE readers end a line at one: written again
             # without it, no hoster can slip a field or an event boundary into the client's stream.
             body = orjson.dumps(doc)
-        finished = self._count(doc.get("choices"))
+        finished = self._count(doc.get("choices"), chunk)
         usage = doc.get("usage")
         if finished or self.text_bytes > text_before or isinstance(usage, dict) or self.vectors is not None:
             self.progress += 1
@@ -214,8 +216,10 @@ class UsageGuard:
         doc["usage"] = held
         return orjson.dumps(doc)
 
-    def _count(self, choices: object) -> bool:
-        """Count the text of ``choices``; whether any of them carried a finish reason or a tool call."""
+    def _count(self, choices: object, chunk: bool = True) -> bool:
+        """Count the text of ``choices`` the client reads (a chunk's ``delta``, a completion's ``message``:
+        not the other, which a hoster might add to be counted); whether any carried a finish reason or a tool
+        call."""
         if not isinstance(choices, list):
             return False
         marked = False
@@ -240,7 +244,7 @@ class UsageGuard:
                     if parts is not None:
                         parts.pieces["content"].append(text)
                 continue
-            part = choice.get("delta") or choice.get("message")
+            part = choice.get("delta" if chunk else "message")
             if not isinstance(part, dict):
                 continue
             for key in ("content", "reasoning_content", "refusal"):
@@ -499,7 +503,7 @@ class ReplyStream:
             guard = self.guard
             before = guard.progress if guard is not None else 0
             if guard is not None:
-                body = guard.take(frame.body)
+                body = guard.take(frame.body, frame.kind == frames.CHUNK)
                 if body is None:
                     return self._malformed(frame)
                 frame = frame._replace(body=body)
@@ -597,7 +601,10 @@ def _repriced(guard: UsageGuard, body: bytes) -> UsageGuard:
         prices = int(named["input_price"]), int(named["output_price"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return guard
-    return UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps, guard.vectors, guard.text)
+    repriced = UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps, guard.vectors, guard.text)
+    if guard.counter is not None:
+        repriced.count(guard.counter, guard.prompt_count)
+    return repriced
 
 
 def _reply_of(body: bytes) -> str:

@@ -363,12 +363,18 @@ async def _stream(
     gateway: Gateway, replies: ReplyStream, first: frames.Frame, retry_after: int, router_id: str
 ) -> AsyncIterator[bytes]:
     outcome = StreamOutcome()
+    noted = False
     try:
         async for part in sse_events(first, replies, outcome, retry_after):
+            if outcome.completed and not noted:
+                # The last frame is in: what was relayed is final; told now, not once a slow client read it.
+                gateway.delivered(router_id, replies)
+                noted = True
             yield part
     finally:
         gateway.close_stream(replies.request_id)
-        gateway.delivered(router_id, replies)
+        if not noted:
+            gateway.delivered(router_id, replies)
         if not outcome.completed:
             # The client went away mid-stream: stop the hoster; what it generated so far is billed.
             gateway.cancel(replies.request_id)

@@ -357,6 +357,11 @@ class Dispatcher:
             if self.stats.of(hoster_id, time.time()).probing(time.time()):
                 self._probes.add(hoster_id)
             run = Run(offers, candidate, accepted.adapter_id, reply, time.monotonic(), dispatch.first_byte_deadline_ms)
+            if flight is not None and flight.settled:
+                # The request ended while this hoster was taking it (the client's response is over): stop it.
+                stop = RequestCancelled(request_id=request.request_id).model_dump_json().encode()
+                await self._broker.connection.publish(subjects.attempt_cancel(hoster_id), stop)
+                return None
             if flight is None:
                 flight = InFlight(request, queue, prompt_tokens, bounds, [run], offers, counted_prompt=counted)
             else:
@@ -720,6 +725,8 @@ class Dispatcher:
         if run.report is not None:
             return  # a second report of the same attempt changes nothing
         run.report = event
+        if run.outcome is not None:
+            return  # the router judged it already (the ingress gave up on it): the claim is kept, nothing moves
         self._probes.discard(event.hoster_id)
         outcome, error = claimed_outcome(event, flight)
         if outcome != "failed":
@@ -778,6 +785,8 @@ class Dispatcher:
         if event.reason != "client_gone" and event.attempt != flight.attempt:
             return  # an attempt already over
         run = flight.current
+        if event.reason != "client_gone" and run.outcome == "failed":
+            return  # failed already (its report came first): its failover is under way
         stop = RequestCancelled(request_id=event.request_id).model_dump_json().encode()
         await self._broker.connection.publish(subjects.attempt_cancel(run.hoster_id), stop)
         if event.reason == "client_gone":
@@ -834,6 +843,9 @@ class Dispatcher:
         flight = self._in_flight.pop(request_id, None)
         if flight is None:
             return
+        flight.settled = True
+        for run in flight.runs:
+            self._probes.discard(run.hoster_id)
         if not self._in_flight:
             self._none_in_flight.set()
         now, wall = time.monotonic(), time.time()

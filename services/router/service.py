@@ -684,6 +684,8 @@ class InFlight:
     note: RequestDelivered | None = None
     # The prompt's tokens as counted with the model's registered tokenizer (``None``: not registered).
     counted_prompt: int | None = None
+    # Settled: nothing more of it moves (a hoster taking it late is told to stop).
+    settled: bool = False
 
     @property
     def current(self) -> Run:
