@@ -47,7 +47,8 @@ def model() -> TinyModel:
 
 @pytest.fixture(scope="module")
 def stack(model: TinyModel) -> Iterator[Stack]:
-    engine, hoster = llamacpp_hoster(seed=SEED, capacity=1)
+    engine, hoster = llamacpp_hoster(seed=SEED, capacity=4)  # the engine queues what it cannot compute at once;
+    # capacity 1 made a request sent right after another's answer look "at capacity" until the next heartbeat
     config = throwaway_config(
         engines=[engine],
         adapters=[AdapterSpec("hoster_adapter", [hoster], {"CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.5"})],

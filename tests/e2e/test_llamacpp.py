@@ -36,7 +36,8 @@ def model() -> TinyModel:
 @pytest.fixture(scope="module")
 def stack(model: TinyModel) -> Iterator[Stack]:
     """nats-server, PostgreSQL, the services, and one llama.cpp hoster behind a platform adapter."""
-    engine, hoster = llamacpp_hoster(seed=SEED, capacity=1)
+    engine, hoster = llamacpp_hoster(seed=SEED, capacity=4)  # the engine queues what it cannot compute at once;
+    # capacity 1 made a request sent right after another's answer look "at capacity" until the next heartbeat
     assert engine.models[DEMO_MODEL] == model
     config = throwaway_config(
         engines=[engine],
