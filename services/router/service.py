@@ -458,14 +458,14 @@ def _score(tier: RankBy, choices: list[Choice]) -> dict[int, float]:
     if tier == "cheapest":
         return {id(c): float(c.price) for c in choices}
     if tier == "fastest":
-        return {id(c): c.ttft_ms for c in choices}
+        return {id(c): max(LATENCY_FLOOR_MS, c.ttft_ms) for c in choices}
     if tier == "throughput":
         return {id(c): 1.0 / max(c.tokens_per_s, 1e-3) for c in choices}
     cheapest = max(1, min(c.price for c in choices))
-    quickest = max(1.0, min(c.ttft_ms for c in choices))
+    quickest = max(LATENCY_FLOOR_MS, min(c.ttft_ms for c in choices))
     return {
         id(c): 0.45 * max(1, c.price) / cheapest
-        + 0.45 * max(1.0, c.ttft_ms) / quickest
+        + 0.45 * max(LATENCY_FLOOR_MS, c.ttft_ms) / quickest
         + 0.10 * (1 + 4 * c.candidate.load)
         for c in choices
     }

@@ -125,3 +125,20 @@ def test_live_models_summarise_hosters_and_prices() -> None:
     assert (model.min_input_price, model.max_input_price) == (1, 5)
     assert (model.min_output_price, model.max_output_price) == (2, 9)
     assert model.context_length == 4096
+
+
+def test_times_to_first_token_under_the_latency_floor_do_not_tell_hosters_apart() -> None:
+    """3 ms against 9 ms is a busy machine's jitter, not speed: balanced and fastest share the load (a CI run
+    sent 84 of 100 to one of two equal hosters before the floor applied)."""
+    stats = NetworkStats()
+    for hoster_id, ttft_ms in ((H1, 3.0), (H2, 9.0)):
+        for _ in range(10):
+            stats.observe(
+                hoster_id, 100.0, model="m", outcome="succeeded", chunks_sent=4, ttft_ms=ttft_ms,
+                completion_tokens=4, duration_ms=20, client_error=False,
+            )  # fmt: skip
+    equal = registry_with(status(H1), status(H2))
+    for tier in ("balanced", "fastest"):
+        prefs = RoutingPreferences(tier=tier)
+        firsts = Counter(order(equal, "m", prefs, stats=stats)[0].hoster.hoster_id for _ in range(400))
+        assert min(firsts[H1], firsts[H2]) > 150, (tier, firsts)
