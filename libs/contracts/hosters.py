@@ -157,6 +157,9 @@ class LiveHoster(Contract):
     attempts: int
     # Usage reports past the request's bounds, billed at the bound (as this router saw them).
     usage_discrepancies: int = 0
+    # Attempts whose speed, from the network's count and clock, was past the model's plausibility bound:
+    # their timing is not used to rank the hoster (as this router saw them).
+    implausible_speeds: int = 0
     region: str | None = None
     # Over its models: the median of recent times to first token (the lowest model's; ``None`` before 5
     # samples) and the best tokens per second (moving average), for the public network page.

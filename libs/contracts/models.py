@@ -42,6 +42,9 @@ class RegisteredModels(Contract):
     """billing -> router (``billing.tokenizers.list``): every model registered with its tokenizer, by name."""
 
     models: list[str]
+    # The fastest a hoster of the model can plausibly generate, tokens per second, where its registration
+    # set one (``--max-tokens-per-s``); the router's default bound for the others.
+    max_tokens_per_s: dict[str, Annotated[float, Field(gt=0, le=1e9)]] = Field(default_factory=dict)
 
 
 class TokenizerPart(Contract):

@@ -195,6 +195,9 @@ class RequestDelivered(Contract):
     choices: int = Field(ge=1)
     frames: int = Field(0, ge=0)
     ttft_ms: float | None = Field(None, ge=0, le=86_400_000)
+    # The time from the attempt's start to its last content on the ingress's clock (a whole answer's: its
+    # first), for the speed the network measures (``ttft_ms`` to this one is the generation).
+    last_content_ms: float | None = Field(None, ge=0, le=86_400_000)
     # The completion tokens of that text (plus an end token per choice that ended) as the ingress counted
     # them with the model's registered tokenizer; ``None`` for a model not registered.
     completion_tokens: int | None = Field(None, ge=0)
@@ -212,6 +215,10 @@ class AttemptObserved(Contract):
     duration_ms: float = Field(ge=0)
     client_error: bool = False
     discrepancy: bool = False
+    # The speed the router measured (its count of the tokens, the ingress's clock), at most the model's
+    # plausibility bound; ``implausible_speed``: past that bound, so none of the attempt's timing is used.
+    tokens_per_s: float | None = Field(None, ge=0, le=1e9)
+    implausible_speed: bool = False
 
 
 class AttemptsObserved(Contract):

@@ -150,7 +150,12 @@ async def key_command(args: argparse.Namespace, accounts: Accounts) -> tuple[Any
 def _registration_json(r: Registration) -> dict[str, Any]:
     return {"model": r.model, "version": r.version, "tokenizer_sha256": r.tokenizer_sha256,
             "config_sha256": r.config_sha256, "vocab_size": r.vocab_size, "has_chat_template": r.has_chat_template,
-            "source": r.source, "registered_at": r.registered_at.timestamp()}  # fmt: skip
+            "source": r.source, "registered_at": r.registered_at.timestamp(),
+            "max_tokens_per_s": r.max_tokens_per_s}  # fmt: skip
+
+
+def _speed_bound(r: Registration) -> str:
+    return f"{r.max_tokens_per_s:g} tok/s" if r.max_tokens_per_s is not None else "default"
 
 
 async def model_command(args: argparse.Namespace, registry: ModelRegistry) -> tuple[Any, str, int]:
@@ -164,7 +169,7 @@ async def model_command(args: argparse.Namespace, registry: ModelRegistry) -> tu
             files, source = read_tokenizer_files(args.tokenizer, args.tokenizer_config), "files"
         else:
             raise ValueError("give --tokenizer and --tokenizer-config, or --from-gguf")
-        registered = await registry.register(args.name, files, source)
+        registered = await registry.register(args.name, files, source, args.max_tokens_per_s)
         data = {**_registration_json(registered), "previous_version": registered.previous_version,
                 "changed": registered.changed}  # fmt: skip
         if not registered.changed:
@@ -175,13 +180,14 @@ async def model_command(args: argparse.Namespace, registry: ModelRegistry) -> tu
                     f"  tokenizer.json        {registered.tokenizer_sha256}\n"
                     f"  tokenizer_config.json {registered.config_sha256}\n"
                     f"  vocabulary {registered.vocab_size}, chat template "
-                    f"{'yes' if registered.has_chat_template else 'none'}")  # fmt: skip
+                    f"{'yes' if registered.has_chat_template else 'none'}, speed bound "
+                    f"{_speed_bound(registered)}")  # fmt: skip
         return data, text, 0
     models = await registry.current()
     lines = [
         f"{m.model:<32} v{m.version:<3} tokenizer {m.tokenizer_sha256[:12]}  config {m.config_sha256[:12]}"
         f"  vocab {m.vocab_size:<7} template {'yes' if m.has_chat_template else 'no ':<3}"
-        f"  {m.registered_at.isoformat(timespec='seconds')}"
+        f"  bound {_speed_bound(m):<16} {m.registered_at.isoformat(timespec='seconds')}"
         for m in models
     ]
     return [_registration_json(m) for m in models], "\n".join(lines) or "no models registered", 0
@@ -240,12 +246,14 @@ async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: Cli
                 "earned": row["earned"] / MICRO,
                 "attempts": row["attempts"],
                 "usage_discrepancies": seen.usage_discrepancies if seen else None,
+                "implausible_speeds": seen.implausible_speeds if seen else None,
             }
         )
     lines = [
         f"{h['id']}  {h['name']:<16} {'revoked' if h['revoked'] else 'live' if h['live'] else 'offline'}"
         f"  trust {h['trust'] if h['trust'] is not None else '-'}  earned {h['earned']:.6f}"
         f"  usage discrepancies {h['usage_discrepancies'] if h['usage_discrepancies'] is not None else '-'}"
+        f"  implausible speeds {h['implausible_speeds'] if h['implausible_speeds'] is not None else '-'}"
         f"  models {','.join(h['models']) or '-'}"
         for h in listing
     ]
@@ -385,6 +393,12 @@ def parser() -> argparse.ArgumentParser:
     model_register.add_argument("--tokenizer-config", type=Path, help="its tokenizer_config.json")
     model_register.add_argument(
         "--from-gguf", type=Path, help="take both from a GGUF's tokenizer (byte-level BPE) and chat template"
+    )
+    model_register.add_argument(
+        "--max-tokens-per-s",
+        type=float,
+        help="the fastest a hoster can plausibly generate this model, tokens per second (default: the router's"
+        " CS_ROUTER_MAX_TOKENS_PER_S); an attempt measured past it is flagged and not used to rank",
     )
     command(model, "list", "every registered model: SHA-256s, vocabulary size, chat template, when registered")
 

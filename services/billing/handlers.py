@@ -332,5 +332,7 @@ def register_model_handlers(broker: NatsBroker, registry: ModelRegistry, workers
 
     @broker.subscriber(subjects.LIST_TOKENIZERS, queue=subjects.QUEUE_BILLING, max_workers=workers)
     async def list_tokenizers() -> RegisteredModels:
-        """Every model registered with its tokenizer."""
-        return RegisteredModels(models=[r.model for r in await registry.current()])
+        """Every model registered with its tokenizer, and the speed bounds registrations set."""
+        current = await registry.current()
+        bounds = {r.model: r.max_tokens_per_s for r in current if r.max_tokens_per_s is not None}
+        return RegisteredModels(models=[r.model for r in current], max_tokens_per_s=bounds)

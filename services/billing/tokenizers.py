@@ -36,6 +36,7 @@ class Registration:
     has_chat_template: bool
     source: str
     registered_at: datetime
+    max_tokens_per_s: float | None = None
     previous_version: int | None = None
     changed: bool = True
 
@@ -61,7 +62,7 @@ def vet_tokenizer(files: TokenizerFiles) -> tuple[int, bool]:
 
 
 _COLUMNS = """model, version, tokenizer_sha256, config_sha256, bundle_sha256, vocab_size, has_chat_template, source,
-              registered_at"""
+              registered_at, max_tokens_per_s"""
 
 
 def _registration(row: asyncpg.Record, previous: int | None = None, changed: bool = True) -> Registration:
@@ -75,6 +76,7 @@ def _registration(row: asyncpg.Record, previous: int | None = None, changed: boo
         has_chat_template=row["has_chat_template"],
         source=row["source"],
         registered_at=row["registered_at"],
+        max_tokens_per_s=row["max_tokens_per_s"],
         previous_version=previous,
         changed=changed,
     )
@@ -84,10 +86,15 @@ class ModelRegistry(PoolBound):
     """Registered models' tokenizers: registering one adds a version (an identical registration adds none);
     the latest version is the model's tokenizer."""
 
-    async def register(self, model: str, files: TokenizerFiles, source: str) -> Registration:
-        """Vet ``files`` (``vet_tokenizer``) and record them as ``model``'s tokenizer: its next version, or its
-        current one, unchanged, when it has these very files already."""
+    async def register(
+        self, model: str, files: TokenizerFiles, source: str, max_tokens_per_s: float | None = None
+    ) -> Registration:
+        """Vet ``files`` (``vet_tokenizer``) and record them as ``model``'s tokenizer, with its speed bound
+        (``None``: the router's default): its next version, or its current one, unchanged, when it has these
+        very files and bound already."""
         check_model_name(model)
+        if max_tokens_per_s is not None and not 0 < max_tokens_per_s <= 1e9:
+            raise ValueError(f"--max-tokens-per-s is a speed above 0 and at most 1e9, not {max_tokens_per_s}")
         vocab_size, has_template = await asyncio.to_thread(vet_tokenizer, files)
         bundle = pack_tokenizer_bundle(files.tokenizer_json, files.tokenizer_config_json)
         async with self._pool.acquire() as conn, conn.transaction():
@@ -95,15 +102,17 @@ class ModelRegistry(PoolBound):
             current = await conn.fetchrow(
                 f"SELECT {_COLUMNS} FROM model_tokenizers WHERE model = $1 ORDER BY version DESC LIMIT 1", model
             )
-            if current is not None and (current["tokenizer_sha256"], current["config_sha256"]) == (
-                files.tokenizer_sha256,
-                files.config_sha256,
-            ):
+            if current is not None and (
+                current["tokenizer_sha256"],
+                current["config_sha256"],
+                current["max_tokens_per_s"],
+            ) == (files.tokenizer_sha256, files.config_sha256, max_tokens_per_s):
                 return _registration(current, current["version"], changed=False)
             row = await conn.fetchrow(
                 f"""INSERT INTO model_tokenizers (model, version, tokenizer_json, tokenizer_config_json,
-                        tokenizer_sha256, config_sha256, bundle, bundle_sha256, vocab_size, has_chat_template, source)
-                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {_COLUMNS}""",
+                        tokenizer_sha256, config_sha256, bundle, bundle_sha256, vocab_size, has_chat_template, source,
+                        max_tokens_per_s)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {_COLUMNS}""",
                 model,
                 1 if current is None else current["version"] + 1,
                 files.tokenizer_json,
@@ -115,6 +124,7 @@ class ModelRegistry(PoolBound):
                 vocab_size,
                 has_template,
                 source,
+                max_tokens_per_s,
             )
         assert row is not None  # INSERT ... RETURNING
         return _registration(row, None if current is None else current["version"])

@@ -371,6 +371,7 @@ class ReplyStream:
         "delivered_frames",
         "first_content_ms",
         "guard",
+        "last_content_ms",
         "request_id",
     )
 
@@ -408,6 +409,7 @@ class ReplyStream:
         self.delivered_attempt = 0
         self.delivered_frames = 0
         self.first_content_ms: float | None = None
+        self.last_content_ms: float | None = None
 
     def put(self, offer: str, data: bytes) -> None:
         """Called by the reply subscription for each frame of this request on the subject of offer ``offer``:
@@ -516,6 +518,7 @@ class ReplyStream:
         if self.delivered_frames == 0 or self.delivered_attempt != self.attempt:
             self.delivered_attempt, self.delivered_frames = self.attempt, 0
             self.first_content_ms = (self._heard - self._armed) * 1000
+        self.last_content_ms = (self._heard - self._armed) * 1000
         self.delivered_frames += 1
         if self._deadlines is not None:
             self._content = True
@@ -926,6 +929,7 @@ class Gateway:
             choices=guard.choices if guard is not None else 1,
             frames=replies.delivered_frames,
             ttft_ms=replies.first_content_ms if delivered else None,
+            last_content_ms=replies.last_content_ms if delivered else None,
             completion_tokens=guard.completion_count() if guard is not None and delivered else None,
         )
         self._publish(subjects.request_delivered(router_id), note.model_dump_json().encode())

@@ -84,6 +84,7 @@ from services.router.service import (
     order_candidates,
     prefer_healthy,
     record_of,
+    speed_of,
 )
 from services.router.settings import RouterSettings
 from services.router.stats import NetworkStats
@@ -133,6 +134,8 @@ class Dispatcher:
         # The registered models' tokenizers (billing's registry), loaded on first use.
         self._tokenizers = RegisteredTokenizers(self._request_bytes)
         self._registered: tuple[float, frozenset[str]] = (-REGISTERED_CACHE_S, frozenset())
+        self._speed_bounds: dict[str, float] = {}
+        self._background: set[asyncio.Future[frozenset[str]]] = set()
         # Set whenever the last request in flight settles (what ``drain`` waits for).
         self._none_in_flight = asyncio.Event()
         # Requests the ingress gave up on while this router was still routing them (``route_timeout``).
@@ -205,6 +208,7 @@ class Dispatcher:
                     region=status.region if status else (registered.region if registered else None),
                     ttft_median_ms=stats.ttft_median_ms,
                     tokens_per_s=stats.tokens_per_s,
+                    implausible_speeds=stats.implausible_speeds,
                 )
             )
         return LiveHosters(hosters=report)
@@ -225,6 +229,8 @@ class Dispatcher:
             completion_tokens=observation.completion_tokens,
             duration_ms=observation.duration_ms,
             client_error=observation.client_error,
+            tokens_per_s=observation.tokens_per_s,
+            implausible_speed=observation.implausible_speed,
         )
         if observation.discrepancy:
             self._observe_discrepancy(observation.hoster_id)
@@ -424,22 +430,33 @@ class Dispatcher:
 
     async def registered_models(self) -> frozenset[str]:
         """The models registered with their tokenizers, as billing said at most ``REGISTERED_CACHE_S`` ago
-        (what it said last while it does not answer)."""
+        (what it said last while it does not answer); their speed bounds with them (``max_tokens_per_s``)."""
         now = time.monotonic()
         if now - self._registered[0] >= REGISTERED_CACHE_S:
+            self._registered = (now, self._registered[1])  # one question at a time
             try:
                 reply = await self._request_bytes(subjects.LIST_TOKENIZERS, b"", self._settings.billing_timeout_s)
-                self._registered = (now, frozenset(RegisteredModels.model_validate_json(reply).models))
+                listing = RegisteredModels.model_validate_json(reply)
+                self._registered = (now, frozenset(listing.models))
+                self._speed_bounds = listing.max_tokens_per_s
             except Exception as exc:
                 self._log.warning("registered models unknown", extra={"error": repr(exc)})
-                self._registered = (now, self._registered[1])
         return self._registered[1]
+
+    def max_tokens_per_s(self, model: str) -> float:
+        """The plausibility bound on a hoster's speed serving ``model``: its registration's, else the
+        router's default (``CS_ROUTER_MAX_TOKENS_PER_S``)."""
+        return self._speed_bounds.get(model, self._settings.max_tokens_per_s)
 
     async def _count_prompt(self, request: RouteRequest) -> int | None:
         """The request's prompt tokens counted with its model's registered tokenizer (``libs.tokens``), or
         ``None``: the model is not registered (its usage is held to the byte bounds alone, "not verified"),
         the request may be served by other models (``auto``, fallbacks: their tokenizers may differ), billing
         cannot say, or the body cannot be rendered (the hoster will say why)."""
+        if time.monotonic() - self._registered[0] >= REGISTERED_CACHE_S:  # the speed bounds, off the path
+            refresh = asyncio.ensure_future(self.registered_models())
+            self._background.add(refresh)
+            refresh.add_done_callback(self._background.discard)
         if request.model == AUTO_MODEL or request.routing.fallback_models:
             return None
         try:
@@ -637,16 +654,23 @@ class Dispatcher:
         self, candidate: Candidate, outcome: AttemptOutcome, duration_ms: float, tokens: int, ttft_ms: float = 0.0
     ) -> None:
         """A probe's outcome as the router judged it (its clock, the answer it read), in every router's stats;
-        ``ttft_ms``: when its first content came (a non-stream answer's is its duration)."""
+        ``ttft_ms``: when its first content came (a non-stream answer's is its duration); its speed from
+        those times and the tokens it counted (``speed_of``), held to the model's bound."""
+        ttft = (ttft_ms or duration_ms) if outcome == "succeeded" else None
+        tokens_per_s, implausible = speed_of(
+            tokens if outcome == "succeeded" else 0, ttft, duration_ms, self.max_tokens_per_s(candidate.offer.model)
+        )
         self._observed_here(
             AttemptObserved(
                 hoster_id=candidate.hoster.hoster_id,
                 model=candidate.offer.model,
                 outcome=outcome,
                 chunks_sent=1 if outcome == "succeeded" else 0,
-                ttft_ms=(ttft_ms or duration_ms) if outcome == "succeeded" else None,
+                ttft_ms=ttft,
                 completion_tokens=tokens,
                 duration_ms=duration_ms,
+                tokens_per_s=tokens_per_s,
+                implausible_speed=implausible,
             )
         )
 
@@ -861,7 +885,8 @@ class Dispatcher:
                 if cost.usage_discrepancy is not None:
                     self._log.warning("usage past its bounds", extra={"hoster_id": run.hoster_id,
                                                                       "why": cost.usage_discrepancy})  # fmt: skip
-            record, observation = record_of(run, flight.route, note, cost, now, wall)
+            bound = self.max_tokens_per_s(run.candidate.offer.model)
+            record, observation = record_of(run, flight.route, note, cost, now, wall, bound)
             records.append(record)
             self._observed_here(observation)
         last = records[-1]

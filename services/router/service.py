@@ -272,6 +272,9 @@ LATENCY_FLOOR_MS = 50.0
 NEAR_EQUAL = 1.15
 # How strongly ``balanced`` prefers a better score (see ``_rank``).
 BALANCE_SHARPNESS = 7.0
+# The fewest completion tokens whose delivery is timed for speed, and the shortest time believed for them.
+MIN_SPEED_TOKENS = 8
+MIN_GENERATION_MS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,25 +296,38 @@ def _median(values: list[float], default: float) -> float:
 def _choices(candidates: list[Candidate], stats: NetworkStats, profile: RequestProfile, now: float) -> list[Choice]:
     """What the router knows of each candidate. A hoster never measured is assumed as fast as it promised,
     else as the median of those measured (its tokens per second too): new hosters get their share of traffic,
-    and so get measured."""
-    measured: list[tuple[Candidate, float | None, float | None]] = []
+    and so get measured. A hoster lately measured past the model's plausibility bound (``speed_of``) is
+    ranked below the slowest there may be: twice the time to first token of the slowest measured (or of
+    ``UNKNOWN_TTFT_MS``), half the tokens per second (of ``UNKNOWN_TPS``)."""
+    measured: list[tuple[Candidate, float | None, float | None, bool]] = []
     for candidate in candidates:
         hoster = stats.of(candidate.hoster.hoster_id, now)
         hoster.advertised_ttft_ms = candidate.hoster.advertised_ttft_ms
         speed = hoster.speed.get(candidate.offer.model)
-        measured.append((candidate, speed.expected_ttft_ms if speed else None, speed.tps_ewma if speed else None))
-    typical_ttft = _median([t for _, t, _ in measured if t is not None], UNKNOWN_TTFT_MS)
-    typical_tps = _median([r for _, _, r in measured if r is not None], UNKNOWN_TPS)
-    return [
-        Choice(
-            candidate,
-            profile.prompt_tokens * candidate.offer.input_price + profile.max_tokens * candidate.offer.output_price,
-            ttft if ttft is not None else (candidate.hoster.advertised_ttft_ms or typical_ttft),
-            stats.of(candidate.hoster.hoster_id, now).trust(now),
-            tps if tps is not None else typical_tps,
+        if speed is None:
+            measured.append((candidate, None, None, False))
+        else:
+            measured.append((candidate, speed.expected_ttft_ms, speed.tps_ewma, speed.suspicious))
+    typical_ttft = _median([t for _, t, _, odd in measured if t is not None and not odd], UNKNOWN_TTFT_MS)
+    typical_tps = _median([r for _, _, r, odd in measured if r is not None and not odd], UNKNOWN_TPS)
+    slowest_ttft = max([UNKNOWN_TTFT_MS, *(t for _, t, _, odd in measured if t is not None and not odd)])
+    slowest_tps = min([UNKNOWN_TPS, *(r for _, _, r, odd in measured if r is not None and not odd)])
+    choices = []
+    for candidate, ttft, tps, suspicious in measured:
+        expected_ttft = ttft if ttft is not None else (candidate.hoster.advertised_ttft_ms or typical_ttft)
+        expected_tps = tps if tps is not None else typical_tps
+        if suspicious:
+            expected_ttft, expected_tps = 2 * max(expected_ttft, slowest_ttft), min(expected_tps, slowest_tps) / 2
+        choices.append(
+            Choice(
+                candidate,
+                profile.prompt_tokens * candidate.offer.input_price + profile.max_tokens * candidate.offer.output_price,
+                expected_ttft,
+                stats.of(candidate.hoster.hoster_id, now).trust(now),
+                expected_tps,
+            )
         )
-        for candidate, ttft, tps in measured
-    ]
+    return choices
 
 
 @dataclass(frozen=True, slots=True)
@@ -814,24 +830,49 @@ def verdict(run: Run, note: RequestDelivered | None, now: float) -> tuple[Attemp
     return outcome, error, client_error
 
 
+def speed_of(tokens: int, ttft_ms: float | None, last_ms: float | None, bound: float) -> tuple[float | None, bool]:
+    """The tokens per second of an attempt that delivered ``tokens`` (the network's count) with its first
+    content at ``ttft_ms`` and its last at ``last_ms`` on the ingress's clock, held to ``bound`` (the model's
+    plausibility bound), and whether it was past the bound.
+
+    The bound is checked on the slowest reading there is: the tokens over the whole time to the last content,
+    which neither the network's batching of frames nor a hoster's early first frame makes faster than the
+    hoster really was; past it, the attempt's timing says nothing believable. Within it, the speed ranked on is
+    the generation's (first content to last; a whole answer's is the whole time), at most the bound. Answers
+    under ``MIN_SPEED_TOKENS`` are not measured: their time is mostly the network's."""
+    if tokens < MIN_SPEED_TOKENS or ttft_ms is None or last_ms is None:
+        return None, False
+    if tokens * 1000 / max(last_ms, MIN_GENERATION_MS) > bound:
+        return None, True
+    generating_ms = last_ms - ttft_ms if last_ms > ttft_ms else last_ms
+    return min(tokens * 1000 / max(generating_ms, MIN_GENERATION_MS), bound), False
+
+
 def record_of(
-    run: Run, route: RouteRequest, note: RequestDelivered | None, billed: BilledAttempt | None, now: float, wall: float
+    run: Run,
+    route: RouteRequest,
+    note: RequestDelivered | None,
+    billed: BilledAttempt | None,
+    now: float,
+    wall: float,
+    max_tokens_per_s: float,
 ) -> tuple[DispatchRecord, AttemptObserved]:
     """The network's record of one attempt for billing, and the observation every router's stats fold: the
-    router's verdict and clock, the ingress's count and time to first content, the tokens billed (``charge``),
-    the hoster's claim beside."""
+    router's verdict and clock, the ingress's count and times of first and last content, the tokens billed
+    (``charge``), the hoster's claim beside, the speed measured (``speed_of``, bound by
+    ``max_tokens_per_s``). A whole answer's time to first token is the time to it on the ingress's clock: the
+    hoster's own figure is not believed."""
     outcome, error, client_error = verdict(run, note, now)
     report = run.report
     ended = run.ended if run.ended is not None else now
     duration_ms = max(0.0, (ended - run.started) * 1000)
     frames = delivered_frames(run, note)
     ttft_ms = note.ttft_ms if note is not None and frames and note.ttft_ms is not None else None
-    if not route.stream and ttft_ms is not None and report is not None and report.ttft_ms is not None:
-        # A whole answer reaches the ingress at once, so its clock bounds the time to first token from above
-        # only: the hoster's figure is taken within that bound.
-        ttft_ms = min(report.ttft_ms, ttft_ms)
     if ttft_ms is not None:
         ttft_ms = min(ttft_ms, duration_ms)
+    last_ms = note.last_content_ms if note is not None and frames else None
+    tokens = billed.usage.completion_tokens if billed is not None else 0
+    tokens_per_s, implausible = speed_of(tokens, ttft_ms, last_ms, max_tokens_per_s)
     claimed = report.usage if report is not None else Usage()
     offer = run.candidate.offer
     record = DispatchRecord(
@@ -860,10 +901,12 @@ def record_of(
         outcome=outcome,
         chunks_sent=frames,
         ttft_ms=ttft_ms,
-        completion_tokens=billed.usage.completion_tokens if billed is not None else 0,
+        completion_tokens=tokens,
         duration_ms=duration_ms,
         client_error=client_error,
         discrepancy=billed is not None and billed.usage_discrepancy is not None,
+        tokens_per_s=tokens_per_s,
+        implausible_speed=implausible,
     )
     return record, observed
 

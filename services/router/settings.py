@@ -29,6 +29,10 @@ class RouterSettings(ServiceSettings):
     platform_fee_bps: int = Field(1000, ge=0, le=100_000)
     # Completion budget reserved for a request that sets neither max_tokens nor max_completion_tokens.
     default_max_tokens: int = Field(4096, ge=1)
+    # The fastest a hoster is believed to generate, tokens per second, serving a model whose registration
+    # sets no bound of its own (``computeshare model register --max-tokens-per-s``): an attempt measured past
+    # it is flagged and its timing is not used to rank (README, "Speed").
+    max_tokens_per_s: float = Field(5000.0, gt=0)
     # Credit leases (``services.router.leases``): a request of a key without rate limits is admitted against
     # credit billing holds for this router, asked for lease_requests requests' worth at a time (0: admit every
     # request through billing); billing is told of the admissions every lease_flush_s; a lease that admitted

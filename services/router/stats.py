@@ -30,6 +30,8 @@ COOLDOWN_BASE_S = 10.0
 COOLDOWN_MAX_S = 300.0
 TRUSTED = 0.8
 MIN_SAMPLES = 5
+# How many plausible attempts after an implausibly fast one before a hoster's speed is believed again.
+SUSPICION_WINDOW = 20
 
 
 def _stored(value: Any, default: float, high: float = math.inf) -> float:
@@ -68,18 +70,32 @@ class SpeedStats:
     ttft_ewma_ms: float | None = None
     tps_ewma: float | None = None
     ttft_samples: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    # Attempts whose speed was past the model's plausibility bound: all of them, and a mark per recent
+    # successful attempt.
+    implausible: int = 0
+    implausible_recent: deque[bool] = field(default_factory=lambda: deque(maxlen=SUSPICION_WINDOW))
 
-    def observe(self, ttft_ms: float | None, completion_tokens: int, duration_ms: float) -> None:
-        """Fold in one successful attempt."""
+    def observe(self, ttft_ms: float | None, tokens_per_s: float | None, implausible: bool = False) -> None:
+        """Fold in one successful attempt: its time to first token and speed as the router measured them, or
+        neither when its speed was implausible (the attempt's timing is not believed at all)."""
+        self.implausible_recent.append(implausible)
+        if implausible:
+            self.implausible += 1
+            return
         if ttft_ms is not None:
             self.ttft_samples.append(ttft_ms)
             self.ttft_ewma_ms = ttft_ms if self.ttft_ewma_ms is None else (
                 EWMA_ALPHA * ttft_ms + (1 - EWMA_ALPHA) * self.ttft_ewma_ms
             )  # fmt: skip
-            generating_s = max(duration_ms - ttft_ms, 1.0) / 1000
-            if completion_tokens > 1:
-                tps = completion_tokens / generating_s
-                self.tps_ewma = tps if self.tps_ewma is None else EWMA_ALPHA * tps + (1 - EWMA_ALPHA) * self.tps_ewma
+        if tokens_per_s is not None:
+            tps = tokens_per_s
+            self.tps_ewma = tps if self.tps_ewma is None else EWMA_ALPHA * tps + (1 - EWMA_ALPHA) * self.tps_ewma
+
+    @property
+    def suspicious(self) -> bool:
+        """One of the last ``SUSPICION_WINDOW`` successful attempts was implausibly fast: routing ranks the
+        hoster as if it were slow (``services.router.service``) until that many plausible ones pass."""
+        return any(self.implausible_recent)
 
     @property
     def expected_ttft_ms(self) -> float | None:
@@ -97,7 +113,13 @@ class SpeedStats:
 
     def dump(self) -> dict[str, Any]:
         """JSON-ready state."""
-        return {"ttft": self.ttft_ewma_ms, "tps": self.tps_ewma, "samples": list(self.ttft_samples)}
+        return {
+            "ttft": self.ttft_ewma_ms,
+            "tps": self.tps_ewma,
+            "samples": list(self.ttft_samples),
+            "implausible": self.implausible,
+            "implausible_recent": "".join("i" if i else "." for i in self.implausible_recent),
+        }
 
     @classmethod
     def load(cls, data: Any) -> SpeedStats:
@@ -106,10 +128,13 @@ class SpeedStats:
         samples = data.get("samples")
         kept = (_stored_ms(t) for t in (samples if isinstance(samples, list) else ()))
         tps = _stored(data.get("tps"), -1.0)
+        recent = data.get("implausible_recent")
         return cls(
             _stored_ms(data.get("ttft")),
             None if tps < 0 else tps,
             deque((t for t in kept if t is not None), maxlen=WINDOW),
+            _stored_count(data.get("implausible")),
+            deque((c == "i" for c in (recent if isinstance(recent, str) else "")), maxlen=SUSPICION_WINDOW),
         )
 
 
@@ -147,6 +172,8 @@ class HosterStats:
         duration_ms: float,
         now: float,
         client_error: bool = False,
+        tokens_per_s: float | None = None,
+        implausible_speed: bool = False,
     ) -> None:
         """Fold in one attempt's outcome (``succeeded``, ``failed`` or ``cancelled``) at wall time ``now``."""
         self.last_attempt = now
@@ -158,7 +185,7 @@ class HosterStats:
             self.outcomes.append("ok")
             self.consecutive_failures = 0
             self.cooldown_s = 0.0
-            self.speed.setdefault(model, SpeedStats()).observe(ttft_ms, completion_tokens, duration_ms)
+            self.speed.setdefault(model, SpeedStats()).observe(ttft_ms, tokens_per_s, implausible_speed)
             return
         self.outcomes.append("midstream" if chunks_sent else "early")
         self.consecutive_failures += 1
@@ -246,6 +273,11 @@ class HosterStats:
         are ``MIN_SAMPLES``: the hoster's speed on the public network page."""
         samples = sorted(t for s in self.speed.values() for t in list(s.ttft_samples)[-20:])
         return samples[len(samples) // 2] if len(samples) >= MIN_SAMPLES else None
+
+    @property
+    def implausible_speeds(self) -> int:
+        """Attempts over its models whose speed was past the model's plausibility bound."""
+        return sum(s.implausible for s in self.speed.values())
 
     @property
     def tokens_per_s(self) -> float | None:

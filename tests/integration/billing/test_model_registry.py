@@ -13,7 +13,7 @@ import pytest
 from pydantic import SecretStr
 
 from libs.contracts import subjects
-from libs.contracts.models import PART_BYTES, FetchTokenizer, TokenizerPart
+from libs.contracts.models import PART_BYTES, FetchTokenizer, RegisteredModels, TokenizerPart
 from libs.tokens import RegisteredTokenizers, count_chat_prompt, load_model_tokenizer, nats_requester
 from services.billing.cli import CliSettings, run
 from tests.conftest import NatsTestServer
@@ -62,6 +62,13 @@ async def test_register_replace_and_list_from_the_command_line(
     _, replaced, _ = await cli(database_url, capsys, *register_args("acme/chat-1", second))
     assert (replaced["version"], replaced["previous_version"]) == (2, 1)
 
+    # A speed bound is part of a registration: a new one is a new version of the same files.
+    _, bounded, _ = await cli(database_url, capsys, *register_args("acme/chat-1", second), "--max-tokens-per-s", "900")
+    assert (bounded["version"], bounded["max_tokens_per_s"], bounded["changed"]) == (3, 900.0, True)
+    code, _, refused = await cli(database_url, capsys, *register_args("acme/chat-1", second), "--max-tokens-per-s", "0")
+    assert code != 0
+    assert "--max-tokens-per-s" in refused
+
     gguf = write_gguf(tmp_path / "small.gguf", trained.load_trained(first))
     code, from_gguf, _ = await cli(database_url, capsys, "model", "register", "llama/small", "--from-gguf", str(gguf))
     assert code == 0
@@ -71,7 +78,8 @@ async def test_register_replace_and_list_from_the_command_line(
     assert code == 0
     by_name = {m["model"]: m for m in listing}
     assert sorted(by_name) == ["acme/chat-1", "llama/small"]
-    assert by_name["acme/chat-1"]["version"] == 2
+    assert (by_name["acme/chat-1"]["version"], by_name["acme/chat-1"]["max_tokens_per_s"]) == (3, 900.0)
+    assert by_name["llama/small"]["max_tokens_per_s"] is None  # the router's default
     assert by_name["acme/chat-1"]["config_sha256"] == trained.files_in(second).config_sha256
     assert by_name["llama/small"]["vocab_size"] == from_gguf["vocab_size"]
     conn = await asyncpg.connect(database_url)
@@ -81,7 +89,7 @@ async def test_register_replace_and_list_from_the_command_line(
         )
     finally:
         await conn.close()
-    assert [r["version"] for r in versions] == [1, 2]
+    assert [r["version"] for r in versions] == [1, 2, 3]
     assert versions[0]["tokenizer_json"] == files.tokenizer_json  # byte for byte
 
     # The text listing reads too.
@@ -153,5 +161,14 @@ async def test_a_service_fetches_a_tokenizer_once_in_parts_and_counts_as_the_fil
         assert (newer.tokenizer_sha256, newer.config_sha256) == (
             trained.files_in(replacement).tokenizer_sha256, trained.files_in(replacement).config_sha256
         )  # fmt: skip
+
+        # The routers' list of registered models carries the speed bounds registrations set.
+        bounded = [*register_args("acme/fast", replacement), "--max-tokens-per-s", "12000"]
+        assert (await cli(database_url, capsys, *bounded))[0] == 0
+        listing = RegisteredModels.model_validate_json(
+            (await nc.request(subjects.LIST_TOKENIZERS, b"", timeout=5)).data
+        )
+        assert sorted(listing.models) == ["acme/big", "acme/fast"]
+        assert listing.max_tokens_per_s == {"acme/fast": 12000.0}
     finally:
         await nc.close()

@@ -33,7 +33,7 @@ def busy_stats() -> NetworkStats:
     for n in range(30):
         outcome = "failed" if n % 10 == 0 else "succeeded"
         stats.observe(H1, WALL, model="m", outcome=outcome, chunks_sent=n % 20 == 0, ttft_ms=80.0 + n * 4,
-                      completion_tokens=50, duration_ms=1000.0 + n * 4)  # fmt: skip
+                      completion_tokens=50, duration_ms=1000.0 + n * 4, tokens_per_s=50.0)  # fmt: skip
     stats.of(H1, WALL).observe_discrepancy()
     return stats
 

@@ -18,6 +18,7 @@ from services.router.service import (
     delivery_due,
     max_cost,
     record_of,
+    speed_of,
     verdict,
 )
 from services.router.stats import NetworkStats
@@ -146,7 +147,7 @@ def test_the_wait_for_the_ingress_outlasts_the_attempts_first_byte_deadline() ->
 def test_the_record_is_the_networks_own_prices_clock_and_count() -> None:
     r = run(report=outcome(10, 5, input_price=7, output_price=7, ttft_ms=0.001, duration_ms=0.001))
     r.end("succeeded", 100.5)
-    record, observed = record_of(r, ROUTE, note(ttft_ms=900.0), None, 101.0, WALL)
+    record, observed = record_of(r, ROUTE, note(ttft_ms=900.0), None, 101.0, WALL, 5000.0)
     assert (record.input_price, record.output_price) == (r.candidate.offer.input_price, r.candidate.offer.output_price)
     assert record.duration_ms == 500.0  # the router's clock, not the hoster's
     assert record.ttft_ms == 500.0  # the ingress's, never past the attempt's duration
@@ -173,3 +174,32 @@ def test_a_registered_models_usage_is_the_lower_of_the_claim_and_our_count() -> 
     paid = charge(estimated, BOUNDS, counted, counted_prompt=20)
     assert paid is not None
     assert (paid.usage.prompt_tokens, paid.usage.completion_tokens, paid.usage.estimated) == (20, 12, False)
+
+
+def test_speed_is_the_networks_count_over_the_ingresss_clock_held_to_the_models_bound() -> None:
+    # 100 tokens, first at 100 ms, last at 600 ms: 200 tokens/s generating (the whole time says at most 166).
+    assert speed_of(100, 100.0, 600.0, 5000.0) == (200.0, False)
+    # A whole answer (first content is the last): the tokens over the whole time.
+    assert speed_of(100, 50.0, 50.0, 5000.0) == (2000.0, False)
+    # A first frame sent at once and the rest in one burst: generation looks instant; ranked at the bound.
+    assert speed_of(100, 100.0, 100.5, 5000.0) == (5000.0, False)
+    # Everything at once, faster than the model's bound even over the whole time: implausible, no speed.
+    assert speed_of(100, 1.0, 2.0, 5000.0) == (None, True)
+    # The bound is the model's: the same attempt is plausible for a tiny model that really runs that fast.
+    assert speed_of(100, 1.0, 2.0, 100_000.0) == (100_000.0, False)
+    # Short answers are not timed (the network's time, not the hoster's), and nothing delivered is not either.
+    assert speed_of(7, 1.0, 2.0, 5000.0) == (None, False)
+    assert speed_of(100, None, None, 5000.0) == (None, False)
+
+
+def test_the_record_times_a_whole_answer_on_the_ingresss_clock_not_the_hosters() -> None:
+    unstreamed = ROUTE.model_copy(update={"stream": False})
+    r = run(report=outcome(10, 50, ttft_ms=0.001))
+    r.end("succeeded", 100.5)
+    counted = note(ttft_ms=200.0).model_copy(update={"last_content_ms": 200.0, "completion_tokens": 50})
+    billed = charge(r, BOUNDS, counted, None)
+    record, observed = record_of(r, unstreamed, counted, billed, 101.0, WALL, 5000.0)
+    assert record.ttft_ms == observed.ttft_ms == 200.0  # the hoster's 0.001 ms would win `fastest`
+    assert (observed.tokens_per_s, observed.implausible_speed) == (250.0, False)
+    _, instant = record_of(r, unstreamed, counted, billed, 101.0, WALL, 100.0)
+    assert (instant.tokens_per_s, instant.implausible_speed) == (None, True)

@@ -80,6 +80,7 @@ def measure(stats: NetworkStats, hoster_id: str, ttft_ms: float, tokens: int, du
             ttft_ms=ttft_ms,
             completion_tokens=tokens,
             duration_ms=duration_ms,
+            tokens_per_s=tokens * 1000 / (duration_ms - ttft_ms),
         )
 
 

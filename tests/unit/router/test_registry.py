@@ -142,3 +142,30 @@ def test_times_to_first_token_under_the_latency_floor_do_not_tell_hosters_apart(
         prefs = RoutingPreferences(tier=tier)
         firsts = Counter(order(equal, "m", prefs, stats=stats)[0].hoster.hoster_id for _ in range(400))
         assert min(firsts[H1], firsts[H2]) > 150, (tier, firsts)
+
+
+def test_a_hoster_measured_implausibly_fast_is_ranked_as_slow_until_it_is_plausible_again() -> None:
+    """Its instant answers would win ``fastest`` and ``throughput``; instead it is ranked as the slowest there
+    may be, and the count of implausible attempts is on its record."""
+    stats = NetworkStats()
+
+    def seen(hoster_id: str, ttft_ms: float, tokens_per_s: float | None, implausible: bool = False) -> None:
+        stats.observe(
+            hoster_id, 100.0, model="m", outcome="succeeded", chunks_sent=4, ttft_ms=ttft_ms, completion_tokens=64,
+            duration_ms=20, tokens_per_s=tokens_per_s, implausible_speed=implausible,
+        )  # fmt: skip
+
+    for _ in range(10):
+        seen(H1, 200.0, 40.0)
+        seen(H2, 5.0, 4000.0)
+    seen(H2, 0.5, None, implausible=True)
+    equal = registry_with(status(H1), status(H2))
+    for tier in ("fastest", "throughput"):
+        firsts = Counter(order(equal, "m", RoutingPreferences(tier=tier), stats=stats)[0].hoster.hoster_id
+                         for _ in range(50))  # fmt: skip
+        assert firsts == {H1: 50}, tier
+    assert stats.of(H2, 100.0).implausible_speeds == 1
+    assert stats.of(H2, 100.0).speed["m"].ttft_samples.count(0.5) == 0  # its timing is not believed
+    for _ in range(20):  # SUSPICION_WINDOW plausible attempts later, its speed counts again
+        seen(H2, 5.0, 4000.0)
+    assert order(equal, "m", RoutingPreferences(tier="fastest"), stats=stats)[0].hoster.hoster_id == H2
