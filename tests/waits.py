@@ -13,7 +13,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 
 from libs.contracts import subjects
-from libs.contracts.hosters import LiveHosters, ModelsListing
+from libs.contracts.hosters import LiveHoster, LiveHosters, ModelsListing
 from libs.devstack.stack import Stack
 
 POLL_S = 0.05
@@ -68,3 +68,24 @@ async def until_stack_router_hears(stack: Stack, hoster_id: str, timeout_s: floa
         await until_router_hears(nc, hoster_id, timeout_s)
     finally:
         await nc.close()
+
+
+async def until_stack_hoster(
+    stack: Stack, hoster_id: str, holds: Callable[[LiveHoster], bool], timeout_s: float = 15.0
+) -> LiveHoster:
+    """Until a router's view of hoster ``hoster_id`` ``holds`` (a settlement folded into the stats): that
+    view. Asked with the console's credentials."""
+    seen: list[LiveHoster] = []
+
+    def check(data: bytes) -> bool:
+        seen[:] = [h for h in LiveHosters.model_validate_json(data).hosters if h.hoster_id == hoster_id]
+        return bool(seen) and holds(seen[0])
+
+    creds = stack.creds("test-observer", "console")
+    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
+    try:
+        await _until(nc, subjects.LIST_HOSTERS, check, lambda: f"hoster {hoster_id} still {seen} after {timeout_s} s",
+                     timeout_s)  # fmt: skip
+    finally:
+        await nc.close()
+    return seen[0]

@@ -95,6 +95,7 @@ def build_app(settings: RouterSettings) -> FastStream:
         restore(dispatcher, await models_seen.open(js), await hoster_stats.open(js), time.time(), logger)
         tasks = [
             asyncio.create_task(dispatcher.keep_registrations(settings.registrations_refresh_s)),
+            asyncio.create_task(dispatcher.keep_registered_models()),
             asyncio.create_task(dispatcher.watch()),
             asyncio.create_task(dispatcher.keep_reservations_alive()),
             asyncio.create_task(dispatcher.keep_leases_alive()),

@@ -135,7 +135,6 @@ class Dispatcher:
         self._tokenizers = RegisteredTokenizers(self._request_bytes)
         self._registered: tuple[float, frozenset[str]] = (-REGISTERED_CACHE_S, frozenset())
         self._speed_bounds: dict[str, float] = {}
-        self._background: set[asyncio.Future[frozenset[str]]] = set()
         # Set whenever the last request in flight settles (what ``drain`` waits for).
         self._none_in_flight = asyncio.Event()
         # Requests the ingress gave up on while this router was still routing them (``route_timeout``).
@@ -181,6 +180,13 @@ class Dispatcher:
             except Exception:
                 self._log.exception("hoster registrations not refreshed")
             await asyncio.sleep(interval_s)
+
+    async def keep_registered_models(self) -> None:
+        """``registered_models`` every ``REGISTERED_CACHE_S``, for ever, so the speed bounds settlements use
+        are at most that old; an error is logged, never fatal."""
+        while True:
+            await self.registered_models()
+            await asyncio.sleep(REGISTERED_CACHE_S)
 
     def hosters_report(self) -> LiveHosters:
         """Every hoster this router knows (live now, or with stats), for the operator."""
@@ -453,10 +459,6 @@ class Dispatcher:
         ``None``: the model is not registered (its usage is held to the byte bounds alone, "not verified"),
         the request may be served by other models (``auto``, fallbacks: their tokenizers may differ), billing
         cannot say, or the body cannot be rendered (the hoster will say why)."""
-        if time.monotonic() - self._registered[0] >= REGISTERED_CACHE_S:  # the speed bounds, off the path
-            refresh = asyncio.ensure_future(self.registered_models())
-            self._background.add(refresh)
-            refresh.add_done_callback(self._background.discard)
         if request.model == AUTO_MODEL or request.routing.fallback_models:
             return None
         try:

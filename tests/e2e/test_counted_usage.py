@@ -29,11 +29,15 @@ from libs.tokens import TokenizerFiles, count_chat_prompt, count_completion, loa
 from tests.e2e.records import routing_record
 from tests.e2e.test_money import settled
 from tests.integration.request_path.scripted_hoster import Script, ScriptedHoster
-from tests.waits import until_stack_router_hears
+from tests.waits import until_stack_hoster, until_stack_router_hears
 
 pytestmark = pytest.mark.e2e
 
 SEED = 0
+# The tiny model's plausibility bound on a hoster's speed: llama.cpp computes it at a few thousand tokens per
+# second on this CPU (an unstreamed answer; a stream is slower, the server's Python sends each token), so
+# the default bound of real models (5,000) would flag the honest engine; ten times what it runs at.
+TINY_MAX_TOKENS_PER_S = 30_000
 QUESTION = [
     {"role": "system", "content": "You answer in one short sentence."},
     {"role": "user", "content": "Please summarise the plot of Hamlet, the ghost, the play and the final duel."},
@@ -58,6 +62,7 @@ def stack(model: TinyModel) -> Iterator[Stack]:
     registered = running.computeshare(
         "model", "register", DEMO_MODEL,
         "--tokenizer", str(model.tokenizer_json), "--tokenizer-config", str(model.tokenizer_config),
+        "--max-tokens-per-s", str(TINY_MAX_TOKENS_PER_S),
     )  # fmt: skip
     assert registered["model"] == DEMO_MODEL
     yield running
@@ -185,3 +190,49 @@ async def test_the_models_list_says_whose_usage_is_verified(stack: Stack) -> Non
         one = (await http.get(f"{stack.config.api_base}/models/{DEMO_MODEL}")).json()
     assert [m["usage_verified"] for m in listing["data"] if m["id"] == DEMO_MODEL] == [True]
     assert one["usage_verified"] is True
+
+
+async def test_a_hoster_faster_than_its_models_bound_is_flagged_and_not_ranked_first_by_fastest(
+    stack: Stack, model: TinyModel, tmp_path: Path
+) -> None:
+    """A mock that answers thousands of tokens at once, past the tiny model's bound even if the box made it
+    wait 100 ms: flagged, its timing not used, and ``tier: fastest`` goes to the honest engine. A hoster that
+    claims tokens it never sent gains no speed from them: the speed is our count over our clock."""
+    _, key = stack.create_account(credits="100")
+    ours = counter(model)
+    words = "the sea and the ship sail on the grey water while the wind "
+    content = words * 400
+    assert count_completion(ours, [content]) > TINY_MAX_TOKENS_PER_S * 0.1  # more than the bound in 100 ms
+    honest_claim = Usage(prompt_tokens=40, completion_tokens=count_completion(ours, [content]))
+
+    async def instant(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
+        await hoster.answer(dispatch, msg.reply, content, honest_claim)
+        await hoster.report(dispatch, "succeeded", honest_claim, chunks_sent=1)
+
+    async with liar(stack, tmp_path, instant) as hoster:
+        body = {"model": DEMO_MODEL, "messages": QUESTION, "max_tokens": 8000}
+        response = await post(stack, key, **body, allow_hosters=[hoster.hoster_id])
+        assert response.status_code == 200, response.text
+        flagged = await until_stack_hoster(stack, hoster.hoster_id, lambda h: h.implausible_speeds >= 1)
+        assert flagged.tokens_per_s is None  # no speed of it is believed
+        for _ in range(5):
+            fastest = await post(stack, key, model=DEMO_MODEL, messages=QUESTION, max_tokens=4, tier="fastest")
+            assert fastest.status_code == 200, fastest.text
+            assert fastest.headers["x-computeshare-hoster"] == DEMO_HOSTER_ID
+
+    short = "The prince dies."
+    inflated = Usage(prompt_tokens=40, completion_tokens=4000)
+
+    async def claims(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
+        await hoster.answer(dispatch, msg.reply, short + " " + words * 2, inflated)
+        await hoster.report(dispatch, "succeeded", inflated, chunks_sent=1)
+
+    async with liar(stack, tmp_path / "claims", claims) as claimer:
+        response = await post(stack, key, model=DEMO_MODEL, messages=QUESTION, max_tokens=4000,
+                              allow_hosters=[claimer.hoster_id])  # fmt: skip
+        assert response.status_code == 200, response.text
+        assert response.json()["usage"]["completion_tokens"] < 100  # our count, not 4000
+        seen = await until_stack_hoster(stack, claimer.hoster_id, lambda h: h.usage_discrepancies >= 1)
+        assert seen.tokens_per_s is None or seen.tokens_per_s <= TINY_MAX_TOKENS_PER_S

@@ -77,7 +77,12 @@ def market() -> Iterator[Stack]:
     config = throwaway_config(
         simulators=[fast, slow, broken, kill],
         adapters=[AdapterSpec("adapter-1", one, heartbeat), AdapterSpec("adapter-2", two, heartbeat)],
-        service_env={"CS_ROUTER_HOSTER_TTL_S": "2", "CS_INGRESS_IDLE_TIMEOUT_S": "10"},
+        # Simulated models answer as fast as the machine goes: no speed is implausible for them.
+        service_env={
+            "CS_ROUTER_HOSTER_TTL_S": "2",
+            "CS_INGRESS_IDLE_TIMEOUT_S": "10",
+            "CS_ROUTER_MAX_TOKENS_PER_S": "1e9",
+        },
     )
     stack = Stack(config).start()
     yield stack

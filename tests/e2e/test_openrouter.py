@@ -73,7 +73,12 @@ def market() -> Iterator[Stack]:
     config = throwaway_config(
         simulators=[fast, slow, broken],
         adapters=[AdapterSpec("adapter", hosters, {"CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.5"})],
-        service_env={"CS_ROUTER_HOSTER_TTL_S": "2", "CS_INGRESS_IDLE_TIMEOUT_S": "10"},
+        # Simulated models answer as fast as the machine goes: no speed is implausible for them.
+        service_env={
+            "CS_ROUTER_HOSTER_TTL_S": "2",
+            "CS_INGRESS_IDLE_TIMEOUT_S": "10",
+            "CS_ROUTER_MAX_TOKENS_PER_S": "1e9",
+        },
     )
     stack = Stack(config).start()
     yield stack
