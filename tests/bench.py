@@ -18,7 +18,9 @@ import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -26,12 +28,39 @@ import uvloop
 
 from libs.devstack.processes import free_port
 from libs.devstack.stack import DEMO_MODEL, AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
+from libs.devstack.tinymodel import CORPUS, tiny_model
+from libs.tokens import ModelTokenizer, TokenizerFiles, count_chat_prompt, count_completion, load_model_tokenizer
 
 BODY = {
     "model": DEMO_MODEL,
     "messages": [{"role": "user", "content": "Benchmark me, briefly."}],
     "max_tokens": 16,
 }
+# The same simulated model under a name registered with a tokenizer (the tiny test model's): its usage is
+# counted by the network, so the 1,000-token scenarios show what counting costs.
+COUNTED_MODEL = "demo-counted"
+LONG_PROMPT_TOKENS = 1000
+
+
+def long_prompt(tokenizer: ModelTokenizer) -> str:
+    """Text of the shipped corpus whose chat prompt counts at least ``LONG_PROMPT_TOKENS``."""
+    lines = CORPUS.read_text().splitlines()
+    text = ""
+    for line in lines * 10:
+        text += line + "\n"
+        if count_chat_prompt(tokenizer, {"messages": [{"role": "user", "content": text}]}) >= LONG_PROMPT_TOKENS:
+            return text
+    raise RuntimeError("the corpus is too short for the long prompt")
+
+
+def counting_cpu_ms(tokenizer: ModelTokenizer, body: dict[str, Any], reply: str, rounds: int = 200) -> float:
+    """CPU milliseconds one request's counting costs in-process: its prompt (chat template rendered and
+    encoded) and its completion."""
+    started = time.process_time()
+    for _ in range(rounds):
+        count_chat_prompt(tokenizer, body)
+        count_completion(tokenizer, [reply])
+    return (time.process_time() - started) * 1000 / rounds
 
 
 @dataclass
@@ -161,9 +190,11 @@ async def run_load(call: Callable[[], Awaitable[float]], concurrency: int, durat
     return Result(latencies, time.perf_counter() - started, errors)
 
 
-def non_stream(client: httpx.AsyncClient, url: str, key: str) -> Callable[[], Awaitable[float]]:
+def non_stream(
+    client: httpx.AsyncClient, url: str, key: str, body: dict[str, Any] = BODY
+) -> Callable[[], Awaitable[float]]:
     """One non-streaming completion; returns its latency."""
-    payload = orjson.dumps(BODY)
+    payload = orjson.dumps(body)
     headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
 
     async def call() -> float:
@@ -196,17 +227,34 @@ def first_token(client: httpx.AsyncClient, url: str, key: str) -> Callable[[], A
 
 
 async def measure(
-    direct: str, gateway: str, key: str, duration_s: float, processes: dict[str, list[int]], monitor_port: int
+    direct: str,
+    gateway: str,
+    key: str,
+    duration_s: float,
+    processes: dict[str, list[int]],
+    monitor_port: int,
+    prompt: str,
 ) -> list[tuple[str, Result, Result]]:
     """Every scenario against both targets, alternating so both see the same machine state."""
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     rows = []
+    long = BODY | {"messages": [{"role": "user", "content": prompt}]}
+    uncounted = partial(non_stream, body=long)
+
+    def counted(client: httpx.AsyncClient, url: str, key: str) -> Callable[[], Awaitable[float]]:
+        # The simulator knows the model by its upstream name only.
+        return non_stream(client, url, key, body=long if url == direct else long | {"model": COUNTED_MODEL})
+
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         scenarios: list[tuple[str, Callable[[httpx.AsyncClient, str, str], Callable[[], Awaitable[float]]], int]] = [
             ("non-stream, concurrency 1", non_stream, 1),
             ("non-stream, concurrency 16", non_stream, 16),
             ("stream first token, concurrency 1", first_token, 1),
             ("stream first token, concurrency 16", first_token, 16),
+            ("1k prompt, not counted, conc. 1", uncounted, 1),
+            ("1k prompt, counted, conc. 1", counted, 1),
+            ("1k prompt, not counted, conc. 16", uncounted, 16),
+            ("1k prompt, counted, conc. 16", counted, 16),
         ]
         for name, factory, concurrency in scenarios:
             d = await run_load(factory(client, direct, key), concurrency, duration_s, warmup=50)
@@ -310,18 +358,28 @@ def main() -> None:
     args = parser.parse_args()
     simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "16"})
     monitor_port = free_port()
+    hoster = demo_hoster(simulator.base_url, capacity=args.streams + 64)
+    hoster["models"].append(hoster["models"][0] | {"name": COUNTED_MODEL, "upstream_model": DEMO_MODEL})
     config = throwaway_config(
         nats_monitor_port=monitor_port,
         simulators=[simulator],
-        adapters=[AdapterSpec("hoster_adapter", [demo_hoster(simulator.base_url, capacity=args.streams + 64)],
-                              {"CS_ADAPTER_MAX_CONNECTIONS": str(args.streams + 64)})],
-    )  # fmt: skip
+        adapters=[AdapterSpec("hoster_adapter", [hoster], {"CS_ADAPTER_MAX_CONNECTIONS": str(args.streams + 64)})],
+        # The simulator counts its tokens its own way, far from the registered tokenizer's: a discrepancy on
+        # every counted request, which must not cool the bench's only hoster down.
+        service_env={"CS_ROUTER_DISCREPANCIES_TO_COOL": "0"},
+    )
+    tiny = tiny_model(0)
+    tokenizer = load_model_tokenizer(TokenizerFiles(tiny.tokenizer_json.read_bytes(),
+                                                    tiny.tokenizer_config.read_bytes()))  # fmt: skip
+    prompt = long_prompt(tokenizer)
     stack = Stack(config).start()
     try:
+        stack.computeshare("model", "register", COUNTED_MODEL, "--tokenizer", str(tiny.tokenizer_json),
+                           "--tokenizer-config", str(tiny.tokenizer_config))  # fmt: skip
         direct = f"{simulator.base_url}/chat/completions"
         _, key = stack.create_account(credits="1000000", name="bench")
         gateway = f"{config.api_base}/chat/completions"
-        rows = uvloop.run(measure(direct, gateway, key, args.duration, stack_processes(stack), monitor_port))
+        rows = uvloop.run(measure(direct, gateway, key, args.duration, stack_processes(stack), monitor_port, prompt))
         streams = None
         if args.streams:
             streams = uvloop.run(open_streams(gateway, key, args.streams, stack_pids(stack, postgres=False)))
@@ -339,6 +397,15 @@ def main() -> None:
     added = c1[2].pct(0.5) - c1[1].pct(0.5)
     through = statistics.median(c1[2].latencies) * 1000
     print(f"\ngateway adds {added:.2f} ms at p50, concurrency 1 (target <= 1.5 ms); {through:.2f} ms in all")
+    by_name = {name: gateway for name, _, gateway in rows}
+    plain_1, counted_1 = by_name["1k prompt, not counted, conc. 1"], by_name["1k prompt, counted, conc. 1"]
+    plain_16, counted_16 = by_name["1k prompt, not counted, conc. 16"], by_name["1k prompt, counted, conc. 16"]
+    body = BODY | {"messages": [{"role": "user", "content": prompt}]}
+    in_process = counting_cpu_ms(tokenizer, body, "word " * 16)
+    print(f"\nCounting a {LONG_PROMPT_TOKENS}-token prompt and its reply: {in_process:.2f} ms CPU in one process;"
+          f" the stack's CPU per request {(counted_16.cpu_ms or 0) - (plain_16.cpu_ms or 0):+.2f} ms counted vs"
+          f" not (concurrency 16); on the client's path {counted_1.pct(0.5) - plain_1.pct(0.5):+.2f} ms at p50"
+          f" (concurrency 1)")  # fmt: skip
     print("\n" + "\n".join(verdicts(rows, streams, args.streams)))
 
 
