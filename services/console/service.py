@@ -106,6 +106,7 @@ class NetworkModelRow:
     endpoints: str
     ttft: str
     tokens_per_s: str
+    speed_believed: bool
     usage: str
     usage_verified: bool
 
@@ -148,8 +149,9 @@ def network_view(models: list[LiveModel], hosters: list[LiveHoster]) -> NetworkV
     for model in sorted(models, key=lambda m: m.id):
         serving = [h for h in live_hosters if model.id in h.models]
         believed = [h for h in serving if not h.speed_suspicious_models]
-        doubted = len(believed) < len(serving)
         ttft, tps = median(h.ttft_median_ms for h in believed), median(h.tokens_per_s for h in believed)
+        # Only hosters it does not believe measured it: their figures are not shown as the model's.
+        doubted = ttft is None and tps is None and len(believed) < len(serving)
         model_rows.append(
             NetworkModelRow(
                 model=model.id,
@@ -158,8 +160,9 @@ def network_view(models: list[LiveModel], hosters: list[LiveHoster]) -> NetworkV
                 output_prices=price_range(model.min_output_price, model.max_output_price),
                 context_length=f"{model.context_length:,}" if model.context_length else DASH,
                 endpoints=", ".join(model.endpoints),
-                ttft=SPEED_NOT_BELIEVED if ttft is None and doubted else milliseconds(ttft),
-                tokens_per_s=SPEED_NOT_BELIEVED if tps is None and doubted else rate(tps),
+                ttft=SPEED_NOT_BELIEVED if doubted else milliseconds(ttft),
+                tokens_per_s=SPEED_NOT_BELIEVED if doubted else rate(tps),
+                speed_believed=not doubted,
                 usage=usage_text(model.usage_verified),
                 usage_verified=model.usage_verified,
             )

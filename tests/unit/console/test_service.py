@@ -95,7 +95,8 @@ def test_a_speed_the_router_does_not_believe_is_not_shown_as_measured() -> None:
     assert (n.ttft, n.tokens_per_s) == ("300 ms", "30.0")  # its figures are over all its models: left out too
     assert (o.ttft, o.tokens_per_s) == ("—", "—")  # nobody serves it: nothing measured, nothing doubted
     [only] = service.network_view([live_model("m")], [hosters[1]]).models
-    assert (only.ttft, only.tokens_per_s) == ("not believed", "not believed")
+    assert (only.ttft, only.tokens_per_s, only.speed_believed) == ("not believed", "not believed", False)
+    assert m.speed_believed
 
 
 def test_the_spend_chart_has_a_bar_per_day_in_credits_and_a_token_line_on_the_right_axis() -> None:
