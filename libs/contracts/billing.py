@@ -195,6 +195,9 @@ class BilledAttempt(Contract):
     output_price: Price
     # Set when the hoster's report broke a bound: what it reported and what was billed instead.
     usage_discrepancy: str | None = None
+    # The network counted this usage (the model's registered tokenizer: the router the prompt, the ingress the
+    # completion it relayed) and billed at most its count; ``False``: only the byte bounds held the claim.
+    usage_counted: bool = False
 
 
 class DispatchRecord(Contract):
@@ -345,4 +348,8 @@ class GenerationRecord(Contract):
     cost: float
     # Set when a hoster reported usage past the request's bounds: what it reported, and what was billed.
     usage_discrepancy: str | None = None
+    # Whether the usage billed was the network's own count (``True``: every billed attempt's, with its model's
+    # registered tokenizer) or the hosters' claims held to byte bounds only (``False``: "usage not verified");
+    # ``None`` when nothing was billed, or the request settled before the network said.
+    usage_verified: bool | None = None
     attempts: list[AttemptRecord]

@@ -165,6 +165,9 @@ class LiveHoster(Contract):
     # samples) and the best tokens per second (moving average), for the public network page.
     ttft_median_ms: float | None = None
     tokens_per_s: float | None = None
+    # The models whose speed it is not believed on now (one of its last 20 attempts there was implausibly
+    # fast: routing ranks it as slow), so the figures above are not shown as measured.
+    speed_suspicious_models: list[str] = Field(default_factory=list)
 
 
 class LiveHosters(Contract):

@@ -333,13 +333,18 @@ class TrustTerms(Contract):
 
 class ModelSpeed(Contract):
     """How fast a hoster serves one model: the median of its recent times to first token (what routing uses,
-    once there are 5 samples), the p95, and tokens per second (moving average)."""
+    once there are 5 samples), the p95, and tokens per second (moving average); and how often its speed was
+    past the model's plausibility bound (``implausible_speeds``, those attempts' timing left out of the
+    figures), ``suspicious`` while one of its last 20 attempts was: routing then ranks it as slow, whatever
+    the figures say."""
 
     model: str
     ttft_median_ms: float | None = None
     ttft_p95_ms: float | None = None
     tokens_per_s: float | None = None
     samples: int = 0
+    implausible_speeds: int = 0
+    suspicious: bool = False
 
 
 class HosterDetail(Contract):
@@ -359,6 +364,8 @@ class HosterDetail(Contract):
     trust: TrustTerms
     attempts: int
     usage_discrepancies: int = 0
+    # Attempts over its models whose speed was past the model's plausibility bound (as this router saw them).
+    implausible_speeds: int = 0
 
 
 class HosterDetailReply(Contract):

@@ -84,6 +84,7 @@ def generation_record(held: asyncpg.Record, attempts: list[asyncpg.Record]) -> G
         completion_tokens=held["completion_tokens"],
         cost=to_credits(held["charged"]),
         usage_discrepancy=held["usage_discrepancy"],
+        usage_verified=held["usage_verified"],
         attempts=[
             AttemptRecord(
                 attempt=a["attempt"],

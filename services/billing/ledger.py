@@ -95,7 +95,7 @@ _CLOSE = """WITH claimed AS (
        UPDATE reservations
        SET status = $8, charged = $6, prompt_tokens = $9, completion_tokens = $10,
            model = coalesce($11, model), settled_at = now(),
-           usage_discrepancy = coalesce($12, usage_discrepancy)
+           usage_discrepancy = coalesce($12, usage_discrepancy), usage_verified = $17
        WHERE request_id = $7 AND status = 'open'
        RETURNING request_id),
    account AS (
@@ -135,9 +135,10 @@ class Unbacked(Exception):
     """A request admitted against a lease has neither the lease nor the balance to hold its reservation."""
 
 
-def _charge_of(event: RequestFinished) -> tuple[list[tuple[str, Cost]], int, int, str | None]:
+def _charge_of(event: RequestFinished) -> tuple[list[tuple[str, Cost]], int, int, str | None, bool | None]:
     """What a finished request's billed attempts cost (hoster by hoster), its token counts (never below zero:
-    the router already held them to the request's bounds) and what the hosters' reports broke."""
+    the router already held them to the request's bounds), what the hosters' reports broke, and whether its
+    usage was verified: every billed attempt's counted by the network (``None``: nothing was billed)."""
     lines = [
         (
             a.hoster_id,
@@ -156,7 +157,8 @@ def _charge_of(event: RequestFinished) -> tuple[list[tuple[str, Cost]], int, int
     discrepancy = "; ".join(
         f"attempt {a.attempt} ({a.hoster_id}): {a.usage_discrepancy}" for a in event.attempts if a.usage_discrepancy
     )
-    return lines, prompt, completion, discrepancy or None
+    verified = all(a.usage_counted for a in event.attempts) if event.attempts else None
+    return lines, prompt, completion, discrepancy or None, verified
 
 
 def _close_args(
@@ -167,6 +169,7 @@ def _close_args(
     model: str | None,
     status: str,
     discrepancy: str | None,
+    usage_verified: bool | None = None,
 ) -> tuple[Any, ...]:
     """``_CLOSE``'s arguments: ``lines`` charged within the reservation, the rest released, one balanced
     ledger transaction."""
@@ -212,6 +215,7 @@ def _close_args(
         [account for account, _, _ in lines_out],
         [kind for _, kind, _ in lines_out],
         [value for _, _, value in lines_out],
+        usage_verified,
     )
 
 
@@ -424,7 +428,7 @@ class Ledger(PoolBound):
         recorded first, in the same transaction. Its attempts' records are kept (once).
 
         Counts below zero count as zero (the router already held them to the request's bounds)."""
-        lines, prompt, completion, discrepancy = _charge_of(event)
+        lines, prompt, completion, discrepancy, verified = _charge_of(event)
         async with self._pool.acquire() as conn:
             if event.records:
                 await conn.executemany(RECORD, records_of([event]))
@@ -437,10 +441,14 @@ class Ledger(PoolBound):
                     held = await conn.fetchrow(_HELD, event.request_id)
                     if held is None or held["status"] != "open":
                         return False
-                    return await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy)
+                    return await self._close(
+                        conn, held, lines, prompt, completion, event.model, "settled", discrepancy, verified
+                    )
             if held is None or held["status"] != "open":
                 return False
-            return await self._close(conn, held, lines, prompt, completion, event.model, "settled", discrepancy)
+            return await self._close(
+                conn, held, lines, prompt, completion, event.model, "settled", discrepancy, verified
+            )
 
     async def settle_many(self, events: list[RequestFinished]) -> int:
         """Settle several finished requests, each as ``settle`` would, in one transaction of three round trips
@@ -464,8 +472,8 @@ class Ledger(PoolBound):
                     await self._attach(conn, lease_id, unrecorded[lease_id])
                 held = {row["request_id"]: row for row in await conn.fetch(_HELD_MANY, ids)}
             closes = [
-                _close_args(held[e.request_id], lines, prompt, completion, e.model, "settled", discrepancy)
-                for e, lines, prompt, completion, discrepancy in charges
+                _close_args(held[e.request_id], lines, prompt, completion, e.model, "settled", discrepancy, verified)
+                for e, lines, prompt, completion, discrepancy, verified in charges
                 if e.request_id in held and held[e.request_id]["status"] == "open"
             ]
             # In account order, so concurrent batches lock accounts in one order (no deadlock between them).
@@ -607,11 +615,13 @@ class Ledger(PoolBound):
         model: str | None,
         status: str,
         discrepancy: str | None = None,
+        usage_verified: bool | None = None,
     ) -> bool:
         """Charge ``lines`` from the reservation (never more than it), pay hosters and the platform, release
-        what is left; one balanced ledger transaction. ``discrepancy``: what the hosters' reports broke.
+        what is left; one balanced ledger transaction. ``discrepancy``: what the hosters' reports broke;
+        ``usage_verified``: whether what was billed was the network's count (``_charge_of``).
         ``False`` when the reservation was no longer open (closed by someone else first): nothing changed."""
-        args = _close_args(held, lines, prompt_tokens, completion_tokens, model, status, discrepancy)
+        args = _close_args(held, lines, prompt_tokens, completion_tokens, model, status, discrepancy, usage_verified)
         return bool(await conn.fetchval(_CLOSE, *args))
 
     # Reports -------------------------------------------------------------------------------------------

@@ -26,6 +26,12 @@ from libs.contracts.management import (
 from libs.contracts.pricing import MICRO
 
 DASH = "—"
+# A request's or a model's usage: counted by the network with the model's registered tokenizer, or the
+# hosters' claims held to byte bounds only.
+USAGE_VERIFIED = "verified"
+USAGE_NOT_VERIFIED = "usage not verified"
+# A speed the router does not believe now (measured past the model's plausibility bound lately).
+SPEED_NOT_BELIEVED = "not believed"
 
 
 def credits(micro: int | None) -> str:
@@ -72,6 +78,13 @@ def timestamp(unix_s: float | None) -> str:
     return datetime.fromtimestamp(unix_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def usage_text(verified: bool | None) -> str:
+    """Whether usage is the network's count (``verified``) or not (``usage not verified``); ``—``: not known."""
+    if verified is None:
+        return DASH
+    return USAGE_VERIFIED if verified else USAGE_NOT_VERIFIED
+
+
 def median(values: Iterable[float | None]) -> float | None:
     """The median of the known values (``None`` when none is known)."""
     known = [v for v in values if v is not None]
@@ -93,11 +106,14 @@ class NetworkModelRow:
     endpoints: str
     ttft: str
     tokens_per_s: str
+    speed_believed: bool
+    usage: str
+    usage_verified: bool
 
 
 @dataclass
 class NetworkHosterRow:
-    """One hoster on the network page."""
+    """One hoster on the network page (``speed_believed``: its figures are shown as measured)."""
 
     name: str
     hoster_id: str
@@ -109,6 +125,7 @@ class NetworkHosterRow:
     load: str
     ttft: str
     tokens_per_s: str
+    speed_believed: bool
 
 
 @dataclass
@@ -122,11 +139,19 @@ class NetworkView:
 def network_view(models: list[LiveModel], hosters: list[LiveHoster]) -> NetworkView:
     """The network page from the routers' listings. A model's time to first token and tokens per second are
     the medians over the live hosters serving it of each hoster's own figures (its median time to first
-    token, its tokens per second), so one busy hoster does not stand for the network."""
+    token, its tokens per second), so one busy hoster does not stand for the network. A hoster the router
+    does not believe the speed of now, on any of its models (measured implausibly fast lately), shows "not
+    believed" instead of its figures, and its figures (over all its models) are in no model's medians; a
+    model served only by such hosters shows "not believed" too. A model's usage is "verified" when it is
+    registered with its tokenizer (the network counts its tokens), else "usage not verified"."""
     live_hosters = [h for h in hosters if h.live]
     model_rows = []
     for model in sorted(models, key=lambda m: m.id):
         serving = [h for h in live_hosters if model.id in h.models]
+        believed = [h for h in serving if not h.speed_suspicious_models]
+        ttft, tps = median(h.ttft_median_ms for h in believed), median(h.tokens_per_s for h in believed)
+        # Only hosters it does not believe measured it: their figures are not shown as the model's.
+        doubted = ttft is None and tps is None and len(believed) < len(serving)
         model_rows.append(
             NetworkModelRow(
                 model=model.id,
@@ -135,8 +160,11 @@ def network_view(models: list[LiveModel], hosters: list[LiveHoster]) -> NetworkV
                 output_prices=price_range(model.min_output_price, model.max_output_price),
                 context_length=f"{model.context_length:,}" if model.context_length else DASH,
                 endpoints=", ".join(model.endpoints),
-                ttft=milliseconds(median(h.ttft_median_ms for h in serving)),
-                tokens_per_s=rate(median(h.tokens_per_s for h in serving)),
+                ttft=SPEED_NOT_BELIEVED if doubted else milliseconds(ttft),
+                tokens_per_s=SPEED_NOT_BELIEVED if doubted else rate(tps),
+                speed_believed=not doubted,
+                usage=usage_text(model.usage_verified),
+                usage_verified=model.usage_verified,
             )
         )
     hoster_rows = [
@@ -149,8 +177,9 @@ def network_view(models: list[LiveModel], hosters: list[LiveHoster]) -> NetworkV
             models=", ".join(sorted(hoster.models)) or DASH,
             trust=share(hoster.trust),
             load=f"{hoster.in_flight or 0}/{hoster.capacity}" if hoster.capacity else DASH,
-            ttft=milliseconds(hoster.ttft_median_ms),
-            tokens_per_s=rate(hoster.tokens_per_s),
+            ttft=milliseconds(hoster.ttft_median_ms) if not hoster.speed_suspicious_models else SPEED_NOT_BELIEVED,
+            tokens_per_s=rate(hoster.tokens_per_s) if not hoster.speed_suspicious_models else SPEED_NOT_BELIEVED,
+            speed_believed=not hoster.speed_suspicious_models,
         )
         for hoster in sorted(hosters, key=lambda h: (not h.live, h.name))
     ]
@@ -311,7 +340,7 @@ class AttemptRow:
 
 @dataclass
 class GenerationView:
-    """A request's routing record."""
+    """A request's routing record (``usage``: whether what it was billed was the network's count)."""
 
     request_id: str
     model: str
@@ -322,11 +351,14 @@ class GenerationView:
     completion_tokens: int
     cost: str
     usage_discrepancy: str | None
+    usage: str
+    usage_verified: bool | None
     attempts: list[AttemptRow]
 
 
 def generation_view(record: GenerationRecord, names: dict[str, str]) -> GenerationView:
-    """The routing record: each attempt's hoster, outcome, times and tokens, and what the request cost."""
+    """The routing record: each attempt's hoster, outcome, times and tokens, what the request cost, and
+    whether its usage was verified (the network's count) or not (the hoster's claim held to byte bounds)."""
     return GenerationView(
         request_id=record.id,
         model=record.model or DASH,
@@ -337,6 +369,8 @@ def generation_view(record: GenerationRecord, names: dict[str, str]) -> Generati
         completion_tokens=record.completion_tokens,
         cost=credits(round(record.cost * MICRO)),
         usage_discrepancy=record.usage_discrepancy,
+        usage=usage_text(record.usage_verified),
+        usage_verified=record.usage_verified,
         attempts=[
             AttemptRow(
                 attempt=a.attempt,
@@ -421,7 +455,8 @@ def optional_limit(text: str | None) -> int | None:
 
 @dataclass
 class OfferRow:
-    """One model a hoster serves, its prices and its speed."""
+    """One model a hoster serves, its prices and its speed: ``speed`` says whether the router believes it now
+    (``not believed``: measured past the model's plausibility bound lately, so routing ranks it as slow)."""
 
     model: str
     upstream_model: str
@@ -433,6 +468,9 @@ class OfferRow:
     ttft_p95: str
     tokens_per_s: str
     samples: int
+    speed: str
+    speed_believed: bool
+    implausible_speeds: int
 
 
 @dataclass
@@ -457,6 +495,7 @@ class HosterView:
     load: str
     attempts: int
     usage_discrepancies: int
+    implausible_speeds: int
     offers: list[OfferRow]
     trust_score: str
     trust_terms: list[TrustTerm]
@@ -504,6 +543,9 @@ def hoster_view(detail: HosterDetail) -> HosterView:
                 ttft_p95=milliseconds(speed.ttft_p95_ms if speed else None),
                 tokens_per_s=rate(speed.tokens_per_s if speed else None),
                 samples=speed.samples if speed else 0,
+                speed=DASH if speed is None else SPEED_NOT_BELIEVED if speed.suspicious else "believed",
+                speed_believed=speed is None or not speed.suspicious,
+                implausible_speeds=speed.implausible_speeds if speed else 0,
             )
         )
     status = "live" if detail.live else "offline"
@@ -518,6 +560,7 @@ def hoster_view(detail: HosterDetail) -> HosterView:
         load=f"{detail.in_flight or 0} of {detail.capacity}" if detail.capacity else DASH,
         attempts=detail.attempts,
         usage_discrepancies=detail.usage_discrepancies,
+        implausible_speeds=detail.implausible_speeds,
         offers=offers,
         trust_score=share(detail.trust.score),
         trust_terms=trust_terms(detail.trust),

@@ -215,6 +215,7 @@ class Dispatcher:
                     ttft_median_ms=stats.ttft_median_ms,
                     tokens_per_s=stats.tokens_per_s,
                     implausible_speeds=stats.implausible_speeds,
+                    speed_suspicious_models=stats.speed_suspicious_models,
                 )
             )
         return LiveHosters(hosters=report)

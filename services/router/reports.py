@@ -37,10 +37,13 @@ def hoster_detail(
                 ttft_p95_ms=speed.ttft_p95_ms,
                 tokens_per_s=speed.tps_ewma,
                 samples=len(speed.ttft_samples),
+                implausible_speeds=speed.implausible,
+                suspicious=speed.suspicious,
             )
             for model, speed in sorted(hoster.speed.items())
         ],
         trust=terms.model_copy(update={"score": round(terms.score, 4)}),
         attempts=hoster.lifetime,
         usage_discrepancies=hoster.discrepancies,
+        implausible_speeds=hoster.implausible_speeds,
     )

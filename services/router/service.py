@@ -774,7 +774,8 @@ def charge(
     claimed usage; then the claim held to the request's bounds and to the text received (a token is at least
     a byte, plus one end token per choice), at the prices of the dispatch. For a registered model, the lower
     of the claim and the network's own count (``counted_prompt``, the router's; the note's completion count,
-    the ingress's: ``held_to_count``). A claim past a bound or past a count, or a report naming other prices,
+    the ingress's: ``held_to_count``), and the attempt says its usage was counted only when both counts were
+    there (else it is "not verified"). A claim past a bound or past a count, or a report naming other prices,
     is a discrepancy (billed at the bound, the count and the dispatch's prices)."""
     report = run.report
     if report is None or note is None or delivered_frames(run, note) == 0:
@@ -812,6 +813,7 @@ def charge(
         input_price=offer.input_price,
         output_price=offer.output_price,
         usage_discrepancy=why,
+        usage_counted=counted_prompt is not None and note.completion_tokens is not None,
     )
 
 

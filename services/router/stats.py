@@ -280,6 +280,11 @@ class HosterStats:
         return sum(s.implausible for s in self.speed.values())
 
     @property
+    def speed_suspicious_models(self) -> list[str]:
+        """The models it is lately measured implausibly fast on (``SpeedStats.suspicious``), by name."""
+        return sorted(model for model, s in self.speed.items() if s.suspicious)
+
+    @property
     def tokens_per_s(self) -> float | None:
         """The mean over its models of their tokens per second (moving averages)."""
         rates = [s.tps_ewma for s in self.speed.values() if s.tps_ewma is not None]

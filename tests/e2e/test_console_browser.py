@@ -2,7 +2,9 @@
 (the console behind the ingress, as ``make run`` serves it). An account signs in with its management key,
 creates a key, calls the API with it through the official SDK, watches the requests appear with their cost
 (table and chart), opens a routing record, revokes the key and gets a 401; a hoster signs in with its console
-token and sees its earnings move; anyone sees the network. Every control has an accessible name (Chromium's
+token and sees its earnings move; anyone sees the network; a model registered with its tokenizer is "verified"
+where the others say "usage not verified", and a hoster measured past its model's speed bound is shown as
+"not believed". Every control has an accessible name (Chromium's
 own accessibility tree) and is reached with Tab. Screenshots go to ``$CS_TEST_ARTIFACTS/console`` (default
 ``tests/artifacts/console``)."""
 
@@ -31,10 +33,15 @@ from libs.devstack.stack import (
     demo_agent_config,
     throwaway_config,
 )
+from libs.devstack.tinymodel import tiny_model
 
 pytestmark = pytest.mark.e2e
 
 AGENT = "gpu-agent"
+# A second hoster, of a model registered with its tokenizer (the network counts its usage) and a plausibility
+# bound of 1 token per second: the simulator's answers are past it, as a hoster faking its speed would be.
+FAST_AGENT = "fast-agent"
+COUNTED_MODEL = "counted-demo"
 CHROMIUM = os.environ.get("CS_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("CS_TEST_ARTIFACTS", REPO_ROOT / "tests" / "artifacts")) / "console"
 # Roles of the controls a person operates; each must have a name in Chromium's accessibility tree.
@@ -43,15 +50,33 @@ CONTROL_ROLES = {"button", "link", "textbox", "spinbutton", "checkbox", "radio",
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
-    """One hoster that joined as a stranger does (so it has a console token), the console behind the ingress."""
-    simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "12"})
+    """Two hosters that joined as strangers do (so they have console tokens), the console behind the ingress;
+    ``COUNTED_MODEL`` registered with a tiny model's tokenizer (the simulator answers whatever the model)."""
+    # Paced as a real engine is: an instant upstream is faster than the router's default speed bound (5000
+    # tokens per second), and its speed would not be believed.
+    pace = {"CS_SIMULATOR_REPLY_TOKENS": "12", "CS_SIMULATOR_TTFT_MS": "20", "CS_SIMULATOR_TOKENS_PER_SECOND": "400"}
+    simulator = SimulatorSpec("simulator", free_port(), pace)
     config = throwaway_config(
         simulators=[simulator],
-        agents=[AgentSpec(AGENT, simulator.base_url, demo_agent_config(DEMO_MODEL), region="eu-west")],
+        agents=[
+            AgentSpec(AGENT, simulator.base_url, demo_agent_config(DEMO_MODEL), region="eu-west"),
+            AgentSpec(FAST_AGENT, simulator.base_url, demo_agent_config(COUNTED_MODEL), region="us-east"),
+        ],
         console_port=free_port(),
         service_env={"CS_ADAPTER_HEARTBEAT_INTERVAL_S": "0.5"},
     )
     running = Stack(config).start()
+    model = tiny_model(0)
+    running.computeshare(
+        "model", "register", COUNTED_MODEL, "--tokenizer", str(model.tokenizer_json),
+        "--tokenizer-config", str(model.tokenizer_config), "--max-tokens-per-s", "1",
+    )  # fmt: skip
+    # The router believes billing's list of registered models (and their speed bounds) for a few seconds.
+    deadline = time.monotonic() + 15
+    while not any(m["id"] == COUNTED_MODEL and m["usage_verified"]
+                  for m in httpx.get(f"{running.config.api_base}/models").json()["data"]):  # fmt: skip
+        assert time.monotonic() < deadline, f"{COUNTED_MODEL} is not listed as registered"
+        time.sleep(0.3)
     yield running
     running.stop()
 
@@ -116,13 +141,13 @@ def credits_of(text: str) -> float:
     return float(text.replace(",", ""))
 
 
-def chat(key: str, stack: Stack, stream: bool = False) -> str:
+def chat(key: str, stack: Stack, stream: bool = False, model: str = DEMO_MODEL) -> str:
     """One request through the official SDK; its id (the routing record's)."""
     with openai.OpenAI(api_key=key, base_url=stack.config.api_base, max_retries=0) as client:
         messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello from the browser test"}]
         if not stream:
-            return client.chat.completions.create(model=DEMO_MODEL, messages=messages, max_tokens=16).id
-        ids = {chunk.id for chunk in client.chat.completions.create(model=DEMO_MODEL, messages=messages,
+            return client.chat.completions.create(model=model, messages=messages, max_tokens=16).id
+        ids = {chunk.id for chunk in client.chat.completions.create(model=model, messages=messages,
                                                                      max_tokens=16, stream=True)}  # fmt: skip
         assert len(ids) == 1
         return ids.pop()
@@ -264,6 +289,40 @@ def test_anyone_sees_the_network_with_prices_hosters_and_speed(stack: Stack, pag
     expect(model).to_contain_text(" ms")  # the model's median time to first token
     expect(page.get_by_role("link", name="Sign in")).to_be_visible()
     shot(page, "08-network")
+
+
+@pytest.mark.timeout(120)
+def test_usage_not_verified_and_speeds_not_believed_are_said_where_they_are_shown(stack: Stack, page: Page) -> None:
+    account_id, key = stack.create_account(credits="10", name="verified-or-not")
+    counted, claimed = chat(key, stack, model=COUNTED_MODEL), chat(key, stack, stream=True)
+
+    # Each routing record says whether the network counted its usage.
+    sign_in_account(page, stack, stack.create_management_key(account_id))
+    for request_id, usage in [(counted, "verified"), (claimed, "usage not verified")]:
+        page.goto(f"{stack.config.console_url}/requests/{request_id}")
+        reload_until(page, lambda: page.locator("#record-usage").inner_text() != "—")  # until it settled
+        expect(page.locator("#record-usage")).to_have_text(usage)
+        expect(page.locator("#attempts tbody tr")).to_contain_text("succeeded")
+    expect(page.get_by_role("heading", name="Routing record")).to_be_visible()
+    shot(page, "10-routing-record-usage-not-verified")
+
+    # The network page: each model's usage, and the hoster faster than its model's bound shows no speed.
+    page.goto(f"{stack.config.console_url}/network")
+    expect(page.locator("#models tbody tr", has_text=COUNTED_MODEL).locator(".usage")).to_have_text("verified")
+    expect(page.locator("#models tbody tr", has_text=DEMO_MODEL).locator(".usage")).to_have_text("usage not verified")
+    fast = page.locator("#hosters tbody tr", has_text=FAST_AGENT)
+    expect(fast.locator(".tokens-per-s")).to_have_text("not believed")
+    expect(fast.locator(".ttft")).to_have_text("not believed")
+    expect(page.locator("#hosters tbody tr", has_text=AGENT).locator(".tokens-per-s")).not_to_have_text("not believed")
+    shot(page, "11-network-usage-and-speed")
+
+    # The hoster sees its implausible speeds, and which model's speed is not believed.
+    sign_in_hoster(page, stack, stack.config.agents[1].console_token)
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Hoster {FAST_AGENT}")
+    assert int(page.locator("#implausible-speeds").inner_text()) >= 1
+    offer = page.locator("#offers tbody tr", has_text=COUNTED_MODEL)
+    expect(offer.locator(".speed")).to_have_text("not believed")
+    shot(page, "12-hoster-implausible-speeds")
 
 
 def test_sign_in_refuses_inference_keys_and_unknown_tokens_and_a_revoked_key_ends_its_session(

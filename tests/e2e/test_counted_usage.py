@@ -110,6 +110,7 @@ async def test_an_honest_engine_is_billed_our_count_streamed_or_not(stack: Stack
         record = await asyncio.to_thread(routing_record, stack, key, request_id)
         assert (record["prompt_tokens"], record["completion_tokens"]) == (prompt, completion)
         assert record["usage_discrepancy"] is None, record
+        assert record["usage_verified"] is True, record
         [attempt] = record["attempts"]
         # The engine's own claim (unstreamed) agrees with our count within the tolerance.
         if not stream:
@@ -152,6 +153,7 @@ async def test_a_hoster_claiming_more_than_it_delivered_is_billed_our_count_and_
         record = await asyncio.to_thread(routing_record, stack, key, response.headers["x-request-id"])
         assert (record["prompt_tokens"], record["completion_tokens"]) == (prompt, completion)
         assert "the network counted" in (record["usage_discrepancy"] or ""), record
+        assert record["usage_verified"] is True, record  # billed our count, not its claim
         nc = await nats.connect(stack.nats_url, user_credentials=str(stack.creds("test-counted", "test")))
         try:
             reply = await nc.request(subjects.LIST_HOSTERS, b"", timeout=5)

@@ -64,6 +64,35 @@ async def test_settlement_charges_once_pays_hoster_and_fee_and_releases_the_rest
     assert await ledger.check() == []
 
 
+async def test_the_routing_record_says_whether_the_usage_billed_was_the_networks_count(ledger: Ledger) -> None:
+    """Verified when every billed attempt was counted (the router's settlement says so), "not verified" when
+    any was held to byte bounds only, unknown when nothing was billed; settled alone or in a batch alike."""
+    caller = await caller_with(ledger, credits=10_000)
+    for request_id in ("counted", "claimed", "mixed", "nothing", "batch-counted", "batch-claimed"):
+        assert isinstance(await ledger.reserve(reserve(caller, request_id, 500)), Reserved)
+
+    def finished(request_id: str, *counted: bool) -> RequestFinished:
+        event = done(caller, request_id, 10, 10)
+        billed = event.attempts[0]
+        attempts = [billed.model_copy(update={"attempt": n + 1, "usage_counted": c}) for n, c in enumerate(counted)]
+        return event.model_copy(update={"attempts": attempts})
+
+    await ledger.settle(finished("counted", True))
+    await ledger.settle(finished("claimed", False))
+    await ledger.settle(finished("mixed", True, False))
+    await ledger.settle(finished("nothing"))
+    assert await ledger.settle_many([finished("batch-counted", True), finished("batch-claimed", False)]) == 2
+    accounts = Accounts(ledger.pool)
+    verified = {}
+    for request_id in ("counted", "claimed", "mixed", "nothing", "batch-counted", "batch-claimed"):
+        record = await accounts.generation(caller.account_id, request_id)
+        assert record is not None
+        verified[request_id] = record.usage_verified
+    assert verified == {"counted": True, "claimed": False, "mixed": False, "nothing": None, "batch-counted": True,
+                        "batch-claimed": False}  # fmt: skip
+    assert await ledger.check() == []
+
+
 async def test_usage_beyond_the_reservation_is_charged_the_reservation_and_no_more(ledger: Ledger) -> None:
     caller = await caller_with(ledger, credits=300)
     assert isinstance(await ledger.reserve(reserve(caller, "r1", 100)), Reserved)

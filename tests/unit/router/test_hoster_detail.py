@@ -90,3 +90,25 @@ def test_the_network_listing_gives_each_hoster_its_median_ttft_and_speed() -> No
     assert hoster.ttft_median_ms == recent[len(recent) // 2]
     assert hoster.tokens_per_s == hoster.speed["m"].tps_ewma
     assert NetworkStats().of(OFFLINE, WALL).ttft_median_ms is None
+
+
+def test_a_model_measured_implausibly_fast_is_reported_suspicious_until_20_plausible_attempts_pass() -> None:
+    """What the console shows as "not believed": the detail's per-model speed and the network listing say
+    which models' speed routing does not believe now, and how many attempts were past the bound."""
+    stats = busy_stats()
+    stats.observe(H1, WALL, model="m", outcome="succeeded", chunks_sent=4, ttft_ms=0.5, completion_tokens=64,
+                  duration_ms=1.0, implausible_speed=True)  # fmt: skip
+    detail = hoster_detail(H1, live_registry(), stats, now=10.5, wall=WALL)
+    assert detail is not None
+    (speed,) = detail.speed
+    assert (speed.implausible_speeds, speed.suspicious, detail.implausible_speeds) == (1, True, 1)
+    assert speed.samples == 27  # its timing is left out of the figures
+    assert stats.of(H1, WALL).speed_suspicious_models == ["m"]
+    for _ in range(20):
+        stats.observe(H1, WALL, model="m", outcome="succeeded", chunks_sent=4, ttft_ms=90.0, completion_tokens=50,
+                      duration_ms=1000.0, tokens_per_s=50.0)  # fmt: skip
+    detail = hoster_detail(H1, live_registry(), stats, now=10.5, wall=WALL)
+    assert detail is not None
+    (speed,) = detail.speed
+    assert (speed.implausible_speeds, speed.suspicious, detail.implausible_speeds) == (1, False, 1)
+    assert stats.of(H1, WALL).speed_suspicious_models == []

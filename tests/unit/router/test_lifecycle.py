@@ -176,6 +176,27 @@ def test_a_registered_models_usage_is_the_lower_of_the_claim_and_our_count() -> 
     assert (paid.usage.prompt_tokens, paid.usage.completion_tokens, paid.usage.estimated) == (20, 12, False)
 
 
+def test_an_attempt_says_its_usage_was_counted_only_when_both_of_the_networks_counts_held_it() -> None:
+    """The routing record's "verified" or "usage not verified" comes from here: the router's prompt count and
+    the ingress's completion count, both present."""
+    counted = note().model_copy(update={"completion_tokens": 12})
+    both = charge(run(report=outcome(20, 12)), BOUNDS, counted, counted_prompt=20)
+    assert both is not None
+    assert both.usage_counted
+    # A model not registered: neither count, the claim held to the byte bounds alone.
+    unregistered = charge(run(report=outcome(20, 12)), BOUNDS, note(), counted_prompt=None)
+    assert unregistered is not None
+    assert not unregistered.usage_counted
+    # The router counted the prompt but the ingress could not count the completion (billing away): not verified.
+    half = charge(run(report=outcome(20, 12)), BOUNDS, note(), counted_prompt=20)
+    assert half is not None
+    assert not half.usage_counted
+    # Nor the other way round (``auto`` or fallbacks: the router counted no prompt).
+    other_half = charge(run(report=outcome(20, 12)), BOUNDS, counted, counted_prompt=None)
+    assert other_half is not None
+    assert not other_half.usage_counted
+
+
 def test_speed_is_the_networks_count_over_the_ingresss_clock_held_to_the_models_bound() -> None:
     # 100 tokens, first at 100 ms, last at 600 ms: 200 tokens/s generating (the whole time says at most 166).
     assert speed_of(100, 100.0, 600.0, 5000.0) == (200.0, False)

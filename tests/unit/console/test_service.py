@@ -29,10 +29,15 @@ def test_credits_show_every_micro_credit_and_no_trailing_zeros(micro: int | None
 
 
 def live_hoster(name: str, models: list[str], live: bool = True, ttft: float | None = None,
-                tps: float | None = None) -> LiveHoster:  # fmt: skip
+                tps: float | None = None, suspicious: list[str] | None = None) -> LiveHoster:  # fmt: skip
     return LiveHoster(hoster_id=f"id-{name}", name=name, live=live, cloud=False, models=models, capacity=8,
                       in_flight=2, trust=0.5, cooling=False, attempts=3, ttft_median_ms=ttft,
-                      tokens_per_s=tps)  # fmt: skip
+                      tokens_per_s=tps, speed_suspicious_models=suspicious or [])  # fmt: skip
+
+
+def live_model(model_id: str, usage_verified: bool = False) -> LiveModel:
+    return LiveModel(id=model_id, hosters=1, min_input_price=1, max_input_price=1, min_output_price=2,
+                     max_output_price=2, context_length=None, first_seen=0, usage_verified=usage_verified)  # fmt: skip
 
 
 def test_the_network_page_gives_each_model_its_price_range_and_the_median_speed_of_its_live_hosters() -> None:
@@ -60,6 +65,38 @@ def test_a_model_no_hoster_measured_yet_shows_no_speed() -> None:
                       max_output_price=2, context_length=None, first_seen=0)  # fmt: skip
     [row] = service.network_view([model], [live_hoster("a", ["m"])]).models
     assert (row.ttft, row.tokens_per_s, row.context_length) == ("—", "—", "—")
+
+
+def test_the_network_page_says_which_models_usage_is_verified() -> None:
+    rows = service.network_view([live_model("counted", usage_verified=True), live_model("claimed")], []).models
+    assert [(r.model, r.usage, r.usage_verified) for r in rows] == [
+        ("claimed", "usage not verified", False), ("counted", "verified", True)
+    ]  # fmt: skip
+
+
+def test_a_speed_the_router_does_not_believe_is_not_shown_as_measured() -> None:
+    """A hoster measured implausibly fast lately (on any of its models) shows "not believed", not its figures,
+    and they are in no model's medians; a model only such hosters serve shows "not believed" too."""
+    hosters = [
+        live_hoster("honest", ["m"], ttft=200, tps=40),
+        live_hoster("instant", ["m", "n"], ttft=1, tps=90_000, suspicious=["m"]),
+        live_hoster("elsewhere", ["n"], ttft=300, tps=30),
+    ]
+    view = service.network_view([live_model("m"), live_model("n"), live_model("o")], hosters)
+    by_name = {h.name: h for h in view.hosters}
+    assert (by_name["instant"].ttft, by_name["instant"].tokens_per_s, by_name["instant"].speed_believed) == (
+        "not believed", "not believed", False
+    )  # fmt: skip
+    assert (by_name["honest"].ttft, by_name["honest"].tokens_per_s, by_name["honest"].speed_believed) == (
+        "200 ms", "40.0", True
+    )  # fmt: skip
+    m, n, o = view.models
+    assert (m.ttft, m.tokens_per_s) == ("200 ms", "40.0")  # the instant hoster is left out
+    assert (n.ttft, n.tokens_per_s) == ("300 ms", "30.0")  # its figures are over all its models: left out too
+    assert (o.ttft, o.tokens_per_s) == ("—", "—")  # nobody serves it: nothing measured, nothing doubted
+    [only] = service.network_view([live_model("m")], [hosters[1]]).models
+    assert (only.ttft, only.tokens_per_s, only.speed_believed) == ("not believed", "not believed", False)
+    assert m.speed_believed
 
 
 def test_the_spend_chart_has_a_bar_per_day_in_credits_and_a_token_line_on_the_right_axis() -> None:
@@ -123,6 +160,17 @@ def test_the_routing_record_lists_every_attempt() -> None:
     assert [(a.hoster, a.outcome, a.error, a.dropped_parameters) for a in view.attempts] == [
         ("first", "failed", "upstream 500", "—"), ("second", "succeeded", "—", "seed")
     ]  # fmt: skip
+    assert view.usage == "—"  # the record does not say (settled before the network did)
+
+
+@pytest.mark.parametrize(
+    ("verified", "shown"), [(True, "verified"), (False, "usage not verified"), (None, "—")]
+)  # fmt: skip
+def test_the_routing_record_says_whether_its_usage_was_the_networks_count(verified: bool | None, shown: str) -> None:
+    record = GenerationRecord(id="r1", model="m", status="settled", created=0, prompt_tokens=10, completion_tokens=5,
+                              cost=0.000075, usage_verified=verified, attempts=[])  # fmt: skip
+    view = service.generation_view(record, {})
+    assert (view.usage, view.usage_verified) == (shown, verified)
 
 
 def test_only_active_inference_keys_can_be_revoked_here() -> None:
@@ -172,6 +220,24 @@ def test_the_hoster_page_shows_each_trust_term_with_its_counts() -> None:
     )  # fmt: skip
     detail.cooling = True
     assert service.hoster_view(detail).status == "live, cooling down after failures"
+
+
+def test_the_hoster_page_shows_implausible_speeds_and_which_models_speed_is_not_believed() -> None:
+    trust = TrustTerms(score=0.5, reliability=1, midstream=0, latency=1, history=0.5, dishonesty=0,
+                       window_attempts=30, window_successes=30, window_midstream_failures=0, window_discrepancies=0,
+                       lifetime_attempts=30, age_s=60)  # fmt: skip
+    offers = [ModelOffer(model=m, upstream_model=m, input_price=1, output_price=2) for m in ("a", "b", "c")]
+    speed = [
+        ModelSpeed(model="a", ttft_median_ms=100, tokens_per_s=50, samples=9, implausible_speeds=2, suspicious=True),
+        ModelSpeed(model="b", ttft_median_ms=100, tokens_per_s=50, samples=9, implausible_speeds=1),  # long ago
+    ]
+    detail = HosterDetail(hoster_id="h", name="gpu", live=True, cloud=False, cooling=False, models=offers,
+                          speed=speed, trust=trust, attempts=30, implausible_speeds=3)  # fmt: skip
+    view = service.hoster_view(detail)
+    assert view.implausible_speeds == 3
+    assert [(o.model, o.speed, o.speed_believed, o.implausible_speeds) for o in view.offers] == [
+        ("a", "not believed", False, 2), ("b", "believed", True, 1), ("c", "—", True, 0)
+    ]  # fmt: skip
 
 
 def test_the_revoked_notice_names_only_a_revoked_key_of_the_account() -> None:
