@@ -93,7 +93,7 @@ def count_chat_prompt(model: ModelTokenizer, body: Mapping[str, Any]) -> int:
     """Prompt tokens of chat request ``body``: ``render_chat_prompt`` encoded without added special tokens, as
     transformers' ``apply_chat_template(..., add_generation_prompt=True)`` tokenizes it. Raises
     ``ChatTemplateError`` (no template, or it refused the conversation) and ``ValueError`` (no messages)."""
-    return len(model.encode(render_chat_prompt(model, body), add_special_tokens=False))
+    return model.count([render_chat_prompt(model, body)], add_special_tokens=False)
 
 
 def count_text_prompt(model: ModelTokenizer, prompt: Any) -> int:
