@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from tokenizers import processors
 
+from libs.devstack.tinymodel import tiny_model
 from libs.tokens import (
     ChatTemplateError,
     ChoiceText,
@@ -269,3 +270,15 @@ def test_vocabulary_and_special_tokens_are_read_from_the_files(ours: ModelTokeni
 @pytest.fixture(autouse=True)
 def _quiet_transformers() -> None:
     transformers.logging.set_verbosity_error()
+
+
+@pytest.mark.parametrize("name", list(CONVERSATIONS))
+def test_the_tiny_test_models_registered_files_count_as_transformers_does(name: str) -> None:
+    """The files the end-to-end tests register for the llama.cpp engine's model (its trained tokenizer and
+    Llama 3 style template, ``libs.devstack.tinymodel``), counted as transformers counts them."""
+    model = tiny_model(0)
+    ours = load_model_tokenizer(trained.files_in(model.tokenizer_json.parent))
+    theirs = transformers.AutoTokenizer.from_pretrained(str(model.tokenizer_json.parent))
+    messages, tools = CONVERSATIONS[name]
+    body: dict[str, Any] = {"messages": messages} | ({"tools": tools} if tools else {})
+    assert count_chat_prompt(ours, body) == len(hf_ids(theirs, template_messages(messages), tools, True))
