@@ -92,6 +92,10 @@ class VectorsAsked(NamedTuple):
     encoding: Literal["float", "base64"]
 
 
+# OpenAI's ``n`` is at most 128.
+MAX_CHOICES = 128
+
+
 class UsageGuard:
     """Counts the text one attempt relays to the client, and holds the usage the client sees to the request's
     bounds (``UsageBounds``, and the relayed text), priced at the serving hoster's prices as billing prices
@@ -106,6 +110,7 @@ class UsageGuard:
         "counter",
         "fee_bps",
         "input_price",
+        "max_choices",
         "output_price",
         "progress",
         "prompt_count",
@@ -123,12 +128,16 @@ class UsageGuard:
         fee_bps: int,
         vectors: VectorsAsked | None = None,
         text: bool = False,
+        max_choices: int = MAX_CHOICES,
     ) -> None:
         # An embeddings request's: its answer must hold the vectors it asked for.
         self.vectors = vectors
         # A text completion's: its choices carry ``text`` (a chat answer's carry deltas or messages, and a
         # ``text`` a hoster added to one must not count as text the client received).
         self.text = text
+        # The choices the request asked for (``generated_choices``): a choice numbered past them is not one
+        # the client asked for, and its text and end token count for nothing.
+        self.max_choices = max_choices
         self.bounds = bounds
         self.input_price = input_price
         self.output_price = output_price
@@ -227,10 +236,11 @@ class UsageGuard:
             if not isinstance(choice, dict):
                 continue
             index = choice.get("index")
-            if isinstance(index, int) and 0 <= index < MAX_CHOICES:
-                self.choices = max(self.choices, index + 1)
+            if not isinstance(index, int) or not 0 <= index < self.max_choices:
+                continue
+            self.choices = max(self.choices, index + 1)
             parts: _ChoiceParts | None = None
-            if self.counter is not None and isinstance(index, int) and 0 <= index < MAX_CHOICES:
+            if self.counter is not None:
                 parts = self.texts.setdefault(index, _ChoiceParts())
             finish = choice.get("finish_reason")
             if isinstance(finish, str):
@@ -305,10 +315,6 @@ def _vectors_fit(data: object, asked: VectorsAsked) -> bool:
 def _count_of(value: object) -> int:
     """A token count as a hoster wrote it; what is not a whole number counts as none."""
     return detail_count(value, MAX_COUNT) or 0
-
-
-# OpenAI's ``n`` is at most 128.
-MAX_CHOICES = 128
 
 
 # What a request holds, at most, of frames of attempts the router has not named yet (``ReplyStream._hold``):
@@ -604,7 +610,8 @@ def _repriced(guard: UsageGuard, body: bytes) -> UsageGuard:
         prices = int(named["input_price"]), int(named["output_price"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         return guard
-    repriced = UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps, guard.vectors, guard.text)
+    repriced = UsageGuard(guard.bounds, max(0, prices[0]), max(0, prices[1]), guard.fee_bps, guard.vectors, guard.text,
+                          guard.max_choices)  # fmt: skip
     if guard.counter is not None:
         repriced.count(guard.counter, guard.prompt_count)
     return repriced

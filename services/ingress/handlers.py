@@ -26,7 +26,7 @@ from libs.contracts.openai import (
     hoster_body,
     validation_failure,
 )
-from libs.contracts.pricing import UsageBounds, input_count, to_credits
+from libs.contracts.pricing import UsageBounds, generated_choices, input_count, to_credits
 from libs.contracts.routing import RouteAccepted, RouteRequest
 from libs.platform import apikeys
 from libs.platform.ids import new_request_id
@@ -327,6 +327,7 @@ async def _complete(
                 accepted.fee_bps,
                 vectors,
                 text=endpoint == COMPLETIONS,
+                max_choices=generated_choices(payload, endpoint),
             )
             if accepted.prompt_tokens is not None:
                 tokenizer = await gateway.tokenizer(accepted.model)

@@ -228,3 +228,13 @@ def test_text_counts_as_a_text_completions_and_a_text_field_padded_into_chat_cou
     completion = UsageGuard(UsageBounds(1000, 1000), 0, 0, 0, text=True)
     completion.take(orjson.dumps({"object": "text_completion", "choices": [{"index": 0, "text": "héllo"}]}))
     assert completion.text_bytes == 6
+
+
+def test_a_choice_the_request_did_not_ask_for_counts_for_nothing() -> None:
+    """``n: 1``: a hoster numbering 127 more finished choices would add their text and end tokens."""
+    guard = UsageGuard(UsageBounds(1000, 1000), 0, 0, 0, max_choices=1)
+    guard.count(lambda choices: sum(len(c.content) + c.ended for c in choices), None)
+    guard.take(chunk(content="hi"))
+    for index in range(1, 128):
+        guard.take(orjson.dumps({"choices": [{"index": index, "delta": {"content": "x"}, "finish_reason": "stop"}]}))
+    assert (guard.text_bytes, guard.choices, guard.completion_count()) == (2, 1, 2)
