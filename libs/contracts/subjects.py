@@ -84,6 +84,13 @@ LIST_REGISTRATIONS = "billing.hosters.list"
 FETCH_TOKENIZER = "billing.tokenizer.fetch"
 # router -> billing (request/reply): the models registered with their tokenizers (whose usage is verified).
 LIST_TOKENIZERS = "billing.tokenizers.list"
+# ingress -> billing (request/reply): the Responses API's stored responses (``libs/contracts/responses.py``):
+# keep one, show it, delete it, its input items, the chain a ``previous_response_id`` replays.
+STORE_RESPONSE = "billing.responses.store"
+SHOW_RESPONSE = "billing.responses.show"
+DELETE_RESPONSE = "billing.responses.delete"
+LIST_RESPONSE_INPUT_ITEMS = "billing.responses.input_items"
+RESPONSE_CHAIN = "billing.responses.chain"
 
 # Management (``libs/contracts/management.py``): ingress's management API and the console -> billing
 # (request/reply, queue group "billing"). Every query names the account or hoster it was authenticated for.

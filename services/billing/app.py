@@ -16,30 +16,41 @@ from libs.platform.metrics import RESERVATIONS_OPEN
 from libs.platform.service import faststream_app, service_kit
 from services.billing.accounts import Accounts
 from services.billing.durable import Redelivery
-from services.billing.handlers import register_handlers, register_management_handlers, register_model_handlers
+from services.billing.handlers import (
+    register_handlers,
+    register_management_handlers,
+    register_model_handlers,
+    register_response_handlers,
+)
 from services.billing.ledger import Ledger, Recall
 from services.billing.repository import HosterRepository, apply_migrations
+from services.billing.responses import ResponseStore
 from services.billing.settings import BillingSettings
 from services.billing.tokenizers import ModelRegistry
 
 SERVICE = "billing"
 
 
-async def sweep(ledger: Ledger, settings: BillingSettings, recall: Recall, logger: logging.Logger) -> None:
+async def sweep(
+    ledger: Ledger, settings: BillingSettings, recall: Recall, logger: logging.Logger, responses: ResponseStore
+) -> None:
     """Close stale reservations and take back stale credit leases now and then (a lease is recalled from its
-    router first: if it still runs, its word on what it admitted stands); a failed sweep is retried at the
-    next interval."""
+    router first: if it still runs, its word on what it admitted stands), and delete expired stored
+    responses; a failed sweep is retried at the next interval."""
     while True:
         await asyncio.sleep(settings.sweep_interval_s)
         try:
             closed = await ledger.expire_stale(settings.reservation_ttl_s)
             stale, stranded = await ledger.expire_stale_leases(settings.lease_ttl_s, recall)
             RESERVATIONS_OPEN.set(await ledger.open_reservations())
+            expired = await responses.sweep()
         except (asyncpg.PostgresError, OSError) as exc:
             logger.warning("sweep failed", extra={"error": repr(exc)})
             continue
         if closed:
             logger.info("stale reservations closed", extra={"count": closed})
+        if expired:
+            logger.info("expired responses deleted", extra={"count": expired})
         if stale or stranded:
             logger.info("stale credit leases taken back", extra={"count": stale, "stranded": stranded})
 
@@ -67,6 +78,8 @@ def build_app(settings: BillingSettings) -> FastStream:
     )
     register_management_handlers(broker, accounts, hosters, settings.workers)
     register_model_handlers(broker, models, settings.workers)
+    responses = ResponseStore(settings.responses_retention_days * 86400)
+    register_response_handlers(broker, responses, settings.workers)
 
     @asynccontextmanager
     async def resources() -> AsyncIterator[None]:
@@ -84,10 +97,11 @@ def build_app(settings: BillingSettings) -> FastStream:
             hosters.attach(pool)
             accounts.attach(pool)
             models.attach(pool)
+            responses.attach(pool)
             await broker.connect()
             await ensure_streams(broker.connection, settings.nats_stream_replicas)
             await hot.start(broker.connection)
-            sweeper = asyncio.create_task(sweep(ledger, settings, recall, logger))
+            sweeper = asyncio.create_task(sweep(ledger, settings, recall, logger, responses))
             yield
         finally:
             await hot.stop()

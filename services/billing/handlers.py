@@ -64,12 +64,22 @@ from libs.contracts.management import (
     VerifyManagementKey,
 )
 from libs.contracts.models import FetchTokenizer, RegisteredModels, TokenizerPart
+from libs.contracts.responses import (
+    InputItemsPage,
+    InputItemsQuery,
+    ResponseChain,
+    ResponseQuery,
+    Stored,
+    StoredResponse,
+    StoreResponse,
+)
 from libs.platform.broker import HotSubscriptions
 from libs.platform.metrics import SETTLEMENTS
 from services.billing.accounts import Accounts
 from services.billing.durable import Batches, Redelivery, consume
 from services.billing.ledger import Ledger, NotFound, Recall
 from services.billing.repository import HosterRepository
+from services.billing.responses import ResponseStore
 from services.billing.tokenizers import ModelRegistry
 
 # Request ids one keep-alive note may name.
@@ -336,3 +346,32 @@ def register_model_handlers(broker: NatsBroker, registry: ModelRegistry, workers
         current = await registry.current()
         bounds = {r.model: r.max_tokens_per_s for r in current if r.max_tokens_per_s is not None}
         return RegisteredModels(models=[r.model for r in current], max_tokens_per_s=bounds)
+
+
+def register_response_handlers(broker: NatsBroker, store: ResponseStore, workers: int) -> None:
+    """The Responses API's stored responses, in the ``billing`` queue group (the ingress asks)."""
+
+    @broker.subscriber(subjects.STORE_RESPONSE, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def store_response(event: StoreResponse) -> Stored:
+        """Keep a response; a second store of its id changes nothing."""
+        return Stored(ok=await store.store(event))
+
+    @broker.subscriber(subjects.SHOW_RESPONSE, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def show_response(query: ResponseQuery) -> StoredResponse:
+        """A stored response, for its account."""
+        return await store.show(query)
+
+    @broker.subscriber(subjects.DELETE_RESPONSE, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def delete_response(query: ResponseQuery) -> Stored:
+        """Delete a stored response of the account."""
+        return Stored(ok=await store.delete(query))
+
+    @broker.subscriber(subjects.LIST_RESPONSE_INPUT_ITEMS, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def response_input_items(query: InputItemsQuery) -> InputItemsPage:
+        """A page of a stored response's input items."""
+        return await store.input_items(query)
+
+    @broker.subscriber(subjects.RESPONSE_CHAIN, queue=subjects.QUEUE_BILLING, max_workers=workers)
+    async def response_chain(query: ResponseQuery) -> ResponseChain:
+        """What continuing a stored response replays."""
+        return await store.chain(query)

@@ -32,6 +32,9 @@ class BillingSettings(ServiceSettings):
     # A usage event whose handling fails is delivered again after retry_backoff_s, doubling up to
     # retry_backoff_max_s, at most max_deliver times in all; then (or at once, if it cannot be read) it goes to
     # the DEADLETTER stream: ``computeshare deadletter list`` shows it, ``replay`` sends it again.
+    # The Responses API's stored responses (``store: true``) are kept this long, as OpenAI keeps them (30
+    # days), then deleted by the sweep.
+    responses_retention_days: float = Field(30.0, gt=0)
     max_deliver: int = Field(8, ge=1)
     retry_backoff_s: float = Field(1.0, gt=0)
     retry_backoff_max_s: float = Field(60.0, gt=0)

@@ -1,0 +1,128 @@
+"""The Responses API's stored responses: kept per account until they expire, read back, listed, continued."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from libs.contracts.responses import (
+    MAX_CHAIN,
+    InputItemsPage,
+    InputItemsQuery,
+    ResponseChain,
+    ResponseQuery,
+    StoredResponse,
+    StoreResponse,
+)
+from services.billing.repository import PoolBound
+
+
+def _json(value: Any) -> Any:
+    return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+def page_of(items: list[dict[str, Any]], query: InputItemsQuery) -> tuple[list[dict[str, Any]], bool]:
+    """One page of ``items`` (in the order they were given) as OpenAI's list endpoints page: ordered by
+    ``query.order``, after / before the item with that id, ``query.limit`` of them, and whether more follow."""
+    ordered = items if query.order == "asc" else list(reversed(items))
+    ids = [item.get("id") for item in ordered]
+    start, end = 0, len(ordered)
+    if query.after is not None:
+        start = ids.index(query.after) + 1 if query.after in ids else len(ordered)
+    if query.before is not None and query.before in ids:
+        end = ids.index(query.before)
+    window = ordered[start:end]
+    return window[: query.limit], len(window) > query.limit
+
+
+class ResponseStore(PoolBound):
+    """Stored responses in ``stored_responses``; an expired one is as good as gone (``sweep`` deletes it)."""
+
+    def __init__(self, retention_s: float) -> None:
+        super().__init__()
+        self.retention_s = retention_s
+
+    async def store(self, event: StoreResponse) -> bool:
+        """Keep ``event``'s response for ``retention_s`` from its creation; ``False`` when one of that id is
+        stored already (nothing changes)."""
+        status = await self.pool.execute(
+            """INSERT INTO stored_responses
+                   (id, account_id, created_at, expires_at, previous_response_id, input_items, response)
+               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb) ON CONFLICT (id) DO NOTHING""",
+            event.response_id,
+            event.account_id,
+            datetime.fromtimestamp(event.created_at, UTC),
+            datetime.fromtimestamp(event.created_at + self.retention_s, UTC),
+            event.previous_response_id,
+            orjson.dumps(event.input_items).decode(),
+            orjson.dumps(event.response).decode(),
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def show(self, query: ResponseQuery) -> StoredResponse:
+        """The stored response, for its own account only."""
+        row = await self.pool.fetchrow(
+            """SELECT response FROM stored_responses
+               WHERE id = $1 AND account_id = $2 AND expires_at > now()""",
+            query.response_id,
+            query.account_id,
+        )
+        return StoredResponse(found=row is not None, response=_json(row["response"]) if row else None)
+
+    async def delete(self, query: ResponseQuery) -> bool:
+        """Delete the stored response of the account; ``False`` when there was none."""
+        status = await self.pool.execute(
+            "DELETE FROM stored_responses WHERE id = $1 AND account_id = $2 AND expires_at > now()",
+            query.response_id,
+            query.account_id,
+        )
+        return bool(status == "DELETE 1")
+
+    async def input_items(self, query: InputItemsQuery) -> InputItemsPage:
+        """A page of the stored response's input items."""
+        row = await self.pool.fetchrow(
+            """SELECT input_items FROM stored_responses
+               WHERE id = $1 AND account_id = $2 AND expires_at > now()""",
+            query.response_id,
+            query.account_id,
+        )
+        if row is None:
+            return InputItemsPage(found=False)
+        data, more = page_of(_json(row["input_items"]), query)
+        return InputItemsPage(found=True, data=data, has_more=more)
+
+    async def chain(self, query: ResponseQuery) -> ResponseChain:
+        """What continuing the response replays, oldest first: each response's input items, then its output
+        items, back to the first of the conversation; not found if any response of it is gone."""
+        rows = await self.pool.fetch(
+            """WITH RECURSIVE chain AS (
+                   SELECT id, previous_response_id, input_items, response -> 'output' AS output, 1 AS depth
+                   FROM stored_responses WHERE id = $1 AND account_id = $2 AND expires_at > now()
+                 UNION ALL
+                   SELECT s.id, s.previous_response_id, s.input_items, s.response -> 'output', c.depth + 1
+                   FROM stored_responses s JOIN chain c ON s.id = c.previous_response_id
+                   WHERE s.account_id = $2 AND s.expires_at > now() AND c.depth <= $3
+               )
+               SELECT previous_response_id, input_items, output, depth FROM chain ORDER BY depth DESC""",
+            query.response_id,
+            query.account_id,
+            MAX_CHAIN,
+        )
+        if not rows:
+            return ResponseChain(found=False)
+        if len(rows) > MAX_CHAIN:
+            return ResponseChain(found=True, too_long=True)
+        if rows[0]["previous_response_id"] is not None:
+            return ResponseChain(found=False)  # the oldest one it names is gone
+        items: list[dict[str, Any]] = []
+        for row in rows:
+            items.extend(_json(row["input_items"]))
+            items.extend(_json(row["output"]) or [])
+        return ResponseChain(found=True, items=items)
+
+    async def sweep(self) -> int:
+        """Delete the expired responses; how many."""
+        status = await self.pool.execute("DELETE FROM stored_responses WHERE expires_at <= now()")
+        return int(status.split()[-1])
