@@ -414,17 +414,63 @@ def test_tool_choice_decides_which_functions_are_called(fields: dict[str, Any], 
     assert called(fields) == names
 
 
-def test_after_a_tool_result_the_model_answers_in_text() -> None:
-    messages = [
-        {"role": "user", "content": "weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-    ]
-    request = ChatCompletionRequest.model_validate(
-        {"model": "demo-model", "messages": messages, "tools": TOOLS, "tool_choice": "required"}
+# A conversation whose last message is a tool result: here the error an instructor retry sends back.
+AFTER_A_TOOL_RESULT: list[dict[str, Any]] = [
+    {"role": "user", "content": "weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": 1}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "Validation error: unit is required. Call it again."},
+]
+
+
+def after_a_tool_result(**fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "demo-model", "messages": AFTER_A_TOOL_RESULT, "tools": TOOLS, **fields}
     )
 
-    [choice] = plan_reply(request, 5).choices
+
+def allowed(mode: str) -> dict[str, Any]:
+    tools = [{"type": "function", "function": {"name": "get_time"}}]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": tools}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"tool_choice": "required"}, ["get_weather"]),
+        ({"tool_choice": "required", "parallel_tool_calls": True}, ["get_weather"]),
+        ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}, ["get_time"]),
+        ({"tool_choice": allowed("required")}, ["get_time"]),
+        ({}, []),
+        ({"tool_choice": "auto"}, []),
+        ({"tool_choice": allowed("auto")}, []),
+        ({"tool_choice": "none"}, []),
+    ],
+)
+def test_after_a_tool_result_a_forced_tool_is_called_and_auto_answers(fields: dict[str, Any], names: list[str]) -> None:
+    assert [function.name for function in functions_to_call(after_a_tool_result(**fields))] == names
+
+
+def test_a_forced_call_after_a_tool_result_has_arguments_satisfying_the_parameters() -> None:
+    [choice] = plan_reply(after_a_tool_result(tool_choice="required"), 5).choices
+    [first_call] = plan_reply(chat("weather in Paris?", tools=TOOLS, tool_choice="required"), 5).choices[0].tool_calls
+
+    assert choice.finish_reason == "tool_calls"
+    assert (choice.content, choice.tokens) == (None, [])
+    [call] = choice.tool_calls
+    assert call.name == "get_weather"
+    jsonschema.validate(orjson.loads(call.arguments), WEATHER["function"]["parameters"])
+    assert call.id != first_call.id
+    assert choice == plan_reply(after_a_tool_result(tool_choice="required"), 5).choices[0]
+
+
+def test_auto_answers_a_tool_result_in_text() -> None:
+    [choice] = plan_reply(after_a_tool_result(), 5).choices
 
     assert choice.tool_calls == ()
     assert choice.finish_reason == "stop"
