@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import enum
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -843,6 +845,45 @@ async def test_openai_sdk_parses_structured_output_and_json_mode() -> None:
     answer = orjson.loads(json_mode.choices[0].message.content or "")
     assert set(answer) == {"answer"}
     assert len(answer["answer"].split(" ")) == 5
+
+
+class Condition(enum.StrEnum):
+    SUNNY = "sunny"
+    RAIN = "rain"
+
+
+class Reading(pydantic.BaseModel):
+    condition: Condition
+    observed: datetime.datetime
+    wind_kmh: int | None = pydantic.Field(ge=0)
+
+
+class Forecast(pydantic.BaseModel):
+    """A structured output as the Agents SDK's output_type or instructor would ask for: $defs, $ref, anyOf."""
+
+    city: str
+    now: Reading
+    later: list[Reading] = pydantic.Field(min_length=2)
+    warning: Reading | None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_openai_sdk_parses_a_nested_pydantic_output(stream: bool) -> None:
+    async with openai_sdk(simulator()) as sdk:
+        if stream:
+            async with sdk.chat.completions.stream(
+                model="demo-model", messages=SDK_PROMPT, response_format=Forecast
+            ) as events:
+                parsed = await events.get_final_completion()
+        else:
+            parsed = await sdk.chat.completions.parse(model="demo-model", messages=SDK_PROMPT, response_format=Forecast)
+
+    forecast = parsed.choices[0].message.parsed
+    assert forecast is not None
+    assert forecast.now.condition is Condition.SUNNY
+    assert forecast.now.observed.tzinfo is not None
+    assert len(forecast.later) == 2
+    assert forecast.warning is not None
 
 
 async def test_openai_sdk_reads_logprobs_whole_and_streamed() -> None:
