@@ -6,6 +6,9 @@ import re
 from typing import Any
 
 import orjson
+import pytest
+from openai.lib.streaming.chat import ChatCompletionStreamState
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from services.simulator.chat_request import ChatCompletionRequest
 from services.simulator.responses import (
@@ -153,3 +156,57 @@ def test_stream_chunks_think_then_answer_with_each_token_logprobs() -> None:
     assert [chunk["choices"][0]["logprobs"] for chunk in chunks[3:]] == [
         {"content": [entry], "refusal": None} for entry in choice.logprobs
     ]
+
+
+AFTER_A_TOOL_RESULT: list[dict[str, Any]] = [
+    {"role": "user", "content": "weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
+    {"role": "tool", "tool_call_id": "call_1", "content": "Validation error: unit is required."},
+]
+TOOL_CALL_CASES: dict[str, dict[str, Any]] = {
+    "auto, two calls": {"tools": TOOLS},
+    "required after a tool result": {"tools": TOOLS, "tool_choice": "required", "messages": AFTER_A_TOOL_RESULT},
+    "named after a tool result": {
+        "tools": TOOLS,
+        "tool_choice": {"type": "function", "function": {"name": "get_time"}},
+        "messages": AFTER_A_TOOL_RESULT,
+    },
+    "reasoning then a call": {"tools": TOOLS, "tool_choice": "required", "reasoning_effort": "minimal"},
+}
+
+
+def summary(body: ChatCompletion) -> list[tuple[str, str, str]]:
+    """Each function call of a completion's first choice: its id, name and arguments."""
+    calls = body.choices[0].message.tool_calls or []
+    return [(call.id, call.function.name, call.function.arguments) for call in calls if call.type == "function"]
+
+
+@pytest.mark.parametrize("fields", TOOL_CALL_CASES.values(), ids=TOOL_CALL_CASES.keys())
+def test_tool_call_chunks_parse_as_the_openai_sdk_reads_them(fields: dict[str, Any]) -> None:
+    meta = new_completion("demo-model")
+    reply = plan_reply(chat(**fields), 4)
+    [choice] = reply.choices
+    payloads = [*choice_chunks(meta, choice, include_usage=False), finish_chunk(meta, choice, include_usage=False)]
+
+    parsed = [ChatCompletionChunk.model_validate(payload) for payload in payloads]
+    state: ChatCompletionStreamState[None] = ChatCompletionStreamState()
+    for chunk in parsed:
+        state.handle_chunk(chunk)
+
+    deltas = [chunk.choices[0].delta for chunk in parsed]
+    assert deltas[0].role == "assistant"
+    calls = [(delta.tool_calls or [])[0] for delta in deltas if delta.tool_calls]
+    for position, call in enumerate(choice.tool_calls):
+        [start, *pieces] = [delta for delta in calls if delta.index == position]
+        assert (start.id, start.type) == (call.id, "function")
+        assert start.function is not None
+        assert (start.function.name, start.function.arguments) == (call.name, "")
+        assert all(piece.id is None and piece.type is None for piece in pieces)
+        assert all(piece.function is not None and piece.function.name is None for piece in pieces)
+        assert "".join(piece.function.arguments or "" for piece in pieces if piece.function) == call.arguments
+    assert [chunk.choices[0].finish_reason for chunk in parsed] == [None] * (len(parsed) - 1) + ["tool_calls"]
+    streamed = state.get_final_completion()
+    whole = ChatCompletion.model_validate(completion(meta, reply))
+    assert streamed.choices[0].finish_reason == whole.choices[0].finish_reason == "tool_calls"
+    assert summary(streamed) == summary(whole) == [(call.id, call.name, call.arguments) for call in choice.tool_calls]
+    assert streamed.choices[0].message.content is None
