@@ -1,8 +1,10 @@
 """A value that satisfies a JSON Schema: the simulator's structured outputs and tool-call arguments.
 
-Covers what OpenAI's structured outputs and function parameters use: ``type`` (one or a list), ``properties``
-and ``required``, ``items`` and ``prefixItems``, ``enum``, ``const``, ``anyOf``/``oneOf`` (the first branch),
-``allOf``, local ``$ref``, and numeric and length bounds. ``format`` and ``pattern`` are not honoured.
+Covers what OpenAI's structured outputs and function parameters use, and what pydantic generates for them:
+``type`` (one or a list), ``properties``, ``required`` and ``minProperties``, ``items`` and ``prefixItems``,
+``enum``, ``const``, ``anyOf``/``oneOf`` (the first branch), ``allOf``, local ``$ref``, numeric and length
+bounds, ``multipleOf``, and the string ``format``s OpenAI supports (a fixed value each, which pydantic parses as
+a datetime, a UUID, an e-mail address...). ``pattern`` and ``uniqueItems`` are not honoured.
 """
 
 from __future__ import annotations
@@ -27,7 +29,22 @@ _TYPE_HINTS: tuple[tuple[str, str], ...] = (
     ("maximum", "number"),
     ("exclusiveMinimum", "number"),
     ("exclusiveMaximum", "number"),
+    ("multipleOf", "number"),
 )
+# A value of each string format OpenAI's structured outputs allow, plus pydantic's URLs and IP addresses.
+FORMAT_EXAMPLES: dict[str, str] = {
+    "date-time": "2024-01-01T12:00:00Z",
+    "date": "2024-01-01",
+    "time": "12:00:00Z",
+    "duration": "P1D",
+    "email": "someone@example.com",
+    "hostname": "example.com",
+    "ipv4": "192.0.2.1",
+    "ipv6": "2001:db8::1",
+    "ipvanyaddress": "192.0.2.1",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "uri": "https://example.com/",
+}
 
 
 def schema_example(schema: dict[str, Any], words: Callable[[], str]) -> Any:
@@ -63,6 +80,8 @@ class _Example:
             return True
         if kind == "null":
             return None
+        if schema.get("format") in FORMAT_EXAMPLES:
+            return FORMAT_EXAMPLES[schema["format"]]
         return _string(schema, self._words())
 
     def _flatten(self, schema: dict[str, Any], depth: int) -> dict[str, Any]:
@@ -99,7 +118,11 @@ class _Example:
         required: list[str] = schema.get("required", [])
         names = list(properties) if depth < FULL_DEPTH else [name for name in properties if name in required]
         names.extend(name for name in required if name not in properties)
-        return {name: self.value(properties.get(name, True), depth + 1) for name in names}
+        value = {name: self.value(properties.get(name, True), depth + 1) for name in names}
+        extra = schema.get("additionalProperties", True)
+        for number in range(schema.get("minProperties", 0) - len(value)):
+            value[f"key{number}"] = self.value(extra, depth + 1)
+        return value
 
     def _array(self, schema: dict[str, Any], depth: int) -> list[Any]:
         prefix: list[Any] = schema.get("prefixItems", [])
@@ -137,22 +160,31 @@ def _type_of(schema: dict[str, Any]) -> str:
 
 
 def _number(schema: dict[str, Any], *, integer: bool) -> int | float:
-    """1 (1.5 for a number), moved into the schema's bounds."""
+    """1 (1.5 for a number), moved into the schema's bounds, then to a multiple of ``multipleOf`` inside them."""
     low, low_open = _bound(schema, "minimum", "exclusiveMinimum", max)
     high, high_open = _bound(schema, "maximum", "exclusiveMaximum", min)
+    value: int | float
     if integer:
         value = 1
         if low is not None:
             value = max(value, math.floor(low) + 1 if low_open else math.ceil(low))
         if high is not None:
             value = min(value, math.ceil(high) - 1 if high_open else math.floor(high))
+    else:
+        value = 1.5
+        if low is not None and (value < low or (low_open and value == low)):
+            value = low + 1 if low_open else low
+        if high is not None and (value > high or (high_open and value == high)):
+            value = (low + high) / 2 if low is not None else high - 1 if high_open else high
+    step = schema.get("multipleOf")
+    if isinstance(step, bool) or not isinstance(step, int | float) or step <= 0:
         return value
-    number = 1.5
-    if low is not None and (number < low or (low_open and number == low)):
-        number = low + 1 if low_open else low
-    if high is not None and (number > high or (high_open and number == high)):
-        number = (low + high) / 2 if low is not None else high - 1 if high_open else high
-    return number
+    for multiple in (math.ceil(value / step) * step, math.floor(value / step) * step):
+        below_high = high is None or multiple < high or (not high_open and multiple == high)
+        above_low = low is None or multiple > low or (not low_open and multiple == low)
+        if below_high and above_low:
+            return round(multiple) if integer else multiple
+    return value
 
 
 def _bound(

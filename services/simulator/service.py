@@ -239,15 +239,15 @@ def plan_reply(request: ChatCompletionRequest, reply_length: int, *, reasoning_t
 
 
 def functions_to_call(request: ChatCompletionRequest) -> list[FunctionDefinition]:
-    """The functions the simulated model calls: none after a tool result, else as ``tool_choice`` says.
+    """The functions the simulated model calls, as ``tool_choice`` says.
 
-    A named function is called; "required" calls the first tool; "auto" (the default) the first two when
-    parallel tool calls are allowed, else the first.
+    A named function is called, and "required" calls the first tool, whatever the last message is: a client
+    that forces a tool (instructor's retries, an agent's forced step) sends a tool result last and still needs
+    a call. "auto" (the default) calls the first two when parallel tool calls are allowed, else the first,
+    but answers a tool result in text, so that an agent's tool loop reaches a final answer.
     """
     choice = request.tool_choice
     if not request.tools or choice == "none" or isinstance(choice, NamedCustomChoice):
-        return []
-    if request.messages[-1].get("role") == "tool":
         return []
     functions = request.functions
     if isinstance(choice, NamedFunctionChoice):
@@ -258,7 +258,11 @@ def functions_to_call(request: ChatCompletionRequest) -> list[FunctionDefinition
         names = {function.get("name") for function in allowed if isinstance(function, dict)}
         functions = [function for function in functions if function.name in names]
         mode = choice.allowed_tools.mode
-    return functions[: 2 if mode == "auto" and request.parallel_tool_calls is not False else 1]
+    if mode == "required":
+        return functions[:1]
+    if request.messages[-1].get("role") == "tool":
+        return []
+    return functions[: 1 if request.parallel_tool_calls is False else 2]
 
 
 def _plan_choice(

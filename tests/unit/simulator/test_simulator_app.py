@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import enum
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -701,6 +703,87 @@ async def test_tool_choice_none_and_a_tool_result_get_text(make_client: MakeClie
         assert len(choice["message"]["content"].split(" ")) == 4
 
 
+AFTER_A_TOOL_RESULT: list[dict[str, Any]] = [
+    *PROMPT,
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "Validation error: city and unit are required."},
+]
+
+
+@pytest.mark.parametrize(
+    ("tool_choice", "tool"),
+    [("required", WEATHER_TOOL), ({"type": "function", "function": {"name": "get_time"}}, TIME_TOOL)],
+    ids=["required", "named"],
+)
+async def test_a_forced_tool_is_called_after_a_tool_result_whole_and_streamed(
+    make_client: MakeClient, tool_choice: Any, tool: Any
+) -> None:
+    client = make_client(simulator())
+    body = chat_body(messages=AFTER_A_TOOL_RESULT, tools=[WEATHER_TOOL, TIME_TOOL], tool_choice=tool_choice)
+
+    whole = (await client.post("/v1/chat/completions", json=body)).json()
+    events = chunks(sse_payloads((await client.post("/v1/chat/completions", json={**body, "stream": True})).content))
+
+    [choice] = whole["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["content"] is None
+    [call] = choice["message"]["tool_calls"]
+    assert call["function"]["name"] == tool["function"]["name"]
+    jsonschema.validate(orjson.loads(call["function"]["arguments"]), tool["function"]["parameters"])
+    deltas = [event["choices"][0]["delta"] for event in events]
+    assert deltas[0]["tool_calls"] == [
+        {
+            "index": 0,
+            "id": call["id"],
+            "type": "function",
+            "function": {"name": call["function"]["name"], "arguments": ""},
+        }
+    ]
+    pieces = [delta["tool_calls"][0]["function"]["arguments"] for delta in deltas[1:-1]]
+    assert "".join(pieces) == call["function"]["arguments"]
+    assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_an_agent_loop_with_auto_tools_reaches_a_final_answer(stream: bool) -> None:
+    """An agent (the Agents SDK's Chat Completions model, say) calls the tools the model asks for until it answers."""
+    tools: Any = [WEATHER_TOOL, TIME_TOOL]
+    messages: list[Any] = list(SDK_PROMPT)
+    turns: list[openai.types.chat.ChatCompletion] = []
+    async with openai_sdk(simulator(reply_tokens=5)) as sdk:
+        while len(turns) < 5:
+            if stream:
+                async with sdk.chat.completions.stream(model="demo-model", messages=messages, tools=tools) as events:
+                    turn: openai.types.chat.ChatCompletion = await events.get_final_completion()
+            else:
+                turn = await sdk.chat.completions.create(model="demo-model", messages=messages, tools=tools)
+            turns.append(turn)
+            message = turn.choices[0].message
+            calls = [call for call in message.tool_calls or [] if call.type == "function"]
+            if not calls:
+                break
+            messages.append(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {"id": call.id, "type": "function", "function": call.function.model_dump()} for call in calls
+                    ],
+                }
+            )
+            messages.extend({"role": "tool", "tool_call_id": call.id, "content": "12°C and sunny"} for call in calls)
+
+    assert [turn.choices[0].finish_reason for turn in turns] == ["tool_calls", "stop"]
+    assert len(messages) == 1 + 1 + 2
+    final = turns[-1].choices[0].message
+    assert final.tool_calls in (None, [])
+    assert len((final.content or "").split(" ")) == 5
+
+
 async def test_named_tool_missing_from_tools_is_400(make_client: MakeClient) -> None:
     client = make_client(simulator())
     choice = {"type": "function", "function": {"name": "launch"}}
@@ -762,6 +845,45 @@ async def test_openai_sdk_parses_structured_output_and_json_mode() -> None:
     answer = orjson.loads(json_mode.choices[0].message.content or "")
     assert set(answer) == {"answer"}
     assert len(answer["answer"].split(" ")) == 5
+
+
+class Condition(enum.StrEnum):
+    SUNNY = "sunny"
+    RAIN = "rain"
+
+
+class Reading(pydantic.BaseModel):
+    condition: Condition
+    observed: datetime.datetime
+    wind_kmh: int | None = pydantic.Field(ge=0)
+
+
+class Forecast(pydantic.BaseModel):
+    """A structured output as the Agents SDK's output_type or instructor would ask for: $defs, $ref, anyOf."""
+
+    city: str
+    now: Reading
+    later: list[Reading] = pydantic.Field(min_length=2)
+    warning: Reading | None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_openai_sdk_parses_a_nested_pydantic_output(stream: bool) -> None:
+    async with openai_sdk(simulator()) as sdk:
+        if stream:
+            async with sdk.chat.completions.stream(
+                model="demo-model", messages=SDK_PROMPT, response_format=Forecast
+            ) as events:
+                parsed = await events.get_final_completion()
+        else:
+            parsed = await sdk.chat.completions.parse(model="demo-model", messages=SDK_PROMPT, response_format=Forecast)
+
+    forecast = parsed.choices[0].message.parsed
+    assert forecast is not None
+    assert forecast.now.condition is Condition.SUNNY
+    assert forecast.now.observed.tzinfo is not None
+    assert len(forecast.later) == 2
+    assert forecast.warning is not None
 
 
 async def test_openai_sdk_reads_logprobs_whole_and_streamed() -> None:

@@ -1,4 +1,4 @@
-"""The simulator's pure logic: deterministic replies, token counts, fault selection and OpenAI's shapes."""
+"""The simulator's pure logic: deterministic replies, tool calls, token counts, fault selection and request checks."""
 
 from __future__ import annotations
 
@@ -11,15 +11,6 @@ import pytest
 from pydantic import ValidationError
 
 from services.simulator.chat_request import ChatCompletionRequest, SimulatorOverride, request_problem
-from services.simulator.responses import (
-    choice_chunks,
-    completion,
-    completion_chunk,
-    finish_chunk,
-    new_completion,
-    sse_event,
-    usage_chunk,
-)
 from services.simulator.service import (
     WORDS,
     Behaviour,
@@ -130,65 +121,6 @@ def test_usage_counts_prompt_and_completion_tokens_with_openai_details() -> None
         "prompt_tokens_details": {"cached_tokens": 0},
         "completion_tokens_details": {"reasoning_tokens": 0},
     }
-
-
-def test_completion_has_openai_shape() -> None:
-    meta = new_completion("demo-model")
-    reply = plan_reply(chat(), 3)
-
-    body = completion(meta, reply)
-
-    assert re.fullmatch(r"chatcmpl-sim-[0-9a-f]{32}", body["id"])
-    assert body["object"] == "chat.completion"
-    assert isinstance(body["created"], int)
-    assert body["model"] == "demo-model"
-    assert body["choices"] == [
-        {
-            "index": 0,
-            "message": {"role": "assistant", "content": reply.choices[0].content, "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }
-    ]
-    assert body["usage"] == reply.usage()
-
-
-def test_completion_ids_are_unique() -> None:
-    assert new_completion("m").id != new_completion("m").id
-
-
-def test_chunk_has_openai_shape_and_no_usage_unless_asked() -> None:
-    meta = new_completion("demo-model")
-
-    chunk = completion_chunk(meta, {"content": " word"})
-
-    assert chunk["object"] == "chat.completion.chunk"
-    assert chunk["id"] == meta.id
-    assert chunk["choices"] == [{"index": 0, "delta": {"content": " word"}, "logprobs": None, "finish_reason": None}]
-    assert "usage" not in chunk
-
-
-def test_chunks_carry_null_usage_when_the_stream_includes_usage() -> None:
-    chunk = completion_chunk(new_completion("demo-model"), {}, "length", include_usage=True)
-
-    assert chunk["usage"] is None
-    assert chunk["choices"][0]["finish_reason"] == "length"
-
-
-def test_usage_chunk_has_no_choices() -> None:
-    reply = plan_reply(chat(), 2)
-
-    chunk = usage_chunk(new_completion("demo-model"), reply)
-
-    assert chunk["choices"] == []
-    assert chunk["usage"] == reply.usage()
-
-
-def test_sse_event_is_one_data_line_and_a_blank_line() -> None:
-    event = sse_event({"a": 1})
-
-    assert event == b'data: {"a":1}\n\n'
-    assert orjson.loads(event.removeprefix(b"data: ")) == {"a": 1}
 
 
 def test_configured_fault_happens_when_the_roll_is_below_the_rate() -> None:
@@ -414,17 +346,63 @@ def test_tool_choice_decides_which_functions_are_called(fields: dict[str, Any], 
     assert called(fields) == names
 
 
-def test_after_a_tool_result_the_model_answers_in_text() -> None:
-    messages = [
-        {"role": "user", "content": "weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function"}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
-    ]
-    request = ChatCompletionRequest.model_validate(
-        {"model": "demo-model", "messages": messages, "tools": TOOLS, "tool_choice": "required"}
+# A conversation whose last message is a tool result: here the error an instructor retry sends back.
+AFTER_A_TOOL_RESULT: list[dict[str, Any]] = [
+    {"role": "user", "content": "weather in Paris?"},
+    {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": 1}'}}
+        ],
+    },
+    {"role": "tool", "tool_call_id": "call_1", "content": "Validation error: unit is required. Call it again."},
+]
+
+
+def after_a_tool_result(**fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "demo-model", "messages": AFTER_A_TOOL_RESULT, "tools": TOOLS, **fields}
     )
 
-    [choice] = plan_reply(request, 5).choices
+
+def allowed(mode: str) -> dict[str, Any]:
+    tools = [{"type": "function", "function": {"name": "get_time"}}]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": mode, "tools": tools}}
+
+
+@pytest.mark.parametrize(
+    ("fields", "names"),
+    [
+        ({"tool_choice": "required"}, ["get_weather"]),
+        ({"tool_choice": "required", "parallel_tool_calls": True}, ["get_weather"]),
+        ({"tool_choice": {"type": "function", "function": {"name": "get_time"}}}, ["get_time"]),
+        ({"tool_choice": allowed("required")}, ["get_time"]),
+        ({}, []),
+        ({"tool_choice": "auto"}, []),
+        ({"tool_choice": allowed("auto")}, []),
+        ({"tool_choice": "none"}, []),
+    ],
+)
+def test_after_a_tool_result_a_forced_tool_is_called_and_auto_answers(fields: dict[str, Any], names: list[str]) -> None:
+    assert [function.name for function in functions_to_call(after_a_tool_result(**fields))] == names
+
+
+def test_a_forced_call_after_a_tool_result_has_arguments_satisfying_the_parameters() -> None:
+    [choice] = plan_reply(after_a_tool_result(tool_choice="required"), 5).choices
+    [first_call] = plan_reply(chat("weather in Paris?", tools=TOOLS, tool_choice="required"), 5).choices[0].tool_calls
+
+    assert choice.finish_reason == "tool_calls"
+    assert (choice.content, choice.tokens) == (None, [])
+    [call] = choice.tool_calls
+    assert call.name == "get_weather"
+    jsonschema.validate(orjson.loads(call.arguments), WEATHER["function"]["parameters"])
+    assert call.id != first_call.id
+    assert choice == plan_reply(after_a_tool_result(tool_choice="required"), 5).choices[0]
+
+
+def test_auto_answers_a_tool_result_in_text() -> None:
+    [choice] = plan_reply(after_a_tool_result(), 5).choices
 
     assert choice.tool_calls == ()
     assert choice.finish_reason == "stop"
@@ -601,53 +579,3 @@ def test_stop_sequence_absent_from_the_reply_changes_nothing() -> None:
     assert tokens == ["the", " gateway"]
     [choice] = plan_reply(chat(max_tokens=4, stop="zebra"), 16).choices
     assert (len(choice.tokens), choice.finish_reason) == (4, "length")
-
-
-def test_stream_chunks_of_a_tool_call_open_with_its_name_then_stream_arguments() -> None:
-    meta = new_completion("demo-model")
-    [choice] = plan_reply(chat(tools=TOOLS), 4).choices
-    weather, clock = choice.tool_calls
-
-    deltas = [chunk["choices"][0]["delta"] for chunk in choice_chunks(meta, choice, include_usage=False)]
-
-    assert deltas[0] == {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [
-            {"index": 0, "id": weather.id, "type": "function", "function": {"name": "get_weather", "arguments": ""}}
-        ],
-    }
-    first_call = len(weather.argument_pieces())
-    assert [delta["tool_calls"][0]["function"]["arguments"] for delta in deltas[1 : 1 + first_call]] == (
-        weather.argument_pieces()
-    )
-    assert deltas[1 + first_call] == {
-        "tool_calls": [
-            {"index": 1, "id": clock.id, "type": "function", "function": {"name": "get_time", "arguments": ""}}
-        ]
-    }
-    assert deltas[2 + first_call :] == [{"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]}]
-    assert finish_chunk(meta, choice, include_usage=False)["choices"][0] == {
-        "index": 0,
-        "delta": {},
-        "logprobs": None,
-        "finish_reason": "tool_calls",
-    }
-
-
-def test_stream_chunks_think_then_answer_with_each_token_logprobs() -> None:
-    meta = new_completion("demo-model")
-    [choice] = plan_reply(chat(logprobs=True, reasoning_effort="minimal", n=2), 3).choices[1:]
-
-    chunks = list(choice_chunks(meta, choice, include_usage=True))
-
-    assert all(chunk["choices"][0]["index"] == 1 and chunk["usage"] is None for chunk in chunks)
-    deltas = [chunk["choices"][0]["delta"] for chunk in chunks]
-    assert deltas[0] == {"role": "assistant", "content": ""}
-    assert deltas[1:3] == [{"reasoning_content": token} for token in choice.reasoning]
-    assert deltas[3:] == [{"content": token} for token in choice.tokens]
-    assert [chunk["choices"][0]["logprobs"] for chunk in chunks[:3]] == [None] * 3
-    assert choice.logprobs is not None
-    assert [chunk["choices"][0]["logprobs"] for chunk in chunks[3:]] == [
-        {"content": [entry], "refusal": None} for entry in choice.logprobs
-    ]
