@@ -168,6 +168,19 @@ def held_to_count(claimed: int, counted: int | None, estimated: bool) -> tuple[i
     return min(claimed, counted), claimed > counted + COUNT_TOLERANCE
 
 
+def breaks_bound(claimed: int, bound: int, counted: int | None, estimated: bool) -> bool:
+    """Whether a claimed token count past the request's bound for it is a discrepancy (it is billed at the
+    bound either way): always, unless the network counted the same tokens and the claim is only an estimate
+    (the adapter's, when the engine reported none: the count replaces it) or within ``COUNT_TOLERANCE`` of the
+    count. Then the client's own limit cut the bill, not a lie: llama.cpp generates past ``max_tokens`` to
+    finish a character of several bytes, and the text the client received holds those tokens."""
+    if 0 <= claimed <= bound:
+        return False
+    if counted is None:
+        return True
+    return not (estimated or 0 <= claimed <= counted + COUNT_TOLERANCE)
+
+
 @dataclass(frozen=True, slots=True)
 class UsageBounds:
     """The most a request can have used, whatever its hoster says: every prompt token comes from the bytes

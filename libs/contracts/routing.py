@@ -231,15 +231,16 @@ class AttemptsObserved(Contract):
 # Why the ingress gives up on an attempt: the client left, or the hoster missed a deadline the ingress
 # enforces itself (a hoster's agent is not trusted to keep the deadlines it was given).
 # ``route_timeout``: the ingress stopped waiting for the routing decision and answered the client with an
-# error; whatever the request started is stopped and nothing of it is charged.
-CancelReason = Literal["client_gone", "first_byte_timeout", "stalled", "route_timeout"]
+# error; whatever the request started is stopped and nothing of it is charged. ``empty_answer``: the hoster
+# ended its answer without any content for the client (a usage claim at most), failed as a missed first byte.
+CancelReason = Literal["client_gone", "first_byte_timeout", "stalled", "route_timeout", "empty_answer"]
 
 
 class RequestCancelled(Contract):
     """ingress -> routers (router -> the serving hoster): stop the request. The client disconnected (bill what
-    was made), or the serving attempt missed its first-byte deadline or stalled at the ingress (the router
-    fails it as the hoster's failure and fails over when it may), or the ingress gave up waiting for the route
-    (nothing is charged)."""
+    was made), or the serving attempt missed its first-byte deadline, stalled or ended with no content at the
+    ingress (the router fails it as the hoster's failure and fails over when it may), or the ingress gave up
+    waiting for the route (nothing is charged)."""
 
     request_id: str
     reason: CancelReason = "client_gone"

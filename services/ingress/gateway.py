@@ -144,8 +144,9 @@ class UsageGuard:
         self.fee_bps = fee_bps
         self.text_bytes = 0
         self.choices = 1
-        # Objects taken that carried something for the client (text, a tool call, a finish reason, usage, an
-        # embedding): a hoster's empty chunks (``{"choices": []}``, a bare role) are no sign of progress.
+        # Objects taken that carried something for the client (text, a tool call, a finish reason, an
+        # embedding): a hoster's empty chunks (``{"choices": []}``, a bare role) and a usage claim on its own
+        # are no sign of progress.
         self.progress = 0
         # For a model registered with its tokenizer (``count``): the completion counter, the router's prompt
         # count, and the text relayed per choice; the usage the client sees is then also held to those counts.
@@ -201,10 +202,15 @@ class UsageGuard:
             body = orjson.dumps(doc)
         finished = self._count(doc.get("choices"), chunk)
         usage = doc.get("usage")
-        if finished or self.text_bytes > text_before or isinstance(usage, dict) or self.vectors is not None:
+        if finished or self.text_bytes > text_before or self.vectors is not None:
             self.progress += 1
         if not isinstance(usage, dict):
             return body
+        if not self.progress:
+            # Usage of an answer that gave the client nothing yet: such an attempt is billed nothing (the
+            # router pays only for delivered content), so the client is shown no usage either.
+            del doc["usage"]
+            return orjson.dumps(doc)
         bounds = self.bounds.with_text(self.text_bytes, self.choices)
         prompt, completion, _ = bounds.bound(
             _count_of(usage.get("prompt_tokens")), _count_of(usage.get("completion_tokens"))
@@ -517,7 +523,23 @@ class ReplyStream:
                 frame = frame._replace(body=body)
             if guard is None or guard.progress > before:
                 self._progressed()
+        if frame.kind in (frames.END, frames.COMPLETION) and not self._delivered():
+            return self._empty(frame)
         return frame
+
+    def _delivered(self) -> bool:
+        """Whether the serving attempt sent the client any content."""
+        return self.delivered_frames > 0 and self.delivered_attempt == self.attempt
+
+    def _empty(self, frame: frames.Frame) -> frames.Frame | None:
+        """The serving attempt ended its answer with nothing for the client (no text, no tool call, no finish
+        reason: a usage claim at most). It failed, as one whose first content never came: the miss is reported,
+        the frame dropped, and the router fails over or ends the request with an error."""
+        if self._deadlines is None:
+            return frame
+        self._abandoned, self._due = max(self._abandoned, self.attempt), None
+        self._deadlines.overdue(self.request_id, self.attempt, "empty_answer")
+        return None
 
     def _progressed(self) -> None:
         """The serving attempt sent the client something: its stall deadline starts again."""

@@ -24,6 +24,7 @@ from libs.contracts.hosters import (
 from libs.contracts.pricing import (
     IMAGE_PARTS,
     UsageBounds,
+    breaks_bound,
     client_price,
     cost_of,
     estimate_prompt_tokens,
@@ -775,8 +776,9 @@ def charge(
     a byte, plus one end token per choice), at the prices of the dispatch. For a registered model, the lower
     of the claim and the network's own count (``counted_prompt``, the router's; the note's completion count,
     the ingress's: ``held_to_count``), and the attempt says its usage was counted only when both counts were
-    there (else it is "not verified"). A claim past a bound or past a count, or a report naming other prices,
-    is a discrepancy (billed at the bound, the count and the dispatch's prices)."""
+    there (else it is "not verified"). A claim past a bound (unless our count is past it too:
+    ``breaks_bound``) or past a count, or a report naming other prices, is a discrepancy (billed at the bound,
+    the count and the dispatch's prices)."""
     report = run.report
     if report is None or note is None or delivered_frames(run, note) == 0:
         return None
@@ -784,6 +786,11 @@ def charge(
     held = bounds.with_text(note.text_bytes, note.choices)
     claimed = report.usage
     prompt, completion, why = held.bound(claimed.prompt_tokens, claimed.completion_tokens)
+    if why is not None and not (
+        breaks_bound(claimed.prompt_tokens, held.prompt, counted_prompt, claimed.estimated)
+        or breaks_bound(claimed.completion_tokens, held.completion, note.completion_tokens, claimed.estimated)
+    ):
+        why = None
     prompt, over_prompt = held_to_count(prompt, counted_prompt, claimed.estimated)
     completion, over_completion = held_to_count(completion, note.completion_tokens, claimed.estimated)
     prompt, completion = min(prompt, held.prompt), min(completion, held.completion)

@@ -11,14 +11,18 @@ import httpx
 from libs.devstack.stack import Stack
 
 
-def routing_record(stack: Stack, key: str, request_id: str, timeout_s: float = 10) -> dict[str, Any]:
-    """``GET /v1/generation/{id}`` once billing has recorded an attempt of the request."""
+def routing_record(
+    stack: Stack, key: str, request_id: str, timeout_s: float = 10, settled: bool = False
+) -> dict[str, Any]:
+    """``GET /v1/generation/{id}`` once billing has recorded an attempt of the request (with ``settled``, once
+    it has settled it too: before, its tokens and cost are 0)."""
     deadline = time.monotonic() + timeout_s
     while True:
         response = httpx.get(
             f"{stack.config.api_base}/generation/{request_id}", headers={"authorization": f"Bearer {key}"}
         )
-        if response.status_code == 200 and response.json()["attempts"]:
+        ready = response.status_code == 200 and response.json()["attempts"]
+        if ready and (not settled or response.json()["status"] != "open"):
             data: dict[str, Any] = response.json()
             return data
         assert time.monotonic() < deadline, response.text

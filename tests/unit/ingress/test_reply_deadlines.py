@@ -147,3 +147,48 @@ async def test_frames_that_carry_nothing_do_not_stretch_the_stall_deadline() -> 
     assert missed == [("r", 1, "stalled")]
     assert (replies.delivered_attempt, replies.delivered_frames) == (1, 1)
     assert replies.guard.text_bytes == 3
+
+
+CLAIM = {"prompt_tokens": 40, "completion_tokens": 24, "total_tokens": 64}
+
+
+@pytest.mark.parametrize("whole", [False, True])
+async def test_an_answer_with_no_content_is_a_miss_and_the_next_hoster_answers(whole: bool) -> None:
+    """A hoster that ends its stream having sent nothing but a usage claim, or whose whole answer holds none
+    either, gave the client nothing: the client is shown no usage (nothing is billed), the miss is reported
+    and the frame dropped, and the router's failover serves the answer."""
+    replies, missed = stream()
+    replies.guard = UsageGuard(UsageBounds(100, 100), 1_000_000, 1_000_000, 0)
+    replies.arm(1, 1000, reply(1))
+    claim = orjson.dumps({"choices": [], "usage": CLAIM})
+    if whole:
+        replies.put(offer(1), frames.encode(frames.COMPLETION, 1, 0, claim))
+    else:
+        replies.put(offer(1), frames.encode(frames.CHUNK, 1, 0, claim))
+        replies.put(offer(1), frames.encode(frames.END, 1, 1))
+        shown = await replies.next()
+        assert orjson.loads(shown.body) == {"choices": []}
+    waiting = asyncio.create_task(replies.next())
+    await asyncio.wait_for(missed.first.wait(), 2)
+    assert missed == [("r", 1, "empty_answer")]
+    assert replies.delivered_frames == 0
+    replies.put_control(announce(2, hoster_id="h2", model="m"))
+    content = orjson.dumps({"choices": [{"index": 0, "delta": {"content": "hi"}}]})
+    replies.put(offer(2), frames.encode(frames.CHUNK, 2, 0, content))
+    assert (await waiting).kind == frames.ATTEMPT
+    assert (await replies.next()).body == content
+    assert (replies.delivered_attempt, replies.delivered_frames) == (2, 1)
+
+
+async def test_usage_after_content_is_shown_and_the_stream_ends() -> None:
+    replies, missed = stream()
+    replies.guard = UsageGuard(UsageBounds(100, 100), 1_000_000, 1_000_000, 0)
+    replies.arm(1, 1000, reply(1))
+    replies.put(offer(1), frames.encode(frames.CHUNK, 1, 0, orjson.dumps({"choices": [{"index": 0, "delta": {
+        "content": "a fine answer"}}]})))  # fmt: skip
+    replies.put(offer(1), frames.encode(frames.CHUNK, 1, 1, orjson.dumps({"choices": [], "usage": CLAIM})))
+    replies.put(offer(1), frames.encode(frames.END, 1, 2))
+    assert (await replies.next()).kind == frames.CHUNK
+    assert orjson.loads((await replies.next()).body)["usage"]["prompt_tokens"] == 40
+    assert (await replies.next()).kind == frames.END
+    assert missed == []

@@ -146,12 +146,13 @@ def test_counts_that_are_not_numbers_are_not_shown_as_they_came(guard: UsageGuar
 
 
 def test_an_embeddings_usage_keeps_without_a_completion_count() -> None:
-    guard = UsageGuard(UsageBounds(prompt=100, completion=0), 1_000_000, 0, 0)
+    guard = UsageGuard(UsageBounds(prompt=100, completion=0), 1_000_000, 0, 0, vectors=VectorsAsked(1, None, "float"))
     usage = client_usage(3, 0, None, 1_000_000, 0, 0)
     del usage["completion_tokens"]
-    written = orjson.dumps({"object": "list", "data": [], "model": "m", "usage": usage})
+    data = [{"object": "embedding", "index": 0, "embedding": [0.5, 0.25]}]
+    written = orjson.dumps({"object": "list", "data": data, "model": "m", "usage": usage})
     assert guard.take(written) == written
-    inflated = orjson.dumps({"object": "list", "data": [], "model": "m", "usage": {"prompt_tokens": 10**6}})
+    inflated = orjson.dumps({"object": "list", "data": data, "model": "m", "usage": {"prompt_tokens": 10**6}})
     assert orjson.loads(taken(guard, inflated))["usage"] == {
         "prompt_tokens": 100,
         "total_tokens": 100,

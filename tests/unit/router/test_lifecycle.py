@@ -224,3 +224,29 @@ def test_the_record_times_a_whole_answer_on_the_ingresss_clock_not_the_hosters()
     assert (observed.tokens_per_s, observed.implausible_speed) == (250.0, False)
     _, instant = record_of(r, unstreamed, counted, billed, 101.0, WALL, 100.0)
     assert (instant.tokens_per_s, instant.implausible_speed) == (None, True)
+
+
+def test_a_registered_models_claim_past_a_bound_is_flagged_only_past_our_count_too() -> None:
+    """llama.cpp generates past ``max_tokens`` to finish a character of several bytes (9 tokens of 8, our
+    count of the text agrees), and reports no usage on a stream (the adapter's estimate of a prompt, a quarter
+    of its characters, may pass our count): billed at the bounds and our count, and no discrepancy. A claim
+    past the bound and past our count is one, and so is any claim past a bound when nothing was counted."""
+    bounds = UsageBounds(prompt=48, completion=8)  # our prompt count (44) plus the tolerance; max_tokens 8
+    priced = {"input_price": 1, "output_price": 1}  # the dispatch's (``run``)
+    counted = note(text_bytes=400).model_copy(update={"completion_tokens": 9})
+    overrun = charge(run(report=outcome(44, 9, **priced)), bounds, counted, counted_prompt=44)
+    assert overrun is not None
+    assert (overrun.usage.prompt_tokens, overrun.usage.completion_tokens) == (44, 8)
+    assert overrun.usage_discrepancy is None
+    estimate = Usage(prompt_tokens=53, completion_tokens=9, estimated=True)
+    estimated = charge(run(report=outcome(53, 9, **priced).model_copy(update={"usage": estimate})), bounds, counted, 44)
+    assert estimated is not None
+    assert (estimated.usage.prompt_tokens, estimated.usage.completion_tokens) == (44, 8)
+    assert estimated.usage_discrepancy is None
+    inflated = charge(run(report=outcome(44, 14, **priced)), bounds, counted, counted_prompt=44)
+    assert inflated is not None
+    assert (inflated.usage.prompt_tokens, inflated.usage.completion_tokens) == (44, 8)
+    assert "bounds: 48 prompt, 8 completion" in (inflated.usage_discrepancy or "")
+    uncounted = charge(run(report=outcome(44, 9, **priced)), bounds, note(text_bytes=400))
+    assert uncounted is not None
+    assert "bounds: 48 prompt, 8 completion" in (uncounted.usage_discrepancy or "")
