@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from libs.contracts.openai import ValidationFailure, hoster_body
+from services.ingress.response_object import response_of
 from services.ingress.responses import ChatTranslation, InvalidRequest, chat_messages, chat_request_of
 from tests.openai_schema import openai_validator
 
@@ -437,3 +438,46 @@ def test_what_the_openai_sdk_sends_is_accepted() -> None:
     assert translation.chat.routing().tier == "cheapest"
     assert translation.chat_body["reasoning_effort"] == "medium"
 
+
+def test_an_answers_output_passed_back_is_the_same_assistant_turn() -> None:
+    first = translated(input="Weather in Paris?", tools=[WEATHER_TOOL])
+    answer = {
+        "model": "m",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "reasoning_content": "Need the tool.",
+                    "content": "Checking.",
+                    "tool_calls": [
+                        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+    }
+    output = response_of(answer, first.request, "resp_1", 1)["output"]
+    tool_result = {"type": "function_call_output", "call_id": "call_1", "output": "18C"}
+    # Chained by previous_response_id, or with the output passed back as input: the same conversation.
+    chained = chat_request_of(
+        {"model": "m", "input": [tool_result], "previous_response_id": "resp_1", "tools": [WEATHER_TOOL]},
+        [*first.input_items, *output],
+    )
+    passed_back = translated(input=[*first.input_items, *output, tool_result], tools=[WEATHER_TOOL])
+
+    expected = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {
+            "role": "assistant",
+            "content": "Checking.",
+            "reasoning_content": "Need the tool.",
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "18C"},
+    ]
+    assert chained.chat_body["messages"] == expected
+    assert passed_back.chat_body["messages"] == expected
