@@ -49,14 +49,16 @@ def _whole_number(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-_Whole = BeforeValidator(_whole_number)
+# An integer parameter that may be written as a whole float (``16.0``).
+Whole = BeforeValidator(_whole_number)
 # Bounded so that everything downstream (prices, reservations, bigint columns) stays in range.
-TokenBudget = Annotated[int, Field(ge=1, le=10_000_000), _Whole]
-LatencyMs = Annotated[int, Field(ge=1, le=3_600_000), _Whole]
-ChoiceCount = Annotated[int, Field(ge=1, le=128), _Whole]
-TopLogprobs = Annotated[int, Field(ge=0, le=20), _Whole]
-Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), _Whole]
-TopK = Annotated[int, Field(ge=-1, le=100_000), _Whole]
+MAX_TOKEN_BUDGET = 10_000_000
+TokenBudget = Annotated[int, Field(ge=1, le=MAX_TOKEN_BUDGET), Whole]
+LatencyMs = Annotated[int, Field(ge=1, le=3_600_000), Whole]
+ChoiceCount = Annotated[int, Field(ge=1, le=128), Whole]
+TopLogprobs = Annotated[int, Field(ge=0, le=20), Whole]
+Seed = Annotated[int, Field(ge=-(2**63), le=2**63 - 1), Whole]
+TopK = Annotated[int, Field(ge=-1, le=100_000), Whole]
 
 
 class _Open(Contract):
@@ -387,7 +389,7 @@ class ChatCompletionRequest(RoutedRequest):
 
 
 # Token ids as OpenAI's tokenizers number them (and any open model's: vocabularies stay far below 2^31).
-TokenId = Annotated[int, Field(ge=0, le=2**31 - 1), _Whole]
+TokenId = Annotated[int, Field(ge=0, le=2**31 - 1), Whole]
 # A prompt (or an input to embed): a string, strings, token ids, or lists of token ids (OpenAI's four forms).
 PromptInput = (
     Annotated[str, Field(max_length=4_000_000)]
@@ -433,7 +435,7 @@ class CompletionRequest(RoutedRequest):
     best_of: ChoiceCount | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     echo: bool | None = None
-    logprobs: Annotated[int, Field(ge=0, le=5), _Whole] | None = None
+    logprobs: Annotated[int, Field(ge=0, le=5), Whole] | None = None
     suffix: str | None = None
     presence_penalty: float | None = Field(None, ge=-2, le=2)
     frequency_penalty: float | None = Field(None, ge=-2, le=2)
@@ -458,7 +460,7 @@ class EmbeddingRequest(RoutedRequest):
     model: str = Field(min_length=1, max_length=256)
     input: EmbeddingInput
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: Annotated[int, Field(ge=1, le=65_536), _Whole] | None = None
+    dimensions: Annotated[int, Field(ge=1, le=65_536), Whole] | None = None
     user: str | None = Field(None, max_length=512)
 
 

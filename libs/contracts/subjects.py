@@ -84,7 +84,7 @@ LIST_REGISTRATIONS = "billing.hosters.list"
 FETCH_TOKENIZER = "billing.tokenizer.fetch"
 # router -> billing (request/reply): the models registered with their tokenizers (whose usage is verified).
 LIST_TOKENIZERS = "billing.tokenizers.list"
-# ingress -> billing (request/reply): the Responses API's stored responses (``libs/contracts/responses.py``):
+# ingress -> billing (request/reply): the Responses API's stored responses (``libs/contracts/stored_responses.py``):
 # keep one, show it, delete it, its input items, the chain a ``previous_response_id`` replays.
 STORE_RESPONSE = "billing.responses.store"
 SHOW_RESPONSE = "billing.responses.show"

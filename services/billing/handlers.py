@@ -64,7 +64,7 @@ from libs.contracts.management import (
     VerifyManagementKey,
 )
 from libs.contracts.models import FetchTokenizer, RegisteredModels, TokenizerPart
-from libs.contracts.responses import (
+from libs.contracts.stored_responses import (
     InputItemsPage,
     InputItemsQuery,
     ResponseChain,

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from libs.contracts.responses import (
+from libs.contracts.stored_responses import (
     MAX_CHAIN,
     InputItemsPage,
     InputItemsQuery,

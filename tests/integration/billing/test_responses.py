@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from libs.contracts.responses import InputItemsQuery, ResponseQuery, StoreResponse
+from libs.contracts.stored_responses import InputItemsQuery, ResponseQuery, StoreResponse
 from services.billing.ledger import Ledger
 from services.billing.responses import ResponseStore
 
