@@ -36,6 +36,12 @@ def unsupported_media_type() -> ErrorReport:
     )
 
 
+def response_not_found(response_id: str, param: str) -> ErrorReport:
+    """404: no stored response of that id for this account (another account's, deleted, expired, or never
+    stored: ``store: false``)."""
+    return _invalid(404, "response_not_found", f"Response with id '{response_id}' not found.", param)
+
+
 def generation_not_found(request_id: str) -> ErrorReport:
     """404: no routing record of that id for this key (for a management key: for its account)."""
     return _invalid(

@@ -911,6 +911,12 @@ class Gateway:
         reply = await self._ask(subjects.SHOW_GENERATION, query, "show generations", retry_after)
         return GenerationRecord.model_validate_json(reply) if reply.strip() not in (b"", b"null") else None
 
+    async def billing(
+        self, subject: str, query: BaseModel, answer: type[Answer], what: str, retry_after: int
+    ) -> Answer:
+        """One request/reply to billing, its answer parsed; a 503 saying we cannot ``what`` when it is away."""
+        return answer.model_validate_json(await self._ask(subject, query, what, retry_after))
+
     async def manage(self, subject: str, query: BaseModel, answer: type[Answer], retry_after: int) -> Answer:
         """One management request/reply to billing (``libs.contracts.management``), its answer parsed."""
         return answer.model_validate_json(await self._ask(subject, query, "manage the account", retry_after))

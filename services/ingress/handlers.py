@@ -28,6 +28,15 @@ from libs.contracts.openai import (
 )
 from libs.contracts.pricing import UsageBounds, generated_choices, input_count, to_credits
 from libs.contracts.routing import RouteAccepted, RouteRequest
+from libs.contracts.stored_responses import (
+    InputItemsPage,
+    InputItemsQuery,
+    ResponseChain,
+    ResponseQuery,
+    Stored,
+    StoredResponse,
+    StoreResponse,
+)
 from libs.platform import apikeys
 from libs.platform.ids import new_request_id
 from libs.platform.metrics import TIME_TO_FIRST_TOKEN
@@ -45,6 +54,9 @@ from services.ingress.openapi import (
     UsageList,
 )
 from services.ingress.openapi import errors as documented
+from services.ingress.response_object import response_of
+from services.ingress.response_stream import ResponseStream, sse
+from services.ingress.responses import ChatTranslation, InvalidRequest, chat_request_of
 from services.ingress.service import (
     StreamOutcome,
     error_report,
@@ -293,6 +305,7 @@ async def _complete(
     caller: Caller,
     gateway: Gateway,
     settings: IngressSettings,
+    answer: ResponsesAnswer | None = None,
 ) -> Response:
     """Route the validated request and answer with the first frame: SSE for streams, one body otherwise."""
     started = time.perf_counter()
@@ -344,11 +357,19 @@ async def _complete(
         if stream:
             TIME_TO_FIRST_TOKEN.labels("ingress").observe(time.perf_counter() - started)
             handed_to_stream = True
+            if answer is not None:
+                events = _response_stream(gateway, replies, first, settings.retry_after_s, accepted.router_id, answer)
+                return StreamingResponse(events, media_type="text/event-stream", headers=headers | SSE_HEADERS)
             return StreamingResponse(
                 _stream(gateway, replies, first, settings.retry_after_s, accepted.router_id),
                 media_type="text/event-stream",
                 headers=headers | SSE_HEADERS,
             )
+        if answer is not None:
+            response = response_of(orjson.loads(first.body), answer.request, answer.response_id, answer.created_at,
+                                   int(time.time()))  # fmt: skip
+            await answer.keep(gateway, response, settings.retry_after_s)
+            return Response(orjson.dumps(response), media_type="application/json", headers=headers)
         return Response(first.body, media_type="application/json", headers=headers)
     except GatewayError as exc:
         return error_response(exc.report, {"x-request-id": request_id, **exc.headers})
@@ -379,6 +400,199 @@ async def _stream(
         if not outcome.completed:
             # The client went away mid-stream: stop the hoster; what it generated so far is billed.
             gateway.cancel(replies.request_id)
+
+
+class ResponsesAnswer:
+    """A ``POST /v1/responses`` request served as a chat completion: what its answer is translated with, and
+    what is stored of it (``store``) for the caller's account."""
+
+    __slots__ = ("account_id", "created_at", "input_items", "request", "response_id", "store")
+
+    def __init__(self, translation: ChatTranslation, response_id: str, account_id: str, store: bool) -> None:
+        self.request = translation.request
+        self.input_items = translation.input_items
+        self.response_id = response_id
+        self.account_id = account_id
+        self.created_at = int(time.time())
+        self.store = store
+
+    async def keep(self, gateway: Gateway, response: dict[str, Any], retry_after: int) -> None:
+        """Store ``response`` with the request's input items, when the request is stored."""
+        if not self.store:
+            return
+        event = StoreResponse(
+            response_id=self.response_id, account_id=self.account_id, created_at=self.created_at,
+            previous_response_id=self.request.previous_response_id, input_items=self.input_items, response=response,
+        )  # fmt: skip
+        await gateway.billing(subjects.STORE_RESPONSE, event, Stored, "store the response", retry_after)
+
+
+async def _response_stream(
+    gateway: Gateway, replies: ReplyStream, first: frames.Frame, retry_after: int, router_id: str,
+    answer: ResponsesAnswer,
+) -> AsyncIterator[bytes]:  # fmt: skip
+    """The Responses API's typed events for a chat stream: each chunk translated (``ResponseStream``), the
+    response stored before its last event, the failure of a stream as ``response.failed`` or ``error``."""
+    translator = ResponseStream(answer.request, answer.response_id, answer.created_at)
+    outcome = StreamOutcome()
+    noted = False
+    try:
+        yield sse(translator.start())
+        pending = [first]
+        while True:
+            events: list[dict[str, Any]] = []
+            ended: ErrorReport | bool = False
+            for frame in pending:
+                if frame.kind == frames.CHUNK:
+                    for chunk in frames.chunks(frame.body):
+                        events += translator.chunk(orjson.loads(chunk))
+                elif frame.kind == frames.END:
+                    ended = True
+                    break
+                elif frame.kind == frames.ERROR:
+                    ended = error_report(frame.body)
+                    break
+            if ended is not False:
+                outcome.completed = True
+                gateway.delivered(router_id, replies)
+                noted = True
+                if isinstance(ended, ErrorReport):
+                    yield sse(events + translator.fail(ended))
+                    return
+                closing = translator.finish(int(time.time()))
+                try:
+                    await answer.keep(gateway, translator.response, retry_after)
+                except GatewayError as exc:
+                    yield sse(events + translator.fail(exc.report))
+                    return
+                yield sse(events + closing)
+                return
+            if events:
+                yield sse(events)
+            try:
+                pending = [await replies.next()]
+            except TimeoutError:
+                outcome.completed = True
+                yield sse(translator.fail(idle_report(retry_after)))
+                return
+            pending += replies.ready_frames()
+    finally:
+        gateway.close_stream(replies.request_id)
+        if not noted:
+            gateway.delivered(router_id, replies)
+        if not outcome.completed:
+            gateway.cancel(replies.request_id)
+
+
+@router.post("/v1/responses", response_model=None, responses=CHAT_RESPONSES)
+async def create_response(request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """Create a model response (OpenAI's Responses API), served as a chat completion by the network's hosters;
+    stored for the account unless ``store`` is false, continued with ``previous_response_id``."""
+    payload = await _parsed(request, gateway, settings)
+    if isinstance(payload, Response):
+        return payload
+    assert caller.account_id is not None
+    previous_items = None
+    previous = payload.get("previous_response_id")
+    if isinstance(previous, str) and previous:
+        query = ResponseQuery(response_id=previous, account_id=caller.account_id) if _response_id_ok(previous) else None
+        chain = None if query is None else await gateway.billing(
+            subjects.RESPONSE_CHAIN, query, ResponseChain, "continue the response", settings.retry_after_s
+        )  # fmt: skip
+        if chain is None or not chain.found:
+            return error_response(errors.response_not_found(previous, "previous_response_id"))
+        if chain.too_long:
+            return invalid_request(f"The conversation of {previous} is too long to continue.",
+                                   "previous_response_id", "conversation_too_long")  # fmt: skip
+        previous_items = chain.items
+    try:
+        translation = chat_request_of(payload, previous_items)
+    except InvalidRequest as exc:
+        return invalid_request(*exc.failure)
+    # A privacy_mode request is stored only when the client asked for it in so many words.
+    store = payload.get("store") is True or (
+        translation.request.store is not False and not translation.chat.privacy_mode
+    )
+    response_id = new_request_id("resp_")
+    REQUEST_ID.set(response_id)
+    answer = ResponsesAnswer(translation, response_id, caller.account_id, store)
+    stream = bool(translation.chat.stream)
+    with TRACER.start_as_current_span(
+        f"POST {request.url.path}",
+        kind=SpanKind.SERVER,
+        attributes=span_attributes(request_id=response_id, model=translation.chat.model, stream=stream),
+    ):
+        return await _complete(response_id, translation.chat_body, translation.chat, stream, CHAT, caller, gateway,
+                               settings, answer)  # fmt: skip
+
+
+def _response_id_ok(response_id: str) -> bool:
+    return 0 < len(response_id) <= 128 and all(c.isalnum() or c in "_-" for c in response_id)
+
+
+async def _stored(response_id: str, caller: Caller, gateway: Gateway, settings: IngressSettings) -> dict[str, Any]:
+    assert caller.account_id is not None
+    if not _response_id_ok(response_id):
+        raise GatewayError(errors.response_not_found(response_id, "response_id"))
+    query = ResponseQuery(response_id=response_id, account_id=caller.account_id)
+    shown = await gateway.billing(
+        subjects.SHOW_RESPONSE, query, StoredResponse, "show responses", settings.retry_after_s
+    )
+    if not shown.found or shown.response is None:
+        raise GatewayError(errors.response_not_found(response_id, "response_id"))
+    return shown.response
+
+
+@router.get("/v1/responses/{response_id}", response_model=None, responses=documented(401, 404, 503))
+async def show_response(response_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """A stored response of this key's account."""
+    return Response(orjson.dumps(await _stored(response_id, caller, gateway, settings)), media_type="application/json")
+
+
+@router.delete("/v1/responses/{response_id}", response_model=None, responses=documented(401, 404, 503))
+async def delete_response(response_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
+    """Delete a stored response of this key's account."""
+    assert caller.account_id is not None
+    if not _response_id_ok(response_id):
+        raise GatewayError(errors.response_not_found(response_id, "response_id"))
+    query = ResponseQuery(response_id=response_id, account_id=caller.account_id)
+    done = await gateway.billing(subjects.DELETE_RESPONSE, query, Stored, "delete responses", settings.retry_after_s)
+    if not done.ok:
+        raise GatewayError(errors.response_not_found(response_id, "response_id"))
+    body = {"id": response_id, "object": "response.deleted", "deleted": True}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/v1/responses/{response_id}/input_items", response_model=None, responses=documented(400, 401, 404, 503))
+async def list_input_items(
+    response_id: str,
+    caller: CallerDep,
+    gateway: GatewayDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    order: Annotated[str, Query(pattern="^(asc|desc)$")] = "desc",
+    after: str | None = None,
+    before: str | None = None,
+) -> Response:
+    """The input items of a stored response, paged as OpenAI pages them (newest first by default)."""
+    assert caller.account_id is not None
+    if not _response_id_ok(response_id):
+        raise GatewayError(errors.response_not_found(response_id, "response_id"))
+    query = InputItemsQuery(response_id=response_id, account_id=caller.account_id, limit=limit,
+                            order="asc" if order == "asc" else "desc", after=after, before=before)  # fmt: skip
+    page = await gateway.billing(
+        subjects.LIST_RESPONSE_INPUT_ITEMS, query, InputItemsPage, "list input items", settings.retry_after_s
+    )
+    if not page.found:
+        raise GatewayError(errors.response_not_found(response_id, "response_id"))
+    body = {
+        "object": "list",
+        "data": page.data,
+        "first_id": page.data[0].get("id") if page.data else None,
+        "last_id": page.data[-1].get("id") if page.data else None,
+        "has_more": page.has_more,
+    }
+    return Response(orjson.dumps(body), media_type="application/json")
 
 
 def _model_entry(model: Any) -> dict[str, Any]:
