@@ -10,10 +10,12 @@ from libs.devstack.processes import free_port
 from libs.devstack.stack import AdapterSpec, SimulatorSpec, Stack, demo_hoster, throwaway_config
 
 
-def build_stack(ingresses: int = 1, embedding_model: str | None = None, routers: int = 1, **service_env: str) -> Stack:
-    """One simulator serving ``demo-model``, one adapter, ``routers`` routers, one billing, ``ingresses``
-    ingresses; the demo hoster serves ``embedding_model`` for embeddings too if given."""
-    simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": "12"})
+def build_stack(
+    ingresses: int = 1, embedding_model: str | None = None, routers: int = 1, reply_tokens: int = 12, **service_env: str
+) -> Stack:
+    """One simulator serving ``demo-model`` (answers of ``reply_tokens``), one adapter, ``routers`` routers, one
+    billing, ``ingresses`` ingresses; the demo hoster serves ``embedding_model`` for embeddings too if given."""
+    simulator = SimulatorSpec("simulator", free_port(), {"CS_SIMULATOR_REPLY_TOKENS": str(reply_tokens)})
     config = throwaway_config(
         ingress_ports=[free_port() for _ in range(ingresses)],
         routers=routers,

@@ -4,6 +4,7 @@ it would call it: created, streamed, stored, continued, deleted, and money as on
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import asyncpg
 import openai
@@ -12,9 +13,18 @@ from openai.types.responses import FunctionToolParam
 from pydantic import BaseModel
 
 from libs.devstack.stack import DEMO_HOSTER_ID, DEMO_MODEL, Stack
+from tests.e2e.conftest import build_stack
 from tests.e2e.records import routing_record
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    """Answers of 40 tokens: longer than the least ``max_output_tokens`` OpenAI takes (16), so one can be cut."""
+    running = build_stack(reply_tokens=40)
+    yield running
+    running.stop()
 
 
 def client(stack: Stack, key: str) -> openai.OpenAI:
@@ -108,7 +118,7 @@ def test_a_json_schema_format_and_a_cut_answer(stack: Stack, api_key: str) -> No
     sdk = client(stack, api_key)
     parsed = sdk.responses.parse(model=DEMO_MODEL, input="a city", text_format=City)
     assert isinstance(parsed.output_parsed, City)
-    cut = sdk.responses.create(model=DEMO_MODEL, input="a long story", max_output_tokens=2)
+    cut = sdk.responses.create(model=DEMO_MODEL, input="a long story", max_output_tokens=16)
     assert cut.status == "incomplete"
     assert cut.incomplete_details is not None
     assert cut.incomplete_details.reason == "max_output_tokens"
