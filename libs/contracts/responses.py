@@ -313,11 +313,27 @@ Metadata = Annotated[
 ]
 
 
+# A request must give the model something to answer: an input (a string, or at least one item), instructions,
+# or a stored conversation to continue (without them it is a 400 "Missing required parameter: 'input'").
+_SOMETHING_TO_ANSWER: dict[str, Any] = {
+    "anyOf": [
+        {
+            "required": ["input"],
+            "properties": {"input": {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1}]}},
+        },
+        {"required": ["instructions"], "properties": {"instructions": {"type": "string"}}},
+        {"required": ["previous_response_id"], "properties": {"previous_response_id": {"type": "string"}}},
+    ]
+}
+
+
 class ResponsesRequest(RoutedRequest):
     """``POST /v1/responses`` body: OpenAI's parameters the translation to a chat completion can honour, the
     samplers open models add, and routing in our dialect or OpenRouter's."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"allOf": CONFLICT_SCHEMAS})
+    model_config = ConfigDict(
+        extra="forbid", strict=True, json_schema_extra={"allOf": [*CONFLICT_SCHEMAS, _SOMETHING_TO_ANSWER]}
+    )
 
     input: Input | None = None
     instructions: str | None = None

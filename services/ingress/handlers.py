@@ -46,6 +46,8 @@ from services.ingress.gateway import Gateway, GatewayError, ReplyStream, UsageGu
 from services.ingress.openapi import (
     CHAT_RESPONSES,
     EMBEDDING_RESPONSES,
+    RESPONSE_RESPONSES,
+    STORED_RESPONSE_RESPONSES,
     TEXT_COMPLETION_RESPONSES,
     Credits,
     KeyDocument,
@@ -484,7 +486,7 @@ async def _response_stream(
             gateway.cancel(replies.request_id)
 
 
-@router.post("/v1/responses", response_model=None, responses=CHAT_RESPONSES)
+@router.post("/v1/responses", response_model=None, responses=RESPONSE_RESPONSES)
 async def create_response(request: Request, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """Create a model response (OpenAI's Responses API), served as a chat completion by the network's hosters;
     stored for the account unless ``store`` is false, continued with ``previous_response_id``."""
@@ -527,7 +529,7 @@ async def create_response(request: Request, caller: CallerDep, gateway: GatewayD
 
 
 def _response_id_ok(response_id: str) -> bool:
-    return 0 < len(response_id) <= 128 and all(c.isalnum() or c in "_-" for c in response_id)
+    return 0 < len(response_id) <= 128 and all(c.isascii() and (c.isalnum() or c in "_-") for c in response_id)
 
 
 async def _stored(response_id: str, caller: Caller, gateway: Gateway, settings: IngressSettings) -> dict[str, Any]:
@@ -543,13 +545,13 @@ async def _stored(response_id: str, caller: Caller, gateway: Gateway, settings: 
     return shown.response
 
 
-@router.get("/v1/responses/{response_id}", response_model=None, responses=documented(401, 404, 503))
+@router.get("/v1/responses/{response_id}", response_model=None, responses=STORED_RESPONSE_RESPONSES)
 async def show_response(response_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """A stored response of this key's account."""
     return Response(orjson.dumps(await _stored(response_id, caller, gateway, settings)), media_type="application/json")
 
 
-@router.delete("/v1/responses/{response_id}", response_model=None, responses=documented(401, 404, 503))
+@router.delete("/v1/responses/{response_id}", response_model=None, responses=STORED_RESPONSE_RESPONSES)
 async def delete_response(response_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """Delete a stored response of this key's account."""
     assert caller.account_id is not None
@@ -563,7 +565,7 @@ async def delete_response(response_id: str, caller: CallerDep, gateway: GatewayD
     return Response(orjson.dumps(body), media_type="application/json")
 
 
-@router.get("/v1/responses/{response_id}/input_items", response_model=None, responses=documented(400, 401, 404, 503))
+@router.get("/v1/responses/{response_id}/input_items", response_model=None, responses=STORED_RESPONSE_RESPONSES)
 async def list_input_items(
     response_id: str,
     caller: CallerDep,

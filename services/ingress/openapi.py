@@ -13,6 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from libs.contracts.billing import GenerationRecord
 from libs.contracts.management import Label
 from libs.contracts.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from libs.contracts.responses import ResponsesRequest
 
 
 class _Doc(BaseModel):
@@ -382,6 +383,26 @@ TEXT_COMPLETION_RESPONSES: dict[int | str, dict[str, Any]] = {
     **errors(400, 401, 402, 403, 404, 413, 415, 429, 500, 503),
 }
 
+RESPONSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The Response object (OpenAI's `Response`), or with stream: true a text/event-stream of the "
+        "Responses API's typed events",
+        "content": {
+            "application/json": {"schema": {"type": "object", "required": ["id", "object", "status", "output"]}},
+            "text/event-stream": {"schema": {"type": "string"}},
+        },
+    },
+    **errors(400, 401, 402, 403, 404, 413, 415, 429, 500, 503),
+}
+
+STORED_RESPONSE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The stored response, its deletion, or a page of its input items",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    },
+    **errors(400, 401, 404, 503),
+}
+
 EMBEDDING_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": EmbeddingList, "description": "One vector per input"},
     **errors(400, 401, 402, 403, 404, 413, 415, 429, 500, 503),
@@ -393,6 +414,7 @@ REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {
     ("/v1/chat/completions", "post"): ChatCompletionRequest,
     ("/v1/completions", "post"): CompletionRequest,
     ("/v1/embeddings", "post"): EmbeddingRequest,
+    ("/v1/responses", "post"): ResponsesRequest,
     ("/v1/keys", "post"): NewKey,
     ("/v1/keys/{key_id}", "patch"): KeyChange,
 }
