@@ -1,6 +1,7 @@
 """LangChain's OpenAI integration (``langchain-openai``) against the whole stack, with only the base URL and the
-key changed: ``ChatOpenAI`` (invoke, stream, tools, structured output) and ``OpenAIEmbeddings`` (documents,
-queries, a small retrieval by cosine similarity).
+key changed: ``ChatOpenAI`` (invoke, stream, tools, structured output; chat completions and, with
+``use_responses_api=True``, the Responses API) and ``OpenAIEmbeddings`` (documents, queries, a small retrieval
+by cosine similarity).
 
 ``OpenAIEmbeddings`` by default counts and splits its inputs with tiktoken, and sends the token ids, not the
 text. tiktoken downloads its BPE file (``cl100k_base`` for a model name it does not know) from
@@ -66,6 +67,14 @@ def stack() -> Iterator[Stack]:
 def chat(stack: Stack, api_key: str) -> ChatOpenAI:
     """``ChatOpenAI`` as its documentation shows it, pointed at the gateway."""
     return ChatOpenAI(base_url=stack.config.api_base, api_key=api_key, model=DEMO_MODEL, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def responses_chat(stack: Stack, api_key: str) -> ChatOpenAI:
+    """``ChatOpenAI`` speaking the Responses API (``/v1/responses``) to the gateway."""
+    return ChatOpenAI(
+        base_url=stack.config.api_base, api_key=api_key, model=DEMO_MODEL, use_responses_api=True, max_retries=0
+    )
 
 
 @pytest.fixture
@@ -208,6 +217,55 @@ def test_structured_output_parses_into_the_pydantic_model(chat: ChatOpenAI) -> N
         assert isinstance(weather, GetWeather), method
         assert weather.city
         assert weather.unit in ("celsius", "fahrenheit")
+
+
+def test_responses_api_invoke_answers_with_text_and_usage(responses_chat: ChatOpenAI) -> None:
+    answer = responses_chat.invoke([HumanMessage(PROMPT)])
+    assert isinstance(answer, AIMessage)
+    assert len(answer.text.split()) == REPLY_WORDS
+    assert answer.response_metadata["id"].startswith("resp_")  # a Response, not a chat completion
+    assert answer.response_metadata["status"] == "completed"
+    assert answer.response_metadata["model_name"] == DEMO_MODEL
+    assert answer.usage_metadata is not None
+    assert answer.usage_metadata["output_tokens"] == REPLY_WORDS
+    assert answer.usage_metadata["input_tokens"] > 0
+
+
+def test_responses_api_stream_comes_in_pieces_that_join_to_the_invoked_text(responses_chat: ChatOpenAI) -> None:
+    whole = responses_chat.invoke(PROMPT)
+    pieces, total = streamed(responses_chat.stream(PROMPT))
+    texts = [piece.text for piece in pieces if piece.text]
+    assert len(texts) >= REPLY_WORDS  # word by word, not one block at the end
+    assert "".join(texts) == whole.text
+    assert total.text == whole.text
+    assert total.response_metadata["id"].startswith("resp_")
+    assert total.response_metadata["status"] == "completed"
+
+
+def test_responses_api_bound_tool_gives_a_tool_call_and_its_result_an_answer(responses_chat: ChatOpenAI) -> None:
+    with_tools = responses_chat.bind_tools([GetWeather])
+    question = HumanMessage("What is the weather in Paris?")
+    asked = with_tools.invoke([question])
+    assert asked.invalid_tool_calls == []
+    [call] = asked.tool_calls
+    assert call["name"] == "GetWeather"
+    assert call["id"] is not None
+    arguments = GetWeather.model_validate(call["args"])  # the arguments satisfy the tool's schema
+    assert arguments.city
+    answer = with_tools.invoke([question, asked, ToolMessage(content="Sunny, 21 C", tool_call_id=call["id"])])
+    assert answer.tool_calls == []
+    assert len(answer.text.split()) == REPLY_WORDS
+
+
+def test_responses_api_streamed_tool_call_merges_into_the_invoked_one(responses_chat: ChatOpenAI) -> None:
+    with_tools = responses_chat.bind_tools([GetWeather])
+    whole = with_tools.invoke("What is the weather in Paris?")
+    pieces, total = streamed(with_tools.stream("What is the weather in Paris?"))
+    assert sum(len(piece.tool_call_chunks) for piece in pieces) >= 1
+    assert total.invalid_tool_calls == []
+    assert [(call["name"], call["args"]) for call in total.tool_calls] == [
+        (call["name"], call["args"]) for call in whole.tool_calls
+    ]
 
 
 def test_embed_documents_and_query_give_the_vectors_the_openai_sdk_gets(
