@@ -11,7 +11,7 @@ import pytest
 from libs.contracts import errors
 from libs.contracts.common import ErrorReport
 
-SAMPLES: dict[str, Any] = {"message": "m", "reasons": ["r"], "path": "/v1/embeddings"}
+SAMPLES: dict[str, Any] = {"message": "m", "reasons": ["r"], "path": "/v1/embeddings", "param": "response_id"}
 
 
 def catalogue() -> list[tuple[str, ErrorReport]]:
