@@ -152,3 +152,15 @@ def test_a_built_in_tool_is_a_400_naming_it(stack: Stack, api_key: str) -> None:
     assert info.value.status_code == 400
     assert isinstance(info.value.body, dict)
     assert str(info.value.body.get("param", "")).startswith("tools")
+
+
+async def test_a_privacy_mode_request_is_stored_only_when_the_client_asked_in_so_many_words(
+    stack: Stack, api_key: str
+) -> None:
+    sdk = client(stack, api_key)
+    private = sdk.responses.create(model=DEMO_MODEL, input="secret", extra_body={"privacy_mode": True})
+    assert private.status == "completed"
+    assert await stored_rows(stack, private.id) == 0
+    asked = sdk.responses.create(model=DEMO_MODEL, input="keep it", store=True, extra_body={"privacy_mode": True})
+    assert await stored_rows(stack, asked.id) == 1
+    assert sdk.responses.retrieve(asked.id).id == asked.id
