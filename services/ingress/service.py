@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -59,32 +59,73 @@ class StreamOutcome:
         self.completed = False
 
 
+class ChatEvents:
+    """How a chat or text completion's stream is written: each chunk one SSE ``data:`` event, an error as
+    OpenAI sends one mid-stream, and always ``data: [DONE]`` at the end. ``sse_events`` takes another writer
+    for another dialect (the Responses API's typed events)."""
+
+    __slots__ = ()
+
+    def start(self) -> bytes:
+        """What goes out before the first frame: nothing."""
+        return b""
+
+    def chunks(self, body: bytes) -> bytes:
+        """A CHUNK frame's chunks (one per line) as SSE events."""
+        return b"".join(b"data: " + chunk + b"\n\n" for chunk in frames.chunks(body))
+
+    async def end(self) -> bytes:
+        """The end of a stream that completed."""
+        return DONE
+
+    def fail(self, report: ErrorReport) -> bytes:
+        """The end of a stream that failed."""
+        return error_event(report) + DONE
+
+
+CHAT_EVENTS = ChatEvents()
+
+
+class StreamWriter(Protocol):
+    """What ``sse_events`` writes a stream with (``ChatEvents`` is one)."""
+
+    def start(self) -> bytes: ...
+    def chunks(self, body: bytes) -> bytes: ...
+    async def end(self) -> bytes: ...
+    def fail(self, report: ErrorReport) -> bytes: ...
+
+
 async def sse_events(
-    first: frames.Frame, replies: ReplyStream, outcome: StreamOutcome, retry_after: int
+    first: frames.Frame,
+    replies: ReplyStream,
+    outcome: StreamOutcome,
+    retry_after: int,
+    writer: StreamWriter = CHAT_EVENTS,
 ) -> AsyncIterator[bytes]:
-    """SSE bytes from the first frame on: chunks as they come (frames already queued go out in one write),
-    an error event if the request fails midway, and always ``data: [DONE]`` at the end."""
+    """SSE bytes from the first frame on, written by ``writer``: chunks as they come (frames already queued go
+    out in one write), a failure if the request fails midway or goes idle, the end once it ends. ``outcome``
+    says whether it ended (an idle stream did not: its hoster is to be stopped)."""
     pending = [first]
+    out = bytearray(writer.start())
     while True:
-        out = bytearray()
         for frame in pending:
             if frame.kind == frames.CHUNK:
-                for chunk in frames.chunks(frame.body):
-                    out += b"data: " + chunk + b"\n\n"
+                out += writer.chunks(frame.body)
             elif frame.kind == frames.END:
                 outcome.completed = True
-                yield bytes(out + DONE)
+                yield bytes(out + await writer.end())
                 return
             elif frame.kind == frames.ERROR:
                 outcome.completed = True
-                yield bytes(out + error_event(error_report(frame.body)) + DONE)
+                yield bytes(out + writer.fail(error_report(frame.body)))
                 return
         if out:
             yield bytes(out)
+            out = bytearray()
         try:
             pending = [await replies.next()]
         except TimeoutError:
-            yield error_event(idle_report(retry_after)) + DONE
+            yield writer.fail(idle_report(retry_after))
             return
         pending += replies.ready_frames()
 
