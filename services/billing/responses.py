@@ -61,15 +61,19 @@ class ResponseStore(PoolBound):
         )
         return bool(status == "INSERT 0 1")
 
-    async def show(self, query: ResponseQuery) -> StoredResponse:
-        """The stored response, for its own account only."""
-        row = await self.pool.fetchrow(
-            """SELECT response FROM stored_responses
-               WHERE id = $1 AND account_id = $2 AND expires_at > now()""",
+    async def _owned(self, column: str, query: ResponseQuery | InputItemsQuery) -> Any:
+        """``column`` of the account's unexpired response ``query`` names, ``None`` when there is none."""
+        value = await self.pool.fetchval(
+            f"SELECT {column} FROM stored_responses WHERE id = $1 AND account_id = $2 AND expires_at > now()",
             query.response_id,
             query.account_id,
         )
-        return StoredResponse(found=row is not None, response=_json(row["response"]) if row else None)
+        return None if value is None else _json(value)
+
+    async def show(self, query: ResponseQuery) -> StoredResponse:
+        """The stored response, for its own account only."""
+        response = await self._owned("response", query)
+        return StoredResponse(found=response is not None, response=response)
 
     async def delete(self, query: ResponseQuery) -> bool:
         """Delete the stored response of the account; ``False`` when there was none."""
@@ -82,15 +86,10 @@ class ResponseStore(PoolBound):
 
     async def input_items(self, query: InputItemsQuery) -> InputItemsPage:
         """A page of the stored response's input items."""
-        row = await self.pool.fetchrow(
-            """SELECT input_items FROM stored_responses
-               WHERE id = $1 AND account_id = $2 AND expires_at > now()""",
-            query.response_id,
-            query.account_id,
-        )
-        if row is None:
+        items = await self._owned("input_items", query)
+        if items is None:
             return InputItemsPage(found=False)
-        data, more = page_of(_json(row["input_items"]), query)
+        data, more = page_of(items, query)
         return InputItemsPage(found=True, data=data, has_more=more)
 
     async def chain(self, query: ResponseQuery) -> ResponseChain:

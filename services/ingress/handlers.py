@@ -60,7 +60,9 @@ from services.ingress.response_object import response_of
 from services.ingress.response_stream import ResponseStream, sse
 from services.ingress.responses import ChatTranslation, InvalidRequest, chat_request_of
 from services.ingress.service import (
+    CHAT_EVENTS,
     StreamOutcome,
+    StreamWriter,
     error_report,
     error_response_body,
     first_answer,
@@ -359,11 +361,9 @@ async def _complete(
         if stream:
             TIME_TO_FIRST_TOKEN.labels("ingress").observe(time.perf_counter() - started)
             handed_to_stream = True
-            if answer is not None:
-                events = _response_stream(gateway, replies, first, settings.retry_after_s, accepted.router_id, answer)
-                return StreamingResponse(events, media_type="text/event-stream", headers=headers | SSE_HEADERS)
+            writer = CHAT_EVENTS if answer is None else ResponsesEvents(answer, gateway, settings.retry_after_s)
             return StreamingResponse(
-                _stream(gateway, replies, first, settings.retry_after_s, accepted.router_id),
+                _stream(gateway, replies, first, settings.retry_after_s, accepted.router_id, writer),
                 media_type="text/event-stream",
                 headers=headers | SSE_HEADERS,
             )
@@ -384,12 +384,17 @@ async def _complete(
 
 
 async def _stream(
-    gateway: Gateway, replies: ReplyStream, first: frames.Frame, retry_after: int, router_id: str
+    gateway: Gateway,
+    replies: ReplyStream,
+    first: frames.Frame,
+    retry_after: int,
+    router_id: str,
+    writer: StreamWriter = CHAT_EVENTS,
 ) -> AsyncIterator[bytes]:
     outcome = StreamOutcome()
     noted = False
     try:
-        async for part in sse_events(first, replies, outcome, retry_after):
+        async for part in sse_events(first, replies, outcome, retry_after, writer):
             if outcome.completed and not noted:
                 # The last frame is in: what was relayed is final; told now, not once a slow client read it.
                 gateway.delivered(router_id, replies)
@@ -429,61 +434,36 @@ class ResponsesAnswer:
         await gateway.billing(subjects.STORE_RESPONSE, event, Stored, "store the response", retry_after)
 
 
-async def _response_stream(
-    gateway: Gateway, replies: ReplyStream, first: frames.Frame, retry_after: int, router_id: str,
-    answer: ResponsesAnswer,
-) -> AsyncIterator[bytes]:  # fmt: skip
-    """The Responses API's typed events for a chat stream: each chunk translated (``ResponseStream``), the
-    response stored before its last event, the failure of a stream as ``response.failed`` or ``error``."""
-    translator = ResponseStream(answer.request, answer.response_id, answer.created_at)
-    outcome = StreamOutcome()
-    noted = False
-    try:
-        yield sse(translator.start())
-        pending = [first]
-        while True:
-            events: list[dict[str, Any]] = []
-            ended: ErrorReport | bool = False
-            for frame in pending:
-                if frame.kind == frames.CHUNK:
-                    for chunk in frames.chunks(frame.body):
-                        events += translator.chunk(orjson.loads(chunk))
-                elif frame.kind == frames.END:
-                    ended = True
-                    break
-                elif frame.kind == frames.ERROR:
-                    ended = error_report(frame.body)
-                    break
-            if ended is not False:
-                outcome.completed = True
-                gateway.delivered(router_id, replies)
-                noted = True
-                if isinstance(ended, ErrorReport):
-                    yield sse(events + translator.fail(ended))
-                    return
-                closing = translator.finish(int(time.time()))
-                try:
-                    await answer.keep(gateway, translator.response, retry_after)
-                except GatewayError as exc:
-                    yield sse(events + translator.fail(exc.report))
-                    return
-                yield sse(events + closing)
-                return
-            if events:
-                yield sse(events)
-            try:
-                pending = [await replies.next()]
-            except TimeoutError:
-                outcome.completed = True
-                yield sse(translator.fail(idle_report(retry_after)))
-                return
-            pending += replies.ready_frames()
-    finally:
-        gateway.close_stream(replies.request_id)
-        if not noted:
-            gateway.delivered(router_id, replies)
-        if not outcome.completed:
-            gateway.cancel(replies.request_id)
+class ResponsesEvents:
+    """How a Responses API stream is written (``sse_events``' writer): each chat chunk translated to the
+    typed events (``ResponseStream``), the response stored before its last event, a failure as
+    ``response.failed`` or ``error``."""
+
+    __slots__ = ("answer", "gateway", "retry_after", "translator")
+
+    def __init__(self, answer: ResponsesAnswer, gateway: Gateway, retry_after: int) -> None:
+        self.answer, self.gateway, self.retry_after = answer, gateway, retry_after
+        self.translator = ResponseStream(answer.request, answer.response_id, answer.created_at)
+
+    def start(self) -> bytes:
+        return sse(self.translator.start())
+
+    def chunks(self, body: bytes) -> bytes:
+        events: list[dict[str, Any]] = []
+        for chunk in frames.chunks(body):
+            events += self.translator.chunk(orjson.loads(chunk))
+        return sse(events) if events else b""
+
+    async def end(self) -> bytes:
+        closing = self.translator.finish(int(time.time()))
+        try:
+            await self.answer.keep(self.gateway, self.translator.response, self.retry_after)
+        except GatewayError as exc:
+            return sse(self.translator.fail(exc.report))
+        return sse(closing)
+
+    def fail(self, report: ErrorReport) -> bytes:
+        return sse(self.translator.fail(report))
 
 
 @router.post("/v1/responses", response_model=None, responses=RESPONSE_RESPONSES)
@@ -497,11 +477,11 @@ async def create_response(request: Request, caller: CallerDep, gateway: GatewayD
     previous_items = None
     previous = payload.get("previous_response_id")
     if isinstance(previous, str) and previous:
-        query = ResponseQuery(response_id=previous, account_id=caller.account_id) if _response_id_ok(previous) else None
-        chain = None if query is None else await gateway.billing(
+        query = _response_query(previous, caller, "previous_response_id")
+        chain = await gateway.billing(
             subjects.RESPONSE_CHAIN, query, ResponseChain, "continue the response", settings.retry_after_s
-        )  # fmt: skip
-        if chain is None or not chain.found:
+        )
+        if not chain.found:
             return error_response(errors.response_not_found(previous, "previous_response_id"))
         if chain.too_long:
             return invalid_request(f"The conversation of {previous} is too long to continue.",
@@ -528,15 +508,17 @@ async def create_response(request: Request, caller: CallerDep, gateway: GatewayD
                                settings, answer)  # fmt: skip
 
 
-def _response_id_ok(response_id: str) -> bool:
-    return 0 < len(response_id) <= 128 and all(c.isascii() and (c.isalnum() or c in "_-") for c in response_id)
+def _response_query(response_id: str, caller: Caller, param: str = "response_id") -> ResponseQuery:
+    """The caller's account's query for ``response_id``: a 404 for an id no response can have (the contract's
+    ``ResponseId``), as for one that is not the account's."""
+    try:
+        return ResponseQuery(response_id=response_id, account_id=caller.account_id or "")
+    except ValidationError:
+        raise GatewayError(errors.response_not_found(response_id, param)) from None
 
 
 async def _stored(response_id: str, caller: Caller, gateway: Gateway, settings: IngressSettings) -> dict[str, Any]:
-    assert caller.account_id is not None
-    if not _response_id_ok(response_id):
-        raise GatewayError(errors.response_not_found(response_id, "response_id"))
-    query = ResponseQuery(response_id=response_id, account_id=caller.account_id)
+    query = _response_query(response_id, caller)
     shown = await gateway.billing(
         subjects.SHOW_RESPONSE, query, StoredResponse, "show responses", settings.retry_after_s
     )
@@ -554,10 +536,7 @@ async def show_response(response_id: str, caller: CallerDep, gateway: GatewayDep
 @router.delete("/v1/responses/{response_id}", response_model=None, responses=STORED_RESPONSE_RESPONSES)
 async def delete_response(response_id: str, caller: CallerDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
     """Delete a stored response of this key's account."""
-    assert caller.account_id is not None
-    if not _response_id_ok(response_id):
-        raise GatewayError(errors.response_not_found(response_id, "response_id"))
-    query = ResponseQuery(response_id=response_id, account_id=caller.account_id)
+    query = _response_query(response_id, caller)
     done = await gateway.billing(subjects.DELETE_RESPONSE, query, Stored, "delete responses", settings.retry_after_s)
     if not done.ok:
         raise GatewayError(errors.response_not_found(response_id, "response_id"))
@@ -577,10 +556,8 @@ async def list_input_items(
     before: str | None = None,
 ) -> Response:
     """The input items of a stored response, paged as OpenAI pages them (newest first by default)."""
-    assert caller.account_id is not None
-    if not _response_id_ok(response_id):
-        raise GatewayError(errors.response_not_found(response_id, "response_id"))
-    query = InputItemsQuery(response_id=response_id, account_id=caller.account_id, limit=limit,
+    owned = _response_query(response_id, caller)
+    query = InputItemsQuery(response_id=owned.response_id, account_id=owned.account_id, limit=limit,
                             order="asc" if order == "asc" else "desc", after=after, before=before)  # fmt: skip
     page = await gateway.billing(
         subjects.LIST_RESPONSE_INPUT_ITEMS, query, InputItemsPage, "list input items", settings.retry_after_s

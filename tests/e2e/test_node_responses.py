@@ -8,17 +8,15 @@ assert on it. Its dependencies come from ``node/package-lock.json`` (``npm ci --
 from __future__ import annotations
 
 import json
-import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from libs.devstack.stack import DEMO_MODEL, Stack
+from tests.e2e.test_node_sdk import NODE_DIR, run_node
 
 pytestmark = pytest.mark.e2e
 
-NODE_DIR = Path(__file__).resolve().parent / "node"
 SCRIPT_TIMEOUT_S = 90
 REPLY_WORDS = 12  # the e2e simulator replies with 12 tokens, one word each
 TOOL_ROUND_TRIP = ["message:user", "function_call", "function_call_output"]
@@ -27,21 +25,8 @@ TOOL_ROUND_TRIP = ["message:user", "function_call", "function_call_output"]
 @pytest.fixture(scope="module")
 def observed(stack: Stack, api_key: str) -> dict[str, Any]:
     """What the two SDKs observed against the module's stack (one node run for every test here)."""
-    for package in ("openai", "ai", "@ai-sdk/openai", "zod"):
-        if not (NODE_DIR / "node_modules" / package).is_dir():
-            pytest.fail(f"the {package} npm package is not installed: run `npm ci --prefix {NODE_DIR}`")
-    result = subprocess.run(
-        ["node", "responses_check.mjs", stack.config.api_base, api_key, DEMO_MODEL],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=SCRIPT_TIMEOUT_S,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"responses_check.mjs exited with {result.returncode}:\n{result.stderr}", pytrace=False)
-    report: dict[str, Any] = json.loads(result.stdout)
-    return report
+    return run_node("responses_check.mjs", [stack.config.api_base, api_key, DEMO_MODEL],
+                    ("openai", "ai", "@ai-sdk/openai", "zod"), SCRIPT_TIMEOUT_S)  # fmt: skip
 
 
 def assert_answered(response: dict[str, Any]) -> None:

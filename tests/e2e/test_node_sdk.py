@@ -31,22 +31,25 @@ REPLY_WORDS = 12  # the e2e simulator replies with 12 tokens, one word each
 EMBEDDING_DIMENSIONS = 32  # the simulator's default width
 
 
-def run_sdk_check(base_url: str, api_key: str, model: str, embedding_model: str) -> dict[str, Any]:
-    """Run ``sdk_check.mjs`` with node and return its report; fail with node's stderr if it did not finish."""
-    if not (NODE_DIR / "node_modules" / "openai").is_dir():
-        pytest.fail(f"the openai npm package is not installed: run `npm ci --prefix {NODE_DIR}`")
+def run_node(script: str, args: list[str], packages: tuple[str, ...] = ("openai",),
+             timeout_s: float = SCRIPT_TIMEOUT_S) -> dict[str, Any]:  # fmt: skip
+    """Run ``script`` of ``tests/e2e/node`` with node and return the JSON report it prints; fail with node's
+    stderr if it did not finish, or naming the npm package ``make test`` should have installed."""
+    for package in packages:
+        if not (NODE_DIR / "node_modules" / package).is_dir():
+            pytest.fail(f"the {package} npm package is not installed: run `npm ci --prefix {NODE_DIR}`")
     result = subprocess.run(
-        ["node", "sdk_check.mjs", base_url, api_key, model, embedding_model],
-        cwd=NODE_DIR,
-        capture_output=True,
-        text=True,
-        timeout=SCRIPT_TIMEOUT_S,
-        check=False,
+        ["node", script, *args], cwd=NODE_DIR, capture_output=True, text=True, timeout=timeout_s, check=False
     )
     if result.returncode != 0:
-        pytest.fail(f"sdk_check.mjs exited with {result.returncode}:\n{result.stderr}", pytrace=False)
+        pytest.fail(f"{script} exited with {result.returncode}:\n{result.stderr}", pytrace=False)
     report: dict[str, Any] = json.loads(result.stdout)
     return report
+
+
+def run_sdk_check(base_url: str, api_key: str, model: str, embedding_model: str) -> dict[str, Any]:
+    """Run ``sdk_check.mjs`` and return its report."""
+    return run_node("sdk_check.mjs", [base_url, api_key, model, embedding_model])
 
 
 @pytest.fixture(scope="module")
