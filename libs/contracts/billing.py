@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from libs.contracts.common import CHAT, Contract, Endpoint, ErrorReport, Price, Usage
+from libs.contracts.common import CHAT, Api, Contract, ErrorReport, Price, Usage
 
 
 class VerifyKey(Contract):
@@ -90,7 +90,7 @@ class LeasedAdmission(Contract):
     key_id: str
     amount: int = Field(ge=0)
     fee_bps: int
-    endpoint: Endpoint = CHAT
+    endpoint: Api = CHAT
 
 
 class LeasedAdmissions(Contract):
@@ -138,7 +138,7 @@ class ReserveCredits(Contract):
     amount: int = Field(ge=0, description="maximum cost, micro-credits")
     tokens: int = Field(ge=0, description="prompt estimate plus completion budget, for tokens per minute")
     fee_bps: int
-    endpoint: Endpoint = CHAT
+    endpoint: Api = CHAT
 
 
 class RateLimitState(Contract):
@@ -340,7 +340,7 @@ class GenerationRecord(Contract):
 
     id: str
     model: str | None
-    endpoint: Endpoint = CHAT
+    endpoint: Api = CHAT
     status: str
     created: int
     prompt_tokens: int

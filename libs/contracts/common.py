@@ -51,6 +51,10 @@ Endpoint = Literal["chat.completions", "completions", "embeddings"]
 CHAT: Endpoint = "chat.completions"
 COMPLETIONS: Endpoint = "completions"
 EMBEDDINGS: Endpoint = "embeddings"
+# The API a client called, as a request's records name it: an endpoint, or the Responses API (served by the
+# hosters as chat.completions).
+Api = Literal["chat.completions", "completions", "embeddings", "responses"]
+RESPONSES: Api = "responses"
 
 
 def endpoint_path(endpoint: Endpoint) -> str:

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from libs.contracts.billing import GenerationRecord, KeyKind
-from libs.contracts.common import CHAT, Contract, Endpoint
+from libs.contracts.common import CHAT, Api, Contract
 from libs.contracts.hosters import ModelOffer
 
 # The most days a per-day report covers.
@@ -185,7 +185,7 @@ class AccountRequest(Contract):
     request_id: str
     key_id: str
     model: str | None
-    endpoint: Endpoint = CHAT
+    endpoint: Api = CHAT
     status: str
     outcome: str | None = None
     hoster_id: str | None = None

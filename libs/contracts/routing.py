@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from libs.contracts.billing import Caller
-from libs.contracts.common import CHAT, Contract, Count, DurationMs, Endpoint, ErrorReport, Price, UnixTime, Usage
+from libs.contracts.common import CHAT, Api, Contract, Count, DurationMs, Endpoint, ErrorReport, Price, UnixTime, Usage
 
 Tier = Literal["cheapest", "balanced", "fastest"]
 # How the router orders the eligible hosters: a tier, or ``throughput`` (the highest observed tokens per second
@@ -68,6 +68,13 @@ class RouteRequest(Contract):
     body: dict[str, Any]
     caller: Caller | None = None
     endpoint: Endpoint = CHAT
+    # The API the client called where it is not the endpoint the hosters serve (``responses``, served as
+    # chat.completions): what the request's records name.
+    api: Api | None = None
+
+    @property
+    def recorded_api(self) -> Api:
+        return self.api or self.endpoint
 
 
 class RouteAccepted(Contract):

@@ -280,6 +280,7 @@ class RequestRow:
     request_id: str
     short_id: str
     created: str
+    api: str
     model: str
     hoster: str
     prompt_tokens: int
@@ -309,6 +310,7 @@ def request_rows(items: list[AccountRequest], names: dict[str, str]) -> list[Req
             request_id=item.request_id,
             short_id=short_id(item.request_id),
             created=timestamp(item.created_at),
+            api=item.endpoint,
             model=item.model or DASH,
             hoster=hoster_label(item.hoster_id, names),
             prompt_tokens=item.prompt_tokens,

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import MANAGEMENT, Caller, GenerationRecord, KeyInfo
-from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, Endpoint, ErrorReport, endpoint_path
+from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Endpoint, ErrorReport, endpoint_path
 from libs.contracts.management import AccountGenerationQuery, AccountGenerationReply
 from libs.contracts.openai import (
     ChatCompletionRequest,
@@ -325,6 +325,7 @@ async def _complete(
         body=hoster_body(payload),
         caller=caller,
         endpoint=endpoint,
+        api=None if answer is None else RESPONSES,
     )
     replies = gateway.open_stream(request_id)
     handed_to_stream = False

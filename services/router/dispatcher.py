@@ -493,7 +493,7 @@ class Dispatcher:
             key_id=caller.key_id,
             amount=amount,
             fee_bps=s.platform_fee_bps,
-            endpoint=request.endpoint,
+            endpoint=request.recorded_api,
         )
         lease = self._leases.admit(caller.account_id, admission, time.monotonic(), time.time())
         # A burst of the account's requests waits for one lease; those it no longer covers ask for the next.
@@ -616,7 +616,7 @@ class Dispatcher:
             amount=amount,
             tokens=rate_limited_tokens(request.body, profile.max_tokens, request.endpoint),
             fee_bps=s.platform_fee_bps,
-            endpoint=request.endpoint,
+            endpoint=request.recorded_api,
         )
         try:
             # On nats-py directly, as every hot message is: faststream's request adds its middlewares per call.

@@ -292,6 +292,31 @@ def test_anyone_sees_the_network_with_prices_hosters_and_speed(stack: Stack, pag
 
 
 @pytest.mark.timeout(120)
+def test_a_responses_api_request_is_shown_like_any_other_under_its_own_api(stack: Stack, page: Page) -> None:
+    account_id, key = stack.create_account(credits="10", name="responses")
+    with openai.OpenAI(api_key=key, base_url=stack.config.api_base, max_retries=0) as client:
+        response_id = client.responses.create(model=DEMO_MODEL, input="Say hello from the browser test").id
+    chat_id = chat(key, stack)
+    sign_in_account(page, stack, stack.create_management_key(account_id))
+
+    def settled() -> bool:
+        rows = [page.locator(f'#requests tr[data-request-id="{rid}"]') for rid in (response_id, chat_id)]
+        return all(r.count() == 1 and r.locator(".outcome").inner_text() == "succeeded" for r in rows)
+
+    reload_until(page, settled)
+    row = page.locator(f'#requests tr[data-request-id="{response_id}"]')
+    expect(row.locator(".api")).to_have_text("responses")
+    expect(page.locator(f'#requests tr[data-request-id="{chat_id}"] .api')).to_have_text("chat.completions")
+    expect(row).to_contain_text(AGENT)
+    assert credits_of(row.locator(".cost").inner_text()) > 0
+    row.get_by_role("link", name=f"Routing record of {response_id}").click()
+    expect(page.locator("#record-api")).to_have_text("responses")
+    expect(page.locator("#attempts tbody tr")).to_contain_text("succeeded")
+    assert credits_of(page.locator("#record-cost").inner_text()) > 0
+    shot(page, "13-responses-request")
+
+
+@pytest.mark.timeout(120)
 def test_usage_not_verified_and_speeds_not_believed_are_said_where_they_are_shown(stack: Stack, page: Page) -> None:
     account_id, key = stack.create_account(credits="10", name="verified-or-not")
     counted, claimed = chat(key, stack, model=COUNTED_MODEL), chat(key, stack, stream=True)

@@ -53,6 +53,7 @@ def test_a_string_input_is_answered_stored_and_billed_like_a_chat(stack: Stack, 
     assert response.usage.input_tokens > 0
     record = routing_record(stack, api_key, response.id)
     assert record["completion_tokens"] == response.usage.output_tokens
+    assert record["endpoint"] == "responses"  # the API the client called, served by the hosters as a chat
     again = sdk.responses.retrieve(response.id)
     assert again.id == response.id
     assert again.output_text == response.output_text
