@@ -45,6 +45,9 @@ class RegisteredModels(Contract):
     # The fastest a hoster of the model can plausibly generate, tokens per second, where its registration
     # set one (``--max-tokens-per-s``); the router's default bound for the others.
     max_tokens_per_s: dict[str, Annotated[float, Field(gt=0, le=1e9)]] = Field(default_factory=dict)
+    # The hosters the operator designated as each model's reference (``computeshare model reference``): spot
+    # checks compare the model's other hosters with them.
+    references: dict[str, list[str]] = Field(default_factory=dict)
 
 
 class TokenizerPart(Contract):

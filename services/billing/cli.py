@@ -183,14 +183,25 @@ async def model_command(args: argparse.Namespace, registry: ModelRegistry) -> tu
                     f"{'yes' if registered.has_chat_template else 'none'}, speed bound "
                     f"{_speed_bound(registered)}")  # fmt: skip
         return data, text, 0
+    if args.action == "reference":
+        ids = await registry.set_references(args.name, args.hoster or [])
+        text = (
+            f"model {args.name}: reference hosters {', '.join(ids)}"
+            if ids
+            else (f"model {args.name}: no reference hoster (its hosters are checked against each other)")
+        )
+        return {"model": args.name, "reference_hosters": ids}, text, 0
     models = await registry.current()
+    references = await registry.references()
     lines = [
         f"{m.model:<32} v{m.version:<3} tokenizer {m.tokenizer_sha256[:12]}  config {m.config_sha256[:12]}"
         f"  vocab {m.vocab_size:<7} template {'yes' if m.has_chat_template else 'no ':<3}"
         f"  bound {_speed_bound(m):<16} {m.registered_at.isoformat(timespec='seconds')}"
+        f"  reference {','.join(references.get(m.model, [])) or '-'}"
         for m in models
     ]
-    return [_registration_json(m) for m in models], "\n".join(lines) or "no models registered", 0
+    listing = [{**_registration_json(m), "reference_hosters": references.get(m.model, [])} for m in models]
+    return listing, "\n".join(lines) or "no models registered", 0
 
 
 async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: CliSettings) -> tuple[Any, str, int]:
@@ -401,6 +412,14 @@ def parser() -> argparse.ArgumentParser:
         " CS_ROUTER_MAX_TOKENS_PER_S); an attempt measured past it is flagged and not used to rank",
     )
     command(model, "list", "every registered model: SHA-256s, vocabulary size, chat template, when registered")
+    reference = command(model, "reference", "designate the hosters serving a model's reference weights (spot checks)")
+    reference.add_argument("name", help="a registered model")
+    reference.add_argument(
+        "--hoster",
+        action="append",
+        help="a registered hoster (id or name) running the operator's own deployment"
+        " of the weights; repeat for more; none: the model's hosters are checked against each other",
+    )
 
     ledger = group("ledger", "the double-entry ledger")
     command(ledger, "check", "prove every balance equals the sum of its entries")

@@ -345,7 +345,8 @@ def register_model_handlers(broker: NatsBroker, registry: ModelRegistry, workers
         """Every model registered with its tokenizer, and the speed bounds registrations set."""
         current = await registry.current()
         bounds = {r.model: r.max_tokens_per_s for r in current if r.max_tokens_per_s is not None}
-        return RegisteredModels(models=[r.model for r in current], max_tokens_per_s=bounds)
+        references = await registry.references()
+        return RegisteredModels(models=[r.model for r in current], max_tokens_per_s=bounds, references=references)
 
 
 def register_response_handlers(broker: NatsBroker, store: ResponseStore, workers: int) -> None:

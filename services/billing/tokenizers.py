@@ -136,6 +136,41 @@ class ModelRegistry(PoolBound):
         )
         return [_registration(r) for r in rows]
 
+    async def references(self) -> dict[str, list[str]]:
+        """Every registered model's reference hosters (the operator's own deployments), by model."""
+        rows = await self._pool.fetch(
+            """SELECT r.model, r.hoster_id FROM model_references r
+               WHERE EXISTS (SELECT 1 FROM model_tokenizers t WHERE t.model = r.model) ORDER BY r.model, r.hoster_id"""
+        )
+        out: dict[str, list[str]] = {}
+        for row in rows:
+            out.setdefault(row["model"], []).append(row["hoster_id"])
+        return out
+
+    async def set_references(self, model: str, hosters: list[str]) -> list[str]:
+        """Make ``hosters`` (live registered hosters, by id or name) the reference of ``model`` (registered),
+        replacing any (none: the model has no reference); their ids. ``ValueError`` naming what is not
+        registered."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT 1 FROM model_tokenizers WHERE model = $1 LIMIT 1", model):
+                raise ValueError(f"model {model} is not registered (computeshare model register)")
+            ids = []
+            for ref in hosters:
+                hoster_id = await conn.fetchval(
+                    """SELECT id::text FROM hosters
+                       WHERE revoked_at IS NULL AND (id::text = $1 OR lower(name) = lower($1))""",
+                    ref,
+                )
+                if hoster_id is None:
+                    raise ValueError(f"no registered hoster {ref}")
+                ids.append(hoster_id)
+            await conn.execute("DELETE FROM model_references WHERE model = $1", model)
+            await conn.executemany(
+                "INSERT INTO model_references (model, hoster_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                [(model, h) for h in ids],
+            )
+        return sorted(set(ids))
+
     async def history(self, model: str) -> list[Registration]:
         """Every version of ``model``, oldest first."""
         rows = await self._pool.fetch(
