@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from libs.contracts.common import CHAT, Api, Contract, ErrorReport, Price, Usage
+from libs.contracts.verification import VerdictName
 
 
 class VerifyKey(Contract):
@@ -225,6 +226,8 @@ class DispatchRecord(Contract):
     duration_ms: float = Field(ge=0)
     finished_at: float
     dropped_parameters: list[str] = Field(default_factory=list)
+    # The hoster's spot check verdict on the model when the attempt ended (``services.router.verification``).
+    verification: VerdictName = "unchecked"
 
 
 class RequestFinished(Contract):

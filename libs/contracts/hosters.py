@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from libs.contracts.common import CHAT, MAX_COUNT, MAX_PRICE, Contract, DurationMs, Endpoint
+from libs.contracts.verification import VerdictName
 
 # The tag a hoster's NATS credentials carry: ``hoster:<hoster id>``.
 HOSTER_TAG = "hoster:"
@@ -118,6 +119,10 @@ class LiveModel(Contract):
     endpoints: list[Endpoint] = Field(default_factory=lambda: [CHAT])
     # Registered with its tokenizer: the network counts its tokens (else its usage is held to byte bounds).
     usage_verified: bool = False
+    # Its live hosters whose spot checks verified that they serve it (references included), and whether
+    # the operator designated a reference for it.
+    verified_hosters: int = 0
+    has_reference: bool = False
 
 
 class ModelsListing(Contract):
@@ -168,6 +173,8 @@ class LiveHoster(Contract):
     # The models whose speed it is not believed on now (one of its last 20 attempts there was implausibly
     # fast: routing ranks it as slow), so the figures above are not shown as measured.
     speed_suspicious_models: list[str] = Field(default_factory=list)
+    # Its spot check verdict per model it serves (``verified``, ``failed``, ``unchecked``).
+    verifications: dict[str, VerdictName] = Field(default_factory=dict)
 
 
 class LiveHosters(Contract):

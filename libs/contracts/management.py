@@ -18,6 +18,7 @@ from pydantic import Field
 from libs.contracts.billing import GenerationRecord, KeyKind
 from libs.contracts.common import CHAT, Api, Contract
 from libs.contracts.hosters import ModelOffer
+from libs.contracts.verification import ModelVerification
 
 # The most days a per-day report covers.
 MAX_DAYS = 366
@@ -366,6 +367,8 @@ class HosterDetail(Contract):
     usage_discrepancies: int = 0
     # Attempts over its models whose speed was past the model's plausibility bound (as this router saw them).
     implausible_speeds: int = 0
+    # Its spot check verdict per model it serves, with the evidence (the last checks).
+    verifications: list[ModelVerification] = Field(default_factory=list)
 
 
 class HosterDetailReply(Contract):

@@ -34,6 +34,9 @@ ATTEMPT_FINISHED_ALL = _ATTEMPT_FINISHED + ".>"
 # router -> every router (broadcast, core): the outcomes of attempts it dispatched, as it judged them, in
 # batches: the one source of every replica's stats and trust (no hoster may publish here).
 ATTEMPTS_OBSERVED = "router.attempts.observed"
+# router -> every router (broadcast, core): one spot check of a hoster, judged (``SpotCheckJudged``); each
+# router folds it into its verdicts.
+SPOT_CHECK_JUDGED = "router.spotchecks.judged"
 # router -> JetStream (billing, durable): the request is over; settle its reservation.
 REQUEST_FINISHED = "router.request.finished"
 # ingress -> the router that owns a request: what reached the client (``router.request.delivered.<router>``).
@@ -129,6 +132,8 @@ BILLING_LEASES_DURABLE = "billing_leases"
 MODELS_SEEN_BUCKET = "router_models_seen"
 # JetStream key-value bucket where routers keep every hoster's stats and trust (survives restarts).
 HOSTER_STATS_BUCKET = "router_hoster_stats"
+# Every hoster's spot check verdict per model, with its evidence (key ``hoster|model``, base64url).
+VERDICTS_BUCKET = "router_verdicts"
 
 
 # A hoster's own inbox prefix: replies to its requests (JetStream acks of its outcome reports) arrive under it,

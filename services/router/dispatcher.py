@@ -53,6 +53,7 @@ from libs.contracts.routing import (
     RouteRejected,
     RouteRequest,
 )
+from libs.contracts.verification import SpotCheckJudged
 from libs.platform.broker import publish_durably
 from libs.platform.metrics import ATTEMPTS, HOSTER_FAILURES, IN_FLIGHT
 from libs.platform.telemetry import REQUEST_ID, inject_headers
@@ -88,6 +89,7 @@ from services.router.service import (
 )
 from services.router.settings import RouterSettings
 from services.router.stats import NetworkStats
+from services.router.verification import FAILED, Verifications
 
 _ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
 _LEASE_ANSWER: TypeAdapter[LeaseAnswer] = TypeAdapter(LeaseAnswer)
@@ -110,6 +112,8 @@ class Dispatcher:
         self.router_id = router_id
         self.registry = HosterRegistry(ttl_s=settings.hoster_ttl_s)
         self.stats = NetworkStats()
+        # Every hoster's spot check verdict per model, and the models' reference hosters.
+        self.verifications = Verifications()
         # Set at the first heartbeat heard (a router that just started waits for it before routing).
         self.heard_hoster = asyncio.Event()
         self._settings = settings
@@ -216,9 +220,29 @@ class Dispatcher:
                     tokens_per_s=stats.tokens_per_s,
                     implausible_speeds=stats.implausible_speeds,
                     speed_suspicious_models=stats.speed_suspicious_models,
+                    verifications=(
+                        {o.model: self.verifications.of(hoster_id, o.model, wall) for o in status.models}
+                        if status
+                        else {}
+                    ),
                 )
             )
         return LiveHosters(hosters=report)
+
+    def observe_spot_check(self, judged: SpotCheckJudged) -> None:
+        """Fold one judged spot check (this router's or another's broadcast) into the verdicts: a hoster
+        failed on a model is dishonest in its trust, and cooled down at each check it fails while failed."""
+        before, after = self.verifications.fold(judged.hoster_id, judged.model, judged.evidence)
+        wall = time.time()
+        stats = self.stats.of(judged.hoster_id, wall)
+        stats.failed_spot_checks = bool(self.verifications.failed_models(judged.hoster_id, wall))
+        if after == FAILED and not judged.evidence.passed:
+            stats.cool_down(wall)
+        if before != after:
+            self._log.warning(
+                "spot check verdict changed",
+                extra={"hoster_id": judged.hoster_id, "model": judged.model, "verdict": after, "was": before},
+            )
 
     def observe_attempt(self, observation: AttemptObserved) -> None:
         """Fold one attempt as a router judged it into the stats (this router's own, or another's broadcast)."""
@@ -290,6 +314,7 @@ class Dispatcher:
                 s.retry_after_s,
                 self._probes,
                 s.platform_fee_bps,
+                self.verifications,
             )
         except NoEligibleHoster as exc:
             return RouteRejected(error=exc.report)
@@ -446,6 +471,7 @@ class Dispatcher:
                 listing = RegisteredModels.model_validate_json(reply)
                 self._registered = (now, frozenset(listing.models))
                 self._speed_bounds = listing.max_tokens_per_s
+                self.verifications.references = {m: frozenset(h) for m, h in listing.references.items()}
             except Exception as exc:
                 self._log.warning("registered models unknown", extra={"error": repr(exc)})
         return self._registered[1]
@@ -889,7 +915,8 @@ class Dispatcher:
                     self._log.warning("usage past its bounds", extra={"hoster_id": run.hoster_id,
                                                                       "why": cost.usage_discrepancy})  # fmt: skip
             bound = self.max_tokens_per_s(run.candidate.offer.model)
-            record, observation = record_of(run, flight.route, note, cost, now, wall, bound)
+            verification = self.verifications.of(run.hoster_id, run.candidate.offer.model, wall)
+            record, observation = record_of(run, flight.route, note, cost, now, wall, bound, verification)
             records.append(record)
             self._observed_here(observation)
         last = records[-1]

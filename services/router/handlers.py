@@ -23,6 +23,7 @@ from libs.contracts.routing import (
     RouteRejected,
     RouteRequest,
 )
+from libs.contracts.verification import SpotCheckJudged
 from libs.platform.broker import HotSubscriptions
 from services.router.dispatcher import Dispatcher
 from services.router.reports import hoster_detail
@@ -54,12 +55,24 @@ def register_handlers(
         """The models live on the network now."""
         verified = await dispatcher.registered_models()
         models = dispatcher.registry.live_models(time.monotonic())
-        return ModelsListing(models=[m.model_copy(update={"usage_verified": m.id in verified}) for m in models])
+        now, wall, v = time.monotonic(), time.time(), dispatcher.verifications
+        live = dispatcher.registry.live(now)
+        listed = []
+        for m in models:
+            hosters = {c.hoster.hoster_id for c in live if c.offer.model == m.id}
+            update = {
+                "usage_verified": m.id in verified,
+                "verified_hosters": sum(v.of(h, m.id, wall) == "verified" for h in hosters),
+                "has_reference": v.has_reference(m.id),
+            }
+            listed.append(m.model_copy(update=update))
+        return ModelsListing(models=listed)
 
     @broker.subscriber(subjects.SHOW_HOSTER, queue=subjects.QUEUE_ROUTER)
     async def show_hoster(query: HosterDetailQuery) -> HosterDetailReply:
         """One hoster: live status, models and prices, speed, trust with each of its terms."""
-        detail = hoster_detail(query.hoster_id, dispatcher.registry, dispatcher.stats, time.monotonic(), time.time())
+        detail = hoster_detail(query.hoster_id, dispatcher.registry, dispatcher.stats, time.monotonic(), time.time(),
+                               dispatcher.verifications)  # fmt: skip
         return HosterDetailReply(hoster=detail)
 
     @broker.subscriber(subjects.LIST_HOSTERS, queue=subjects.QUEUE_ROUTER)
@@ -103,6 +116,12 @@ def register_handlers(
         dispatcher.observed_elsewhere(batch)
 
     hot.add(subjects.ATTEMPTS_OBSERVED, AttemptsObserved, attempts_observed, max_concurrency=1)
+
+    # Every judged spot check, whichever router ran it (hosters cannot publish here): every replica's verdicts.
+    async def spot_check_judged(judged: SpotCheckJudged, _: Msg) -> None:
+        dispatcher.observe_spot_check(judged)
+
+    hot.add(subjects.SPOT_CHECK_JUDGED, SpotCheckJudged, spot_check_judged, max_concurrency=1)
 
     async def attempt_accepted(answer: AttemptAccepted, msg: Msg) -> None:
         dispatcher.offer_answered(subjects.hoster_of(msg.subject), answer)

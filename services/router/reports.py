@@ -3,13 +3,50 @@ trust with each of its terms. Pure reading of the registry and the stats; nothin
 
 from __future__ import annotations
 
+from libs.contracts.hosters import ModelOffer
 from libs.contracts.management import HosterDetail, ModelSpeed
+from libs.contracts.verification import ModelVerification
 from services.router.service import HosterRegistry
 from services.router.stats import HosterStats, NetworkStats
+from services.router.verification import Verifications
+
+
+def reference_quantizations(
+    registry: HosterRegistry, verifications: Verifications, model: str, now: float
+) -> frozenset[str]:
+    """The quantizations the live reference hosters of ``model`` declare for it."""
+    return frozenset(
+        c.offer.quantization
+        for c in registry.live(now)
+        if c.offer.model == model and c.offer.quantization and verifications.is_reference(c.hoster.hoster_id, model)
+    )
+
+
+def model_verifications(
+    hoster_id: str,
+    offers: list[ModelOffer],
+    registry: HosterRegistry,
+    verifications: Verifications,
+    now: float,
+    wall: float,
+) -> list[ModelVerification]:
+    """The hoster's verdict on each model it offers, with the evidence, and whether the quantization it
+    declares was borne out by a reference declaring the same."""
+    return [
+        verifications.report(
+            hoster_id, o.model, wall, o.quantization, reference_quantizations(registry, verifications, o.model, now)
+        )
+        for o in offers
+    ]
 
 
 def hoster_detail(
-    hoster_id: str, registry: HosterRegistry, stats: NetworkStats, now: float, wall: float
+    hoster_id: str,
+    registry: HosterRegistry,
+    stats: NetworkStats,
+    now: float,
+    wall: float,
+    verifications: Verifications | None = None,
 ) -> HosterDetail | None:
     """Hoster ``hoster_id`` as this router sees it at monotonic ``now`` (wall time ``wall``); ``None`` when it
     never heard of it (not live, no stats, not registered)."""
@@ -46,4 +83,7 @@ def hoster_detail(
         attempts=hoster.lifetime,
         usage_discrepancies=hoster.discrepancies,
         implausible_speeds=hoster.implausible_speeds,
+        verifications=model_verifications(
+            hoster_id, list(status.models) if status else [], registry, verifications or Verifications(), now, wall
+        ),
     )

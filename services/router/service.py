@@ -40,7 +40,9 @@ from libs.contracts.routing import (
     RouteRequest,
     RoutingPreferences,
 )
+from libs.contracts.verification import VerdictName
 from services.router.stats import TRUSTED, NetworkStats
+from services.router.verification import FAILED, UNCHECKED, VERIFIED, Verifications
 
 AUTO_MODEL = "auto"
 # Every model the network ever served is remembered (in memory and in the router's bucket, for ever), so
@@ -388,8 +390,23 @@ def _constraints(
     now: float,
     probing_busy: set[str],
     fee_bps: int,
+    verifications: Verifications,
 ) -> list[tuple[str, Callable[[Choice], bool] | None]]:
     """Each constraint with the words that name it (as the client named it) when it excludes every hoster."""
+
+    def trusted(c: Choice) -> bool:
+        # Trusted: a trust score above TRUSTED, and verified by its spot checks where the model has a reference.
+        model, hoster_id = c.candidate.offer.model, c.candidate.hoster.hoster_id
+        if not verifications.has_reference(model):
+            return c.trust > TRUSTED
+        return c.trust > TRUSTED and verifications.of(hoster_id, model, now) == VERIFIED
+
+    def declared_quantization(c: Choice) -> str:
+        # A quantization its spot checks failed is not believed.
+        model, hoster_id = c.candidate.offer.model, c.candidate.hoster.hoster_id
+        if verifications.of(hoster_id, model, now) == FAILED:
+            return "unknown"
+        return c.candidate.offer.quantization or "unknown"
 
     def supports_all(c: Choice) -> bool:
         supported = c.candidate.hoster.supported_parameters
@@ -430,15 +447,15 @@ def _constraints(
         ),
         (
             "provider.quantizations: no hoster declared " + " or ".join(prefs.quantizations),
-            (lambda c: (c.candidate.offer.quantization or "unknown") in wanted) if wanted else None,
+            (lambda c: declared_quantization(c) in wanted) if wanted else None,
         ),
         (
             "provider.max_price: every hoster costs more (the platform fee included)",
             _within_price(prefs, fee_bps),
         ),
         (
-            "trusted_only: no hoster has a trust score above 0.8",
-            (lambda c: c.trust > TRUSTED) if prefs.trusted_only else None,
+            "trusted_only: no hoster has a trust score above 0.8 (and is verified, where the model has a reference)",
+            trusted if prefs.trusted_only else None,
         ),
         (
             f"max_latency_ms: every hoster's observed latency is above {prefs.max_latency_ms} ms",
@@ -523,6 +540,7 @@ def order_candidates(
     retry_after: int,
     probing_busy: set[str] | None = None,
     fee_bps: int = 0,
+    verifications: Verifications | None = None,
 ) -> list[Candidate]:
     """Every eligible (hoster, model) for the request, in the order to try them.
 
@@ -533,7 +551,8 @@ def order_candidates(
     otherwise. ``fee_bps`` is the platform fee, which ``provider.max_price`` includes.
     """
     live = registry.live(now)
-    constraints = _constraints(prefs, profile, stats, wall, probing_busy or set(), fee_bps)
+    constraints = _constraints(prefs, profile, stats, wall, probing_busy or set(), fee_bps,
+                               verifications or Verifications())  # fmt: skip
     groups: list[tuple[str, list[Candidate]]]
     if model == AUTO_MODEL:
         groups = [("auto", [c for c in live if profile.fits(c.offer)])]
@@ -865,6 +884,7 @@ def record_of(
     now: float,
     wall: float,
     max_tokens_per_s: float,
+    verification: VerdictName = UNCHECKED,
 ) -> tuple[DispatchRecord, AttemptObserved]:
     """The network's record of one attempt for billing, and the observation every router's stats fold: the
     router's verdict and clock, the ingress's count and times of first and last content, the tokens billed
@@ -903,6 +923,7 @@ def record_of(
         duration_ms=duration_ms,
         finished_at=wall - (now - ended),
         dropped_parameters=report.dropped_parameters if report is not None else [],
+        verification=verification,
     )
     observed = AttemptObserved(
         hoster_id=run.hoster_id,

@@ -63,6 +63,11 @@ def _p95(samples: deque[float]) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
 
 
+# A hoster's dishonesty while its spot checks failed it on a model: its trust is at most a quarter of what
+# it would be, never above ``TRUSTED``.
+SPOT_CHECK_DISHONESTY = 0.5
+
+
 @dataclass
 class SpeedStats:
     """Observed speed of one hoster serving one model."""
@@ -161,6 +166,9 @@ class HosterStats:
     # with ``outcomes``: the owning router marks the attempt it just observed).
     discrepancies: int = 0
     discrepant: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    # Failed on a model by its spot checks (``services.router.verification``; set from the verdicts, which
+    # are stored on their own): dishonest, whatever its usage reports say.
+    failed_spot_checks: bool = False
 
     def observe(
         self,
@@ -209,8 +217,10 @@ class HosterStats:
     @property
     def dishonesty(self) -> float:
         """Share of recent attempts whose usage report broke a bound (smoothed as ``reliability`` is: one lie
-        of a new hoster is not yet proof)."""
-        return sum(self.discrepant) / (len(self.discrepant) + 2)
+        of a new hoster is not yet proof); at least ``SPOT_CHECK_DISHONESTY`` while a spot check verdict says
+        it serves other weights than it claims."""
+        share = sum(self.discrepant) / (len(self.discrepant) + 2)
+        return max(share, SPOT_CHECK_DISHONESTY) if self.failed_spot_checks else share
 
     def cool_down(self, now: float) -> None:
         """Out of rotation now, as after repeated failures (a probe caught it answering wrong)."""

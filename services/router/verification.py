@@ -32,12 +32,14 @@ import math
 import random
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from services.router.covert import PromptPool
+from libs.contracts.verification import CheckEvidence, ModelVerification, ShapeName, VerdictName
 
-Shape = Literal["greedy", "greedy_logprobs", "sampled_logprobs"]
-VerdictName = Literal["verified", "failed", "unchecked"]
+if TYPE_CHECKING:  # covert imports the router's service module, which imports this one
+    from services.router.covert import PromptPool
+
+Shape = ShapeName
 VERIFIED: VerdictName = "verified"
 FAILED: VerdictName = "failed"
 UNCHECKED: VerdictName = "unchecked"
@@ -271,21 +273,6 @@ def _judge_text(plan: CheckPlan, text: str | None, ref: list[Position]) -> Check
     return CheckResult(plan.shape, shared, shared, None, None, None if shared else "no token to compare")
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """One judged check as the hoster's page shows it."""
-
-    at: float
-    shape: Shape
-    reference: str
-    passed: bool
-    positions: int
-    shared: int
-    mean_delta: float | None
-    top_overlap: float | None
-    problem: str | None
-
-
 @dataclass
 class Verdict:
     """A hoster's checks of one model, added up (see the module's docstring)."""
@@ -295,9 +282,9 @@ class Verdict:
     checks: int = 0
     failures: int = 0
     last_at: float = 0.0
-    evidence: deque[Evidence] = field(default_factory=lambda: deque(maxlen=EVIDENCE_KEPT))
+    evidence: deque[CheckEvidence] = field(default_factory=lambda: deque(maxlen=EVIDENCE_KEPT))
 
-    def fold(self, evidence: Evidence) -> VerdictName:
+    def fold(self, evidence: CheckEvidence) -> VerdictName:
         """Fold one check in; the verdict after it."""
         self.checks += 1
         self.failures += not evidence.passed
@@ -315,3 +302,103 @@ class Verdict:
         if self.decided == VERIFIED and wall - self.last_at > VERDICT_MAX_AGE_S:
             return UNCHECKED
         return self.decided
+
+
+def evidence_of(result: CheckResult, reference: str, at: float) -> CheckEvidence:
+    """A judged check as it is broadcast and kept."""
+    return CheckEvidence(
+        at=at,
+        shape=result.shape,
+        reference=reference,
+        passed=result.passed,
+        positions=result.positions,
+        shared=result.shared,
+        mean_delta=None if result.mean_delta is None else round(result.mean_delta, 6),
+        top_overlap=None if result.top_overlap is None else round(result.top_overlap, 4),
+        problem=result.problem,
+    )
+
+
+class Verifications:
+    """Every hoster's verdict per model as this router folded the checks (every router folds every judged
+    check, so replicas agree), and each registered model's reference hosters (verified by designation)."""
+
+    def __init__(self) -> None:
+        self.verdicts: dict[tuple[str, str], Verdict] = {}
+        self.references: dict[str, frozenset[str]] = {}
+        self._dirty: set[tuple[str, str]] = set()
+
+    def fold(self, hoster_id: str, model: str, evidence: CheckEvidence) -> tuple[VerdictName, VerdictName]:
+        """Fold one judged check in: the verdict before it and after."""
+        verdict = self.verdicts.setdefault((hoster_id, model), Verdict())
+        before = verdict.decided
+        after = verdict.fold(evidence)
+        self._dirty.add((hoster_id, model))
+        return before, after
+
+    def is_reference(self, hoster_id: str, model: str) -> bool:
+        return hoster_id in self.references.get(model, frozenset())
+
+    def has_reference(self, model: str) -> bool:
+        return bool(self.references.get(model))
+
+    def of(self, hoster_id: str, model: str, wall: float) -> VerdictName:
+        """``hoster_id``'s verdict on ``model`` now (a reference hoster is verified by designation)."""
+        if self.is_reference(hoster_id, model):
+            return VERIFIED
+        verdict = self.verdicts.get((hoster_id, model))
+        return verdict.now(wall) if verdict is not None else UNCHECKED
+
+    def failed_models(self, hoster_id: str, wall: float) -> list[str]:
+        """The models ``hoster_id`` is failed on now."""
+        return sorted(m for (h, m), v in self.verdicts.items() if h == hoster_id and v.now(wall) == FAILED)
+
+    def report(self, hoster_id: str, model: str, wall: float, declared: str | None,
+               reference_quantizations: frozenset[str]) -> ModelVerification:  # fmt: skip
+        """The verdict with its evidence, as the hoster's page shows it; ``confirmed`` says whether a declared
+        quantization was borne out by a reference declaring the same (``None`` when none does)."""
+        verdict = self.verdicts.get((hoster_id, model))
+        name = self.of(hoster_id, model, wall)
+        confirmed = None
+        if declared is not None and declared in reference_quantizations and name != UNCHECKED:
+            confirmed = name == VERIFIED
+        return ModelVerification(
+            model=model,
+            verdict=name,
+            checks=verdict.checks if verdict else 0,
+            failures=verdict.failures if verdict else 0,
+            last_checked=verdict.last_at if verdict and verdict.checks else None,
+            declared=declared,
+            confirmed=confirmed,
+            evidence=list(verdict.evidence) if verdict else [],
+        )
+
+    def take_dirty(self) -> dict[str, dict[str, Any]]:
+        """The stored form of every verdict changed since the last call, by store key (``hoster|model``)."""
+        dirty, self._dirty = self._dirty, set()
+        out = {}
+        for hoster_id, model in dirty:
+            v = self.verdicts[(hoster_id, model)]
+            out[f"{hoster_id}|{model}"] = {
+                "hoster_id": hoster_id, "model": model, "llr": v.llr, "decided": v.decided, "checks": v.checks,
+                "failures": v.failures, "last_at": v.last_at, "evidence": [e.model_dump() for e in v.evidence],
+            }  # fmt: skip
+        return out
+
+    def load(self, record: dict[str, Any]) -> bool:
+        """Take back one stored verdict; whether it was one (a record unlike what this writes is skipped)."""
+        try:
+            hoster_id, model = record["hoster_id"], record["model"]
+            llr, decided = float(record["llr"]), record["decided"]
+            checks, failures, last_at = int(record["checks"]), int(record["failures"]), float(record["last_at"])
+            evidence = [CheckEvidence.model_validate(e) for e in record["evidence"]][-EVIDENCE_KEPT:]
+        except (KeyError, TypeError, ValueError):
+            return False
+        if not (isinstance(hoster_id, str) and isinstance(model, str) and decided in (VERIFIED, FAILED, UNCHECKED)):
+            return False
+        if not (math.isfinite(llr) and math.isfinite(last_at)):
+            return False
+        verdict = Verdict(min(FAILED_AT, max(VERIFIED_AT, llr)), decided, checks, failures, last_at)
+        verdict.evidence.extend(evidence)
+        self.verdicts[(hoster_id, model)] = verdict
+        return True
