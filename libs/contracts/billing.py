@@ -336,6 +336,8 @@ class AttemptRecord(Contract):
     duration_ms: float
     error: str | None = None
     dropped_parameters: list[str] = Field(default_factory=list)
+    # The hoster's spot check verdict on the model when the attempt ended (``None``: recorded before them).
+    verification: VerdictName | None = None
 
 
 class GenerationRecord(Contract):

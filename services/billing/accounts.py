@@ -97,6 +97,7 @@ def generation_record(held: asyncpg.Record, attempts: list[asyncpg.Record]) -> G
                 duration_ms=a["duration_ms"],
                 error=a["error"],
                 dropped_parameters=list(a["dropped_parameters"]),
+                verification=a["verification"],
             )
             for a in attempts
         ],

@@ -98,8 +98,8 @@ class PoolBound:
 RECORD = """INSERT INTO usage_records (
         request_id, attempt, hoster_id, adapter_id, model, stream, outcome,
         prompt_tokens, completion_tokens, usage_estimated, input_price, output_price,
-        finish_reason, error, ttft_ms, duration_ms, finished_at, dropped_parameters, chunks_sent)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+        finish_reason, error, ttft_ms, duration_ms, finished_at, dropped_parameters, chunks_sent, verification)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
     ON CONFLICT (request_id, attempt, hoster_id) DO NOTHING"""
 
 
@@ -125,6 +125,7 @@ def record_args(request_id: str, record: DispatchRecord) -> tuple[Any, ...]:
         dt.datetime.fromtimestamp(record.finished_at, tz=dt.UTC),
         record.dropped_parameters,
         record.chunks_sent,
+        record.verification,
     )
 
 

@@ -586,6 +586,10 @@ def _model_entry(model: Any) -> dict[str, Any]:
         "endpoints": [endpoint_path(endpoint) for endpoint in model.endpoints],
         # Registered with its tokenizer: usage is counted by the network, not taken from the hoster.
         "usage_verified": model.usage_verified,
+        # Spot checks: its live hosters verified to serve it (README, "Verification"), and whether the operator
+        # designated a reference for it (then trusted_only routes to verified hosters only).
+        "verified_hosters": model.verified_hosters,
+        "has_reference": model.has_reference,
         "pricing": {
             "unit": "credits per million tokens",
             "input": {"min": model.min_input_price / 1e6, "max": model.max_input_price / 1e6},

@@ -168,6 +168,14 @@ class ModelEntry(_Doc):
         description="registered with its tokenizer: the network counts its tokens (else 'usage not verified': "
         "a hoster's report is held to byte bounds only)"
     )
+    verified_hosters: int = Field(
+        description="its live hosters whose spot checks verified that they serve these weights (its reference "
+        "hosters included)"
+    )
+    has_reference: bool = Field(
+        description="the operator designated reference hosters for it: trusted_only then routes only to verified "
+        "hosters"
+    )
 
 
 class ModelList(_Doc):

@@ -20,6 +20,7 @@ from services.router.dispatcher import Dispatcher
 from services.router.handlers import register_handlers
 from services.router.probes import Prober
 from services.router.settings import RouterSettings
+from services.router.spotchecks import SpotChecker
 from services.router.stats import HosterStats
 from services.router.store import KvStore
 
@@ -57,17 +58,34 @@ def restore(
             logger.warning("stored hoster stats skipped", extra={"bucket": subjects.HOSTER_STATS_BUCKET})
 
 
+def restore_verdicts(dispatcher: Dispatcher, records: list[bytes], wall: float, logger: logging.Logger) -> None:
+    """Take back the stored spot check verdicts (a record unlike what this router writes is skipped)."""
+    v = dispatcher.verifications
+    for raw in records:
+        if not v.load(_record(raw)):
+            logger.warning("stored verdict skipped", extra={"bucket": subjects.VERDICTS_BUCKET})
+    for hoster_id, _ in v.verdicts:
+        dispatcher.stats.of(hoster_id, wall).failed_spot_checks = bool(v.failed_models(hoster_id, wall))
+
+
+def persist_verdicts(dispatcher: Dispatcher, store: KvStore) -> None:
+    """Write the verdicts changed since the last call."""
+    for key, record in dispatcher.verifications.take_dirty().items():
+        store.put(key, orjson.dumps(record))
+
+
 def persist_stats(dispatcher: Dispatcher, store: KvStore) -> None:
     """Write the stats of hosters whose stats changed since the last call."""
     for hoster_id, state in dispatcher.stats.take_dirty().items():
         store.put(hoster_id, orjson.dumps({"hoster_id": hoster_id, **state}))
 
 
-async def persist_stats_every(dispatcher: Dispatcher, store: KvStore, interval_s: float) -> None:
-    """``persist_stats`` every ``interval_s``."""
+async def persist_stats_every(dispatcher: Dispatcher, store: KvStore, verdicts: KvStore, interval_s: float) -> None:
+    """``persist_stats`` and ``persist_verdicts`` every ``interval_s``."""
     while True:
         await asyncio.sleep(interval_s)
         persist_stats(dispatcher, store)
+        persist_verdicts(dispatcher, verdicts)
 
 
 async def listen_first(dispatcher: Dispatcher, wait_s: float) -> None:
@@ -84,6 +102,7 @@ def build_app(settings: RouterSettings) -> FastStream:
     dispatcher = Dispatcher(settings, kit.instance_id, broker, logger)
     models_seen = KvStore(subjects.MODELS_SEEN_BUCKET, logger, settings.nats_stream_replicas)
     hoster_stats = KvStore(subjects.HOSTER_STATS_BUCKET, logger, settings.nats_stream_replicas)
+    verdicts = KvStore(subjects.VERDICTS_BUCKET, logger, settings.nats_stream_replicas)
     hot = HotSubscriptions(logger, kit.tracer_provider)
     routes = HotSubscriptions(logger, kit.tracer_provider)
     register_handlers(broker, hot, routes, dispatcher, models_seen, settings.max_concurrent_routes, logger)
@@ -93,16 +112,19 @@ def build_app(settings: RouterSettings) -> FastStream:
         await broker.connect()
         js = broker.connection.jetstream()
         restore(dispatcher, await models_seen.open(js), await hoster_stats.open(js), time.time(), logger)
+        restore_verdicts(dispatcher, await verdicts.open(js), time.time(), logger)
         tasks = [
             asyncio.create_task(dispatcher.keep_registrations(settings.registrations_refresh_s)),
             asyncio.create_task(dispatcher.keep_registered_models()),
             asyncio.create_task(dispatcher.watch()),
             asyncio.create_task(dispatcher.keep_reservations_alive()),
             asyncio.create_task(dispatcher.keep_leases_alive()),
-            asyncio.create_task(persist_stats_every(dispatcher, hoster_stats, settings.stats_flush_s)),
+            asyncio.create_task(persist_stats_every(dispatcher, hoster_stats, verdicts, settings.stats_flush_s)),
         ]
         if settings.probe_interval_s > 0:
             tasks.append(asyncio.create_task(Prober(dispatcher, settings, logger).run(broker.connection)))
+        if settings.spot_check_api_base and settings.spot_check_api_key is not None:
+            tasks.append(asyncio.create_task(SpotChecker(dispatcher, settings, logger).run(broker.connection)))
         # Routes are taken once the router knows the models the network ever served (a model never seen is a
         # 404) and has heard the live hosters' heartbeats (other replicas take routes meanwhile).
         await hot.start(broker.connection)
@@ -124,8 +146,10 @@ def build_app(settings: RouterSettings) -> FastStream:
         await dispatcher.drain()
         await hot.stop()
         persist_stats(dispatcher, hoster_stats)
+        persist_verdicts(dispatcher, verdicts)
         await models_seen.close()
         await hoster_stats.close()
+        await verdicts.close()
 
     return faststream_app(
         kit, resources, on_shutdown=[flush], ready_details=lambda: {"hosters_known": len(dispatcher.stats.hosters)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from libs.platform.settings import ServiceSettings
@@ -65,6 +65,17 @@ class RouterSettings(ServiceSettings):
     probe_new_attempts: int = Field(20, ge=0)
     probe_idle_s: float = Field(600.0, gt=0)
     probe_prompts_file: Path | None = None
+    # Spot checks (``services/router/spotchecks.py``, README "Verification"): sent by a router given the public
+    # API's base URL and an API key of an account the operator funds for them (one replica is enough); each
+    # (hoster, registered model) gets ``spot_checks_per_hour`` on average, at random times, at most
+    # ``spot_check_concurrency`` at once; conversations from ``spot_check_prompts_file`` (unset: the probes').
+    spot_check_api_base: str | None = None
+    spot_check_api_key: SecretStr | None = None
+    spot_checks_per_hour: float = Field(6.0, gt=0, le=36_000)
+    spot_check_concurrency: int = Field(2, ge=1)
+    spot_check_prompts_file: Path | None = None
+    spot_check_timeout_s: float = Field(120.0, gt=0)
+    spot_check_tick_s: float = Field(1.0, gt=0)
     # How long a request whose serving attempt reported its end waits for the ingress's note on what reached
     # the client (counted from the attempt's first-byte deadline, when that is later), and how long a note
     # waits for the serving attempt's report; past it the request settles on what it has (no note: nothing
