@@ -126,6 +126,10 @@ class StackConfig:
     # The web console (``services/console``) on this port, and the ingress passing ``/console`` to it; off
     # (``None``) in test stacks that do not need it, so they start no extra process.
     console_port: int | None = None
+    # Spot checks (README, "Verification"): the first router sends them through the first ingress, billed to
+    # an account of the network's made with these credits (``None``: no spot checks), at this rate.
+    spot_check_credits: str | None = None
+    spot_checks_per_hour: float = 6.0
 
     @property
     def api_base(self) -> str:
@@ -281,6 +285,9 @@ class Stack:
         self.processes: dict[str, ManagedProcess] = {}
         self.postgres: PostgresCluster | None = None
         self.database_url = ""
+        # The network's spot check account and its key (``spot_check_env``).
+        self.spot_check_account: str | None = None
+        self.spot_check_key: str | None = None
         # How each process was started, so ``restart`` starts it again the same way.
         self._starters: dict[str, Callable[[], ManagedProcess]] = {}
         # Where each process serves /metrics (CS_METRICS_PORT), by process name.
@@ -340,8 +347,10 @@ class Stack:
                 self.start_engine(engine)
             for i in range(c.billings):
                 self.start_service(replica_name("billing", i, c.billings), "billing", "billing ready")
+            checker = self.spot_check_env() if c.spot_check_credits is not None else {}
             for i in range(c.routers):
-                self.start_service(replica_name("router", i, c.routers), "router", "router ready")
+                self.start_service(replica_name("router", i, c.routers), "router", "router ready",
+                                   checker if i == 0 else None)  # fmt: skip
             for adapter in c.adapters:
                 self.start_adapter(adapter)
             for agent in c.agents:
@@ -517,10 +526,26 @@ class Stack:
         wait_for_http(f"http://127.0.0.1:{port}/readyz", 30, process)
         return process
 
-    def start_service(self, name: str, module: str, marker: str | None) -> ManagedProcess:
-        """Start (or restart) a service by module name (``router``, ``billing``, ...)."""
-        self._starters[name] = lambda: self.start_service(name, module, marker)
-        return self._spawn(name, module, self.service_env(), marker)
+    def start_service(
+        self, name: str, module: str, marker: str | None, env: dict[str, str] | None = None
+    ) -> ManagedProcess:
+        """Start (or restart) a service by module name (``router``, ``billing``, ...), ``env`` added to its
+        environment."""
+        self._starters[name] = lambda: self.start_service(name, module, marker, env)
+        return self._spawn(name, module, {**self.service_env(), **(env or {})}, marker)
+
+    def spot_check_env(self) -> dict[str, str]:
+        """The network's spot check account (made once, with ``spot_check_credits``) and the environment of
+        the router that sends the checks with its key."""
+        c = self.config
+        if self.spot_check_key is None:
+            self.spot_check_account, self.spot_check_key = self.create_account(c.spot_check_credits or "0",
+                                                                               name="spot checks")  # fmt: skip
+        return {
+            "CS_ROUTER_SPOT_CHECK_API_BASE": c.api_base,
+            "CS_ROUTER_SPOT_CHECK_API_KEY": self.spot_check_key,
+            "CS_ROUTER_SPOT_CHECKS_PER_HOUR": str(c.spot_checks_per_hour),
+        }
 
     def restart(self, name: str) -> ManagedProcess:
         """Start a process again the way it was started before, and wait until it is ready; one still
