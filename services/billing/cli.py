@@ -258,6 +258,8 @@ async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: Cli
                 "attempts": row["attempts"],
                 "usage_discrepancies": seen.usage_discrepancies if seen else None,
                 "implausible_speeds": seen.implausible_speeds if seen else None,
+                # Spot checks: its verdict per model it serves (verified, failed, unchecked).
+                "verifications": seen.verifications if seen else {},
             }
         )
     lines = [
@@ -266,6 +268,7 @@ async def hoster_command(args: argparse.Namespace, ledger: Ledger, settings: Cli
         f"  usage discrepancies {h['usage_discrepancies'] if h['usage_discrepancies'] is not None else '-'}"
         f"  implausible speeds {h['implausible_speeds'] if h['implausible_speeds'] is not None else '-'}"
         f"  models {','.join(h['models']) or '-'}"
+        f"  verified {','.join(f'{m}:{v}' for m, v in h['verifications'].items()) or '-'}"
         for h in listing
     ]
     return listing, "\n".join(lines) or "no hosters registered", 0

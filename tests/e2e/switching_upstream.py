@@ -32,7 +32,7 @@ RULES = ("temperature-zero", "looks-checked")
 
 def shipped_prompts() -> frozenset[str]:
     """Every user message of the shipped pool (what a hoster that read the repository knows)."""
-    out = set()
+    out: set[str] = set()
     for line in SHIPPED_POOL.read_text().splitlines():
         if not line.strip():
             continue

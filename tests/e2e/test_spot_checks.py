@@ -25,8 +25,8 @@ from typing import Any
 
 import httpx
 import nats
-from nats.aio.client import Client
 import pytest
+from nats.aio.client import Client
 
 from libs.contracts import subjects
 from libs.contracts.hosters import LiveHosters

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,12 @@ from pydantic import SecretStr
 
 from libs.contracts import subjects
 from libs.contracts.models import PART_BYTES, FetchTokenizer, RegisteredModels, TokenizerPart
+from libs.platform.apikeys import hash_key
 from libs.tokens import RegisteredTokenizers, count_chat_prompt, load_model_tokenizer, nats_requester
 from services.billing.cli import CliSettings, run
+from services.billing.ledger import Ledger
+from services.billing.repository import HosterRepository, apply_migrations
+from services.billing.tokenizers import ModelRegistry
 from tests.conftest import NatsTestServer
 from tests.integration.conftest import Spawn
 from tests.unit.tokens import trained
@@ -172,3 +177,44 @@ async def test_a_service_fetches_a_tokenizer_once_in_parts_and_counts_as_the_fil
         assert listing.max_tokens_per_s == {"acme/fast": 12000.0}
     finally:
         await nc.close()
+
+
+async def test_a_models_reference_hosters_are_designated_listed_and_replaced(
+    database_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    pool = await asyncpg.create_pool(database_url)
+    try:
+        await apply_migrations(pool)
+        owner = await Ledger(pool).create_account("hoster", 0)
+        hosters = HosterRepository(pool)
+        ids = [str(uuid.uuid4()) for _ in range(3)]
+        for i, hoster_id in enumerate(ids):
+            await hosters.register(hoster_id, f"ref-box-{i}-{tmp_path.name[-6:]}", None, False, owner.id,
+                                   f"UPUB{hoster_id}", hash_key(f"ngh_{hoster_id}"))  # fmt: skip
+        name = f"acme/ref-{secrets.token_hex(4)}"
+        # A model not registered, or a hoster no one registered, is refused and nothing is kept.
+        code, _, err = await cli(database_url, capsys, "model", "reference", name, "--hoster", ids[0])
+        assert code == 2
+        assert "not registered" in json.loads(err)["error"]
+        await cli(database_url, capsys, *register_args(name, model_dir(tmp_path / "m")))
+        code, _, err = await cli(database_url, capsys, "model", "reference", name, "--hoster", str(uuid.uuid4()))
+        assert code == 2
+        assert "no registered hoster" in json.loads(err)["error"]
+
+        # By id or by name; the listing billing answers routers with carries them.
+        by_name = f"ref-box-1-{tmp_path.name[-6:]}"
+        code, set_, _ = await cli(database_url, capsys, "model", "reference", name, "--hoster", ids[0],
+                                  "--hoster", by_name.upper())  # fmt: skip
+        assert code == 0
+        assert set_["reference_hosters"] == sorted(ids[:2])
+        registry = ModelRegistry(pool)
+        assert (await registry.references())[name] == sorted(ids[:2])
+        _, listed, _ = await cli(database_url, capsys, "model", "list")
+        assert next(m for m in listed if m["model"] == name)["reference_hosters"] == sorted(ids[:2])
+        # Designating again replaces; none clears.
+        await cli(database_url, capsys, "model", "reference", name, "--hoster", ids[2])
+        assert (await registry.references())[name] == [ids[2]]
+        await cli(database_url, capsys, "model", "reference", name)
+        assert name not in await registry.references()
+    finally:
+        await pool.close()
