@@ -76,6 +76,8 @@ class RouterSettings(ServiceSettings):
     spot_check_prompts_file: Path | None = None
     spot_check_timeout_s: float = Field(120.0, gt=0)
     spot_check_tick_s: float = Field(1.0, gt=0)
+    # The largest completion limit a check asks a hoster (drawn as clients' limits are, up to this).
+    spot_check_max_tokens: int = Field(512, ge=16)
     # How long a request whose serving attempt reported its end waits for the ingress's note on what reached
     # the client (counted from the attempt's first-byte deadline, when that is later), and how long a note
     # waits for the serving attempt's report; past it the request settles on what it has (no note: nothing

@@ -144,7 +144,7 @@ class SpotChecker:
     async def check(self, nc: Client, hoster_id: str, model: str, references: list[str]) -> None:
         """One check of ``hoster_id`` on ``model`` against ``references``; its judgement broadcast."""
         async with self._slots:
-            plan = draw_check(model, self._prompts, self._rng)
+            plan = draw_check(model, self._prompts, self._rng, max_tokens=self._settings.spot_check_max_tokens)
             answer, *theirs = await asyncio.gather(
                 self.ask(plan.body, hoster_id), *(self.ask(plan.reference_body, r) for r in references)
             )

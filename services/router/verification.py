@@ -46,8 +46,9 @@ UNCHECKED: VerdictName = "unchecked"
 
 # The shapes of a check and how often each is drawn.
 SHAPES: tuple[tuple[Shape, float], ...] = (("greedy", 0.3), ("greedy_logprobs", 0.3), ("sampled_logprobs", 0.4))
-# Completion limits of a check (short answers: the comparison needs a few positions, not a long answer).
-CHECK_LIMITS = (16, 24, 32, 32, 48, 64)
+# The reference's completion limit: the comparison needs a few dozen positions, not a long answer (the checked
+# hoster gets a client's limit, ``COMPLETION_LIMITS`` up to the router's ``spot_check_max_tokens``).
+REFERENCE_MAX_TOKENS = 64
 TOP_LOGPROBS = (3, 5, 5)
 # A sampled check's temperature: as clients set it (``None``: the field left out, the engine's default).
 SAMPLED_TEMPERATURES: tuple[float | None, ...] = (None, 0.2, 0.5, 0.7, 0.7, 0.8, 1.0)
@@ -93,11 +94,16 @@ def draw_shape(rng: random.Random) -> Shape:
     return SHAPES[-1][0]
 
 
-def draw_check(model: str, pool: PromptPool, rng: random.Random, shape: Shape | None = None) -> CheckPlan:
-    """A check of ``model``: a conversation of ``pool`` and the parameters of ``shape`` (drawn when ``None``)."""
+def draw_check(
+    model: str, pool: PromptPool, rng: random.Random, shape: Shape | None = None, max_tokens: int = 512
+) -> CheckPlan:
+    """A check of ``model``: a conversation of ``pool``, a client's completion limit (up to ``max_tokens``)
+    and the parameters of ``shape`` (drawn when ``None``)."""
+    from services.router.covert import COMPLETION_LIMITS  # here: covert imports the module that imports this
+
     shape = shape or draw_shape(rng)
     messages = pool.draw(rng)
-    limit = rng.choice(CHECK_LIMITS)
+    limit = rng.choice([n for n in COMPLETION_LIMITS if n <= max_tokens] or [max_tokens])
     body: dict[str, Any] = {"model": model, "messages": messages}
     body["max_tokens" if rng.random() < 0.8 else "max_completion_tokens"] = limit
     if shape == "sampled_logprobs":
@@ -112,7 +118,7 @@ def draw_check(model: str, pool: PromptPool, rng: random.Random, shape: Shape | 
     reference = {
         "model": model,
         "messages": [dict(m) for m in messages],
-        "max_tokens": limit,
+        "max_tokens": min(limit, REFERENCE_MAX_TOKENS),
         "temperature": 0,
         "logprobs": True,
         "top_logprobs": REFERENCE_TOP_LOGPROBS,

@@ -130,6 +130,7 @@ def stack(
         service_env={
             "CS_ROUTER_SPOT_CHECK_PROMPTS_FILE": str(pool),
             "CS_ROUTER_SPOT_CHECK_CONCURRENCY": "2",
+            "CS_ROUTER_SPOT_CHECK_MAX_TOKENS": "64",
             "CS_ROUTER_MAX_TOKENS_PER_S": "1e9",
         },
     )

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 
 from libs.contracts.verification import CheckEvidence
-from services.router.covert import DEFAULT_PROMPTS, PromptPool
+from services.router.covert import COMPLETION_LIMITS, DEFAULT_PROMPTS, PromptPool
 from services.router.verification import (
     EVIDENCE_KEPT,
     FAILED,
     MAX_MEAN_DELTA,
+    REFERENCE_MAX_TOKENS,
     UNCHECKED,
     VERDICT_MAX_AGE_S,
     VERIFIED,
@@ -78,7 +79,13 @@ def test_a_check_is_drawn_as_a_client_request_and_the_reference_is_asked_greedil
             assert body["logprobs"] is True
         ref = check.reference_body
         assert (ref["temperature"], ref["logprobs"], ref["top_logprobs"]) == (0, True, 5)
+        limit = body.get("max_tokens", body.get("max_completion_tokens"))
+        assert limit in COMPLETION_LIMITS
+        assert limit <= 512
+        assert ref["max_tokens"] == min(limit, REFERENCE_MAX_TOKENS)
     assert shapes == {"greedy", "greedy_logprobs", "sampled_logprobs"}
+    short = {draw_check("m", POOL, rng, max_tokens=64).body.get("max_tokens", 0) for _ in range(200)}
+    assert max(short) <= 64
 
 
 def test_the_same_answer_passes_every_shape() -> None:
