@@ -23,6 +23,30 @@ def _json(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
+# U+0000 as JSON writes it; PostgreSQL's jsonb refuses it in any string.
+_NUL = b"\\u0000"
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every U+0000 of its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
+def jsonb(value: Any) -> str:
+    """``value`` as the JSON text a jsonb column takes: a client's text, or a model's, may hold U+0000, which
+    jsonb cannot, so it is stored as U+FFFD (the request was served and billed: storing it must not fail)."""
+    encoded = orjson.dumps(value)
+    if _NUL in encoded:
+        encoded = orjson.dumps(_without_nul(value))
+    return encoded.decode()
+
+
 def page_of(items: list[dict[str, Any]], query: InputItemsQuery) -> tuple[list[dict[str, Any]], bool]:
     """One page of ``items`` (in the order they were given) as OpenAI's list endpoints page: ordered by
     ``query.order``, after / before the item with that id, ``query.limit`` of them, and whether more follow."""
@@ -56,8 +80,8 @@ class ResponseStore(PoolBound):
             datetime.fromtimestamp(event.created_at, UTC),
             datetime.fromtimestamp(event.created_at + self.retention_s, UTC),
             event.previous_response_id,
-            orjson.dumps(event.input_items).decode(),
-            orjson.dumps(event.response).decode(),
+            jsonb(event.input_items),
+            jsonb(event.response),
         )
         return bool(status == "INSERT 0 1")
 

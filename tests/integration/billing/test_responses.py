@@ -92,3 +92,18 @@ async def test_an_expired_response_is_not_found_and_the_sweep_deletes_it(ledger:
     assert await past.sweep() >= 1
     async with ledger.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM stored_responses WHERE id = 'resp_old'") == 0
+
+
+async def test_text_with_nul_characters_is_stored_with_them_replaced(ledger: Ledger) -> None:
+    """PostgreSQL's jsonb holds no U+0000: a client's input or a model's output with one is stored with U+FFFD
+    in its place, not refused (the client was served and billed: storing it must not fail)."""
+    store = ResponseStore(3600)
+    store.attach(ledger.pool)
+    account = (await ledger.create_account("nul", 0)).id
+    assert await store.store(stored("resp_nul", account, [message("msg_n", "user", "a\x00b \\u0000")], "c\x00d"))
+    query = ResponseQuery(response_id="resp_nul", account_id=account)
+    chain = await store.chain(query)
+    assert [item["content"][0]["text"] for item in chain.items] == ["a\ufffdb \\u0000", "c\ufffdd"]
+    shown = await store.show(query)
+    assert shown.response is not None
+    assert shown.response["output"][0]["content"][0]["text"] == "c\ufffdd"
