@@ -9,6 +9,7 @@ import orjson
 
 from libs.contracts.stored_responses import (
     MAX_CHAIN,
+    ChainQuery,
     InputItemsPage,
     InputItemsQuery,
     ResponseChain,
@@ -116,9 +117,10 @@ class ResponseStore(PoolBound):
         data, more = page_of(items, query)
         return InputItemsPage(found=True, data=data, has_more=more)
 
-    async def chain(self, query: ResponseQuery) -> ResponseChain:
+    async def chain(self, query: ChainQuery) -> ResponseChain:
         """What continuing the response replays, oldest first: each response's input items, then its output
-        items, back to the first of the conversation; not found if any response of it is gone."""
+        items, back to the first of the conversation; not found if any response of it is gone, too long past
+        ``MAX_CHAIN`` responses or ``query.max_bytes`` of JSON."""
         rows = await self.pool.fetch(
             """WITH RECURSIVE chain AS (
                    SELECT id, previous_response_id, input_items, response -> 'output' AS output, 1 AS depth
@@ -143,6 +145,8 @@ class ResponseStore(PoolBound):
         for row in rows:
             items.extend(_json(row["input_items"]))
             items.extend(_json(row["output"]) or [])
+        if len(orjson.dumps(items)) > query.max_bytes:
+            return ResponseChain(found=True, too_long=True)
         return ResponseChain(found=True, items=items)
 
     async def sweep(self) -> int:

@@ -29,6 +29,7 @@ from libs.contracts.openai import (
 from libs.contracts.pricing import UsageBounds, generated_choices, input_count, to_credits
 from libs.contracts.routing import RouteAccepted, RouteRequest
 from libs.contracts.stored_responses import (
+    ChainQuery,
     InputItemsPage,
     InputItemsQuery,
     ResponseChain,
@@ -222,10 +223,14 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     return await _read_limited(request, limit)
 
 
+def body_limit(gateway: Gateway, settings: IngressSettings) -> int:
+    """The largest body, in bytes, the ingress routes: its setting, and what fits one NATS message."""
+    return min(settings.max_body_bytes, gateway.max_body_bytes or settings.max_body_bytes)
+
+
 async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings) -> dict[str, Any] | Response:
     """The JSON object of a request's body, or the OpenAI-style error that refuses it."""
-    limit = min(settings.max_body_bytes, gateway.max_body_bytes or settings.max_body_bytes)
-    raw = await read_json_body(request, limit)
+    raw = await read_json_body(request, body_limit(gateway, settings))
     try:
         payload: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -475,23 +480,29 @@ async def create_response(request: Request, caller: CallerDep, gateway: GatewayD
     if isinstance(payload, Response):
         return payload
     assert caller.account_id is not None
+    limit = body_limit(gateway, settings)
     previous_items = None
     previous = payload.get("previous_response_id")
     if isinstance(previous, str) and previous:
-        query = _response_query(previous, caller, "previous_response_id")
+        owned = _response_query(previous, caller, "previous_response_id")
+        query = ChainQuery(response_id=owned.response_id, account_id=owned.account_id, max_bytes=limit)
         chain = await gateway.billing(
             subjects.RESPONSE_CHAIN, query, ResponseChain, "continue the response", settings.retry_after_s
         )
         if not chain.found:
             return error_response(errors.response_not_found(previous, "previous_response_id"))
         if chain.too_long:
-            return invalid_request(f"The conversation of {previous} is too long to continue.",
-                                   "previous_response_id", "conversation_too_long")  # fmt: skip
+            return _too_long(previous)
         previous_items = chain.items
     try:
         translation = chat_request_of(payload, previous_items)
     except InvalidRequest as exc:
         return invalid_request(*exc.failure)
+    if len(orjson.dumps(translation.chat_body)) > limit:
+        # The replayed conversation is held to no body limit: with this input it may not fit one message.
+        return _too_long(previous) if previous_items is not None else invalid_request(
+            f"The input is too large to send to a hoster (over {limit} bytes as a chat completion).", "input",
+            "request_too_large")  # fmt: skip
     # A privacy_mode request is stored only when the client asked for it in so many words.
     store = payload.get("store") is True or (
         translation.request.store is not False and not translation.chat.privacy_mode
@@ -507,6 +518,11 @@ async def create_response(request: Request, caller: CallerDep, gateway: GatewayD
     ):
         return await _complete(response_id, translation.chat_body, translation.chat, stream, CHAT, caller, gateway,
                                settings, answer)  # fmt: skip
+
+
+def _too_long(previous: Any) -> Response:
+    return invalid_request(f"The conversation of {previous} is too long to continue.",
+                           "previous_response_id", "conversation_too_long")  # fmt: skip
 
 
 def _response_query(response_id: str, caller: Caller, param: str = "response_id") -> ResponseQuery:

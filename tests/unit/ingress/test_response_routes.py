@@ -1,0 +1,124 @@
+"""``POST /v1/responses`` through the ingress app with the bus answered in process (a key check, billing's stored
+responses, a router and a hoster's answer): what is routed, what is stored, what the client is told."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+import orjson
+from fastapi import FastAPI
+from nats.errors import MaxPayloadError
+
+from libs.contracts import frames, subjects
+from libs.contracts.billing import INFERENCE, KeyInfo
+from libs.contracts.routing import RouteAccepted
+from libs.contracts.stored_responses import ResponseChain, Stored
+from services.ingress.app import build_app
+from services.ingress.gateway import Gateway
+from services.ingress.settings import IngressSettings
+
+KEY = "ngk_" + "a" * 40
+MAX_PAYLOAD = 1024 * 1024
+ANSWER = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+}
+
+
+class Msg:
+    def __init__(self, subject: str, data: bytes) -> None:
+        self.subject = subject
+        self.data = data
+
+
+class Subscription:
+    async def unsubscribe(self) -> None:
+        return None
+
+
+class Bus:
+    """NATS as the ingress sees it, answered in process: a message over ``max_payload`` is refused as nats-py
+    refuses it (``MaxPayloadError``); one valid key, billing's chain (``chain``) and stores (``stored``), and a
+    router that routes (``routed``) to a hoster answering ``ANSWER``."""
+
+    max_payload = MAX_PAYLOAD
+    is_connected = True
+
+    def __init__(self, chain: list[dict[str, Any]] | None = None) -> None:
+        self.callbacks: dict[str, Callable[[Msg], Awaitable[None]]] = {}
+        self.chain = chain or []
+        self.asked: list[tuple[str, dict[str, Any]]] = []
+
+    def sent(self, subject: str) -> list[dict[str, Any]]:
+        return [body for asked, body in self.asked if asked == subject]
+
+    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]], **_: Any) -> Subscription:
+        self.callbacks[subject] = cb
+        return Subscription()
+
+    async def flush(self) -> None:
+        return None
+
+    async def publish(self, subject: str, data: bytes, headers: Any = None) -> None:
+        if len(data) > self.max_payload:
+            raise MaxPayloadError
+
+    async def request(self, subject: str, data: bytes, **_: Any) -> Msg:
+        await self.publish(subject, data)
+        body = orjson.loads(data)
+        self.asked.append((subject, body))
+        if subject == subjects.VERIFY_KEY:
+            return Msg(
+                subject,
+                KeyInfo(status="valid", key_id="k1", account_id="a1", kind=INFERENCE).model_dump_json().encode(),
+            )
+        if subject == subjects.RESPONSE_CHAIN:
+            return Msg(subject, ResponseChain(found=True, items=self.chain).model_dump_json().encode())
+        if subject == subjects.STORE_RESPONSE:
+            return Msg(subject, Stored(ok=True).model_dump_json().encode())
+        assert subject == subjects.ROUTE_REQUEST
+        on_reply = self.callbacks[body["reply_subject"].rpartition(".")[0] + ".>"]  # the ingress's inbox
+        offer = subjects.offer_subject(body["reply_subject"], 1, "t")
+        frame = Msg(offer, frames.encode(frames.COMPLETION, 1, 0, orjson.dumps(ANSWER)))
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(on_reply(frame)))
+        accepted = RouteAccepted(hoster_id="h1", model="m", attempt=1, reply_subject=offer)
+        return Msg(subject, accepted.model_dump_json().encode())
+
+
+async def create(bus: Bus, body: dict[str, Any]) -> httpx.Response:
+    app: FastAPI = build_ingress()
+    gateway: Gateway = app.state.gateway
+    await gateway.open(bus)  # type: ignore[arg-type]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as client:
+        return await client.post("/v1/responses", json=body, headers={"authorization": f"Bearer {KEY}"})
+
+
+def build_ingress() -> FastAPI:
+    return build_app(IngressSettings(metrics_port=0, instance_id="ing"))
+
+
+def user_message(item_id: str, text: str) -> dict[str, Any]:
+    return {"id": item_id, "type": "message", "role": "user", "status": "completed",
+            "content": [{"type": "input_text", "text": text}]}  # fmt: skip
+
+
+async def test_a_conversation_too_large_to_route_is_a_400_and_nothing_is_routed() -> None:
+    """The replayed conversation is not held to the body limit: with the new input, it can outgrow what one
+    NATS message carries. That is the client's 400 before any hoster is asked, not a 500."""
+    bus = Bus(chain=[user_message("msg_old", "x" * 600_000)])
+    answer = await create(bus, {"model": "m", "input": "y" * 600_000, "previous_response_id": "resp_1"})
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert (error["type"], error["param"], error["code"]) == (
+        "invalid_request_error", "previous_response_id", "conversation_too_long"
+    )  # fmt: skip
+    assert bus.sent(subjects.ROUTE_REQUEST) == []
+    [query] = bus.sent(subjects.RESPONSE_CHAIN)
+    # Billing is told how much of the conversation the ingress can route, so that it never answers more.
+    assert 0 < query["max_bytes"] <= MAX_PAYLOAD
