@@ -422,7 +422,8 @@ class ResponsesAnswer:
     __slots__ = ("account_id", "created_at", "input_items", "request", "response_id", "store")
 
     def __init__(self, translation: ChatTranslation, response_id: str, account_id: str, store: bool) -> None:
-        self.request = translation.request
+        # The Response echoes ``store`` as done: a privacy_mode request the client did not ask to store says so.
+        self.request = translation.request.model_copy(update={"store": store})
         self.input_items = translation.input_items
         self.response_id = response_id
         self.account_id = account_id

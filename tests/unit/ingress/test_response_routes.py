@@ -122,3 +122,15 @@ async def test_a_conversation_too_large_to_route_is_a_400_and_nothing_is_routed(
     [query] = bus.sent(subjects.RESPONSE_CHAIN)
     # Billing is told how much of the conversation the ingress can route, so that it never answers more.
     assert 0 < query["max_bytes"] <= MAX_PAYLOAD
+
+
+async def test_a_privacy_mode_response_says_it_is_not_stored() -> None:
+    bus = Bus()
+    private = await create(bus, {"model": "m", "input": "secret", "privacy_mode": True})
+    assert private.status_code == 200, private.text
+    assert private.json()["store"] is False
+    assert bus.sent(subjects.STORE_RESPONSE) == []
+    asked = await create(bus, {"model": "m", "input": "keep it", "privacy_mode": True, "store": True})
+    assert asked.json()["store"] is True
+    [stored] = bus.sent(subjects.STORE_RESPONSE)
+    assert stored["response"]["store"] is True
