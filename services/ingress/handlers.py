@@ -431,8 +431,14 @@ class ResponsesAnswer:
         self.store = store
 
     async def keep(self, gateway: Gateway, response: dict[str, Any], retry_after: int) -> None:
-        """Store ``response`` with the request's input items, when the request is stored."""
+        """Store ``response`` with the request's input items, when the request is stored. One too large for a
+        message to billing is not stored and says so (``store`` false): the client was served and is billed,
+        so it is answered all the same."""
         if not self.store:
+            return
+        limit = gateway.max_body_bytes
+        if limit is not None and len(orjson.dumps(self.input_items)) + len(orjson.dumps(response)) > limit:
+            response["store"] = False
             return
         event = StoreResponse(
             response_id=self.response_id, account_id=self.account_id, created_at=self.created_at,
@@ -464,7 +470,9 @@ class ResponsesEvents:
     async def end(self) -> bytes:
         closing = self.translator.finish(int(time.time()))
         try:
-            await self.answer.keep(self.gateway, self.translator.response, self.retry_after)
+            # The final event's Response is the one stored (and says so when it cannot be).
+            final = closing[-1]["response"] if closing else self.translator.response
+            await self.answer.keep(self.gateway, final, self.retry_after)
         except GatewayError as exc:
             return sse(self.translator.fail(exc.report))
         return sse(closing)

@@ -22,7 +22,7 @@ from services.ingress.settings import IngressSettings
 
 KEY = "ngk_" + "a" * 40
 MAX_PAYLOAD = 1024 * 1024
-ANSWER = {
+ANSWER: dict[str, Any] = {
     "id": "chatcmpl-1",
     "object": "chat.completion",
     "model": "m",
@@ -50,9 +50,10 @@ class Bus:
     max_payload = MAX_PAYLOAD
     is_connected = True
 
-    def __init__(self, chain: list[dict[str, Any]] | None = None) -> None:
+    def __init__(self, chain: list[dict[str, Any]] | None = None, text: str = "hello") -> None:
         self.callbacks: dict[str, Callable[[Msg], Awaitable[None]]] = {}
         self.chain = chain or []
+        self.text = text
         self.asked: list[tuple[str, dict[str, Any]]] = []
 
     def sent(self, subject: str) -> list[dict[str, Any]]:
@@ -85,10 +86,21 @@ class Bus:
         assert subject == subjects.ROUTE_REQUEST
         on_reply = self.callbacks[body["reply_subject"].rpartition(".")[0] + ".>"]  # the ingress's inbox
         offer = subjects.offer_subject(body["reply_subject"], 1, "t")
-        frame = Msg(offer, frames.encode(frames.COMPLETION, 1, 0, orjson.dumps(ANSWER)))
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(on_reply(frame)))
+        for frame in self.frames(offer, bool(body["stream"])):
+            asyncio.get_running_loop().call_soon(asyncio.ensure_future, on_reply(frame))
         accepted = RouteAccepted(hoster_id="h1", model="m", attempt=1, reply_subject=offer)
         return Msg(subject, accepted.model_dump_json().encode())
+
+    def frames(self, offer: str, stream: bool) -> list[Msg]:
+        """The hoster's answer, saying ``text``: one completion, or a chunk and the end of the stream."""
+        if not stream:
+            message = {"role": "assistant", "content": self.text}
+            completion = ANSWER | {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+            return [Msg(offer, frames.encode(frames.COMPLETION, 1, 0, orjson.dumps(completion)))]
+        chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m", "usage": ANSWER["usage"],
+                 "choices": [{"index": 0, "delta": {"content": self.text}, "finish_reason": "stop"}]}  # fmt: skip
+        return [Msg(offer, frames.encode(frames.CHUNK, 1, 0, orjson.dumps(chunk))),
+                Msg(offer, frames.encode(frames.END, 1, 1))]  # fmt: skip
 
 
 async def create(bus: Bus, body: dict[str, Any]) -> httpx.Response:
@@ -134,3 +146,29 @@ async def test_a_privacy_mode_response_says_it_is_not_stored() -> None:
     assert asked.json()["store"] is True
     [stored] = bus.sent(subjects.STORE_RESPONSE)
     assert stored["response"]["store"] is True
+
+
+def events(stream: httpx.Response) -> list[dict[str, Any]]:
+    return [orjson.loads(line[6:]) for line in stream.text.splitlines() if line.startswith("data: ")]
+
+
+async def test_a_response_too_large_to_store_is_answered_all_the_same_and_says_it_is_not_stored() -> None:
+    """The input and the answer may each fit a message and not together: the client was served and is billed,
+    so it gets its answer, with ``store: false``, rather than a 500 (or a stream cut before its last event)."""
+    big = {"model": "m", "input": "x" * 500_000}
+    bus = Bus(text="y" * 600_000)
+    whole = await create(bus, big)
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["store"] is False
+    assert whole.json()["output"][0]["content"][0]["text"] == bus.text
+    streamed = await create(bus, big | {"stream": True})
+    assert streamed.status_code == 200
+    final = events(streamed)[-1]
+    assert final["type"] == "response.completed"
+    assert final["response"]["store"] is False
+    assert bus.sent(subjects.STORE_RESPONSE) == []
+    # One that fits is stored, as the client was told.
+    small = await create(bus := Bus(), {"model": "m", "input": "hi", "stream": True})
+    assert events(small)[-1]["response"]["store"] is True
+    [stored] = bus.sent(subjects.STORE_RESPONSE)
+    assert stored["response"] == events(small)[-1]["response"]
