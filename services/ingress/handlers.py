@@ -512,9 +512,10 @@ async def create_response(request: Request, caller: CallerDep, gateway: GatewayD
         return _too_long(previous) if previous_items is not None else invalid_request(
             f"The input is too large to send to a hoster (over {limit} bytes as a chat completion).", "input",
             "request_too_large")  # fmt: skip
-    # A privacy_mode request is stored only when the client asked for it in so many words.
+    # A privacy_mode request (ours, or OpenRouter's data_collection "deny": the routing's, either dialect) is
+    # stored only when the client asked for it in so many words.
     store = payload.get("store") is True or (
-        translation.request.store is not False and not translation.chat.privacy_mode
+        translation.request.store is not False and not translation.chat.routing().privacy_mode
     )
     response_id = new_request_id("resp_")
     REQUEST_ID.set(response_id)

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 from fastapi import FastAPI
 from nats.errors import MaxPayloadError
 
@@ -136,13 +137,17 @@ async def test_a_conversation_too_large_to_route_is_a_400_and_nothing_is_routed(
     assert 0 < query["max_bytes"] <= MAX_PAYLOAD
 
 
-async def test_a_privacy_mode_response_says_it_is_not_stored() -> None:
+@pytest.mark.parametrize(
+    "private", [{"privacy_mode": True}, {"provider": {"data_collection": "deny"}}], ids=["ours", "openrouter's"]
+)
+async def test_a_privacy_mode_response_is_stored_only_when_asked_and_says_so(private: dict[str, Any]) -> None:
+    """Privacy mode in either dialect (OpenRouter's ``provider.data_collection: "deny"`` is routed as ours)."""
     bus = Bus()
-    private = await create(bus, {"model": "m", "input": "secret", "privacy_mode": True})
-    assert private.status_code == 200, private.text
-    assert private.json()["store"] is False
+    unasked = await create(bus, {"model": "m", "input": "secret"} | private)
+    assert unasked.status_code == 200, unasked.text
+    assert unasked.json()["store"] is False
     assert bus.sent(subjects.STORE_RESPONSE) == []
-    asked = await create(bus, {"model": "m", "input": "keep it", "privacy_mode": True, "store": True})
+    asked = await create(bus, {"model": "m", "input": "keep it", "store": True} | private)
     assert asked.json()["store"] is True
     [stored] = bus.sent(subjects.STORE_RESPONSE)
     assert stored["response"]["store"] is True
