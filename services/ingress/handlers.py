@@ -474,7 +474,7 @@ class ResponsesEvents:
             final = closing[-1]["response"] if closing else self.translator.response
             await self.answer.keep(self.gateway, final, self.retry_after)
         except GatewayError as exc:
-            return sse(self.translator.fail(exc.report))
+            return sse(self.translator.unkept(closing, exc.report))
         return sse(closing)
 
     def fail(self, report: ErrorReport) -> bytes:

@@ -11,7 +11,7 @@ import httpx
 import orjson
 import pytest
 from fastapi import FastAPI
-from nats.errors import MaxPayloadError
+from nats.errors import MaxPayloadError, NoRespondersError
 
 from libs.contracts import frames, subjects
 from libs.contracts.billing import INFERENCE, KeyInfo
@@ -55,6 +55,7 @@ class Bus:
         self.callbacks: dict[str, Callable[[Msg], Awaitable[None]]] = {}
         self.chain = chain or []
         self.text = text
+        self.store_away = False
         self.asked: list[tuple[str, dict[str, Any]]] = []
 
     def sent(self, subject: str) -> list[dict[str, Any]]:
@@ -82,6 +83,8 @@ class Bus:
             )
         if subject == subjects.RESPONSE_CHAIN:
             return Msg(subject, ResponseChain(found=True, items=self.chain).model_dump_json().encode())
+        if subject == subjects.STORE_RESPONSE and self.store_away:
+            raise NoRespondersError
         if subject == subjects.STORE_RESPONSE:
             return Msg(subject, Stored(ok=True).model_dump_json().encode())
         assert subject == subjects.ROUTE_REQUEST
@@ -177,3 +180,17 @@ async def test_a_response_too_large_to_store_is_answered_all_the_same_and_says_i
     assert events(small)[-1]["response"]["store"] is True
     [stored] = bus.sent(subjects.STORE_RESPONSE)
     assert stored["response"] == events(small)[-1]["response"]
+
+
+async def test_a_stream_whose_response_cannot_be_stored_ends_with_an_error_event() -> None:
+    """Billing away when the stream's Response is to be stored: every item closes as usual, and the stream
+    ends with the failure (the client's SDK needs a last event), numbered on from the events before it."""
+    bus = Bus()
+    bus.store_away = True
+    answer = await create(bus, {"model": "m", "input": "hi", "stream": True})
+    sent = events(answer)
+    assert [event["sequence_number"] for event in sent] == list(range(len(sent)))
+    kinds = [event["type"] for event in sent[-3:]]
+    assert kinds == ["response.content_part.done", "response.output_item.done", "error"]
+    assert sent[-1]["code"] == "service_unavailable"
+    assert "store the response" in sent[-1]["message"]
