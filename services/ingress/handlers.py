@@ -57,7 +57,7 @@ from services.ingress.openapi import (
     UsageList,
 )
 from services.ingress.openapi import errors as documented
-from services.ingress.response_object import response_of
+from services.ingress.response_object import hoster_json, response_of
 from services.ingress.response_stream import ResponseStream, sse
 from services.ingress.responses import ChatTranslation, InvalidRequest, chat_request_of
 from services.ingress.service import (
@@ -374,7 +374,7 @@ async def _complete(
                 headers=headers | SSE_HEADERS,
             )
         if answer is not None:
-            response = response_of(orjson.loads(first.body), answer.request, answer.response_id, answer.created_at,
+            response = response_of(hoster_json(first.body), answer.request, answer.response_id, answer.created_at,
                                    int(time.time()))  # fmt: skip
             await answer.keep(gateway, response, settings.retry_after_s)
             return Response(orjson.dumps(response), media_type="application/json", headers=headers)
@@ -464,7 +464,7 @@ class ResponsesEvents:
     def chunks(self, body: bytes) -> bytes:
         events: list[dict[str, Any]] = []
         for chunk in frames.chunks(body):
-            events += self.translator.chunk(orjson.loads(chunk))
+            events += self.translator.chunk(hoster_json(chunk))
         return sse(events) if events else b""
 
     async def end(self) -> bytes:

@@ -56,6 +56,8 @@ class Bus:
         self.chain = chain or []
         self.text = text
         self.store_away = False
+        # What the hoster's JSON says in place of ``text`` (what orjson cannot write: a lone surrogate, say).
+        self.raw_text: bytes | None = None
         self.asked: list[tuple[str, dict[str, Any]]] = []
 
     def sent(self, subject: str) -> list[dict[str, Any]]:
@@ -100,11 +102,15 @@ class Bus:
         if not stream:
             message = {"role": "assistant", "content": self.text}
             completion = ANSWER | {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
-            return [Msg(offer, frames.encode(frames.COMPLETION, 1, 0, orjson.dumps(completion)))]
+            return [Msg(offer, frames.encode(frames.COMPLETION, 1, 0, self.raw(completion)))]
         chunk = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "model": "m", "usage": ANSWER["usage"],
                  "choices": [{"index": 0, "delta": {"content": self.text}, "finish_reason": "stop"}]}  # fmt: skip
-        return [Msg(offer, frames.encode(frames.CHUNK, 1, 0, orjson.dumps(chunk))),
+        return [Msg(offer, frames.encode(frames.CHUNK, 1, 0, self.raw(chunk))),
                 Msg(offer, frames.encode(frames.END, 1, 1))]  # fmt: skip
+
+    def raw(self, doc: dict[str, Any]) -> bytes:
+        encoded = orjson.dumps(doc)
+        return encoded if self.raw_text is None else encoded.replace(orjson.dumps(self.text), self.raw_text)
 
 
 async def create(bus: Bus, body: dict[str, Any]) -> httpx.Response:
@@ -194,3 +200,16 @@ async def test_a_stream_whose_response_cannot_be_stored_ends_with_an_error_event
     assert kinds == ["response.content_part.done", "response.output_item.done", "error"]
     assert sent[-1]["code"] == "service_unavailable"
     assert "store the response" in sent[-1]["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_a_hosters_lone_surrogate_is_replaced_not_a_500(stream: bool) -> None:
+    """JSON the usage guard reads (Python's json) but orjson does not, a hoster's lone surrogate: the answer is
+    translated with U+FFFD in its place, never a 500 or a stream cut short."""
+    bus = Bus(text="PLACEHOLDER")
+    bus.raw_text = b'"\\ud83d!"'
+    answer = await create(bus, {"model": "m", "input": "hi", "stream": stream})
+    assert answer.status_code == 200, answer.text
+    response = events(answer)[-1]["response"] if stream else answer.json()
+    assert response["status"] == "completed"
+    assert response["output"][0]["content"][0]["text"] == "\ufffd!"
