@@ -47,6 +47,13 @@ class ResponseQuery(Contract):
     account_id: str
 
 
+class ChainQuery(ResponseQuery):
+    """ingress -> billing (request/reply): the chain of ``response_id`` to continue; its items, as JSON, may
+    take at most ``max_bytes`` (what the ingress can route in one message: billing's reply must fit one too)."""
+
+    max_bytes: int = Field(ge=1)
+
+
 class StoredResponse(Contract):
     """billing -> ingress: a stored response (``found``), as the client received it."""
 
@@ -57,7 +64,8 @@ class StoredResponse(Contract):
 class ResponseChain(Contract):
     """billing -> ingress: the items a continuation of the response replays, oldest first (each response's
     input items, then its output items); ``found`` false when the response (or one it continued) is not
-    stored for the account, ``too_long`` when the chain passes ``MAX_CHAIN``."""
+    stored for the account, ``too_long`` when the chain passes ``MAX_CHAIN`` responses or the query's
+    ``max_bytes`` (``items`` empty then)."""
 
     found: bool
     too_long: bool = False

@@ -65,6 +65,7 @@ from libs.contracts.management import (
 )
 from libs.contracts.models import FetchTokenizer, RegisteredModels, TokenizerPart
 from libs.contracts.stored_responses import (
+    ChainQuery,
     InputItemsPage,
     InputItemsQuery,
     ResponseChain,
@@ -373,6 +374,6 @@ def register_response_handlers(broker: NatsBroker, store: ResponseStore, workers
         return await store.input_items(query)
 
     @broker.subscriber(subjects.RESPONSE_CHAIN, queue=subjects.QUEUE_BILLING, max_workers=workers)
-    async def response_chain(query: ResponseQuery) -> ResponseChain:
+    async def response_chain(query: ChainQuery) -> ResponseChain:
         """What continuing a stored response replays."""
         return await store.chain(query)

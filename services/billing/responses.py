@@ -9,6 +9,7 @@ import orjson
 
 from libs.contracts.stored_responses import (
     MAX_CHAIN,
+    ChainQuery,
     InputItemsPage,
     InputItemsQuery,
     ResponseChain,
@@ -21,6 +22,30 @@ from services.billing.repository import PoolBound
 
 def _json(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, str | bytes) else value
+
+
+# U+0000 as JSON writes it; PostgreSQL's jsonb refuses it in any string.
+_NUL = b"\\u0000"
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` with every U+0000 of its strings (keys too) replaced by U+FFFD."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {_without_nul(key): _without_nul(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nul(item) for item in value]
+    return value
+
+
+def jsonb(value: Any) -> str:
+    """``value`` as the JSON text a jsonb column takes: a client's text, or a model's, may hold U+0000, which
+    jsonb cannot, so it is stored as U+FFFD (the request was served and billed: storing it must not fail)."""
+    encoded = orjson.dumps(value)
+    if _NUL in encoded:
+        encoded = orjson.dumps(_without_nul(value))
+    return encoded.decode()
 
 
 def page_of(items: list[dict[str, Any]], query: InputItemsQuery) -> tuple[list[dict[str, Any]], bool]:
@@ -56,8 +81,8 @@ class ResponseStore(PoolBound):
             datetime.fromtimestamp(event.created_at, UTC),
             datetime.fromtimestamp(event.created_at + self.retention_s, UTC),
             event.previous_response_id,
-            orjson.dumps(event.input_items).decode(),
-            orjson.dumps(event.response).decode(),
+            jsonb(event.input_items),
+            jsonb(event.response),
         )
         return bool(status == "INSERT 0 1")
 
@@ -92,9 +117,10 @@ class ResponseStore(PoolBound):
         data, more = page_of(items, query)
         return InputItemsPage(found=True, data=data, has_more=more)
 
-    async def chain(self, query: ResponseQuery) -> ResponseChain:
+    async def chain(self, query: ChainQuery) -> ResponseChain:
         """What continuing the response replays, oldest first: each response's input items, then its output
-        items, back to the first of the conversation; not found if any response of it is gone."""
+        items, back to the first of the conversation; not found if any response of it is gone, too long past
+        ``MAX_CHAIN`` responses or ``query.max_bytes`` of JSON."""
         rows = await self.pool.fetch(
             """WITH RECURSIVE chain AS (
                    SELECT id, previous_response_id, input_items, response -> 'output' AS output, 1 AS depth
@@ -119,6 +145,8 @@ class ResponseStore(PoolBound):
         for row in rows:
             items.extend(_json(row["input_items"]))
             items.extend(_json(row["output"]) or [])
+        if len(orjson.dumps(items)) > query.max_bytes:
+            return ResponseChain(found=True, too_long=True)
         return ResponseChain(found=True, items=items)
 
     async def sweep(self) -> int:

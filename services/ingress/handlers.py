@@ -29,6 +29,7 @@ from libs.contracts.openai import (
 from libs.contracts.pricing import UsageBounds, generated_choices, input_count, to_credits
 from libs.contracts.routing import RouteAccepted, RouteRequest
 from libs.contracts.stored_responses import (
+    ChainQuery,
     InputItemsPage,
     InputItemsQuery,
     ResponseChain,
@@ -56,7 +57,7 @@ from services.ingress.openapi import (
     UsageList,
 )
 from services.ingress.openapi import errors as documented
-from services.ingress.response_object import response_of
+from services.ingress.response_object import hoster_json, response_of
 from services.ingress.response_stream import ResponseStream, sse
 from services.ingress.responses import ChatTranslation, InvalidRequest, chat_request_of
 from services.ingress.service import (
@@ -222,10 +223,14 @@ async def read_json_body(request: Request, limit: int) -> bytes:
     return await _read_limited(request, limit)
 
 
+def body_limit(gateway: Gateway, settings: IngressSettings) -> int:
+    """The largest body, in bytes, the ingress routes: its setting, and what fits one NATS message."""
+    return min(settings.max_body_bytes, gateway.max_body_bytes or settings.max_body_bytes)
+
+
 async def _parsed(request: Request, gateway: Gateway, settings: IngressSettings) -> dict[str, Any] | Response:
     """The JSON object of a request's body, or the OpenAI-style error that refuses it."""
-    limit = min(settings.max_body_bytes, gateway.max_body_bytes or settings.max_body_bytes)
-    raw = await read_json_body(request, limit)
+    raw = await read_json_body(request, body_limit(gateway, settings))
     try:
         payload: Any = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -369,7 +374,7 @@ async def _complete(
                 headers=headers | SSE_HEADERS,
             )
         if answer is not None:
-            response = response_of(orjson.loads(first.body), answer.request, answer.response_id, answer.created_at,
+            response = response_of(hoster_json(first.body), answer.request, answer.response_id, answer.created_at,
                                    int(time.time()))  # fmt: skip
             await answer.keep(gateway, response, settings.retry_after_s)
             return Response(orjson.dumps(response), media_type="application/json", headers=headers)
@@ -417,7 +422,8 @@ class ResponsesAnswer:
     __slots__ = ("account_id", "created_at", "input_items", "request", "response_id", "store")
 
     def __init__(self, translation: ChatTranslation, response_id: str, account_id: str, store: bool) -> None:
-        self.request = translation.request
+        # The Response echoes ``store`` as done: a privacy_mode request the client did not ask to store says so.
+        self.request = translation.request.model_copy(update={"store": store})
         self.input_items = translation.input_items
         self.response_id = response_id
         self.account_id = account_id
@@ -425,8 +431,14 @@ class ResponsesAnswer:
         self.store = store
 
     async def keep(self, gateway: Gateway, response: dict[str, Any], retry_after: int) -> None:
-        """Store ``response`` with the request's input items, when the request is stored."""
+        """Store ``response`` with the request's input items, when the request is stored. One too large for a
+        message to billing is not stored and says so (``store`` false): the client was served and is billed,
+        so it is answered all the same."""
         if not self.store:
+            return
+        limit = gateway.max_body_bytes
+        if limit is not None and len(orjson.dumps(self.input_items)) + len(orjson.dumps(response)) > limit:
+            response["store"] = False
             return
         event = StoreResponse(
             response_id=self.response_id, account_id=self.account_id, created_at=self.created_at,
@@ -452,15 +464,17 @@ class ResponsesEvents:
     def chunks(self, body: bytes) -> bytes:
         events: list[dict[str, Any]] = []
         for chunk in frames.chunks(body):
-            events += self.translator.chunk(orjson.loads(chunk))
+            events += self.translator.chunk(hoster_json(chunk))
         return sse(events) if events else b""
 
     async def end(self) -> bytes:
         closing = self.translator.finish(int(time.time()))
         try:
-            await self.answer.keep(self.gateway, self.translator.response, self.retry_after)
+            # The final event's Response is the one stored (and says so when it cannot be).
+            final = closing[-1]["response"] if closing else self.translator.response
+            await self.answer.keep(self.gateway, final, self.retry_after)
         except GatewayError as exc:
-            return sse(self.translator.fail(exc.report))
+            return sse(self.translator.unkept(closing, exc.report))
         return sse(closing)
 
     def fail(self, report: ErrorReport) -> bytes:
@@ -475,26 +489,33 @@ async def create_response(request: Request, caller: CallerDep, gateway: GatewayD
     if isinstance(payload, Response):
         return payload
     assert caller.account_id is not None
+    limit = body_limit(gateway, settings)
     previous_items = None
     previous = payload.get("previous_response_id")
     if isinstance(previous, str) and previous:
-        query = _response_query(previous, caller, "previous_response_id")
+        owned = _response_query(previous, caller, "previous_response_id")
+        query = ChainQuery(response_id=owned.response_id, account_id=owned.account_id, max_bytes=limit)
         chain = await gateway.billing(
             subjects.RESPONSE_CHAIN, query, ResponseChain, "continue the response", settings.retry_after_s
         )
         if not chain.found:
             return error_response(errors.response_not_found(previous, "previous_response_id"))
         if chain.too_long:
-            return invalid_request(f"The conversation of {previous} is too long to continue.",
-                                   "previous_response_id", "conversation_too_long")  # fmt: skip
+            return _too_long(previous)
         previous_items = chain.items
     try:
         translation = chat_request_of(payload, previous_items)
     except InvalidRequest as exc:
         return invalid_request(*exc.failure)
-    # A privacy_mode request is stored only when the client asked for it in so many words.
+    if len(orjson.dumps(translation.chat_body)) > limit:
+        # The replayed conversation is held to no body limit: with this input it may not fit one message.
+        return _too_long(previous) if previous_items is not None else invalid_request(
+            f"The input is too large to send to a hoster (over {limit} bytes as a chat completion).", "input",
+            "request_too_large")  # fmt: skip
+    # A privacy_mode request (ours, or OpenRouter's data_collection "deny": the routing's, either dialect) is
+    # stored only when the client asked for it in so many words.
     store = payload.get("store") is True or (
-        translation.request.store is not False and not translation.chat.privacy_mode
+        translation.request.store is not False and not translation.chat.routing().privacy_mode
     )
     response_id = new_request_id("resp_")
     REQUEST_ID.set(response_id)
@@ -507,6 +528,11 @@ async def create_response(request: Request, caller: CallerDep, gateway: GatewayD
     ):
         return await _complete(response_id, translation.chat_body, translation.chat, stream, CHAT, caller, gateway,
                                settings, answer)  # fmt: skip
+
+
+def _too_long(previous: Any) -> Response:
+    return invalid_request(f"The conversation of {previous} is too long to continue.",
+                           "previous_response_id", "conversation_too_long")  # fmt: skip
 
 
 def _response_query(response_id: str, caller: Caller, param: str = "response_id") -> ResponseQuery:

@@ -12,14 +12,48 @@ carries no ``output_text``: the SDKs compute it from the output.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from typing import Any
+
+import orjson
 
 from libs.contracts.responses import AllowedTools, FunctionChoice, ResponsesRequest
 from libs.platform.ids import new_request_id
 
 # Chat finish reasons that leave a response incomplete, and the reason the Response gives.
 INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def hoster_json(body: bytes) -> dict[str, Any]:
+    """A hoster's completion or chunk, parsed: by orjson, else by Python's json (which the usage guard reads
+    with, so it may have let through a lone surrogate or an integer past 64 bits, which orjson neither reads
+    nor writes), made writable: lone surrogates as U+FFFD, such integers as floats. ``{}`` for anything but
+    a JSON object."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            doc = _writable(json.loads(body))
+        except ValueError:
+            return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _writable(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_writable(key): _writable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_writable(item) for item in value]
+    if type(value) is int and not -(2**63) <= value < 2**64:
+        return float(value)
+    return value
 
 
 def response_echo(request: ResponsesRequest) -> dict[str, Any]:

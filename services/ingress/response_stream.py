@@ -176,19 +176,29 @@ class ResponseStream:
             return []
         out = self.start()
         self._ended = True
-        self._status = "failed"
-        self._error = {"code": _error_code(report), "message": report.message}
-        if not self._items:
-            out.append({"type": "response.failed", "response": self.response, "sequence_number": self._next()})
-            return out
         self._settle_text("incomplete")
         for state in self._calls.values():
             if state.item is not None:
                 _write_call(state, state.item, "incomplete")
         self._calls.clear()
+        return out + self._failure(report)
+
+    def unkept(self, closing: list[dict[str, Any]], report: ErrorReport) -> list[dict[str, Any]]:
+        """``closing`` (what ``finish`` gave) when its Response could not be kept (``store``): its final event
+        replaced by the failure's, as ``fail`` gives it, numbered on from the last event sent."""
+        if not closing:
+            return []
+        self._seq = closing[-1]["sequence_number"]
+        self._completed_at = None
+        return closing[:-1] + self._failure(report)
+
+    def _failure(self, report: ErrorReport) -> list[dict[str, Any]]:
+        self._status = "failed"
+        self._error = {"code": _error_code(report), "message": report.message}
+        if not self._items:
+            return [{"type": "response.failed", "response": self.response, "sequence_number": self._next()}]
         error = {"type": "error", "code": report.code, "message": report.message, "param": report.param}
-        out.append(error | {"sequence_number": self._next()})
-        return out
+        return [error | {"sequence_number": self._next()}]
 
     # Deltas -------------------------------------------------------------------------------------------------
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import orjson
 import pytest
 
-from libs.contracts.stored_responses import InputItemsQuery, ResponseQuery, StoreResponse
+from libs.contracts.stored_responses import ChainQuery, InputItemsQuery, ResponseQuery, StoreResponse
 from services.billing.ledger import Ledger
 from services.billing.responses import ResponseStore
 
@@ -28,6 +29,10 @@ def stored(response_id: str, account_id: str, inputs: list[dict[str, Any]], answ
                          previous_response_id=previous, input_items=inputs, response=response)  # fmt: skip
 
 
+def chain_query(response_id: str, account_id: str, max_bytes: int = 1 << 20) -> ChainQuery:
+    return ChainQuery(response_id=response_id, account_id=account_id, max_bytes=max_bytes)
+
+
 async def test_a_response_is_its_accounts_alone_and_a_deleted_one_is_gone(ledger: Ledger) -> None:
     store = ResponseStore(3600)
     store.attach(ledger.pool)
@@ -42,7 +47,7 @@ async def test_a_response_is_its_accounts_alone_and_a_deleted_one_is_gone(ledger
     query = ResponseQuery(response_id="resp_a1", account_id=theirs)
     assert not (await store.show(query)).found
     assert not (await store.input_items(InputItemsQuery(response_id="resp_a1", account_id=theirs))).found
-    assert not (await store.chain(query)).found
+    assert not (await store.chain(chain_query("resp_a1", theirs))).found
     assert not await store.delete(query)
     assert await store.delete(ResponseQuery(response_id="resp_a1", account_id=mine))
     assert not (await store.show(ResponseQuery(response_id="resp_a1", account_id=mine))).found
@@ -56,13 +61,18 @@ async def test_a_chain_replays_each_responses_input_then_output_oldest_first(led
     await store.store(stored("resp_c1", account, [message("msg_1", "user", "one")], "first"))
     await store.store(stored("resp_c2", account, [message("msg_2", "user", "two")], "second", previous="resp_c1"))
     await store.store(stored("resp_c3", account, [message("msg_3", "user", "three")], "third", previous="resp_c2"))
-    chain = await store.chain(ResponseQuery(response_id="resp_c3", account_id=account))
+    chain = await store.chain(chain_query("resp_c3", account))
     texts = [item["content"][0]["text"] for item in chain.items]
     assert chain.found
     assert texts == ["one", "first", "two", "second", "three", "third"]
+    # Past the bytes the ingress can route, it is too long, and nothing of it is sent back.
+    size = len(orjson.dumps(chain.items))
+    assert (await store.chain(chain_query("resp_c3", account, size))).items == chain.items
+    too_long = await store.chain(chain_query("resp_c3", account, size - 1))
+    assert (too_long.found, too_long.too_long, too_long.items) == (True, True, [])
     # A link deleted from the middle: the conversation cannot be replayed whole.
     await store.delete(ResponseQuery(response_id="resp_c2", account_id=account))
-    assert not (await store.chain(ResponseQuery(response_id="resp_c3", account_id=account))).found
+    assert not (await store.chain(chain_query("resp_c3", account))).found
 
 
 async def test_input_items_are_paged_newest_first_by_default_with_after_and_before(ledger: Ledger) -> None:
@@ -92,3 +102,18 @@ async def test_an_expired_response_is_not_found_and_the_sweep_deletes_it(ledger:
     assert await past.sweep() >= 1
     async with ledger.pool.acquire() as conn:
         assert await conn.fetchval("SELECT count(*) FROM stored_responses WHERE id = 'resp_old'") == 0
+
+
+async def test_text_with_nul_characters_is_stored_with_them_replaced(ledger: Ledger) -> None:
+    """PostgreSQL's jsonb holds no U+0000: a client's input or a model's output with one is stored with U+FFFD
+    in its place, not refused (the client was served and billed: storing it must not fail)."""
+    store = ResponseStore(3600)
+    store.attach(ledger.pool)
+    account = (await ledger.create_account("nul", 0)).id
+    assert await store.store(stored("resp_nul", account, [message("msg_n", "user", "a\x00b \\u0000")], "c\x00d"))
+    query = ResponseQuery(response_id="resp_nul", account_id=account)
+    chain = await store.chain(chain_query("resp_nul", account))
+    assert [item["content"][0]["text"] for item in chain.items] == ["a\ufffdb \\u0000", "c\ufffdd"]
+    shown = await store.show(query)
+    assert shown.response is not None
+    assert shown.response["output"][0]["content"][0]["text"] == "c\ufffdd"
