@@ -7,6 +7,11 @@
 - ``tokenizer.json`` and ``tokenizer_config.json``: the same tokenizer and template as Hugging Face files, so a
   token counter loading them counts what the engine counts.
 
+``weights`` picks how the matrices are stored: ``f32`` (the default), ``f16``, or quantized as ``q8_0`` or
+``q4_0``, as hosters serve real models. Every weight type stores the same F32 draw of ``seed`` (converted or
+quantized), so ``tiny_model(0, weights="q4_0")`` is model 0 quantized, not another model; norm vectors stay F32
+(llama.cpp wants its 1-D norms F32).
+
 The tokenizer is trained with ``tokenizers`` on ``engine_corpus.txt`` (prose shipped in this directory) and does
 not depend on the seed: models of other seeds are other weights behind the same tokenizer. Nothing is
 downloaded; everything is deterministic from the corpus, the shape and the seed.
@@ -21,6 +26,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import gguf
 import numpy as np
@@ -31,6 +37,23 @@ CORPUS = Path(__file__).with_name("engine_corpus.txt")
 DEFAULT_CACHE = Path(__file__).resolve().parents[2] / ".computeshare" / "models"
 # Bumped whenever what this module writes changes for the same inputs (the cache key includes it).
 MAKER_VERSION = 1
+
+# How the matrices are stored; the first, F32, is the default and keeps the cache directories it always had.
+WeightType = Literal["f32", "f16", "q8_0", "q4_0"]
+WEIGHT_TYPES: tuple[WeightType, ...] = get_args(WeightType)
+# Each weight type's tensor type for the matrices and its GGUF ``general.file_type``.
+TENSOR_TYPES: dict[WeightType, gguf.GGMLQuantizationType] = {
+    "f32": gguf.GGMLQuantizationType.F32,
+    "f16": gguf.GGMLQuantizationType.F16,
+    "q8_0": gguf.GGMLQuantizationType.Q8_0,
+    "q4_0": gguf.GGMLQuantizationType.Q4_0,
+}
+FILE_TYPES: dict[WeightType, gguf.LlamaFileType] = {
+    "f32": gguf.LlamaFileType.ALL_F32,
+    "f16": gguf.LlamaFileType.MOSTLY_F16,
+    "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0,
+}
 
 BOS_TOKEN = "<|begin_of_text|>"
 EOS_TOKEN = "<|eot_id|>"  # ends an assistant's turn: the engine stops there
@@ -104,6 +127,7 @@ class TinyModel:
 
     directory: Path
     seed: int
+    weights: WeightType = "f32"
 
     @property
     def gguf(self) -> Path:
@@ -141,9 +165,10 @@ def train_tokenizer(corpus: str, vocab_size: int) -> Tokenizer:
     return tokenizer
 
 
-def model_digest(seed: int, shape: TinyShape, corpus: str) -> str:
-    """The content hash naming a model's directory: everything that decides its files."""
-    key = {
+def model_digest(seed: int, shape: TinyShape, corpus: str, weights: WeightType = "f32") -> str:
+    """The content hash naming a model's directory: everything that decides its files. The weight type is in
+    it only when it is not F32, so F32 models keep the directories they had before weight types existed."""
+    key: dict[str, object] = {
         "maker": MAKER_VERSION,
         "seed": seed,
         "shape": asdict(shape),
@@ -152,26 +177,33 @@ def model_digest(seed: int, shape: TinyShape, corpus: str) -> str:
         "tokenizers": tokenizers.__version__,
         "gguf": _gguf_version(),
     }
+    if weights != "f32":
+        key["weights"] = weights
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tiny_model(seed: int = 0, cache_dir: Path | None = None, shape: TinyShape | None = None) -> TinyModel:
-    """The tiny model of ``seed`` in ``cache_dir`` (default ``.computeshare/models``), written on first use.
+def tiny_model(
+    seed: int = 0, cache_dir: Path | None = None, shape: TinyShape | None = None, weights: WeightType = "f32"
+) -> TinyModel:
+    """The tiny model of ``seed`` in ``cache_dir`` (default ``.computeshare/models``), its matrices stored as
+    ``weights``, written on first use.
 
     A directory appears whole or not at all (written beside it, then renamed), so concurrent callers and an
     interrupted run never see half a model."""
+    if weights not in WEIGHT_TYPES:
+        raise ValueError(f"weights must be one of {', '.join(WEIGHT_TYPES)}, not {weights!r}")
     shape = shape or TinyShape()
     corpus = CORPUS.read_text()
     root = cache_dir or DEFAULT_CACHE
-    directory = root / f"tiny-llama-{model_digest(seed, shape, corpus)}"
-    model = TinyModel(directory, seed)
+    directory = root / f"tiny-llama-{model_digest(seed, shape, corpus, weights)}"
+    model = TinyModel(directory, seed, weights)
     if model.gguf.exists():
         return model
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-llama-", dir=root))
     try:
         staging.chmod(0o755)  # mkdtemp's 0700 would keep an engine run as another user out
-        write_model(staging, seed, shape, corpus)
+        write_model(staging, seed, shape, corpus, weights)
         try:
             os.rename(staging, directory)
         except OSError:
@@ -182,12 +214,12 @@ def tiny_model(seed: int = 0, cache_dir: Path | None = None, shape: TinyShape | 
     return model
 
 
-def write_model(directory: Path, seed: int, shape: TinyShape, corpus: str) -> None:
+def write_model(directory: Path, seed: int, shape: TinyShape, corpus: str, weights: WeightType = "f32") -> None:
     """Write ``model.gguf``, ``tokenizer.json`` and ``tokenizer_config.json`` into ``directory``."""
     tokenizer = train_tokenizer(corpus, shape.vocab_size)
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(tokenizer, shape), indent=2) + "\n")
-    write_gguf(directory / "model.gguf", tokenizer, seed, shape)
+    write_gguf(directory / "model.gguf", tokenizer, seed, shape, weights)
 
 
 def tokenizer_config(tokenizer: Tokenizer, shape: TinyShape) -> dict[str, object]:
@@ -217,9 +249,9 @@ def tokenizer_config(tokenizer: Tokenizer, shape: TinyShape) -> dict[str, object
     }
 
 
-def write_gguf(path: Path, tokenizer: Tokenizer, seed: int, shape: TinyShape) -> None:
+def write_gguf(path: Path, tokenizer: Tokenizer, seed: int, shape: TinyShape, weights: WeightType = "f32") -> None:
     """A llama-architecture GGUF: ``shape``'s hyperparameters, ``tokenizer`` as a GPT-2 style vocabulary with its
-    merges, the chat template, and F32 weights drawn from ``seed``."""
+    merges, the chat template, and the weights drawn from ``seed``, matrices stored as ``weights``."""
     if shape.hidden % shape.heads or shape.heads % shape.kv_heads:
         raise ValueError("hidden must divide into heads, and heads into kv_heads")
     vocab = tokenizer.get_vocab()
@@ -230,8 +262,8 @@ def write_gguf(path: Path, tokenizer: Tokenizer, seed: int, shape: TinyShape) ->
     specials = set(SPECIAL_TOKENS)
 
     writer = gguf.GGUFWriter(path, "llama")
-    writer.add_name(f"tiny-llama-seed-{seed}")
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    writer.add_name(f"tiny-llama-seed-{seed}" if weights == "f32" else f"tiny-llama-seed-{seed}-{weights}")
+    writer.add_file_type(FILE_TYPES[weights])
     writer.add_vocab_size(len(tokens))
     writer.add_context_length(shape.context_length)
     writer.add_embedding_length(shape.hidden)
@@ -255,11 +287,23 @@ def write_gguf(path: Path, tokenizer: Tokenizer, seed: int, shape: TinyShape) ->
     writer.add_add_bos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
     for name, tensor in random_weights(len(tokens), seed, shape).items():
-        writer.add_tensor(name, tensor)
+        data, raw_dtype = stored_tensor(tensor, weights)
+        writer.add_tensor(name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def stored_tensor(tensor: np.ndarray, weights: WeightType) -> tuple[np.ndarray, gguf.GGMLQuantizationType | None]:
+    """``tensor`` (F32) as the file stores it for ``weights``, and the raw type ``GGUFWriter.add_tensor`` needs
+    for quantized bytes (None when the numpy dtype says it). 1-D tensors (the norms) stay F32."""
+    qtype = TENSOR_TYPES[weights]
+    if tensor.ndim < 2 or qtype == gguf.GGMLQuantizationType.F32:
+        return tensor, None
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return tensor.astype(np.float16), None
+    return gguf.quants.quantize(tensor, qtype), qtype
 
 
 def random_weights(vocab_size: int, seed: int, shape: TinyShape) -> dict[str, np.ndarray]:

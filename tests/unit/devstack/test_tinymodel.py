@@ -16,8 +16,10 @@ from libs.devstack.tinymodel import (
     CHAT_TEMPLATE,
     EOS_TOKEN,
     SPECIAL_TOKENS,
+    WEIGHT_TYPES,
     TinyModel,
     TinyShape,
+    WeightType,
     tiny_model,
 )
 
@@ -101,3 +103,47 @@ def test_the_same_seed_writes_the_same_bytes(tmp_path: Path, model: TinyModel) -
     again = tiny_model(0, tmp_path)
     assert again.gguf.read_bytes() == model.gguf.read_bytes()
     assert again.tokenizer_json.read_bytes() == model.tokenizer_json.read_bytes()
+
+
+def test_the_weight_type_is_in_the_cache_key_only_when_not_f32(cache: Path, model: TinyModel) -> None:
+    assert tiny_model(0, cache, weights="f32") == model
+    directories = {tiny_model(0, cache, weights=weights).directory for weights in WEIGHT_TYPES}
+    assert len(directories) == len(WEIGHT_TYPES)
+    with pytest.raises(ValueError, match="weights must be one of"):
+        tiny_model(0, cache, weights="q2_k")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("weights", "matrix_type", "file_type"),
+    [
+        ("f16", gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+        ("q8_0", gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+        ("q4_0", gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0),
+    ],
+)
+def test_other_weight_types_store_the_same_draw_converted_with_norms_in_f32(
+    cache: Path,
+    model: TinyModel,
+    weights: WeightType,
+    matrix_type: gguf.GGMLQuantizationType,
+    file_type: gguf.LlamaFileType,
+) -> None:
+    stored = tiny_model(0, cache, weights=weights)
+    assert stored.weights == weights
+    reader, original = gguf.GGUFReader(stored.gguf), gguf.GGUFReader(model.gguf)
+    assert field(reader, "general.file_type") == file_type
+    assert field(reader, "general.name") == f"tiny-llama-seed-0-{weights}"
+    drawn = {tensor.name: tensor for tensor in original.tensors}
+    tolerance = {"f16": 1e-3, "q8_0": 0.02, "q4_0": 0.2}[weights]
+    for tensor in reader.tensors:
+        source = drawn[tensor.name]
+        if len(source.shape) == 1:
+            assert tensor.tensor_type == gguf.GGMLQuantizationType.F32, tensor.name
+            assert np.array_equal(tensor.data, source.data)
+            continue
+        assert tensor.tensor_type == matrix_type, tensor.name
+        values = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(source.data.shape)
+        error = np.abs(values - source.data)
+        assert 0 < float(error.max()) < tolerance, tensor.name  # the same weights, rounded: not a new draw
+    assert stored.tokenizer_json.read_bytes() == model.tokenizer_json.read_bytes()
+    assert stored.gguf.stat().st_size < model.gguf.stat().st_size
