@@ -171,13 +171,22 @@ def positions_of(completion: Any) -> list[Position] | None:
         if token is None or logprob is None:
             return None
         top: dict[bytes, float] = {}
+        seen: set[bytes] = set()
+        ambiguous: set[bytes] = {b""}
         for alternative in entry.get("top_logprobs") or []:
             if not isinstance(alternative, dict):
                 return None
             alt_token, alt_logprob = _token_bytes(alternative), _logprob(alternative)
             if alt_token is None or alt_logprob is None:
                 return None
+            if alt_token in seen:
+                ambiguous.add(alt_token)
+            seen.add(alt_token)
             top.setdefault(alt_token, alt_logprob)
+        # Tokens told apart by neither bytes nor text (llama.cpp names every partial UTF-8 byte "" and keys its
+        # top list by text) are compared by nobody.
+        for name in ambiguous:
+            top.pop(name, None)
         out.append(Position(token, logprob, top))
     return out
 
@@ -234,6 +243,8 @@ def judge(plan: CheckPlan, answer: Any, reference: Any) -> CheckResult | None:
     shared = compared = 0
     problem: str | None = None
     for own, theirs in zip(mine, ref, strict=False):
+        if not own.token or not theirs.token:
+            break  # a token without bytes or text (a partial character): which one it is, nobody can say
         compared += 1
         own_ranked = {own.token: own.logprob, **own.top}
         ref_ranked = {theirs.token: theirs.logprob, **theirs.top}
@@ -246,6 +257,8 @@ def judge(plan: CheckPlan, answer: Any, reference: Any) -> CheckResult | None:
                 problem = f"greedy token {compared} is one the reference did not rank near its best"
             break  # the contexts part here: nothing after is comparable
         shared += 1
+    if compared == 0 and problem is None:
+        return None  # nothing both computed could be compared: the check says nothing
     mean_delta = sum(deltas) / len(deltas) if deltas else None
     top_overlap = sum(overlaps) / len(overlaps) if overlaps else None
     if problem is None and mean_delta is None:
@@ -265,7 +278,9 @@ def _judge_text(plan: CheckPlan, text: str | None, ref: list[Position]) -> Check
     rest = text.encode()
     shared = 0
     for position in ref:
-        if rest.startswith(position.token) and position.token:
+        if not position.token:
+            break  # a partial character without bytes: where the answer's text stands is unknown from here
+        if rest.startswith(position.token):
             rest = rest[len(position.token) :]
             shared += 1
             continue

@@ -244,3 +244,26 @@ def test_evidence_rounds_what_it_measured() -> None:
     assert result is not None
     shown = evidence_of(result, "ref", 5.0)
     assert (shown.passed, shown.reference, shown.positions, shown.mean_delta) == (True, "ref", 3, 0.0)
+
+
+def test_tokens_nobody_can_tell_apart_are_not_compared() -> None:
+    # llama.cpp names every partial UTF-8 byte "" (no bytes) and keys its top lists by text: two different
+    # tokens of one text, or an empty one, are left out rather than compared with the wrong one.
+    ref = [token("The", -0.5, [("The", -0.5), ("", -1.0), ("A", -1.5)]), token("", -0.1, [("", -0.1)])]
+    for entry in ref:
+        for alternative in entry["top_logprobs"]:
+            alternative.pop("bytes")
+        entry.pop("bytes")
+    mine = [dict(ref[0], top_logprobs=[{"token": "The", "logprob": -0.5}, {"token": "", "logprob": -2.0},
+                                       {"token": "A", "logprob": -1.5}]), ref[1]]  # fmt: skip
+    result = judge(plan("greedy_logprobs"), completion(mine), completion(ref))
+    assert result is not None
+    assert result.passed
+    assert (result.positions, result.mean_delta) == (1, 0)
+    [position] = positions_of(completion([token("x", -1.0, [("x", -1.0), ("y", -2.0), ("y", -3.0)])])) or []
+    assert set(position.top) == {b"x"}
+    text = judge(plan("greedy"), completion(None, text="The\u00e9"), completion(ref))
+    assert text is not None
+    assert text.passed
+    only_partial = [token("", -0.1)]
+    assert judge(plan("greedy_logprobs"), completion(only_partial), completion(only_partial)) is None
