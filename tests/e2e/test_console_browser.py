@@ -17,6 +17,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -568,7 +569,8 @@ def test_a_hoster_its_spot_checks_failed_is_shown_failed_with_the_evidence(stack
         finally:
             await nc.close()
 
-    asyncio.run(judge())
+    with ThreadPoolExecutor(1) as other_thread:  # Playwright's sync API runs an event loop in this one
+        other_thread.submit(asyncio.run, judge()).result()
 
     # The network page: the hoster's verdict, marked; its model has no verified hoster and no reference.
     page.goto(f"{console}/network")
