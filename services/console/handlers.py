@@ -382,22 +382,24 @@ async def revoke_key(key_id: str, request: Request, console: ConsoleDep) -> Resp
 
 @router.get("/hoster", include_in_schema=False)
 async def hoster_page(request: Request, console: ConsoleDep) -> Response:
-    """Live status, models and prices, requests and earnings per day, trust and its terms, recent attempts."""
+    """Live status, models and prices, spot check verdicts and their evidence, requests and earnings per day,
+    trust and its terms, recent attempts."""
     signed_in = await signed_in_hoster(request, console)
     if isinstance(signed_in, Response):
         return signed_in
     session, hoster_id, name = signed_in
     queries, settings = console.queries, console.settings
-    detail, days, attempts = await asyncio.gather(
+    detail, days, attempts, names = await asyncio.gather(
         queries.hoster_detail(hoster_id),
         queries.hoster_days(hoster_id, settings.chart_days),
         queries.hoster_attempts(hoster_id, settings.recent_rows),
+        hoster_names(console),
     )
     return render(
         request, console, session, "hoster.html",
         name=name or hoster_id,
         hoster_id=hoster_id,
-        live=service.hoster_view(detail.hoster) if detail.hoster is not None else None,
+        live=service.hoster_view(detail.hoster, names) if detail.hoster is not None else None,
         days=days.days,
         earned_total=service.credits(days.earned_total),
         requests_chart=service.hoster_requests_chart(days.days),

@@ -24,6 +24,7 @@ from libs.contracts.management import (
     TrustTerms,
 )
 from libs.contracts.pricing import MICRO
+from libs.contracts.verification import CheckEvidence, ModelVerification
 
 DASH = "—"
 # A request's or a model's usage: counted by the network with the model's registered tokenizer, or the
@@ -32,6 +33,9 @@ USAGE_VERIFIED = "verified"
 USAGE_NOT_VERIFIED = "usage not verified"
 # A speed the router does not believe now (measured past the model's plausibility bound lately).
 SPEED_NOT_BELIEVED = "not believed"
+# A hoster's spot check verdict on a model it serves (``libs.contracts.verification``): the one to mark.
+VERDICT_FAILED = "failed"
+VERDICT_UNCHECKED = "unchecked"
 
 
 def credits(micro: int | None) -> str:
@@ -91,6 +95,26 @@ def median(values: Iterable[float | None]) -> float | None:
     return statistics.median(known) if known else None
 
 
+@dataclass
+class VerdictCell:
+    """A spot check verdict as a table shows it (``text``: the verdict, after its model's name when the
+    hoster serves several; ``failed``: marked as a warning)."""
+
+    text: str
+    failed: bool
+
+
+def verdict_cells(models: Iterable[str], verdicts: dict[str, str]) -> list[VerdictCell]:
+    """A hoster's verdict per model it serves (``unchecked`` where the router has none); named by model
+    when it serves more than one."""
+    served = sorted(set(models) | set(verdicts))
+    cells = []
+    for model in served:
+        verdict = verdicts.get(model, VERDICT_UNCHECKED)
+        cells.append(VerdictCell(verdict if len(served) == 1 else f"{model}: {verdict}", verdict == VERDICT_FAILED))
+    return cells
+
+
 # --- the public network page ---------------------------------------------------------------------------
 
 
@@ -109,6 +133,8 @@ class NetworkModelRow:
     speed_believed: bool
     usage: str
     usage_verified: bool
+    verified_hosters: int
+    reference: str
 
 
 @dataclass
@@ -126,6 +152,7 @@ class NetworkHosterRow:
     ttft: str
     tokens_per_s: str
     speed_believed: bool
+    verifications: list[VerdictCell]
 
 
 @dataclass
@@ -143,7 +170,9 @@ def network_view(models: list[LiveModel], hosters: list[LiveHoster]) -> NetworkV
     does not believe the speed of now, on any of its models (measured implausibly fast lately), shows "not
     believed" instead of its figures, and its figures (over all its models) are in no model's medians; a
     model served only by such hosters shows "not believed" too. A model's usage is "verified" when it is
-    registered with its tokenizer (the network counts its tokens), else "usage not verified"."""
+    registered with its tokenizer (the network counts its tokens), else "usage not verified". Each model says
+    how many of its live hosters its spot checks verified and whether it has a reference hoster (what they are
+    compared with); each hoster, its verdict on each model it serves."""
     live_hosters = [h for h in hosters if h.live]
     model_rows = []
     for model in sorted(models, key=lambda m: m.id):
@@ -165,6 +194,8 @@ def network_view(models: list[LiveModel], hosters: list[LiveHoster]) -> NetworkV
                 speed_believed=not doubted,
                 usage=usage_text(model.usage_verified),
                 usage_verified=model.usage_verified,
+                verified_hosters=model.verified_hosters,
+                reference="yes" if model.has_reference else "no",
             )
         )
     hoster_rows = [
@@ -180,6 +211,7 @@ def network_view(models: list[LiveModel], hosters: list[LiveHoster]) -> NetworkV
             ttft=milliseconds(hoster.ttft_median_ms) if not hoster.speed_suspicious_models else SPEED_NOT_BELIEVED,
             tokens_per_s=rate(hoster.tokens_per_s) if not hoster.speed_suspicious_models else SPEED_NOT_BELIEVED,
             speed_believed=not hoster.speed_suspicious_models,
+            verifications=verdict_cells(hoster.models, dict(hoster.verifications)),
         )
         for hoster in sorted(hosters, key=lambda h: (not h.live, h.name))
     ]
@@ -338,6 +370,8 @@ class AttemptRow:
     duration: str
     error: str
     dropped_parameters: str
+    verification: str
+    verification_failed: bool
 
 
 @dataclass
@@ -359,8 +393,9 @@ class GenerationView:
 
 
 def generation_view(record: GenerationRecord, names: dict[str, str]) -> GenerationView:
-    """The routing record: each attempt's hoster, outcome, times and tokens, what the request cost, and
-    whether its usage was verified (the network's count) or not (the hoster's claim held to byte bounds)."""
+    """The routing record: each attempt's hoster, outcome, times and tokens, its hoster's spot check verdict
+    on the model when it ended (``—``: recorded before verdicts were), what the request cost, and whether its
+    usage was verified (the network's count) or not (the hoster's claim held to byte bounds)."""
     return GenerationView(
         request_id=record.id,
         model=record.model or DASH,
@@ -385,6 +420,8 @@ def generation_view(record: GenerationRecord, names: dict[str, str]) -> Generati
                 duration=milliseconds(a.duration_ms),
                 error=a.error or DASH,
                 dropped_parameters=", ".join(a.dropped_parameters) or DASH,
+                verification=a.verification or DASH,
+                verification_failed=a.verification == VERDICT_FAILED,
             )
             for a in record.attempts
         ],
@@ -486,8 +523,91 @@ class TrustTerm:
 
 
 @dataclass
+class VerificationRow:
+    """A hoster's spot check verdict on one model: its checks, failures, last check, and whether the
+    quantization it declares was borne out."""
+
+    model: str
+    verdict: str
+    failed: bool
+    checks: int
+    failures: int
+    last_checked: str
+    quantization: str
+    quantization_confirmed: bool | None
+
+
+@dataclass
+class EvidenceRow:
+    """One judged spot check: what was compared with whom, what was measured, passed or failed."""
+
+    model: str
+    at: str
+    shape: str
+    reference: str
+    result: str
+    passed: bool
+    positions: int
+    shared: int
+    mean_delta: str
+    top_overlap: str
+    problem: str
+
+
+def quantization_text(declared: str | None, confirmed: bool | None) -> str:
+    """What the checks say of a declared quantization: ``declared f16, confirmed`` (a reference declaring the
+    same agreed), ``declared f16, not confirmed`` (it failed against one), ``declared f16`` (nothing says)."""
+    if declared is None:
+        return "none declared"
+    if confirmed is None:
+        return f"declared {declared}"
+    return f"declared {declared}, {'confirmed' if confirmed else 'not confirmed'}"
+
+
+def verification_rows(verifications: list[ModelVerification]) -> list[VerificationRow]:
+    """A hoster's verdict per model, by model."""
+    return [
+        VerificationRow(
+            model=v.model,
+            verdict=v.verdict,
+            failed=v.verdict == VERDICT_FAILED,
+            checks=v.checks,
+            failures=v.failures,
+            last_checked="never" if v.last_checked is None else timestamp(v.last_checked),
+            quantization=quantization_text(v.declared, v.confirmed),
+            quantization_confirmed=v.confirmed,
+        )
+        for v in sorted(verifications, key=lambda v: v.model)
+    ]
+
+
+def evidence_rows(verifications: list[ModelVerification], names: dict[str, str]) -> list[EvidenceRow]:
+    """A hoster's recent spot checks over its models, newest first; the hoster each was compared with by
+    name when a router knows it."""
+    checks: list[tuple[str, CheckEvidence]] = [(v.model, e) for v in verifications for e in v.evidence]
+    checks.sort(key=lambda c: c[1].at, reverse=True)
+    return [
+        EvidenceRow(
+            model=model,
+            at=timestamp(e.at),
+            shape=e.shape.replace("_", " "),
+            reference=hoster_label(e.reference, names),
+            result="passed" if e.passed else "failed",
+            passed=e.passed,
+            positions=e.positions,
+            shared=e.shared,
+            mean_delta=DASH if e.mean_delta is None else f"{e.mean_delta:.4f}",
+            top_overlap=DASH if e.top_overlap is None else f"{e.top_overlap:.0%}",
+            problem=e.problem or DASH,
+        )
+        for model, e in checks
+    ]
+
+
+@dataclass
 class HosterView:
-    """A hoster's live state: status, models and prices, trust and its terms."""
+    """A hoster's live state: status, models and prices, trust and its terms, spot check verdicts and their
+    evidence."""
 
     name: str
     hoster_id: str
@@ -501,6 +621,8 @@ class HosterView:
     offers: list[OfferRow]
     trust_score: str
     trust_terms: list[TrustTerm]
+    verifications: list[VerificationRow]
+    evidence: list[EvidenceRow]
 
 
 def trust_terms(trust: TrustTerms) -> list[TrustTerm]:
@@ -527,8 +649,9 @@ def trust_terms(trust: TrustTerms) -> list[TrustTerm]:
     ]  # fmt: skip
 
 
-def hoster_view(detail: HosterDetail) -> HosterView:
-    """The hoster page's upper part from the router's view of the hoster."""
+def hoster_view(detail: HosterDetail, names: dict[str, str] | None = None) -> HosterView:
+    """The hoster page's upper part from the router's view of the hoster (``names``: hoster ids to names, for
+    the hosters its spot checks compared it with)."""
     speeds = {s.model: s for s in detail.speed}
     offers = []
     for offer in sorted(detail.models, key=lambda m: m.model):
@@ -566,6 +689,8 @@ def hoster_view(detail: HosterDetail) -> HosterView:
         offers=offers,
         trust_score=share(detail.trust.score),
         trust_terms=trust_terms(detail.trust),
+        verifications=verification_rows(detail.verifications),
+        evidence=evidence_rows(detail.verifications, names or {}),
     )
 
 

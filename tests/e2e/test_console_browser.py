@@ -4,25 +4,31 @@ creates a key, calls the API with it through the official SDK, watches the reque
 (table and chart), opens a routing record, revokes the key and gets a 401; a hoster signs in with its console
 token and sees its earnings move; anyone sees the network; a model registered with its tokenizer is "verified"
 where the others say "usage not verified", and a hoster measured past its model's speed bound is shown as
-"not believed". Every control has an accessible name (Chromium's
+"not believed"; a hoster its spot checks failed is shown failed, with the checks' evidence, on the network
+page and its own. Every control has an accessible name (Chromium's
 own accessibility tree) and is reached with Tab. Screenshots go to ``$CS_TEST_ARTIFACTS/console`` (default
 ``tests/artifacts/console``)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import nats
 import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from libs.contracts import subjects
+from libs.contracts.verification import CheckEvidence, SpotCheckJudged
 from libs.devstack.processes import free_port
 from libs.devstack.stack import (
     DEMO_MODEL,
@@ -522,3 +528,75 @@ def test_wrong_sign_ins_from_one_address_are_throttled(stack: Stack) -> None:
     assert int(answers[-1].headers["retry-after"]) >= 1
     assert "Too many sign-ins" in answers[-1].text
     assert [a.status_code for a in attempts("203.0.113.8", 1)] == [401]  # another address is not held back
+
+
+@pytest.mark.timeout(120)
+def test_a_hoster_its_spot_checks_failed_is_shown_failed_with_the_evidence(stack: Stack, page: Page) -> None:
+    """Three failed checks of ``FAST_AGENT`` on ``COUNTED_MODEL``, broadcast as a router's spot checker does
+    (this stack runs none, so nothing else judges it): every router folds them into a failed verdict. Last in
+    the module: each check it fails while failed cools the hoster down (out of rotation for a while)."""
+    console = stack.config.console_url
+    fast, other = stack.config.agents[1], stack.config.agents[0]
+    assert (fast.name, other.name) == (FAST_AGENT, AGENT)
+
+    # Before: a request's routing record says its hoster's verdict when it was served.
+    account_id, key = stack.create_account(credits="10", name="spot-checked")
+    request_id = chat(key, stack, model=COUNTED_MODEL)
+    sign_in_account(page, stack, stack.create_management_key(account_id))
+    page.goto(f"{console}/requests/{request_id}")
+    reload_until(page, lambda: page.locator("#attempts tbody tr", has_text="succeeded").count() == 1)
+    expect(page.locator("#attempts tbody tr .verification")).to_have_text("unchecked")
+
+    now = time.time()
+    checks = [
+        CheckEvidence(at=now - 40, shape="greedy", reference=other.hoster_id, passed=False, positions=4, shared=3,
+                      problem="greedy token 4 is one the reference did not rank near its best"),
+        CheckEvidence(at=now - 20, shape="sampled_logprobs", reference=other.hoster_id, passed=False, positions=16,
+                      shared=16, mean_delta=0.8421, top_overlap=0.2,
+                      problem="logprobs differ from the reference's by 0.8421 on average"),
+        CheckEvidence(at=now, shape="greedy_logprobs", reference=other.hoster_id, passed=False, positions=9,
+                      shared=8, mean_delta=0.5, top_overlap=0.4,
+                      problem="only 40% of the reference's top tokens are among the hoster's"),
+    ]  # fmt: skip
+
+    async def judge() -> None:
+        nc = await nats.connect(stack.nats_url, user_credentials=str(stack.creds("test-console-checks", "test")))
+        try:
+            for evidence in checks:
+                judged = SpotCheckJudged(hoster_id=fast.hoster_id, model=COUNTED_MODEL, evidence=evidence)
+                await nc.publish(subjects.SPOT_CHECK_JUDGED, judged.model_dump_json().encode())
+            await nc.flush()
+        finally:
+            await nc.close()
+
+    with ThreadPoolExecutor(1) as other_thread:  # Playwright's sync API runs an event loop in this one
+        other_thread.submit(asyncio.run, judge()).result()
+
+    # The network page: the hoster's verdict, marked; its model has no verified hoster and no reference.
+    page.goto(f"{console}/network")
+    fast_row = page.locator("#hosters tbody tr", has_text=FAST_AGENT)
+    reload_until(page, lambda: fast_row.locator(".verification").inner_text() == "failed")
+    expect(fast_row.locator(".verification .warning")).to_have_text("failed")
+    expect(page.locator("#hosters tbody tr", has_text=AGENT).locator(".verification")).to_have_text("unchecked")
+    model_row = page.locator("#models tbody tr", has_text=COUNTED_MODEL)
+    expect(model_row.locator(".verified-hosters")).to_have_text("0 of 1")
+    expect(model_row.locator(".reference")).to_have_text("no")
+    shot(page, "14-network-spot-check-failed")
+
+    # The hoster's own page: the verdict with its counts, and each check's evidence, newest first.
+    sign_in_hoster(page, stack, fast.console_token)
+    expect(page.get_by_role("heading", level=1)).to_have_text(f"Hoster {FAST_AGENT}")
+    verdict = page.locator("#verifications tbody tr", has_text=COUNTED_MODEL)
+    expect(verdict.locator(".verdict .warning")).to_have_text("failed")
+    expect(verdict.locator(".checks")).to_have_text("3")
+    expect(verdict.locator(".failures")).to_have_text("3")
+    evidence = page.locator("#evidence tbody tr")
+    expect(evidence).to_have_count(3)
+    expect(evidence.locator(".reference")).to_have_text([AGENT] * 3)  # compared with: by name
+    expect(evidence.locator(".result .warning")).to_have_text(["failed"] * 3)
+    expect(evidence.locator(".problem")).to_have_text([c.problem or "" for c in reversed(checks)])
+    expect(evidence.nth(1)).to_contain_text("0.8421")
+    expect(evidence.nth(1)).to_contain_text("20%")
+    expect(evidence.nth(2)).to_contain_text("greedy")
+    expect(page.locator("#live-status")).to_contain_text("cooling")
+    shot(page, "15-hoster-spot-checks-failed")

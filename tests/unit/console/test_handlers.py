@@ -24,6 +24,7 @@ from libs.contracts.management import (
     ModelSpeed,
     TrustTerms,
 )
+from libs.contracts.verification import CheckEvidence, ModelVerification
 from services.console.app import build_app
 from services.console.queries import Queries, Reply
 from services.console.sessions import COOKIE, Session
@@ -183,6 +184,7 @@ async def test_the_hoster_page_shows_implausible_speeds_and_each_models_speed_be
         subjects.SHOW_HOSTER: HosterDetailReply(hoster=detail),
         subjects.HOSTER_DAILY: HosterDailyReport(days=[], earned_total=0),
         subjects.LIST_HOSTER_ATTEMPTS: HosterAttempts(items=[]),
+        subjects.LIST_HOSTERS: LiveHosters(hosters=[]),
     })  # fmt: skip
     tables = read(await page(app, "/console/hoster", Session.new().signed_in("hoster", "cd" * 32)))
     assert (tables.figures["implausible-speeds"], tables.figures["usage-discrepancies"]) == ("4", "1")
@@ -190,3 +192,63 @@ async def test_the_hoster_page_shows_implausible_speeds_and_each_models_speed_be
     assert column(tables, "offers", "fast", "Implausible speeds") == "4"
     assert column(tables, "offers", "fair", "Speed") == "believed"
     assert column(tables, "offers", "fair", "Implausible speeds") == "0"
+
+
+async def test_the_pages_show_spot_check_verdicts_and_a_hosters_evidence() -> None:
+    many = live_hoster("many", ["counted", "claimed"], [])
+    many.verifications = {"counted": "verified", "claimed": "failed"}
+    counted = live_model("counted", True)
+    counted.verified_hosters, counted.has_reference = 1, True
+    app = console_with({
+        subjects.LIST_MODELS: ModelsListing(models=[counted, live_model("claimed", False)]),
+        subjects.LIST_HOSTERS: LiveHosters(hosters=[many, live_hoster("reference", ["counted"], [])]),
+    })  # fmt: skip
+    tables = read(await page(app, "/console/network"))
+    assert column(tables, "models", "counted", "Verified hosters") == "1 of 1"
+    assert column(tables, "models", "counted", "Reference") == "yes"
+    assert column(tables, "models", "claimed", "Reference") == "no"
+    assert column(tables, "hosters", "many", "Spot checks") == "claimed: failed counted: verified"
+    assert column(tables, "hosters", "reference", "Spot checks") == "unchecked"
+
+    trust = TrustTerms(score=0.2, reliability=1, midstream=0, latency=1, history=0.5, dishonesty=0.5,
+                       window_attempts=3, window_successes=3, window_midstream_failures=0, window_discrepancies=0,
+                       lifetime_attempts=3, age_s=60)  # fmt: skip
+    check = CheckEvidence(at=0, shape="sampled_logprobs", reference="id-reference", passed=False, positions=16,
+                          shared=2, mean_delta=1.5, top_overlap=0.3, problem="logprobs differ")  # fmt: skip
+    detail = HosterDetail(
+        hoster_id=HOSTER_ID, name="gpu", live=True, cloud=False, cooling=False, trust=trust, attempts=3,
+        models=[ModelOffer(model="counted", upstream_model="up", input_price=1, output_price=2)], speed=[],
+        verifications=[ModelVerification(model="counted", verdict="failed", checks=3, failures=3, last_checked=0,
+                                         declared="f16", confirmed=False, evidence=[check])],
+    )  # fmt: skip
+    app = console_with({
+        subjects.VERIFY_HOSTER_TOKEN: HosterTokenInfo(status="valid", hoster_id=HOSTER_ID, name="gpu"),
+        subjects.SHOW_HOSTER: HosterDetailReply(hoster=detail),
+        subjects.HOSTER_DAILY: HosterDailyReport(days=[], earned_total=0),
+        subjects.LIST_HOSTER_ATTEMPTS: HosterAttempts(items=[]),
+        subjects.LIST_HOSTERS: LiveHosters(hosters=[live_hoster("reference", ["counted"], [])]),
+    })  # fmt: skip
+    tables = read(await page(app, "/console/hoster", Session.new().signed_in("hoster", "cd" * 32)))
+    assert column(tables, "verifications", "counted", "Verdict") == "failed"
+    assert column(tables, "verifications", "counted", "Checks") == "3"
+    assert column(tables, "verifications", "counted", "Quantization") == "declared f16, not confirmed"
+    [head] = tables.tables["evidence"]["head"]
+    [row] = tables.tables["evidence"]["rows"]
+    shown = dict(zip(head, row, strict=True))
+    assert shown["Compared with"] == "reference"
+    assert (shown["Result"], shown["Positions compared"], shown["Shared prefix"]) == ("failed", "16", "2")
+    assert (shown["Mean logprob difference"], shown["Top-token overlap"], shown["Problem"]) == (
+        "1.5000", "30%", "logprobs differ"
+    )  # fmt: skip
+
+
+async def test_the_routing_record_page_shows_each_attempts_verdict() -> None:
+    failed = record(True)
+    failed.attempts[0].verification = "failed"
+    app = console_with({
+        subjects.VERIFY_MANAGEMENT_KEY: ManagementKeyInfo(status="valid", key_id="k", account_id="acc"),
+        subjects.SHOW_ACCOUNT_GENERATION: AccountGenerationReply(generation=failed),
+        subjects.LIST_HOSTERS: LiveHosters(hosters=[]),
+    })  # fmt: skip
+    tables = read(await page(app, "/console/requests/r1", Session.new().signed_in("account", "ab" * 32)))
+    assert column(tables, "attempts", "1", "Spot check verdict") == "failed"

@@ -16,6 +16,7 @@ from libs.contracts.management import (
     ModelSpeed,
     TrustTerms,
 )
+from libs.contracts.verification import CheckEvidence, ModelVerification
 from services.console import service
 
 
@@ -252,3 +253,78 @@ def test_the_revoked_notice_names_only_a_revoked_key_of_the_account() -> None:
     assert service.revoked_notice(keys, "Your account is suspended: call +1 555 0100") is None
     assert service.revoked_notice(keys, None) is None
     assert service.revoked_notice(keys, "") is None
+
+
+def test_the_network_page_says_how_many_hosters_of_each_model_are_verified_and_each_hosters_verdicts() -> None:
+    model = LiveModel(id="m", hosters=3, min_input_price=1, max_input_price=1, min_output_price=2, max_output_price=2,
+                      context_length=None, first_seen=0, verified_hosters=2, has_reference=True)  # fmt: skip
+    one = live_hoster("one", ["m"])
+    one.verifications = {"m": "failed"}
+    several = live_hoster("several", ["m", "n", "o"])
+    several.verifications = {"m": "verified", "n": "failed"}  # "o" never checked
+    view = service.network_view([model, live_model("n")], [one, several, live_hoster("new", [])])
+    assert [(r.model, r.verified_hosters, r.reference) for r in view.models] == [("m", 2, "yes"), ("n", 0, "no")]
+    rows = {h.name: h.verifications for h in view.hosters}
+    assert rows["one"] == [service.VerdictCell("failed", True)]  # one model: its verdict alone
+    assert rows["several"] == [service.VerdictCell("m: verified", False), service.VerdictCell("n: failed", True),
+                               service.VerdictCell("o: unchecked", False)]  # fmt: skip
+    assert rows["new"] == []
+
+
+def test_each_attempt_of_the_routing_record_shows_its_hosters_verdict() -> None:
+    attempts = [AttemptRecord(attempt=i, hoster_id="h", model="m", outcome="failed", prompt_tokens=0,
+                              completion_tokens=0, ttft_ms=None, duration_ms=1, verification=v)
+                for i, v in enumerate(["failed", "verified", None], start=1)]  # fmt: skip
+    record = GenerationRecord(id="r1", model="m", status="settled", created=0, prompt_tokens=0, completion_tokens=0,
+                              cost=0, attempts=attempts)  # fmt: skip
+    view = service.generation_view(record, {})
+    assert [(a.verification, a.verification_failed) for a in view.attempts] == [
+        ("failed", True), ("verified", False), ("—", False)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("declared", "confirmed", "shown"),
+    [("f16", True, "declared f16, confirmed"), ("f16", False, "declared f16, not confirmed"),
+     ("q4", None, "declared q4"), (None, None, "none declared")],
+)  # fmt: skip
+def test_a_declared_quantization_is_said_confirmed_or_not(declared: str | None, confirmed: bool | None,
+                                                          shown: str) -> None:  # fmt: skip
+    assert service.quantization_text(declared, confirmed) == shown
+
+
+def test_the_hoster_page_shows_each_models_verdict_and_the_evidence_of_its_recent_checks_newest_first() -> None:
+    trust = TrustTerms(score=0.5, reliability=1, midstream=0, latency=1, history=0.5, dishonesty=0.5,
+                       window_attempts=3, window_successes=3, window_midstream_failures=0, window_discrepancies=0,
+                       lifetime_attempts=3, age_s=60)  # fmt: skip
+    failing = [
+        CheckEvidence(at=100, shape="greedy", reference="ref-id", passed=False, positions=4, shared=3,
+                      problem="greedy token 4 is one the reference did not rank near its best"),
+        CheckEvidence(at=300, shape="sampled_logprobs", reference="unknown-id", passed=False, positions=16,
+                      shared=16, mean_delta=0.91234, top_overlap=0.25, problem="only 25% of the reference's top"),
+    ]  # fmt: skip
+    passing = CheckEvidence(at=200, shape="greedy_logprobs", reference="ref-id", passed=True, positions=16, shared=16,
+                            mean_delta=0.00012, top_overlap=1.0)  # fmt: skip
+    detail = HosterDetail(hoster_id="h", name="gpu", live=True, cloud=False, cooling=True, models=[], speed=[],
+                          trust=trust, attempts=3, verifications=[
+        ModelVerification(model="z", verdict="verified", checks=1, failures=0, last_checked=200, declared="f16",
+                          confirmed=True, evidence=[passing]),
+        ModelVerification(model="a", verdict="failed", checks=2, failures=2, last_checked=300, declared="f16",
+                          confirmed=False, evidence=failing),
+        ModelVerification(model="new", verdict="unchecked"),
+    ])  # fmt: skip
+    view = service.hoster_view(detail, {"ref-id": "reference-box"})
+    assert [(v.model, v.verdict, v.failed, v.checks, v.failures, v.last_checked, v.quantization)
+            for v in view.verifications] == [
+        ("a", "failed", True, 2, 2, "1970-01-01 00:05:00 UTC", "declared f16, not confirmed"),
+        ("new", "unchecked", False, 0, 0, "never", "none declared"),
+        ("z", "verified", False, 1, 0, "1970-01-01 00:03:20 UTC", "declared f16, confirmed"),
+    ]  # fmt: skip
+    assert [(e.model, e.at, e.shape, e.reference, e.result, e.passed, e.positions, e.shared, e.mean_delta,
+             e.top_overlap) for e in view.evidence] == [
+        ("a", "1970-01-01 00:05:00 UTC", "sampled logprobs", "unknown-id", "failed", False, 16, 16, "0.9123", "25%"),
+        ("z", "1970-01-01 00:03:20 UTC", "greedy logprobs", "reference-box", "passed", True, 16, 16, "0.0001", "100%"),
+        ("a", "1970-01-01 00:01:40 UTC", "greedy", "reference-box", "failed", False, 4, 3, "—", "—"),
+    ]  # fmt: skip
+    assert view.evidence[2].problem.startswith("greedy token 4")
+    assert view.evidence[1].problem == "—"
