@@ -270,7 +270,7 @@ def judge(plan: CheckPlan, answer: Any, reference: Any) -> CheckResult | None:
     return CheckResult(plan.shape, compared, shared, mean_delta, top_overlap, problem)
 
 
-def _judge_text(plan: CheckPlan, text: str | None, ref: list[Position]) -> CheckResult:
+def _judge_text(plan: CheckPlan, text: str | None, ref: list[Position]) -> CheckResult | None:
     """A greedy answer without logprobs: its text must follow the reference's tokens, and where it leaves
     them, go on with a token the reference nearly tied with its own."""
     if not text:
@@ -291,7 +291,9 @@ def _judge_text(plan: CheckPlan, text: str | None, ref: list[Position]) -> Check
             problem = f"greedy token {shared + 1} is one the reference did not rank near its best"
             return CheckResult(plan.shape, shared + 1, shared, None, None, problem)
         return CheckResult(plan.shape, shared + 1, shared, None, None, None)
-    return CheckResult(plan.shape, shared, shared, None, None, None if shared else "no token to compare")
+    if not shared:
+        return None  # the reference's first token is a partial character: nothing to compare
+    return CheckResult(plan.shape, shared, shared, None, None, None)
 
 
 @dataclass

@@ -267,3 +267,4 @@ def test_tokens_nobody_can_tell_apart_are_not_compared() -> None:
     assert text.passed
     only_partial = [token("", -0.1)]
     assert judge(plan("greedy_logprobs"), completion(only_partial), completion(only_partial)) is None
+    assert judge(plan("greedy"), completion(None, text="\u00e9t\u00e9"), completion(only_partial)) is None
