@@ -27,7 +27,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, TypeGuard
 
@@ -67,6 +67,10 @@ class PromptPool:
 
     def __len__(self) -> int:
         return len(self._conversations)
+
+    def __iter__(self) -> Iterator[Conversation]:
+        """Every conversation, copies of their own."""
+        return ([dict(message) for message in conversation] for conversation in self._conversations)
 
     @classmethod
     def load(cls, path: Path) -> PromptPool:

@@ -236,6 +236,8 @@ def judge(plan: CheckPlan, answer: Any, reference: Any) -> CheckResult | None:
     if plan.shape == "greedy":
         return _judge_text(plan, text_of(answer), ref)
     mine = positions_of(answer)
+    if mine is None and text_of(answer) == "":
+        return None  # it ended at once (a sampled end token): no position to compare
     if mine is None:
         return CheckResult(plan.shape, 0, 0, None, None, "no logprobs came with an answer that asked for them")
     deltas: list[float] = []

@@ -18,9 +18,9 @@ verdict of the hoster that served."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,6 +36,7 @@ from libs.devstack.engine import LlamaCppSpec
 from libs.devstack.processes import free_port
 from libs.devstack.stack import DEMO_MODEL, AgentSpec, Stack, throwaway_config
 from libs.devstack.tinymodel import TinyModel, tiny_model
+from services.router.covert import PromptPool
 from tests.e2e.records import routing_record
 from tests.e2e.switching_upstream import SwitchingUpstream, shipped_prompts
 
@@ -47,27 +48,7 @@ MAX_CHECKS = 60
 HONEST = ("reference", "honest")
 DISHONEST = ("q8", "q4", "other", "temperature-zero", "looks-checked")
 # The operator's own prompt pool: conversations no hoster has seen (the shipped pool is public).
-OPERATOR_PROMPTS = [
-    "Describe the smell of rain on a dusty road.",
-    "What should a beekeeper check before winter?",
-    "Give two reasons to learn to sail.",
-    "How does a lighthouse keeper spend a stormy night?",
-    "Name a good first plant for a window box, and why.",
-    "Explain how bread rises, to a child.",
-    "What makes a map easy to read?",
-    "Write one line a ferry captain might say at dawn.",
-    "Why do cats sit in boxes?",
-    "Suggest a quiet hobby for long evenings.",
-    "What is the hardest part of building a stone wall?",
-    "Tell me a fact about tides.",
-    [{"role": "system", "content": "You are a patient gardener."},
-     {"role": "user", "content": "When do I plant garlic?"}],
-    [{"role": "user", "content": "I have flour, eggs and milk."},
-     {"role": "assistant", "content": "You could make pancakes."},
-     {"role": "user", "content": "How thick should the batter be?"}],
-    "Compare a violin and a fiddle in one sentence.",
-    "What would you pack for a day in the hills?",
-]  # fmt: skip
+OPERATOR_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "operator_prompts.jsonl"
 
 
 def agent_config(quantization: str = "fp16") -> dict[str, Any]:
@@ -107,11 +88,9 @@ def stack(
     models: dict[str, TinyModel],
     engines: dict[str, LlamaCppSpec],
     proxy: SwitchingUpstream,
-    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    pool = tmp_path_factory.mktemp("pool") / "operator-prompts.jsonl"
-    pool.write_text("".join(json.dumps(p) + "\n" for p in OPERATOR_PROMPTS))
-    assert not {p for p in OPERATOR_PROMPTS if isinstance(p, str)} & shipped_prompts()
+    pool = OPERATOR_PROMPTS
+    assert not {m["content"] for c in PromptPool.load(pool) for m in c} & shipped_prompts()
     agents = [
         AgentSpec("reference", engines["f16"].base_url, agent_config()),
         AgentSpec("honest", engines["f16"].base_url, agent_config()),
