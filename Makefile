@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
-.PHONY: run test lint fmt unit integration e2e bench deps system-deps clean
+.PHONY: run test lint fmt unit integration e2e bench bench-verification deps system-deps clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -72,6 +72,10 @@ e2e: deps
 
 bench: deps
 	$(BIN)/python -m tests.bench
+
+# How well spot checks catch hosters serving other weights (README, "Verification").
+bench-verification: deps
+	$(BIN)/python -m tests.bench_verification
 
 clean:
 	rm -rf .computeshare .mypy_cache .ruff_cache .pytest_cache
