@@ -6,6 +6,7 @@ import pytest
 
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, ModelOffer
 from libs.contracts.routing import RoutingPreferences
+from libs.contracts.verification import CheckEvidence
 from services.router.service import (
     Candidate,
     HosterRegistry,
@@ -14,6 +15,7 @@ from services.router.service import (
     order_candidates,
 )
 from services.router.stats import COOLDOWN_BASE_S, HosterStats, NetworkStats
+from services.router.verification import Verifications
 
 CHEAP, FAST, CLOUD = (f"11111111-1111-4111-8111-11111111111{i}" for i in range(3))
 WALL = 1_700_000_000.0
@@ -189,3 +191,30 @@ def test_require_parameters_keeps_only_hosters_that_take_every_parameter() -> No
     assert [c.hoster.hoster_id for c in order(reg, strict, NetworkStats(), profile=profile)] == [FAST]
     relaxed = order(reg, RoutingPreferences(tier="cheapest"), NetworkStats(), profile=profile)
     assert relaxed[0].hoster.hoster_id == CHEAP
+
+
+def test_trusted_only_needs_a_verified_hoster_where_the_model_has_a_reference() -> None:
+    stats, checks = NetworkStats(), Verifications()
+    reg = registry(hoster(CHEAP, 1, quantization="fp16"), hoster(FAST, 2, quantization="fp16"))
+    succeed(stats, CHEAP, 120)
+    succeed(stats, FAST, 120)
+    trusted = RoutingPreferences(trusted_only=True)
+
+    def served(prefs: RoutingPreferences) -> set[str]:
+        picked = order_candidates(reg, stats, "m", prefs, PROFILE, 101.0, WALL, 5, verifications=checks)
+        return {c.hoster.hoster_id for c in picked}
+
+    assert served(trusted) == {CHEAP, FAST}  # no reference: trust alone
+    checks.references = {"m": frozenset({"ref"})}
+    with pytest.raises(NoEligibleHoster) as info:
+        served(trusted)  # both trusted, neither verified
+    assert "verified" in info.value.report.message
+    for _ in range(8):
+        checks.fold(FAST, "m", CheckEvidence(at=WALL, shape="greedy", reference="ref", passed=True, positions=3,
+                                             shared=3))  # fmt: skip
+    assert served(trusted) == {FAST}
+    # A failed hoster's declared quantization is not believed.
+    for _ in range(3):
+        checks.fold(CHEAP, "m", CheckEvidence(at=WALL, shape="greedy", reference="ref", passed=False, positions=1,
+                                              shared=0))  # fmt: skip
+    assert served(RoutingPreferences(quantizations=["fp16"])) == {FAST}
