@@ -722,6 +722,7 @@ class Gateway:
         self._route_timeout_s = route_timeout_s
         self._idle_timeout_s = idle_timeout_s
         self._log = logger
+        self.log = logger
         self._streams: dict[str, ReplyStream] = {}
         self._tokenizers: RegisteredTokenizers | None = None
         self._background: set[asyncio.Task[None]] = set()

@@ -444,7 +444,13 @@ class ResponsesAnswer:
             response_id=self.response_id, account_id=self.account_id, created_at=self.created_at,
             previous_response_id=self.request.previous_response_id, input_items=self.input_items, response=response,
         )  # fmt: skip
-        await gateway.billing(subjects.STORE_RESPONSE, event, Stored, "store the response", retry_after)
+        try:
+            await gateway.billing(subjects.STORE_RESPONSE, event, Stored, "store the response", retry_after)
+        except GatewayError:
+            # Billing did not answer: the client was served and is billed, and an error would have it retry
+            # (and pay) again: answered all the same, not stored, and saying so.
+            gateway.log.warning("response not stored", extra={"response_id": self.response_id})
+            response["store"] = False
 
 
 class ResponsesEvents:
@@ -469,12 +475,9 @@ class ResponsesEvents:
 
     async def end(self) -> bytes:
         closing = self.translator.finish(int(time.time()))
-        try:
-            # The final event's Response is the one stored (and says so when it cannot be).
-            final = closing[-1]["response"] if closing else self.translator.response
-            await self.answer.keep(self.gateway, final, self.retry_after)
-        except GatewayError as exc:
-            return sse(self.translator.unkept(closing, exc.report))
+        # The final event's Response is the one stored (and says so when it cannot be).
+        final = closing[-1]["response"] if closing else self.translator.response
+        await self.answer.keep(self.gateway, final, self.retry_after)
         return sse(closing)
 
     def fail(self, report: ErrorReport) -> bytes:

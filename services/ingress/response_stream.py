@@ -183,15 +183,6 @@ class ResponseStream:
         self._calls.clear()
         return out + self._failure(report)
 
-    def unkept(self, closing: list[dict[str, Any]], report: ErrorReport) -> list[dict[str, Any]]:
-        """``closing`` (what ``finish`` gave) when its Response could not be kept (``store``): its final event
-        replaced by the failure's, as ``fail`` gives it, numbered on from the last event sent."""
-        if not closing:
-            return []
-        self._seq = closing[-1]["sequence_number"]
-        self._completed_at = None
-        return closing[:-1] + self._failure(report)
-
     def _failure(self, report: ErrorReport) -> list[dict[str, Any]]:
         self._status = "failed"
         self._error = {"code": _error_code(report), "message": report.message}

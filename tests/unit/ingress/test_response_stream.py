@@ -407,27 +407,6 @@ def test_a_failure_after_output_is_an_error_event_and_the_response_keeps_the_tex
     assert stream.fail(errors.upstream_broke_off()) == []
 
 
-@pytest.mark.parametrize(("pieces", "last"), [([chunk({"content": "Hi"}, "stop")], "error"), ([], "response.failed")])
-def test_a_response_that_cannot_be_kept_ends_with_the_failure_instead_of_its_final_event(
-    pieces: list[dict[str, Any]], last: str
-) -> None:
-    """``finish`` gave the final event, but storing its Response failed: the closing events go out but that
-    one, and the failure follows them in its place (``fail`` alone would give nothing: the stream ended)."""
-    stream = ResponseStream(request(), "resp_1", 100)
-    events = stream.start()
-    for piece in pieces:
-        events += stream.chunk(piece)
-    closing = stream.finish(completed_at=104)
-    events += stream.unkept(closing, errors.service_unavailable("Billing is away.", 3))
-
-    checked(events)
-    assert [event["sequence_number"] for event in events] == list(range(len(events)))
-    assert kinds(events)[-1] == last
-    assert "response.completed" not in kinds(events)
-    assert stream.status == "failed"
-    openai_validator("Response").validate(stream.response)
-
-
 def test_start_is_once_and_the_other_calls_start_the_stream() -> None:
     stream = ResponseStream(request(), "resp_1", 100)
     events = stream.chunk(chunk({"content": "x"}))
