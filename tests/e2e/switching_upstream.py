@@ -15,15 +15,14 @@ Every request is relayed unchanged to the engine chosen, and its answer relayed 
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 from aiohttp import web
+
+from tests.e2e.threaded_proxy import ThreadedProxy
 
 SHIPPED_POOL = Path(__file__).resolve().parents[2] / "services" / "router" / "prompts.jsonl"
 OLD_PROBE_PROMPT = "Reply with one short sentence about the sea."
@@ -66,60 +65,26 @@ class Guesser:
         )
 
 
-class SwitchingUpstream:
-    """The proxy, served from a thread of its own (its own event loop) on ``127.0.0.1:port``."""
+class SwitchingUpstream(ThreadedProxy):
+    """The proxy (``ThreadedProxy``)."""
+
+    name = "switching-upstream"
+    timeout_s = 600.0
 
     def __init__(self, real_url: str, substitute_url: str, port: int) -> None:
+        super().__init__(port)
         self.real_url = real_url.rstrip("/")
         self.substitute_url = substitute_url.rstrip("/")
-        self.port = port
         self.guessers = {rule: Guesser() for rule in RULES}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stopped: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="switching-upstream", daemon=True)
-        self._error: BaseException | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     def base_url(self, rule: str) -> str:
         """The OpenAI base URL of a hoster following ``rule``."""
         return f"http://127.0.0.1:{self.port}/{rule}/v1"
 
-    def start(self) -> SwitchingUpstream:
-        self._thread.start()
-        if not self._ready.wait(10) or self._error is not None:
-            raise RuntimeError(f"the switching upstream did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stopped is not None:
-            self._loop.call_soon_threadsafe(self._stopped.set)
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as exc:  # reported by start()
-            self._error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._loop, self._stopped = asyncio.get_running_loop(), asyncio.Event()
-        app = web.Application(client_max_size=16 * 1024 * 1024)
+    def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/{rule}/v1/{path:.*}", self._relay)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
-        try:
-            await web.TCPSite(runner, "127.0.0.1", self.port).start()
-            self._ready.set()
-            await self._stopped.wait()
-        finally:
-            await self._session.close()
-            await runner.cleanup()
 
     async def _relay(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
         rule, path = request.match_info["rule"], request.match_info["path"]
         raw = await request.read()
         base = self.real_url
@@ -129,7 +94,7 @@ class SwitchingUpstream:
             self.guessers[rule].served["real" if real else "substitute"] += 1
             base = self.real_url if real else self.substitute_url
         headers = {"content-type": request.headers.get("content-type", "application/json")}
-        async with self._session.request(request.method, f"{base}/{path}", data=raw or None, headers=headers) as up:
+        async with self.session.request(request.method, f"{base}/{path}", data=raw or None, headers=headers) as up:
             response = web.StreamResponse(status=up.status, headers={"content-type": up.content_type})
             await response.prepare(request)
             async for chunk in up.content.iter_any():
