@@ -4,8 +4,7 @@ the same OpenAPI document. The bus is answered in process: a key check, a route 
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import fastapi.dependencies.utils
@@ -19,7 +18,7 @@ from starlette.types import Message
 
 from libs.contracts import errors, frames, subjects
 from libs.contracts.billing import INFERENCE, MANAGEMENT, KeyInfo
-from libs.contracts.routing import RouteAccepted, RouteRejected
+from libs.contracts.routing import RouteRejected
 from libs.platform import apikeys
 from libs.platform.metrics import HTTP_REQUESTS
 from services.ingress.app import api_routes, build_app
@@ -27,6 +26,7 @@ from services.ingress.gateway import Gateway
 from services.ingress.handlers import HOT_ENDPOINTS, authenticate, gateway_of, settings_of
 from services.ingress.middleware import HotRoutes
 from services.ingress.settings import IngressSettings
+from tests.unit.ingress.inprocess_bus import InProcessBus, Msg
 
 LIMIT = 64 * 1024
 INFERENCE_KEY = "ngk_" + "a" * 40
@@ -40,35 +40,14 @@ HOT = {
 }
 
 
-class Msg:
-    def __init__(self, subject: str, data: bytes) -> None:
-        self.subject = subject
-        self.data = data
-
-
-class Subscription:
-    async def unsubscribe(self) -> None:
-        return None
-
-
-class Bus:
+class Bus(InProcessBus):
     """Billing and a router, in process: keys by their hash (no answer when ``billing_away``), then an accepted
     route answered with ``ANSWER`` (or the rejection in ``reject``)."""
 
-    max_payload = 1024 * 1024
-    is_connected = True
-
     def __init__(self) -> None:
-        self.callbacks: dict[str, Callable[[Msg], Awaitable[None]]] = {}
+        super().__init__()
         self.reject: RouteRejected | None = None
         self.billing_away = False
-
-    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]], **_: Any) -> Subscription:
-        self.callbacks[subject] = cb
-        return Subscription()
-
-    async def flush(self) -> None:
-        return None
 
     async def publish(self, subject: str, data: bytes, headers: Any = None) -> None:
         return None
@@ -81,13 +60,8 @@ class Bus:
         assert subject == subjects.ROUTE_REQUEST
         if self.reject is not None:
             return Msg(subject, self.reject.model_dump_json().encode())
-        request = orjson.loads(data)
-        on_reply = self.callbacks[request["reply_subject"].rpartition(".")[0] + ".>"]  # the ingress's inbox
-        offer = subjects.offer_subject(request["reply_subject"], 1, "t")
-        frame = Msg(offer, frames.encode(frames.COMPLETION, 1, 0, ANSWER))
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(on_reply(frame)))
-        accepted = RouteAccepted(hoster_id="h1", model="m", attempt=1, reply_subject=offer)
-        return Msg(subject, accepted.model_dump_json().encode())
+        return self.accept(subject, orjson.loads(data),
+                           lambda offer: [Msg(offer, frames.encode(frames.COMPLETION, 1, 0, ANSWER))])  # fmt: skip
 
     @staticmethod
     def key_info(key_hash: str) -> KeyInfo:

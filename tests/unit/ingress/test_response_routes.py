@@ -3,8 +3,6 @@ responses, a router and a hoster's answer): what is routed, what is stored, what
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -15,11 +13,11 @@ from nats.errors import MaxPayloadError, NoRespondersError
 
 from libs.contracts import frames, subjects
 from libs.contracts.billing import INFERENCE, KeyInfo
-from libs.contracts.routing import RouteAccepted
 from libs.contracts.stored_responses import ResponseChain, Stored
 from services.ingress.app import build_app
 from services.ingress.gateway import Gateway
 from services.ingress.settings import IngressSettings
+from tests.unit.ingress.inprocess_bus import InProcessBus, Msg
 
 KEY = "ngk_" + "a" * 40
 MAX_PAYLOAD = 1024 * 1024
@@ -32,27 +30,15 @@ ANSWER: dict[str, Any] = {
 }
 
 
-class Msg:
-    def __init__(self, subject: str, data: bytes) -> None:
-        self.subject = subject
-        self.data = data
-
-
-class Subscription:
-    async def unsubscribe(self) -> None:
-        return None
-
-
-class Bus:
+class Bus(InProcessBus):
     """NATS as the ingress sees it, answered in process: a message over ``max_payload`` is refused as nats-py
     refuses it (``MaxPayloadError``); one valid key, billing's chain (``chain``) and stores (``stored``), and a
     router that routes (``routed``) to a hoster answering ``ANSWER``."""
 
     max_payload = MAX_PAYLOAD
-    is_connected = True
 
     def __init__(self, chain: list[dict[str, Any]] | None = None, text: str = "hello") -> None:
-        self.callbacks: dict[str, Callable[[Msg], Awaitable[None]]] = {}
+        super().__init__()
         self.chain = chain or []
         self.text = text
         self.store_away = False
@@ -62,13 +48,6 @@ class Bus:
 
     def sent(self, subject: str) -> list[dict[str, Any]]:
         return [body for asked, body in self.asked if asked == subject]
-
-    async def subscribe(self, subject: str, cb: Callable[[Msg], Awaitable[None]], **_: Any) -> Subscription:
-        self.callbacks[subject] = cb
-        return Subscription()
-
-    async def flush(self) -> None:
-        return None
 
     async def publish(self, subject: str, data: bytes, headers: Any = None) -> None:
         if len(data) > self.max_payload:
@@ -90,12 +69,7 @@ class Bus:
         if subject == subjects.STORE_RESPONSE:
             return Msg(subject, Stored(ok=True).model_dump_json().encode())
         assert subject == subjects.ROUTE_REQUEST
-        on_reply = self.callbacks[body["reply_subject"].rpartition(".")[0] + ".>"]  # the ingress's inbox
-        offer = subjects.offer_subject(body["reply_subject"], 1, "t")
-        for frame in self.frames(offer, bool(body["stream"])):
-            asyncio.get_running_loop().call_soon(asyncio.ensure_future, on_reply(frame))
-        accepted = RouteAccepted(hoster_id="h1", model="m", attempt=1, reply_subject=offer)
-        return Msg(subject, accepted.model_dump_json().encode())
+        return self.accept(subject, body, lambda offer: self.frames(offer, bool(body["stream"])))
 
     def frames(self, offer: str, stream: bool) -> list[Msg]:
         """The hoster's answer, saying ``text``: one completion, or a chunk and the end of the stream."""
