@@ -147,6 +147,9 @@ async def test_a_hoster_cannot_subscribe_outside_its_own_subjects(
     "subject",
     [
         subjects.ROUTE_REQUEST,
+        # A hoster cannot pass a spot check of its own making, nor judge its attempts.
+        subjects.SPOT_CHECK_JUDGED,
+        subjects.ATTEMPTS_OBSERVED,
         subjects.RESERVE_CREDITS,
         subjects.VERIFY_KEY,
         subjects.REQUEST_FINISHED,
