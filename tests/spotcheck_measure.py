@@ -172,7 +172,7 @@ def verdicts(chats: Sequence[list[dict[str, str]]], reference: Run, answers: Run
         if empty(ref):
             continue
         body = {"messages": chat, "logprobs": True, "top_logprobs": REFERENCE_TOP_LOGPROBS}
-        plan = CheckPlan("tiny", shape, body, body | {"temperature": 0})
+        plan = CheckPlan(shape, body, body | {"temperature": 0})
         result = judge(plan, own, ref)
         judged += 1
         passed += result is not None and result.passed

@@ -64,8 +64,8 @@ def restore_verdicts(dispatcher: Dispatcher, records: list[bytes], wall: float, 
     for raw in records:
         if not v.load(_record(raw)):
             logger.warning("stored verdict skipped", extra={"bucket": subjects.VERDICTS_BUCKET})
-    for hoster_id, _ in v.verdicts:
-        dispatcher.stats.of(hoster_id, wall).failed_spot_checks = bool(v.failed_models(hoster_id, wall))
+    for hoster_id in {hoster_id for hoster_id, _ in v.verdicts}:
+        dispatcher.mark_spot_checks(hoster_id, wall)
 
 
 def persist_verdicts(dispatcher: Dispatcher, store: KvStore) -> None:

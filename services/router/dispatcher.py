@@ -88,7 +88,7 @@ from services.router.service import (
     speed_of,
 )
 from services.router.settings import RouterSettings
-from services.router.stats import NetworkStats
+from services.router.stats import HosterStats, NetworkStats
 from services.router.verification import FAILED, Verifications
 
 _ADMISSION: TypeAdapter[Reserved | Refused] = TypeAdapter(Admission)
@@ -229,13 +229,18 @@ class Dispatcher:
             )
         return LiveHosters(hosters=report)
 
+    def mark_spot_checks(self, hoster_id: str, wall: float) -> HosterStats:
+        """Tell the hoster's stats whether its spot checks failed it on a model (trust's dishonesty term)."""
+        stats = self.stats.of(hoster_id, wall)
+        stats.failed_spot_checks = bool(self.verifications.failed_models(hoster_id, wall))
+        return stats
+
     def observe_spot_check(self, judged: SpotCheckJudged) -> None:
         """Fold one judged spot check (this router's or another's broadcast) into the verdicts: a hoster
         failed on a model is dishonest in its trust, and cooled down at each check it fails while failed."""
         before, after = self.verifications.fold(judged.hoster_id, judged.model, judged.evidence)
         wall = time.time()
-        stats = self.stats.of(judged.hoster_id, wall)
-        stats.failed_spot_checks = bool(self.verifications.failed_models(judged.hoster_id, wall))
+        stats = self.mark_spot_checks(judged.hoster_id, wall)
         if after == FAILED and not judged.evidence.passed:
             stats.cool_down(wall)
         if before != after:

@@ -79,7 +79,6 @@ EVIDENCE_KEPT = 20
 class CheckPlan:
     """One check: the body the checked hoster gets and the body the reference gets (same conversation)."""
 
-    model: str
     shape: Shape
     body: dict[str, Any]
     reference_body: dict[str, Any]
@@ -123,7 +122,7 @@ def draw_check(
         "logprobs": True,
         "top_logprobs": REFERENCE_TOP_LOGPROBS,
     }
-    return CheckPlan(model, shape, body, reference)
+    return CheckPlan(shape, body, reference)
 
 
 @dataclass(frozen=True)

@@ -54,7 +54,7 @@ def reference_tokens() -> list[dict[str, Any]]:
 
 
 def plan(shape: Any) -> CheckPlan:
-    return CheckPlan("m", shape, {}, {})
+    return CheckPlan(shape, {}, {})
 
 
 def test_a_check_is_drawn_as_a_client_request_and_the_reference_is_asked_greedily_with_logprobs() -> None:
