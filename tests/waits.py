@@ -89,3 +89,31 @@ async def until_stack_hoster(
     finally:
         await nc.close()
     return seen[0]
+
+
+async def stack_hosters(stack: Stack) -> dict[str, LiveHoster]:
+    """A router's view of every hoster it knows, by id, asked once with the console's credentials."""
+    creds = stack.creds("test-observer", "console")
+    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
+    try:
+        reply = await nc.request(subjects.LIST_HOSTERS, b"", timeout=5.0)
+    finally:
+        await nc.close()
+    return {h.hoster_id: h for h in LiveHosters.model_validate_json(reply.data).hosters}
+
+
+async def until_stack_router_forgets(stack: Stack, hoster_id: str, timeout_s: float = 15.0) -> None:
+    """Until a router no longer counts hoster ``hoster_id`` live (its heartbeats stopped for longer than the
+    router's TTL): a request then finds nobody to route to. Asked with the console's credentials."""
+
+    def gone(data: bytes) -> bool:
+        return not any(h.hoster_id == hoster_id and h.live for h in LiveHosters.model_validate_json(data).hosters)
+
+    creds = stack.creds("test-observer", "console")
+    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
+    try:
+        await _until(nc, subjects.LIST_HOSTERS, gone,
+                     lambda: f"a router still counts hoster {hoster_id} live after {timeout_s} s",
+                     timeout_s)  # fmt: skip
+    finally:
+        await nc.close()

@@ -5,6 +5,7 @@ router that stops or from one that dies."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ from tests.e2e.conftest import build_stack
 from tests.e2e.test_money import SLOW_EXACT, body, burst, credits_for, reserved_per_request, settled, urls
 
 pytestmark = pytest.mark.e2e
+
+# Billing's lease TTL and sweep interval in the test of a dead router's lease.
+LEASE_TTL_S, SWEEP_INTERVAL_S = 3.0, 0.5
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +45,29 @@ async def until_settled(stack: Stack, account_id: str, requests: int, timeout_s:
         while await conn.fetchval(query, account_id) < requests:
             assert time.monotonic() < deadline, "requests not settled"
             await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def until_kept_past_the_ttl(stack: Stack, account_id: str, timeout_s: float = 30) -> None:
+    """Until every open lease of the account has been kept alive past ``LEASE_TTL_S`` (touched later than its
+    TTL after it was granted) and has lived two sweeps longer still, on the database's clock: a sweep ran when
+    the lease, had its router not kept it alive, would have been stale (billing's sweeper leaves no trace of a
+    sweep that took nothing back, so the sweeps are counted from the configured interval)."""
+    conn = await asyncpg.connect(stack.database_url)
+    ttl, after = dt.timedelta(seconds=LEASE_TTL_S), dt.timedelta(seconds=LEASE_TTL_S + 2 * SWEEP_INTERVAL_S)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            leases = await conn.fetch(
+                "SELECT created_at, touched_at, now() AS now FROM leases WHERE account_id = $1 AND status = 'open'",
+                account_id,
+            )
+            assert leases, "no open lease: it was taken back while its router lived"
+            if all(r["touched_at"] > r["created_at"] + ttl and r["now"] > r["created_at"] + after for r in leases):
+                return
+            assert time.monotonic() < deadline, f"leases not kept past their TTL: {[dict(r) for r in leases]}"
+            await asyncio.sleep(0.2)
     finally:
         await conn.close()
 
@@ -101,8 +128,8 @@ async def test_a_router_that_dies_holding_a_lease_has_it_taken_back_by_the_sweep
     stack = build_stack(
         CS_ROUTER_LEASE_IDLE_S="600",
         CS_ROUTER_LEASE_KEEPALIVE_S="0.5",
-        CS_BILLING_LEASE_TTL_S="3",
-        CS_BILLING_SWEEP_INTERVAL_S="0.5",
+        CS_BILLING_LEASE_TTL_S=str(LEASE_TTL_S),
+        CS_BILLING_SWEEP_INTERVAL_S=str(SWEEP_INTERVAL_S),
     )
     try:
         account_id, key = stack.create_account(credits="100")
@@ -111,7 +138,7 @@ async def test_a_router_that_dies_holding_a_lease_has_it_taken_back_by_the_sweep
         await until_settled(stack, account_id, 10)
         held = await books(stack, account_id)
         assert held["reserved"] > 0  # the idle lease is still the router's
-        await asyncio.sleep(4)  # kept alive past the TTL while its router lives
+        await until_kept_past_the_ttl(stack, account_id)
         assert (await books(stack, account_id))["reserved"] == held["reserved"]
         stack.kill("router")
         deadline = time.monotonic() + 20

@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 
-from libs.devstack.stack import DEMO_MODEL, Stack
+from libs.devstack.stack import DEMO_HOSTER_ID, DEMO_MODEL, Stack
+from tests.waits import until_stack_router_forgets
 
 pytestmark = pytest.mark.e2e
 
@@ -62,9 +63,9 @@ def test_adapter_killed_mid_stream_ends_the_stream_with_an_error_the_sdk_raises(
     assert "went away" in info.value.message or "stopped responding" in info.value.message
 
 
-def test_adapter_killed_before_a_request_gives_503(fresh_stack: Stack, fresh_key: str) -> None:
+async def test_adapter_killed_before_a_request_gives_503(fresh_stack: Stack, fresh_key: str) -> None:
     fresh_stack.kill("hoster_adapter")
-    time.sleep(2.5)  # the router's hoster TTL in this stack is 2 s
+    await until_stack_router_forgets(fresh_stack, DEMO_HOSTER_ID)  # its heartbeats stopped past the router's TTL
     with pytest.raises(openai.APIStatusError) as info:
         sdk(fresh_stack, fresh_key).chat.completions.create(model=DEMO_MODEL, messages=MESSAGES)
     assert info.value.status_code == 503

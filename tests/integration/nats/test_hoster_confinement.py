@@ -177,6 +177,11 @@ async def test_a_hoster_cannot_publish_outside_its_own_subjects(
     assert got == []
 
 
+# How long a test waits for what the server surely does soon (a delivery, a refusal): generous, so that only a
+# server that never does it fails the test, not a busy machine.
+WAIT_S = 15.0
+
+
 async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Hostile, platform: Client) -> None:
     mine = subjects.reply_subject("ingress-1", "chatcmpl-mine")
     other = subjects.reply_subject("ingress-1", "chatcmpl-other")
@@ -190,20 +195,26 @@ async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Host
     await hostile.nc.subscribe(subjects.attempt_start(H1), queue=subjects.QUEUE_HOSTER_ADAPTER, cb=on_attempt)
     await hostile.nc.flush()
     await platform.publish(subjects.attempt_start(H1), b"{}", reply=mine)
-    attempt = await asyncio.wait_for(attempts.get(), 2)
+    attempt = await asyncio.wait_for(attempts.get(), WAIT_S)
     assert attempt.reply == mine
     for i in range(50):  # a stream is many frames on one reply subject
         await hostile.nc.publish(attempt.reply, b"frame %d" % i)
     await hostile.nc.publish(other, b"injected")
-    assert await hostile.refused(f'publish to "{other}"')
+    assert await hostile.refused(f'publish to "{other}"', WAIT_S)
     # Nor on its own attempt's control subject, where the router's failover notices and errors travel: a
     # hoster cannot speak for the router.
     control = subjects.control_subject(mine)
     frames_control = await collect(platform, control)
     await hostile.nc.publish(control, b"a2:-1\n{}")
-    assert await hostile.refused(f'publish to "{control}"')
-    await asyncio.sleep(0.2)
-    assert len(frames_mine) == 50
+    assert await hostile.refused(f'publish to "{control}"', WAIT_S)
+    # A last frame after the refused publishes: the server handles one connection's messages in order, so once
+    # it has arrived, anything those had let through would have arrived before it.
+    await hostile.nc.publish(attempt.reply, b"last")
+    deadline = asyncio.get_running_loop().time() + WAIT_S
+    while not (frames_mine and frames_mine[-1].data == b"last"):
+        assert asyncio.get_running_loop().time() < deadline, f"{len(frames_mine)} frames of 51 arrived"
+        await asyncio.sleep(0.02)
+    assert len(frames_mine) == 51
     assert frames_other == []
     assert frames_control == []
 
