@@ -34,9 +34,6 @@ END = ord("e")  # body: empty; the stream is complete, write "data: [DONE]"
 ERROR = ord("x")  # body: an ErrorReport as JSON; the request failed
 KEEPALIVE = ord("k")  # body: empty; the attempt is alive while the upstream is slow
 ATTEMPT = ord("a")  # body: {"hoster_id", "model"}; the router failed over, this attempt serves now
-# body: {"reason", "adapter_id"}, for the logs; the adapter did not take the attempt (at capacity, draining). Only as an attempt's first
-# frame: the ingress tells the router, which fails over (a taken attempt sends nothing before its content).
-REFUSED = ord("n")
 
 
 class Frame(NamedTuple):

@@ -142,6 +142,16 @@ class AttemptDispatch(Contract):
     endpoint: Endpoint = CHAT
 
 
+class AttemptAccepted(Contract):
+    """hoster_adapter -> router: whether the adapter took the attempt (it refuses when at capacity)."""
+
+    request_id: str
+    attempt: int
+    accepted: bool
+    adapter_id: str
+    reason: str | None = None
+
+
 AttemptOutcome = Literal["succeeded", "failed", "cancelled"]
 
 
@@ -230,15 +240,14 @@ class AttemptsObserved(Contract):
 # ``route_timeout``: the ingress stopped waiting for the routing decision and answered the client with an
 # error; whatever the request started is stopped and nothing of it is charged. ``empty_answer``: the hoster
 # ended its answer without any content for the client (a usage claim at most), failed as a missed first byte.
-CancelReason = Literal["client_gone", "first_byte_timeout", "stalled", "route_timeout", "empty_answer", "refused"]
+CancelReason = Literal["client_gone", "first_byte_timeout", "stalled", "route_timeout", "empty_answer"]
 
 
 class RequestCancelled(Contract):
     """ingress -> routers (router -> the serving hoster): stop the request. The client disconnected (bill what
     was made), or the serving attempt missed its first-byte deadline, stalled or ended with no content at the
     ingress (the router fails it as the hoster's failure and fails over when it may), or the ingress gave up
-    waiting for the route (nothing is charged), or the serving attempt's adapter refused it before sending
-    anything (``refused``: at capacity, draining; the router fails over, and the refused offer is no attempt)."""
+    waiting for the route (nothing is charged)."""
 
     request_id: str
     reason: CancelReason = "client_gone"

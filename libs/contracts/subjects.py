@@ -17,9 +17,10 @@ LIST_HOSTERS = "router.hosters.list"
 #
 # router -> hoster_adapter (queue group "hoster_adapter"): start one attempt on one hoster. The message's
 # NATS reply subject is the ingress's reply subject of the request: the hoster may publish there only
-# because it received this message (a response permission). Nothing answers the dispatch itself: the attempt's
-# frames (or its one refusal frame, ``frames.REFUSED``) go to the ingress.
+# because it received this message (a response permission).
 _ATTEMPT_START = "adapter.attempt.start"
+# hoster_adapter -> the router that dispatched (core): whether it took the attempt.
+_ATTEMPT_ACCEPTED = "adapter.attempt.accepted"
 # router -> hoster_adapter (core): the client went away, stop the attempt.
 _ATTEMPT_CANCEL = "adapter.attempt.cancel"
 # hoster_adapter -> routers (broadcast): one hoster is alive, with its models and prices.
@@ -149,6 +150,11 @@ def attempt_start(hoster_id: str) -> str:
     return f"{_ATTEMPT_START}.{hoster_id}"
 
 
+def attempt_accepted(hoster_id: str, router_id: str) -> str:
+    """Subject of a hoster's answer to a dispatch, addressed to the router that sent it."""
+    return f"{_ATTEMPT_ACCEPTED}.{hoster_id}.{router_id}"
+
+
 def request_delivered(router_id: str) -> str:
     """Where the ingress tells router ``router_id`` what of its request reached the client."""
     return f"{_REQUEST_DELIVERED}.{router_id}"
@@ -162,6 +168,11 @@ def lease_recall(router_id: str) -> str:
 def attempts_finished_for_router(router_id: str) -> str:
     """Wildcard a router subscribes for the outcome reports of its own dispatches."""
     return f"{_ATTEMPT_FINISHED}.*.{router_id}"
+
+
+def attempts_accepted_by_router(router_id: str) -> str:
+    """Wildcard a router subscribes for the answers to its dispatches."""
+    return f"{_ATTEMPT_ACCEPTED}.*.{router_id}"
 
 
 def attempt_cancel(hoster_id: str) -> str:
@@ -194,6 +205,7 @@ def hoster_permissions(hoster_id: str) -> tuple[list[str], list[str]]:
     """``(publish, subscribe)`` allowed to a hoster's credentials (``*`` as hoster id: a platform adapter that
     fronts many hosters). Replies to the ingress are not listed: they are response permissions."""
     publish = [
+        attempt_accepted(hoster_id, "*"),
         hoster_heartbeat(hoster_id),
         attempt_finished(hoster_id, "*"),
     ]

@@ -16,7 +16,7 @@ def register_handlers(broker: NatsBroker, hot: HotSubscriptions, adapter: Hoster
     it), and one for their cancels."""
 
     async def start_attempt(dispatch: AttemptDispatch, msg: Msg) -> None:
-        """Take (or refuse) an attempt; a refusal goes to the dispatching router on its own subject, since
+        """Accept (or refuse) an attempt; the answer goes to the dispatching router on its own subject, since
         the message's reply subject is the client's (the only one this hoster may publish frames to)."""
         await adapter.accept(subjects.hoster_of(msg.subject), dispatch, msg.reply)
 

@@ -22,7 +22,7 @@ from libs.contracts import frames, subjects
 from libs.contracts.common import CHAT, COMPLETIONS, EMBEDDINGS
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus
 from libs.contracts.pricing import generated_choices
-from libs.contracts.routing import AttemptDispatch, AttemptFinished, AttemptOutcome
+from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
 from libs.platform.metrics import IN_FLIGHT, TIME_TO_FIRST_TOKEN, TOKENS
 from libs.platform.natsauth import HOSTER_MAX_PAYLOAD
 from libs.platform.telemetry import REQUEST_ID, inject_headers, span_attributes
@@ -206,24 +206,30 @@ class HosterAdapter:
                 if heartbeat.hosters[0].hoster_id == hoster_id:
                     await self._nc.publish(msg.subject, heartbeat.model_dump_json().encode())
 
-    async def accept(self, hoster_id: str, dispatch: AttemptDispatch, reply: str | None) -> str | None:
+    async def accept(self, hoster_id: str, dispatch: AttemptDispatch, reply: str | None) -> AttemptAccepted:
         """Take an attempt unless it is not this hoster's, the hoster is at this adapter's share of its
-        capacity, or the adapter is draining; the work runs in its own task, started at once (nothing is
-        answered for an attempt taken). A refusal, its reason returned, is the attempt's one frame (``n``): the
-        ingress tells the router, which fails over."""
+        capacity, or the adapter is draining; the work runs in its own task. The answer goes to the
+        dispatching router."""
         if not self._joined.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._joined.wait(), JOIN_WAIT_S * 10)
-        if not reply or reply != dispatch.reply_subject:
-            return "no reply subject"  # nowhere to say it: the ingress's first-byte deadline ends the wait
         hoster = self.hosters.get(hoster_id)
         reason = None
         if hoster is None or dispatch.hoster_id != hoster_id:
             reason = "unknown hoster"
+        elif not reply or reply != dispatch.reply_subject:
+            reason = "no reply subject"
         elif self._draining:
             reason = "adapter shutting down"
         elif self._in_flight[hoster_id] >= self.share(hoster):
             reason = "hoster at capacity"
+        answer = AttemptAccepted(
+            request_id=dispatch.request_id,
+            attempt=dispatch.attempt,
+            accepted=reason is None,
+            adapter_id=self.adapter_id,
+            reason=reason,
+        )
         if hoster is not None and reason is None:
             active = ActiveAttempt(dispatch)
             self._active[dispatch.request_id] = active
@@ -231,12 +237,10 @@ class HosterAdapter:
             active.task = task = asyncio.create_task(self._run(hoster, active))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            return None
-        assert reason is not None
         if self._nc is not None:
-            body = orjson.dumps({"reason": reason, "adapter_id": self.adapter_id})
-            await self._nc.publish(reply, frames.encode(frames.REFUSED, dispatch.attempt, 0, body))
-        return reason
+            subject = subjects.attempt_accepted(hoster_id, dispatch.router_id)
+            await self._nc.publish(subject, answer.model_dump_json().encode())
+        return answer
 
     def cancel(self, request_id: str) -> bool:
         """Stop the attempt of ``request_id`` if it runs here; the upstream request is closed."""

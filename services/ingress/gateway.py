@@ -510,9 +510,6 @@ class ReplyStream:
         self._heard = time.monotonic()
         if frame.kind == frames.KEEPALIVE:
             return None
-        if frame.kind == frames.REFUSED:
-            self._refused()
-            return None
         if frame.seq != self._seq and frame.kind in (frames.CHUNK, frames.COMPLETION, frames.END):
             return None if frame.seq < self._seq else self._lost(frame)
         self._seq += 1
@@ -542,16 +539,6 @@ class ReplyStream:
             return frame
         self._abandoned, self._due = max(self._abandoned, self.attempt), None
         self._deadlines.overdue(self.request_id, self.attempt, "empty_answer")
-        return None
-
-    def _refused(self) -> None:
-        """The serving attempt's adapter did not take it (at capacity, draining): the router is told (it fails
-        over, or ends the request with an error) and the attempt's frames are dropped from here on. Only before
-        any of its frames was numbered: a refusal after content is no refusal, and is dropped."""
-        if self._seq or self._deadlines is None:
-            return None
-        self._abandoned, self._due = max(self._abandoned, self.attempt), None
-        self._deadlines.overdue(self.request_id, self.attempt, "refused")
         return None
 
     def _progressed(self) -> None:
@@ -984,9 +971,8 @@ class Gateway:
         self._publish(subjects.request_delivered(router_id), note.model_dump_json().encode())
 
     def _overdue(self, request_id: str, attempt: int, reason: CancelReason) -> None:
-        """Tell the routers the serving attempt missed a deadline the ingress holds it to, or was refused."""
-        level = logging.INFO if reason == "refused" else logging.WARNING
-        self._log.log(level, "attempt overdue", extra={"request_id": request_id, "attempt": attempt, "reason": reason})
+        """Tell the routers the serving attempt missed a deadline the ingress holds it to."""
+        self._log.warning("attempt overdue", extra={"request_id": request_id, "attempt": attempt, "reason": reason})
         self._cancel(RequestCancelled(request_id=request_id, reason=reason, attempt=attempt))
 
     def _cancel(self, event: RequestCancelled) -> None:

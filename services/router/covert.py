@@ -223,8 +223,6 @@ class Answer:
         self.over = False
         # The hoster sent an error frame: it says the attempt failed.
         self.failed = False
-        # The adapter did not take the attempt (its first frame said so): busy, not judged.
-        self.refused = False
         # What broke the framing (too large, a frame of the other mode), if anything did.
         self.problem: str | None = None
         self._bytes = 0
@@ -244,8 +242,6 @@ class Answer:
             self.problem = f"the answer is larger than {self._limit} bytes"
         elif frame.kind == frames.ERROR:
             self.failed = True
-        elif frame.kind == frames.REFUSED and not self.started:
-            self.refused = True
         elif frame.kind == frames.COMPLETION:
             if self.stream:
                 self.problem = "a whole completion came for a stream"

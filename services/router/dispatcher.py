@@ -41,6 +41,7 @@ from libs.contracts.hosters import HosterHeartbeat, HosterRegistrations, LiveHos
 from libs.contracts.models import RegisteredModels
 from libs.contracts.pricing import UsageBounds, rate_limited_tokens, requested_max_tokens
 from libs.contracts.routing import (
+    AttemptAccepted,
     AttemptDispatch,
     AttemptFinished,
     AttemptObserved,
@@ -122,6 +123,11 @@ class Dispatcher:
         self._probes: set[str] = set()
         # The ingresses of the last requests routed: a probe's reply subject names one (``covert``).
         self.ingresses = RecentIngresses()
+        # Dispatches waiting for their hoster's answer: (request, attempt) -> (hoster, answer).
+        self._offers: dict[tuple[str, int], tuple[str, asyncio.Future[AttemptAccepted]]] = {}
+        # Outcomes heard while their dispatch still waited for its answer (the accept and the outcome arrive on
+        # two subscriptions, so a fast failure can be handled first); replayed once the attempt is in flight.
+        self._early: dict[tuple[str, int], AttemptFinished] = {}
         # Probe requests waiting for their attempt's report (see ``services.router.probes``).
         self._probe_reports: dict[str, asyncio.Future[AttemptFinished]] = {}
         # When each request waiting for the ingress's note, or for its serving attempt's report, stops waiting.
@@ -375,10 +381,10 @@ class Dispatcher:
         flight: InFlight | None = None,
         counted: int | None = None,
     ) -> InFlight | None:
-        """Dispatch the request to the first candidate in ``queue``, a new attempt number with a reply subject
-        of its own: the hoster starts at once (nothing is waited for; an adapter that does not take it says so,
-        and the next candidate gets it: ``_refused``). A failover (``flight`` given) names the attempt
-        that serves now to the ingress on the request's control subject."""
+        """Offer the request to the first candidate in ``queue`` whose adapter takes it, each offer a new attempt
+        number with a reply subject of its own. A failover (``flight`` given) names the attempt that serves to
+        the ingress once its hoster took it, never before: a hoster that declines is never read (an outcome
+        heard before the acceptance is replayed at once)."""
         if flight is not None:
             prefer_healthy(queue, self.stats, time.time())
         offers = flight.offers if flight is not None else 0
@@ -387,31 +393,23 @@ class Dispatcher:
             offers += 1
             reply = subjects.offer_subject(request.reply_subject, offers, secrets.token_hex(12))
             dispatch = self._attempt(request, candidate, offers, prompt_tokens, reply)
+            accepted = await self._dispatch(dispatch)
+            if accepted is None:
+                continue
             hoster_id = candidate.hoster.hoster_id
-            now = time.monotonic()
-            adapters = self.registry.adapters_of(hoster_id, now)
-            run = Run(offers, candidate, adapters, reply, now, dispatch.first_byte_deadline_ms)
+            if self.stats.of(hoster_id, time.time()).probing(time.time()):
+                self._probes.add(hoster_id)
+            run = Run(offers, candidate, accepted.adapter_id, reply, time.monotonic(), dispatch.first_byte_deadline_ms)
+            if flight is not None and flight.settled:
+                # The request ended while this hoster was taking it (the client's response is over): stop it.
+                stop = RequestCancelled(request_id=request.request_id).model_dump_json().encode()
+                await self._broker.connection.publish(subjects.attempt_cancel(hoster_id), stop)
+                return None
             if flight is None:
                 flight = InFlight(request, queue, prompt_tokens, bounds, [run], offers, counted_prompt=counted)
             else:
                 flight.runs.append(run)
                 flight.offers = offers
-            # In flight before the dispatch leaves: its report or refusal may come back before the next line.
-            self._in_flight[request.request_id] = flight
-            if not await self._dispatch(dispatch):
-                flight.runs.pop()
-                if not flight.runs:
-                    del self._in_flight[request.request_id]
-                    flight = None
-                continue
-            if flight.settled:
-                # The request ended while this attempt was being sent (the client's response is over): stop it.
-                stop = RequestCancelled(request_id=request.request_id).model_dump_json().encode()
-                await self._broker.connection.publish(subjects.attempt_cancel(hoster_id), stop)
-                return None
-            if self.stats.of(hoster_id, time.time()).probing(time.time()):
-                self._probes.add(hoster_id)
-            if len(flight.runs) > 1:
                 body = orjson.dumps(
                     {
                         "hoster_id": hoster_id,
@@ -425,6 +423,10 @@ class Dispatcher:
                 await self._broker.connection.publish(
                     subjects.control_subject(request.reply_subject), frames.encode(frames.ATTEMPT, offers, -1, body)
                 )
+            self._in_flight[request.request_id] = flight
+            early = self._early.pop((request.request_id, offers), None)
+            if early is not None:
+                await self.attempt_finished(early)
             return flight
         if flight is not None:
             flight.offers = offers
@@ -678,8 +680,8 @@ class Dispatcher:
         first-byte deadline set."""
         return self._attempt(request, candidate, attempt, prompt_tokens, reply_subject)
 
-    async def offer(self, dispatch: AttemptDispatch) -> bool:
-        """Send ``dispatch`` to its hoster (a refusal comes as its answer's one frame); whether it was sent."""
+    async def offer(self, dispatch: AttemptDispatch) -> AttemptAccepted | None:
+        """Offer ``dispatch`` to its hoster; its answer, or ``None`` when it did not take it."""
         return await self._dispatch(dispatch)
 
     def observe_probe(
@@ -725,14 +727,16 @@ class Dispatcher:
         if problem.startswith("usage"):
             self.stats.of(candidate.hoster.hoster_id, now).observe_discrepancy()
 
-    async def _dispatch(self, dispatch: AttemptDispatch) -> bool:
-        """Send the attempt to the hoster's adapters (their queue group: one takes it); whether it was sent.
+    async def _dispatch(self, dispatch: AttemptDispatch) -> AttemptAccepted | None:
+        """Offer the attempt to the hoster's adapters and wait for one to take it.
 
         The message's reply subject is the client's: the hoster may publish its frames there because it
-        received this message (nats-server's response permission), and nowhere else. Nothing answers it: an
-        adapter that does not take it says so in its one frame to the ingress, which tells this router
-        (``_refused``); one that vanished is found by its heartbeats (``watch``) or the ingress's deadlines.
+        received this message (nats-server's response permission), and nowhere else. Its answer comes back on
+        the hoster's own ``adapter.attempt.accepted`` subject, addressed to this router.
         """
+        key = (dispatch.request_id, dispatch.attempt)
+        answer: asyncio.Future[AttemptAccepted] = asyncio.get_running_loop().create_future()
+        self._offers[key] = (dispatch.hoster_id, answer)
         try:
             await self._broker.connection.publish(
                 subjects.attempt_start(dispatch.hoster_id),
@@ -740,10 +744,24 @@ class Dispatcher:
                 reply=dispatch.reply_subject,
                 headers=inject_headers(),
             )
-        except Exception as exc:
-            self._log.warning("attempt not dispatched", extra={"hoster_id": dispatch.hoster_id, "error": repr(exc)})
-            return False
-        return True
+            async with asyncio.timeout(self._settings.dispatch_timeout_s):
+                accepted = await answer
+        except TimeoutError:
+            self._log.warning("adapter did not take attempt", extra={"hoster_id": dispatch.hoster_id})
+            self._early.pop(key, None)
+            return None
+        finally:
+            self._offers.pop(key, None)
+        if not accepted.accepted:
+            self._early.pop(key, None)
+            return None
+        return accepted
+
+    def offer_answered(self, hoster_id: str, answer: AttemptAccepted) -> None:
+        """A hoster answered a dispatch; only the hoster it was offered to is heard."""
+        offer = self._offers.get((answer.request_id, answer.attempt))
+        if offer is not None and offer[0] == hoster_id and not offer[1].done():
+            offer[1].set_result(answer)
 
     async def attempt_finished(self, event: AttemptFinished) -> None:
         """A hoster's report on an attempt this router dispatched: a claim, checked against the router's own
@@ -756,10 +774,14 @@ class Dispatcher:
             return
         flight = self._in_flight.get(event.request_id)
         if flight is None or flight.attempt != event.attempt or flight.current.hoster_id != event.hoster_id:
+            key = (event.request_id, event.attempt)
+            offer = self._offers.get(key)
+            if offer is not None and offer[0] == event.hoster_id:
+                self._early[key] = event
             return
         run = flight.current
-        if run.report is not None or run.refused:
-            return  # a second report of the same attempt changes nothing, nor one of an attempt refused
+        if run.report is not None:
+            return  # a second report of the same attempt changes nothing
         run.report = event
         if run.outcome is not None:
             return  # the router judged it already (the ingress gave up on it): the claim is kept, nothing moves
@@ -821,9 +843,6 @@ class Dispatcher:
         if event.reason != "client_gone" and event.attempt != flight.attempt:
             return  # an attempt already over
         run = flight.current
-        if event.reason == "refused":
-            await self._refused(flight)
-            return
         if event.reason != "client_gone" and run.outcome == "failed":
             return  # failed already (its report came first): its failover is under way
         stop = RequestCancelled(request_id=event.request_id).model_dump_json().encode()
@@ -842,24 +861,6 @@ class Dispatcher:
             run.silent = True
         await self._after_failure(flight, sent=event.reason == "stalled")
 
-    async def _refused(self, flight: InFlight) -> None:
-        """The serving attempt's adapter did not take it (at capacity, draining) and the ingress heard that
-        before anything else of it: the next candidate gets the request, as if offered there first (a refused
-        offer is no attempt: never recorded, billed or counted against its hoster); none left, the client
-        hears that the hosters are busy."""
-        run = flight.current
-        if run.report is not None or run.outcome is not None:
-            return  # its hoster reported on it already: that stands
-        self._log.info("attempt refused", extra={"hoster_id": run.hoster_id})
-        self._probes.discard(run.hoster_id)
-        run.refused = True
-        run.end("failed", time.monotonic(), "refused by its adapter")
-        if not flight.over and not flight.cancelled and flight.queue and await self._fail_over(flight):
-            return
-        flight.over = True
-        await self._fail(flight, errors.hosters_busy(self._settings.retry_after_s))
-        self._wait_for_delivery(flight)
-
     def delivered(self, note: RequestDelivered) -> None:
         """The ingress's word on what of a request reached the client, sent once when the client's response
         ended: nothing more can reach it, so the request settles as soon as the serving attempt's report is in
@@ -870,8 +871,7 @@ class Dispatcher:
         flight.note = note
         flight.over = True
         run = flight.current
-        if run.report is not None or run.outcome is not None or note.attempt < run.attempt:
-            # (An attempt after the one the note names never reached the client, nor can now: it is stopped.)
+        if run.report is not None or run.outcome is not None:
             self._settle(note.request_id)
             return
         self._wait(flight, time.monotonic() + self._settings.delivery_wait_s)
@@ -904,12 +904,6 @@ class Dispatcher:
         flight.settled = True
         for run in flight.runs:
             self._probes.discard(run.hoster_id)
-        last = flight.current
-        if last.report is None and last.outcome is None:
-            # Settled while its hoster may still be at it (nothing more of it can reach the client): stop it.
-            stop = RequestCancelled(request_id=request_id).model_dump_json().encode()
-            task = asyncio.create_task(self._broker.connection.publish(subjects.attempt_cancel(last.hoster_id), stop))
-            task.add_done_callback(_log_failure(self._log, "attempt not stopped"))
         if not self._in_flight:
             self._none_in_flight.set()
         now, wall = time.monotonic(), time.time()
@@ -919,8 +913,6 @@ class Dispatcher:
         billed: list[BilledAttempt] = []
         records: list[DispatchRecord] = []
         for run in flight.runs:
-            if run.refused:
-                continue  # never an attempt: its hoster did not take it
             cost = None if flight.unbilled else charge(run, flight.bounds, note, flight.counted_prompt)
             if cost is not None:
                 billed.append(cost)
@@ -932,10 +924,8 @@ class Dispatcher:
             record, observation = record_of(run, flight.route, note, cost, now, wall, bound, verification)
             records.append(record)
             self._observed_here(observation)
-        if not records:  # every hoster offered it refused it
-            self._finish(flight.route, flight.route.model, "failed", [])
-            return
-        self._finish(flight.route, records[-1].model, records[-1].outcome, billed, records)
+        last = records[-1]
+        self._finish(flight.route, last.model, last.outcome, billed, records)
 
     def _finish(
         self,
@@ -1030,7 +1020,7 @@ class Dispatcher:
                 self._settle(request_id)
                 continue
             run = flight.current
-            if run.outcome is not None or run.report is not None or self.registry.any_alive(run.adapters, now):
+            if run.outcome is not None or run.report is not None or self.registry.adapter_alive(run.adapter_id, now):
                 continue
             self._log.warning("adapter vanished mid-request", extra={"request_id": request_id})
             self._probes.discard(run.hoster_id)

@@ -14,6 +14,7 @@ from libs.contracts.billing import LeaseRecalled, RecallLease
 from libs.contracts.hosters import HosterHeartbeat, LiveHosters, ModelsListing
 from libs.contracts.management import HosterDetailQuery, HosterDetailReply
 from libs.contracts.routing import (
+    AttemptAccepted,
     AttemptFinished,
     AttemptsObserved,
     RequestCancelled,
@@ -121,6 +122,12 @@ def register_handlers(
         dispatcher.observe_spot_check(judged)
 
     hot.add(subjects.SPOT_CHECK_JUDGED, SpotCheckJudged, spot_check_judged, max_concurrency=1)
+
+    async def attempt_accepted(answer: AttemptAccepted, msg: Msg) -> None:
+        dispatcher.offer_answered(subjects.hoster_of(msg.subject), answer)
+
+    hot.add(subjects.attempts_accepted_by_router(dispatcher.router_id), AttemptAccepted, attempt_accepted,
+            max_concurrency=workers)  # fmt: skip
 
     async def recall_lease(recall: RecallLease, _: Msg) -> LeaseRecalled:
         return dispatcher.recall_lease(recall)

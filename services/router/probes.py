@@ -119,13 +119,11 @@ class Prober:
             with TRACER.start_as_current_span("router.probe"):
                 dispatch = d.attempt_for(route, candidate, 1, request.prompt_tokens, request.reply)
                 started = time.monotonic()
-                if not await d.offer(dispatch):
-                    return  # not sent: it is due again next round
+                if await d.offer(dispatch) is None:
+                    return  # busy or away: it is due again next round
             wait_s = (dispatch.first_byte_deadline_ms or self._settings.first_byte_ceiling_ms) / 1000 + 30
             verdict = await self._answer(answer, over, reported, wait_s)
             duration_ms = (time.monotonic() - started) * 1000
-            if verdict == "refused":
-                return  # busy or draining: it is due again next round
             if verdict == "failed":
                 d.observe_probe(candidate, "failed", duration_ms, 0)
                 return
@@ -154,13 +152,11 @@ class Prober:
         answer: Answer, over: asyncio.Event, reported: asyncio.Future[AttemptFinished], wait_s: float
     ) -> str:
         """``answered`` once the answer is over, ``failed`` when the hoster said the attempt failed (an error
-        frame, or a report of anything but a success before the answer was over), ``refused`` when its adapter
-        did not take it, or ``silent`` when nothing decided it within ``wait_s``."""
+        frame, or a report of anything but a success before the answer was over), or ``silent`` when
+        nothing decided it within ``wait_s``."""
         try:
             async with asyncio.timeout(wait_s):
                 while True:
-                    if answer.refused:
-                        return "refused"
                     if answer.failed:
                         return "failed"
                     if over.is_set():

@@ -155,15 +155,6 @@ class HosterRegistry:
         seen = self._adapters.get(adapter_id)
         return seen is not None and now - seen <= self.ttl_s
 
-    def any_alive(self, adapter_ids: frozenset[str], now: float) -> bool:
-        """Whether any of ``adapter_ids`` heartbeated within the TTL."""
-        return any(self.adapter_alive(a, now) for a in adapter_ids)
-
-    def adapters_of(self, hoster_id: str, now: float) -> frozenset[str]:
-        """The adapters fronting ``hoster_id`` that heartbeated within the TTL."""
-        seen = self._hosters.get(hoster_id, {})
-        return frozenset(a for a, s in seen.items() if now - s.at <= self.ttl_s)
-
     def forget_expired(self, now: float) -> None:
         """Drop hosters and adapters whose heartbeats stopped."""
         for hoster_id, adapters in list(self._hosters.items()):
@@ -686,15 +677,11 @@ class Run:
 
     attempt: int
     candidate: Candidate
-    # The hoster's adapters live when the attempt was dispatched: one of them took it (nothing says which
-    # before its report), so it is lost when none of them heartbeats any more.
-    adapters: frozenset[str]
+    adapter_id: str
     reply_subject: str
     started: float
     first_byte_deadline_ms: float | None
     report: AttemptFinished | None = None
-    # The adapter said it did not take the attempt (at capacity, draining): no attempt at all, never recorded.
-    refused: bool = False
     outcome: AttemptOutcome | None = None
     error: str | None = None
     client_error: bool = False
@@ -706,14 +693,6 @@ class Run:
     @property
     def hoster_id(self) -> str:
         return self.candidate.hoster.hoster_id
-
-    @property
-    def adapter_id(self) -> str:
-        """The adapter that ran the attempt: as its report names it (a claim, kept in the record only), else
-        the hoster's one adapter, else unknown (``""``)."""
-        if self.report is not None:
-            return self.report.adapter_id[:128]
-        return next(iter(self.adapters)) if len(self.adapters) == 1 else ""
 
     def end(self, outcome: AttemptOutcome, now: float, error: str | None = None, client_error: bool = False) -> None:
         """The router's verdict on the attempt (the first one stands)."""
@@ -757,6 +736,10 @@ class InFlight:
         return self.runs[-1].candidate
 
     @property
+    def adapter_id(self) -> str:
+        return self.runs[-1].adapter_id
+
+    @property
     def started(self) -> float:
         return self.runs[0].started
 
@@ -786,7 +769,7 @@ def can_fail_over(flight: InFlight) -> bool:
         and not flight.cancelled
         and not flight.over
         and not sent
-        and sum(not r.refused for r in flight.runs) < MAX_ATTEMPTS
+        and len(flight.runs) < MAX_ATTEMPTS
     )
 
 

@@ -20,6 +20,8 @@ class RouterSettings(ServiceSettings):
     # A router that starts takes no route until it heard a live hoster, or this long (adapters heartbeat
     # every second): other replicas route meanwhile.
     startup_listen_s: float = Field(2.0, ge=0)
+    # How long an adapter has to accept an attempt before the router tries the next hoster.
+    dispatch_timeout_s: float = Field(2.0, gt=0)
     # Retry-After sent with a 503 when no hoster can serve right now.
     retry_after_s: int = Field(5, ge=1)
     max_concurrent_routes: int = Field(512, ge=1)

@@ -139,6 +139,7 @@ async def test_a_hoster_claiming_more_than_it_delivered_is_billed_our_count_and_
     claim = Usage(prompt_tokens=int(prompt * factor) + 10, completion_tokens=int(completion * factor) + 10)
 
     async def inflate(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         await hoster.answer(dispatch, msg.reply, content, claim)
         await hoster.report(dispatch, "succeeded", claim, chunks_sent=1)
 
@@ -207,6 +208,7 @@ async def test_a_hoster_faster_than_its_models_bound_is_flagged_and_not_ranked_f
     honest_claim = Usage(prompt_tokens=40, completion_tokens=count_completion(ours, [content]))
 
     async def instant(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         await hoster.answer(dispatch, msg.reply, content, honest_claim)
         await hoster.report(dispatch, "succeeded", honest_claim, chunks_sent=1)
 
@@ -225,6 +227,7 @@ async def test_a_hoster_faster_than_its_models_bound_is_flagged_and_not_ranked_f
     inflated = Usage(prompt_tokens=40, completion_tokens=4000)
 
     async def claims(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         await hoster.answer(dispatch, msg.reply, short + " " + words * 2, inflated)
         await hoster.report(dispatch, "succeeded", inflated, chunks_sent=1)
 

@@ -64,6 +64,7 @@ async def serving(stack: Stack, tmp_path: Path, model: str, vectors: list[Any]) 
     """An agent serving ``model`` that answers every request with ``vectors``, one per input."""
 
     async def answer(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         data = [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)]
         body = {"object": "list", "data": data, "model": dispatch.model, "usage": {"prompt_tokens": 2}}
         await hoster.nc.publish(msg.reply, frames.encode(frames.COMPLETION, dispatch.attempt, 0, orjson.dumps(body)))

@@ -111,6 +111,7 @@ def earned(stack: Stack, hoster_id: str) -> float:
 
 
 async def honest(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+    await hoster.accept(dispatch)
     await hoster.answer(dispatch, msg.reply, CONTENT, CLAIM)
     await hoster.report(dispatch, "succeeded", CLAIM, chunks_sent=1)
 
@@ -121,6 +122,7 @@ async def test_a_report_at_the_maximum_price_is_billed_at_the_advertised_price_a
     http, key, account_id = client
 
     async def overcharge(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         await hoster.answer(dispatch, msg.reply, CONTENT, CLAIM)
         await hoster.report(dispatch, "succeeded", CLAIM, chunks_sent=1, input_price=MAX_PRICE, output_price=MAX_PRICE)
 
@@ -147,6 +149,7 @@ async def test_a_hoster_that_sends_nothing_and_reports_work_is_paid_nothing_and_
     http, key, account_id = client
 
     async def silent(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+        await hoster.accept(dispatch)
         bound = Usage(prompt_tokens=10_000, completion_tokens=dispatch.max_tokens, total_tokens=10_000)
         await hoster.report(dispatch, claimed, bound)  # type: ignore[arg-type]
 
@@ -180,6 +183,7 @@ async def test_a_forged_message_id_cannot_make_the_settlement_vanish(
     forged: list[str] = []
 
     async def forge(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         for subject in (subjects.attempt_finished(hoster.hoster_id, dispatch.router_id), subjects.REQUEST_FINISHED):
             try:
                 await hoster.nc.jetstream(timeout=0.5).publish(
@@ -288,6 +292,7 @@ async def test_a_report_with_nan_is_refused_and_a_restarted_router_routes_as_bef
     http, key, account_id = client
 
     async def nan_report(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         await hoster.answer(dispatch, msg.reply, CONTENT, CLAIM)
         report = AttemptFinished(
             request_id=dispatch.request_id, attempt=dispatch.attempt, router_id=dispatch.router_id,

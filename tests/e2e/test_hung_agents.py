@@ -64,6 +64,7 @@ async def join(stack: Stack, tmp_path: Path, chunks_first: int) -> ScriptedHoste
     """A hoster cheaper than the demo one (so ``cheapest`` tries it first) that hangs after ``chunks_first``."""
 
     async def hang(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         for seq in range(chunks_first):
             await hoster.send_chunk(dispatch, msg.reply, seq)
         hoster.spawn(hoster.keep_alive(dispatch, msg.reply))
@@ -151,6 +152,7 @@ async def test_frames_lost_on_the_way_end_the_stream_with_an_error_and_bill_only
     http, key, account_id = client
 
     async def gap(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         for seq in (0, 2):
             await hoster.send_chunk(dispatch, msg.reply, seq)
         await hoster.nc.publish(msg.reply, frames.encode(frames.END, dispatch.attempt, 3))
@@ -186,6 +188,7 @@ async def test_a_hoster_cannot_forge_the_routers_failover_notice_or_errors(
     http, key, account_id = client
 
     async def forge(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         nxt = dispatch.attempt + 1
         notice = {"hoster_id": "impostor", "model": dispatch.model, "input_price": 10**12, "output_price": 10**12}
         await hoster.nc.publish(msg.reply, frames.encode(frames.ATTEMPT, nxt, -1, orjson.dumps(notice)))

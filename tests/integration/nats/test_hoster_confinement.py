@@ -164,6 +164,7 @@ async def test_a_hoster_cannot_subscribe_outside_its_own_subjects(
         subjects.control_subject(subjects.reply_subject("some-ingress", "chatcmpl-not-mine")),
         subjects.hoster_heartbeat(H2),
         subjects.attempt_finished(H2, "router-1"),
+        subjects.attempt_accepted(H2, "router-1"),
         subjects.attempt_start(H2),
     ],
 )

@@ -19,7 +19,7 @@ from nats.aio.msg import Msg
 from libs.contracts import frames, subjects
 from libs.contracts.common import Usage
 from libs.contracts.hosters import HosterHeartbeat, HosterStatus, ModelOffer
-from libs.contracts.routing import AttemptDispatch, AttemptFinished, AttemptOutcome
+from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished, AttemptOutcome
 from libs.platform.natsauth import AuthStore
 from tests.conftest import NatsTestServer
 
@@ -114,11 +114,22 @@ class ScriptedHoster:
         self.attempts.append(dispatch)
         await self.script(self, dispatch, msg)
 
-    async def decline(self, dispatch: AttemptDispatch, reason: str = "hoster at capacity") -> None:
-        """Refuse the attempt (as an agent at capacity does): its one frame; an attempt taken needs no answer."""
-        body = orjson.dumps({"reason": reason, "adapter_id": self.adapter_id})
-        refusal = frames.encode(frames.REFUSED, dispatch.attempt, 0, body)
-        await self.nc.publish(dispatch.reply_subject, refusal)
+    async def accept(self, dispatch: AttemptDispatch) -> None:
+        answer = AttemptAccepted(
+            request_id=dispatch.request_id, attempt=dispatch.attempt, accepted=True, adapter_id=self.adapter_id
+        )
+        await self.nc.publish(
+            subjects.attempt_accepted(self.hoster_id, dispatch.router_id), answer.model_dump_json().encode()
+        )
+
+    async def decline(self, dispatch: AttemptDispatch) -> None:
+        """Say no to the offer (as an agent at capacity does)."""
+        answer = AttemptAccepted(
+            request_id=dispatch.request_id, attempt=dispatch.attempt, accepted=False, adapter_id=self.adapter_id
+        )
+        await self.nc.publish(
+            subjects.attempt_accepted(self.hoster_id, dispatch.router_id), answer.model_dump_json().encode()
+        )
 
     async def answer(
         self, dispatch: AttemptDispatch, reply: str, content: str, usage: Usage, attempt: int | None = None

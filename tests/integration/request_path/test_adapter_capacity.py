@@ -8,16 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
-import orjson
 import pytest
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 
-from libs.contracts import frames, subjects
-from libs.contracts.hosters import HosterHeartbeat
-from libs.contracts.routing import AttemptDispatch
+from libs.contracts import subjects
+from libs.contracts.routing import AttemptAccepted, AttemptDispatch
 from libs.devstack.processes import ManagedProcess, free_port
 from libs.devstack.stack import DEMO_HOSTER_ID, demo_hoster
 from libs.platform.broker import ensure_streams
@@ -55,85 +52,45 @@ async def replicas(nats_server: NatsTestServer, spawn: Spawn) -> AsyncIterator[t
     await nc.close()
 
 
-class Hoster:
-    """What the test hears of the hoster: its adapters' heartbeats (the latest of each) and the refusals of
-    the attempts offered to it (each offer's one frame when refused; a taken attempt sends nothing yet, its
-    upstream never answers)."""
-
-    def __init__(self) -> None:
-        self.beats: dict[str, HosterHeartbeat] = {}
-        self.refusals: list[dict[str, str]] = []
-        self._changed = asyncio.Condition()
-
-    async def listen(self, nc: Client) -> None:
-        await nc.subscribe(subjects.hoster_heartbeat(DEMO_HOSTER_ID), cb=self._beat)
-        await nc.subscribe(subjects.reply_subject("test-ingress", "*") + ".>", cb=self._frame)
-
-    async def _beat(self, msg: Msg) -> None:
-        beat = HosterHeartbeat.model_validate_json(msg.data)
-        async with self._changed:
-            self.beats[beat.adapter_id] = beat
-            self._changed.notify_all()
-
-    async def _frame(self, msg: Msg) -> None:
-        frame = frames.decode(msg.data)
-        if frame.kind == frames.REFUSED:
-            async with self._changed:
-                self.refusals.append(orjson.loads(frame.body))
-                self._changed.notify_all()
-
-    async def until(self, condition: Callable[[], bool], timeout_s: float = 15) -> None:
-        async with asyncio.timeout(timeout_s), self._changed:
-            await self._changed.wait_for(condition)
-
-    def in_flight(self, adapters: set[str] | None = None) -> int:
-        """The attempts the adapters (all, or ``adapters``) say they run, by their latest heartbeats."""
-        return sum(b.hosters[0].in_flight for a, b in self.beats.items() if adapters is None or a in adapters)
-
-
-async def offer(nc: Client, count: int) -> None:
-    """Offer ``count`` attempts to the hoster at once, as routers do."""
+async def offer(nc: Client, count: int) -> list[AttemptAccepted]:
+    """Offer ``count`` attempts to the hoster at once, as routers do; every answer."""
+    answers = await nc.subscribe(subjects.attempt_accepted(DEMO_HOSTER_ID, "test-router"))
     for _ in range(count):
         request_id = new_request_id()
-        reply = subjects.offer_subject(subjects.reply_subject("test-ingress", request_id), 1, "t")
         dispatch = AttemptDispatch(
             request_id=request_id, attempt=1, router_id="test-router",
-            reply_subject=reply, hoster_id=DEMO_HOSTER_ID,
+            reply_subject=subjects.reply_subject("test-ingress", request_id), hoster_id=DEMO_HOSTER_ID,
             model="demo-model", upstream_model="demo-model", stream=True, include_usage=False,
             created=int(time.time()), input_price=1, output_price=1, max_tokens=16,
             body={"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], "stream": True},
         )  # fmt: skip
         await nc.publish(subjects.attempt_start(DEMO_HOSTER_ID), dispatch.model_dump_json().encode(),
                          reply=dispatch.reply_subject)  # fmt: skip
+    out = [AttemptAccepted.model_validate_json((await answers.next_msg(timeout=5)).data) for _ in range(count)]
+    await answers.unsubscribe()
+    return out
 
 
 async def test_two_replicas_take_no_more_than_the_hosters_capacity(
     replicas: tuple[Client, list[ManagedProcess]],
 ) -> None:
     nc, processes = replicas
-    hoster = Hoster()
-    await hoster.listen(nc)
-    # Both replicas heartbeat (each answers a newcomer's first heartbeat at once, so each heard the other).
-    await hoster.until(lambda: len(hoster.beats) == 2)
+    await asyncio.sleep(3 * HEARTBEAT_S)  # both replicas heard each other (they answer a newcomer at once)
     # Enough offers that the queue group hands each replica more than its share (12 left one short 1 run in ~25).
-    count = 10 * CAPACITY
-    await offer(nc, count)
-    await hoster.until(lambda: len(hoster.refusals) == count - CAPACITY)
-    await hoster.until(lambda: hoster.in_flight() == CAPACITY)  # exactly the capacity taken
+    answers = await offer(nc, 10 * CAPACITY)
+    taken = [a for a in answers if a.accepted]
+    assert len(taken) == CAPACITY, answers
     # The offers reached both replicas, and both refused once at their share: the limit is not one
     # replica's alone.
-    assert len({r["adapter_id"] for r in hoster.refusals}) == 2, hoster.refusals
-    assert {r["reason"] for r in hoster.refusals} == {"hoster at capacity"}
+    refusals = {a.adapter_id for a in answers if not a.accepted}
+    assert len(refusals) == 2, answers
+    assert {a.reason for a in answers if not a.accepted} == {"hoster at capacity"}
 
-    # One replica goes away (its attempts with it): once its heartbeats stop counting (PEER_BEATS missed
-    # beats, on the remaining replica's clock), the other one may use the whole capacity, less what it holds.
+    # One replica goes away (its attempts with it): once its heartbeats stop counting, the other one may use
+    # the whole capacity, less what it holds already.
     await asyncio.to_thread(processes[0].stop)
-    hoster.beats.clear()  # only the replica left beats from here on
     await asyncio.sleep(PEER_BEATS * HEARTBEAT_S + 0.5)
-    (survivor,) = hoster.beats
-    held = hoster.in_flight({survivor})
-    hoster.refusals.clear()
-    await offer(nc, 2 * CAPACITY)
-    await hoster.until(lambda: len(hoster.refusals) == 2 * CAPACITY - (CAPACITY - held))
-    await hoster.until(lambda: hoster.in_flight({survivor}) == CAPACITY)
-    assert {r["adapter_id"] for r in hoster.refusals} == {survivor}
+    answers = await offer(nc, 2 * CAPACITY)
+    (remaining,) = {a.adapter_id for a in answers}
+    held = sum(1 for a in taken if a.adapter_id == remaining)
+    assert sum(a.accepted for a in answers) == CAPACITY - held, answers

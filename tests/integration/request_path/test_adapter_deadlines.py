@@ -15,7 +15,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from libs.contracts import subjects
-from libs.contracts.routing import AttemptDispatch, AttemptFinished
+from libs.contracts.routing import AttemptAccepted, AttemptDispatch, AttemptFinished
 from libs.devstack.processes import free_port
 from libs.devstack.stack import DEMO_HOSTER_ID, demo_hoster
 from libs.platform.broker import ensure_streams
@@ -56,6 +56,7 @@ async def run_attempt(
         await outcomes.put(AttemptFinished.model_validate_json(msg.data))
 
     subscription = await nc.subscribe(subjects.attempt_finished(DEMO_HOSTER_ID, "test-router"), cb=on_finished)
+    answer = await nc.subscribe(subjects.attempt_accepted(DEMO_HOSTER_ID, "test-router"))
     request_id = new_request_id()
     dispatch = AttemptDispatch(
         request_id=request_id, attempt=1, router_id="test-router",
@@ -68,8 +69,10 @@ async def run_attempt(
     started = time.monotonic()
     start = subjects.attempt_start(DEMO_HOSTER_ID)
     await nc.publish(start, dispatch.model_dump_json().encode(), reply=dispatch.reply_subject)
+    assert AttemptAccepted.model_validate_json((await answer.next_msg(timeout=5)).data).accepted
     event = await asyncio.wait_for(outcomes.get(), 10)
     await subscription.unsubscribe()
+    await answer.unsubscribe()
     assert event.request_id == request_id
     return event, time.monotonic() - started
 

@@ -15,7 +15,7 @@ import pytest
 from nats.aio.client import Client
 
 from libs.contracts import frames, subjects
-from libs.contracts.routing import AttemptDispatch
+from libs.contracts.routing import AttemptAccepted, AttemptDispatch
 from libs.devstack.stack import DEMO_HOSTER_ID, demo_hoster
 from libs.platform.broker import ensure_streams
 from libs.platform.ids import new_request_id
@@ -87,6 +87,7 @@ async def frames_of_one_attempt(nc: Client) -> list[tuple[frames.Frame, float]]:
     request_id = new_request_id()
     reply = subjects.reply_subject("test-ingress", request_id)
     inbox = await nc.subscribe(reply)
+    answers = await nc.subscribe(subjects.attempt_accepted(DEMO_HOSTER_ID, "test-router"))
     dispatch = AttemptDispatch(
         request_id=request_id, attempt=1, router_id="test-router", reply_subject=reply, hoster_id=DEMO_HOSTER_ID,
         model="demo-model", upstream_model="demo-model", stream=True, include_usage=False,
@@ -94,6 +95,7 @@ async def frames_of_one_attempt(nc: Client) -> list[tuple[frames.Frame, float]]:
         body={"model": "demo-model", "messages": [{"role": "user", "content": "hi"}], "stream": True},
     )  # fmt: skip
     await nc.publish(subjects.attempt_start(DEMO_HOSTER_ID), dispatch.model_dump_json().encode(), reply=reply)
+    assert AttemptAccepted.model_validate_json((await answers.next_msg(timeout=5)).data).accepted
     got = []
     while True:
         frame = frames.decode((await inbox.next_msg(timeout=5)).data)

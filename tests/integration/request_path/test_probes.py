@@ -152,6 +152,7 @@ async def test_a_hoster_answering_probes_honestly_streamed_or_not_gains_trust(
     both = asyncio.Event()
 
     async def honest(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         usage = Usage(prompt_tokens=12, completion_tokens=5, total_tokens=17)
         await answer_in_the_mode_asked(hoster, dispatch, msg.reply, "The sea is wide tonight.", usage)
         if {d.stream for d in hoster.attempts} == {True, False}:
@@ -174,6 +175,7 @@ async def test_a_hoster_whose_answers_claim_more_tokens_than_their_text_holds_fa
     platform: Client, nats_server: NatsTestServer, tmp_path: Path
 ) -> None:
     async def inflated(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         usage = Usage(prompt_tokens=12, completion_tokens=16_000, total_tokens=16_012)
         # Whatever the probe asked (a stream's usage or not, which only the report then claims), the claim
         # is past what "The sea is wide." can hold.

@@ -72,16 +72,18 @@ async def platform(nats_server: NatsTestServer, spawn: Spawn) -> AsyncIterator[C
     await nc.close()
 
 
-async def test_an_attempt_that_fails_at_once_ends_the_request(
+async def test_an_outcome_that_overtakes_its_accept_still_ends_the_request(
     platform: Client, nats_server: NatsTestServer, tmp_path: Path
 ) -> None:
-    """The only hoster reports its attempt failed the moment it gets it (nothing answers a dispatch, so the
-    report is the first the router hears of it): the client is told, not left waiting."""
+    """The accept and the outcome travel on two subscriptions: an attempt that fails at once may be heard
+    failed before it is heard taken. The router must still act on the outcome, not leave the client waiting."""
 
-    async def fail(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+    async def fail_then_accept(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
         await hoster.report(dispatch, "failed")
+        await hoster.nc.flush()
+        await hoster.accept(dispatch)
 
-    hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, fail)
+    hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, fail_then_accept)
     try:
         await until_router_lists(platform, MODEL)
         _, decision, queue = await send(platform, model=MODEL, stream=False)
@@ -93,66 +95,26 @@ async def test_an_attempt_that_fails_at_once_ends_the_request(
         await hoster.close()
 
 
-async def test_a_refused_attempt_fails_over_and_only_the_attempt_taken_is_billed(
+async def test_a_failovers_outcome_heard_before_its_accept_is_billed_with_the_request(
     platform: Client, nats_server: NatsTestServer, tmp_path: Path
 ) -> None:
-    """The cheapest hoster's agent refuses (at capacity) in its one frame; the ingress tells the router, the
-    next hoster takes the request, and the request settles once, billed for that attempt alone: a refused
-    offer is no attempt."""
-
-    async def succeed(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
-        await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12))
-
-    async def refuse(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
-        await hoster.decline(dispatch)
-
-    finished = await play_billing(platform)
-    cheap = await ScriptedHoster.join(nats_server, tmp_path, MODEL, refuse, price=1000)
-    dear = await ScriptedHoster.join(nats_server, tmp_path, MODEL, succeed, price=2000)
-    try:
-        await until_router_lists(platform, MODEL, hosters=2)
-        route = await paid_route(platform, tier="cheapest")
-        refusals = await platform.subscribe(route.reply_subject + ".>")
-        notices = await platform.subscribe(subjects.control_subject(route.reply_subject))
-        decision = orjson.loads(
-            (await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)).data
-        )
-        assert (decision["hoster_id"], decision["attempt"]) == (cheap.hoster_id, 1)
-        assert frames.decode((await refusals.next_msg(timeout=5)).data).kind == frames.REFUSED
-        # The ingress's word on it (what ``ReplyStream`` says when a refusal is an attempt's first frame).
-        cancel = RequestCancelled(request_id=route.request_id, reason="refused", attempt=1)
-        await platform.publish(subjects.REQUEST_CANCELLED, cancel.model_dump_json().encode())
-        notice = frames.decode((await notices.next_msg(timeout=5)).data)
-        assert (notice.kind, notice.attempt, orjson.loads(notice.body)["hoster_id"]) == (
-            frames.ATTEMPT, 2, dear.hoster_id,
-        )  # fmt: skip
-        note = RequestDelivered(request_id=route.request_id, attempt=2, text_bytes=40, choices=1, frames=1)
-        await platform.publish(subjects.request_delivered(decision["router_id"]), note.model_dump_json().encode())
-        event = await asyncio.wait_for(finished.get(), 10)
-        assert (event.request_id, event.outcome) == (route.request_id, "succeeded")
-        assert [(r.attempt, r.hoster_id) for r in event.records] == [(2, dear.hoster_id)]
-        [billed] = event.attempts
-        assert (billed.attempt, billed.hoster_id) == (2, dear.hoster_id)
-    finally:
-        await cheap.close()
-        await dear.close()
-
-
-async def test_a_failovers_attempt_is_billed_with_the_request_once(
-    platform: Client, nats_server: NatsTestServer, tmp_path: Path
-) -> None:
-    """The first hoster fails; the second reports its success at once, before the ingress could have read a
-    frame of it. The request settles once, with the second attempt's usage billed."""
+    """The first hoster fails; the second reports its success before its accept arrives. The replayed outcome
+    belongs to the same request as the failed attempt: the request settles once, with the second attempt's
+    usage billed (a replay used to bill into a list the failover then replaced, and the request never
+    settled)."""
 
     async def fail(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+        await hoster.accept(dispatch)
         await hoster.report(dispatch, "failed")
 
-    async def succeed(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+    async def succeed_then_accept(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
         await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12))
+        await hoster.nc.flush()
+        await hoster.accept(dispatch)
 
     finished = await play_billing(platform)
     cheap = await ScriptedHoster.join(nats_server, tmp_path, MODEL, fail, price=1000)
-    dear = await ScriptedHoster.join(nats_server, tmp_path, MODEL, succeed, price=2000)
+    dear = await ScriptedHoster.join(nats_server, tmp_path, MODEL, succeed_then_accept, price=2000)
     try:
         await until_router_lists(platform, MODEL, hosters=2)
         route = await paid_route(platform, tier="cheapest")
@@ -162,7 +124,7 @@ async def test_a_failovers_attempt_is_billed_with_the_request_once(
         accepted = orjson.loads(decision.data)
         assert accepted["hoster_id"] == cheap.hoster_id
         notice = frames.decode((await notices.next_msg(timeout=5)).data)
-        assert (notice.kind, notice.attempt) == (frames.ATTEMPT, 2)  # the failover
+        assert (notice.kind, notice.attempt) == (frames.ATTEMPT, 2)  # the failover, named once it was taken
         # The ingress's word, at the end: attempt 2's content reached the client (its 40 bytes of text).
         note = RequestDelivered(request_id=request_id, attempt=2, text_bytes=40, choices=1, frames=1)
         await platform.publish(subjects.request_delivered(accepted["router_id"]), note.model_dump_json().encode())
@@ -183,27 +145,26 @@ async def test_a_failovers_attempt_is_billed_with_the_request_once(
 async def test_a_request_the_ingress_stopped_waiting_for_is_stopped_and_charges_nothing(
     platform: Client, nats_server: NatsTestServer, tmp_path: Path, late: str
 ) -> None:
-    """The ingress gives up on the route (its client got a 503) while billing is slow to admit, or just as the
-    hoster took the attempt (the route's answer came too late). The router must not start it, or must stop
-    it, and settle it with nothing charged: the hold is released and the hoster's report is not billed."""
-    stopped = asyncio.Event()
+    """The ingress gives up on the route (its client got a 503) while billing is slow to admit, or while the
+    hoster is slow to take the attempt. The router must not start it, or must stop it, and settle it with
+    nothing charged: the hold is released and the hoster's report of the output is not billed."""
 
-    async def serve(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
-        await stopped.wait()  # it reports once told to stop, claiming the work
+    async def slow_accept(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+        if late == "hoster":
+            await asyncio.sleep(0.8)
+        await hoster.accept(dispatch)
+        await asyncio.sleep(0.2)
         await hoster.report(dispatch, "succeeded", Usage(prompt_tokens=5, completion_tokens=7, total_tokens=12))
 
     finished = await play_billing(platform, admit_after_s=0.8 if late == "billing" else 0.0)
-    hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, serve)
+    hoster = await ScriptedHoster.join(nats_server, tmp_path, MODEL, slow_accept)
     stops = await platform.subscribe(subjects.attempt_cancel(hoster.hoster_id))
     try:
         await until_router_lists(platform, MODEL)
         route = await paid_route(platform)
         request_id = route.request_id
-        if late == "billing":
-            with pytest.raises(NatsTimeout):  # the ingress's route timeout, made short
-                await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=0.3)
-        else:  # answered, after the ingress stopped waiting
-            await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=5)
+        with pytest.raises(NatsTimeout):  # the ingress's route timeout, made short
+            await platform.request(subjects.ROUTE_REQUEST, route.model_dump_json().encode(), timeout=0.3)
         cancel = RequestCancelled(request_id=request_id, reason="route_timeout")
         await platform.publish(subjects.REQUEST_CANCELLED, cancel.model_dump_json().encode())
 
@@ -216,7 +177,6 @@ async def test_a_request_the_ingress_stopped_waiting_for_is_stopped_and_charges_
             assert [d.request_id for d in hoster.attempts] == [request_id]
             stop = RequestCancelled.model_validate_json((await stops.next_msg(timeout=5)).data)
             assert stop.request_id == request_id  # the hoster was told to stop
-        stopped.set()
         await asyncio.sleep(2.5)  # past the router's wait for a delivery note
         assert finished.empty()  # settled once
     finally:
@@ -233,6 +193,7 @@ async def test_a_request_whose_outcome_never_comes_is_settled_and_forgotten(
     spawn("router", "router", {**nats_server.env("router", "router"), "CS_ROUTER_IN_FLIGHT_MAX_S": "1"}, "router ready")
 
     async def silent(hoster: ScriptedHoster, dispatch: AttemptDispatch, _: Msg) -> None:
+        await hoster.accept(dispatch)
         hoster.spawn(hoster.keep_alive(dispatch, dispatch.reply_subject))
 
     finished = await play_billing(nc)
@@ -264,6 +225,7 @@ async def test_a_router_that_stops_settles_its_requests_first(
     release = asyncio.Event()
 
     async def slow(hoster: ScriptedHoster, dispatch: AttemptDispatch, msg: Msg) -> None:
+        await hoster.accept(dispatch)
         await hoster.send_chunk(dispatch, msg.reply, 0, content="Hello")
         await release.wait()
         await hoster.send_chunk(dispatch, msg.reply, 1, content=" there", finish_reason="stop")

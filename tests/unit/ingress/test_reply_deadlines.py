@@ -192,26 +192,3 @@ async def test_usage_after_content_is_shown_and_the_stream_ends() -> None:
     assert orjson.loads((await replies.next()).body)["usage"]["prompt_tokens"] == 40
     assert (await replies.next()).kind == frames.END
     assert missed == []
-
-
-async def test_a_refusal_as_the_first_frame_is_told_to_the_router_and_ends_the_attempt() -> None:
-    replies, missed = stream()
-    replies.arm(1, 5000, reply(1))
-    refusal = orjson.dumps({"reason": "hoster at capacity", "adapter_id": "a"})
-    replies.put(offer(1), frames.encode(frames.REFUSED, 1, 0, refusal))
-    replies.put(offer(1), frames.encode(frames.CHUNK, 1, 0, b"after its refusal"))
-    replies.put_control(announce(2, hoster_id="h2", model="m"))
-    replies.put(offer(2), frames.encode(frames.CHUNK, 2, 0, b"fresh"))
-    assert (await replies.next()).kind == frames.ATTEMPT
-    assert missed == [("r", 1, "refused")]
-    assert (await replies.next()).body == b"fresh"
-
-
-async def test_a_refusal_after_content_is_no_refusal() -> None:
-    replies, missed = stream()
-    replies.arm(1, 5000, reply(1))
-    replies.put(offer(1), frames.encode(frames.CHUNK, 1, 0, b"one"))
-    replies.put(offer(1), frames.encode(frames.REFUSED, 1, 1, b"{}"))
-    replies.put(offer(1), frames.encode(frames.CHUNK, 1, 1, b"two"))
-    assert [(await replies.next()).body for _ in range(2)] == [b"one", b"two"]
-    assert missed == []

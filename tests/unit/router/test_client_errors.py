@@ -45,7 +45,7 @@ def test_a_client_error_is_not_retried_on_another_hoster() -> None:
     candidates = order(registry(hoster(CHEAP, 1)), RoutingPreferences(), NetworkStats())
     for client_error, retried in ((False, True), (True, False)):
         report = finished(client_error)
-        run = Run(1, candidates[0], frozenset({"a"}), "x.1.t", 0.0, None, report=report)
+        run = Run(1, candidates[0], "a", "x.1.t", 0.0, None, report=report)
         run.end("failed", 1.0, report.error, report.client_error)
         flight = InFlight(route, list(candidates), 1, UsageBounds(100, 100), [run], 1)
         assert can_fail_over(flight) is retried

@@ -1,6 +1,5 @@
-"""The dispatcher's lifecycle in memory (a recording bus, no NATS): a dispatch waits for nothing, a refusal
-fails over, and the races a hostile review found between a hoster's report, the ingress's word and a failover
-under way."""
+"""The dispatcher's lifecycle in memory (a recording bus, no NATS): the races a hostile review found between a
+hoster's report, the ingress's word and a failover under way."""
 
 from __future__ import annotations
 
@@ -16,6 +15,7 @@ from libs.contracts import subjects
 from libs.contracts.common import Usage
 from libs.contracts.hosters import HosterHeartbeat
 from libs.contracts.routing import (
+    AttemptAccepted,
     AttemptFinished,
     RequestCancelled,
     RequestDelivered,
@@ -38,12 +38,6 @@ class Bus:
         self.published.append((subject, data))
         async with self._changed:
             self._changed.notify_all()
-        await asyncio.sleep(0)  # a publish lets others run, as a socket write may
-
-    def control(self) -> list[bytes]:
-        """The frame kinds published on the request's control subject (the router's word to the ingress)."""
-        control = subjects.control_subject(ROUTE.reply_subject)
-        return [data[:1] for subject, data in self.published if subject == control]
 
     async def offered(self, hoster_id: str, attempt: int) -> None:
         """Once the offer of ``attempt`` to ``hoster_id`` was published."""
@@ -81,66 +75,25 @@ def report(attempt: int, hoster_id: str, outcome: str) -> AttemptFinished:
     )  # fmt: skip
 
 
-def refused(attempt: int) -> RequestCancelled:
-    """The ingress's word that attempt ``attempt``'s adapter refused it (its one frame said so)."""
-    return RequestCancelled(request_id="q1", reason="refused", attempt=attempt)
-
-
-async def test_a_dispatch_waits_for_nothing_the_route_is_answered_once_it_is_sent() -> None:
-    d, bus = dispatcher()
-    accepted = await d.route(ROUTE)  # nothing answers the dispatch
-    assert accepted.status == "accepted"
-    assert bus.offers() == [(CHEAP, 1)]
-    assert d._in_flight["q1"].current.adapters == frozenset({"a"})
-
-
-async def test_a_refused_attempt_fails_over_and_is_no_attempt() -> None:
-    d, bus = dispatcher()
-    await d.route(ROUTE)
-    await d.cancelled(refused(1))
-    assert bus.offers() == [(CHEAP, 1), (FAST, 2)]
-    assert bus.control() == [b"a"]  # the ingress hears who serves now
-    await d.attempt_finished(report(2, FAST, "succeeded"))
-    d.delivered(RequestDelivered(request_id="q1", attempt=2, text_bytes=10, choices=1, frames=1))
-    assert "q1" not in d._in_flight
-    assert [o.hoster_id for o in d._observed] == [FAST]  # the refusal is not held against CHEAP
-    assert not any(s.startswith("adapter.attempt.cancel.") for s, _ in bus.published)
-
-
-async def test_every_hoster_refusing_tells_the_client_they_are_busy() -> None:
-    d, bus = dispatcher()
-    await d.route(ROUTE)
-    await d.cancelled(refused(1))
-    await d.cancelled(refused(2))
-    assert bus.offers() == [(CHEAP, 1), (FAST, 2)]
-    control = subjects.control_subject(ROUTE.reply_subject)
-    [error] = [orjson.loads(data.split(b"\n", 1)[1]) for s, data in bus.published if s == control and data[:1] == b"x"]
-    assert (error["http_status"], error["code"], error["retry_after"]) == (503, "no_hoster_available", 5)
-    d.delivered(RequestDelivered(request_id="q1", attempt=2, text_bytes=0, choices=1, frames=0))
-    assert "q1" not in d._in_flight
-    assert d._observed == []
-
-
-async def test_a_refusal_after_the_hosters_report_or_of_another_attempt_changes_nothing() -> None:
-    d, bus = dispatcher()
-    await d.route(ROUTE)
-    await d.cancelled(refused(2))  # not the serving attempt
-    await d.attempt_finished(report(1, CHEAP, "succeeded"))
-    await d.cancelled(refused(1))  # its hoster reported on it: it was taken
-    assert bus.offers() == [(CHEAP, 1)]
-    assert bus.control() == []
+async def accept(d: Dispatcher, bus: Bus, attempt: int, hoster_id: str) -> None:
+    """Answer the offer of ``attempt`` once it was published."""
+    await bus.offered(hoster_id, attempt)
+    d.offer_answered(hoster_id, AttemptAccepted(request_id="q1", attempt=attempt, accepted=True, adapter_id="a"))
 
 
 async def test_a_report_racing_the_ingresss_word_starts_one_failover_not_two() -> None:
     d, bus = dispatcher()
-    assert (await d.route(ROUTE)).status == "accepted"
-    # The ingress gives up on attempt 1; while the next hoster is being sent the request, attempt 1's
+    routing = asyncio.create_task(d.route(ROUTE))
+    await accept(d, bus, 1, CHEAP)
+    assert (await routing).status == "accepted"
+    # The ingress gives up on attempt 1; while the next hoster is being offered the request, attempt 1's
     # hoster reports the cancel it was sent.
     abandon = asyncio.create_task(
         d.cancelled(RequestCancelled(request_id="q1", reason="first_byte_timeout", attempt=1))
     )
     await bus.offered(FAST, 2)
     await d.attempt_finished(report(1, CHEAP, "cancelled"))
+    await accept(d, bus, 2, FAST)
     await abandon
     assert bus.offers() == [(CHEAP, 1), (FAST, 2)]  # one failover
     control = subjects.control_subject(ROUTE.reply_subject)
@@ -151,12 +104,15 @@ async def test_a_report_racing_the_ingresss_word_starts_one_failover_not_two() -
 
 async def test_a_hoster_taking_a_failover_of_a_settled_request_is_told_to_stop() -> None:
     d, bus = dispatcher()
-    await d.route(ROUTE)
+    routing = asyncio.create_task(d.route(ROUTE))
+    await accept(d, bus, 1, CHEAP)
+    await routing
     failing = asyncio.create_task(d.attempt_finished(report(1, CHEAP, "failed")))
     await bus.offered(FAST, 2)
     # The client's response ended meanwhile (nothing reached it): the request settles.
     d.delivered(RequestDelivered(request_id="q1", attempt=1, text_bytes=0, choices=1, frames=0))
     assert "q1" not in d._in_flight
+    await accept(d, bus, 2, FAST)
     await failing
     assert "q1" not in d._in_flight  # not brought back to settle a second time
     assert (

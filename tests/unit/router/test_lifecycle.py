@@ -44,7 +44,7 @@ def outcome(prompt: int, completion: int, attempt: int = 1, **fields: object) ->
 def run(attempt: int = 1, report: AttemptFinished | None = None, deadline_ms: float | None = None) -> Run:
     candidate = order(registry(hoster(CHEAP, 1)), RoutingPreferences(), NetworkStats())[0]
     # The dispatch's prices are the offer's: 1 and 2 credits per million tokens (``hoster(CHEAP, 1)``).
-    return Run(attempt, candidate, frozenset({"a"}), f"x.{attempt}.t", 100.0, deadline_ms, report=report)
+    return Run(attempt, candidate, "a", f"x.{attempt}.t", 100.0, deadline_ms, report=report)
 
 
 def flight(*runs: Run) -> InFlight:
