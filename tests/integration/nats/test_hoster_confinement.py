@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,17 @@ pytestmark = pytest.mark.integration
 
 H1 = str(uuid.uuid4())
 H2 = str(uuid.uuid4())
+# How long a test waits for what the server surely does soon (a delivery, a refusal): generous, so that only a
+# server that never does it fails the test, not a busy machine.
+WAIT_S = 15.0
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    """Until ``condition`` holds (messages a callback collects have arrived); fails naming ``what``."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"{what} within {timeout_s} s"
+        await asyncio.sleep(0.02)
 
 
 @dataclass
@@ -39,8 +50,9 @@ class Hostile:
     errors: list[str] = field(default_factory=list)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def refused(self, substring: str, timeout_s: float = 2.0) -> bool:
-        """Whether the server sent a permissions violation mentioning ``substring`` (nats-py lower-cases it)."""
+    async def refused(self, substring: str, timeout_s: float = WAIT_S) -> bool:
+        """Whether the server sent a permissions violation mentioning ``substring`` (nats-py lower-cases it)
+        within ``timeout_s`` (returns as soon as it did)."""
         deadline = asyncio.get_running_loop().time() + timeout_s
         while asyncio.get_running_loop().time() < deadline:
             if any("permissions violation" in e and substring.lower() in e.lower() for e in self.errors):
@@ -178,11 +190,6 @@ async def test_a_hoster_cannot_publish_outside_its_own_subjects(
     assert got == []
 
 
-# How long a test waits for what the server surely does soon (a delivery, a refusal): generous, so that only a
-# server that never does it fails the test, not a busy machine.
-WAIT_S = 15.0
-
-
 async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Hostile, platform: Client) -> None:
     mine = subjects.reply_subject("ingress-1", "chatcmpl-mine")
     other = subjects.reply_subject("ingress-1", "chatcmpl-other")
@@ -201,20 +208,17 @@ async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Host
     for i in range(50):  # a stream is many frames on one reply subject
         await hostile.nc.publish(attempt.reply, b"frame %d" % i)
     await hostile.nc.publish(other, b"injected")
-    assert await hostile.refused(f'publish to "{other}"', WAIT_S)
+    assert await hostile.refused(f'publish to "{other}"')
     # Nor on its own attempt's control subject, where the router's failover notices and errors travel: a
     # hoster cannot speak for the router.
     control = subjects.control_subject(mine)
     frames_control = await collect(platform, control)
     await hostile.nc.publish(control, b"a2:-1\n{}")
-    assert await hostile.refused(f'publish to "{control}"', WAIT_S)
+    assert await hostile.refused(f'publish to "{control}"')
     # A last frame after the refused publishes: the server handles one connection's messages in order, so once
     # it has arrived, anything those had let through would have arrived before it.
     await hostile.nc.publish(attempt.reply, b"last")
-    deadline = asyncio.get_running_loop().time() + WAIT_S
-    while not (frames_mine and frames_mine[-1].data == b"last"):
-        assert asyncio.get_running_loop().time() < deadline, f"{len(frames_mine)} frames of 51 arrived"
-        await asyncio.sleep(0.02)
+    await until(lambda: bool(frames_mine) and frames_mine[-1].data == b"last", "the last frame")
     assert len(frames_mine) == 51
     assert frames_other == []
     assert frames_control == []
@@ -236,7 +240,7 @@ async def test_a_hoster_announces_and_reports_under_its_own_id_and_stores_nothin
         await hostile.nc.jetstream(timeout=0.5).publish(
             subjects.attempt_finished(H1, "router-1"), b"{}", headers={"Nats-Msg-Id": "chatcmpl-x:finished"}
         )
-    await asyncio.sleep(0.2)
+    await until(lambda: len(heartbeats) >= 1 and len(reports) >= 2, "the heartbeat and both reports")
     assert [m.subject for m in heartbeats] == [subjects.hoster_heartbeat(H1)]
     assert [m.subject for m in reports] == [subjects.attempt_finished(H1, "router-1")] * 2
     for stream in (subjects.USAGE_STREAM, subjects.DEADLETTER_STREAM):
@@ -300,7 +304,7 @@ async def test_a_platform_adapter_answers_on_reply_subjects_without_a_response_p
         await adapter.flush()
         await hostile.nc.publish(reply, b"forged")
         assert await hostile.refused(f'publish to "{reply}"')
-        await asyncio.sleep(0.3)
+        await until(lambda: bool(frames_got), "the adapter's frame")
         assert [m.data for m in frames_got] == [b"c1:0\n{}"]
         assert any("permissions violation" in e and "ingress.control" in e for e in errors), errors
     finally:
@@ -329,7 +333,7 @@ async def test_a_hoster_past_its_subscription_limit_is_refused_and_another_is_no
         await platform.publish(subjects.attempt_start(H2), b"attempt")
         await platform.publish(subjects.attempt_cancel(H2), b"cancel")
         await platform.flush()
-        await asyncio.sleep(0.2)
+        await until(lambda: bool(attempts) and bool(cancels), "the other hoster's attempt and cancel")
         assert ([m.data for m in attempts], [m.data for m in cancels]) == ([b"attempt"], [b"cancel"])
         assert other.errors == []
         assert other.nc.is_connected
@@ -366,7 +370,7 @@ async def test_a_hoster_past_its_payload_limit_is_cut_off_and_another_is_not(
         # The other hoster publishes a message at its limit, and stays connected.
         await other.nc.publish(subjects.hoster_heartbeat(H2), b"o" * HOSTER_MAX_PAYLOAD)
         await other.nc.flush()
-        await asyncio.sleep(0.2)
+        await until(lambda: len(got) >= 2, "the platform's and the other hoster's heartbeats")
         assert [(m.subject, len(m.data)) for m in got] == [
             (subjects.hoster_heartbeat(H1), 2 * HOSTER_MAX_PAYLOAD),
             (subjects.hoster_heartbeat(H2), HOSTER_MAX_PAYLOAD),
