@@ -4,8 +4,9 @@ it takes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import nats
 from nats.aio.client import Client
@@ -48,26 +49,36 @@ async def until_router_lists(nc: Client, model: str, hosters: int = 1, timeout_s
                  lambda: f"{model}: {seen} live hosters after {timeout_s} s, wanted {hosters}", timeout_s)  # fmt: skip
 
 
+def _counts_live(data: bytes, hoster_id: str) -> bool:
+    """Whether a router's hoster list (``LIST_HOSTERS``'s answer) counts ``hoster_id`` live."""
+    return any(h.hoster_id == hoster_id and h.live for h in LiveHosters.model_validate_json(data).hosters)
+
+
+@contextlib.asynccontextmanager
+async def console_connection(stack: Stack) -> AsyncIterator[Client]:
+    """A connection to ``stack``'s NATS with the console's credentials (which may read the operator's hoster
+    list), closed after."""
+    creds = stack.creds("test-observer", "console")
+    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
 async def until_router_hears(nc: Client, hoster_id: str, timeout_s: float = 10.0) -> None:
     """Until a router counts hoster ``hoster_id`` live (its heartbeat was heard). ``nc`` may request the
     operator's hoster list (the console's or the platform's credentials)."""
 
-    def holds(data: bytes) -> bool:
-        return any(h.hoster_id == hoster_id and h.live for h in LiveHosters.model_validate_json(data).hosters)
-
-    await _until(nc, subjects.LIST_HOSTERS, holds,
+    await _until(nc, subjects.LIST_HOSTERS, lambda data: _counts_live(data, hoster_id),
                  lambda: f"no router heard hoster {hoster_id} within {timeout_s} s", timeout_s)  # fmt: skip
 
 
 async def until_stack_router_hears(stack: Stack, hoster_id: str, timeout_s: float = 10.0) -> None:
     """``until_router_hears`` on a running ``Stack``, asked with the console's credentials (which may read the
     operator's hoster list)."""
-    creds = stack.creds("test-observer", "console")
-    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
-    try:
+    async with console_connection(stack) as nc:
         await until_router_hears(nc, hoster_id, timeout_s)
-    finally:
-        await nc.close()
 
 
 async def until_stack_hoster(
@@ -81,39 +92,23 @@ async def until_stack_hoster(
         seen[:] = [h for h in LiveHosters.model_validate_json(data).hosters if h.hoster_id == hoster_id]
         return bool(seen) and holds(seen[0])
 
-    creds = stack.creds("test-observer", "console")
-    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
-    try:
+    async with console_connection(stack) as nc:
         await _until(nc, subjects.LIST_HOSTERS, check, lambda: f"hoster {hoster_id} still {seen} after {timeout_s} s",
                      timeout_s)  # fmt: skip
-    finally:
-        await nc.close()
     return seen[0]
 
 
 async def stack_hosters(stack: Stack) -> dict[str, LiveHoster]:
     """A router's view of every hoster it knows, by id, asked once with the console's credentials."""
-    creds = stack.creds("test-observer", "console")
-    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
-    try:
+    async with console_connection(stack) as nc:
         reply = await nc.request(subjects.LIST_HOSTERS, b"", timeout=5.0)
-    finally:
-        await nc.close()
     return {h.hoster_id: h for h in LiveHosters.model_validate_json(reply.data).hosters}
 
 
 async def until_stack_router_forgets(stack: Stack, hoster_id: str, timeout_s: float = 15.0) -> None:
     """Until a router no longer counts hoster ``hoster_id`` live (its heartbeats stopped for longer than the
     router's TTL): a request then finds nobody to route to. Asked with the console's credentials."""
-
-    def gone(data: bytes) -> bool:
-        return not any(h.hoster_id == hoster_id and h.live for h in LiveHosters.model_validate_json(data).hosters)
-
-    creds = stack.creds("test-observer", "console")
-    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
-    try:
-        await _until(nc, subjects.LIST_HOSTERS, gone,
+    async with console_connection(stack) as nc:
+        await _until(nc, subjects.LIST_HOSTERS, lambda data: not _counts_live(data, hoster_id),
                      lambda: f"a router still counts hoster {hoster_id} live after {timeout_s} s",
                      timeout_s)  # fmt: skip
-    finally:
-        await nc.close()

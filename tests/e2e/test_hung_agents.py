@@ -12,14 +12,12 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
-import nats
 import orjson
 import pytest
 from nats.aio.msg import Msg
 
-from libs.contracts import frames, subjects
+from libs.contracts import frames
 from libs.contracts.common import Usage
-from libs.contracts.hosters import LiveHosters
 from libs.contracts.routing import AttemptDispatch
 from libs.devstack.processes import free_port
 from libs.devstack.stack import (
@@ -34,7 +32,7 @@ from libs.devstack.stack import (
 from tests.e2e.records import routing_record
 from tests.e2e.test_money import settled
 from tests.integration.request_path.scripted_hoster import ScriptedHoster
-from tests.waits import until_stack_router_hears
+from tests.waits import until_stack_hoster, until_stack_router_hears
 
 pytestmark = pytest.mark.e2e
 
@@ -218,23 +216,6 @@ async def test_a_hoster_cannot_forge_the_routers_failover_notice_or_errors(
         await hoster.close()
 
 
-async def until_measured(stack: Stack, hoster_id: str, timeout_s: float = 10.0) -> None:
-    """Until the router has measured ``hoster_id``'s time to first token (it reports a median from 5 attempts)."""
-    creds = stack.creds("test-observer", "console")
-    nc = await nats.connect(stack.nats_url, user_credentials=str(creds), inbox_prefix=subjects.CONSOLE_INBOX)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            reply = await nc.request(subjects.LIST_HOSTERS, b"", timeout=2)
-            hosters = LiveHosters.model_validate_json(reply.data).hosters
-            if any(h.hoster_id == hoster_id and h.ttft_median_ms is not None for h in hosters):
-                return
-            assert time.monotonic() < deadline, f"{hoster_id} not measured within {timeout_s} s"
-            await asyncio.sleep(0.05)
-    finally:
-        await nc.close()
-
-
 async def test_a_new_hoster_that_hangs_is_given_up_on_by_what_its_measured_peers_show_not_the_ceiling(
     stack: Stack, client: tuple[httpx.AsyncClient, str, str], tmp_path: Path
 ) -> None:
@@ -245,7 +226,7 @@ async def test_a_new_hoster_that_hangs_is_given_up_on_by_what_its_measured_peers
     for _ in range(5):
         pinned = await http.post("/chat/completions", json={**BODY, "allow_hosters": [DEMO_HOSTER_ID]})
         assert pinned.status_code == 200, pinned.text
-    await until_measured(stack, DEMO_HOSTER_ID)
+    await until_stack_hoster(stack, DEMO_HOSTER_ID, lambda h: h.ttft_median_ms is not None)  # measured
     hung = await join(stack, tmp_path, chunks_first=0)
     try:
         # Only these two: hosters other tests closed may still count as live for the router a moment longer.
