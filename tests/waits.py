@@ -49,6 +49,16 @@ async def until_router_lists(nc: Client, model: str, hosters: int = 1, timeout_s
                  lambda: f"{model}: {seen} live hosters after {timeout_s} s, wanted {hosters}", timeout_s)  # fmt: skip
 
 
+async def until_router_has_reference(nc: Client, model: str, timeout_s: float = 15.0) -> None:
+    """Until a router lists ``model`` with a reference hoster: it heard billing's designation (it refreshes
+    the registered models every few seconds), so its spot checks of the model compare with the reference."""
+
+    def holds(data: bytes) -> bool:
+        return any(m.id == model and m.has_reference for m in ModelsListing.model_validate_json(data).models)
+
+    await _until(nc, subjects.LIST_MODELS, holds, lambda: f"{model}: no reference after {timeout_s} s", timeout_s)
+
+
 def _counts_live(data: bytes, hoster_id: str) -> bool:
     """Whether a router's hoster list (``LIST_HOSTERS``'s answer) counts ``hoster_id`` live."""
     return any(h.hoster_id == hoster_id and h.live for h in LiveHosters.model_validate_json(data).hosters)
