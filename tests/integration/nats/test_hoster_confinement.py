@@ -195,15 +195,11 @@ async def test_a_hoster_may_reply_only_to_the_attempts_it_received(hostile: Host
     other = subjects.reply_subject("ingress-1", "chatcmpl-other")
     frames_mine = await collect(platform, mine)
     frames_other = await collect(platform, other)
-    attempts: asyncio.Queue[Msg] = asyncio.Queue()
-
-    async def on_attempt(msg: Msg) -> None:
-        await attempts.put(msg)
-
-    await hostile.nc.subscribe(subjects.attempt_start(H1), queue=subjects.QUEUE_HOSTER_ADAPTER, cb=on_attempt)
+    attempts = await hostile.nc.subscribe(subjects.attempt_start(H1), queue=subjects.QUEUE_HOSTER_ADAPTER)
     await hostile.nc.flush()
     await platform.publish(subjects.attempt_start(H1), b"{}", reply=mine)
-    attempt = await asyncio.wait_for(attempts.get(), WAIT_S)
+    await platform.flush()
+    attempt = await attempts.next_msg(timeout=WAIT_S)
     assert attempt.reply == mine
     for i in range(50):  # a stream is many frames on one reply subject
         await hostile.nc.publish(attempt.reply, b"frame %d" % i)
